@@ -1,0 +1,162 @@
+//! The [`Context`] handed to every checkpoint, step and verifier call.
+
+use crate::events::RunEvent;
+use crate::journal::{Entry, Journal};
+use crate::{Result, Snapshot};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// What an adapter may know and do during a call: the run and step it belongs to,
+/// progress reporting, a journaled resume cursor, cancellation, and the baseline.
+#[derive(Clone)]
+pub struct Context {
+    run_id: String,
+    step: Option<String>,
+    events: Option<broadcast::Sender<RunEvent>>,
+    cancel: CancellationToken,
+    cursor: Option<serde_json::Value>,
+    journal: Option<Arc<dyn Journal>>,
+    baseline: Arc<BTreeMap<String, Snapshot>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("run_id", &self.run_id)
+            .field("step", &self.step)
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Self::detached()
+    }
+}
+
+impl Context {
+    /// A context outside any run (tests, tools, the conformance suite): no journal, no
+    /// events, never cancelled.
+    pub fn detached() -> Self {
+        Context {
+            run_id: "detached".into(),
+            step: None,
+            events: None,
+            cancel: CancellationToken::new(),
+            cursor: None,
+            journal: None,
+            baseline: Arc::new(BTreeMap::new()),
+        }
+    }
+
+    /// A detached context with its own run id, so that steps which mark their applies per
+    /// run (for idempotency) see separate runs.
+    pub fn standalone(run_id: &str) -> Self {
+        Context {
+            run_id: run_id.to_string(),
+            ..Self::detached()
+        }
+    }
+
+    pub(crate) fn for_run(
+        run_id: &str,
+        events: broadcast::Sender<RunEvent>,
+        cancel: CancellationToken,
+        journal: Arc<dyn Journal>,
+        baseline: Arc<BTreeMap<String, Snapshot>>,
+    ) -> Self {
+        Context {
+            run_id: run_id.to_string(),
+            step: None,
+            events: Some(events),
+            cancel,
+            cursor: None,
+            journal: Some(journal),
+            baseline,
+        }
+    }
+
+    pub(crate) fn with_step(&self, step: &str, cursor: Option<serde_json::Value>) -> Self {
+        let mut c = self.clone();
+        c.step = Some(step.to_string());
+        c.cursor = cursor;
+        c
+    }
+
+    /// The run id (`"detached"` outside a run).
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// The step being applied or reverted, if any.
+    pub fn step_id(&self) -> Option<&str> {
+        self.step.as_deref()
+    }
+
+    /// The last cursor this step saved with [`Context::save_cursor`] before the process
+    /// stopped: where a resumable step (a batched backfill) picks up.
+    pub fn cursor(&self) -> Option<&serde_json::Value> {
+        self.cursor.as_ref()
+    }
+
+    /// Journal a resume cursor for the current step (durable when this returns).
+    ///
+    /// # Errors
+    /// Journal errors; outside a run this does nothing.
+    pub async fn save_cursor(&self, cursor: serde_json::Value) -> Result<()> {
+        if let (Some(j), Some(step)) = (&self.journal, &self.step) {
+            j.append(
+                &self.run_id,
+                &Entry::Progress {
+                    step: step.clone(),
+                    cursor,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Report progress of long work: a `tracing` event and a [`RunEvent::Progress`].
+    pub fn progress(&self, source: &str, done: u64, total: Option<u64>, unit: &str) {
+        tracing::info!(run = %self.run_id, source, done, total, unit, "progress");
+        self.emit(RunEvent::Progress {
+            source: source.to_string(),
+            done,
+            total,
+            unit: unit.to_string(),
+        });
+    }
+
+    /// Send an event to the run's subscribers (if any).
+    pub fn emit(&self, event: RunEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Whether the run was cancelled. Long steps should check it between batches and
+    /// return [`Error::Cancelled`](crate::Error::Cancelled) (the executor then rolls back).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// The baseline snapshot of `resource` captured at the start of the run.
+    pub fn baseline(&self, resource: &str) -> Option<&Snapshot> {
+        self.baseline.get(resource)
+    }
+
+    /// A copy of this context carrying the given baseline snapshots (useful for running a
+    /// parity verifier outside a run).
+    pub fn with_baseline(mut self, snapshots: impl IntoIterator<Item = Snapshot>) -> Self {
+        let mut map = (*self.baseline).clone();
+        for s in snapshots {
+            map.insert(s.resource.clone(), s);
+        }
+        self.baseline = Arc::new(map);
+        self
+    }
+}

@@ -1,0 +1,125 @@
+//! blake3 digests, printed and serialized as lowercase hex.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+/// A 32-byte blake3 digest.
+///
+/// Digests identify captured state (a [`Snapshot`](crate::Snapshot)'s content), the
+/// current state of a resource (a fingerprint), a [`Plan`](crate::Plan), and chain the
+/// records of a journal. They serialize as 64 lowercase hex characters.
+///
+/// ```
+/// use rollback_core::Digest;
+/// let d = Digest::of(b"hello");
+/// assert_eq!(d.to_hex().len(), 64);
+/// assert_eq!(Digest::from_hex(&d.to_hex()).unwrap(), d);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// The digest of a value's canonical JSON encoding (serde_json with sorted map keys
+    /// when the value uses `BTreeMap`s, as every type of this crate does).
+    pub fn of_json<T: Serialize + ?Sized>(value: &T) -> Self {
+        // Serializing our own types to a Vec cannot fail (no non-string map keys).
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        Digest::of(&bytes)
+    }
+
+    /// Lowercase hex form.
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    /// The first 12 hex characters, for logs and reports.
+    pub fn short(&self) -> String {
+        self.to_hex()[..12].to_string()
+    }
+
+    /// Parse 64 hex characters.
+    ///
+    /// # Errors
+    /// [`crate::Error::Invalid`] when `s` is not 64 hex characters.
+    pub fn from_hex(s: &str) -> crate::Result<Self> {
+        let bad = || crate::Error::Invalid {
+            message: format!("not a 64-character hex digest: {:?}", truncate(s, 80)),
+        };
+        if s.len() != 64 || !s.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+            let hex = std::str::from_utf8(chunk).map_err(|_| bad())?;
+            out[i] = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
+        }
+        Ok(Digest(out))
+    }
+}
+
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({})", self.short())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Digest::from_hex(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An incremental blake3 hasher producing a [`Digest`].
+#[derive(Default, Clone)]
+pub struct Hasher(blake3::Hasher);
+
+impl Hasher {
+    /// A new, empty hasher.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Feed bytes.
+    pub fn update(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.update(bytes);
+        self
+    }
+    /// Feed a length-prefixed field, so that ("ab","c") and ("a","bc") differ.
+    pub fn field(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.update(&(bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+        self
+    }
+    /// The digest of everything fed so far.
+    pub fn finish(&self) -> Digest {
+        Digest(*self.0.finalize().as_bytes())
+    }
+}

@@ -1,0 +1,187 @@
+//! The crate's error type.
+
+use crate::Digest;
+use std::time::Duration;
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, with variants a caller can act on.
+///
+/// Adapters keep their own private errors and convert them into [`Error::Backend`] (or a
+/// more specific variant) with `From`. Whether an error is worth retrying is told by
+/// [`Error::is_transient`]; whether the failed action may nevertheless have taken effect
+/// (a timeout after the request was sent) by [`Error::maybe_applied`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A snapshot's content does not hash to the digest it carries: it was corrupted or
+    /// tampered with, and restoring it would not give "the correct recovery point".
+    #[error(
+        "snapshot of {resource} does not match its digest (expected {expected}, found {actual})"
+    )]
+    DigestMismatch {
+        /// The resource the snapshot claims to be of.
+        resource: String,
+        /// The digest the snapshot carries.
+        expected: Digest,
+        /// The digest of what was found.
+        actual: Digest,
+    },
+    /// A snapshot was given to a checkpoint of another resource.
+    #[error("snapshot belongs to {found}, not to {expected}")]
+    WrongResource {
+        /// The checkpoint's resource.
+        expected: String,
+        /// The resource named by the snapshot.
+        found: String,
+    },
+    /// An irreversible change was refused (no checkpoint covers it and it was not approved),
+    /// or an irreversible step was asked to revert.
+    #[error("irreversible: step {step}: {reason}")]
+    Irreversible {
+        /// The step.
+        step: String,
+        /// Why.
+        reason: String,
+    },
+    /// The resource is not in the state the operation expected (a concurrent writer, a
+    /// precondition that no longer holds).
+    #[error("conflict: {message}")]
+    Conflict {
+        /// What conflicts.
+        message: String,
+    },
+    /// A transient failure (dropped connection, throttling, 5xx): retrying may succeed.
+    #[error("transient failure: {message}")]
+    Transient {
+        /// What failed.
+        message: String,
+        /// Whether the effect may have happened despite the error.
+        maybe_applied: bool,
+    },
+    /// An operation did not finish in time. Its effect may have happened.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// What timed out.
+        operation: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// The run was cancelled (rollback follows; applied steps are never abandoned).
+    #[error("cancelled")]
+    Cancelled,
+    /// A plan failed validation.
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+    /// A journal is unreadable, torn beyond repair, or was tampered with.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    /// Another runner holds the lease on this plan.
+    #[error("lease {key} is held by {holder} for another {remaining_ms} ms")]
+    LeaseHeld {
+        /// The lease key (the plan's name).
+        key: String,
+        /// Who holds it.
+        holder: String,
+        /// Time left before it expires and may be taken over.
+        remaining_ms: u64,
+    },
+    /// `resume` was given a plan that is not the one the run started with.
+    #[error("run {run_id} was started with plan digest {expected}, not {found}")]
+    PlanMismatch {
+        /// The run.
+        run_id: String,
+        /// The digest journaled when the run started.
+        expected: Digest,
+        /// The digest of the plan given now.
+        found: Digest,
+    },
+    /// No run with this id is in the journal.
+    #[error("no run {run_id} in the journal")]
+    UnknownRun {
+        /// The run id asked for.
+        run_id: String,
+    },
+    /// A verifier failed where failure stops the run (a precondition).
+    #[error("verification failed: {verifier}: {summary}")]
+    VerificationFailed {
+        /// The verifier id.
+        verifier: String,
+        /// Its summary.
+        summary: String,
+    },
+    /// Malformed input: a snapshot, receipt, plan file or identifier that cannot be used.
+    #[error("invalid input: {message}")]
+    Invalid {
+        /// What is wrong.
+        message: String,
+    },
+    /// The backend failed (not known to be transient).
+    #[error("{backend}: {source}")]
+    Backend {
+        /// Which backend ("postgres", "s3", "unleash"...).
+        backend: &'static str,
+        /// The underlying error (never carries credentials).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+        /// Whether the effect may have happened despite the error.
+        maybe_applied: bool,
+    },
+    /// The simulated process crashed (simulation and fault injection only).
+    #[error("simulated crash: {0}")]
+    Crashed(String),
+}
+
+impl Error {
+    /// Whether retrying the same operation may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Transient { .. } | Error::Timeout { .. })
+    }
+
+    /// Whether the failed operation may have taken effect anyway (it must then be treated
+    /// as applied and reverted idempotently).
+    pub fn maybe_applied(&self) -> bool {
+        match self {
+            Error::Transient { maybe_applied, .. } | Error::Backend { maybe_applied, .. } => {
+                *maybe_applied
+            }
+            Error::Timeout { .. } | Error::Cancelled | Error::Crashed(_) => true,
+            _ => false,
+        }
+    }
+
+    /// A [`Error::Backend`] wrapping any error.
+    pub fn backend(
+        backend: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Backend {
+            backend,
+            source: source.into(),
+            maybe_applied: false,
+        }
+    }
+
+    /// An [`Error::Invalid`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::Invalid {
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::Conflict`].
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Error::Conflict {
+            message: message.into(),
+        }
+    }
+
+    /// A transient error whose effect may or may not have happened.
+    pub fn transient(message: impl Into<String>, maybe_applied: bool) -> Self {
+        Error::Transient {
+            message: message.into(),
+            maybe_applied,
+        }
+    }
+}

@@ -1,0 +1,1223 @@
+//! The [`Executor`]: runs a [`Plan`] transactionally, journaled, with automatic rollback.
+
+use crate::events::{Action, Notice, NoticeKind, Notifier, RunEvent};
+use crate::journal::{Entry, Journal, Record};
+use crate::plan::{PlannedStep, StepOptions};
+use crate::report::{Outcome, RunReport};
+use crate::{Context, Error, Plan, Receipt, Result, Reversibility, Snapshot, Verdict, Verifier};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// What is rolled back when a step fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RollbackScope {
+    /// Every applied step of the plan (the default).
+    #[default]
+    Plan,
+    /// Only the failed step's component and every step that depends on it; the rest stays
+    /// applied (partial rollback). Failures not tied to one step (final verifiers, soak
+    /// triggers, cancellation) still roll back the whole plan.
+    Component,
+}
+
+/// What [`Executor::resume`] does with a run that was interrupted while applying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResumePolicy {
+    /// Roll the run back to its baseline (the default: the safe end).
+    #[default]
+    RollBack,
+    /// Finish applying it (re-applying an uncertain step idempotently), then verify.
+    RollForward,
+}
+
+/// The policy a run starts with; journaled, so `resume` keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RunPolicy {
+    /// Rollback scope.
+    pub scope: RollbackScope,
+    /// What resume does with an interrupted apply.
+    pub on_resume: ResumePolicy,
+    /// Roll back after a successful apply and soak (a rehearsal).
+    #[serde(default)]
+    pub rehearsal: bool,
+}
+
+/// Runs plans. Cheap to clone; clones share the journal, event stream and notifier.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use rollback_core::{Executor, Plan, report::Outcome};
+/// use rollback_core::journal::MemoryJournal;
+/// use rollback_core::sim::{SimWorld, SetKey};
+///
+/// let world = SimWorld::new();
+/// let plan = Plan::builder("rename")
+///     .checkpoint("db", world.checkpoint("db"))
+///     .step("db", SetKey::new("set-k", &world, "db", "k", "v2"), &[])
+///     .build()?;
+/// let report = Executor::new(MemoryJournal::new()).run(&plan).await?;
+/// assert_eq!(report.outcome, Outcome::Committed);
+/// assert_eq!(world.get("db", "k").as_deref(), Some("v2"));
+/// # Ok::<(), rollback_core::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Executor {
+    journal: Arc<dyn Journal>,
+    events: broadcast::Sender<RunEvent>,
+    notifier: Option<Arc<dyn Notifier>>,
+    holder: String,
+    lease_ttl: Duration,
+    policy: RunPolicy,
+    rollback_retries: u32,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("holder", &self.holder)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A rehearsal's two runs: apply → rollback → parity, then apply again.
+#[derive(Debug, Clone)]
+pub struct Rehearsal {
+    /// The rehearsal run, rolled back after applying.
+    pub rehearsal: RunReport,
+    /// The real run after it (only when the rehearsal rolled back with parity proven).
+    pub run: Option<RunReport>,
+}
+
+impl Rehearsal {
+    /// Whether the rehearsal proved the rollback and the second apply committed.
+    pub fn passed(&self) -> bool {
+        self.rehearsal.outcome == Outcome::RolledBack
+            && self.rehearsal.parity_proven()
+            && self
+                .run
+                .as_ref()
+                .is_some_and(|r| r.outcome == Outcome::Committed)
+    }
+}
+
+impl Executor {
+    /// An executor writing to `journal`, with default policy (whole-plan rollback,
+    /// resume rolls back), a 30 s lease and a generated holder id.
+    pub fn new(journal: impl Journal + 'static) -> Self {
+        Self::with_journal(Arc::new(journal))
+    }
+
+    /// Same as [`Executor::new`] for a shared journal.
+    pub fn with_journal(journal: Arc<dyn Journal>) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Executor {
+            journal,
+            events,
+            notifier: None,
+            holder: format!(
+                "pid{}-{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            lease_ttl: Duration::from_secs(30),
+            policy: RunPolicy::default(),
+            rollback_retries: 5,
+        }
+    }
+
+    /// Set the rollback scope.
+    pub fn scope(mut self, scope: RollbackScope) -> Self {
+        self.policy.scope = scope;
+        self
+    }
+    /// Set what resume does with an interrupted apply.
+    pub fn on_resume(mut self, policy: ResumePolicy) -> Self {
+        self.policy.on_resume = policy;
+        self
+    }
+    /// Set the holder id used for leases (defaults to pid + random).
+    pub fn holder(mut self, holder: impl Into<String>) -> Self {
+        self.holder = holder.into();
+        self
+    }
+    /// Set the lease time-to-live (renewed in the background while running).
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+    /// Retries for each revert and restore during rollback (with backoff) before the
+    /// rollback stops in `RollbackFailed`.
+    pub fn rollback_retries(mut self, n: u32) -> Self {
+        self.rollback_retries = n;
+        self
+    }
+    /// Set a notifier told when rollback starts and ends.
+    pub fn notifier(mut self, n: impl Notifier + 'static) -> Self {
+        self.notifier = Some(Arc::new(n));
+        self
+    }
+    /// The journal.
+    pub fn journal(&self) -> &Arc<dyn Journal> {
+        &self.journal
+    }
+    /// Subscribe to the typed event stream of every run of this executor.
+    pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
+        self.events.subscribe()
+    }
+
+    /// Run `plan` to its end: committed, rolled back (with parity proven), or
+    /// `RollbackFailed` (resumable).
+    ///
+    /// A run that starts returns `Ok` with its report whatever happens to the migration;
+    /// check [`RunReport::outcome`].
+    ///
+    /// # Errors
+    /// Before the run starts: [`Error::LeaseHeld`]. At any time: journal errors, after
+    /// which nothing more is done and [`Executor::resume`] finishes the run.
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops the run wherever it is; the journal then holds what
+    /// `resume` needs to reach a consistent end.
+    pub async fn run(&self, plan: &Plan) -> Result<RunReport> {
+        self.run_with_cancel(plan, CancellationToken::new()).await
+    }
+
+    /// Like [`Executor::run`], rolling back when `cancel` is cancelled while applying or
+    /// soaking (applied steps are never abandoned).
+    ///
+    /// # Errors
+    /// As [`Executor::run`].
+    pub async fn run_with_cancel(
+        &self,
+        plan: &Plan,
+        cancel: CancellationToken,
+    ) -> Result<RunReport> {
+        let run_id = uuid::Uuid::new_v4().to_string();
+        self.start(plan, &run_id, cancel).await
+    }
+
+    /// Like [`Executor::run`] with a run id chosen by the caller (for a per-tenant run, or
+    /// a child process that a supervisor resumes by id).
+    ///
+    /// # Errors
+    /// As [`Executor::run`]; [`Error::Conflict`] if the journal already has this run.
+    pub async fn run_as(
+        &self,
+        plan: &Plan,
+        run_id: &str,
+        cancel: CancellationToken,
+    ) -> Result<RunReport> {
+        if !self.journal.records(run_id).await?.is_empty() {
+            return Err(Error::conflict(format!(
+                "run {run_id} already exists; resume it instead"
+            )));
+        }
+        self.start(plan, run_id, cancel).await
+    }
+
+    async fn start(
+        &self,
+        plan: &Plan,
+        run_id: &str,
+        cancel: CancellationToken,
+    ) -> Result<RunReport> {
+        let lease = self
+            .journal
+            .acquire_lease(plan.name(), &self.holder, self.lease_ttl)
+            .await?;
+        let _renew = self.renew_in_background(plan.name());
+        let span = tracing::info_span!("run", run = %run_id, plan = %plan.name());
+        async {
+            let mut run = Run::new(self, plan, run_id, cancel, false);
+            run.append(Entry::RunStarted {
+                plan: plan.name().into(),
+                plan_digest: plan.digest(),
+                holder: self.holder.clone(),
+                policy: self.policy,
+            })
+            .await?;
+            run.append(Entry::LeaseTaken {
+                holder: self.holder.clone(),
+                taken_over_from: lease.taken_over_from,
+            })
+            .await?;
+            let report = run.drive().await;
+            self.finish(plan, report).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Bring an interrupted run to a consistent end, with the same plan (checked by
+    /// digest). Finished runs just return their report.
+    ///
+    /// # Errors
+    /// [`Error::UnknownRun`], [`Error::PlanMismatch`], [`Error::LeaseHeld`] while the
+    /// previous runner's lease is live, journal errors.
+    ///
+    /// # Cancel safety
+    /// As [`Executor::run`]: resume again.
+    pub async fn resume(&self, plan: &Plan, run_id: &str) -> Result<RunReport> {
+        let records = self.journal.records(run_id).await?;
+        let Some(Record {
+            entry:
+                Entry::RunStarted {
+                    plan_digest,
+                    policy,
+                    ..
+                },
+            ..
+        }) = records.first()
+        else {
+            return Err(Error::UnknownRun {
+                run_id: run_id.into(),
+            });
+        };
+        if *plan_digest != plan.digest() {
+            return Err(Error::PlanMismatch {
+                run_id: run_id.into(),
+                expected: *plan_digest,
+                found: plan.digest(),
+            });
+        }
+        let policy = *policy;
+        let state = State::from_records(&records);
+        if state.finished() {
+            return Ok(RunReport::from_records(plan, run_id, &records));
+        }
+        let lease = self
+            .journal
+            .acquire_lease(plan.name(), &self.holder, self.lease_ttl)
+            .await?;
+        let _renew = self.renew_in_background(plan.name());
+        let span = tracing::info_span!("resume", run = %run_id, plan = %plan.name());
+        async {
+            let mut run = Run::new(self, plan, run_id, CancellationToken::new(), true);
+            run.policy = policy;
+            run.state = state;
+            run.append(Entry::Resumed {
+                holder: self.holder.clone(),
+            })
+            .await?;
+            run.append(Entry::LeaseTaken {
+                holder: self.holder.clone(),
+                taken_over_from: lease.taken_over_from,
+            })
+            .await?;
+            let report = run.drive().await;
+            self.finish(plan, report).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Apply, roll back, prove parity, then apply again: the rollback rehearsal for CI.
+    ///
+    /// # Errors
+    /// As [`Executor::run`].
+    pub async fn rehearse(&self, plan: &Plan) -> Result<Rehearsal> {
+        let mut ex = self.clone();
+        ex.policy.rehearsal = true;
+        ex.policy.scope = RollbackScope::Plan;
+        let rehearsal = ex.run(plan).await?;
+        let run = if rehearsal.outcome == Outcome::RolledBack && rehearsal.parity_proven() {
+            Some(self.run(plan).await?)
+        } else {
+            None
+        };
+        Ok(Rehearsal { rehearsal, run })
+    }
+
+    /// The report of a run, rebuilt from its journal.
+    ///
+    /// # Errors
+    /// Journal errors; [`Error::UnknownRun`].
+    pub async fn report(&self, plan: &Plan, run_id: &str) -> Result<RunReport> {
+        let records = self.journal.records(run_id).await?;
+        if records.is_empty() {
+            return Err(Error::UnknownRun {
+                run_id: run_id.into(),
+            });
+        }
+        Ok(RunReport::from_records(plan, run_id, &records))
+    }
+
+    async fn finish(&self, plan: &Plan, report: Result<RunReport>) -> Result<RunReport> {
+        let report = report?;
+        if report.outcome != Outcome::InProgress {
+            if let Err(e) = self.journal.release_lease(plan.name(), &self.holder).await {
+                tracing::warn!(error = %e, "could not release lease (it will expire)");
+            }
+        }
+        let _ = self.events.send(RunEvent::RunFinished {
+            outcome: report.outcome.to_string(),
+        });
+        tracing::info!(outcome = %report.outcome, "run finished");
+        Ok(report)
+    }
+
+    fn renew_in_background(&self, key: &str) -> AbortOnDrop {
+        let (journal, key, holder, ttl) = (
+            self.journal.clone(),
+            key.to_string(),
+            self.holder.clone(),
+            self.lease_ttl,
+        );
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                if let Err(e) = journal.acquire_lease(&key, &holder, ttl).await {
+                    tracing::error!(error = %e, "lease renewal failed");
+                }
+            }
+        }))
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the journal says about a run, folded from its records.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct State {
+    pub(crate) baseline: BTreeMap<String, Snapshot>,
+    pub(crate) capture_started: bool,
+    /// Applied steps: `Some(receipt)`, or `None` when the outcome is uncertain.
+    pub(crate) applied: BTreeMap<String, Option<Receipt>>,
+    pub(crate) maybe_applied: BTreeSet<String>,
+    pub(crate) cursors: BTreeMap<String, serde_json::Value>,
+    pub(crate) reverted: BTreeSet<String>,
+    pub(crate) restored: BTreeSet<String>,
+    pub(crate) parity: BTreeMap<String, bool>,
+    pub(crate) rollback: Option<(String, Vec<String>, Vec<String>)>,
+    pub(crate) committed: bool,
+    pub(crate) rolled_back: bool,
+}
+
+impl State {
+    pub(crate) fn from_records(records: &[Record]) -> Self {
+        let mut s = State::default();
+        for r in records {
+            s.fold(&r.entry);
+        }
+        s
+    }
+
+    fn fold(&mut self, e: &Entry) {
+        match e {
+            Entry::CaptureIntent { .. } => self.capture_started = true,
+            Entry::Captured {
+                checkpoint,
+                snapshot,
+                ..
+            } => {
+                self.baseline.insert(checkpoint.clone(), snapshot.clone());
+            }
+            Entry::ApplyIntent { step, .. } => {
+                if let Some(None) = self.applied.get(step) {
+                    // An earlier attempt ended without an outcome: it may have applied.
+                    self.maybe_applied.insert(step.clone());
+                }
+                self.applied.insert(step.clone(), None);
+            }
+            Entry::Applied { step, receipt, .. } => {
+                self.applied.insert(step.clone(), Some(receipt.clone()));
+            }
+            Entry::ApplyFailed {
+                step,
+                maybe_applied,
+                ..
+            } => {
+                if *maybe_applied {
+                    self.maybe_applied.insert(step.clone());
+                } else if !self.maybe_applied.contains(step) {
+                    self.applied.remove(step);
+                }
+            }
+            Entry::Progress { step, cursor } => {
+                self.cursors.insert(step.clone(), cursor.clone());
+            }
+            Entry::RollbackStarted {
+                reason,
+                steps,
+                checkpoints,
+            } => {
+                self.rollback = Some((reason.clone(), steps.clone(), checkpoints.clone()));
+            }
+            Entry::Reverted { step, .. } => {
+                self.reverted.insert(step.clone());
+            }
+            Entry::Restored { checkpoint, .. } => {
+                self.restored.insert(checkpoint.clone());
+            }
+            Entry::Parity {
+                checkpoint,
+                expected,
+                actual,
+            } => {
+                self.parity.insert(checkpoint.clone(), expected == actual);
+            }
+            Entry::Committed => self.committed = true,
+            Entry::RolledBack { .. } => self.rolled_back = true,
+            _ => {}
+        }
+    }
+
+    pub(crate) fn finished(&self) -> bool {
+        self.committed || self.rolled_back
+    }
+}
+
+/// One run in progress.
+struct Run<'a> {
+    ex: &'a Executor,
+    plan: &'a Plan,
+    run_id: String,
+    cancel: CancellationToken,
+    resumed: bool,
+    policy: RunPolicy,
+    state: State,
+    records: Vec<Record>,
+}
+
+enum Flow {
+    Continue,
+    RollBack {
+        reason: String,
+        failed_step: Option<String>,
+    },
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        ex: &'a Executor,
+        plan: &'a Plan,
+        run_id: &str,
+        cancel: CancellationToken,
+        resumed: bool,
+    ) -> Self {
+        Run {
+            ex,
+            plan,
+            run_id: run_id.into(),
+            cancel,
+            resumed,
+            policy: ex.policy,
+            state: State::default(),
+            records: Vec::new(),
+        }
+    }
+
+    async fn append(&mut self, entry: Entry) -> Result<()> {
+        tracing::debug!(kind = entry.kind(), "journal");
+        let rec = self.ex.journal.append(&self.run_id, &entry).await?;
+        self.state.fold(&rec.entry);
+        self.records.push(rec);
+        Ok(())
+    }
+
+    fn emit(&self, e: RunEvent) {
+        let _ = self.ex.events.send(e);
+    }
+
+    fn ctx(&self) -> Context {
+        Context::for_run(
+            &self.run_id,
+            self.ex.events.clone(),
+            self.cancel.clone(),
+            self.ex.journal.clone(),
+            Arc::new(self.state.baseline.clone()),
+        )
+    }
+
+    async fn drive(mut self) -> Result<RunReport> {
+        self.emit(RunEvent::RunStarted {
+            run_id: self.run_id.clone(),
+            plan: self.plan.name().into(),
+            resumed: self.resumed,
+        });
+        if self.state.rollback.is_none() && !self.state.finished() {
+            let flow = if self.resumed && self.policy.on_resume == ResumePolicy::RollBack {
+                Flow::RollBack {
+                    reason: "resumed after an interruption; policy rolls back".into(),
+                    failed_step: None,
+                }
+            } else {
+                self.forward().await?
+            };
+            match flow {
+                Flow::Continue => {
+                    if self.policy.rehearsal {
+                        self.begin_rollback(
+                            "rehearsal: rolling back after a verified apply".into(),
+                            None,
+                        )
+                        .await?;
+                    } else {
+                        self.append(Entry::Committed).await?;
+                    }
+                }
+                Flow::RollBack {
+                    reason,
+                    failed_step,
+                } => {
+                    self.begin_rollback(reason, failed_step).await?;
+                }
+            }
+        }
+        if self.state.rollback.is_some() && !self.state.rolled_back {
+            self.rollback().await?;
+        }
+        let records = self.ex.journal.records(&self.run_id).await?;
+        Ok(RunReport::from_records(self.plan, &self.run_id, &records))
+    }
+
+    /// Preflight, baseline, apply, verify, soak.
+    async fn forward(&mut self) -> Result<Flow> {
+        let plan = self.plan;
+        if !self.state.capture_started {
+            for v in &plan.preconditions {
+                let verdict = self.verify(v.as_ref(), "precondition").await?;
+                if !verdict.passed() {
+                    return Ok(Flow::RollBack {
+                        reason: format!("precondition {} failed: {}", v.id(), verdict.summary),
+                        failed_step: None,
+                    });
+                }
+            }
+        }
+        for c in &plan.checkpoints {
+            if self.state.baseline.contains_key(c.resource()) {
+                continue;
+            }
+            let resource = c.resource().to_string();
+            self.append(Entry::CaptureIntent {
+                checkpoint: resource.clone(),
+            })
+            .await?;
+            let t = Instant::now();
+            let span = tracing::info_span!("capture", resource = %resource);
+            let snap = c.checkpoint.capture(&self.ctx()).instrument(span).await;
+            match snap {
+                Ok(snapshot) => {
+                    let ms = t.elapsed().as_millis() as u64;
+                    if snapshot.resource != resource {
+                        return Ok(Flow::RollBack {
+                            reason: format!(
+                                "checkpoint of {resource} captured a snapshot of {}",
+                                snapshot.resource
+                            ),
+                            failed_step: None,
+                        });
+                    }
+                    self.emit(RunEvent::CheckpointCaptured {
+                        resource: resource.clone(),
+                        digest: snapshot.digest.short(),
+                        millis: ms,
+                    });
+                    self.append(Entry::Captured {
+                        checkpoint: resource,
+                        snapshot,
+                        duration_ms: ms,
+                    })
+                    .await?;
+                }
+                Err(e) => {
+                    return Ok(Flow::RollBack {
+                        reason: format!("capturing {resource} failed: {e}"),
+                        failed_step: None,
+                    });
+                }
+            }
+        }
+        for ps in plan.steps() {
+            if matches!(self.state.applied.get(ps.id()), Some(Some(_))) {
+                continue;
+            }
+            if self.cancel.is_cancelled() {
+                return Ok(Flow::RollBack {
+                    reason: "cancelled".into(),
+                    failed_step: None,
+                });
+            }
+            if let Err(e) = self.apply_step(ps).await? {
+                return Ok(Flow::RollBack {
+                    reason: format!("step {} failed: {e}", ps.id()),
+                    failed_step: Some(ps.id().into()),
+                });
+            }
+            for (sid, v) in &plan.post_step {
+                if sid == ps.id() {
+                    let verdict = self.verify(v.as_ref(), &format!("after:{sid}")).await?;
+                    if !verdict.passed() {
+                        return Ok(Flow::RollBack {
+                            reason: format!(
+                                "verifier {} failed after {sid}: {}",
+                                v.id(),
+                                verdict.summary
+                            ),
+                            failed_step: Some(sid.clone()),
+                        });
+                    }
+                }
+            }
+        }
+        for v in &plan.finals {
+            let verdict = self.verify(v.as_ref(), "final").await?;
+            if !verdict.passed() {
+                return Ok(Flow::RollBack {
+                    reason: format!("final verifier {} failed: {}", v.id(), verdict.summary),
+                    failed_step: None,
+                });
+            }
+        }
+        self.soak().await
+    }
+
+    /// Outer error: the journal failed (stop at once). Inner: the step failed.
+    async fn apply_step(&mut self, ps: &PlannedStep) -> Result<Result<()>> {
+        let id = ps.id().to_string();
+        let span = tracing::info_span!("apply", step = %id, component = %ps.component);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            self.append(Entry::ApplyIntent {
+                step: id.clone(),
+                attempt,
+            })
+            .await?;
+            self.emit(RunEvent::StepStarted {
+                step: id.clone(),
+                action: Action::Apply,
+                attempt,
+                reversibility: ps.step.reversibility(),
+            });
+            let ctx = self
+                .ctx()
+                .with_step(&id, self.state.cursors.get(&id).cloned());
+            let t = Instant::now();
+            let res = with_timeout(ps.options, &id, ps.step.apply(&ctx))
+                .instrument(span.clone())
+                .await;
+            let ms = t.elapsed().as_millis() as u64;
+            match res {
+                Ok(receipt) => {
+                    self.append(Entry::Applied {
+                        step: id.clone(),
+                        receipt,
+                        duration_ms: ms,
+                    })
+                    .await?;
+                    self.emit(RunEvent::StepFinished {
+                        step: id,
+                        action: Action::Apply,
+                        ok: true,
+                        millis: ms,
+                        error: None,
+                    });
+                    return Ok(Ok(()));
+                }
+                Err(e) => {
+                    tracing::warn!(parent: &span, error = %e, attempt, "apply failed");
+                    self.append(Entry::ApplyFailed {
+                        step: id.clone(),
+                        attempt,
+                        error: e.to_string(),
+                        maybe_applied: e.maybe_applied(),
+                        transient: e.is_transient(),
+                    })
+                    .await?;
+                    self.emit(RunEvent::StepFinished {
+                        step: id.clone(),
+                        action: Action::Apply,
+                        ok: false,
+                        millis: ms,
+                        error: Some(e.to_string()),
+                    });
+                    if e.is_transient()
+                        && attempt <= ps.options.retries
+                        && !self.cancel.is_cancelled()
+                    {
+                        tokio::time::sleep(backoff(ps.options, attempt)).await;
+                        continue;
+                    }
+                    return Ok(Err(e));
+                }
+            }
+        }
+    }
+
+    async fn verify(&mut self, v: &dyn Verifier, phase: &str) -> Result<Verdict> {
+        let ctx = self.ctx();
+        let span = tracing::info_span!("verify", verifier = %v.id(), phase);
+        let mut attempt = 0;
+        let verdict = loop {
+            attempt += 1;
+            match v.verify(&ctx).instrument(span.clone()).await {
+                Ok(verdict) => break verdict,
+                Err(e) if e.is_transient() && attempt < 3 => {
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => break Verdict::inconclusive(format!("verifier could not run: {e}")),
+            }
+        };
+        tracing::info!(parent: &span, status = ?verdict.status, summary = %verdict.summary, "verdict");
+        self.emit(RunEvent::Verdict {
+            verifier: v.id().into(),
+            phase: phase.into(),
+            status: verdict.status,
+            summary: verdict.summary.clone(),
+        });
+        self.append(Entry::Verdict {
+            verifier: v.id().into(),
+            phase: phase.into(),
+            verdict: verdict.clone(),
+        })
+        .await?;
+        Ok(verdict)
+    }
+
+    async fn soak(&mut self) -> Result<Flow> {
+        let plan = self.plan;
+        if plan.triggers.is_empty() {
+            if !plan.soak.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(plan.soak) => {}
+                    _ = self.cancel.cancelled() => {
+                        return Ok(Flow::RollBack { reason: "cancelled during soak".into(), failed_step: None });
+                    }
+                }
+            }
+            return Ok(Flow::Continue);
+        }
+        let start = Instant::now();
+        let mut windows: Vec<VecDeque<bool>> = vec![VecDeque::new(); plan.triggers.len()];
+        let mut next: Vec<Instant> = vec![start; plan.triggers.len()];
+        loop {
+            for (i, t) in plan.triggers.iter().enumerate() {
+                if Instant::now() < next[i] {
+                    continue;
+                }
+                next[i] = Instant::now() + t.every;
+                let verdict = self.verify(t.verifier.as_ref(), "soak").await?;
+                let failed = !verdict.passed()
+                    || matches!((verdict.value, t.max_value), (Some(v), Some(m)) if v > m);
+                let w = &mut windows[i];
+                w.push_back(failed);
+                while w.len() > t.window {
+                    w.pop_front();
+                }
+                let failures = w.iter().filter(|f| **f).count();
+                let breached = failures >= t.max_failures;
+                self.emit(RunEvent::SoakPoll {
+                    trigger: t.id().into(),
+                    failures_in_window: failures,
+                    breached,
+                });
+                if breached {
+                    return Ok(Flow::RollBack {
+                        reason: format!(
+                            "trigger {} breached: {failures} of the last {} polls failed ({})",
+                            t.id(),
+                            w.len(),
+                            verdict.summary
+                        ),
+                        failed_step: None,
+                    });
+                }
+            }
+            if start.elapsed() >= plan.soak {
+                return Ok(Flow::Continue);
+            }
+            let wake = next.iter().min().copied().unwrap_or_else(Instant::now);
+            let deadline = start + plan.soak;
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.min(deadline).into()) => {}
+                _ = self.cancel.cancelled() => {
+                    return Ok(Flow::RollBack { reason: "cancelled during soak".into(), failed_step: None });
+                }
+            }
+        }
+    }
+
+    async fn begin_rollback(&mut self, reason: String, failed_step: Option<String>) -> Result<()> {
+        let plan = self.plan;
+        let all: BTreeSet<String> = plan.steps().iter().map(|s| s.id().to_string()).collect();
+        let (steps, checkpoints) = match (&failed_step, self.policy.scope) {
+            (Some(f), RollbackScope::Component) => {
+                let scope = plan.component_scope(f);
+                // A resource also changed by a kept (applied, out-of-scope) step cannot be
+                // restored without undoing that step: leave it to compensations.
+                let kept: BTreeSet<String> = plan
+                    .steps()
+                    .iter()
+                    .filter(|s| !scope.contains(s.id()) && self.state.applied.contains_key(s.id()))
+                    .flat_map(|s| s.step.touches())
+                    .collect();
+                let cps = plan
+                    .checkpoints_for(&scope)
+                    .into_iter()
+                    .filter(|c| !kept.contains(c))
+                    .collect();
+                (scope, cps)
+            }
+            _ => (
+                all,
+                plan.checkpoints()
+                    .iter()
+                    .map(|c| c.resource().to_string())
+                    .collect(),
+            ),
+        };
+        let steps: Vec<String> = plan
+            .steps()
+            .iter()
+            .map(|s| s.id().to_string())
+            .filter(|s| steps.contains(s))
+            .collect();
+        tracing::warn!(%reason, ?steps, "rollback started");
+        self.emit(RunEvent::RollbackStarted {
+            reason: reason.clone(),
+            steps: steps.clone(),
+        });
+        self.append(Entry::RollbackStarted {
+            reason: reason.clone(),
+            steps,
+            checkpoints,
+        })
+        .await?;
+        self.notify(NoticeKind::RollbackStarted, &reason).await;
+        Ok(())
+    }
+
+    async fn notify(&self, kind: NoticeKind, detail: &str) {
+        let Some(n) = &self.ex.notifier else { return };
+        let components: BTreeSet<String> = self
+            .state
+            .rollback
+            .as_ref()
+            .map(|(_, steps, _)| {
+                steps
+                    .iter()
+                    .filter_map(|s| self.plan.step(s))
+                    .map(|s| s.component.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let components: Vec<String> = components.into_iter().collect();
+        let message = crate::report::status_message(kind, self.plan.name(), &components, detail);
+        let notice = Notice {
+            kind,
+            run_id: self.run_id.clone(),
+            plan: self.plan.name().into(),
+            components,
+            message,
+        };
+        if let Err(e) = n.notify(&notice).await {
+            tracing::warn!(error = %e, "notifier failed; rollback goes on");
+        }
+    }
+
+    /// Revert applied steps in scope (reverse order), restore checkpoints, prove parity.
+    async fn rollback(&mut self) -> Result<()> {
+        let plan = self.plan;
+        let (_, steps, checkpoints) = self.state.rollback.clone().unwrap_or_default();
+        let scope: BTreeSet<&String> = steps.iter().collect();
+        let covered: BTreeSet<&String> = checkpoints.iter().collect();
+        for ps in plan.steps().iter().rev() {
+            let id = ps.id().to_string();
+            if !scope.contains(&id)
+                || !self.state.applied.contains_key(&id)
+                || self.state.reverted.contains(&id)
+            {
+                continue;
+            }
+            if ps.step.reversibility() != Reversibility::Compensable {
+                continue; // undone by restoring its checkpoints (or approved to stay)
+            }
+            let receipt = self.state.applied.get(&id).cloned().flatten();
+            if let Err(e) = self.revert_step(ps, receipt.as_ref()).await? {
+                let touches = ps.step.touches();
+                if !touches.is_empty() && touches.iter().all(|t| covered.contains(t)) {
+                    tracing::warn!(step = %id, error = %e, "revert failed; its checkpoints will restore it");
+                    continue;
+                }
+                let remaining = self.remaining(&steps, &checkpoints);
+                return self
+                    .rollback_failed(remaining, format!("reverting {id} failed: {e}"))
+                    .await;
+            }
+        }
+        for resource in &checkpoints {
+            if self.state.parity.get(resource) == Some(&true) {
+                continue;
+            }
+            let Some(pc) = plan.checkpoints().iter().find(|c| c.resource() == resource) else {
+                continue;
+            };
+            let Some(snapshot) = self.state.baseline.get(resource).cloned() else {
+                continue; // never captured: nothing was applied after it
+            };
+            match self
+                .restore_checkpoint(pc.checkpoint.as_ref(), &snapshot)
+                .await?
+            {
+                Ok(()) => {}
+                Err(e) => {
+                    let remaining = self.remaining(&steps, &checkpoints);
+                    return self
+                        .rollback_failed(remaining, format!("restoring {resource} failed: {e}"))
+                        .await;
+                }
+            }
+        }
+        let partial = steps.len() < plan.steps().len();
+        self.append(Entry::RolledBack { partial }).await?;
+        self.notify(
+            NoticeKind::RollbackFinished,
+            if partial {
+                "partial rollback"
+            } else {
+                "full rollback"
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    fn remaining(&self, steps: &[String], checkpoints: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = steps
+            .iter()
+            .filter(|s| {
+                self.state.applied.contains_key(*s)
+                    && !self.state.reverted.contains(*s)
+                    && self
+                        .plan
+                        .step(s)
+                        .is_some_and(|p| p.step.reversibility() == Reversibility::Compensable)
+            })
+            .map(|s| format!("step {s}: not reverted"))
+            .collect();
+        out.extend(
+            checkpoints
+                .iter()
+                .filter(|c| {
+                    self.state.parity.get(*c) != Some(&true) && self.state.baseline.contains_key(*c)
+                })
+                .map(|c| format!("checkpoint {c}: parity with baseline not proven")),
+        );
+        out
+    }
+
+    async fn rollback_failed(&mut self, remaining: Vec<String>, error: String) -> Result<()> {
+        tracing::error!(%error, ?remaining, "rollback failed");
+        self.append(Entry::RollbackFailed {
+            remaining,
+            error: error.clone(),
+        })
+        .await?;
+        self.notify(NoticeKind::RollbackFailed, &error).await;
+        Ok(())
+    }
+
+    /// Outer error: the journal failed. Inner: the revert failed after its retries.
+    async fn revert_step(
+        &mut self,
+        ps: &PlannedStep,
+        receipt: Option<&Receipt>,
+    ) -> Result<Result<()>> {
+        let id = ps.id().to_string();
+        let span = tracing::info_span!("revert", step = %id);
+        let opts = StepOptions {
+            retries: self.ex.rollback_retries.max(ps.options.retries),
+            ..ps.options
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.append(Entry::RevertIntent {
+                step: id.clone(),
+                attempt,
+            })
+            .await?;
+            self.emit(RunEvent::StepStarted {
+                step: id.clone(),
+                action: Action::Revert,
+                attempt,
+                reversibility: ps.step.reversibility(),
+            });
+            let ctx = self
+                .ctx()
+                .with_step(&id, self.state.cursors.get(&id).cloned());
+            let t = Instant::now();
+            let res = with_timeout(opts, &id, ps.step.revert(receipt, &ctx))
+                .instrument(span.clone())
+                .await;
+            let ms = t.elapsed().as_millis() as u64;
+            match res {
+                Ok(()) => {
+                    self.append(Entry::Reverted {
+                        step: id.clone(),
+                        duration_ms: ms,
+                    })
+                    .await?;
+                    self.emit(RunEvent::StepFinished {
+                        step: id,
+                        action: Action::Revert,
+                        ok: true,
+                        millis: ms,
+                        error: None,
+                    });
+                    return Ok(Ok(()));
+                }
+                Err(e) => {
+                    tracing::warn!(parent: &span, error = %e, attempt, "revert failed");
+                    self.append(Entry::RevertFailed {
+                        step: id.clone(),
+                        attempt,
+                        error: e.to_string(),
+                    })
+                    .await?;
+                    self.emit(RunEvent::StepFinished {
+                        step: id.clone(),
+                        action: Action::Revert,
+                        ok: false,
+                        millis: ms,
+                        error: Some(e.to_string()),
+                    });
+                    // During rollback every error that is not a refusal is worth retrying.
+                    let retryable =
+                        !matches!(e, Error::Irreversible { .. } | Error::Invalid { .. });
+                    if retryable && attempt <= opts.retries {
+                        tokio::time::sleep(backoff(opts, attempt)).await;
+                        continue;
+                    }
+                    return Ok(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Restore `cp` if it differs from its baseline, then prove parity.
+    /// Outer error: the journal failed. Inner: restore or parity failed after retries.
+    async fn restore_checkpoint(
+        &mut self,
+        cp: &dyn crate::Checkpoint,
+        snapshot: &Snapshot,
+    ) -> Result<Result<()>> {
+        let resource = cp.resource().to_string();
+        let ctx = self.ctx();
+        let span = tracing::info_span!("restore", resource = %resource);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let err = match cp.fingerprint(&ctx).instrument(span.clone()).await {
+                Err(e) => e,
+                Ok(fp) => {
+                    let mut restore_err = None;
+                    if fp != snapshot.fingerprint {
+                        self.append(Entry::RestoreIntent {
+                            checkpoint: resource.clone(),
+                        })
+                        .await?;
+                        let t = Instant::now();
+                        match cp.restore(snapshot, &ctx).instrument(span.clone()).await {
+                            Ok(how) => {
+                                let ms = t.elapsed().as_millis() as u64;
+                                self.emit(RunEvent::CheckpointRestored {
+                                    resource: resource.clone(),
+                                    method: how.method.clone(),
+                                    millis: ms,
+                                });
+                                self.append(Entry::Restored {
+                                    checkpoint: resource.clone(),
+                                    method: how.method,
+                                    items_changed: how.items_changed,
+                                    duration_ms: ms,
+                                })
+                                .await?;
+                            }
+                            Err(e) => restore_err = Some(e),
+                        }
+                    }
+                    match restore_err {
+                        Some(e) => e,
+                        None => match cp.fingerprint(&ctx).instrument(span.clone()).await {
+                            Err(e) => e,
+                            Ok(actual) => {
+                                let ok = actual == snapshot.fingerprint;
+                                self.emit(RunEvent::Parity {
+                                    resource: resource.clone(),
+                                    ok,
+                                });
+                                self.append(Entry::Parity {
+                                    checkpoint: resource.clone(),
+                                    expected: snapshot.fingerprint,
+                                    actual,
+                                })
+                                .await?;
+                                if ok {
+                                    return Ok(Ok(()));
+                                }
+                                Error::conflict(format!(
+                                    "{resource} differs from its baseline after restore (fingerprint {} != {})",
+                                    actual.short(),
+                                    snapshot.fingerprint.short()
+                                ))
+                            }
+                        },
+                    }
+                }
+            };
+            tracing::warn!(parent: &span, error = %err, attempt, "restore failed");
+            self.append(Entry::RestoreFailed {
+                checkpoint: resource.clone(),
+                error: err.to_string(),
+            })
+            .await?;
+            let refused = matches!(
+                err,
+                Error::DigestMismatch { .. } | Error::WrongResource { .. } | Error::Invalid { .. }
+            );
+            if refused || attempt > self.ex.rollback_retries {
+                return Ok(Err(err));
+            }
+            tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
+        }
+    }
+}
+
+fn backoff(opts: StepOptions, attempt: u32) -> Duration {
+    opts.backoff.saturating_mul(1u32 << (attempt - 1).min(10))
+}
+
+async fn with_timeout<T>(
+    opts: StepOptions,
+    what: &str,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match opts.timeout {
+        None => fut.await,
+        Some(after) => match tokio::time::timeout(after, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                operation: what.to_string(),
+                after,
+            }),
+        },
+    }
+}

@@ -1,0 +1,70 @@
+//! # rollback-core
+//!
+//! Reversible migrations. Before a change, capture verifiable checkpoints of every
+//! resource it touches; apply the change as a journaled plan of steps; check integrity
+//! automatically; and when anything goes wrong — a failed step, a failed check, a breached
+//! health threshold, a killed process — return every resource to its known-good state
+//! and prove it.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use rollback_core::{Executor, Plan, report::Outcome};
+//! use rollback_core::journal::FileJournal;
+//! use rollback_core::sim::{SimWorld, SetKey, Faults};
+//!
+//! let world = SimWorld::new();
+//! world.set("db", "schema", "v1");
+//! let plan = Plan::builder("upgrade")
+//!     .checkpoint("db", world.checkpoint("db"))
+//!     .step("db", SetKey::new("bump", &world, "db", "schema", "v2"), &[])
+//!     .step("db", SetKey::new("backfill", &world, "db", "rows", "migrated"), &["bump"])
+//!     .build()?;
+//! world.faults().fail_apply("backfill", 1); // force a failure
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let report = Executor::new(FileJournal::open(dir.path())?).run(&plan).await?;
+//! assert_eq!(report.outcome, Outcome::RolledBack);
+//! assert!(report.parity_proven());
+//! assert_eq!(world.get("db", "schema").as_deref(), Some("v1"));
+//! println!("{}", report.to_markdown());
+//! # Ok::<(), rollback_core::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! The three traits are [`Checkpoint`], [`Step`] and [`Verifier`]; a [`Plan`] ties them
+//! into a DAG; the [`Executor`] runs it against a [`journal::Journal`]. The [`sim`]
+//! module simulates resources and faults; the `conformance` feature exposes the checks
+//! every adapter runs on its real backend.
+
+mod checkpoint;
+mod context;
+mod digest;
+mod error;
+pub mod events;
+mod executor;
+pub mod journal;
+pub mod plan;
+pub mod report;
+mod step;
+mod verifier;
+
+#[cfg(feature = "sim")]
+pub mod sim;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use checkpoint::{Checkpoint, Restored, Snapshot};
+pub use context::Context;
+pub use digest::{Digest, Hasher};
+pub use error::{Error, Result};
+pub use executor::{Executor, Rehearsal, ResumePolicy, RollbackScope, RunPolicy};
+pub use plan::{Plan, PlanBuilder, PlanError, StepOptions, Trigger};
+pub use report::{Outcome, RunReport};
+pub use step::{Receipt, Reversibility, Step};
+pub use verifier::{Status, Verdict, Verifier};
+
+/// Milliseconds since the Unix epoch (the clock every record and snapshot uses).
+pub fn now_ms() -> u64 {
+    journal::now_ms()
+}

@@ -1,0 +1,844 @@
+//! [`Plan`]: a validated DAG of steps with checkpoints, verifiers, triggers and guards.
+
+use crate::{Checkpoint, Digest, Reversibility, Step, Verifier};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a plan was refused. Every variant names the culprit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// Two steps share an id.
+    #[error("plan {plan}: duplicate step id {step:?}")]
+    DuplicateStep {
+        /// Plan name.
+        plan: String,
+        /// The id.
+        step: String,
+    },
+    /// Two checkpoints cover the same resource.
+    #[error("plan {plan}: two checkpoints of resource {resource:?}")]
+    DuplicateCheckpoint {
+        /// Plan name.
+        plan: String,
+        /// The resource.
+        resource: String,
+    },
+    /// Two verifiers share an id.
+    #[error("plan {plan}: duplicate verifier id {verifier:?}")]
+    DuplicateVerifier {
+        /// Plan name.
+        plan: String,
+        /// The id.
+        verifier: String,
+    },
+    /// A step depends on a step that is not in the plan.
+    #[error("plan {plan}: step {step:?} depends on unknown step {dependency:?}")]
+    UnknownDependency {
+        /// Plan name.
+        plan: String,
+        /// The dependent step.
+        step: String,
+        /// The missing dependency.
+        dependency: String,
+    },
+    /// A post-step verifier or option names a step that is not in the plan.
+    #[error("plan {plan}: {what} names unknown step {step:?}")]
+    UnknownStep {
+        /// Plan name.
+        plan: String,
+        /// What refers to it.
+        what: String,
+        /// The missing step.
+        step: String,
+    },
+    /// The dependencies form a cycle.
+    #[error("plan {plan}: dependency cycle {}", cycle.join(" -> "))]
+    Cycle {
+        /// Plan name.
+        plan: String,
+        /// The steps on the cycle, first repeated at the end.
+        cycle: Vec<String>,
+    },
+    /// A restore-only step touches a resource no checkpoint covers.
+    #[error("plan {plan}: step {step:?} can only be undone by restoring a checkpoint, but nothing covers {}", resources.join(", "))]
+    Uncovered {
+        /// Plan name.
+        plan: String,
+        /// The step.
+        step: String,
+        /// Resources without a checkpoint (empty: the step declares none it touches).
+        resources: Vec<String>,
+    },
+    /// An irreversible step is neither covered by checkpoints nor explicitly approved.
+    #[error("plan {plan}: step {step:?} is irreversible and no checkpoint covers it; approve it with `approve_irreversible` if this is intended")]
+    UnapprovedIrreversible {
+        /// Plan name.
+        plan: String,
+        /// The step.
+        step: String,
+    },
+    /// A plan has no steps.
+    #[error("plan {plan}: no steps")]
+    Empty {
+        /// Plan name.
+        plan: String,
+    },
+}
+
+/// Per-step execution options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepOptions {
+    /// Give up on one attempt after this long (the effect is then uncertain). `None`: no limit.
+    pub timeout: Option<Duration>,
+    /// Retries after a transient error (apply and revert alike).
+    pub retries: u32,
+    /// First backoff; doubled after each retry.
+    pub backoff: Duration,
+}
+
+impl Default for StepOptions {
+    fn default() -> Self {
+        StepOptions {
+            timeout: None,
+            retries: 3,
+            backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+impl StepOptions {
+    /// With a timeout per attempt.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+    /// With `n` retries on transient errors.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+    /// With this first backoff.
+    pub fn backoff(mut self, d: Duration) -> Self {
+        self.backoff = d;
+        self
+    }
+}
+
+/// A health trigger: a verifier polled during the soak window; when it fails
+/// `max_failures` times within the last `window` polls, rollback starts by itself.
+#[derive(Clone)]
+pub struct Trigger {
+    pub(crate) verifier: Arc<dyn Verifier>,
+    pub(crate) every: Duration,
+    pub(crate) window: usize,
+    pub(crate) max_failures: usize,
+    pub(crate) max_value: Option<f64>,
+}
+
+impl Trigger {
+    /// A trigger on `verifier`: polled every second, breached by 1 failure in 1 poll.
+    pub fn new(verifier: impl Verifier + 'static) -> Self {
+        Self::from_arc(Arc::new(verifier))
+    }
+    /// Same as [`Trigger::new`] for a shared verifier.
+    pub fn from_arc(verifier: Arc<dyn Verifier>) -> Self {
+        Trigger {
+            verifier,
+            every: Duration::from_secs(1),
+            window: 1,
+            max_failures: 1,
+            max_value: None,
+        }
+    }
+    /// Poll interval.
+    pub fn every(mut self, d: Duration) -> Self {
+        self.every = d;
+        self
+    }
+    /// Breached when at least `max_failures` of the last `window` polls failed.
+    pub fn threshold(mut self, max_failures: usize, window: usize) -> Self {
+        self.max_failures = max_failures.max(1);
+        self.window = window.max(self.max_failures);
+        self
+    }
+    /// Also count a poll as failed when the verdict's value exceeds `max` (an error rate,
+    /// a latency).
+    pub fn max_value(mut self, max: f64) -> Self {
+        self.max_value = Some(max);
+        self
+    }
+    /// The trigger's verifier id.
+    pub fn id(&self) -> &str {
+        self.verifier.id()
+    }
+}
+
+impl fmt::Debug for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trigger")
+            .field("verifier", &self.verifier.id())
+            .field("every", &self.every)
+            .field(
+                "threshold",
+                &format!("{}/{}", self.max_failures, self.window),
+            )
+            .field("max_value", &self.max_value)
+            .finish()
+    }
+}
+
+/// A step in a plan, with its component tag and dependencies.
+#[derive(Clone)]
+pub struct PlannedStep {
+    /// The step.
+    pub step: Arc<dyn Step>,
+    /// Component tag ("database", "storage", "flags"...).
+    pub component: String,
+    /// Ids of the steps that must be applied first.
+    pub deps: Vec<String>,
+    /// Execution options.
+    pub options: StepOptions,
+}
+
+impl PlannedStep {
+    /// The step id.
+    pub fn id(&self) -> &str {
+        self.step.id()
+    }
+}
+
+/// A checkpoint in a plan, with its component tag.
+#[derive(Clone)]
+pub struct PlannedCheckpoint {
+    /// The checkpoint.
+    pub checkpoint: Arc<dyn Checkpoint>,
+    /// Component tag.
+    pub component: String,
+}
+
+impl PlannedCheckpoint {
+    /// The covered resource.
+    pub fn resource(&self) -> &str {
+        self.checkpoint.resource()
+    }
+}
+
+/// A validated plan. Build one with [`Plan::builder`].
+///
+/// ```
+/// use rollback_core::sim::{SimWorld, SetKey};
+/// use rollback_core::Plan;
+/// let world = SimWorld::new();
+/// let plan = Plan::builder("demo")
+///     .checkpoint("db", world.checkpoint("db"))
+///     .step("db", SetKey::new("s1", &world, "db", "k", "v"), &[])
+///     .step("db", SetKey::new("s2", &world, "db", "k2", "v"), &["s1"])
+///     .build()
+///     .unwrap();
+/// assert_eq!(plan.steps().len(), 2);
+/// println!("{}", plan.dry_run());
+/// ```
+#[derive(Clone)]
+pub struct Plan {
+    pub(crate) name: String,
+    pub(crate) steps: Vec<PlannedStep>,
+    pub(crate) checkpoints: Vec<PlannedCheckpoint>,
+    pub(crate) preconditions: Vec<Arc<dyn Verifier>>,
+    pub(crate) post_step: Vec<(String, Arc<dyn Verifier>)>,
+    pub(crate) finals: Vec<Arc<dyn Verifier>>,
+    pub(crate) triggers: Vec<Trigger>,
+    pub(crate) soak: Duration,
+    pub(crate) approvals: BTreeMap<String, String>,
+    pub(crate) digest: Digest,
+}
+
+impl fmt::Debug for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plan")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .field(
+                "steps",
+                &self.steps.iter().map(|s| s.id()).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Plan`]; [`PlanBuilder::build`] validates it.
+pub struct PlanBuilder {
+    name: String,
+    steps: Vec<PlannedStep>,
+    checkpoints: Vec<PlannedCheckpoint>,
+    preconditions: Vec<Arc<dyn Verifier>>,
+    post_step: Vec<(String, Arc<dyn Verifier>)>,
+    finals: Vec<Arc<dyn Verifier>>,
+    triggers: Vec<Trigger>,
+    soak: Duration,
+    approvals: BTreeMap<String, String>,
+    options: Vec<(String, StepOptions)>,
+    default_options: StepOptions,
+}
+
+impl Plan {
+    /// Start building a plan called `name` (the name also keys the plan's lease).
+    pub fn builder(name: impl Into<String>) -> PlanBuilder {
+        PlanBuilder {
+            name: name.into(),
+            steps: Vec::new(),
+            checkpoints: Vec::new(),
+            preconditions: Vec::new(),
+            post_step: Vec::new(),
+            finals: Vec::new(),
+            triggers: Vec::new(),
+            soak: Duration::ZERO,
+            approvals: BTreeMap::new(),
+            options: Vec::new(),
+            default_options: StepOptions::default(),
+        }
+    }
+
+    /// The plan's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// blake3 over the plan's declared structure (steps with specs, dependencies,
+    /// components, checkpoints, verifiers, approvals).
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+    /// Steps in the order they are applied (a topological order of the DAG).
+    pub fn steps(&self) -> &[PlannedStep] {
+        &self.steps
+    }
+    /// Checkpoints.
+    pub fn checkpoints(&self) -> &[PlannedCheckpoint] {
+        &self.checkpoints
+    }
+    /// The soak window.
+    pub fn soak(&self) -> Duration {
+        self.soak
+    }
+
+    pub(crate) fn step(&self, id: &str) -> Option<&PlannedStep> {
+        self.steps.iter().find(|s| s.id() == id)
+    }
+
+    /// The steps rolled back under the component policy when `failed` fails: every step
+    /// of its component and every step depending on those, transitively.
+    pub fn component_scope(&self, failed: &str) -> BTreeSet<String> {
+        let mut scope = BTreeSet::new();
+        if let Some(f) = self.step(failed) {
+            for s in &self.steps {
+                if s.component == f.component {
+                    scope.insert(s.id().to_string());
+                }
+            }
+        }
+        // Steps are in topological order: one forward pass closes over dependents.
+        for s in &self.steps {
+            if s.deps.iter().any(|d| scope.contains(d)) {
+                scope.insert(s.id().to_string());
+            }
+        }
+        scope
+    }
+
+    /// The checkpoints whose resources are touched by any step of `steps`.
+    pub(crate) fn checkpoints_for(&self, steps: &BTreeSet<String>) -> Vec<String> {
+        let touched: BTreeSet<String> = self
+            .steps
+            .iter()
+            .filter(|s| steps.contains(s.id()))
+            .flat_map(|s| s.step.touches())
+            .collect();
+        self.checkpoints
+            .iter()
+            .map(|c| c.resource().to_string())
+            .filter(|r| touched.contains(r))
+            .collect()
+    }
+
+    /// The exact sequence a run would follow, and its rollback path.
+    pub fn dry_run(&self) -> DryRun {
+        let covered: BTreeSet<&str> = self.checkpoints.iter().map(|c| c.resource()).collect();
+        let apply = self
+            .steps
+            .iter()
+            .map(|s| DryStep {
+                id: s.id().to_string(),
+                component: s.component.clone(),
+                reversibility: s.step.reversibility(),
+                depends_on: s.deps.clone(),
+                description: s.step.describe(),
+                touches: s.step.touches(),
+                verifiers_after: self
+                    .post_step
+                    .iter()
+                    .filter(|(id, _)| id == s.id())
+                    .map(|(_, v)| v.id().to_string())
+                    .collect(),
+            })
+            .collect::<Vec<_>>();
+        let mut rollback = Vec::new();
+        for s in self.steps.iter().rev() {
+            let touches = s.step.touches();
+            let how = match s.step.reversibility() {
+                Reversibility::Compensable => format!("revert {} (own compensation)", s.id()),
+                Reversibility::RestoreOnly => {
+                    format!("{} is undone by restoring {}", s.id(), touches.join(", "))
+                }
+                Reversibility::Irreversible => {
+                    if !touches.is_empty() && touches.iter().all(|t| covered.contains(t.as_str())) {
+                        format!(
+                            "{} is irreversible; restoring {} undoes it",
+                            s.id(),
+                            touches.join(", ")
+                        )
+                    } else {
+                        format!(
+                            "{} is IRREVERSIBLE and stays applied (approved: {})",
+                            s.id(),
+                            self.approvals
+                                .get(s.id())
+                                .map(String::as_str)
+                                .unwrap_or("-")
+                        )
+                    }
+                }
+            };
+            rollback.push(how);
+        }
+        for c in &self.checkpoints {
+            rollback.push(format!(
+                "restore {} if it differs from its baseline",
+                c.resource()
+            ));
+        }
+        for c in &self.checkpoints {
+            rollback.push(format!(
+                "prove parity of {} with its baseline fingerprint",
+                c.resource()
+            ));
+        }
+        DryRun {
+            plan: self.name.clone(),
+            digest: self.digest,
+            checkpoints: self
+                .checkpoints
+                .iter()
+                .map(|c| c.resource().to_string())
+                .collect(),
+            preconditions: self
+                .preconditions
+                .iter()
+                .map(|v| v.id().to_string())
+                .collect(),
+            apply,
+            final_verifiers: self.finals.iter().map(|v| v.id().to_string()).collect(),
+            triggers: self.triggers.iter().map(|t| t.id().to_string()).collect(),
+            soak_ms: self.soak.as_millis() as u64,
+            rollback,
+        }
+    }
+}
+
+impl PlanBuilder {
+    /// Add a checkpoint of a resource, tagged with `component`.
+    pub fn checkpoint(self, component: &str, cp: impl Checkpoint + 'static) -> Self {
+        self.checkpoint_arc(component, Arc::new(cp))
+    }
+    /// Same as [`PlanBuilder::checkpoint`] for a shared checkpoint.
+    pub fn checkpoint_arc(mut self, component: &str, cp: Arc<dyn Checkpoint>) -> Self {
+        self.checkpoints.push(PlannedCheckpoint {
+            checkpoint: cp,
+            component: component.into(),
+        });
+        self
+    }
+    /// Add a step of `component` that runs after the steps `deps`.
+    pub fn step(self, component: &str, step: impl Step + 'static, deps: &[&str]) -> Self {
+        self.step_arc(component, Arc::new(step), deps)
+    }
+    /// Same as [`PlanBuilder::step`] for a shared step.
+    pub fn step_arc(mut self, component: &str, step: Arc<dyn Step>, deps: &[&str]) -> Self {
+        self.steps.push(PlannedStep {
+            step,
+            component: component.into(),
+            deps: deps.iter().map(|d| d.to_string()).collect(),
+            options: StepOptions::default(),
+        });
+        self
+    }
+    /// Options for one step (by id).
+    pub fn step_options(mut self, step: &str, options: StepOptions) -> Self {
+        self.options.push((step.to_string(), options));
+        self
+    }
+    /// Options for every step without its own.
+    pub fn default_step_options(mut self, options: StepOptions) -> Self {
+        self.default_options = options;
+        self
+    }
+    /// A verifier that must pass before anything changes.
+    pub fn precondition(mut self, v: impl Verifier + 'static) -> Self {
+        self.preconditions.push(Arc::new(v));
+        self
+    }
+    /// A verifier run after the step `step` is applied; failing it rolls back.
+    pub fn verify_after(mut self, step: &str, v: impl Verifier + 'static) -> Self {
+        self.post_step.push((step.to_string(), Arc::new(v)));
+        self
+    }
+    /// A verifier run after every step is applied; failing it rolls back.
+    pub fn verify_final(self, v: impl Verifier + 'static) -> Self {
+        self.verify_final_arc(Arc::new(v))
+    }
+    /// Same as [`PlanBuilder::verify_final`] for a shared verifier.
+    pub fn verify_final_arc(mut self, v: Arc<dyn Verifier>) -> Self {
+        self.finals.push(v);
+        self
+    }
+    /// A health trigger polled during the soak window.
+    pub fn trigger(mut self, t: Trigger) -> Self {
+        self.triggers.push(t);
+        self
+    }
+    /// How long to observe triggers after the final verifiers pass, before committing.
+    pub fn soak(mut self, d: Duration) -> Self {
+        self.soak = d;
+        self
+    }
+    /// Explicitly approve an irreversible step that no checkpoint covers, with the reason
+    /// (kept in the plan digest and the report).
+    pub fn approve_irreversible(mut self, step: &str, reason: &str) -> Self {
+        self.approvals.insert(step.to_string(), reason.to_string());
+        self
+    }
+
+    /// Validate and build the plan.
+    ///
+    /// # Errors
+    /// A [`PlanError`] naming the culprit: duplicate ids, unknown or cyclic dependencies,
+    /// restore-only steps without a covering checkpoint, unapproved irreversible steps.
+    pub fn build(self) -> Result<Plan, PlanError> {
+        let plan = self.name.clone();
+        if self.steps.is_empty() {
+            return Err(PlanError::Empty { plan });
+        }
+        let mut ids = BTreeSet::new();
+        for s in &self.steps {
+            if !ids.insert(s.id().to_string()) {
+                return Err(PlanError::DuplicateStep {
+                    plan,
+                    step: s.id().into(),
+                });
+            }
+        }
+        let mut resources = BTreeSet::new();
+        for c in &self.checkpoints {
+            if !resources.insert(c.resource().to_string()) {
+                return Err(PlanError::DuplicateCheckpoint {
+                    plan,
+                    resource: c.resource().into(),
+                });
+            }
+        }
+        let mut vids = BTreeSet::new();
+        let all_verifiers = self
+            .preconditions
+            .iter()
+            .chain(self.post_step.iter().map(|(_, v)| v))
+            .chain(self.finals.iter())
+            .chain(self.triggers.iter().map(|t| &t.verifier));
+        for v in all_verifiers {
+            if !vids.insert(v.id().to_string()) {
+                return Err(PlanError::DuplicateVerifier {
+                    plan,
+                    verifier: v.id().into(),
+                });
+            }
+        }
+        for s in &self.steps {
+            for d in &s.deps {
+                if !ids.contains(d) {
+                    return Err(PlanError::UnknownDependency {
+                        plan,
+                        step: s.id().into(),
+                        dependency: d.clone(),
+                    });
+                }
+            }
+        }
+        for (step, _) in &self.post_step {
+            if !ids.contains(step) {
+                return Err(PlanError::UnknownStep {
+                    plan,
+                    what: "verify_after".into(),
+                    step: step.clone(),
+                });
+            }
+        }
+        for (step, _) in &self.options {
+            if !ids.contains(step) {
+                return Err(PlanError::UnknownStep {
+                    plan,
+                    what: "step_options".into(),
+                    step: step.clone(),
+                });
+            }
+        }
+        for step in self.approvals.keys() {
+            if !ids.contains(step) {
+                return Err(PlanError::UnknownStep {
+                    plan,
+                    what: "approve_irreversible".into(),
+                    step: step.clone(),
+                });
+            }
+        }
+        for s in &self.steps {
+            let touches = s.step.touches();
+            let missing: Vec<String> = touches
+                .iter()
+                .filter(|t| !resources.contains(*t))
+                .cloned()
+                .collect();
+            match s.step.reversibility() {
+                Reversibility::Compensable => {}
+                Reversibility::RestoreOnly => {
+                    if touches.is_empty() || !missing.is_empty() {
+                        return Err(PlanError::Uncovered {
+                            plan,
+                            step: s.id().into(),
+                            resources: missing,
+                        });
+                    }
+                }
+                Reversibility::Irreversible => {
+                    let covered = !touches.is_empty() && missing.is_empty();
+                    if !covered && !self.approvals.contains_key(s.id()) {
+                        return Err(PlanError::UnapprovedIrreversible {
+                            plan,
+                            step: s.id().into(),
+                        });
+                    }
+                }
+            }
+        }
+        let order = topo_order(&plan, &self.steps)?;
+        let mut by_id: HashMap<String, PlannedStep> = self
+            .steps
+            .into_iter()
+            .map(|s| (s.id().to_string(), s))
+            .collect();
+        let options: HashMap<String, StepOptions> = self.options.into_iter().collect();
+        let steps: Vec<PlannedStep> = order
+            .into_iter()
+            .filter_map(|id| by_id.remove(&id))
+            .map(|mut s| {
+                s.options = options.get(s.id()).copied().unwrap_or(self.default_options);
+                s
+            })
+            .collect();
+
+        #[derive(Serialize)]
+        struct Spec<'a> {
+            name: &'a str,
+            steps: Vec<serde_json::Value>,
+            checkpoints: Vec<(&'a str, &'a str)>,
+            preconditions: Vec<&'a str>,
+            post_step: Vec<(&'a str, &'a str)>,
+            finals: Vec<&'a str>,
+            triggers: Vec<&'a str>,
+            approvals: &'a BTreeMap<String, String>,
+        }
+        let spec = Spec {
+            name: &plan,
+            steps: steps
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "id": s.id(), "component": s.component, "deps": s.deps,
+                        "reversibility": s.step.reversibility(), "touches": s.step.touches(),
+                        "spec": s.step.spec(),
+                    })
+                })
+                .collect(),
+            checkpoints: self
+                .checkpoints
+                .iter()
+                .map(|c| (c.component.as_str(), c.resource()))
+                .collect(),
+            preconditions: self.preconditions.iter().map(|v| v.id()).collect(),
+            post_step: self
+                .post_step
+                .iter()
+                .map(|(s, v)| (s.as_str(), v.id()))
+                .collect(),
+            finals: self.finals.iter().map(|v| v.id()).collect(),
+            triggers: self.triggers.iter().map(|t| t.id()).collect(),
+            approvals: &self.approvals,
+        };
+        let digest = Digest::of_json(&spec);
+        Ok(Plan {
+            name: plan,
+            steps,
+            checkpoints: self.checkpoints,
+            preconditions: self.preconditions,
+            post_step: self.post_step,
+            finals: self.finals,
+            triggers: self.triggers,
+            soak: self.soak,
+            approvals: self.approvals,
+            digest,
+        })
+    }
+}
+
+/// Kahn's algorithm, stable in insertion order; on a cycle, names one.
+fn topo_order(plan: &str, steps: &[PlannedStep]) -> Result<Vec<String>, PlanError> {
+    let index: HashMap<&str, usize> = steps.iter().enumerate().map(|(i, s)| (s.id(), i)).collect();
+    let mut indegree: Vec<usize> = steps.iter().map(|s| s.deps.len()).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    for (i, s) in steps.iter().enumerate() {
+        for d in &s.deps {
+            dependents[index[d.as_str()]].push(i);
+        }
+    }
+    let mut ready: BTreeSet<usize> = (0..steps.len()).filter(|i| indegree[*i] == 0).collect();
+    let mut order = Vec::with_capacity(steps.len());
+    while let Some(i) = ready.pop_first() {
+        order.push(steps[i].id().to_string());
+        for &j in &dependents[i] {
+            indegree[j] -= 1;
+            if indegree[j] == 0 {
+                ready.insert(j);
+            }
+        }
+    }
+    if order.len() == steps.len() {
+        return Ok(order);
+    }
+    // Walk dependencies from a node left over until one repeats.
+    let start = (0..steps.len()).find(|i| indegree[*i] > 0).unwrap_or(0);
+    let mut path = vec![start];
+    let mut cur = start;
+    loop {
+        let next = steps[cur]
+            .deps
+            .iter()
+            .map(|d| index[d.as_str()])
+            .find(|j| indegree[*j] > 0)
+            .unwrap_or(start);
+        if let Some(pos) = path.iter().position(|p| *p == next) {
+            let mut cycle: Vec<String> = path[pos..]
+                .iter()
+                .map(|i| steps[*i].id().to_string())
+                .collect();
+            cycle.reverse();
+            cycle.push(cycle[0].clone());
+            return Err(PlanError::Cycle {
+                plan: plan.into(),
+                cycle,
+            });
+        }
+        path.push(next);
+        cur = next;
+    }
+}
+
+/// One step of a dry run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DryStep {
+    /// Step id.
+    pub id: String,
+    /// Component.
+    pub component: String,
+    /// Reversibility.
+    pub reversibility: Reversibility,
+    /// Dependencies.
+    pub depends_on: Vec<String>,
+    /// Description.
+    pub description: String,
+    /// Resources it may change.
+    pub touches: Vec<String>,
+    /// Verifiers run after it.
+    pub verifiers_after: Vec<String>,
+}
+
+/// The exact sequence a run would follow and its rollback path. `Display` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DryRun {
+    /// Plan name.
+    pub plan: String,
+    /// Plan digest.
+    pub digest: Digest,
+    /// Checkpoints captured first.
+    pub checkpoints: Vec<String>,
+    /// Preconditions checked before.
+    pub preconditions: Vec<String>,
+    /// Steps in apply order.
+    pub apply: Vec<DryStep>,
+    /// Final verifiers.
+    pub final_verifiers: Vec<String>,
+    /// Triggers polled in the soak window.
+    pub triggers: Vec<String>,
+    /// Soak window.
+    pub soak_ms: u64,
+    /// The rollback path, in order.
+    pub rollback: Vec<String>,
+}
+
+impl fmt::Display for DryRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "plan {} ({})", self.plan, self.digest.short())?;
+        writeln!(f, "preconditions: {}", list(&self.preconditions))?;
+        writeln!(f, "capture: {}", list(&self.checkpoints))?;
+        writeln!(f, "apply:")?;
+        for (i, s) in self.apply.iter().enumerate() {
+            writeln!(
+                f,
+                "  {}. [{}] {} ({}){}{}",
+                i + 1,
+                s.component,
+                s.description,
+                s.reversibility,
+                if s.depends_on.is_empty() {
+                    String::new()
+                } else {
+                    format!(" after {}", s.depends_on.join(", "))
+                },
+                if s.verifiers_after.is_empty() {
+                    String::new()
+                } else {
+                    format!("; verify {}", s.verifiers_after.join(", "))
+                },
+            )?;
+        }
+        writeln!(f, "final verifiers: {}", list(&self.final_verifiers))?;
+        writeln!(
+            f,
+            "soak: {} ms watching {}",
+            self.soak_ms,
+            list(&self.triggers)
+        )?;
+        writeln!(f, "rollback path:")?;
+        for (i, r) in self.rollback.iter().enumerate() {
+            writeln!(f, "  {}. {}", i + 1, r)?;
+        }
+        Ok(())
+    }
+}
+
+fn list(v: &[String]) -> String {
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.join(", ")
+    }
+}

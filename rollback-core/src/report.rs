@@ -1,0 +1,815 @@
+//! [`RunReport`]: what a run did and undid, with evidence, RTO and RPO — rebuilt from the
+//! journal, rendered as JSON or Markdown, with an incident-report skeleton.
+
+use crate::events::NoticeKind;
+use crate::executor::State;
+use crate::journal::{Entry, Record};
+use crate::{Digest, Plan, Reversibility, Status, Verdict};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Write as _};
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every step applied and verified.
+    Committed,
+    /// Every applied step undone; parity with the baseline proven.
+    RolledBack,
+    /// The failed component and its dependents undone, parity proven for them; the rest
+    /// kept applied.
+    PartiallyRolledBack,
+    /// Rollback could not finish: see [`RunReport::remaining`]; `resume` continues it.
+    RollbackFailed,
+    /// Not finished (interrupted): `resume` brings it to an end.
+    InProgress,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Committed => "committed",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::PartiallyRolledBack => "partially_rolled_back",
+            Outcome::RollbackFailed => "rollback_failed",
+            Outcome::InProgress => "in_progress",
+        })
+    }
+}
+
+/// Where a step ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Never applied.
+    NotApplied,
+    /// Applied (and kept).
+    Applied,
+    /// Applied, outside the rollback scope: kept on purpose by a partial rollback.
+    Kept,
+    /// Undone by its own compensation.
+    Reverted,
+    /// Undone by restoring the checkpoints of what it touches.
+    UndoneByRestore,
+    /// Irreversible and approved: it stays applied after rollback.
+    IrreversibleKept,
+    /// Applied (or possibly applied) and not yet undone: rollback is unfinished.
+    NotUndone,
+}
+
+/// One step in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Step id.
+    pub id: String,
+    /// Component.
+    pub component: String,
+    /// Reversibility.
+    pub reversibility: Reversibility,
+    /// Final state.
+    pub state: StepState,
+    /// Apply attempts.
+    pub apply_attempts: u32,
+    /// Duration of the successful apply.
+    pub apply_ms: Option<u64>,
+    /// Revert attempts.
+    pub revert_attempts: u32,
+    /// Duration of the successful revert.
+    pub revert_ms: Option<u64>,
+    /// Last error seen.
+    pub last_error: Option<String>,
+}
+
+/// One checkpoint in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointReport {
+    /// Resource.
+    pub resource: String,
+    /// Component.
+    pub component: String,
+    /// Snapshot id, digest and fingerprint, if captured.
+    pub snapshot_id: Option<String>,
+    /// Content digest.
+    pub digest: Option<Digest>,
+    /// Baseline fingerprint.
+    pub fingerprint: Option<Digest>,
+    /// Size of the captured content.
+    pub size_bytes: Option<u64>,
+    /// Capture time (epoch ms) and duration.
+    pub captured_at_ms: Option<u64>,
+    /// Capture duration.
+    pub capture_ms: Option<u64>,
+    /// How it was restored, if it was.
+    pub restore_method: Option<String>,
+    /// Items written back by the restore.
+    pub restored_items: Option<u64>,
+    /// Restore duration.
+    pub restore_ms: Option<u64>,
+    /// Whether parity with the baseline fingerprint was proven (None: not checked).
+    pub parity: Option<bool>,
+    /// Writes made between capture and restore are lost: restore time − capture time.
+    pub rpo_ms: Option<u64>,
+}
+
+/// A verdict with when and where it was given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerdictReport {
+    /// Verifier id.
+    pub verifier: String,
+    /// Phase: `precondition`, `after:<step>`, `final`, `soak`.
+    pub phase: String,
+    /// Epoch ms.
+    pub at_ms: u64,
+    /// The verdict with its evidence.
+    pub verdict: Verdict,
+}
+
+/// One line of the timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// Milliseconds since the run started.
+    pub offset_ms: u64,
+    /// The record kind (`apply_intent`, `restored`...).
+    pub kind: String,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+/// The report of a run. Built from the journal, so a resumed run's report covers every
+/// process that worked on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Run id.
+    pub run_id: String,
+    /// Plan name.
+    pub plan: String,
+    /// Plan digest.
+    pub plan_digest: Digest,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why rollback started, if it did.
+    pub rollback_reason: Option<String>,
+    /// Start, epoch ms.
+    pub started_at_ms: u64,
+    /// Last record, epoch ms.
+    pub finished_at_ms: u64,
+    /// Steps in plan order.
+    pub steps: Vec<StepReport>,
+    /// Checkpoints.
+    pub checkpoints: Vec<CheckpointReport>,
+    /// Every verdict.
+    pub verdicts: Vec<VerdictReport>,
+    /// Recovery time: from the trigger (rollback start) to verified restored.
+    pub rto_ms: Option<u64>,
+    /// Recovery point: the largest window of writes lost to a checkpoint restore (0 when
+    /// every change was undone by compensation).
+    pub rpo_ms: Option<u64>,
+    /// What is left when the rollback could not finish.
+    pub remaining: Vec<String>,
+    /// The checkpoints the rollback restores and proves parity for.
+    pub rollback_checkpoints: Vec<String>,
+    /// How many times the run was resumed.
+    pub resumes: u32,
+    /// Lease takeovers from expired holders.
+    pub lease_takeovers: Vec<String>,
+    /// Irreversible steps approved to stay, with the reasons given.
+    pub approvals: BTreeMap<String, String>,
+    /// Timeline.
+    pub timeline: Vec<TimelineEntry>,
+}
+
+impl RunReport {
+    /// Rebuild the report of `run_id` from its records.
+    pub fn from_records(plan: &Plan, run_id: &str, records: &[Record]) -> RunReport {
+        let state = State::from_records(records);
+        let started = records.first().map(|r| r.at_ms).unwrap_or(0);
+        let finished = records.last().map(|r| r.at_ms).unwrap_or(started);
+        let mut rollback_at = None;
+        let mut rolled_back_at = None;
+        let mut partial = false;
+        let mut rollback_failed: Option<(Vec<String>, String)> = None;
+        let mut resumes = 0;
+        let mut takeovers = Vec::new();
+        let mut verdicts = Vec::new();
+        let mut steps: BTreeMap<String, StepReport> = plan
+            .steps()
+            .iter()
+            .map(|s| {
+                (
+                    s.id().to_string(),
+                    StepReport {
+                        id: s.id().into(),
+                        component: s.component.clone(),
+                        reversibility: s.step.reversibility(),
+                        state: StepState::NotApplied,
+                        apply_attempts: 0,
+                        apply_ms: None,
+                        revert_attempts: 0,
+                        revert_ms: None,
+                        last_error: None,
+                    },
+                )
+            })
+            .collect();
+        let mut cps: BTreeMap<String, CheckpointReport> = plan
+            .checkpoints()
+            .iter()
+            .map(|c| {
+                (
+                    c.resource().to_string(),
+                    CheckpointReport {
+                        resource: c.resource().into(),
+                        component: c.component.clone(),
+                        snapshot_id: None,
+                        digest: None,
+                        fingerprint: None,
+                        size_bytes: None,
+                        captured_at_ms: None,
+                        capture_ms: None,
+                        restore_method: None,
+                        restored_items: None,
+                        restore_ms: None,
+                        parity: None,
+                        rpo_ms: None,
+                    },
+                )
+            })
+            .collect();
+        let mut timeline = Vec::new();
+        for r in records {
+            let detail = match &r.entry {
+                Entry::RunStarted {
+                    plan,
+                    plan_digest,
+                    holder,
+                    policy,
+                } => {
+                    format!(
+                        "plan {plan} ({}) by {holder}, scope {:?}, on resume {:?}",
+                        plan_digest.short(),
+                        policy.scope,
+                        policy.on_resume
+                    )
+                }
+                Entry::LeaseTaken {
+                    holder,
+                    taken_over_from,
+                } => {
+                    if let Some(prev) = taken_over_from {
+                        takeovers.push(format!("{holder} took over from {prev}"));
+                    }
+                    match taken_over_from {
+                        Some(p) => format!("lease taken by {holder} over expired {p}"),
+                        None => format!("lease taken by {holder}"),
+                    }
+                }
+                Entry::Resumed { holder } => {
+                    resumes += 1;
+                    format!("resumed by {holder}")
+                }
+                Entry::CaptureIntent { checkpoint } => format!("capturing {checkpoint}"),
+                Entry::Captured {
+                    checkpoint,
+                    snapshot,
+                    duration_ms,
+                } => {
+                    if let Some(c) = cps.get_mut(checkpoint) {
+                        c.snapshot_id = Some(snapshot.id.clone());
+                        c.digest = Some(snapshot.digest);
+                        c.fingerprint = Some(snapshot.fingerprint);
+                        c.size_bytes = snapshot.size_bytes;
+                        c.captured_at_ms = Some(snapshot.captured_at_ms);
+                        c.capture_ms = Some(*duration_ms);
+                    }
+                    format!(
+                        "captured {checkpoint} digest {} in {duration_ms} ms",
+                        snapshot.digest.short()
+                    )
+                }
+                Entry::ApplyIntent { step, attempt } => {
+                    if let Some(s) = steps.get_mut(step) {
+                        s.apply_attempts = *attempt;
+                    }
+                    format!("applying {step} (attempt {attempt})")
+                }
+                Entry::Applied {
+                    step, duration_ms, ..
+                } => {
+                    if let Some(s) = steps.get_mut(step) {
+                        s.apply_ms = Some(*duration_ms);
+                    }
+                    format!("applied {step} in {duration_ms} ms")
+                }
+                Entry::ApplyFailed {
+                    step,
+                    error,
+                    maybe_applied,
+                    ..
+                } => {
+                    if let Some(s) = steps.get_mut(step) {
+                        s.last_error = Some(error.clone());
+                    }
+                    format!(
+                        "apply of {step} failed{}: {error}",
+                        if *maybe_applied {
+                            " (may have applied)"
+                        } else {
+                            ""
+                        }
+                    )
+                }
+                Entry::Progress { step, cursor } => format!("{step} saved cursor {cursor}"),
+                Entry::Verdict {
+                    verifier,
+                    phase,
+                    verdict,
+                } => {
+                    verdicts.push(VerdictReport {
+                        verifier: verifier.clone(),
+                        phase: phase.clone(),
+                        at_ms: r.at_ms,
+                        verdict: verdict.clone(),
+                    });
+                    format!(
+                        "{verifier} [{phase}]: {:?} — {}",
+                        verdict.status, verdict.summary
+                    )
+                }
+                Entry::RollbackStarted {
+                    reason,
+                    steps: scope,
+                    ..
+                } => {
+                    rollback_at.get_or_insert(r.at_ms);
+                    format!("ROLLBACK started: {reason} (scope: {})", scope.join(", "))
+                }
+                Entry::RevertIntent { step, attempt } => {
+                    if let Some(s) = steps.get_mut(step) {
+                        s.revert_attempts = *attempt;
+                    }
+                    format!("reverting {step} (attempt {attempt})")
+                }
+                Entry::Reverted { step, duration_ms } => {
+                    if let Some(s) = steps.get_mut(step) {
+                        s.revert_ms = Some(*duration_ms);
+                    }
+                    format!("reverted {step} in {duration_ms} ms")
+                }
+                Entry::RevertFailed { step, error, .. } => {
+                    if let Some(s) = steps.get_mut(step) {
+                        s.last_error = Some(error.clone());
+                    }
+                    format!("revert of {step} failed: {error}")
+                }
+                Entry::RestoreIntent { checkpoint } => format!("restoring {checkpoint}"),
+                Entry::Restored {
+                    checkpoint,
+                    method,
+                    items_changed,
+                    duration_ms,
+                } => {
+                    if let Some(c) = cps.get_mut(checkpoint) {
+                        c.restore_method = Some(method.clone());
+                        c.restored_items = *items_changed;
+                        c.restore_ms = Some(*duration_ms);
+                        c.rpo_ms = c.captured_at_ms.map(|t| r.at_ms.saturating_sub(t));
+                    }
+                    format!("restored {checkpoint} by {method} in {duration_ms} ms")
+                }
+                Entry::RestoreFailed { checkpoint, error } => {
+                    format!("restore of {checkpoint} failed: {error}")
+                }
+                Entry::Parity {
+                    checkpoint,
+                    expected,
+                    actual,
+                } => {
+                    if let Some(c) = cps.get_mut(checkpoint) {
+                        c.parity = Some(expected == actual);
+                    }
+                    format!(
+                        "parity of {checkpoint}: {} (baseline {}, now {})",
+                        if expected == actual {
+                            "proven"
+                        } else {
+                            "FAILED"
+                        },
+                        expected.short(),
+                        actual.short()
+                    )
+                }
+                Entry::Committed => "committed".to_string(),
+                Entry::RolledBack { partial: p } => {
+                    partial = *p;
+                    rolled_back_at = Some(r.at_ms);
+                    if *p {
+                        "partially rolled back, parity proven".into()
+                    } else {
+                        "rolled back, parity proven".into()
+                    }
+                }
+                Entry::RollbackFailed { remaining, error } => {
+                    rollback_failed = Some((remaining.clone(), error.clone()));
+                    format!(
+                        "ROLLBACK FAILED: {error}; remaining: {}",
+                        remaining.join("; ")
+                    )
+                }
+            };
+            timeline.push(TimelineEntry {
+                offset_ms: r.at_ms.saturating_sub(started),
+                kind: r.entry.kind().into(),
+                detail,
+            });
+        }
+
+        let (reason, scope, scope_cps) = match &state.rollback {
+            Some((reason, s, c)) => (
+                Some(reason.clone()),
+                s.iter().cloned().collect::<BTreeSet<_>>(),
+                c.clone(),
+            ),
+            None => (None, BTreeSet::new(), Vec::new()),
+        };
+        let restored_ok: BTreeSet<&String> = scope_cps
+            .iter()
+            .filter(|c| state.parity.get(*c) == Some(&true))
+            .collect();
+        for ps in plan.steps() {
+            let Some(sr) = steps.get_mut(ps.id()) else {
+                continue;
+            };
+            let applied = state.applied.contains_key(ps.id());
+            sr.state = if !applied {
+                StepState::NotApplied
+            } else if state.reverted.contains(ps.id()) {
+                StepState::Reverted
+            } else if reason.is_none() {
+                StepState::Applied
+            } else if !scope.contains(ps.id()) {
+                StepState::Kept
+            } else {
+                let touches = ps.step.touches();
+                let by_restore =
+                    !touches.is_empty() && touches.iter().all(|t| restored_ok.contains(t));
+                if by_restore {
+                    StepState::UndoneByRestore
+                } else if ps.step.reversibility() == Reversibility::Irreversible {
+                    StepState::IrreversibleKept
+                } else {
+                    StepState::NotUndone
+                }
+            };
+        }
+
+        let outcome = if state.committed {
+            Outcome::Committed
+        } else if state.rolled_back {
+            if partial {
+                Outcome::PartiallyRolledBack
+            } else {
+                Outcome::RolledBack
+            }
+        } else if rollback_failed.is_some() {
+            Outcome::RollbackFailed
+        } else {
+            Outcome::InProgress
+        };
+        let remaining = if outcome == Outcome::RollbackFailed {
+            rollback_failed.map(|(r, _)| r).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let rto_ms = match (rollback_at, rolled_back_at) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        let rpo_ms = if state.rolled_back {
+            Some(cps.values().filter_map(|c| c.rpo_ms).max().unwrap_or(0))
+        } else {
+            None
+        };
+        RunReport {
+            run_id: run_id.into(),
+            plan: plan.name().into(),
+            plan_digest: plan.digest(),
+            outcome,
+            rollback_reason: reason,
+            started_at_ms: started,
+            finished_at_ms: finished,
+            steps: plan
+                .steps()
+                .iter()
+                .filter_map(|s| steps.remove(s.id()))
+                .collect(),
+            checkpoints: plan
+                .checkpoints()
+                .iter()
+                .filter_map(|c| cps.remove(c.resource()))
+                .collect(),
+            verdicts,
+            rto_ms,
+            rpo_ms,
+            remaining,
+            rollback_checkpoints: scope_cps,
+            resumes,
+            lease_takeovers: takeovers,
+            approvals: plan.approvals.clone(),
+            timeline,
+        }
+    }
+
+    /// Whether every checkpoint in the rollback's scope that had a baseline shows parity
+    /// with it (false when no rollback happened).
+    pub fn parity_proven(&self) -> bool {
+        self.rollback_reason.is_some()
+            && self
+                .checkpoints
+                .iter()
+                .filter(|c| {
+                    self.rollback_checkpoints.contains(&c.resource) && c.fingerprint.is_some()
+                })
+                .all(|c| c.parity == Some(true))
+    }
+
+    /// Whether the run committed.
+    pub fn is_committed(&self) -> bool {
+        self.outcome == Outcome::Committed
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Steps kept applied by a partial rollback.
+    pub fn kept(&self) -> Vec<&str> {
+        self.steps
+            .iter()
+            .filter(|s| s.state == StepState::Kept)
+            .map(|s| s.id.as_str())
+            .collect()
+    }
+
+    /// Steps undone (reverted or undone by restore).
+    pub fn undone(&self) -> Vec<&str> {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s.state, StepState::Reverted | StepState::UndoneByRestore))
+            .map(|s| s.id.as_str())
+            .collect()
+    }
+
+    /// The report in Markdown: summary, steps, checkpoints, verdicts with evidence,
+    /// timeline, and the incident-report skeleton.
+    pub fn to_markdown(&self) -> String {
+        let mut m = String::new();
+        let _ = writeln!(m, "# Run report: {}\n", self.plan);
+        let _ = writeln!(m, "| | |\n|---|---|");
+        let _ = writeln!(m, "| run | `{}` |", self.run_id);
+        let _ = writeln!(m, "| plan digest | `{}` |", self.plan_digest.short());
+        let _ = writeln!(m, "| outcome | **{}** |", self.outcome);
+        if let Some(r) = &self.rollback_reason {
+            let _ = writeln!(m, "| rollback reason | {} |", md(r));
+        }
+        let _ = writeln!(
+            m,
+            "| duration | {} ms |",
+            self.finished_at_ms.saturating_sub(self.started_at_ms)
+        );
+        if let Some(rto) = self.rto_ms {
+            let _ = writeln!(m, "| RTO (trigger → verified restored) | {rto} ms |");
+        }
+        if let Some(rpo) = self.rpo_ms {
+            let _ = writeln!(m, "| RPO (writes lost to restores) | {rpo} ms |");
+        }
+        if self.resumes > 0 {
+            let _ = writeln!(m, "| resumes | {} |", self.resumes);
+        }
+        for t in &self.lease_takeovers {
+            let _ = writeln!(m, "| lease takeover | {} |", md(t));
+        }
+        if !self.remaining.is_empty() {
+            let _ = writeln!(m, "\n## Left undone (resume to continue)\n");
+            for r in &self.remaining {
+                let _ = writeln!(m, "- {}", md(r));
+            }
+        }
+        let _ = writeln!(m, "\n## Steps\n\n| step | component | reversibility | state | apply | revert | last error |\n|---|---|---|---|---|---|---|");
+        for s in &self.steps {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {:?} | {} | {} | {} |",
+                md(&s.id),
+                md(&s.component),
+                s.reversibility,
+                s.state,
+                s.apply_ms
+                    .map(|v| format!("{v} ms ({}x)", s.apply_attempts))
+                    .unwrap_or_else(|| "-".into()),
+                s.revert_ms
+                    .map(|v| format!("{v} ms ({}x)", s.revert_attempts))
+                    .unwrap_or_else(|| "-".into()),
+                s.last_error
+                    .as_deref()
+                    .map(md)
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+        let _ = writeln!(m, "\n## Checkpoints\n\n| resource | digest | size | capture | restore | parity | RPO |\n|---|---|---|---|---|---|---|");
+        for c in &self.checkpoints {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                md(&c.resource),
+                c.digest
+                    .map(|d| format!("`{}`", d.short()))
+                    .unwrap_or_else(|| "-".into()),
+                c.size_bytes
+                    .map(|b| format!("{b} B"))
+                    .unwrap_or_else(|| "-".into()),
+                c.capture_ms
+                    .map(|v| format!("{v} ms"))
+                    .unwrap_or_else(|| "-".into()),
+                match (&c.restore_method, c.restore_ms) {
+                    (Some(meth), Some(ms)) => format!(
+                        "{meth}, {ms} ms{}",
+                        c.restored_items
+                            .map(|n| format!(", {n} items"))
+                            .unwrap_or_default()
+                    ),
+                    _ => "-".into(),
+                },
+                match c.parity {
+                    Some(true) => "proven",
+                    Some(false) => "**FAILED**",
+                    None => "-",
+                },
+                c.rpo_ms
+                    .map(|v| format!("{v} ms"))
+                    .unwrap_or_else(|| "0".into()),
+            );
+        }
+        if !self.approvals.is_empty() {
+            let _ = writeln!(m, "\n## Approved irreversible steps\n");
+            for (s, why) in &self.approvals {
+                let _ = writeln!(m, "- {}: {}", md(s), md(why));
+            }
+        }
+        let _ = writeln!(m, "\n## Verdicts\n\n| verifier | phase | status | summary | evidence |\n|---|---|---|---|---|");
+        for v in &self.verdicts {
+            let ev = if v.verdict.evidence.is_null() {
+                "-".to_string()
+            } else {
+                format!(
+                    "`{}`",
+                    crate::digest::truncate(&v.verdict.evidence.to_string(), 300)
+                )
+            };
+            let _ = writeln!(
+                m,
+                "| {} | {} | {:?} | {} | {} |",
+                md(&v.verifier),
+                md(&v.phase),
+                v.verdict.status,
+                md(&v.verdict.summary),
+                md(&ev)
+            );
+        }
+        let _ = writeln!(m, "\n## Timeline\n\n| +ms | event |\n|---|---|");
+        for t in &self.timeline {
+            let _ = writeln!(m, "| {} | {} |", t.offset_ms, md(&t.detail));
+        }
+        m.push_str(&self.incident_skeleton());
+        m
+    }
+
+    /// The after-action review skeleton: facts filled in, judgement left to people.
+    pub fn incident_skeleton(&self) -> String {
+        let mut m = String::new();
+        let _ = writeln!(m, "\n## Incident report (after-action review skeleton)\n");
+        let _ = writeln!(
+            m,
+            "**Summary.** Migration `{}` ended `{}`.{}",
+            self.plan,
+            self.outcome,
+            self.rollback_reason
+                .as_ref()
+                .map(|r| format!(" Rollback was triggered by: {}.", md(r)))
+                .unwrap_or_default()
+        );
+        let components: BTreeSet<&str> = self
+            .steps
+            .iter()
+            .filter(|s| s.state != StepState::NotApplied)
+            .map(|s| s.component.as_str())
+            .collect();
+        let _ = writeln!(
+            m,
+            "\n**Impact.** Components touched: {}. RTO {}; RPO {}.",
+            if components.is_empty() {
+                "none".to_string()
+            } else {
+                components.into_iter().collect::<Vec<_>>().join(", ")
+            },
+            self.rto_ms
+                .map(|v| format!("{v} ms"))
+                .unwrap_or_else(|| "n/a".into()),
+            self.rpo_ms
+                .map(|v| format!("{v} ms"))
+                .unwrap_or_else(|| "n/a".into())
+        );
+        let failing: Vec<&VerdictReport> = self
+            .verdicts
+            .iter()
+            .filter(|v| v.verdict.status != Status::Pass)
+            .collect();
+        let _ = writeln!(
+            m,
+            "\n**Detection.** {}",
+            if failing.is_empty() {
+                "No failing verdict; see the rollback reason.".to_string()
+            } else {
+                failing
+                    .iter()
+                    .map(|v| format!("{} [{}]: {}", v.verifier, v.phase, v.verdict.summary))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }
+        );
+        let errors: Vec<String> = self
+            .steps
+            .iter()
+            .filter_map(|s| s.last_error.as_ref().map(|e| format!("{}: {}", s.id, e)))
+            .collect();
+        let _ = writeln!(
+            m,
+            "\n**Errors seen.** {}",
+            if errors.is_empty() {
+                "none".to_string()
+            } else {
+                md(&errors.join("; "))
+            }
+        );
+        let _ = writeln!(
+            m,
+            "\n**Recovery.** Undone: {}. Kept: {}. Parity with baseline: {}.",
+            list(self.undone()),
+            list(self.kept()),
+            if self.parity_proven() {
+                "proven"
+            } else {
+                "NOT proven"
+            }
+        );
+        let _ = writeln!(m, "\n**Root cause.** _to be written by the owner_\n\n**What went well.** _…_\n\n**What went wrong.** _…_\n\n**Action items.**\n\n| action | owner | due |\n|---|---|---|\n| _…_ | _…_ | _…_ |");
+        m
+    }
+}
+
+fn list(v: Vec<&str>) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn md(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// The status-page message for a notice.
+pub(crate) fn status_message(
+    kind: NoticeKind,
+    plan: &str,
+    components: &[String],
+    detail: &str,
+) -> String {
+    let what = if components.is_empty() {
+        "the affected services".to_string()
+    } else {
+        components.join(", ")
+    };
+    match kind {
+        NoticeKind::RollbackStarted => format!(
+            "Investigating: a maintenance change ({plan}) hit a problem and is being reverted automatically. \
+             {what} may be briefly degraded. No data is being deleted. Next update when the revert is verified."
+        ),
+        NoticeKind::RollbackFinished => format!(
+            "Resolved: the change ({plan}) was reverted ({detail}) and {what} verified back to the state before it. \
+             A full incident report will follow."
+        ),
+        NoticeKind::RollbackFailed => format!(
+            "Identified: reverting the change ({plan}) needs manual action by the on-call team ({what}). \
+             We are working on it and will update within 30 minutes."
+        ),
+    }
+}
+
+impl fmt::Display for RunReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_markdown())
+    }
+}

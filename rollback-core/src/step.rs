@@ -1,0 +1,122 @@
+//! The [`Step`] trait: one change, with its undo.
+
+use crate::{Context, Result};
+use async_trait::async_trait;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// How a step can be undone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reversibility {
+    /// The step's own [`Step::revert`] undoes it (a compensation).
+    Compensable,
+    /// Only restoring a checkpoint of what it touches undoes it (e.g. a `DROP COLUMN`).
+    RestoreOnly,
+    /// Nothing undoes it (an email sent, a key destroyed). Needs explicit approval.
+    Irreversible,
+}
+
+impl std::fmt::Display for Reversibility {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reversibility::Compensable => "compensable",
+            Reversibility::RestoreOnly => "restore-only",
+            Reversibility::Irreversible => "irreversible",
+        })
+    }
+}
+
+/// Everything needed to undo an applied step; journaled before the executor moves on.
+///
+/// ```
+/// use rollback_core::Receipt;
+/// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+/// struct Prev { value: Option<String> }
+/// let r = Receipt::new(&Prev { value: None });
+/// assert_eq!(r.parse::<Prev>().unwrap(), Prev { value: None });
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Receipt(pub serde_json::Value);
+
+impl Receipt {
+    /// A receipt holding `value`.
+    pub fn new<T: Serialize>(value: &T) -> Self {
+        Receipt(serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
+    }
+    /// An empty receipt (nothing to remember).
+    pub fn empty() -> Self {
+        Receipt(serde_json::Value::Null)
+    }
+    /// Decode the receipt.
+    ///
+    /// # Errors
+    /// [`crate::Error::Invalid`] when it does not decode as `T`.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.0.clone())
+            .map_err(|e| crate::Error::invalid(format!("malformed receipt: {e}")))
+    }
+}
+
+/// One change to one or more resources.
+///
+/// # Contract
+/// An implementation promises:
+/// 1. **Stable identity.** [`id`](Step::id) and [`spec`](Step::spec) are the same in
+///    every process that builds the same plan (they enter the plan digest).
+/// 2. **Honest reversibility.** [`reversibility`](Step::reversibility) is never more
+///    optimistic than the truth, and [`touches`](Step::touches) lists every resource the
+///    step may change, so the plan can demand a covering checkpoint.
+/// 3. **Idempotent apply.** Applying again after a successful or interrupted apply gives
+///    the same state and an equivalent receipt; it never applies the change twice.
+/// 4. **Idempotent revert.** Reverting again after a successful or interrupted revert
+///    succeeds and gives the same state; reverting a step that never took effect is a
+///    no-op.
+/// 5. **Revert without receipt.** `revert(None, ..)` (the apply's outcome is unknown: a
+///    crash or timeout) undoes whatever part of the apply may have happened.
+/// 6. **Uncertainty is reported.** An error from `apply` after which the change may have
+///    happened says so ([`Error::maybe_applied`](crate::Error::maybe_applied)).
+/// 7. **Restore-only steps** may return `Ok(())` from `revert` without doing anything; the
+///    covering checkpoint undoes them. **Irreversible steps** return
+///    [`Error::Irreversible`](crate::Error::Irreversible) from `revert`.
+#[async_trait]
+pub trait Step: Send + Sync {
+    /// Stable id, unique in its plan.
+    fn id(&self) -> &str;
+
+    /// How the step can be undone.
+    fn reversibility(&self) -> Reversibility;
+
+    /// Resource ids (as [`Checkpoint::resource`](crate::Checkpoint::resource)) this step
+    /// may change.
+    fn touches(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The declared specification (SQL text, object layout, flag state), hashed into the
+    /// plan digest so a resumed run is checked to be the same plan.
+    fn spec(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// One line for dry runs and reports.
+    fn describe(&self) -> String {
+        self.id().to_string()
+    }
+
+    /// Make the change.
+    ///
+    /// # Errors
+    /// Any; say whether the change may have happened (contract clause 6).
+    ///
+    /// # Cancel safety
+    /// Dropping the future may leave the change partly made; the executor then treats the
+    /// step as applied with no receipt and reverts it (clause 5).
+    async fn apply(&self, ctx: &Context) -> Result<Receipt>;
+
+    /// Undo the change described by `receipt` (`None`: the outcome of apply is unknown).
+    ///
+    /// # Errors
+    /// Any; the executor retries transient ones and falls back to a covering checkpoint.
+    async fn revert(&self, receipt: Option<&Receipt>, ctx: &Context) -> Result<()>;
+}

@@ -1,0 +1,514 @@
+# shellcheck shell=bash
+# Real servers for the rollback test suite and benchmarks: a throwaway PostgreSQL
+# cluster, a moto S3 server and Unleash 6. Sourced by scripts/test, scripts/servers-up
+# and scripts/servers-down (and by any benchmark runner that wants the same servers).
+#
+# Usage:
+#   source scripts/lib/servers.sh
+#   rb_state_init            # makes $RB_STATE (temp dir for data, sockets, logs, state)
+#   rb_start_postgres        # exports ROLLBACK_TEST_PG_URL, ROLLBACK_PG_BIN
+#   rb_start_moto            # exports ROLLBACK_TEST_S3_*
+#   rb_start_unleash         # exports ROLLBACK_TEST_UNLEASH_* (needs PostgreSQL first)
+#   rb_print_exports         # the export lines, ready to `source`
+#   rb_stop_all [STATE_DIR]  # stops what the state dir recorded, removes the dir
+#
+# Everything listens on 127.0.0.1 only. Each start function prints one line saying what
+# it started where; on failure it prints the tail of the server's log and returns 1.
+#
+# Environment knobs (all optional):
+#   DATABASE_URL         use this PostgreSQL instead of starting a cluster
+#   PGPORT_TEST          first port tried for PostgreSQL (default 55432)
+#   S3_PORT_TEST         first port tried for moto (default 59000)
+#   UNLEASH_PORT_TEST    first port tried for Unleash (default 54242)
+#   ROLLBACK_TEST_CACHE  where Unleash is installed (default $XDG_CACHE_HOME/rollback-test
+#                        or ~/.cache/rollback-test)
+#   ROLLBACK_TEST_UNLEASH_DB  name of Unleash's database (default unleash)
+#   ROLLBACK_TEST_TMPDIR where the state dir is made (default $TMPDIR or /tmp)
+#   ROLLBACK_TEST_KEEP_TMP=1  keep the state dir (data, logs) after stopping
+
+RB_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+rb_log() { printf 'rollback-test: %s\n' "$*" >&2; }
+rb_die() { rb_log "error: $*"; return 1; }
+
+# Single-quote a value for a shell `export` line.
+rb_q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
+
+# Record KEY=VALUE in the state file (read back by rb_stop_all / servers-down).
+rb_state_set() { printf '%s=%s\n' "$1" "$(rb_q "$2")" >>"$RB_STATE/state"; }
+
+rb_now() { date +%s; }
+
+# Tail of a log file to stderr, for start failures.
+rb_tail_log() {
+  local f=$1
+  if [ -f "$f" ]; then
+    rb_log "---- last 40 lines of $f ----"
+    tail -n 40 "$f" >&2 || true
+    rb_log "---- end of $f ----"
+  fi
+}
+
+# The known machine quirk: /dev/null turned into a regular file breaks builds.
+rb_check_dev_null() {
+  if [ ! -c /dev/null ]; then
+    if [ "$(id -u)" = 0 ]; then
+      rb_log "/dev/null is not a character device; recreating it"
+      rm -f /dev/null && mknod -m 666 /dev/null c 1 3
+    else
+      rb_log "warning: /dev/null is not a character device"
+    fi
+  fi
+}
+
+# The Python interpreter itself (not a version-manager shim: faster, and a server
+# started with it keeps its pid).
+rb_python() {
+  if [ -z "${RB_PY:-}" ]; then
+    RB_PY=$(python3 -c 'import sys; print(sys.executable)') || return 1
+  fi
+  echo "$RB_PY"
+}
+
+# Is TCP port $1 on 127.0.0.1 free to listen on?
+rb_port_free() {
+  local port=$1
+  if command -v python3 >/dev/null 2>&1; then
+    python3 - "$port" <<'PY' 2>/dev/null
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+finally:
+    s.close()
+PY
+  elif command -v ss >/dev/null 2>&1; then
+    [ -z "$(ss -Htln "sport = :$port" 2>/dev/null)" ]
+  else
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
+  fi
+}
+
+# First free port at or after $1 (tries 200 ports).
+rb_free_port() {
+  local port=$1 i
+  for ((i = 0; i < 200; i++)); do
+    if rb_port_free "$port"; then
+      echo "$port"
+      return 0
+    fi
+    port=$((port + 1))
+  done
+  rb_die "no free port found from $1 to $port"
+}
+
+# HTTP status of a GET (000 when nothing answers).
+rb_http_status() {
+  curl -s -o /dev/null -m 5 -w '%{http_code}' "$@" 2>/dev/null || true
+}
+
+# Make a new state directory ($RB_STATE): data, sockets, logs and the `state` file that
+# records what runs (read back by rb_stop_all).
+rb_state_init() {
+  local base=${ROLLBACK_TEST_TMPDIR:-${TMPDIR:-/tmp}}
+  # The postgres user must be able to reach the cluster's folder: stay in /tmp
+  # when TMPDIR is somewhere private (e.g. under /root).
+  case "$base" in /tmp | /tmp/* | /var/tmp | /var/tmp/*) ;; *) [ "$(id -u)" = 0 ] && base=/tmp ;; esac
+  RB_STATE=$(mktemp -d "$base/rollback-test.XXXXXX")
+  chmod 755 "$RB_STATE"
+  mkdir -p "$RB_STATE/logs"
+  : >"$RB_STATE/state"
+  export RB_STATE
+}
+
+# ---------------------------------------------------------------------------
+# PostgreSQL
+# ---------------------------------------------------------------------------
+
+# Directory of the highest installed PostgreSQL's binaries (installs it if absent).
+rb_pg_bin() {
+  local d best="" bestv=0 v
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/pg_ctl" ] && [ -x "$d/initdb" ] || continue
+    v=$(basename "$(dirname "$d")")
+    v=${v%%.*}
+    [[ $v =~ ^[0-9]+$ ]] || continue
+    if ((v > bestv)); then bestv=$v best=$d; fi
+  done
+  if [ -z "$best" ]; then
+    [ "$(id -u)" = 0 ] || { rb_die "PostgreSQL is not installed (run: apt-get install -y postgresql)"; return 1; }
+    rb_log "PostgreSQL not found; installing the Debian package"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2 ||
+      { rb_die "apt-get install postgresql failed"; return 1; }
+    rb_pg_bin
+    return
+  fi
+  echo "$best"
+}
+
+# Run a command as the cluster's owner: `postgres` when we are root, else ourselves.
+rb_as_pg() {
+  if [ "$(id -u)" = 0 ]; then
+    (cd / && runuser -u postgres -- "$@")
+  else
+    "$@"
+  fi
+}
+
+rb_ensure_pg_user() {
+  [ "$(id -u)" = 0 ] || return 0
+  id -u postgres >/dev/null 2>&1 && return 0
+  rb_log "creating system user postgres"
+  useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
+}
+
+# Starts the throwaway cluster, or uses $DATABASE_URL when it is set.
+# Exports ROLLBACK_TEST_PG_URL and ROLLBACK_PG_BIN.
+rb_start_postgres() {
+  local t0 bin port data log sock attempt ver
+  t0=$(rb_now)
+  bin=$(rb_pg_bin) || return 1
+  export ROLLBACK_PG_BIN=$bin
+  rb_state_set RB_PG_BIN "$bin"
+
+  if [ -n "${DATABASE_URL:-}" ]; then
+    export ROLLBACK_TEST_PG_URL=$DATABASE_URL
+    if ! "$bin/psql" "$DATABASE_URL" -XAtqc 'select 1' >/dev/null 2>"$RB_STATE/logs/postgres.log"; then
+      rb_tail_log "$RB_STATE/logs/postgres.log"
+      rb_die "DATABASE_URL does not answer"
+      return 1
+    fi
+    rb_log "PostgreSQL: using DATABASE_URL (no cluster started); binaries $bin"
+    return 0
+  fi
+
+  rb_ensure_pg_user || return 1
+  data=$RB_STATE/pg
+  sock=$RB_STATE/run
+  log=$RB_STATE/logs/postgres.log
+  mkdir -p "$data" "$sock"
+  chmod 700 "$data"
+  : >"$log"
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$data" "$sock" "$log"; fi
+
+  if ! rb_as_pg "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 \
+    --no-sync >"$RB_STATE/logs/initdb.log" 2>&1; then
+    rb_tail_log "$RB_STATE/logs/initdb.log"
+    rb_die "initdb failed"
+    return 1
+  fi
+  rb_state_set RB_PG_DATA "$data"
+
+  port=${PGPORT_TEST:-55432}
+  for attempt in 1 2 3; do
+    port=$(rb_free_port "$port") || return 1
+    if rb_as_pg "$bin/pg_ctl" -D "$data" -l "$log" -w -t 60 -s \
+      -o "-p $port -k $sock -c listen_addresses=127.0.0.1 -c max_connections=200 -c wal_level=replica -c fsync=on" \
+      start >>"$RB_STATE/logs/pg_ctl.log" 2>&1; then
+      break
+    fi
+    if grep -qiE 'could not (bind|create listen)|address already in use' "$log" && [ $attempt -lt 3 ]; then
+      rb_log "PostgreSQL: port $port taken meanwhile, trying the next one"
+      port=$((port + 1))
+      continue
+    fi
+    rb_tail_log "$log"
+    rb_die "PostgreSQL did not start"
+    return 1
+  done
+  rb_state_set RB_PG_PORT "$port"
+
+  export ROLLBACK_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  if ! "$bin/psql" "$ROLLBACK_TEST_PG_URL" -XAtqc 'select 1' >/dev/null 2>>"$log"; then
+    rb_tail_log "$log"
+    rb_die "PostgreSQL started but does not answer on 127.0.0.1:$port"
+    return 1
+  fi
+  ver=$("$bin/psql" "$ROLLBACK_TEST_PG_URL" -XAtqc 'show server_version' 2>/dev/null)
+  rb_log "PostgreSQL $ver started on 127.0.0.1:$port (data $data, log $log, $(($(rb_now) - t0))s)"
+}
+
+rb_stop_postgres() {
+  [ -n "${RB_PG_DATA:-}" ] && [ -n "${RB_PG_BIN:-}" ] || return 0
+  [ -f "$RB_PG_DATA/postmaster.pid" ] || return 0
+  rb_as_pg "$RB_PG_BIN/pg_ctl" -D "$RB_PG_DATA" -m fast -w -t 60 -s stop >/dev/null 2>&1 ||
+    rb_as_pg "$RB_PG_BIN/pg_ctl" -D "$RB_PG_DATA" -m immediate -w -t 30 -s stop >/dev/null 2>&1 ||
+    rb_log "warning: could not stop PostgreSQL in $RB_PG_DATA"
+}
+
+# ---------------------------------------------------------------------------
+# Background processes (moto, Unleash)
+# ---------------------------------------------------------------------------
+
+# rb_spawn VAR LOG CMD... : start CMD detached in its own session (so it can outlive
+# the caller for servers-up, and its whole process group can be stopped); records its
+# pid in the state file as VAR at once and echoes it.
+rb_spawn() {
+  local var=$1 log=$2
+  shift 2
+  setsid "$@" </dev/null >>"$log" 2>&1 &
+  rb_state_set "$var" $!
+  echo $!
+}
+
+# Is pid $1 running (and not a zombie waiting to be reaped)?
+rb_alive() {
+  local st
+  [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null || return 1
+  st=$(sed -n 's/^[0-9]* (.*) \([A-Za-z]\).*/\1/p' "/proc/$1/stat" 2>/dev/null) || return 0
+  [ "$st" != Z ] && [ "$st" != X ]
+}
+
+# Does pid $1 itself hold the listening socket on TCP port $2? (So that a server
+# answering on the port is ours, not one that a parallel run started meanwhile.)
+rb_pid_listens() {
+  "$(rb_python)" - "$1" "$2" <<'PY'
+import os, sys
+pid, port = sys.argv[1], int(sys.argv[2])
+inodes = set()
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    try:
+        with open(table) as fh:
+            next(fh)
+            for line in fh:
+                f = line.split()
+                if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f[9])
+    except OSError:
+        pass
+try:
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            sys.exit(0)
+except OSError:
+    pass
+sys.exit(1)
+PY
+}
+
+# rb_wait_ready PID PORT URL WANT TRIES INTERVAL: wait until URL answers (WANT is an
+# HTTP status, or `any`) from the server PID listening on PORT. Fails when PID dies
+# or after TRIES polls.
+rb_wait_ready() {
+  local pid=$1 port=$2 url=$3 want=$4 tries=$5 interval=$6 i code
+  for ((i = 0; i < tries; i++)); do
+    rb_alive "$pid" || return 1
+    code=$(rb_http_status "$url")
+    if [ "$code" != 000 ] && { [ "$want" = any ] || [ "$code" = "$want" ]; }; then
+      rb_pid_listens "$pid" "$port" && return 0
+    fi
+    sleep "$interval"
+  done
+  return 1
+}
+
+# Stop a process we started (pid $1, expected to have $2 in its command line), and its
+# process group; SIGTERM, then SIGKILL after 10 s.
+rb_kill() {
+  local pid=$1 expect=$2 i
+  rb_alive "$pid" || return 0
+  if [ -r "/proc/$pid/cmdline" ] && ! tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$expect"; then
+    rb_log "warning: pid $pid is no longer $expect; not stopping it"
+    return 0
+  fi
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    rb_alive "$pid" || return 0
+    sleep 0.1
+  done
+  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------------------
+# moto (S3)
+# ---------------------------------------------------------------------------
+
+rb_start_moto() {
+  local t0 py port log pid attempt
+  t0=$(rb_now)
+  command -v python3 >/dev/null 2>&1 || { rb_die "python3 is required for the moto S3 server"; return 1; }
+  if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
+    rb_log "moto not found; installing moto[server] from PyPI"
+    python3 -m pip install --quiet --disable-pip-version-check --no-input 'moto[server]' >&2 ||
+      { rb_die "pip install moto[server] failed"; return 1; }
+  fi
+  py=$(rb_python) || { rb_die "python3 does not run"; return 1; }
+  RB_PY=$py
+  log=$RB_STATE/logs/moto.log
+  port=${S3_PORT_TEST:-59000}
+  for attempt in 1 2 3; do
+    port=$(rb_free_port "$port") || return 1
+    : >"$log"
+    pid=$(rb_spawn RB_MOTO_PID "$log" "$py" -m moto.server -H 127.0.0.1 -p "$port")
+    rb_wait_ready "$pid" "$port" "http://127.0.0.1:$port/" any 600 0.1 && break
+    rb_kill "$pid" moto.server
+    if { grep -qi 'address already in use' "$log" || ! rb_port_free "$port"; } && [ $attempt -lt 3 ]; then
+      rb_log "moto: port $port taken meanwhile, trying the next one"
+      port=$((port + 1))
+      continue
+    fi
+    rb_tail_log "$log"
+    rb_die "moto server did not answer on 127.0.0.1:$port"
+    return 1
+  done
+  rb_state_set RB_MOTO_PORT "$port"
+  export ROLLBACK_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+  export ROLLBACK_TEST_S3_ACCESS_KEY=test
+  export ROLLBACK_TEST_S3_SECRET_KEY=test
+  export ROLLBACK_TEST_S3_REGION=us-east-1
+  rb_log "moto S3 server started on 127.0.0.1:$port (pid $pid, log $log, $(($(rb_now) - t0))s)"
+}
+
+# ---------------------------------------------------------------------------
+# Unleash 6
+# ---------------------------------------------------------------------------
+
+rb_unleash_dir() {
+  echo "${ROLLBACK_TEST_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/rollback-test}/unleash"
+}
+
+rb_unleash_installed() {
+  local dir=$1
+  [ -f "$dir/node_modules/unleash-server/package.json" ] &&
+    node -e 'const v=require(process.argv[1]).version; process.exit(v.startsWith("6.")?0:1)' \
+      "$dir/node_modules/unleash-server/package.json" 2>/dev/null
+}
+
+# Installs unleash-server@6 into the cache folder unless it is already there.
+rb_install_unleash() {
+  local dir t0
+  dir=$(rb_unleash_dir)
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || { rb_die "node and npm are required for Unleash"; return 1; }
+    rb_log "node/npm not found; installing Debian's nodejs and npm"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >&2 ||
+      { rb_die "apt-get install nodejs npm failed"; return 1; }
+  fi
+  mkdir -p "$dir"
+  (
+    # One installer at a time (parallel runs share the cache).
+    exec 9>"$dir/.lock"
+    flock -w 900 9 || { rb_die "timed out waiting for $dir/.lock"; exit 1; }
+    rb_unleash_installed "$dir" && exit 0
+    t0=$(rb_now)
+    rb_log "installing unleash-server@6 into $dir"
+    [ -f "$dir/package.json" ] || printf '{ "name": "rollback-test-unleash", "private": true }\n' >"$dir/package.json"
+    if ! (cd "$dir" && npm install --no-audit --no-fund --no-update-notifier --loglevel=error \
+      unleash-server@6 >"$dir/npm-install.log" 2>&1); then
+      rb_tail_log "$dir/npm-install.log"
+      rb_die "npm install unleash-server@6 failed"
+      exit 1
+    fi
+    rb_log "installed unleash-server $(node -p 'require(process.argv[1]).version' "$dir/node_modules/unleash-server/package.json") ($(($(rb_now) - t0))s)"
+  )
+}
+
+# Needs rb_start_postgres first (ROLLBACK_TEST_PG_URL, ROLLBACK_PG_BIN).
+rb_start_unleash() {
+  local t0 dir port log pid attempt db dburl exists
+  t0=$(rb_now)
+  [ -n "${ROLLBACK_TEST_PG_URL:-}" ] || { rb_die "start PostgreSQL before Unleash"; return 1; }
+  rb_install_unleash || return 1
+  dir=$(rb_unleash_dir)
+  log=$RB_STATE/logs/unleash.log
+  : >"$log"
+
+  # Unleash's own database in the same server.
+  db=${ROLLBACK_TEST_UNLEASH_DB:-unleash}
+  exists=$("$ROLLBACK_PG_BIN/psql" "$ROLLBACK_TEST_PG_URL" -XAtq -v ON_ERROR_STOP=1 \
+    -c "select 1 from pg_database where datname = '$db'" 2>>"$log") ||
+    { rb_tail_log "$log"; rb_die "cannot query PostgreSQL for Unleash's database"; return 1; }
+  if [ "$exists" != 1 ]; then
+    "$ROLLBACK_PG_BIN/psql" "$ROLLBACK_TEST_PG_URL" -XAtq -v ON_ERROR_STOP=1 \
+      -c "create database \"$db\"" >>"$log" 2>&1 ||
+      { rb_tail_log "$log"; rb_die "cannot create database $db"; return 1; }
+  fi
+  # Same server, other database name.
+  dburl=$("$(rb_python)" - "$ROLLBACK_TEST_PG_URL" "$db" <<'PY'
+import sys, urllib.parse as u
+p = u.urlsplit(sys.argv[1])
+print(u.urlunsplit((p.scheme, p.netloc, "/" + sys.argv[2], p.query, p.fragment)))
+PY
+  ) || { rb_die "cannot parse $ROLLBACK_TEST_PG_URL"; return 1; }
+
+  export ROLLBACK_TEST_UNLEASH_ADMIN_TOKEN='*:*.ADMIN_SECRET'
+  export ROLLBACK_TEST_UNLEASH_CLIENT_TOKEN='*:development.CLIENT_SECRET'
+
+  port=${UNLEASH_PORT_TEST:-54242}
+  for attempt in 1 2 3; do
+    port=$(rb_free_port "$port") || return 1
+    # Nothing leaves 127.0.0.1: no version check, no telemetry. DATABASE_URL is
+    # removed from its environment so that only the options below configure it.
+    pid=$(rb_spawn RB_UNLEASH_PID "$log" env -u DATABASE_URL -u DATABASE_URL_FILE \
+      CHECK_VERSION=false SEND_TELEMETRY=false DO_NOT_TRACK=1 SCARF_ANALYTICS=false \
+      NODE_ENV=production \
+      RB_UNLEASH_MODULE="$dir/node_modules/unleash-server" \
+      RB_UNLEASH_DB_URL="$dburl" RB_UNLEASH_PORT="$port" \
+      RB_UNLEASH_ADMIN_TOKEN="$ROLLBACK_TEST_UNLEASH_ADMIN_TOKEN" \
+      RB_UNLEASH_CLIENT_TOKEN="$ROLLBACK_TEST_UNLEASH_CLIENT_TOKEN" \
+      node "$RB_LIB_DIR/unleash-server.js")
+    rb_wait_ready "$pid" "$port" "http://127.0.0.1:$port/health" 200 240 0.5 && break # 120 s
+    rb_kill "$pid" unleash-server.js
+    if { grep -qi 'EADDRINUSE' "$log" || ! rb_port_free "$port"; } && [ $attempt -lt 3 ]; then
+      rb_log "Unleash: port $port taken meanwhile, trying the next one"
+      port=$((port + 1))
+      continue
+    fi
+    rb_tail_log "$log"
+    rb_die "Unleash did not answer 200 on http://127.0.0.1:$port/health within 120 s (status now: $(rb_http_status "http://127.0.0.1:$port/health"))"
+    return 1
+  done
+  rb_state_set RB_UNLEASH_PORT "$port"
+  export ROLLBACK_TEST_UNLEASH_URL="http://127.0.0.1:$port"
+  rb_log "Unleash $(node -p 'require(process.argv[1]).version' "$dir/node_modules/unleash-server/package.json") started on 127.0.0.1:$port (pid $pid, database $db, log $log, $(($(rb_now) - t0))s)"
+}
+
+# ---------------------------------------------------------------------------
+# All together
+# ---------------------------------------------------------------------------
+
+RB_EXPORT_VARS=(
+  ROLLBACK_TEST_PG_URL ROLLBACK_PG_BIN
+  ROLLBACK_TEST_S3_ENDPOINT ROLLBACK_TEST_S3_ACCESS_KEY ROLLBACK_TEST_S3_SECRET_KEY ROLLBACK_TEST_S3_REGION
+  ROLLBACK_TEST_UNLEASH_URL ROLLBACK_TEST_UNLEASH_ADMIN_TOKEN ROLLBACK_TEST_UNLEASH_CLIENT_TOKEN
+)
+
+rb_start_all() {
+  rb_check_dev_null
+  rb_start_postgres || return 1
+  rb_start_moto || return 1
+  rb_start_unleash || return 1
+}
+
+rb_print_exports() {
+  local v
+  for v in "${RB_EXPORT_VARS[@]}"; do
+    [ -n "${!v:-}" ] && printf 'export %s=%s\n' "$v" "$(rb_q "${!v}")"
+  done
+  return 0
+}
+
+# Stops everything recorded in a state dir (default $RB_STATE) and removes the dir.
+rb_stop_all() {
+  local dir=${1:-${RB_STATE:-}}
+  [ -n "$dir" ] && [ -f "$dir/state" ] || return 0
+  (
+    # shellcheck disable=SC1091
+    . "$dir/state"
+    rb_kill "${RB_UNLEASH_PID:-}" unleash-server.js
+    rb_kill "${RB_MOTO_PID:-}" moto.server
+    rb_stop_postgres
+  )
+  if [ -z "${ROLLBACK_TEST_KEEP_TMP:-}" ]; then
+    rm -rf "$dir"
+  fi
+}
