@@ -1,0 +1,1 @@
+//! rollback adapter for flags (work in progress).

@@ -1,0 +1,1 @@
+//! rollback adapter for postgres (work in progress).

@@ -1,0 +1,1 @@
+//! rollback adapter for s3 (work in progress).
