@@ -1043,7 +1043,7 @@ impl<'a> Run<'a> {
         let id = ps.id().to_string();
         let span = tracing::info_span!("revert", step = %id);
         let opts = StepOptions {
-            retries: self.ex.rollback_retries.max(ps.options.retries),
+            retries: self.ex.rollback_retries,
             ..ps.options
         };
         let mut attempt = 0;

@@ -1,0 +1,774 @@
+//! Executor behaviour on simulated resources: apply, rollback, partial rollback,
+//! retries, uncertain outcomes, triggers, cancellation, resume, rehearsal, reports.
+
+use rollback_core::events::{Notice, Notifier, RunEvent};
+use rollback_core::journal::{FileJournal, Journal, MemoryJournal};
+use rollback_core::report::StepState;
+use rollback_core::sim::{CrashAfter, HealthProbe, KeyEquals, SendMessage, SetKey, SimWorld};
+use rollback_core::{
+    Error, Executor, Outcome, Plan, PlanError, RollbackScope, StepOptions, Trigger,
+};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+fn world() -> SimWorld {
+    let w = SimWorld::new();
+    w.set("db", "schema", "v1");
+    w.set("db", "name", "Ada Lovelace");
+    w.set("store", "v1/a", "A");
+    w.set("flags", "new_ui", "off");
+    w
+}
+
+/// db: two steps; store: one step after db; flags: one step after store.
+fn cutover(w: &SimWorld) -> Plan {
+    Plan::builder("cutover")
+        .checkpoint("database", w.checkpoint("db"))
+        .checkpoint("storage", w.checkpoint("store"))
+        .checkpoint("flags", w.checkpoint("flags"))
+        .step(
+            "database",
+            SetKey::new("db-schema", w, "db", "schema", "v2"),
+            &[],
+        )
+        .step(
+            "database",
+            SetKey::new("db-first", w, "db", "first", "Ada"),
+            &["db-schema"],
+        )
+        .step(
+            "storage",
+            SetKey::new("store-move", w, "store", "v2/a", "A"),
+            &[],
+        )
+        .step(
+            "flags",
+            SetKey::new("flag-on", w, "flags", "new_ui", "on"),
+            &["store-move"],
+        )
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn committed_run_applies_every_step_and_reports_it() {
+    let w = world();
+    let plan = cutover(&w);
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Committed);
+    assert_eq!(w.get("db", "schema").as_deref(), Some("v2"));
+    assert_eq!(w.get("flags", "new_ui").as_deref(), Some("on"));
+    assert!(report.steps.iter().all(|s| s.state == StepState::Applied));
+    assert_eq!(report.rto_ms, None);
+    assert!(report.to_markdown().contains("**committed**"));
+}
+
+#[tokio::test]
+async fn failed_step_rolls_back_whole_plan_and_proves_parity() {
+    let w = world();
+    let baseline = w.snapshot_state();
+    let plan = cutover(&w);
+    w.faults().fail_apply("flag-on", 1);
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert!(report.parity_proven());
+    assert_eq!(w.snapshot_state(), baseline);
+    assert_eq!(report.rpo_ms, Some(0), "compensations lose no writes");
+    assert!(report.rto_ms.is_some());
+    assert_eq!(report.undone().len(), 3);
+    assert!(report
+        .rollback_reason
+        .as_deref()
+        .unwrap()
+        .contains("flag-on"));
+}
+
+#[tokio::test]
+async fn component_scope_keeps_the_independent_database_change() {
+    let w = world();
+    let plan = cutover(&w);
+    w.faults().fail_apply("flag-on", 1);
+    let report = Executor::new(MemoryJournal::new())
+        .scope(RollbackScope::Component)
+        .run(&plan)
+        .await
+        .unwrap();
+    // flags failed: flags has no dependents; storage is not rolled back since flags depends
+    // on storage, not the other way round.
+    assert_eq!(report.outcome, Outcome::PartiallyRolledBack);
+    assert_eq!(w.get("db", "schema").as_deref(), Some("v2"));
+    assert_eq!(w.get("store", "v2/a").as_deref(), Some("A"));
+    assert_eq!(w.get("flags", "new_ui").as_deref(), Some("off"));
+    assert_eq!(report.kept(), vec!["db-schema", "db-first", "store-move"]);
+}
+
+#[tokio::test]
+async fn storage_failure_rolls_back_storage_and_the_flag_that_depends_on_it() {
+    let w = world();
+    let plan = Plan::builder("cutover")
+        .checkpoint("database", w.checkpoint("db"))
+        .checkpoint("storage", w.checkpoint("store"))
+        .checkpoint("flags", w.checkpoint("flags"))
+        .step(
+            "database",
+            SetKey::new("db-schema", &w, "db", "schema", "v2"),
+            &[],
+        )
+        .step(
+            "storage",
+            SetKey::new("store-move", &w, "store", "v2/a", "A"),
+            &[],
+        )
+        .step(
+            "flags",
+            SetKey::new("flag-on", &w, "flags", "new_ui", "on"),
+            &["store-move"],
+        )
+        .verify_after(
+            "flag-on",
+            KeyEquals::new("store-ok", &w, "store", "v2/a", Some("B")),
+        )
+        .build()
+        .unwrap();
+    let report = Executor::new(MemoryJournal::new())
+        .scope(RollbackScope::Component)
+        .run(&plan)
+        .await
+        .unwrap();
+    // The failing verifier is attached to flag-on, whose component is flags: scope = flags.
+    assert_eq!(report.outcome, Outcome::PartiallyRolledBack);
+    assert_eq!(w.get("flags", "new_ui").as_deref(), Some("off"));
+
+    let w = world();
+    let plan = Plan::builder("cutover2")
+        .checkpoint("database", w.checkpoint("db"))
+        .checkpoint("storage", w.checkpoint("store"))
+        .checkpoint("flags", w.checkpoint("flags"))
+        .step(
+            "database",
+            SetKey::new("db-schema", &w, "db", "schema", "v2"),
+            &[],
+        )
+        .step(
+            "storage",
+            SetKey::new("store-move", &w, "store", "v2/a", "A"),
+            &[],
+        )
+        .step(
+            "flags",
+            SetKey::new("flag-on", &w, "flags", "new_ui", "on"),
+            &["store-move"],
+        )
+        .step(
+            "storage",
+            SetKey::new("store-cleanup", &w, "store", "v1/a", "gone"),
+            &["flag-on"],
+        )
+        .build()
+        .unwrap();
+    w.faults().fail_apply("store-cleanup", 1);
+    let report = Executor::new(MemoryJournal::new())
+        .scope(RollbackScope::Component)
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::PartiallyRolledBack);
+    assert_eq!(
+        w.get("db", "schema").as_deref(),
+        Some("v2"),
+        "database change kept"
+    );
+    assert_eq!(w.get("store", "v2/a"), None, "storage undone");
+    assert_eq!(
+        w.get("flags", "new_ui").as_deref(),
+        Some("off"),
+        "dependent flag undone"
+    );
+    assert_eq!(report.kept(), vec!["db-schema"]);
+    assert!(report.parity_proven());
+}
+
+#[tokio::test]
+async fn transient_apply_errors_are_retried_with_backoff() {
+    let w = world();
+    let plan = Plan::builder("retry")
+        .checkpoint("db", w.checkpoint("db"))
+        .step("db", SetKey::new("s", &w, "db", "schema", "v2"), &[])
+        .default_step_options(
+            StepOptions::default()
+                .retries(3)
+                .backoff(Duration::from_millis(1)),
+        )
+        .build()
+        .unwrap();
+    w.faults().transient_apply("s", 2);
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Committed);
+    assert_eq!(report.steps[0].apply_attempts, 3);
+}
+
+#[tokio::test]
+async fn uncertain_apply_is_treated_as_applied_and_reverted() {
+    let w = world();
+    let baseline = w.snapshot_state();
+    let plan = Plan::builder("uncertain")
+        .checkpoint("db", w.checkpoint("db"))
+        .step("db", SetKey::new("s", &w, "db", "schema", "v2"), &[])
+        .default_step_options(StepOptions::default().retries(0))
+        .build()
+        .unwrap();
+    w.faults().uncertain_apply("s", 1);
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert_eq!(report.steps[0].state, StepState::Reverted);
+    assert_eq!(w.snapshot_state(), baseline);
+}
+
+#[tokio::test]
+async fn revert_failures_are_retried_then_fall_back_to_the_checkpoint() {
+    let w = world();
+    let baseline = w.snapshot_state();
+    let plan = cutover(&w);
+    w.faults()
+        .fail_apply("flag-on", 1)
+        .fail_revert("store-move", 100);
+    let report = Executor::new(MemoryJournal::new())
+        .rollback_retries(2)
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    assert_eq!(w.snapshot_state(), baseline);
+    let store = report
+        .checkpoints
+        .iter()
+        .find(|c| c.resource == "store")
+        .unwrap();
+    assert_eq!(store.restore_method.as_deref(), Some("copy"));
+    assert_eq!(
+        report
+            .steps
+            .iter()
+            .find(|s| s.id == "store-move")
+            .unwrap()
+            .state,
+        StepState::UndoneByRestore
+    );
+    assert!(report.rpo_ms.is_some());
+}
+
+#[tokio::test]
+async fn rollback_that_cannot_finish_names_what_is_left_and_resume_finishes_it() {
+    let w = world();
+    let baseline = w.snapshot_state();
+    let journal = Arc::new(MemoryJournal::new());
+    let plan = Plan::builder("stuck")
+        .checkpoint("db", w.checkpoint("db"))
+        .step("db", SetKey::new("a", &w, "db", "schema", "v2"), &[])
+        .step("other", SetKey::new("b", &w, "elsewhere", "k", "v"), &["a"])
+        .step("db", SetKey::new("c", &w, "db", "x", "y"), &["b"])
+        .build()
+        .unwrap();
+    // b touches an uncovered resource: a failing revert of b cannot fall back to a restore.
+    w.faults().fail_apply("c", 1).fail_revert("b", 3);
+    let ex = Executor::with_journal(journal.clone())
+        .holder("ops")
+        .rollback_retries(1);
+    let report = ex.run(&plan).await.unwrap();
+    assert_eq!(
+        report.outcome,
+        Outcome::RollbackFailed,
+        "{}",
+        report.to_markdown()
+    );
+    assert!(
+        report.remaining.iter().any(|r| r.contains("step b")),
+        "{:?}",
+        report.remaining
+    );
+    assert!(report.to_markdown().contains("Left undone"));
+    let report = ex.resume(&plan, &report.run_id).await.unwrap();
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    assert_eq!(w.snapshot_state(), baseline);
+    assert_eq!(report.resumes, 1);
+}
+
+#[tokio::test]
+async fn failing_post_step_verifier_rolls_back() {
+    let w = world();
+    let plan = Plan::builder("verify")
+        .checkpoint("db", w.checkpoint("db"))
+        .step("db", SetKey::new("s", &w, "db", "schema", "v2"), &[])
+        .verify_after(
+            "s",
+            KeyEquals::new("schema-is-v3", &w, "db", "schema", Some("v3")),
+        )
+        .build()
+        .unwrap();
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert_eq!(report.verdicts.len(), 1);
+    assert_eq!(report.verdicts[0].verdict.evidence["actual"], "v2");
+}
+
+#[tokio::test]
+async fn failing_precondition_changes_nothing() {
+    let w = world();
+    let baseline = w.snapshot_state();
+    let plan = Plan::builder("pre")
+        .checkpoint("db", w.checkpoint("db"))
+        .step("db", SetKey::new("s", &w, "db", "schema", "v2"), &[])
+        .precondition(KeyEquals::new("on-v0", &w, "db", "schema", Some("v0")))
+        .build()
+        .unwrap();
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert!(report
+        .steps
+        .iter()
+        .all(|s| s.state == StepState::NotApplied));
+    assert_eq!(w.snapshot_state(), baseline);
+}
+
+#[tokio::test]
+async fn health_trigger_breach_during_soak_rolls_back_by_itself() {
+    let w = world();
+    let baseline = w.snapshot_state();
+    let plan = Plan::builder("soak")
+        .checkpoint("db", w.checkpoint("db"))
+        .step("db", SetKey::new("s", &w, "db", "schema", "v2"), &[])
+        .trigger(
+            Trigger::new(HealthProbe::new(
+                "error-rate",
+                &w,
+                &[0.0, 0.01, 0.2, 0.3, 0.4],
+            ))
+            .every(Duration::from_millis(5))
+            .threshold(2, 3),
+        )
+        .soak(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert!(report
+        .rollback_reason
+        .as_deref()
+        .unwrap()
+        .contains("error-rate"));
+    assert_eq!(
+        report.verdicts.len(),
+        4,
+        "breach on the 4th poll (2 of the last 3 failed)"
+    );
+    assert_eq!(w.snapshot_state(), baseline);
+}
+
+#[tokio::test]
+async fn healthy_soak_commits() {
+    let w = world();
+    let plan = Plan::builder("soak-ok")
+        .checkpoint("db", w.checkpoint("db"))
+        .step("db", SetKey::new("s", &w, "db", "schema", "v2"), &[])
+        .trigger(
+            Trigger::new(HealthProbe::new("error-rate", &w, &[0.0]))
+                .every(Duration::from_millis(10)),
+        )
+        .soak(Duration::from_millis(60))
+        .build()
+        .unwrap();
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Committed);
+    assert!(report.verdicts.len() >= 3);
+}
+
+#[tokio::test]
+async fn cancellation_starts_rollback_and_never_abandons_applied_steps() {
+    let w = world();
+    let baseline = w.snapshot_state();
+    let plan = cutover(&w);
+    w.faults()
+        .slow_apply("db-first", Duration::from_millis(200));
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c2.cancel();
+    });
+    let report = Executor::new(MemoryJournal::new())
+        .run_with_cancel(&plan, cancel)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert_eq!(report.rollback_reason.as_deref(), Some("cancelled"));
+    assert_eq!(w.snapshot_state(), baseline);
+}
+
+#[tokio::test]
+async fn step_timeout_counts_as_uncertain_and_is_reverted() {
+    let w = world();
+    let baseline = w.snapshot_state();
+    let plan = Plan::builder("timeout")
+        .checkpoint("db", w.checkpoint("db"))
+        .step("db", SetKey::new("slow", &w, "db", "schema", "v2"), &[])
+        .step_options(
+            "slow",
+            StepOptions::default()
+                .timeout(Duration::from_millis(20))
+                .retries(0),
+        )
+        .build()
+        .unwrap();
+    w.faults().slow_apply("slow", Duration::from_millis(500));
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert!(report.steps[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("timed out"));
+    assert_eq!(w.snapshot_state(), baseline);
+}
+
+#[tokio::test]
+async fn restore_only_step_is_undone_by_its_checkpoint_and_rpo_is_reported() {
+    let w = world();
+    let baseline = w.snapshot_state();
+    let plan = Plan::builder("drop")
+        .checkpoint("db", w.checkpoint("db"))
+        .step("db", SetKey::delete("drop-name", &w, "db", "name"), &[])
+        .step(
+            "db",
+            SetKey::new("after", &w, "db", "schema", "v2"),
+            &["drop-name"],
+        )
+        .build()
+        .unwrap();
+    w.faults().fail_apply("after", 1);
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert_eq!(w.snapshot_state(), baseline);
+    assert_eq!(report.steps[0].state, StepState::UndoneByRestore);
+    assert!(report.rpo_ms.is_some());
+    assert!(report.checkpoints[0].restore_method.is_some());
+}
+
+#[test]
+fn plan_refuses_restore_only_step_without_checkpoint() {
+    let w = world();
+    let err = Plan::builder("p")
+        .step("db", SetKey::delete("drop", &w, "db", "name"), &[])
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, PlanError::Uncovered { ref step, .. } if step == "drop"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plan_refuses_unapproved_irreversible_step_and_accepts_approved_one() {
+    let w = world();
+    let err = Plan::builder("p")
+        .step("mail", SendMessage::new("email", &w, "hi"), &[])
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, PlanError::UnapprovedIrreversible { ref step, .. } if step == "email"));
+    let plan = Plan::builder("p")
+        .step("mail", SendMessage::new("email", &w, "hi"), &[])
+        .approve_irreversible("email", "customers must be told")
+        .build()
+        .unwrap();
+    assert!(plan.dry_run().to_string().contains("IRREVERSIBLE"));
+}
+
+#[test]
+fn plan_refuses_cycles_naming_them() {
+    let w = world();
+    let err = Plan::builder("p")
+        .step("c", SetKey::new("a", &w, "x", "k", "1"), &["c"])
+        .step("c", SetKey::new("b", &w, "x", "k", "2"), &["a"])
+        .step("c", SetKey::new("c", &w, "x", "k", "3"), &["b"])
+        .build()
+        .unwrap_err();
+    match err {
+        PlanError::Cycle { cycle, .. } => {
+            assert_eq!(cycle.len(), 4, "{cycle:?}");
+            assert_eq!(cycle.first(), cycle.last());
+        }
+        other => panic!("expected a cycle, got {other}"),
+    }
+}
+
+#[test]
+fn plan_refuses_duplicates_and_unknown_dependencies() {
+    let w = world();
+    let dup = Plan::builder("p")
+        .step("c", SetKey::new("a", &w, "x", "k", "1"), &[])
+        .step("c", SetKey::new("a", &w, "x", "k", "2"), &[])
+        .build()
+        .unwrap_err();
+    assert!(matches!(dup, PlanError::DuplicateStep { .. }));
+    let unknown = Plan::builder("p")
+        .step("c", SetKey::new("a", &w, "x", "k", "1"), &["nope"])
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(unknown, PlanError::UnknownDependency { ref dependency, .. } if dependency == "nope")
+    );
+    let dupcp = Plan::builder("p")
+        .checkpoint("c", w.checkpoint("x"))
+        .checkpoint("c", w.checkpoint("x"))
+        .step("c", SetKey::new("a", &w, "x", "k", "1"), &[])
+        .build()
+        .unwrap_err();
+    assert!(matches!(dupcp, PlanError::DuplicateCheckpoint { .. }));
+}
+
+#[test]
+fn plan_digest_changes_with_the_declared_spec() {
+    let w = world();
+    let a = Plan::builder("p")
+        .step("c", SetKey::new("a", &w, "x", "k", "1"), &[])
+        .build()
+        .unwrap();
+    let b = Plan::builder("p")
+        .step("c", SetKey::new("a", &w, "x", "k", "1"), &[])
+        .build()
+        .unwrap();
+    let c = Plan::builder("p")
+        .step("c", SetKey::new("a", &w, "x", "k", "2"), &[])
+        .build()
+        .unwrap();
+    assert_eq!(a.digest(), b.digest());
+    assert_ne!(a.digest(), c.digest());
+}
+
+#[test]
+fn dry_run_lists_apply_order_and_rollback_path_with_reversibility() {
+    let w = world();
+    let plan = cutover(&w);
+    let dry = plan.dry_run();
+    let order: Vec<&str> = dry.apply.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        order,
+        vec!["db-schema", "db-first", "store-move", "flag-on"]
+    );
+    assert_eq!(dry.rollback[0], "revert flag-on (own compensation)");
+    let text = dry.to_string();
+    assert!(text.contains("compensable"));
+    assert!(text.contains("prove parity of db"));
+}
+
+#[tokio::test]
+async fn resume_refuses_a_different_plan() {
+    let w = world();
+    let journal = Arc::new(MemoryJournal::new());
+    let plan = cutover(&w);
+    let crashing =
+        Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 6))).holder("h");
+    assert!(crashing.run(&plan).await.is_err());
+    let run_id = journal.runs().await.unwrap().remove(0);
+    let other = Plan::builder("cutover")
+        .step("x", SetKey::new("x", &w, "x", "k", "v"), &[])
+        .build()
+        .unwrap();
+    let err = Executor::with_journal(journal.clone())
+        .holder("h")
+        .resume(&other, &run_id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PlanMismatch { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_live_lease_stops_a_second_runner_and_an_expired_one_is_taken_over() {
+    let w = world();
+    let journal = Arc::new(MemoryJournal::new());
+    let plan = cutover(&w);
+    journal
+        .acquire_lease("cutover", "other-host", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let err = Executor::with_journal(journal.clone())
+        .run(&plan)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::LeaseHeld { ref holder, .. } if holder == "other-host"));
+
+    journal
+        .acquire_lease("cutover", "other-host", Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let report = Executor::with_journal(journal.clone())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Committed);
+    assert_eq!(report.lease_takeovers.len(), 1, "the takeover is journaled");
+    assert!(report.lease_takeovers[0].contains("other-host"));
+}
+
+#[tokio::test]
+async fn rehearsal_applies_rolls_back_proves_parity_and_applies_again() {
+    let w = world();
+    let plan = cutover(&w);
+    let r = Executor::new(MemoryJournal::new())
+        .rehearse(&plan)
+        .await
+        .unwrap();
+    assert!(r.passed(), "{}", r.rehearsal.to_markdown());
+    assert_eq!(r.rehearsal.outcome, Outcome::RolledBack);
+    assert_eq!(w.get("flags", "new_ui").as_deref(), Some("on"));
+}
+
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<Notice>>>);
+
+#[async_trait::async_trait]
+impl Notifier for Recorder {
+    async fn notify(&self, notice: &Notice) -> Result<(), String> {
+        self.0.lock().unwrap().push(notice.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn notifier_and_event_stream_see_the_rollback() {
+    let w = world();
+    let plan = cutover(&w);
+    w.faults().fail_apply("store-move", 1);
+    let rec = Recorder::default();
+    let ex = Executor::new(MemoryJournal::new()).notifier(rec.clone());
+    let mut events = ex.subscribe();
+    let report = ex.run(&plan).await.unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    let notices = rec.0.lock().unwrap().clone();
+    assert_eq!(notices.len(), 2);
+    assert!(notices[0].message.starts_with("Investigating"));
+    assert!(notices[1].message.starts_with("Resolved"));
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push(e);
+    }
+    assert!(seen
+        .iter()
+        .any(|e| matches!(e, RunEvent::RollbackStarted { .. })));
+    assert!(seen
+        .iter()
+        .any(|e| matches!(e, RunEvent::Parity { ok: true, .. })));
+    assert!(matches!(seen.last(), Some(RunEvent::RunFinished { .. })));
+}
+
+#[tokio::test]
+async fn report_round_trips_through_json_and_markdown_has_incident_skeleton() {
+    let w = world();
+    let plan = cutover(&w);
+    w.faults().fail_apply("db-first", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let ex = Executor::new(FileJournal::open(dir.path()).unwrap());
+    let report = ex.run(&plan).await.unwrap();
+    let back: rollback_core::RunReport = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(back, report);
+    let md = report.to_markdown();
+    for section in [
+        "## Steps",
+        "## Checkpoints",
+        "## Verdicts",
+        "## Timeline",
+        "Incident report",
+        "Root cause",
+        "RTO",
+    ] {
+        assert!(md.contains(section), "missing {section}");
+    }
+    // The report rebuilt from the journal alone is the same.
+    assert_eq!(ex.report(&plan, &report.run_id).await.unwrap(), report);
+}
+
+#[tokio::test]
+async fn restore_refuses_a_corrupted_snapshot_and_rollback_fails_explicitly() {
+    let w = world();
+    let journal = Arc::new(MemoryJournal::new());
+    let plan = Plan::builder("corrupt")
+        .checkpoint("db", w.checkpoint("db"))
+        .step("db", SetKey::delete("drop", &w, "db", "name"), &[])
+        .step("db", SetKey::new("fail", &w, "db", "x", "1"), &["drop"])
+        .build()
+        .unwrap();
+    w.faults()
+        .fail_apply("fail", 1)
+        .slow_apply("fail", Duration::from_millis(50));
+    // Corrupt the snapshot while the second step runs.
+    let ex = Executor::with_journal(journal.clone());
+    let mut events = ex.subscribe();
+    let w2 = w.clone();
+    let j2 = journal.clone();
+    let watcher = tokio::spawn(async move {
+        while let Ok(e) = events.recv().await {
+            if matches!(e, RunEvent::StepStarted { ref step, .. } if step == "fail") {
+                let run = j2.runs().await.unwrap().remove(0);
+                for r in j2.records(&run).await.unwrap() {
+                    if let rollback_core::journal::Entry::Captured { snapshot, .. } = r.entry {
+                        w2.dangerous_corrupt_snapshot(&snapshot.id);
+                    }
+                }
+                break;
+            }
+        }
+    });
+    let report = ex.run(&plan).await.unwrap();
+    watcher.await.unwrap();
+    assert_eq!(report.outcome, Outcome::RollbackFailed);
+    assert!(
+        report.remaining.iter().any(|r| r.contains("checkpoint db")),
+        "{:?}",
+        report.remaining
+    );
+    assert!(report
+        .timeline
+        .iter()
+        .any(|t| t.detail.contains("does not match its digest")));
+}
