@@ -165,6 +165,13 @@ pub struct Record {
 impl Record {
     /// Seal `entry` as record `seq` of `run_id`, chained to `prev`.
     pub fn seal(run_id: &str, seq: u64, at_ms: u64, prev: Digest, entry: Entry) -> Record {
+        // Seal the entry as a reader will decode it: JSON has no NaN or infinity (serde_json
+        // writes them as `null`, read back as `None`), so a verdict value of NaN would
+        // otherwise hash differently once read back, and the record would read as tampered.
+        let entry = serde_json::to_vec(&entry)
+            .ok()
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .unwrap_or(entry);
         let hash = Self::compute_hash(run_id, seq, at_ms, &prev, &entry);
         Record {
             seq,
