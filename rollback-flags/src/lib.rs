@@ -1,1 +1,82 @@
-//! rollback adapter for flags (work in progress).
+//! # rollback-flags
+//!
+//! Feature-flag snapshots, staged rollouts and kill switches for `rollback`, over real
+//! flag providers: [Unleash](UnleashProvider) (Admin API), a [flagd-format JSON
+//! file](FileProvider) (the embedded default) and [memory](MemoryProvider) — plus an
+//! [OpenFeature bridge](OpenFeatureBridge) so an application evaluates the very flags a
+//! migration controls.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use rollback_core::{Executor, Outcome, Plan, Verdict};
+//! use rollback_core::journal::MemoryJournal;
+//! use rollback_flags::{FileProvider, FlagCheckpoint, FlagProvider, FlagState, StagedRollout};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let flags = Arc::new(FileProvider::new(dir.path().join("flags.json")));
+//! flags.put("new-checkout", &FlagState::off()).await?;
+//!
+//! // A health check that fails: the rollout stops and the flag goes back to off.
+//! struct Unhealthy;
+//! #[async_trait::async_trait]
+//! impl rollback_core::Verifier for Unhealthy {
+//!     fn id(&self) -> &str { "error-rate" }
+//!     async fn verify(&self, _: &rollback_core::Context) -> rollback_core::Result<Verdict> {
+//!         Ok(Verdict::fail("error rate 7% > 1%"))
+//!     }
+//! }
+//! let plan = Plan::builder("checkout-rollout")
+//!     .checkpoint("flags", FlagCheckpoint::flag(flags.clone(), "new-checkout"))
+//!     .step("flags", StagedRollout::new("roll-out", flags.clone(), "new-checkout", &[1, 10, 50, 100])
+//!         .health_check(Arc::new(Unhealthy)), &[])
+//!     .build()?;
+//! let report = Executor::new(MemoryJournal::new()).run(&plan).await?;
+//! assert_eq!(report.outcome, Outcome::RolledBack);
+//! assert!(report.parity_proven());
+//! assert_eq!(flags.get("new-checkout").await?, Some(FlagState::off()));
+//! # Ok::<(), rollback_core::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! ## Pieces
+//! - [`FlagProvider`]: read and write [`FlagState`] (enabled, strategies with rollout
+//!   percentage, variants) in one scope; [`UnleashProvider`], [`FileProvider`],
+//!   [`MemoryProvider`].
+//! - [`FlagCheckpoint`]: a snapshot of all flags, a prefix, a set or one flag of a scope,
+//!   carried inline with a blake3 digest over a canonical encoding; restore writes back
+//!   exactly and verifies by reading back. Resource ids `flags:<kind>:<scope>[/<flag>]`.
+//! - Steps: [`SetFlag`] (and [`SetFlag::kill_switch`]), [`StagedRollout`] with a health
+//!   check between stages; all compensable, with the prior state in the receipt and in the
+//!   journaled cursor (see [`steps`]).
+//! - Verifiers: [`FlagsMatchSnapshot`] (the run's baseline, evidence per differing flag)
+//!   and [`FlagsMatch`] (expected states).
+//! - [`OpenFeatureBridge`]: an `open-feature` `FeatureProvider` over any provider.
+//!
+//! Credentials (the Unleash admin token) are held in a [`Secret`] and never appear in
+//! `Debug`, errors, logs or reports.
+
+mod checkpoint;
+mod file;
+mod model;
+mod openfeature;
+mod provider;
+pub mod steps;
+mod unleash;
+mod verify;
+
+pub use checkpoint::{FlagCheckpoint, FlagSnapshot, Selection, SNAPSHOT_KIND};
+pub use file::FileProvider;
+pub use model::{
+    canonical_json, digest_flags, FlagChange, FlagState, Payload, Strategy, Variant,
+    ROLLOUT_STRATEGY,
+};
+pub use openfeature::{bucket, evaluate_bool, select_variant, BoolEvaluation, OpenFeatureBridge};
+pub use provider::{flag_resource, scope_resource, FlagProvider, MemoryProvider};
+pub use steps::{kill_switch, FlagReceipt, HealthCheckFailed, SetFlag, StagedRollout};
+pub use unleash::{Secret, UnleashProvider};
+pub use verify::{Expect, FlagsMatch, FlagsMatchSnapshot};
+
+/// Re-exported for programs that use the OpenFeature bridge without depending on
+/// `open-feature` themselves.
+pub use open_feature;

@@ -1,0 +1,640 @@
+//! The Unleash provider: flag state through Unleash's Admin API.
+
+use crate::provider::check_flag_name;
+use crate::{FlagProvider, FlagState, Strategy, Variant};
+use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::Method;
+use rollback_core::{Error, Result};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+const BACKEND: &str = "unleash";
+
+/// A credential: its `Debug` and `Display` never show it.
+///
+/// ```
+/// let s = rollback_flags::Secret::new("*:*.very-secret");
+/// assert_eq!(format!("{s:?} {s}"), "Secret(***) ***");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a credential.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The credential itself: pass it only to the backend.
+    pub fn dangerous_expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// An HTTP failure from Unleash, safe to show (no credentials, body truncated).
+#[derive(Debug, thiserror::Error)]
+#[error("{method} {path}: HTTP {status}: {message}")]
+struct HttpError {
+    method: String,
+    path: String,
+    status: u16,
+    message: String,
+}
+
+/// Flags of one Unleash project and environment, through the Admin API with an admin
+/// token.
+///
+/// Requests that fail to connect, time out, or get a 5xx or 429 answer are retried with
+/// exponential backoff (3 retries from 100 ms by default); then they fail with
+/// [`Error::Transient`] whose `maybe_applied` is true only for a write that may have
+/// reached the server. Other answers fail with [`Error::Backend`] (`backend: "unleash"`),
+/// 409 with [`Error::Conflict`]. The token is sent only in the `Authorization` header
+/// (marked sensitive) and never appears in `Debug`, errors or logs.
+///
+/// Unleash cannot hold an *enabled* flag without strategies (enabling one adds a 100 %
+/// `flexibleRollout`): `put` refuses that state with [`Error::Invalid`]. Environment
+/// variants are deprecated in Unleash 6 and answered with an error when written; strategy
+/// variants are kept with their strategies.
+///
+/// ```no_run
+/// # async fn demo() -> rollback_core::Result<()> {
+/// use rollback_flags::{FlagProvider, UnleashProvider};
+/// let unleash = UnleashProvider::new("http://127.0.0.1:4242", "*:*.admin-token", "default", "development")?;
+/// println!("{:?}", unleash.get("new-checkout").await?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct UnleashProvider {
+    client: reqwest::Client,
+    base: String,
+    token: Secret,
+    project: String,
+    environment: String,
+    scope: String,
+    retries: u32,
+    backoff: Duration,
+    concurrency: usize,
+}
+
+impl fmt::Debug for UnleashProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnleashProvider")
+            .field("url", &self.base)
+            .field("token", &self.token)
+            .field("project", &self.project)
+            .field("environment", &self.environment)
+            .field("retries", &self.retries)
+            .finish()
+    }
+}
+
+fn check_id(what: &str, s: &str) -> Result<()> {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+    {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "unleash {what} {s:?} must be non-empty [A-Za-z0-9._~-]"
+        )))
+    }
+}
+
+/// What one HTTP exchange gave.
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+impl UnleashProvider {
+    /// A provider for `project`/`environment` of the Unleash at `url` (e.g.
+    /// `http://127.0.0.1:4242`), authenticated with an admin API token.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a malformed URL, project or environment.
+    pub fn new(
+        url: &str,
+        admin_token: impl Into<String>,
+        project: &str,
+        environment: &str,
+    ) -> Result<Self> {
+        let base = url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::invalid(format!(
+                "unleash url must start with http:// or https://, got {:?}",
+                base.chars().take(40).collect::<String>()
+            )));
+        }
+        check_id("project", project)?;
+        check_id("environment", environment)?;
+        let token = Secret::new(admin_token);
+        let mut auth = HeaderValue::from_str(token.dangerous_expose())
+            .map_err(|_| Error::invalid("unleash admin token is not a valid header value"))?;
+        auth.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, auth);
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| Error::backend(BACKEND, format!("building the HTTP client: {e}")))?;
+        Ok(UnleashProvider {
+            client,
+            base,
+            token,
+            project: project.into(),
+            environment: environment.into(),
+            scope: format!("{project}/{environment}"),
+            retries: 3,
+            backoff: Duration::from_millis(100),
+            concurrency: 8,
+        })
+    }
+
+    /// From the environment: `ROLLBACK_TEST_UNLEASH_URL` or `UNLEASH_URL`, and
+    /// `ROLLBACK_TEST_UNLEASH_ADMIN_TOKEN` or `UNLEASH_ADMIN_TOKEN`; `None` when either is
+    /// unset.
+    ///
+    /// # Errors
+    /// As [`UnleashProvider::new`].
+    pub fn from_env(project: &str, environment: &str) -> Result<Option<Self>> {
+        let var = |a: &str, b: &str| {
+            std::env::var(a)
+                .ok()
+                .or_else(|| std::env::var(b).ok())
+                .filter(|v| !v.is_empty())
+        };
+        match (
+            var("ROLLBACK_TEST_UNLEASH_URL", "UNLEASH_URL"),
+            var("ROLLBACK_TEST_UNLEASH_ADMIN_TOKEN", "UNLEASH_ADMIN_TOKEN"),
+        ) {
+            (Some(url), Some(token)) => Self::new(&url, token, project, environment).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Retry transient failures `retries` times, waiting `backoff`, then twice as long
+    /// each time.
+    pub fn retries(mut self, retries: u32, backoff: Duration) -> Self {
+        self.retries = retries;
+        self.backoff = backoff;
+        self
+    }
+
+    /// The project.
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+
+    /// The environment.
+    pub fn environment(&self) -> &str {
+        &self.environment
+    }
+
+    fn features_path(&self) -> String {
+        format!("/api/admin/projects/{}/features", self.project)
+    }
+
+    fn env_path(&self, flag: &str) -> String {
+        format!(
+            "{}/{flag}/environments/{}",
+            self.features_path(),
+            self.environment
+        )
+    }
+
+    /// One request with retries. `write`: whether it changes state (for `maybe_applied`).
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        write: bool,
+    ) -> Result<Answer> {
+        let url = format!("{}{path}", self.base);
+        let mut attempt = 0u32;
+        let mut reached = false;
+        loop {
+            attempt += 1;
+            let mut req = self.client.request(method.clone(), &url);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let failure = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    if status >= 500 || status == 429 {
+                        reached = true;
+                        format!("HTTP {status}")
+                    } else {
+                        let text = resp.text().await.unwrap_or_default();
+                        let body = if text.trim().is_empty() {
+                            Value::Null
+                        } else {
+                            serde_json::from_str(&text).unwrap_or(Value::String(text))
+                        };
+                        return Ok(Answer { status, body });
+                    }
+                }
+                Err(e) => {
+                    if !e.is_connect() {
+                        reached = true;
+                    }
+                    if e.is_connect() {
+                        "connection failed".to_string()
+                    } else if e.is_timeout() {
+                        "timed out".to_string()
+                    } else {
+                        "request failed".to_string()
+                    }
+                }
+            };
+            tracing::warn!(backend = BACKEND, %method, path, attempt, failure = %failure, "unleash request failed");
+            if attempt > self.retries {
+                return Err(Error::transient(
+                    format!(
+                        "unleash at {}: {method} {path}: {failure} (after {attempt} attempts)",
+                        self.base
+                    ),
+                    write && reached,
+                ));
+            }
+            tokio::time::sleep(self.backoff.saturating_mul(1u32 << (attempt - 1).min(10))).await;
+        }
+    }
+
+    fn http_error(method: &Method, path: &str, a: &Answer, maybe_applied: bool) -> Error {
+        let message = a
+            .body
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| a.body.to_string());
+        let message: String = message.chars().take(300).collect();
+        if a.status == 409 {
+            return Error::conflict(format!("unleash: {method} {path}: {message}"));
+        }
+        Error::Backend {
+            backend: BACKEND,
+            source: Box::new(HttpError {
+                method: method.to_string(),
+                path: path.to_string(),
+                status: a.status,
+                message,
+            }),
+            maybe_applied,
+        }
+    }
+
+    /// A request that must answer 2xx.
+    async fn expect_ok(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        write: bool,
+        any_written: bool,
+    ) -> Result<Value> {
+        let a = self
+            .call(method.clone(), path, body, write)
+            .await
+            .map_err(|e| {
+                if any_written {
+                    mark_maybe_applied(e)
+                } else {
+                    e
+                }
+            })?;
+        if (200..300).contains(&a.status) {
+            Ok(a.body)
+        } else {
+            Err(Self::http_error(&method, path, &a, any_written))
+        }
+    }
+
+    /// The flag's environment with strategy ids, `None` when the flag does not exist.
+    async fn read(&self, flag: &str) -> Result<Option<(FlagState, Vec<(String, Strategy)>)>> {
+        check_flag_name(flag)?;
+        let path = format!("{}/{flag}?variantEnvironments=true", self.features_path());
+        let a = self.call(Method::GET, &path, None, false).await?;
+        if a.status == 404 {
+            return Ok(None);
+        }
+        if !(200..300).contains(&a.status) {
+            return Err(Self::http_error(&Method::GET, &path, &a, false));
+        }
+        if a.body.get("archived").and_then(Value::as_bool) == Some(true) {
+            return Ok(None);
+        }
+        let env = a
+            .body
+            .get("environments")
+            .and_then(Value::as_array)
+            .and_then(|envs| {
+                envs.iter()
+                    .find(|e| e.get("name").and_then(Value::as_str) == Some(&self.environment))
+            })
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unleash: environment {} is not enabled in project {}",
+                    self.environment, self.project
+                ))
+            })?;
+        let malformed = |what: &str, e: serde_json::Error| {
+            Error::backend(BACKEND, format!("unexpected {what} for flag {flag}: {e}"))
+        };
+        let mut with_ids = Vec::new();
+        for s in env
+            .get("strategies")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            let id = s
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let st: Strategy =
+                serde_json::from_value(strip_nulls(s)).map_err(|e| malformed("strategy", e))?;
+            with_ids.push((id, st));
+        }
+        let variants: Vec<Variant> = match env.get("variants") {
+            Some(v) if !v.is_null() => {
+                serde_json::from_value(v.clone()).map_err(|e| malformed("variants", e))?
+            }
+            _ => Vec::new(),
+        };
+        let state = FlagState {
+            enabled: env.get("enabled").and_then(Value::as_bool).unwrap_or(false),
+            strategies: with_ids.iter().map(|(_, s)| s.clone()).collect(),
+            variants,
+        }
+        .normalized();
+        Ok(Some((state, with_ids)))
+    }
+
+    fn strategy_body(s: &Strategy) -> Value {
+        json!({
+            "name": s.name,
+            "parameters": s.parameters,
+            "constraints": s.constraints,
+            "variants": s.variants,
+            "segments": s.segments,
+            "title": s.title,
+            "disabled": s.disabled,
+            "sortOrder": s.sort_order,
+        })
+    }
+
+    async fn toggle(&self, flag: &str, on: bool, any_written: bool) -> Result<()> {
+        let path = format!("{}/{}", self.env_path(flag), if on { "on" } else { "off" });
+        self.expect_ok(Method::POST, &path, None, true, any_written)
+            .await
+            .map(|_| ())
+    }
+
+    async fn create(&self, flag: &str) -> Result<()> {
+        let path = self.features_path();
+        let body = json!({"name": flag, "type": "release", "impressionData": false});
+        let a = self.call(Method::POST, &path, Some(&body), true).await?;
+        if (200..300).contains(&a.status) {
+            return Ok(());
+        }
+        let archived = a.status == 409
+            && a.body
+                .get("message")
+                .and_then(Value::as_str)
+                .is_some_and(|m| m.contains("archived"));
+        if archived {
+            // The flag was archived (perhaps by a step being rolled back): revive it,
+            // then the caller writes its state.
+            let revive = format!("/api/admin/projects/{}/revive", self.project);
+            self.expect_ok(
+                Method::POST,
+                &revive,
+                Some(&json!({"features": [flag]})),
+                true,
+                false,
+            )
+            .await?;
+            return Ok(());
+        }
+        Err(Self::http_error(&Method::POST, &path, &a, false))
+    }
+}
+
+/// Unleash returns `"title": null` and the like; absent and null mean the same to us.
+fn strip_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        other => other,
+    }
+}
+
+fn mark_maybe_applied(e: Error) -> Error {
+    match e {
+        Error::Transient { message, .. } => Error::Transient {
+            message,
+            maybe_applied: true,
+        },
+        Error::Backend {
+            backend, source, ..
+        } => Error::Backend {
+            backend,
+            source,
+            maybe_applied: true,
+        },
+        other => other,
+    }
+}
+
+fn same_content(a: &Strategy, b: &Strategy) -> bool {
+    a == b
+}
+
+#[async_trait]
+impl FlagProvider for UnleashProvider {
+    fn kind(&self) -> &str {
+        "unleash"
+    }
+
+    fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    async fn list(&self) -> Result<Vec<String>> {
+        let path = self.features_path();
+        let body = self
+            .expect_ok(Method::GET, &path, None, false, false)
+            .await?;
+        let mut names: Vec<String> = body
+            .get("features")
+            .and_then(Value::as_array)
+            .map(|fs| {
+                fs.iter()
+                    .filter(|f| f.get("archived").and_then(Value::as_bool) != Some(true))
+                    .filter_map(|f| f.get("name").and_then(Value::as_str).map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn get(&self, flag: &str) -> Result<Option<FlagState>> {
+        Ok(self.read(flag).await?.map(|(s, _)| s))
+    }
+
+    async fn get_many(&self, flags: &[String]) -> Result<BTreeMap<String, Option<FlagState>>> {
+        futures::stream::iter(flags.iter().cloned())
+            .map(|f| async move {
+                let s = self.get(&f).await?;
+                Ok::<_, Error>((f, s))
+            })
+            .buffered(self.concurrency)
+            .try_collect()
+            .await
+    }
+
+    async fn put(&self, flag: &str, state: &FlagState) -> Result<()> {
+        check_flag_name(flag)?;
+        let target = state.clone().normalized();
+        if target.enabled && target.strategies.is_empty() {
+            return Err(Error::invalid(format!(
+                "unleash cannot hold flag {flag} enabled without strategies (enabling adds a 100% rollout); give it a strategy"
+            )));
+        }
+        let mut written = false;
+        let (current, with_ids) = match self.read(flag).await? {
+            Some(r) => r,
+            None => {
+                self.create(flag).await?;
+                written = true;
+                match self.read(flag).await.map_err(mark_maybe_applied)? {
+                    Some(r) => r,
+                    None => {
+                        return Err(Error::conflict(format!(
+                            "unleash: flag {flag} vanished right after it was created"
+                        )))
+                    }
+                }
+            }
+        };
+        if current == target {
+            return Ok(());
+        }
+        let mut enabled = current.enabled;
+        if !target.enabled && enabled {
+            self.toggle(flag, false, written).await?;
+            written = true;
+            enabled = false;
+        }
+        // Strategies: keep identical ones, update the rest in place, add the missing,
+        // then delete the extra (adding first so an enabled flag never loses its last
+        // strategy, which Unleash answers by disabling it).
+        let mut unmatched_current: Vec<(String, Strategy)> = Vec::new();
+        let mut unmatched_target: Vec<&Strategy> = target.strategies.iter().collect();
+        for (id, s) in with_ids {
+            if let Some(pos) = unmatched_target.iter().position(|t| same_content(t, &s)) {
+                unmatched_target.remove(pos);
+            } else {
+                unmatched_current.push((id, s));
+            }
+        }
+        let strategies = format!("{}/strategies", self.env_path(flag));
+        let mut order: Vec<(String, i64)> = Vec::new();
+        let mut to_delete = Vec::new();
+        let mut current_iter = unmatched_current.into_iter();
+        for t in unmatched_target {
+            let body = Self::strategy_body(t);
+            match current_iter.next() {
+                Some((id, old)) => {
+                    let path = format!("{strategies}/{id}");
+                    self.expect_ok(Method::PUT, &path, Some(&body), true, written)
+                        .await?;
+                    written = true;
+                    // PUT keeps the old sort order; fix it below if it differs.
+                    if old.sort_order != t.sort_order {
+                        order.push((id, t.sort_order));
+                    }
+                }
+                None => {
+                    self.expect_ok(Method::POST, &strategies, Some(&body), true, written)
+                        .await?;
+                    written = true;
+                }
+            }
+        }
+        to_delete.extend(current_iter.map(|(id, _)| id));
+        if !order.is_empty() {
+            let path = format!("{strategies}/set-sort-order");
+            let body = Value::Array(
+                order
+                    .iter()
+                    .map(|(id, so)| json!({"id": id, "sortOrder": so}))
+                    .collect(),
+            );
+            self.expect_ok(Method::POST, &path, Some(&body), true, written)
+                .await?;
+            written = true;
+        }
+        for id in to_delete {
+            let path = format!("{strategies}/{id}");
+            let a = self
+                .call(Method::DELETE, &path, None, true)
+                .await
+                .map_err(|e| if written { mark_maybe_applied(e) } else { e })?;
+            if !(200..300).contains(&a.status) && a.status != 404 {
+                return Err(Self::http_error(&Method::DELETE, &path, &a, written));
+            }
+            written = true;
+        }
+        if target.variants != current.variants {
+            let path = format!("{}/variants", self.env_path(flag));
+            let body = serde_json::to_value(&target.variants).unwrap_or(Value::Null);
+            self.expect_ok(Method::PUT, &path, Some(&body), true, written)
+                .await?;
+            written = true;
+        }
+        if target.enabled && !enabled {
+            self.toggle(flag, true, written).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, flag: &str) -> Result<()> {
+        check_flag_name(flag)?;
+        let archive = format!("{}/{flag}", self.features_path());
+        let a = self.call(Method::DELETE, &archive, None, true).await?;
+        if !(200..300).contains(&a.status) && a.status != 404 {
+            return Err(Self::http_error(&Method::DELETE, &archive, &a, false));
+        }
+        let written = a.status != 404;
+        let purge = format!("/api/admin/archive/{flag}");
+        let a = self
+            .call(Method::DELETE, &purge, None, true)
+            .await
+            .map_err(|e| if written { mark_maybe_applied(e) } else { e })?;
+        if !(200..300).contains(&a.status) && a.status != 404 {
+            return Err(Self::http_error(&Method::DELETE, &purge, &a, written));
+        }
+        Ok(())
+    }
+}
