@@ -1,0 +1,76 @@
+//! The core conformance suite on every provider: Unleash (the real server started by
+//! `scripts/test`), the flagd-format file, and memory.
+
+mod common;
+
+use rollback_flags::{
+    FileProvider, FlagChange, FlagCheckpoint, FlagProvider, FlagState, MemoryProvider, SetFlag,
+    StagedRollout,
+};
+use std::sync::Arc;
+
+/// Seed two flags and run the suite with a SetFlag step on a one-flag checkpoint, a staged
+/// rollout on a prefix checkpoint, and a kill switch on a flag-set checkpoint. Crash points
+/// are journal record counts: 5 kills the run at the step's first cursor (before the flag
+/// changes), 6 after the change and before the outcome is journaled, 7 and 8 between
+/// rollout stages.
+async fn suite(p: Arc<dyn FlagProvider>, prefix: &str) {
+    let a = format!("{prefix}a");
+    let b = format!("{prefix}b");
+    p.put(&a, &FlagState::rollout(&a, 10)).await.unwrap();
+    p.put(&b, &FlagState::off()).await.unwrap();
+
+    common::conformance(
+        Arc::new(FlagCheckpoint::flag(p.clone(), &a)),
+        Arc::new(FlagCheckpoint::flag(p.clone(), &b)),
+        || {
+            Arc::new(SetFlag::new(
+                "set-a",
+                p.clone(),
+                &a,
+                FlagChange::new().rollout(50),
+            ))
+        },
+        &[5, 6],
+    )
+    .await;
+
+    common::conformance(
+        Arc::new(FlagCheckpoint::prefix(p.clone(), prefix)),
+        Arc::new(FlagCheckpoint::flag(p.clone(), &a)),
+        || Arc::new(StagedRollout::new("roll-b", p.clone(), &b, &[1, 10, 100])),
+        &[5, 6, 7, 8],
+    )
+    .await;
+
+    common::conformance(
+        Arc::new(FlagCheckpoint::flags(p.clone(), [&a, &b])),
+        Arc::new(FlagCheckpoint::all(p.clone())),
+        || Arc::new(SetFlag::kill_switch("kill-a", p.clone(), &a)),
+        &[6],
+    )
+    .await;
+
+    // Everything is as seeded.
+    assert_eq!(p.get(&a).await.unwrap(), Some(FlagState::rollout(&a, 10)));
+    assert_eq!(p.get(&b).await.unwrap(), Some(FlagState::off()));
+}
+
+#[tokio::test]
+async fn conformance_suite_passes_on_memory() {
+    suite(Arc::new(MemoryProvider::new("conformance")), "m-").await;
+}
+
+#[tokio::test]
+async fn conformance_suite_passes_on_the_flag_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = FileProvider::new(dir.path().join("flags.json")).with_scope("conformance");
+    suite(Arc::new(file), "f-").await;
+}
+
+#[tokio::test]
+async fn conformance_suite_passes_on_unleash() {
+    let prefix = common::prefix("conf");
+    suite(Arc::new(common::unleash()), &prefix).await;
+    common::cleanup(&prefix).await;
+}
