@@ -560,11 +560,14 @@ impl FlagProvider for UnleashProvider {
         }
         let strategies = format!("{}/strategies", self.env_path(flag));
         let mut order: Vec<(String, i64)> = Vec::new();
-        let mut to_delete = Vec::new();
-        let mut current_iter = unmatched_current.into_iter();
         for t in unmatched_target {
             let body = Self::strategy_body(t);
-            match current_iter.next() {
+            // Update in place a strategy of the same name (Unleash ignores a null title
+            // on update, so one whose title must go is replaced instead).
+            let reuse = unmatched_current
+                .iter()
+                .position(|(_, c)| c.name == t.name && (c.title.is_none() || t.title.is_some()));
+            match reuse.map(|i| unmatched_current.remove(i)) {
                 Some((id, old)) => {
                     let path = format!("{strategies}/{id}");
                     self.expect_ok(Method::PUT, &path, Some(&body), true, written)
@@ -582,7 +585,7 @@ impl FlagProvider for UnleashProvider {
                 }
             }
         }
-        to_delete.extend(current_iter.map(|(id, _)| id));
+        let to_delete: Vec<String> = unmatched_current.into_iter().map(|(id, _)| id).collect();
         if !order.is_empty() {
             let path = format!("{strategies}/set-sort-order");
             let body = Value::Array(
