@@ -15,7 +15,7 @@
 //! ever stored in the provider itself (no description fields, no side flags).
 
 use crate::checkpoint::FlagSnapshot;
-use crate::provider::{flag_resource, scope_resource};
+use crate::provider::{flag_resource, mark_maybe_applied, scope_resource};
 use crate::{FlagChange, FlagProvider, FlagState};
 use async_trait::async_trait;
 use rollback_core::{Context, Error, Receipt, Result, Reversibility, Step, Verdict, Verifier};
@@ -453,21 +453,35 @@ impl Step for StagedRollout {
         };
         let source = format!("rollout:{}", self.core.flag);
         let n = self.stages.len();
+        // Once a stage may have been written, every error says the change may have
+        // happened (the executor then reverts).
+        let mut touched = cursor.stage.is_some();
+        let mark = |e: Error, touched: bool| if touched { mark_maybe_applied(e) } else { e };
         for stage in first..n {
             if ctx.is_cancelled() {
                 return Err(Error::Cancelled);
             }
             let target = self.target(&cursor.prior, stage);
-            self.core.write(&target).await?;
+            self.core
+                .write(&target)
+                .await
+                .map_err(|e| mark(e, touched))?;
+            touched = true;
             cursor.stage = Some(stage);
             cursor.checked = false;
-            self.core.save(ctx, &cursor).await?;
+            self.core
+                .save(ctx, &cursor)
+                .await
+                .map_err(|e| mark(e, true))?;
             tracing::info!(step = %self.core.id, flag = %self.core.flag, stage = stage + 1, stages = n, percent = self.stages[stage], "rollout stage set");
             ctx.progress(&source, stage as u64 + 1, Some(n as u64), "stages");
             self.wait(ctx).await?;
             self.check(ctx, stage).await?;
             cursor.checked = true;
-            self.core.save(ctx, &cursor).await?;
+            self.core
+                .save(ctx, &cursor)
+                .await
+                .map_err(|e| mark(e, true))?;
         }
         let applied = self.target(&cursor.prior, n - 1);
         Ok(self.core.receipt(cursor.prior, applied))

@@ -1,6 +1,6 @@
 //! The Unleash provider: flag state through Unleash's Admin API.
 
-use crate::provider::check_flag_name;
+use crate::provider::{check_flag_name, mark_maybe_applied};
 use crate::{FlagProvider, FlagState, Strategy, Variant};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
@@ -444,23 +444,6 @@ impl UnleashProvider {
 fn strip_nulls(v: Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
-        other => other,
-    }
-}
-
-fn mark_maybe_applied(e: Error) -> Error {
-    match e {
-        Error::Transient { message, .. } => Error::Transient {
-            message,
-            maybe_applied: true,
-        },
-        Error::Backend {
-            backend, source, ..
-        } => Error::Backend {
-            backend,
-            source,
-            maybe_applied: true,
-        },
         other => other,
     }
 }
