@@ -1,1 +1,23 @@
-//! rollback adapter for postgres (work in progress).
+//! rollback adapter for PostgreSQL (work in progress).
+
+mod catalog;
+mod db;
+mod error;
+mod hash;
+mod ident;
+mod markers;
+mod reconcile;
+mod snapshot;
+mod sqlscan;
+mod step;
+
+pub use catalog::{
+    Change, ColumnModel, ConstraintModel, EnumModel, FunctionModel, IndexModel, SchemaChange,
+    SchemaModel, SequenceModel, TableModel, TriggerModel, ViewModel,
+};
+pub use db::{Database, DEFAULT_POOL_SIZE};
+pub use hash::{ChunkDigest, KeyValue, TableHash, LEAF_ROWS};
+pub use ident::{quote_ident, quote_literal, Table};
+pub use markers::DEFAULT_MARKER_SCHEMA;
+pub use snapshot::{RestoreMethod, TableSnapshot, DEFAULT_SNAPSHOT_SCHEMA, TABLE_COPY_KIND};
+pub use step::{SqlReceipt, SqlStep, TxMode, DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};

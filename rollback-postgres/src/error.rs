@@ -1,0 +1,169 @@
+//! Private errors of this crate and their conversion into [`rollback_core::Error`].
+
+use rollback_core::Error;
+use std::fmt;
+use tokio_postgres::error::SqlState;
+
+/// The backend name used in [`Error::Backend`].
+pub(crate) const BACKEND: &str = "postgres";
+
+/// A PostgreSQL error with what we were doing. Its `Display` carries the server's message,
+/// SQLSTATE, detail and hint, never the connection string.
+#[derive(Debug)]
+pub(crate) struct PgError {
+    context: String,
+    message: String,
+    code: Option<String>,
+    class: Class,
+}
+
+/// How an error can be acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// Retrying may succeed; the transaction (if any) was rolled back.
+    Transient,
+    /// The connection broke: the outcome of an in-flight COMMIT is unknown.
+    Connection,
+    /// Anything else.
+    Permanent,
+}
+
+impl fmt::Display for PgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.context, self.message)?;
+        if let Some(code) = &self.code {
+            write!(f, " (SQLSTATE {code})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PgError {}
+
+impl PgError {
+    pub(crate) fn new(context: impl Into<String>, e: &tokio_postgres::Error) -> Self {
+        let (message, code) = match e.as_db_error() {
+            Some(db) => {
+                let mut m = format!("{}: {}", db.severity(), db.message());
+                if let Some(d) = db.detail() {
+                    m.push_str(&format!("; DETAIL: {d}"));
+                }
+                if let Some(h) = db.hint() {
+                    m.push_str(&format!("; HINT: {h}"));
+                }
+                (m, Some(db.code().code().to_string()))
+            }
+            None => {
+                let mut m = e.to_string();
+                let mut src = std::error::Error::source(e);
+                while let Some(s) = src {
+                    m.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                (m, None)
+            }
+        };
+        PgError {
+            context: context.into(),
+            message,
+            code,
+            class: classify(e),
+        }
+    }
+
+    pub(crate) fn class(&self) -> Class {
+        self.class
+    }
+
+    /// The SQLSTATE, when the server sent one.
+    pub(crate) fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// Convert into the core error. `maybe_applied`: whether the operation that failed may
+    /// have taken effect (decided by the caller, who knows whether a commit was in flight).
+    pub(crate) fn into_core(self, maybe_applied: bool) -> Error {
+        match self.class {
+            Class::Transient | Class::Connection => Error::Transient {
+                message: self.to_string(),
+                maybe_applied,
+            },
+            Class::Permanent => Error::Backend {
+                backend: BACKEND,
+                source: Box::new(self),
+                maybe_applied,
+            },
+        }
+    }
+}
+
+fn classify(e: &tokio_postgres::Error) -> Class {
+    if e.is_closed() {
+        return Class::Connection;
+    }
+    if let Some(code) = e.code() {
+        let transient = [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::QUERY_CANCELED,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::CANNOT_CONNECT_NOW,
+        ];
+        if transient.contains(code) {
+            return Class::Transient;
+        }
+        let connection = [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::IDLE_SESSION_TIMEOUT,
+        ];
+        if connection.contains(code) || code.code().starts_with("08") {
+            return Class::Connection;
+        }
+        return Class::Permanent;
+    }
+    // No SQLSTATE: I/O, closed socket, protocol trouble: the connection is gone.
+    if e.as_db_error().is_none() {
+        let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+        if io || e.to_string().contains("communicating") || e.to_string().contains("connect") {
+            return Class::Connection;
+        }
+    }
+    Class::Permanent
+}
+
+/// Extension to attach context to `tokio_postgres` results.
+pub(crate) trait PgResultExt<T> {
+    /// Convert into a core error with `context`; the effect did not happen (the failing
+    /// statement or transaction was rolled back).
+    fn ctx(self, context: &str) -> Result<T, Error>;
+    /// Keep the private error (to inspect its class).
+    fn pg(self, context: &str) -> Result<T, PgError>;
+}
+
+impl<T> PgResultExt<T> for Result<T, tokio_postgres::Error> {
+    fn ctx(self, context: &str) -> Result<T, Error> {
+        self.map_err(|e| PgError::new(context, &e).into_core(false))
+    }
+    fn pg(self, context: &str) -> Result<T, PgError> {
+        self.map_err(|e| PgError::new(context, &e))
+    }
+}
+
+/// A pool error (cannot get a connection): transient, nothing happened.
+pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+    let message = match &e {
+        deadpool_postgres::PoolError::Backend(pg) => PgError::new("connecting", pg).to_string(),
+        other => format!("connecting: {other}"),
+    };
+    Error::Transient {
+        message,
+        maybe_applied: false,
+    }
+}
+
+/// A backend error with a message of ours.
+pub(crate) fn backend_msg(message: impl Into<String>) -> Error {
+    Error::backend(BACKEND, message.into())
+}

@@ -1,0 +1,94 @@
+//! The bookkeeping tables in the `_rollback` schema: step markers and backfill cursors.
+
+use crate::db::Database;
+use crate::error::{PgError, PgResultExt};
+use crate::ident::quote_ident;
+use rollback_core::Result;
+use tokio_postgres::GenericClient;
+
+/// The default schema of the bookkeeping tables.
+pub const DEFAULT_MARKER_SCHEMA: &str = "_rollback";
+
+/// Create the marker tables if absent (idempotent, safe under concurrency).
+pub(crate) async fn ensure(db: &Database, schema: &str) -> Result<()> {
+    let c = db.client().await?;
+    let present = c
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname IN ('applied_steps', 'backfill_progress')",
+            &[&schema],
+        )
+        .await
+        .ctx("looking up marker tables")?
+        .get::<_, i64>(0);
+    if present == 2 {
+        return Ok(());
+    }
+    let s = quote_ident(schema);
+    let ddl = format!(
+        "CREATE SCHEMA IF NOT EXISTS {s}; \
+         CREATE TABLE IF NOT EXISTS {s}.applied_steps ( \
+            run_id text NOT NULL, step_id text NOT NULL, receipt jsonb NOT NULL, \
+            state text NOT NULL DEFAULT 'applied' CHECK (state IN ('applying', 'applied')), \
+            applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run_id, step_id)); \
+         CREATE TABLE IF NOT EXISTS {s}.backfill_progress ( \
+            run_id text NOT NULL, step_id text NOT NULL, next_key bigint, rows_done bigint NOT NULL DEFAULT 0, \
+            updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run_id, step_id));"
+    );
+    // Concurrent creators may collide on the catalog's unique indexes: retry once.
+    for attempt in 0..3 {
+        match c.batch_execute(&ddl).await {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if attempt < 2
+                    && matches!(
+                        e.code().map(|c| c.code()),
+                        Some("23505") | Some("42P06") | Some("42P07")
+                    ) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(PgError::new("creating marker tables", &e).into_core(false)),
+        }
+    }
+    Ok(())
+}
+
+/// The marker of (run, step): (state, receipt).
+pub(crate) async fn read<C: GenericClient>(
+    c: &C,
+    schema: &str,
+    run_id: &str,
+    step_id: &str,
+) -> std::result::Result<Option<(String, serde_json::Value)>, tokio_postgres::Error> {
+    let row = c
+        .query_opt(
+            &format!(
+                "SELECT state, receipt::text FROM {}.applied_steps WHERE run_id = $1 AND step_id = $2",
+                quote_ident(schema)
+            ),
+            &[&run_id, &step_id],
+        )
+        .await?;
+    Ok(row.map(|r| {
+        let text: String = r.get(1);
+        (
+            r.get(0),
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }))
+}
+
+/// Serialize work on one (run, step) across processes for the rest of the transaction.
+pub(crate) async fn lock_xact<C: GenericClient>(
+    c: &C,
+    run_id: &str,
+    step_id: &str,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    c.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('rollback-step:' || $1 || '/' || $2, 0))",
+        &[&run_id, &step_id],
+    )
+    .await
+    .map(|_| ())
+}

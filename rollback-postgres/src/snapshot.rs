@@ -1,0 +1,1349 @@
+//! [`TableSnapshot`]: a checkpoint that copies tables inside the database.
+
+use crate::catalog::{self, diff_tables, TableModel};
+use crate::db::Database;
+use crate::error::{backend_msg, PgResultExt};
+use crate::hash::{self, Shape, TableHash};
+use crate::ident::{column_list, column_list_with, quote_ident, Table};
+use crate::reconcile::{self, Reconcile};
+use async_trait::async_trait;
+use rollback_core::{Checkpoint, Context, Digest, Error, Hasher, Restored, Result, Snapshot};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tokio_postgres::{GenericClient, IsolationLevel, Transaction};
+
+/// The default schema holding snapshot copies.
+pub const DEFAULT_SNAPSHOT_SCHEMA: &str = "_rollback_snapshots";
+
+/// The snapshot kind of a [`TableSnapshot`].
+pub const TABLE_COPY_KIND: &str = "pg.table-copy";
+
+/// How a [`TableSnapshot`] puts its tables back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreMethod {
+    /// Swap where safe, else copy, else merge (the default).
+    #[default]
+    Auto,
+    /// Rename the snapshot copy into place (O(1) in the data): drop the live table, move
+    /// the copy into its schema under its name, rename indexes, put back defaults,
+    /// sequences, triggers, foreign keys (re-validated), owner, privileges and storage
+    /// parameters, then check the definition equals the captured one. Only when nothing
+    /// else depends on the table (see [`TableSnapshot`]).
+    Swap,
+    /// `TRUNCATE` the tables together and `INSERT … SELECT` from the copies.
+    Copy,
+    /// Delete rows added since, update rows changed since, insert rows deleted since, by
+    /// key; the only method for tables referenced by foreign keys from outside the set.
+    Merge,
+}
+
+/// A checkpoint of one table or a set of tables, kept inside the database.
+///
+/// **Capture** (one `REPEATABLE READ` transaction, holding `ACCESS SHARE` locks so the
+/// definitions cannot change meanwhile): for each table, `CREATE TABLE
+/// <snapshot schema>.<copy> (LIKE <table> INCLUDING ALL EXCLUDING DEFAULTS EXCLUDING
+/// IDENTITY)` and `INSERT … SELECT` — no row passes through the client. The current values
+/// of sequences owned by the tables are recorded. The copy is then hashed server-side
+/// streaming (see [`crate::TableHashParity`] for the hash) and its definition fingerprinted:
+/// the snapshot's `digest` covers both, so an altered copy (rows or definition) is refused
+/// at restore with [`Error::DigestMismatch`].
+///
+/// **Restore** (one transaction): the copies are locked, re-hashed and checked against the
+/// digest before anything changes; then the live tables are locked `ACCESS EXCLUSIVE` and
+/// put back by one of the [`RestoreMethod`]s; finally each table's definition is compared
+/// with the captured one (columns, constraints, indexes, triggers, owned sequences and
+/// their values, owner, privileges) and any difference rolls the transaction back.
+/// [`Restored::method`] says which method ran (`swap`, `copy`, `merge`, or `noop` when the
+/// tables already hold the snapshot's content).
+///
+/// **When a swap is safe.** The live table must be a plain table (not partitioned, not a
+/// partition, no inheritance), without identity columns, unlogged storage or replica
+/// identity `USING INDEX`, and nothing outside the table may depend on it: no foreign key
+/// of another table (or itself) referencing it, no view, rule, policy, publication,
+/// extended statistics, or use of its row type. Its own foreign keys are re-created and
+/// re-validated (a read of the table, the only part that is not O(1)). A swap consumes the
+/// copy: a later restore of the same snapshot finds the tables already restored (`noop`)
+/// or, if they changed since, fails with [`Error::Invalid`].
+///
+/// **Copy** needs the live definitions to equal the captured ones (revert schema steps
+/// first — the executor does, in reverse order, before restoring checkpoints) and no
+/// foreign key from outside the set referencing a table of the set; user triggers are
+/// disabled during the restore and re-enabled as they were. **Merge** has the same
+/// definition requirement, needs a key, and refuses (with [`Error::Conflict`]) to delete a
+/// row that a table outside the set still references through an `ON DELETE CASCADE / SET
+/// NULL / SET DEFAULT` foreign key.
+///
+/// A table absent at capture is recorded as absent; restoring drops it (without
+/// `CASCADE`).
+///
+/// ```no_run
+/// # async fn demo() -> rollback_core::Result<()> {
+/// use rollback_core::{Checkpoint, Context};
+/// use rollback_postgres::{Database, Table, TableSnapshot};
+/// let db = Database::connect("postgres://postgres@127.0.0.1:55432/shop")?;
+/// let cp = TableSnapshot::new(&db, Table::public("customers"));
+/// assert_eq!(cp.resource(), "postgres:shop/public.customers");
+/// let ctx = Context::detached();
+/// let snap = cp.capture(&ctx).await?;
+/// // ... a migration changes public.customers ...
+/// let how = cp.restore(&snap, &ctx).await?;
+/// println!("restored by {}", how.method);
+/// cp.discard(&snap, &ctx).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct TableSnapshot {
+    db: Database,
+    tables: Vec<Table>,
+    resource: String,
+    snapshot_schema: String,
+    method: RestoreMethod,
+    lock_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Descriptor {
+    version: u32,
+    database: String,
+    snapshot_schema: String,
+    tables: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    table: Table,
+    /// `None`: the table did not exist at capture.
+    copy: Option<Table>,
+    definition: Option<TableModel>,
+    copy_definition: Option<Digest>,
+    key: Vec<String>,
+    hash: Option<TableHash>,
+}
+
+impl Entry {
+    fn digest_part(&self, h: &mut Hasher) {
+        h.field(self.table.quoted().as_bytes());
+        match (&self.copy_definition, &self.hash, &self.definition) {
+            (Some(cd), Some(hash), Some(def)) => {
+                h.field(&cd.0);
+                h.field(&hash.root.0);
+                for s in &def.sequences {
+                    h.field(s.quoted().as_bytes());
+                    h.field(&s.last_value.to_le_bytes());
+                    h.field(&[s.is_called as u8]);
+                }
+            }
+            _ => {
+                h.field(b"absent");
+            }
+        }
+    }
+}
+
+fn table_fingerprint(t: &Table, def: Option<&TableModel>, root: Option<Digest>) -> Digest {
+    let mut h = Hasher::new();
+    h.field(b"rollback-postgres/table/v1");
+    h.field(t.quoted().as_bytes());
+    match (def, root) {
+        (Some(d), Some(r)) => {
+            h.field(&d.digest().0);
+            h.field(&r.0);
+        }
+        _ => {
+            h.field(b"absent");
+        }
+    }
+    h.finish()
+}
+
+fn combine(parts: &[Digest]) -> Digest {
+    let mut h = Hasher::new();
+    h.field(b"rollback-postgres/tables/v1");
+    for p in parts {
+        h.field(&p.0);
+    }
+    h.finish()
+}
+
+impl TableSnapshot {
+    /// A checkpoint of one table.
+    pub fn new(db: &Database, table: Table) -> Self {
+        Self::of_tables(db, vec![table])
+    }
+
+    /// A checkpoint of a set of tables captured together (one consistent snapshot) and
+    /// restored together (one transaction); needed when tables reference each other and
+    /// the restore must truncate them together. The resource id lists them all (see
+    /// [`Database::tables_resource`]).
+    pub fn of_tables(db: &Database, mut tables: Vec<Table>) -> Self {
+        tables.sort();
+        tables.dedup();
+        TableSnapshot {
+            resource: db.tables_resource(&tables),
+            db: db.clone(),
+            tables,
+            snapshot_schema: DEFAULT_SNAPSHOT_SCHEMA.into(),
+            method: RestoreMethod::Auto,
+            lock_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Keep copies in another schema (default [`DEFAULT_SNAPSHOT_SCHEMA`]).
+    pub fn snapshot_schema(mut self, schema: impl Into<String>) -> Self {
+        self.snapshot_schema = schema.into();
+        self
+    }
+
+    /// Choose the restore method (default [`RestoreMethod::Auto`]).
+    pub fn restore_method(mut self, method: RestoreMethod) -> Self {
+        self.method = method;
+        self
+    }
+
+    /// `lock_timeout` for capture and restore (default 5 s): a restore that cannot get its
+    /// locks in time fails with a transient error, which the executor retries.
+    pub fn lock_timeout(mut self, d: Duration) -> Self {
+        self.lock_timeout = d;
+        self
+    }
+
+    /// The covered tables.
+    pub fn tables(&self) -> &[Table] {
+        &self.tables
+    }
+
+    fn lock_timeout_sql(&self) -> String {
+        format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            self.lock_timeout.as_millis().max(1)
+        )
+    }
+
+    fn copy_name(&self, id: &str, i: usize, t: &Table) -> Table {
+        let mut base = String::new();
+        for ch in t.name.chars() {
+            if base.len() + ch.len_utf8() > 36 {
+                break;
+            }
+            base.push(ch);
+        }
+        Table::new(&self.snapshot_schema, format!("{base}_{id}_{i}"))
+    }
+
+    /// Parse and check a snapshot's descriptor.
+    fn descriptor(&self, snap: &Snapshot) -> Result<Descriptor> {
+        snap.ensure_resource(&self.resource)?;
+        if snap.kind != TABLE_COPY_KIND {
+            return Err(Error::invalid(format!(
+                "snapshot kind {} is not {TABLE_COPY_KIND}",
+                snap.kind
+            )));
+        }
+        let d: Descriptor = serde_json::from_value(snap.descriptor.clone())
+            .map_err(|e| Error::invalid(format!("malformed table snapshot descriptor: {e}")))?;
+        let tables: Vec<Table> = d.tables.iter().map(|e| e.table.clone()).collect();
+        if tables != self.tables {
+            return Err(Error::WrongResource {
+                expected: self.resource.clone(),
+                found: format!("tables {tables:?}"),
+            });
+        }
+        Ok(d)
+    }
+}
+
+pub(crate) async fn ensure_schema(db: &Database, schema: &str) -> Result<()> {
+    let c = db.client().await?;
+    let exists = c
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1",
+            &[&schema],
+        )
+        .await
+        .ctx("looking up schema")?;
+    if exists.is_some() {
+        return Ok(());
+    }
+    match c
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            quote_ident(schema)
+        ))
+        .await
+    {
+        Ok(()) => Ok(()),
+        // A concurrent creator won the race.
+        Err(e) if matches!(e.code().map(|c| c.code()), Some("23505") | Some("42P06")) => Ok(()),
+        Err(e) => Err(crate::error::PgError::new("creating schema", &e).into_core(false)),
+    }
+}
+
+/// A consistent fingerprint of tables: (per-table fingerprints, models, hashes).
+pub(crate) async fn fingerprint_tables<C: GenericClient>(
+    c: &C,
+    tables: &[Table],
+) -> Result<Vec<(Digest, Option<TableModel>, Option<TableHash>)>> {
+    let mut out = Vec::new();
+    for t in tables {
+        let Some(oid) = catalog::table_oid(c, t).await? else {
+            out.push((table_fingerprint(t, None, None), None, None));
+            continue;
+        };
+        let model = catalog::table_model_by_oid(c, oid).await?;
+        let key = catalog::order_key(c, oid).await?;
+        let shape = Shape {
+            rel: t.quoted(),
+            columns: model.column_names(),
+            key,
+        };
+        let h = hash::hash_relation(c.client(), &shape, u64::MAX).await?;
+        out.push((
+            table_fingerprint(t, Some(&model), Some(h.root)),
+            Some(model),
+            Some(h),
+        ));
+    }
+    Ok(out)
+}
+
+async fn relation_exists<C: GenericClient>(c: &C, t: &Table) -> Result<bool> {
+    Ok(catalog::table_oid(c, t).await?.is_some())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Swap,
+    Copy,
+    Merge,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Swap => "swap",
+            Method::Copy => "copy",
+            Method::Merge => "merge",
+        }
+    }
+}
+
+/// Why a restore attempt with one method failed in a way another method may fix.
+enum Attempt {
+    Done(u64, Vec<String>),
+    Unsuitable(String),
+}
+
+#[async_trait]
+impl Checkpoint for TableSnapshot {
+    fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    async fn capture(&self, ctx: &Context) -> Result<Snapshot> {
+        for t in &self.tables {
+            t.check()?;
+        }
+        crate::ident::check_ident("schema", &self.snapshot_schema)?;
+        ensure_schema(&self.db, &self.snapshot_schema).await?;
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let mut obj = self.db.client().await?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .start()
+            .await
+            .ctx("starting capture")?;
+        tx.batch_execute(&self.lock_timeout_sql())
+            .await
+            .ctx("setting lock_timeout")?;
+        let mut existing = Vec::new();
+        for t in &self.tables {
+            if relation_exists(&tx, t).await? {
+                existing.push(t.quoted());
+            }
+        }
+        if !existing.is_empty() {
+            tx.batch_execute(&format!(
+                "LOCK TABLE {} IN ACCESS SHARE MODE",
+                existing.join(", ")
+            ))
+            .await
+            .ctx("locking tables for capture")?;
+        }
+        let mut entries = Vec::new();
+        let mut size = 0u64;
+        for (i, t) in self.tables.iter().enumerate() {
+            let Some(oid) = catalog::table_oid(&tx, t).await? else {
+                entries.push(Entry {
+                    table: t.clone(),
+                    copy: None,
+                    definition: None,
+                    copy_definition: None,
+                    key: vec![],
+                    hash: None,
+                });
+                continue;
+            };
+            let def = catalog::table_model_by_oid(&tx, oid).await?;
+            let key = catalog::order_key(&tx, oid).await?;
+            let copy = self.copy_name(&id, i, t);
+            let cols = def.insertable_columns();
+            tx.batch_execute(&format!(
+                "CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING DEFAULTS EXCLUDING IDENTITY); \
+                 INSERT INTO {} ({}) SELECT {} FROM {}",
+                copy.quoted(),
+                t.quoted(),
+                copy.quoted(),
+                column_list(&cols),
+                column_list(&cols),
+                t.quoted()
+            ))
+            .await
+            .ctx(&format!("copying {t} into the snapshot schema"))?;
+            let estimate: i64 = tx
+                .query_one(
+                    "SELECT greatest(reltuples, 0)::bigint FROM pg_catalog.pg_class WHERE oid = $1",
+                    &[&oid],
+                )
+                .await
+                .ctx("reading table size estimate")?
+                .get(0);
+            let shape = Shape {
+                rel: copy.quoted(),
+                columns: def.column_names(),
+                key: key.clone(),
+            };
+            let h = hash::hash_relation(
+                tx.client(),
+                &shape,
+                hash::chunk_leaves_for(estimate.max(0) as u64),
+            )
+            .await?;
+            size += h.bytes;
+            let copy_def = catalog::table_model(&tx, &copy)
+                .await?
+                .ok_or_else(|| backend_msg("snapshot copy vanished during capture"))?;
+            tx.batch_execute(&format!("ANALYZE {}", copy.quoted()))
+                .await
+                .ctx("analyzing snapshot copy")?;
+            ctx.progress(&format!("capture {t}"), h.rows, Some(h.rows), "rows");
+            entries.push(Entry {
+                table: t.clone(),
+                copy: Some(copy),
+                definition: Some(def),
+                copy_definition: Some(copy_def.digest()),
+                key,
+                hash: Some(h),
+            });
+        }
+        tx.commit().await.ctx("committing capture")?;
+        let mut dh = Hasher::new();
+        dh.field(b"rollback-postgres/table-copy/v1");
+        for e in &entries {
+            e.digest_part(&mut dh);
+        }
+        let fps: Vec<Digest> = entries
+            .iter()
+            .map(|e| {
+                table_fingerprint(
+                    &e.table,
+                    e.definition.as_ref(),
+                    e.hash.as_ref().map(|h| h.root),
+                )
+            })
+            .collect();
+        let descriptor = Descriptor {
+            version: 1,
+            database: self.db.name().to_string(),
+            snapshot_schema: self.snapshot_schema.clone(),
+            tables: entries,
+        };
+        Ok(Snapshot {
+            id: format!("pg-{id}"),
+            resource: self.resource.clone(),
+            kind: TABLE_COPY_KIND.into(),
+            digest: dh.finish(),
+            fingerprint: combine(&fps),
+            captured_at_ms: rollback_core::now_ms(),
+            size_bytes: Some(size),
+            descriptor: serde_json::to_value(&descriptor)
+                .map_err(|e| Error::invalid(format!("encoding descriptor: {e}")))?,
+        })
+    }
+
+    async fn restore(&self, snap: &Snapshot, ctx: &Context) -> Result<Restored> {
+        let d = self.descriptor(snap)?;
+        let methods: Vec<Method> = match self.method {
+            RestoreMethod::Auto => vec![Method::Swap, Method::Copy, Method::Merge],
+            RestoreMethod::Swap => vec![Method::Swap],
+            RestoreMethod::Copy => vec![Method::Copy],
+            RestoreMethod::Merge => vec![Method::Merge],
+        };
+        let mut reasons: Vec<String> = Vec::new();
+        for m in methods {
+            let mut obj = self.db.client().await?;
+            let client: &mut tokio_postgres::Client = &mut obj;
+            let tx = client.transaction().await.ctx("starting restore")?;
+            tx.batch_execute(&self.lock_timeout_sql())
+                .await
+                .ctx("setting lock_timeout")?;
+            // 1. Refusal, before anything changes: copies present, digest and definitions.
+            let mut missing = Vec::new();
+            let mut copies = Vec::new();
+            for e in &d.tables {
+                if let Some(c) = &e.copy {
+                    if relation_exists(&tx, c).await? {
+                        copies.push(c.quoted());
+                    } else {
+                        missing.push(c.to_string());
+                    }
+                }
+            }
+            if !missing.is_empty() {
+                let fps = fingerprint_tables(&tx, &self.tables).await?;
+                let now = combine(&fps.iter().map(|f| f.0).collect::<Vec<_>>());
+                if now == snap.fingerprint && copies.is_empty() {
+                    return Ok(Restored::by("noop").changed(0).note(
+                        "tables already hold the snapshot's content (its copy was consumed by an earlier swap)",
+                    ));
+                }
+                return Err(Error::invalid(format!(
+                    "snapshot copies {} are missing (discarded, or consumed by a swap); cannot restore {}",
+                    missing.join(", "),
+                    self.resource
+                )));
+            }
+            if !copies.is_empty() {
+                copies.sort();
+                tx.batch_execute(&format!("LOCK TABLE {} IN SHARE MODE", copies.join(", ")))
+                    .await
+                    .ctx("locking snapshot copies")?;
+            }
+            let mut dh = Hasher::new();
+            dh.field(b"rollback-postgres/table-copy/v1");
+            for e in &d.tables {
+                let mut actual = e.clone();
+                if let (Some(copy), Some(def)) = (&e.copy, &e.definition) {
+                    let copy_def = catalog::table_model(&tx, copy)
+                        .await?
+                        .ok_or_else(|| backend_msg("snapshot copy vanished"))?;
+                    actual.copy_definition = Some(copy_def.digest());
+                    let shape = Shape {
+                        rel: copy.quoted(),
+                        columns: def.column_names(),
+                        key: e.key.clone(),
+                    };
+                    let h = hash::hash_relation(tx.client(), &shape, u64::MAX).await?;
+                    if let Some(hh) = actual.hash.as_mut() {
+                        hh.root = h.root;
+                    }
+                }
+                actual.digest_part(&mut dh);
+            }
+            snap.ensure_digest(dh.finish())?;
+            // 2. Lock the live tables.
+            let mut live = Vec::new();
+            for t in &self.tables {
+                if relation_exists(&tx, t).await? {
+                    live.push(t.quoted());
+                }
+            }
+            if !live.is_empty() {
+                live.sort();
+                tx.batch_execute(&format!(
+                    "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+                    live.join(", ")
+                ))
+                .await
+                .ctx("locking tables for restore")?;
+            }
+            // 3. Put them back.
+            let attempt = match m {
+                Method::Swap => self.swap(&tx, &d).await,
+                Method::Copy => self.copy_back(&tx, &d).await,
+                Method::Merge => self.merge(&tx, &d).await,
+            };
+            let (items, mut notes) = match attempt {
+                Ok(Attempt::Done(items, notes)) => (items, notes),
+                Ok(Attempt::Unsuitable(why)) => {
+                    tracing::info!(method = m.name(), reason = %why, "restore method not applicable");
+                    reasons.push(format!("{} not applicable: {why}", m.name()));
+                    tx.rollback().await.ctx("rolling back restore attempt")?;
+                    continue;
+                }
+                // A swap that fails part-way (e.g. a foreign key that no longer validates)
+                // is rolled back and the next method tried.
+                Err(e)
+                    if m == Method::Swap
+                        && self.method == RestoreMethod::Auto
+                        && !e.is_transient() =>
+                {
+                    tracing::info!(error = %e, "swap failed; trying the next method");
+                    reasons.push(format!("swap failed: {e}"));
+                    drop(tx);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            // 4. The definitions must be the captured ones.
+            let mut mismatch = None;
+            for e in &d.tables {
+                let now = catalog::table_model(&tx, &e.table).await?;
+                if now != e.definition {
+                    let diff = match (&e.definition, &now) {
+                        (Some(a), Some(b)) => diff_tables(&e.table.to_string(), a, b)
+                            .iter()
+                            .map(|c| c.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        (None, Some(_)) => "table exists but was absent at capture".into(),
+                        (Some(_), None) => "table is missing".into(),
+                        (None, None) => String::new(),
+                    };
+                    mismatch = Some(format!(
+                        "{} left {} different from the snapshot: {diff}",
+                        m.name(),
+                        e.table
+                    ));
+                    break;
+                }
+            }
+            if let Some(why) = mismatch {
+                tracing::warn!(method = m.name(), reason = %why, "restore result rejected");
+                reasons.push(why);
+                tx.rollback().await.ctx("rolling back restore attempt")?;
+                continue;
+            }
+            tx.commit().await.ctx("committing restore")?;
+            ctx.progress(
+                &format!("restore {}", self.resource),
+                items,
+                Some(items),
+                "rows",
+            );
+            notes.extend(reasons);
+            let mut r = Restored::by(m.name()).changed(items);
+            if !notes.is_empty() {
+                r = r.note(notes.join("; "));
+            }
+            return Ok(r);
+        }
+        Err(Error::conflict(format!(
+            "cannot restore {}: {}",
+            self.resource,
+            reasons.join("; ")
+        )))
+    }
+
+    async fn fingerprint(&self, _ctx: &Context) -> Result<Digest> {
+        let mut obj = self.db.client().await?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .ctx("starting fingerprint")?;
+        let fps = fingerprint_tables(&tx, &self.tables).await?;
+        tx.commit().await.ctx("ending fingerprint")?;
+        Ok(combine(&fps.iter().map(|f| f.0).collect::<Vec<_>>()))
+    }
+
+    async fn discard(&self, snap: &Snapshot, _ctx: &Context) -> Result<()> {
+        let d = self.descriptor(snap)?;
+        let copies: Vec<String> = d
+            .tables
+            .iter()
+            .filter_map(|e| e.copy.as_ref().map(|c| c.quoted()))
+            .collect();
+        if copies.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .execute_batch(&format!("DROP TABLE IF EXISTS {}", copies.join(", ")))
+            .await
+    }
+}
+
+/// Foreign keys among `tables`: (child, parent) pairs, and those from outside into the set.
+struct FkInfo {
+    /// Topological order of the set (parents first).
+    order: Vec<Table>,
+    /// FKs from tables outside the set into it: (constraint, child, parent, cascading delete).
+    incoming: Vec<(String, Table, Table, bool)>,
+}
+
+async fn fk_info(tx: &Transaction<'_>, tables: &[Table]) -> Result<FkInfo> {
+    let rows = tx
+        .query(
+            "SELECT k.conname::text, cn.nspname::text, c.relname::text, pn.nspname::text, p.relname::text, \
+                    k.confdeltype::text IN ('c', 'n', 'd') \
+             FROM pg_catalog.pg_constraint k \
+             JOIN pg_catalog.pg_class c ON c.oid = k.conrelid JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace \
+             JOIN pg_catalog.pg_class p ON p.oid = k.confrelid JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace \
+             WHERE k.contype = 'f' ORDER BY 1",
+            &[],
+        )
+        .await
+        .ctx("reading foreign keys")?;
+    let set: BTreeSet<&Table> = tables.iter().collect();
+    let mut edges: Vec<(Table, Table)> = Vec::new();
+    let mut incoming = Vec::new();
+    for r in rows {
+        let child = Table::new(r.get::<_, String>(1), r.get::<_, String>(2));
+        let parent = Table::new(r.get::<_, String>(3), r.get::<_, String>(4));
+        if !set.contains(&parent) {
+            continue;
+        }
+        if set.contains(&child) {
+            if child != parent {
+                edges.push((child, parent));
+            }
+        } else {
+            incoming.push((r.get(0), child, parent, r.get(5)));
+        }
+    }
+    // Kahn's algorithm, parents first; cycles keep their input order at the end.
+    let mut order = Vec::new();
+    let mut left: Vec<Table> = tables.to_vec();
+    while !left.is_empty() {
+        let pos = left.iter().position(|t| {
+            !edges
+                .iter()
+                .any(|(c, p)| c == t && left.contains(p) && p != t)
+        });
+        let t = left.remove(pos.unwrap_or(0));
+        order.push(t);
+    }
+    Ok(FkInfo { order, incoming })
+}
+
+/// User triggers currently enabled on `t`: (name, enabled mode).
+async fn enabled_triggers(tx: &Transaction<'_>, t: &Table) -> Result<Vec<(String, String)>> {
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT tgname::text, tgenabled::text FROM pg_catalog.pg_trigger \
+                 WHERE tgrelid = {}::regclass AND NOT tgisinternal AND tgenabled <> 'D' ORDER BY tgname",
+                t.regclass_literal()
+            ),
+            &[],
+        )
+        .await
+        .ctx("reading triggers")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+fn enable_trigger_sql(t: &Table, name: &str, mode: &str) -> String {
+    let how = match mode {
+        "R" => "ENABLE REPLICA",
+        "A" => "ENABLE ALWAYS",
+        "D" => "DISABLE",
+        _ => "ENABLE",
+    };
+    format!(
+        "ALTER TABLE {} {how} TRIGGER {}",
+        t.quoted(),
+        quote_ident(name)
+    )
+}
+
+impl TableSnapshot {
+    async fn drop_absent(&self, tx: &Transaction<'_>, d: &Descriptor) -> Result<u64> {
+        let mut n = 0;
+        for e in &d.tables {
+            if e.definition.is_none() && relation_exists(tx, &e.table).await? {
+                tx.batch_execute(&format!("DROP TABLE {}", e.table.quoted()))
+                    .await
+                    .ctx(&format!("dropping {} (absent at capture)", e.table))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn set_sequences(&self, tx: &Transaction<'_>, d: &Descriptor) -> Result<()> {
+        for e in &d.tables {
+            if let Some(def) = &e.definition {
+                for s in &def.sequences {
+                    tx.batch_execute(&s.setval_sql())
+                        .await
+                        .ctx("restoring sequence value")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn swap(&self, tx: &Transaction<'_>, d: &Descriptor) -> Result<Attempt> {
+        // Safety first, for every table of the set.
+        for e in &d.tables {
+            let Some(def) = &e.definition else { continue };
+            if def.persistence != "p" {
+                return Ok(Attempt::Unsuitable(format!("{} is unlogged", e.table)));
+            }
+            if def.replica_identity == "i" {
+                return Ok(Attempt::Unsuitable(format!(
+                    "{} has replica identity USING INDEX",
+                    e.table
+                )));
+            }
+            if def.kind != "r" {
+                return Ok(Attempt::Unsuitable(format!("{} is partitioned", e.table)));
+            }
+            if let Some(oid) = catalog::table_oid(tx, &e.table).await? {
+                let blockers = swap_blockers(tx, oid).await?;
+                if !blockers.is_empty() {
+                    return Ok(Attempt::Unsuitable(format!(
+                        "{} has dependents: {}",
+                        e.table,
+                        blockers.join(", ")
+                    )));
+                }
+            }
+        }
+        let mut notes = Vec::new();
+        let mut items = self.drop_absent(tx, d).await?;
+        for e in &d.tables {
+            let (Some(def), Some(copy)) = (&e.definition, &e.copy) else {
+                continue;
+            };
+            let t = &e.table;
+            if let Some(live) = catalog::table_model(tx, t).await? {
+                for s in &live.sequences {
+                    tx.batch_execute(&format!("ALTER SEQUENCE {} OWNED BY NONE", s.quoted()))
+                        .await
+                        .ctx("detaching owned sequence")?;
+                }
+                tx.batch_execute(&format!("DROP TABLE {}", t.quoted()))
+                    .await
+                    .ctx(&format!("dropping {t} for the swap"))?;
+            }
+            let mut sql = Vec::new();
+            if copy.schema != t.schema {
+                sql.push(format!(
+                    "ALTER TABLE {} SET SCHEMA {}",
+                    copy.quoted(),
+                    quote_ident(&t.schema)
+                ));
+            }
+            sql.push(format!(
+                "ALTER TABLE {}.{} RENAME TO {}",
+                quote_ident(&t.schema),
+                quote_ident(&copy.name),
+                quote_ident(&t.name)
+            ));
+            tx.batch_execute(&sql.join("; "))
+                .await
+                .ctx(&format!("moving the snapshot copy into place as {t}"))?;
+            rename_indexes(tx, t, def).await?;
+            // Sequences (re-created if they went with a dropped table), then defaults.
+            for s in &def.sequences {
+                let exists = tx
+                    .query_opt(
+                        "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'S'",
+                        &[&s.schema, &s.name],
+                    )
+                    .await
+                    .ctx("looking up sequence")?;
+                if exists.is_none() {
+                    tx.batch_execute(&s.create_sql())
+                        .await
+                        .ctx("re-creating sequence")?;
+                }
+            }
+            for c in &def.columns {
+                if let (Some(expr), true) = (&c.default, c.generated.is_empty()) {
+                    tx.batch_execute(&format!(
+                        "ALTER TABLE {} ALTER COLUMN {} SET DEFAULT {expr}",
+                        t.quoted(),
+                        quote_ident(&c.name)
+                    ))
+                    .await
+                    .ctx("restoring column default")?;
+                }
+            }
+            for s in &def.sequences {
+                if let Some(owner) = &s.owned_by {
+                    let col = owner.strip_prefix(&format!("{}.", t.name)).unwrap_or(owner);
+                    tx.batch_execute(&format!(
+                        "ALTER SEQUENCE {} OWNED BY {}.{}",
+                        s.quoted(),
+                        t.quoted(),
+                        quote_ident(col)
+                    ))
+                    .await
+                    .ctx("re-attaching owned sequence")?;
+                }
+            }
+            for tr in &def.triggers {
+                tx.batch_execute(&tr.definition)
+                    .await
+                    .ctx("re-creating trigger")?;
+                if tr.enabled != "O" {
+                    tx.batch_execute(&enable_trigger_sql(t, &tr.name, &tr.enabled))
+                        .await
+                        .ctx("restoring trigger state")?;
+                }
+            }
+            for k in def.constraints.iter().filter(|k| k.kind == "f") {
+                tx.batch_execute(&format!(
+                    "ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID",
+                    t.quoted(),
+                    quote_ident(&k.name),
+                    k.definition
+                ))
+                .await
+                .ctx("re-creating foreign key")?;
+                if k.validated {
+                    tx.batch_execute(&format!(
+                        "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+                        t.quoted(),
+                        quote_ident(&k.name)
+                    ))
+                    .await
+                    .ctx("re-validating foreign key")?;
+                    notes.push(format!("foreign key {} re-validated", k.name));
+                }
+            }
+            let now = catalog::table_model(tx, t)
+                .await?
+                .ok_or_else(|| backend_msg("swapped table vanished"))?;
+            reconcile::table_properties(tx, t, &now, def).await?;
+            items += e.hash.as_ref().map(|h| h.rows).unwrap_or(0);
+        }
+        self.set_sequences(tx, d).await?;
+        Ok(Attempt::Done(items, notes))
+    }
+
+    /// Reconciliation plans for every table present at capture (`Err`: unsuitable).
+    async fn reconcile_plans(
+        &self,
+        tx: &Transaction<'_>,
+        d: &Descriptor,
+        empty: bool,
+    ) -> Result<std::result::Result<Vec<(Table, Reconcile, TableModel)>, String>> {
+        let mut out = Vec::new();
+        for e in &d.tables {
+            let Some(def) = &e.definition else { continue };
+            let Some(live) = catalog::table_model(tx, &e.table).await? else {
+                return Ok(Err(format!("{} no longer exists", e.table)));
+            };
+            match reconcile::plan(&e.table, &live, def, empty) {
+                Ok(p) => out.push((e.table.clone(), p, live)),
+                Err(why) => return Ok(Err(why)),
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    async fn run_all(tx: &Transaction<'_>, sql: &[String], what: &str) -> Result<()> {
+        for s in sql {
+            tx.batch_execute(s).await.ctx(what)?;
+        }
+        Ok(())
+    }
+
+    async fn finish_structure(
+        &self,
+        tx: &Transaction<'_>,
+        plans: &[(Table, Reconcile, TableModel)],
+        d: &Descriptor,
+    ) -> Result<Vec<String>> {
+        let mut notes = Vec::new();
+        for (t, p, live) in plans {
+            Self::run_all(tx, &p.post, "restoring table definition").await?;
+            if let Some(def) = d
+                .tables
+                .iter()
+                .find(|e| &e.table == t)
+                .and_then(|e| e.definition.as_ref())
+            {
+                reconcile::table_properties(tx, t, live, def).await?;
+            }
+            if !p.is_empty() {
+                notes.push(format!(
+                    "{t}: definition restored with {} DDL statement(s)",
+                    p.pre.len() + p.post.len()
+                ));
+            }
+        }
+        Ok(notes)
+    }
+
+    async fn copy_back(&self, tx: &Transaction<'_>, d: &Descriptor) -> Result<Attempt> {
+        let fks = fk_info(tx, &self.tables).await?;
+        if let Some((name, child, parent, _)) = fks.incoming.first() {
+            return Ok(Attempt::Unsuitable(format!(
+                "foreign key {name} of {child} (outside the checkpoint) references {parent}"
+            )));
+        }
+        let plans = match self.reconcile_plans(tx, d, true).await? {
+            Ok(p) => p,
+            Err(why) => return Ok(Attempt::Unsuitable(why)),
+        };
+        let mut items = self.drop_absent(tx, d).await?;
+        let present: Vec<&Entry> = d
+            .tables
+            .iter()
+            .filter(|e| e.definition.is_some() && e.copy.is_some())
+            .collect();
+        if present.is_empty() {
+            return Ok(Attempt::Done(items, vec![]));
+        }
+        tx.batch_execute(&format!(
+            "TRUNCATE {}",
+            present
+                .iter()
+                .map(|e| e.table.quoted())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .await
+        .ctx("truncating tables for restore")?;
+        for (_, p, _) in &plans {
+            Self::run_all(tx, &p.pre, "restoring table definition").await?;
+        }
+        let disabled = self.disable_triggers(tx, &present).await?;
+        for t in &fks.order {
+            let Some(e) = present.iter().find(|e| &e.table == t) else {
+                continue;
+            };
+            let (Some(def), Some(copy)) = (&e.definition, &e.copy) else {
+                continue;
+            };
+            let cols = def.insertable_columns();
+            let n = tx
+                .execute(
+                    &format!(
+                        "INSERT INTO {} ({}) {} SELECT {} FROM {}",
+                        t.quoted(),
+                        column_list(&cols),
+                        overriding(def),
+                        column_list(&cols),
+                        copy.quoted()
+                    ),
+                    &[],
+                )
+                .await
+                .ctx(&format!("copying rows back into {t}"))?;
+            items += n;
+        }
+        self.enable_triggers(tx, &disabled).await?;
+        let notes = self.finish_structure(tx, &plans, d).await?;
+        self.set_sequences(tx, d).await?;
+        Ok(Attempt::Done(items, notes))
+    }
+
+    async fn merge(&self, tx: &Transaction<'_>, d: &Descriptor) -> Result<Attempt> {
+        let fks = fk_info(tx, &self.tables).await?;
+        let plans = match self.reconcile_plans(tx, d, false).await? {
+            Ok(p) => p,
+            Err(why) => return Ok(Attempt::Unsuitable(why)),
+        };
+        let present: Vec<&Entry> = d
+            .tables
+            .iter()
+            .filter(|e| e.definition.is_some() && e.copy.is_some())
+            .collect();
+        for e in &present {
+            if e.key.is_empty() {
+                return Ok(Attempt::Unsuitable(format!(
+                    "{} has no primary key or NOT NULL unique key to merge by",
+                    e.table
+                )));
+            }
+        }
+        let key_match = |e: &Entry, a: &str, b: &str| -> String {
+            e.key
+                .iter()
+                .map(|k| format!("{a}.{} = {b}.{}", quote_ident(k), quote_ident(k)))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        // Refuse to cascade into rows outside the checkpoint.
+        for (name, child, parent, cascading) in &fks.incoming {
+            if !*cascading {
+                continue;
+            }
+            let Some(e) = present.iter().find(|e| &e.table == parent) else {
+                continue;
+            };
+            let Some(copy) = &e.copy else { continue };
+            let k = tx
+                .query_one(
+                    "SELECT array(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY x(n, o) JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = x.n ORDER BY x.o), \
+                            array(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY x(n, o) JOIN pg_catalog.pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = x.n ORDER BY x.o) \
+                     FROM pg_catalog.pg_constraint k WHERE k.conname = $1 AND k.conrelid = $2::text::regclass",
+                    &[name, &child.quoted()],
+                )
+                .await
+                .ctx("reading foreign key")?;
+            let fk_cols: Vec<String> = k.get(0);
+            let ref_cols: Vec<String> = k.get(1);
+            let n: i64 = tx
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM {} c WHERE EXISTS (SELECT 1 FROM {} l WHERE ({}) = ({}) \
+                         AND NOT EXISTS (SELECT 1 FROM {} s WHERE {}))",
+                        child.quoted(),
+                        parent.quoted(),
+                        column_list_with("l", &ref_cols),
+                        column_list_with("c", &fk_cols),
+                        copy.quoted(),
+                        key_match(e, "s", "l")
+                    ),
+                    &[],
+                )
+                .await
+                .ctx("checking rows outside the checkpoint")?
+                .get(0);
+            if n > 0 {
+                return Err(Error::conflict(format!(
+                    "restoring {parent} would delete rows that {n} row(s) of {child} (outside the checkpoint) reference through cascading foreign key {name}; include {child} in the checkpoint"
+                )));
+            }
+        }
+        let mut items = self.drop_absent(tx, d).await?;
+        for (_, p, _) in &plans {
+            Self::run_all(tx, &p.pre, "restoring table definition").await?;
+        }
+        let disabled = self.disable_triggers(tx, &present).await?;
+        for t in fks.order.iter().rev() {
+            let Some(e) = present.iter().find(|e| &e.table == t) else {
+                continue;
+            };
+            let Some(copy) = &e.copy else { continue };
+            items += tx
+                .execute(
+                    &format!(
+                        "DELETE FROM {} l WHERE NOT EXISTS (SELECT 1 FROM {} s WHERE {})",
+                        t.quoted(),
+                        copy.quoted(),
+                        key_match(e, "s", "l")
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(|err| fk_conflict(err, t))?;
+        }
+        for t in &fks.order {
+            let Some(e) = present.iter().find(|e| &e.table == t) else {
+                continue;
+            };
+            let (Some(def), Some(copy)) = (&e.definition, &e.copy) else {
+                continue;
+            };
+            let settable: Vec<String> = def
+                .columns
+                .iter()
+                .filter(|c| c.generated.is_empty() && c.identity != "a")
+                .map(|c| c.name.clone())
+                .filter(|c| !e.key.contains(c))
+                .collect();
+            if !settable.is_empty() {
+                items += tx
+                    .execute(
+                        &format!(
+                            "UPDATE {} l SET ({}) = ROW({}) FROM {} s WHERE {} AND (l.*)::text IS DISTINCT FROM (s.*)::text",
+                            t.quoted(),
+                            column_list(&settable),
+                            column_list_with("s", &settable),
+                            copy.quoted(),
+                            key_match(e, "s", "l")
+                        ),
+                        &[],
+                    )
+                    .await
+                    .map_err(|err| fk_conflict(err, t))?;
+            }
+            let cols = def.insertable_columns();
+            items += tx
+                .execute(
+                    &format!(
+                        "INSERT INTO {} ({}) {} SELECT {} FROM {} s WHERE NOT EXISTS (SELECT 1 FROM {} l WHERE {})",
+                        t.quoted(),
+                        column_list(&cols),
+                        overriding(def),
+                        column_list_with("s", &cols),
+                        copy.quoted(),
+                        t.quoted(),
+                        key_match(e, "s", "l")
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(|err| fk_conflict(err, t))?;
+        }
+        self.enable_triggers(tx, &disabled).await?;
+        let notes = self.finish_structure(tx, &plans, d).await?;
+        self.set_sequences(tx, d).await?;
+        Ok(Attempt::Done(items, notes))
+    }
+
+    async fn disable_triggers(
+        &self,
+        tx: &Transaction<'_>,
+        present: &[&Entry],
+    ) -> Result<Vec<(Table, String, String)>> {
+        let mut disabled = Vec::new();
+        for e in present {
+            for (name, mode) in enabled_triggers(tx, &e.table).await? {
+                tx.batch_execute(&enable_trigger_sql(&e.table, &name, "D"))
+                    .await
+                    .ctx("disabling trigger for restore")?;
+                disabled.push((e.table.clone(), name, mode));
+            }
+        }
+        Ok(disabled)
+    }
+
+    async fn enable_triggers(
+        &self,
+        tx: &Transaction<'_>,
+        disabled: &[(Table, String, String)],
+    ) -> Result<()> {
+        for (t, name, mode) in disabled {
+            tx.batch_execute(&enable_trigger_sql(t, name, mode))
+                .await
+                .ctx("re-enabling trigger")?;
+        }
+        Ok(())
+    }
+}
+
+fn overriding(def: &TableModel) -> &'static str {
+    if def.columns.iter().any(|c| c.identity == "a") {
+        "OVERRIDING SYSTEM VALUE"
+    } else {
+        ""
+    }
+}
+
+fn fk_conflict(err: tokio_postgres::Error, t: &Table) -> Error {
+    if err.code().map(|c| c.code()) == Some("23503") {
+        let e = crate::error::PgError::new(format!("restoring {t}"), &err);
+        return Error::conflict(format!(
+            "{e}; rows outside the checkpoint reference rows the restore must remove — include their tables in the checkpoint"
+        ));
+    }
+    crate::error::PgError::new(format!("restoring {t}"), &err).into_core(false)
+}
+
+/// What prevents swapping table `oid` (empty: safe).
+async fn swap_blockers(tx: &Transaction<'_>, oid: u32) -> Result<Vec<String>> {
+    let rows = tx
+        .query(
+            "SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) \
+             FROM pg_catalog.pg_depend d \
+             WHERE ((d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1) \
+                 OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.refobjid = (SELECT reltype FROM pg_catalog.pg_class WHERE oid = $1))) \
+               AND (d.deptype = 'n' OR d.classid IN ('pg_catalog.pg_policy'::regclass, 'pg_catalog.pg_publication_rel'::regclass, \
+                                                   'pg_catalog.pg_statistic_ext'::regclass, 'pg_catalog.pg_rewrite'::regclass)) \
+             UNION ALL \
+             SELECT 'inheritance' FROM pg_catalog.pg_inherits WHERE inhrelid = $1 OR inhparent = $1 \
+             UNION ALL \
+             SELECT 'identity column ' || attname FROM pg_catalog.pg_attribute \
+               WHERE attrelid = $1 AND attidentity <> '' AND NOT attisdropped \
+             UNION ALL \
+             SELECT 'partition' FROM pg_catalog.pg_class WHERE oid = $1 AND (relkind <> 'r' OR relispartition)",
+            &[&oid],
+        )
+        .await
+        .ctx("checking whether a swap is safe")?;
+    let mut out: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Give the moved copy's indexes the captured names (by matching definitions).
+async fn rename_indexes(tx: &Transaction<'_>, t: &Table, def: &TableModel) -> Result<()> {
+    let now = catalog::table_model(tx, t)
+        .await?
+        .ok_or_else(|| backend_msg("swapped table vanished"))?;
+    let names: Vec<String> = now
+        .indexes
+        .iter()
+        .map(|i| i.name.clone())
+        .chain(def.indexes.iter().map(|i| i.name.clone()))
+        .collect();
+    let quoted: Vec<String> = tx
+        .query(
+            "SELECT quote_ident(x) FROM unnest($1::text[]) WITH ORDINALITY u(x, o) ORDER BY o",
+            &[&names],
+        )
+        .await
+        .ctx("quoting index names")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (q_now, q_def) = quoted.split_at(now.indexes.len());
+    let norm = |defn: &str, q: &str| defn.replacen(&format!(" INDEX {q} ON "), " INDEX ON ", 1);
+    let mut targets: Vec<Option<&str>> = vec![None; now.indexes.len()];
+    let mut used = vec![false; def.indexes.len()];
+    for (i, ix) in now.indexes.iter().enumerate() {
+        let n = norm(&ix.definition, &q_now[i]);
+        if let Some(j) = def
+            .indexes
+            .iter()
+            .enumerate()
+            .position(|(j, dx)| !used[j] && norm(&dx.definition, &q_def[j]) == n)
+        {
+            used[j] = true;
+            targets[i] = Some(&def.indexes[j].name);
+        }
+    }
+    let schema = quote_ident(&t.schema);
+    let tmp = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    for (i, ix) in now.indexes.iter().enumerate() {
+        if targets[i].is_some() {
+            tx.batch_execute(&format!(
+                "ALTER INDEX {schema}.{} RENAME TO {}",
+                quote_ident(&ix.name),
+                quote_ident(&format!("rb_{tmp}_{i}"))
+            ))
+            .await
+            .ctx("renaming index")?;
+        }
+    }
+    for (i, target) in targets.iter().enumerate() {
+        if let Some(target) = target {
+            tx.batch_execute(&format!(
+                "ALTER INDEX {schema}.{} RENAME TO {}",
+                quote_ident(&format!("rb_{tmp}_{i}")),
+                quote_ident(target)
+            ))
+            .await
+            .ctx("renaming index")?;
+        }
+    }
+    // Constraint names that did not follow their index (e.g. exclusion constraints).
+    let now = catalog::table_model(tx, t)
+        .await?
+        .ok_or_else(|| backend_msg("swapped table vanished"))?;
+    let mut want: BTreeMap<&str, &str> = BTreeMap::new();
+    for k in def.constraints.iter().filter(|k| k.kind != "f") {
+        want.insert(&k.definition, &k.name);
+    }
+    for k in now.constraints.iter().filter(|k| k.kind != "f") {
+        if let Some(target) = want.get(k.definition.as_str()) {
+            if *target != k.name {
+                tx.batch_execute(&format!(
+                    "ALTER TABLE {} RENAME CONSTRAINT {} TO {}",
+                    t.quoted(),
+                    quote_ident(&k.name),
+                    quote_ident(target)
+                ))
+                .await
+                .ctx("renaming constraint")?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,357 @@
+//! A small SQL scanner: splits a script into statements and reads the words of each, with
+//! string literals, quoted identifiers, dollar quotes and comments taken out, to detect
+//! destructive statements and statements that cannot run inside a transaction.
+//!
+//! It is a scanner, not a parser: it recognizes the statement shapes listed on
+//! [`crate::SqlStep`] and errs on the side of calling a statement destructive.
+
+/// One statement of a script: its text and its words (upper-cased, literals removed,
+/// quoted identifiers as `"…"` tokens, punctuation `(` `)` `,` kept as tokens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Statement {
+    pub text: String,
+    pub words: Vec<String>,
+}
+
+/// Split `sql` into statements at top-level semicolons.
+pub(crate) fn split(sql: &str) -> Vec<Statement> {
+    let b: Vec<char> = sql.chars().collect();
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut atomic_depth = 0usize;
+    let mut i = 0;
+    let flush_word = |word: &mut String, words: &mut Vec<String>| {
+        if !word.is_empty() {
+            words.push(word.to_uppercase());
+            word.clear();
+        }
+    };
+    while i < b.len() {
+        let c = b[i];
+        // Line comment.
+        if c == '-' && b.get(i + 1) == Some(&'-') {
+            flush_word(&mut word, &mut words);
+            while i < b.len() && b[i] != '\n' {
+                text.push(b[i]);
+                i += 1;
+            }
+            continue;
+        }
+        // Block comment (nested).
+        if c == '/' && b.get(i + 1) == Some(&'*') {
+            flush_word(&mut word, &mut words);
+            let mut depth = 0;
+            while i < b.len() {
+                if b[i] == '/' && b.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    text.push_str("/*");
+                    i += 2;
+                    continue;
+                }
+                if b[i] == '*' && b.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    text.push_str("*/");
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                    continue;
+                }
+                text.push(b[i]);
+                i += 1;
+            }
+            continue;
+        }
+        // String literal (E'' strings honour backslash escapes).
+        if c == '\'' {
+            let escapes = word.eq_ignore_ascii_case("e");
+            if escapes {
+                word.clear();
+            }
+            flush_word(&mut word, &mut words);
+            text.push(c);
+            i += 1;
+            while i < b.len() {
+                if escapes && b[i] == '\\' && i + 1 < b.len() {
+                    text.push(b[i]);
+                    text.push(b[i + 1]);
+                    i += 2;
+                    continue;
+                }
+                if b[i] == '\'' {
+                    if b.get(i + 1) == Some(&'\'') {
+                        text.push_str("''");
+                        i += 2;
+                        continue;
+                    }
+                    text.push('\'');
+                    i += 1;
+                    break;
+                }
+                text.push(b[i]);
+                i += 1;
+            }
+            words.push("'…'".into());
+            continue;
+        }
+        // Quoted identifier.
+        if c == '"' {
+            flush_word(&mut word, &mut words);
+            text.push(c);
+            i += 1;
+            while i < b.len() {
+                if b[i] == '"' {
+                    if b.get(i + 1) == Some(&'"') {
+                        text.push_str("\"\"");
+                        i += 2;
+                        continue;
+                    }
+                    text.push('"');
+                    i += 1;
+                    break;
+                }
+                text.push(b[i]);
+                i += 1;
+            }
+            words.push("\"…\"".into());
+            continue;
+        }
+        // Dollar quote: $tag$ … $tag$ (not a $1 parameter).
+        if c == '$' && word.is_empty() {
+            let mut j = i + 1;
+            while j < b.len() && (b[j].is_alphanumeric() || b[j] == '_') {
+                j += 1;
+            }
+            let tag_ok =
+                j < b.len() && b[j] == '$' && !b.get(i + 1).is_some_and(|d| d.is_ascii_digit());
+            if tag_ok {
+                let tag: String = b[i..=j].iter().collect();
+                let tag_chars: Vec<char> = tag.chars().collect();
+                text.push_str(&tag);
+                i = j + 1;
+                loop {
+                    if i >= b.len() {
+                        break;
+                    }
+                    if b[i] == '$' && b[i..].starts_with(&tag_chars) {
+                        text.push_str(&tag);
+                        i += tag_chars.len();
+                        break;
+                    }
+                    text.push(b[i]);
+                    i += 1;
+                }
+                words.push("$…$".into());
+                continue;
+            }
+        }
+        if c == ';' && atomic_depth == 0 {
+            flush_word(&mut word, &mut words);
+            push_statement(&mut out, &mut text, &mut words);
+            i += 1;
+            continue;
+        }
+        if c.is_alphanumeric() || c == '_' || c == '$' || c == '.' {
+            word.push(c);
+        } else {
+            flush_word(&mut word, &mut words);
+            if matches!(c, '(' | ')' | ',') {
+                words.push(c.to_string());
+            }
+        }
+        // SQL-standard function bodies: BEGIN ATOMIC … END hold semicolons.
+        if !(c.is_alphanumeric() || c == '_') {
+            if let Some(last) = words.last() {
+                if last == "ATOMIC" && words.len() >= 2 && words[words.len() - 2] == "BEGIN" {
+                    atomic_depth += 1;
+                    words.push("·".into());
+                } else if last == "END" && atomic_depth > 0 {
+                    let case_open = words.iter().filter(|w| *w == "CASE").count();
+                    let ends = words.iter().filter(|w| *w == "END").count();
+                    if ends > case_open {
+                        atomic_depth -= 1;
+                    }
+                    words.push("·".into());
+                }
+            }
+        }
+        text.push(c);
+        i += 1;
+    }
+    flush_word(&mut word, &mut words);
+    push_statement(&mut out, &mut text, &mut words);
+    out
+}
+
+fn push_statement(out: &mut Vec<Statement>, text: &mut String, words: &mut Vec<String>) {
+    words.retain(|w| w != "·");
+    if !words.is_empty() {
+        out.push(Statement {
+            text: text.trim().to_string(),
+            words: std::mem::take(words),
+        });
+    }
+    text.clear();
+    words.clear();
+}
+
+/// Why a statement destroys data (None: it does not, as far as the scanner can tell).
+pub(crate) fn destructive(s: &Statement) -> Option<String> {
+    let w = &s.words;
+    let at = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
+    match at(0) {
+        "TRUNCATE" => return Some("TRUNCATE".into()),
+        "DELETE" => return Some("DELETE".into()),
+        "DROP" => {
+            let what = match at(1) {
+                "TABLE" => Some("DROP TABLE"),
+                "SCHEMA" => Some("DROP SCHEMA"),
+                "DATABASE" => Some("DROP DATABASE"),
+                "SEQUENCE" => Some("DROP SEQUENCE"),
+                "OWNED" => Some("DROP OWNED"),
+                "MATERIALIZED" => Some("DROP MATERIALIZED VIEW"),
+                _ => None,
+            };
+            return what.map(String::from);
+        }
+        "ALTER" if at(1) == "TABLE" => {}
+        _ => return None,
+    }
+    // ALTER TABLE …: look at each DROP and TYPE.
+    for i in 2..w.len() {
+        match at(i) {
+            "DROP" => {
+                let next = at(i + 1);
+                let safe = matches!(
+                    next,
+                    "CONSTRAINT" | "DEFAULT" | "NOT" | "IDENTITY" | "EXPRESSION"
+                );
+                let prev = at(i - 1);
+                // `ALTER COLUMN c DROP DEFAULT` etc. are handled above; `SET WITHOUT` not.
+                if !safe && prev != "CASCADE" {
+                    return Some("ALTER TABLE … DROP COLUMN".into());
+                }
+            }
+            "TYPE" => {
+                // `ALTER [COLUMN] c [SET DATA] TYPE t`; text and unbounded varchar widen.
+                let t = at(i + 1);
+                let widening = t == "TEXT"
+                    || ((t == "VARCHAR" || (t == "CHARACTER" && at(i + 2) == "VARYING"))
+                        && at(i + if t == "VARCHAR" { 2 } else { 3 }) != "(");
+                if !widening {
+                    return Some(format!("ALTER COLUMN … TYPE {t} (may narrow)"));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Why a statement cannot run inside a transaction block (None: it can).
+pub(crate) fn non_transactional(s: &Statement) -> Option<String> {
+    let w = &s.words;
+    let has = |x: &str| w.iter().any(|y| y == x);
+    let at = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
+    if has("CONCURRENTLY")
+        && matches!(at(0), "CREATE" | "DROP" | "REINDEX")
+        && (has("INDEX") || at(0) == "REINDEX")
+    {
+        return Some(format!("{} … CONCURRENTLY", at(0)));
+    }
+    if at(0) == "ALTER" && at(1) == "TABLE" && has("DETACH") && has("CONCURRENTLY") {
+        return Some("DETACH PARTITION … CONCURRENTLY".into());
+    }
+    match (at(0), at(1)) {
+        ("VACUUM", _) => Some("VACUUM".into()),
+        ("CREATE", "DATABASE") | ("DROP", "DATABASE") => Some(format!("{} DATABASE", at(0))),
+        ("CREATE", "TABLESPACE") | ("DROP", "TABLESPACE") => Some(format!("{} TABLESPACE", at(0))),
+        ("ALTER", "SYSTEM") => Some("ALTER SYSTEM".into()),
+        ("REINDEX", "SYSTEM") | ("REINDEX", "DATABASE") => Some("REINDEX DATABASE".into()),
+        _ => None,
+    }
+}
+
+/// `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name` → the index name as written
+/// (unquoted identifiers folded to lower case), to clean up an invalid leftover.
+pub(crate) fn concurrent_index_name(s: &Statement) -> Option<String> {
+    let w = &s.words;
+    if w.first().map(String::as_str) != Some("CREATE") {
+        return None;
+    }
+    let pos = w.iter().position(|x| x == "CONCURRENTLY")?;
+    if !w[..pos].iter().any(|x| x == "INDEX") {
+        return None;
+    }
+    let mut i = pos + 1;
+    if w.get(i).map(String::as_str) == Some("IF") {
+        i += 3;
+    }
+    let name = w.get(i)?;
+    if name == "ON" || name == "\"…\"" {
+        return None; // unnamed, or quoted (left alone)
+    }
+    Some(name.to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn destr(sql: &str) -> Vec<Option<String>> {
+        split(sql).iter().map(destructive).collect()
+    }
+
+    #[test]
+    fn splits_at_top_level_semicolons_only() {
+        let s = split(
+            "CREATE FUNCTION f() RETURNS int AS $$ SELECT 1; $$ LANGUAGE sql; \
+             INSERT INTO t VALUES ('a;b', E'c\\';d'); -- x; y\n \
+             /* a; /* nested; */ b; */ SELECT \"we;ird\";",
+        );
+        assert_eq!(s.len(), 3, "{s:#?}");
+        assert!(s[0].text.contains("SELECT 1;"));
+        assert!(s[1].text.starts_with("INSERT"));
+        assert_eq!(s[2].words, vec!["SELECT", "\"…\""]);
+    }
+
+    #[test]
+    fn detects_destructive_statements() {
+        assert!(destr("DROP TABLE t")[0].is_some());
+        assert!(destr("truncate t")[0].is_some());
+        assert!(destr("ALTER TABLE t DROP COLUMN c")[0].is_some());
+        assert!(destr("ALTER TABLE t DROP c")[0].is_some());
+        assert!(destr("ALTER TABLE t DROP COLUMN IF EXISTS c")[0].is_some());
+        assert!(destr("ALTER TABLE t ALTER COLUMN c TYPE int")[0].is_some());
+        assert!(destr("ALTER TABLE t ALTER c SET DATA TYPE varchar(10)")[0].is_some());
+        assert!(destr("DELETE FROM t WHERE x")[0].is_some());
+    }
+
+    #[test]
+    fn leaves_non_destructive_statements_alone() {
+        for sql in [
+            "ALTER TABLE t ADD COLUMN c text",
+            "ALTER TABLE t DROP CONSTRAINT k",
+            "ALTER TABLE t ALTER COLUMN c DROP DEFAULT",
+            "ALTER TABLE t ALTER COLUMN c DROP NOT NULL",
+            "ALTER TABLE t ALTER COLUMN c TYPE text",
+            "ALTER TABLE t ALTER COLUMN c TYPE varchar",
+            "DROP INDEX i",
+            "UPDATE t SET a = 'DROP TABLE x'",
+            "CREATE INDEX CONCURRENTLY i ON t (a)",
+        ] {
+            assert_eq!(destr(sql), vec![None], "{sql}");
+        }
+    }
+
+    #[test]
+    fn detects_statements_that_cannot_run_in_a_transaction() {
+        let s = split("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS idx_a ON t (a); VACUUM t; CREATE INDEX i ON t(a)");
+        assert!(non_transactional(&s[0]).is_some());
+        assert_eq!(concurrent_index_name(&s[0]).as_deref(), Some("idx_a"));
+        assert!(non_transactional(&s[1]).is_some());
+        assert!(non_transactional(&s[2]).is_none());
+    }
+}

@@ -1,0 +1,561 @@
+//! [`SqlStep`]: a migration step of `up` and `down` SQL, applied exactly once per run.
+
+use crate::db::Database;
+use crate::error::{Class, PgError, PgResultExt};
+use crate::ident::{quote_ident, Table};
+use crate::markers::{self, DEFAULT_MARKER_SCHEMA};
+use crate::sqlscan::{self, Statement};
+use async_trait::async_trait;
+use rollback_core::{Context, Digest, Error, Receipt, Result, Reversibility, Step};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// Default `lock_timeout` of a step: a migration waits at most this long for a lock, so it
+/// never queues traffic behind it for longer.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `statement_timeout` of a step.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a [`SqlStep`] runs its SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxMode {
+    /// `up` (or `down`) and the marker row in one transaction (the default).
+    Transactional,
+    /// Statement by statement outside a transaction, for `CREATE INDEX CONCURRENTLY` and
+    /// friends; see [`SqlStep`].
+    NonTransactional,
+}
+
+/// What an applied [`SqlStep`] remembers (its receipt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqlReceipt {
+    /// The run.
+    pub run_id: String,
+    /// The step.
+    pub step_id: String,
+    /// How it ran.
+    pub mode: TxMode,
+    /// blake3 of the `up` SQL that ran.
+    pub up_digest: Digest,
+}
+
+/// A step made of `up` SQL and (optionally) `down` SQL.
+///
+/// **Exactly once.** In the default transactional mode, `up` runs in one transaction with
+/// an insert into `_rollback.applied_steps(run_id, step_id, receipt, applied_at)`, after
+/// `pg_advisory_xact_lock` on the (run, step) pair and a look at that table: a second
+/// `apply` in the same run (a retry, a resumed run, another process) finds the marker and
+/// returns the recorded receipt without running anything, and the step can never be
+/// recorded without having run. `revert` runs `down` and deletes the marker in one
+/// transaction; without a marker it does nothing (reverting twice, or reverting a step
+/// that never ran, is a no-op). When the connection breaks during `COMMIT`, `apply` looks
+/// for the marker on a new connection to learn whether it committed.
+///
+/// **Lock and statement guards.** Every transaction starts with `SET LOCAL lock_timeout`
+/// (default 5 s) and `SET LOCAL statement_timeout` (default 60 s), so a migration never
+/// holds a queue of traffic behind a lock it waits for. A lock timeout, statement timeout,
+/// deadlock, serialization failure or dropped connection is a
+/// [`Error::Transient`] that the executor retries (the transaction was rolled back, so
+/// `maybe_applied` is false).
+///
+/// **Non-transactional statements.** A script holding `CREATE/DROP INDEX CONCURRENTLY`,
+/// `REINDEX … CONCURRENTLY`, `VACUUM`, `ALTER SYSTEM`, `CREATE/DROP DATABASE` or
+/// `DETACH PARTITION … CONCURRENTLY` (or any script after
+/// [`SqlStep::non_transactional`]) runs statement by statement in autocommit. The marker
+/// is then written as `applying` before the first statement and turned into `applied`
+/// after the last, so a crash in between is seen by `revert(None)`, which runs `down`.
+/// Such statements must be idempotent on their own (`IF NOT EXISTS`, `IF EXISTS`): a
+/// retried apply runs them again. Before `CREATE INDEX CONCURRENTLY name`, an invalid
+/// index of that name left by an interrupted build is dropped, so `IF NOT EXISTS` does not
+/// keep a broken index. Errors in this mode say `maybe_applied`.
+///
+/// **Destructive statements.** `up` is scanned (comments and literals skipped) for
+/// `DROP TABLE / SCHEMA / DATABASE / SEQUENCE / MATERIALIZED VIEW / OWNED`, `TRUNCATE`,
+/// `DELETE`, `ALTER TABLE … DROP [COLUMN]` and `ALTER COLUMN … TYPE` to any type but
+/// `text` or unbounded `varchar` (the scanner cannot see the old type, so it assumes a
+/// narrowing). A step with such a statement, or with no `down`, declares
+/// [`Reversibility::RestoreOnly`]: the plan then needs a checkpoint of every resource in
+/// [`touches`](Step::touches) (e.g. a [`crate::TableSnapshot`]), and revert only clears the
+/// marker. [`SqlStep::approve_destructive`] together with a `down` declares it
+/// [`Reversibility::Compensable`] instead: the author vouches that `down` undoes it.
+/// `UPDATE` is not flagged: its `down` must restore the old values.
+///
+/// ```no_run
+/// # async fn demo() -> rollback_core::Result<()> {
+/// use rollback_core::Step;
+/// use rollback_postgres::{Database, SqlStep, Table};
+/// let db = Database::connect("postgres://postgres@127.0.0.1:55432/shop")?;
+/// let step = SqlStep::new(&db, "add-email", "ALTER TABLE customers ADD COLUMN email text")
+///     .down("ALTER TABLE customers DROP COLUMN IF EXISTS email")
+///     .touches_table(&Table::public("customers"));
+/// assert_eq!(step.reversibility(), rollback_core::Reversibility::Compensable);
+/// let drop = SqlStep::new(&db, "drop-fax", "ALTER TABLE customers DROP COLUMN fax")
+///     .touches_table(&Table::public("customers"));
+/// assert_eq!(drop.reversibility(), rollback_core::Reversibility::RestoreOnly);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct SqlStep {
+    db: Database,
+    id: String,
+    up: String,
+    down: Option<String>,
+    touches: Vec<String>,
+    lock_timeout: Duration,
+    statement_timeout: Duration,
+    force_non_tx: bool,
+    approved: Option<String>,
+    marker_schema: String,
+    ready: OnceCell<()>,
+}
+
+impl SqlStep {
+    /// A step `id` running `up`.
+    pub fn new(db: &Database, id: impl Into<String>, up: impl Into<String>) -> Self {
+        SqlStep {
+            db: db.clone(),
+            id: id.into(),
+            up: up.into(),
+            down: None,
+            touches: Vec::new(),
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            force_non_tx: false,
+            approved: None,
+            marker_schema: DEFAULT_MARKER_SCHEMA.into(),
+            ready: OnceCell::new(),
+        }
+    }
+
+    /// The SQL that undoes `up`.
+    pub fn down(mut self, sql: impl Into<String>) -> Self {
+        self.down = Some(sql.into());
+        self
+    }
+
+    /// Declare a resource id this step changes (e.g. a [`crate::TableSnapshot`]'s
+    /// resource).
+    pub fn touches(mut self, resource: impl Into<String>) -> Self {
+        self.touches.push(resource.into());
+        self
+    }
+
+    /// Declare that this step changes `table` (resource `postgres:<db>/<schema>.<table>`).
+    pub fn touches_table(self, table: &Table) -> Self {
+        let r = self.db.table_resource(table);
+        self.touches(r)
+    }
+
+    /// `lock_timeout` (default [`DEFAULT_LOCK_TIMEOUT`]).
+    pub fn lock_timeout(mut self, d: Duration) -> Self {
+        self.lock_timeout = d;
+        self
+    }
+
+    /// `statement_timeout` (default [`DEFAULT_STATEMENT_TIMEOUT`]).
+    pub fn statement_timeout(mut self, d: Duration) -> Self {
+        self.statement_timeout = d;
+        self
+    }
+
+    /// Run statement by statement outside a transaction even if no statement needs it.
+    pub fn non_transactional(mut self) -> Self {
+        self.force_non_tx = true;
+        self
+    }
+
+    /// Vouch that `down` undoes `up` although `up` holds destructive statements, making the
+    /// step compensable. The reason is kept in the step's spec (and so in the plan digest).
+    pub fn approve_destructive(mut self, reason: impl Into<String>) -> Self {
+        self.approved = Some(reason.into());
+        self
+    }
+
+    /// Keep markers in another schema (default [`DEFAULT_MARKER_SCHEMA`]).
+    pub fn marker_schema(mut self, schema: impl Into<String>) -> Self {
+        self.marker_schema = schema.into();
+        self
+    }
+
+    /// The destructive statements found in `up`, with what makes them so.
+    pub fn destructive_statements(&self) -> Vec<(String, String)> {
+        sqlscan::split(&self.up)
+            .iter()
+            .filter_map(|s| sqlscan::destructive(s).map(|why| (why, s.text.clone())))
+            .collect()
+    }
+
+    /// How the step runs.
+    pub fn mode(&self) -> TxMode {
+        let needs = sqlscan::split(&self.up)
+            .iter()
+            .chain(sqlscan::split(self.down.as_deref().unwrap_or("")).iter())
+            .any(|s| sqlscan::non_transactional(s).is_some());
+        if needs || self.force_non_tx {
+            TxMode::NonTransactional
+        } else {
+            TxMode::Transactional
+        }
+    }
+
+    fn guards_sql(&self, local: bool) -> String {
+        let scope = if local { "SET LOCAL" } else { "SET" };
+        format!(
+            "{scope} lock_timeout = '{}ms'; {scope} statement_timeout = '{}ms'",
+            self.lock_timeout.as_millis().max(1),
+            self.statement_timeout.as_millis().max(1)
+        )
+    }
+
+    fn receipt(&self, ctx: &Context) -> SqlReceipt {
+        SqlReceipt {
+            run_id: ctx.run_id().to_string(),
+            step_id: self.id.clone(),
+            mode: self.mode(),
+            up_digest: Digest::of(self.up.as_bytes()),
+        }
+    }
+
+    async fn ready(&self) -> Result<()> {
+        self.ready
+            .get_or_try_init(|| markers::ensure(&self.db, &self.marker_schema))
+            .await
+            .map(|_| ())
+    }
+
+    fn marker_table(&self) -> String {
+        format!("{}.applied_steps", quote_ident(&self.marker_schema))
+    }
+
+    /// After a broken connection during COMMIT: did the apply commit?
+    async fn committed(&self, ctx: &Context) -> Result<Option<Receipt>> {
+        let c = self.db.client().await?;
+        let m = markers::read(&**c, &self.marker_schema, ctx.run_id(), &self.id)
+            .await
+            .ctx("checking the step marker")?;
+        Ok(m.filter(|(state, _)| state == "applied")
+            .map(|(_, r)| Receipt(r)))
+    }
+
+    async fn apply_tx(&self, ctx: &Context) -> Result<Receipt> {
+        let run = ctx.run_id();
+        let mut obj = self.db.client().await?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let tx = client
+            .transaction()
+            .await
+            .ctx("starting step transaction")?;
+        tx.batch_execute(&self.guards_sql(true))
+            .await
+            .ctx("setting timeouts")?;
+        markers::lock_xact(&tx, run, &self.id)
+            .await
+            .ctx("locking the step marker")?;
+        if let Some((_, r)) = markers::read(&tx, &self.marker_schema, run, &self.id)
+            .await
+            .ctx("reading the step marker")?
+        {
+            tracing::info!(step = %self.id, "already applied in this run; not running again");
+            return Ok(Receipt(r));
+        }
+        tx.batch_execute(&self.up)
+            .await
+            .map_err(|e| PgError::new(format!("step {}: up", self.id), &e).into_core(false))?;
+        let receipt = Receipt::new(&self.receipt(ctx));
+        let json = receipt.0.to_string();
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, 'applied')",
+                self.marker_table()
+            ),
+            &[&run, &self.id, &json],
+        )
+        .await
+        .ctx("writing the step marker")?;
+        match tx.commit().await {
+            Ok(()) => Ok(receipt),
+            Err(e) => {
+                let pe = PgError::new(format!("step {}: commit", self.id), &e);
+                if pe.class() != Class::Connection {
+                    return Err(pe.into_core(false));
+                }
+                // The outcome of COMMIT is unknown: ask the database.
+                match self.committed(ctx).await {
+                    Ok(Some(r)) => Ok(r),
+                    Ok(None) => Err(pe.into_core(false)),
+                    Err(_) => Err(pe.into_core(true)),
+                }
+            }
+        }
+    }
+
+    async fn revert_tx(&self, ctx: &Context) -> Result<()> {
+        let run = ctx.run_id();
+        let mut obj = self.db.client().await?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let tx = client
+            .transaction()
+            .await
+            .ctx("starting revert transaction")?;
+        tx.batch_execute(&self.guards_sql(true))
+            .await
+            .ctx("setting timeouts")?;
+        markers::lock_xact(&tx, run, &self.id)
+            .await
+            .ctx("locking the step marker")?;
+        if markers::read(&tx, &self.marker_schema, run, &self.id)
+            .await
+            .ctx("reading the step marker")?
+            .is_none()
+        {
+            return Ok(()); // never applied in this run, or already reverted
+        }
+        if self.reversibility() == Reversibility::Compensable {
+            if let Some(down) = &self.down {
+                tx.batch_execute(down).await.map_err(|e| {
+                    PgError::new(format!("step {}: down", self.id), &e).into_core(false)
+                })?;
+            }
+        }
+        tx.execute(
+            &format!(
+                "DELETE FROM {} WHERE run_id = $1 AND step_id = $2",
+                self.marker_table()
+            ),
+            &[&run, &self.id],
+        )
+        .await
+        .ctx("deleting the step marker")?;
+        tx.commit().await.ctx("committing revert")
+    }
+
+    async fn session(&self) -> Result<Session> {
+        match self.db.dedicated().await {
+            Ok(c) => Ok(Session::Dedicated(c)),
+            Err(Error::Invalid { .. }) => Ok(Session::Pooled(self.db.client().await?)),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn apply_non_tx(&self, ctx: &Context) -> Result<Receipt> {
+        let run = ctx.run_id();
+        let session = self.session().await?;
+        let c = session.client();
+        if let Some((state, r)) = markers::read(c, &self.marker_schema, run, &self.id)
+            .await
+            .ctx("reading the step marker")?
+        {
+            if state == "applied" {
+                return Ok(Receipt(r));
+            }
+        }
+        let receipt = Receipt::new(&self.receipt(ctx));
+        let json = receipt.0.to_string();
+        c.execute(
+            &format!(
+                "INSERT INTO {} (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, 'applying') \
+                 ON CONFLICT (run_id, step_id) DO NOTHING",
+                self.marker_table()
+            ),
+            &[&run, &self.id, &json],
+        )
+        .await
+        .ctx("writing the step marker")?;
+        let res = self.run_statements(&session, &self.up).await;
+        session.reset().await;
+        res.map_err(|e| e.into_core(true))?;
+        c.execute(
+            &format!(
+                "UPDATE {} SET state = 'applied', applied_at = now() WHERE run_id = $1 AND step_id = $2",
+                self.marker_table()
+            ),
+            &[&run, &self.id],
+        )
+        .await
+        .map_err(|e| PgError::new("marking the step applied", &e).into_core(true))?;
+        Ok(receipt)
+    }
+
+    async fn revert_non_tx(&self, ctx: &Context) -> Result<()> {
+        let run = ctx.run_id();
+        let session = self.session().await?;
+        let c = session.client();
+        if markers::read(c, &self.marker_schema, run, &self.id)
+            .await
+            .ctx("reading the step marker")?
+            .is_none()
+        {
+            return Ok(());
+        }
+        if self.reversibility() == Reversibility::Compensable {
+            if let Some(down) = &self.down {
+                let res = self.run_statements(&session, down).await;
+                session.reset().await;
+                res.map_err(|e| e.into_core(true))?;
+            }
+        }
+        c.execute(
+            &format!(
+                "DELETE FROM {} WHERE run_id = $1 AND step_id = $2",
+                self.marker_table()
+            ),
+            &[&run, &self.id],
+        )
+        .await
+        .ctx("deleting the step marker")?;
+        Ok(())
+    }
+
+    async fn run_statements(
+        &self,
+        session: &Session,
+        sql: &str,
+    ) -> std::result::Result<(), PgError> {
+        let c = session.client();
+        c.batch_execute(&self.guards_sql(false))
+            .await
+            .map_err(|e| PgError::new("setting timeouts", &e))?;
+        for st in sqlscan::split(sql) {
+            self.clean_invalid_index(c, &st).await?;
+            c.batch_execute(&st.text)
+                .await
+                .map_err(|e| PgError::new(format!("step {}: {}", self.id, short(&st.text)), &e))?;
+        }
+        Ok(())
+    }
+
+    /// Drop an invalid index left by an interrupted `CREATE INDEX CONCURRENTLY` of the
+    /// same name, so that re-running it builds a valid one.
+    async fn clean_invalid_index(
+        &self,
+        c: &tokio_postgres::Client,
+        st: &Statement,
+    ) -> std::result::Result<(), PgError> {
+        let Some(name) = sqlscan::concurrent_index_name(st) else {
+            return Ok(());
+        };
+        let (schema, index) = match name.rsplit_once('.') {
+            Some((s, i)) => (Some(s.to_string()), i.to_string()),
+            None => (None, name.clone()),
+        };
+        let row = c
+            .query_opt(
+                "SELECT n.nspname::text FROM pg_catalog.pg_class ic JOIN pg_catalog.pg_index i ON i.indexrelid = ic.oid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace \
+                 WHERE ic.relname = $1 AND NOT i.indisvalid \
+                   AND (($2::text IS NULL AND pg_catalog.pg_table_is_visible(ic.oid)) OR n.nspname = $2)",
+                &[&index, &schema],
+            )
+            .await
+            .map_err(|e| PgError::new("looking for an invalid index", &e))?;
+        if let Some(r) = row {
+            let ns: String = r.get(0);
+            tracing::warn!(index = %index, "dropping invalid index left by an interrupted build");
+            c.batch_execute(&format!(
+                "DROP INDEX CONCURRENTLY IF EXISTS {}.{}",
+                quote_ident(&ns),
+                quote_ident(&index)
+            ))
+            .await
+            .map_err(|e| PgError::new("dropping an invalid index", &e))?;
+        }
+        Ok(())
+    }
+}
+
+fn short(s: &str) -> String {
+    let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut out: String = one_line.chars().take(60).collect();
+    if one_line.chars().count() > 60 {
+        out.push('…');
+    }
+    out
+}
+
+enum Session {
+    Dedicated(tokio_postgres::Client),
+    Pooled(deadpool_postgres::Object),
+}
+
+impl Session {
+    fn client(&self) -> &tokio_postgres::Client {
+        match self {
+            Session::Dedicated(c) => c,
+            Session::Pooled(o) => o,
+        }
+    }
+    async fn reset(&self) {
+        if let Session::Pooled(o) = self {
+            let _ = o
+                .batch_execute("RESET lock_timeout; RESET statement_timeout")
+                .await;
+        }
+    }
+}
+
+#[async_trait]
+impl Step for SqlStep {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn reversibility(&self) -> Reversibility {
+        let destructive = !self.destructive_statements().is_empty();
+        match (&self.down, destructive, &self.approved) {
+            (Some(_), false, _) | (Some(_), true, Some(_)) => Reversibility::Compensable,
+            _ => Reversibility::RestoreOnly,
+        }
+    }
+
+    fn touches(&self) -> Vec<String> {
+        self.touches.clone()
+    }
+
+    fn spec(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "pg.sql",
+            "up": self.up,
+            "down": self.down,
+            "mode": self.mode(),
+            "lock_timeout_ms": self.lock_timeout.as_millis() as u64,
+            "statement_timeout_ms": self.statement_timeout.as_millis() as u64,
+            "approved_destructive": self.approved,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let d = self.destructive_statements();
+        let mut s = format!("SQL {}: {}", self.id, short(&self.up));
+        if !d.is_empty() {
+            s.push_str(&format!(
+                " [destructive: {}]",
+                d.iter()
+                    .map(|(w, _)| w.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if self.mode() == TxMode::NonTransactional {
+            s.push_str(" [non-transactional]");
+        }
+        s
+    }
+
+    async fn apply(&self, ctx: &Context) -> Result<Receipt> {
+        self.ready().await?;
+        match self.mode() {
+            TxMode::Transactional => self.apply_tx(ctx).await,
+            TxMode::NonTransactional => self.apply_non_tx(ctx).await,
+        }
+    }
+
+    async fn revert(&self, _receipt: Option<&Receipt>, ctx: &Context) -> Result<()> {
+        self.ready().await?;
+        match self.mode() {
+            TxMode::Transactional => self.revert_tx(ctx).await,
+            TxMode::NonTransactional => self.revert_non_tx(ctx).await,
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Shared test helpers: a fresh database per test on the server of `ROLLBACK_TEST_PG_URL`.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod suite;
+
+use rollback_postgres::Database;
+use std::process::Command;
+
+/// The server URL of the test cluster (panics with a clear message when unset).
+pub fn server_url() -> String {
+    std::env::var("ROLLBACK_TEST_PG_URL").expect(
+        "ROLLBACK_TEST_PG_URL is not set: run the tests through scripts/test, which starts a \
+         throwaway PostgreSQL and exports it (or `source /tmp/rollback-test-env.sh`)",
+    )
+}
+
+/// Directory of the PostgreSQL client binaries (pg_dump, pgbench…).
+pub fn pg_bin(name: &str) -> String {
+    let dir = std::env::var("ROLLBACK_PG_BIN").expect(
+        "ROLLBACK_PG_BIN is not set: run the tests through scripts/test (it exports the \
+         PostgreSQL binaries' folder)",
+    );
+    format!("{dir}/{name}")
+}
+
+/// `url` with its database replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{host_part}/{db}?{q}"),
+        None => format!("{host_part}/{db}"),
+    }
+}
+
+async fn admin() -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test server");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    c
+}
+
+/// A fresh database, dropped when this is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub db: Database,
+}
+
+impl TestDb {
+    pub async fn new(label: &str) -> TestDb {
+        let name = format!(
+            "rbt_{}_{}",
+            label.chars().take(30).collect::<String>(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        admin()
+            .await
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create test database");
+        let url = with_database(&server_url(), &name);
+        let db = Database::connect(&url).expect("pool");
+        TestDb { name, url, db }
+    }
+
+    /// Run SQL (panics on error).
+    pub async fn exec(&self, sql: &str) {
+        let c = self.db.client().await.expect("client");
+        c.batch_execute(sql).await.unwrap_or_else(|e| {
+            panic!(
+                "{sql}: {}",
+                e.as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or(e.to_string())
+            )
+        });
+    }
+
+    /// One value of the first row and column, as text.
+    pub async fn scalar(&self, sql: &str) -> Option<String> {
+        let c = self.db.client().await.expect("client");
+        let rows = c.simple_query(sql).await.expect(sql);
+        for m in rows {
+            if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                return r.get(0).map(|s| s.to_string());
+            }
+        }
+        None
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.scalar(sql)
+            .await
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or(-1)
+    }
+
+    /// `pg_dump` of schema and of data, made comparable: the schema as is, the data with
+    /// the lines of each COPY block sorted. The bookkeeping schemas are left out.
+    pub fn dump(&self) -> (String, String) {
+        let run = |args: &[&str]| -> String {
+            let out = Command::new(pg_bin("pg_dump"))
+                .args(args)
+                .args(["-N", "_rollback", "-N", "_rollback_snapshots", "--no-owner"])
+                .arg("-d")
+                .arg(&self.url)
+                .output()
+                .expect("run pg_dump");
+            assert!(
+                out.status.success(),
+                "pg_dump failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).expect("utf8 dump")
+        };
+        let schema = run(&["--schema-only"]);
+        let data = run(&["--data-only"]);
+        (schema, sort_copy_blocks(&data))
+    }
+
+    pub async fn drop_now(self) {}
+}
+
+/// Sort the rows of every COPY block of a data dump (pg_dump writes them in physical
+/// order, which a restore legitimately changes).
+pub fn sort_copy_blocks(dump: &str) -> String {
+    let mut out = Vec::new();
+    let mut block: Vec<&str> = Vec::new();
+    let mut in_copy = false;
+    for line in dump.lines() {
+        if in_copy {
+            if line == "\\." {
+                block.sort_unstable();
+                out.append(&mut block);
+                out.push(line);
+                in_copy = false;
+            } else {
+                block.push(line);
+            }
+        } else {
+            if line.starts_with("COPY ") {
+                in_copy = true;
+            }
+            out.push(line);
+        }
+    }
+    out.join("\n")
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok((c, conn)) =
+                    tokio_postgres::connect(&server_url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
