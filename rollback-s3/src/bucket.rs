@@ -224,10 +224,6 @@ impl S3Bucket {
         format!("s3:{}/{}", self.inner.name, prefix)
     }
 
-    pub(crate) fn redactions(&self) -> &[String] {
-        &self.inner.redactions
-    }
-
     /// The prefix to exclude from listings of `prefix` of this bucket (the store, when it
     /// lies inside).
     pub(crate) fn exclusion_for(&self, prefix: &str) -> Option<String> {
@@ -627,11 +623,6 @@ impl S3Bucket {
     pub(crate) fn version_lister(&self, prefix: &str) -> VersionLister {
         VersionLister::new(self.clone(), prefix, self.exclusion_for(prefix))
     }
-
-    /// Whether anything exists under `prefix` (excluding the store).
-    pub(crate) async fn any_under(&self, prefix: &str) -> Result<bool> {
-        Ok(self.lister(prefix).next().await?.is_some())
-    }
 }
 
 /// A paged, forward-only listing (`ListObjectsV2`), 1000 keys per request.
@@ -736,6 +727,16 @@ impl Lister {
         }
     }
 
+    /// Count what is left of the listing.
+    pub(crate) async fn count(mut self) -> Result<u64> {
+        let mut n = self.buf.len() as u64;
+        self.buf.clear();
+        while let Some(p) = self.next_page().await? {
+            n += p.len() as u64;
+        }
+        Ok(n)
+    }
+
     /// The next object, `None` at the end.
     pub(crate) async fn next(&mut self) -> Result<Option<ObjectInfo>> {
         if self.buf.is_empty() {
@@ -799,6 +800,53 @@ impl KeyVersions {
     fn merge(&mut self, other: KeyVersions) {
         self.versions.extend(other.versions);
         self.markers.extend(other.markers);
+    }
+}
+
+/// What to do to make `want` (a captured version of a key) current again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum VersionFix {
+    /// Nothing: the current version is `want`, or has its size and ETag.
+    None,
+    /// Remove these delete markers (laid over `want`, which is the newest data version).
+    RemoveMarkers(Vec<String>),
+    /// Copy `want` over the current state (a new version with the same content).
+    CopyBack,
+}
+
+/// Decide how to make version `want` (size, ETag, last-modified) of `kv.key` current.
+pub(crate) fn version_fix(
+    kv: &KeyVersions,
+    want: &str,
+    size: u64,
+    etag: &str,
+    last_modified_ms: i64,
+) -> VersionFix {
+    let restored = kv
+        .current()
+        .is_some_and(|v| v.version_id == want || (v.etag == etag && v.size == size));
+    if restored {
+        return VersionFix::None;
+    }
+    let newest = kv.versions.first();
+    let newest_ms = newest.map(|n| n.last_modified_ms).unwrap_or(0);
+    let only_markers_above = newest.is_some_and(|n| n.version_id == want)
+        && kv.latest_marker().is_some()
+        && kv
+            .versions
+            .iter()
+            .skip(1)
+            .all(|v| v.last_modified_ms <= newest_ms);
+    if only_markers_above {
+        VersionFix::RemoveMarkers(
+            kv.markers
+                .iter()
+                .filter(|m| m.is_latest || m.last_modified_ms >= last_modified_ms)
+                .map(|m| m.version_id.clone())
+                .collect(),
+        )
+    } else {
+        VersionFix::CopyBack
     }
 }
 

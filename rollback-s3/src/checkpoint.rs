@@ -1,6 +1,6 @@
 //! [`S3Checkpoint`]: manifest checkpoints of a bucket prefix, versioned or copy-based.
 
-use crate::bucket::{KeyVersions, ObjectInfo, S3Bucket, DELETE_BATCH};
+use crate::bucket::{version_fix, KeyVersions, ObjectInfo, S3Bucket, VersionFix, DELETE_BATCH};
 use crate::error::after_writes;
 use crate::manifest::{
     fingerprint_field, ManifestEntry, ManifestHeader, ManifestReader, ManifestRef, ManifestWriter,
@@ -90,21 +90,21 @@ impl Mode {
     }
 }
 
-/// Batched restore work.
+/// Batched copy and delete work, flushed every [`DELETE_BATCH`] items.
 #[derive(Default)]
-struct Work {
+pub(crate) struct Work {
     /// (source bucket, source key, source version, destination key, if-match)
-    copies: Vec<(String, String, Option<String>, String, Option<String>)>,
-    deletes: Vec<(String, Option<String>)>,
-    changed: u64,
+    pub(crate) copies: Vec<(String, String, Option<String>, String, Option<String>)>,
+    pub(crate) deletes: Vec<(String, Option<String>)>,
+    pub(crate) changed: u64,
 }
 
 impl Work {
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.copies.len() + self.deletes.len()
     }
 
-    async fn flush(&mut self, bucket: &S3Bucket) -> Result<()> {
+    pub(crate) async fn flush(&mut self, bucket: &S3Bucket) -> Result<()> {
         let copies = std::mem::take(&mut self.copies);
         let n = copies.len() as u64;
         bucket
@@ -429,34 +429,20 @@ impl S3Checkpoint {
                     let e = m.take().unwrap_or_else(|| unreachable!());
                     let kv = c.take().unwrap_or_else(|| unreachable!());
                     let want = e.version_id.clone().unwrap_or_else(|| "null".into());
-                    // Already the captured version, or a copy of it (same size and ETag).
-                    let restored = kv.current().is_some_and(|v| {
-                        v.version_id == want || (v.etag == e.etag && v.size == e.size)
-                    });
-                    if !restored {
-                        let newest = kv.versions.first();
-                        let only_markers_above = newest.is_some_and(|n| n.version_id == want)
-                            && kv.latest_marker().is_some()
-                            && kv.versions.iter().skip(1).all(|v| {
-                                v.last_modified_ms
-                                    <= newest.map(|n| n.last_modified_ms).unwrap_or(0)
-                            });
-                        if only_markers_above {
-                            for mk in &kv.markers {
-                                if mk.is_latest || mk.last_modified_ms >= e.last_modified_ms {
-                                    work.deletes
-                                        .push((kv.key.clone(), Some(mk.version_id.clone())));
-                                }
+                    match version_fix(&kv, &want, e.size, &e.etag, e.last_modified_ms) {
+                        VersionFix::None => {}
+                        VersionFix::RemoveMarkers(ids) => {
+                            for id in ids {
+                                work.deletes.push((kv.key.clone(), Some(id)));
                             }
-                        } else {
-                            work.copies.push((
-                                name.clone(),
-                                kv.key.clone(),
-                                Some(want),
-                                kv.key.clone(),
-                                None,
-                            ));
                         }
+                        VersionFix::CopyBack => work.copies.push((
+                            name.clone(),
+                            kv.key.clone(),
+                            Some(want),
+                            kv.key.clone(),
+                            None,
+                        )),
                     }
                     m = reader.next().await?;
                     c = vl.next().await?;

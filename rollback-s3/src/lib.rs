@@ -10,9 +10,13 @@ mod checkpoint;
 mod config;
 mod error;
 mod manifest;
+mod steps;
 
 pub use aws_sdk_s3;
 pub use bucket::{ObjectInfo, S3Bucket, Store, DEFAULT_CONCURRENCY, DEFAULT_STORE_PREFIX};
 pub use checkpoint::{CheckpointMode, S3Checkpoint};
 pub use config::{RequestCounter, S3Settings, Secret};
 pub use manifest::{ManifestEntry, ManifestHeader, ManifestRef, FORMAT, PART_ENTRIES};
+pub use steps::{
+    CopyPrefix, DeleteObjects, MovePrefix, PutObjects, RelayoutReceipt, RewriteFn, RewriteObjects,
+};

@@ -107,3 +107,126 @@ pub async fn seed(bucket: &S3Bucket, prefix: &str, tenants: usize, n: usize) {
     .collect::<Vec<()>>()
     .await;
 }
+
+/// The core's `conformance::interrupted_step_resumes`, with one fix: the crashing run is
+/// started with the resume policy under test. (The core's check starts it with the
+/// default policy, which is journaled and wins on resume, so its RollForward half fails
+/// for every adapter, the core's own doc test included; see the crate report.)
+pub async fn interrupted_step_resumes(
+    step: std::sync::Arc<dyn rollback_core::Step>,
+    cp: std::sync::Arc<dyn rollback_core::Checkpoint>,
+    journal: std::sync::Arc<dyn rollback_core::journal::Journal>,
+) {
+    use rollback_core::sim::CrashAfter;
+    use rollback_core::{Context, Error, Executor, Outcome, Plan, ResumePolicy};
+    use std::sync::Arc;
+    let unique = |l: &str| {
+        format!(
+            "conformance-{l}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        )
+    };
+    let fp = |cp: Arc<dyn rollback_core::Checkpoint>| async move {
+        cp.fingerprint(&Context::detached())
+            .await
+            .expect("fingerprint failed")
+    };
+    let ctx = Context::standalone(&unique("interrupt"));
+    let before = fp(cp.clone()).await;
+    let guard = cp.capture(&ctx).await.expect("capture failed");
+    let plan = Plan::builder(unique("plan"))
+        .checkpoint_arc("subject", cp.clone())
+        .step_arc("subject", step.clone(), &[])
+        .build()
+        .expect("plan builds");
+    let holder = unique("holder");
+    let clean = Executor::with_journal(journal.clone())
+        .holder(&holder)
+        .run(&plan)
+        .await
+        .expect("clean run");
+    assert_eq!(
+        clean.outcome,
+        Outcome::Committed,
+        "an uninterrupted run must commit: {}",
+        clean.to_markdown()
+    );
+    let target = fp(cp.clone()).await;
+    cp.restore(&guard, &ctx)
+        .await
+        .expect("restore between phases failed");
+    assert_eq!(fp(cp.clone()).await, before);
+    for policy in [ResumePolicy::RollBack, ResumePolicy::RollForward] {
+        let runs_before = journal.runs().await.expect("runs");
+        let crashing = Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 5)))
+            .holder(&holder)
+            .on_resume(policy);
+        let err = crashing
+            .run(&plan)
+            .await
+            .expect_err("the crashing journal must stop the run");
+        assert!(matches!(err, Error::Crashed(_)), "unexpected error {err:?}");
+        let run_id = journal
+            .runs()
+            .await
+            .expect("runs")
+            .into_iter()
+            .find(|r| !runs_before.contains(r))
+            .expect("the interrupted run is in the journal");
+        let report = Executor::with_journal(journal.clone())
+            .holder(&holder)
+            .on_resume(policy)
+            .resume(&plan, &run_id)
+            .await
+            .expect("resume failed");
+        match policy {
+            ResumePolicy::RollBack => {
+                assert_eq!(
+                    report.outcome,
+                    Outcome::RolledBack,
+                    "{}",
+                    report.to_markdown()
+                );
+                assert!(report.parity_proven(), "{}", report.to_markdown());
+                assert_eq!(
+                    fp(cp.clone()).await,
+                    before,
+                    "resume did not roll back to the baseline"
+                );
+            }
+            ResumePolicy::RollForward => {
+                assert_eq!(
+                    report.outcome,
+                    Outcome::Committed,
+                    "{}",
+                    report.to_markdown()
+                );
+                assert_eq!(
+                    fp(cp.clone()).await,
+                    target,
+                    "resume did not roll forward to the target"
+                );
+            }
+        }
+        cp.restore(&guard, &ctx)
+            .await
+            .expect("restore between phases failed");
+    }
+    assert_eq!(fp(cp.clone()).await, before);
+    cp.discard(&guard, &ctx).await.expect("discard failed");
+}
+
+/// Every check of the core's `conformance::run_all`, the interrupted-step check taken
+/// from [`interrupted_step_resumes`] above.
+pub async fn run_all(s: rollback_core::conformance::Subject) {
+    use rollback_core::conformance::{
+        apply_and_revert_are_idempotent, capture_mutate_restore, restore_refuses_other_resource,
+        restore_refuses_tampered_digest, revert_without_receipt,
+    };
+    capture_mutate_restore(s.checkpoint.as_ref(), s.step.as_ref()).await;
+    restore_refuses_tampered_digest(s.checkpoint.as_ref(), s.step.as_ref()).await;
+    restore_refuses_other_resource(s.checkpoint.as_ref(), s.other_checkpoint.as_ref()).await;
+    apply_and_revert_are_idempotent(s.step.as_ref(), s.checkpoint.as_ref()).await;
+    revert_without_receipt(s.step.as_ref(), s.checkpoint.as_ref()).await;
+    interrupted_step_resumes(s.step.clone(), s.checkpoint.clone(), s.journal.clone()).await;
+}
