@@ -1243,6 +1243,14 @@ async fn swap_blockers(tx: &Transaction<'_>, oid: u32) -> Result<Vec<String>> {
              FROM pg_catalog.pg_depend d \
              WHERE ((d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = $1) \
                  OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.refobjid = (SELECT reltype FROM pg_catalog.pg_class WHERE oid = $1))) \
+               AND NOT (d.classid = 'pg_catalog.pg_constraint'::regclass AND EXISTS \
+                        (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.oid = d.objid AND k.conrelid = $1)) \
+               AND NOT (d.classid = 'pg_catalog.pg_attrdef'::regclass AND EXISTS \
+                        (SELECT 1 FROM pg_catalog.pg_attrdef a WHERE a.oid = d.objid AND a.adrelid = $1)) \
+               AND NOT (d.classid = 'pg_catalog.pg_trigger'::regclass AND EXISTS \
+                        (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.oid = d.objid AND t.tgrelid = $1 AND NOT t.tgisinternal)) \
+               AND NOT (d.classid = 'pg_catalog.pg_class'::regclass AND EXISTS \
+                        (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indexrelid = d.objid AND i.indrelid = $1)) \
                AND (d.deptype = 'n' OR d.classid IN ('pg_catalog.pg_policy'::regclass, 'pg_catalog.pg_publication_rel'::regclass, \
                                                    'pg_catalog.pg_statistic_ext'::regclass, 'pg_catalog.pg_rewrite'::regclass)) \
              UNION ALL \

@@ -125,12 +125,41 @@ impl TestDb {
             );
             String::from_utf8(out.stdout).expect("utf8 dump")
         };
-        let schema = run(&["--schema-only"]);
-        let data = run(&["--data-only"]);
+        let schema = strip_restrict(&run(&["--schema-only"]));
+        let data = strip_restrict(&run(&["--data-only"]));
         (schema, sort_copy_blocks(&data))
     }
 
     pub async fn drop_now(self) {}
+}
+
+/// Drop pg_dump's `\restrict <random key>` / `\unrestrict` lines (a fresh key per dump).
+pub fn strip_restrict(dump: &str) -> String {
+    dump.lines()
+        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Assert two dumps are equal, printing only the lines that differ.
+#[track_caller]
+pub fn assert_same_dump(before: &(String, String), after: &(String, String), what: &str) {
+    for (kind, a, b) in [
+        ("schema", &before.0, &after.0),
+        ("data", &before.1, &after.1),
+    ] {
+        if a != b {
+            let la: Vec<&str> = a.lines().collect();
+            let lb: Vec<&str> = b.lines().collect();
+            let only_a: Vec<&&str> = la.iter().filter(|l| !lb.contains(l)).take(20).collect();
+            let only_b: Vec<&&str> = lb.iter().filter(|l| !la.contains(l)).take(20).collect();
+            panic!(
+                "{what}: pg_dump {kind} differs ({} vs {} lines)\nonly before: {only_a:#?}\nonly after: {only_b:#?}",
+                la.len(),
+                lb.len()
+            );
+        }
+    }
 }
 
 /// Sort the rows of every COPY block of a data dump (pg_dump writes them in physical

@@ -1,0 +1,347 @@
+//! TableSnapshot: capture, refusal, and each restore method on the real server.
+
+mod common;
+
+use common::TestDb;
+use rollback_core::{Checkpoint, Context, Error};
+use rollback_postgres::{RestoreMethod, Table, TableSnapshot};
+
+fn ctx() -> Context {
+    Context::standalone(&format!("t-{}", uuid::Uuid::new_v4()))
+}
+
+async fn customers(db: &TestDb) {
+    db.exec(
+        "CREATE TABLE customers (
+            id bigserial PRIMARY KEY,
+            email text NOT NULL UNIQUE,
+            name text,
+            balance numeric(12,2) DEFAULT 0 CHECK (balance >= 0),
+            tags jsonb,
+            created_at timestamptz NOT NULL DEFAULT '2024-01-01T00:00:00Z'
+         );
+         CREATE INDEX customers_name_idx ON customers (lower(name));
+         CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.name := NEW.name || '!'; RETURN NEW; END $$;
+         CREATE TRIGGER customers_touch BEFORE INSERT OR UPDATE ON customers FOR EACH ROW EXECUTE FUNCTION touch();
+         ALTER TABLE customers DISABLE TRIGGER customers_touch;
+         INSERT INTO customers (email, name, balance, tags)
+           SELECT 'c' || g || '@example.com', 'Name ' || g, g, jsonb_build_object('g', g) FROM generate_series(1, 2000) g;
+         ALTER TABLE customers ENABLE TRIGGER customers_touch;
+         ALTER TABLE customers SET (fillfactor = 90);",
+    )
+    .await;
+}
+
+async fn mutate(db: &TestDb) {
+    db.exec(
+        "UPDATE customers SET balance = balance + 1 WHERE id % 10 = 0;
+         DELETE FROM customers WHERE id % 97 = 0;
+         INSERT INTO customers (email, name) VALUES ('new@example.com', 'New');
+         ALTER TABLE customers ADD COLUMN first_name text;
+         CREATE INDEX customers_first ON customers (first_name);",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn restore_swaps_a_table_nothing_depends_on_and_pg_dump_matches() {
+    let db = TestDb::new("swap").await;
+    customers(&db).await;
+    let before = db.dump();
+    let cp = TableSnapshot::new(&db.db, Table::public("customers"));
+    let c = ctx();
+    let fp = cp.fingerprint(&c).await.unwrap();
+    let snap = cp.capture(&c).await.unwrap();
+    assert_eq!(
+        cp.fingerprint(&c).await.unwrap(),
+        fp,
+        "capture is read-only"
+    );
+    assert_eq!(snap.fingerprint, fp);
+    mutate(&db).await;
+    assert_ne!(cp.fingerprint(&c).await.unwrap(), fp);
+    let how = cp.restore(&snap, &c).await.unwrap();
+    assert_eq!(how.method, "swap", "{how:?}");
+    assert_eq!(cp.fingerprint(&c).await.unwrap(), fp);
+    common::assert_same_dump(&before, &db.dump(), "after restore");
+    // The trigger came back enabled and works.
+    db.exec("INSERT INTO customers (email, name) VALUES ('t@example.com', 'T')")
+        .await;
+    assert_eq!(
+        db.scalar("SELECT name FROM customers WHERE email = 't@example.com'")
+            .await
+            .as_deref(),
+        Some("T!")
+    );
+    // Second restore: the copy was consumed; the state differs now → refused clearly.
+    let again = cp.restore(&snap, &c).await;
+    assert!(matches!(again, Err(Error::Invalid { .. })), "{again:?}");
+    cp.discard(&snap, &c).await.unwrap();
+}
+
+#[tokio::test]
+async fn restoring_a_swapped_snapshot_again_is_a_noop() {
+    let db = TestDb::new("swap_noop").await;
+    customers(&db).await;
+    let cp = TableSnapshot::new(&db.db, Table::public("customers"));
+    let c = ctx();
+    let snap = cp.capture(&c).await.unwrap();
+    mutate(&db).await;
+    assert_eq!(cp.restore(&snap, &c).await.unwrap().method, "swap");
+    let again = cp.restore(&snap, &c).await.unwrap();
+    assert_eq!(again.method, "noop");
+    assert_eq!(cp.fingerprint(&c).await.unwrap(), snap.fingerprint);
+}
+
+#[tokio::test]
+async fn restore_falls_back_to_copy_when_a_view_depends_on_the_table() {
+    let db = TestDb::new("view").await;
+    customers(&db).await;
+    db.exec("CREATE VIEW rich AS SELECT id, email FROM customers WHERE balance > 1000")
+        .await;
+    let before = db.dump();
+    let cp = TableSnapshot::new(&db.db, Table::public("customers"));
+    let c = ctx();
+    let snap = cp.capture(&c).await.unwrap();
+    mutate(&db).await;
+    let how = cp.restore(&snap, &c).await.unwrap();
+    assert_eq!(how.method, "copy", "{how:?}");
+    assert!(
+        how.note.as_deref().unwrap_or("").contains("view"),
+        "{how:?}"
+    );
+    assert_eq!(cp.fingerprint(&c).await.unwrap(), snap.fingerprint);
+    common::assert_same_dump(&before, &db.dump(), "after restore");
+    // The copy is still there: restoring again works and changes nothing.
+    assert_eq!(cp.restore(&snap, &c).await.unwrap().method, "copy");
+    common::assert_same_dump(&before, &db.dump(), "after restore");
+    cp.discard(&snap, &c).await.unwrap();
+    assert_eq!(
+        db.count("SELECT count(*) FROM pg_tables WHERE schemaname = '_rollback_snapshots'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn restore_merges_a_table_referenced_from_outside_the_checkpoint() {
+    let db = TestDb::new("merge").await;
+    customers(&db).await;
+    db.exec(
+        "CREATE TABLE orders (id serial PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers(id), total int);
+         INSERT INTO orders (customer_id, total) SELECT g, g FROM generate_series(1, 50) g;",
+    )
+    .await;
+    let before = db.dump();
+    let cp = TableSnapshot::new(&db.db, Table::public("customers"));
+    let c = ctx();
+    let snap = cp.capture(&c).await.unwrap();
+    db.exec(
+        "UPDATE customers SET name = 'changed' WHERE id < 100;
+         DELETE FROM customers WHERE id BETWEEN 1500 AND 1510;
+         INSERT INTO customers (email) VALUES ('added@example.com');",
+    )
+    .await;
+    let how = cp.restore(&snap, &c).await.unwrap();
+    assert_eq!(how.method, "merge", "{how:?}");
+    assert_eq!(how.items_changed, Some(99 + 11 + 1), "{how:?}");
+    common::assert_same_dump(&before, &db.dump(), "after restore");
+    // A row referenced from outside cannot be deleted by the restore: refused, unchanged.
+    db.exec("INSERT INTO customers (id, email) VALUES (999999, 'x@example.com'); INSERT INTO orders (customer_id) VALUES (999999);")
+        .await;
+    let refused = cp.restore(&snap, &c).await;
+    assert!(
+        matches!(refused, Err(Error::Conflict { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM customers WHERE id = 999999")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn restore_of_a_table_set_truncates_and_copies_parent_and_child_together() {
+    let db = TestDb::new("set").await;
+    customers(&db).await;
+    db.exec(
+        "CREATE TABLE orders (id serial PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers(id) ON DELETE CASCADE, total int);
+         INSERT INTO orders (customer_id, total) SELECT g, g FROM generate_series(1, 500) g;",
+    )
+    .await;
+    let before = db.dump();
+    let cp = TableSnapshot::of_tables(
+        &db.db,
+        vec![Table::public("orders"), Table::public("customers")],
+    );
+    assert!(cp.resource().contains("public.customers+public.orders"));
+    let c = ctx();
+    let snap = cp.capture(&c).await.unwrap();
+    db.exec("DELETE FROM customers WHERE id <= 100; UPDATE orders SET total = 0;")
+        .await;
+    let how = cp.restore(&snap, &c).await.unwrap();
+    assert_eq!(how.method, "copy", "{how:?}");
+    common::assert_same_dump(&before, &db.dump(), "after restore");
+}
+
+#[tokio::test]
+async fn restore_refuses_a_tampered_snapshot_copy_and_changes_nothing() {
+    let db = TestDb::new("tamper").await;
+    customers(&db).await;
+    let cp = TableSnapshot::new(&db.db, Table::public("customers"));
+    let c = ctx();
+    let snap = cp.capture(&c).await.unwrap();
+    mutate(&db).await;
+    let changed = cp.fingerprint(&c).await.unwrap();
+    let copy = db
+        .scalar(
+            "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = '_rollback_snapshots'",
+        )
+        .await
+        .unwrap();
+    db.exec(&format!(
+        "UPDATE _rollback_snapshots.{copy} SET balance = 0 WHERE id = 7"
+    ))
+    .await;
+    let r = cp.restore(&snap, &c).await;
+    assert!(matches!(r, Err(Error::DigestMismatch { .. })), "{r:?}");
+    assert_eq!(cp.fingerprint(&c).await.unwrap(), changed);
+    db.exec(&format!(
+        "UPDATE _rollback_snapshots.{copy} SET balance = 7 WHERE id = 7"
+    ))
+    .await;
+    db.exec(&format!(
+        "ALTER TABLE _rollback_snapshots.{copy} ADD COLUMN sneaky int"
+    ))
+    .await;
+    let r = cp.restore(&snap, &c).await;
+    assert!(
+        matches!(r, Err(Error::DigestMismatch { .. })),
+        "altered definition: {r:?}"
+    );
+    db.exec(&format!(
+        "ALTER TABLE _rollback_snapshots.{copy} DROP COLUMN sneaky"
+    ))
+    .await;
+    // Untampered again: restores.
+    cp.restore(&snap, &c).await.unwrap();
+    assert_eq!(cp.fingerprint(&c).await.unwrap(), snap.fingerprint);
+}
+
+#[tokio::test]
+async fn restore_refuses_snapshot_of_another_table() {
+    let db = TestDb::new("other").await;
+    customers(&db).await;
+    db.exec("CREATE TABLE other (id int PRIMARY KEY)").await;
+    let a = TableSnapshot::new(&db.db, Table::public("customers"));
+    let b = TableSnapshot::new(&db.db, Table::public("other"));
+    let c = ctx();
+    let snap = b.capture(&c).await.unwrap();
+    let r = a.restore(&snap, &c).await;
+    assert!(matches!(r, Err(Error::WrongResource { .. })), "{r:?}");
+}
+
+#[tokio::test]
+async fn restore_brings_back_a_dropped_table_with_its_sequence() {
+    let db = TestDb::new("dropped").await;
+    customers(&db).await;
+    let before = db.dump();
+    let cp = TableSnapshot::new(&db.db, Table::public("customers"));
+    let c = ctx();
+    let snap = cp.capture(&c).await.unwrap();
+    db.exec("DROP TABLE customers").await;
+    let how = cp.restore(&snap, &c).await.unwrap();
+    assert_eq!(how.method, "swap");
+    common::assert_same_dump(&before, &db.dump(), "after restore");
+    db.exec("INSERT INTO customers (email) VALUES ('after@example.com')")
+        .await;
+    assert_eq!(
+        db.count("SELECT id FROM customers WHERE email = 'after@example.com'")
+            .await,
+        2001
+    );
+}
+
+#[tokio::test]
+async fn restore_puts_back_sequence_values_and_drops_a_table_created_since() {
+    let db = TestDb::new("seq").await;
+    customers(&db).await;
+    let cp = TableSnapshot::of_tables(
+        &db.db,
+        vec![Table::public("customers"), Table::public("later")],
+    )
+    .restore_method(RestoreMethod::Copy);
+    let c = ctx();
+    let snap = cp.capture(&c).await.unwrap();
+    db.exec(
+        "SELECT nextval('customers_id_seq') FROM generate_series(1, 10);
+         CREATE TABLE later (x int);",
+    )
+    .await;
+    assert_ne!(cp.fingerprint(&c).await.unwrap(), snap.fingerprint);
+    cp.restore(&snap, &c).await.unwrap();
+    assert_eq!(cp.fingerprint(&c).await.unwrap(), snap.fingerprint);
+    assert_eq!(db.count("SELECT nextval('customers_id_seq')").await, 2001);
+    assert_eq!(
+        db.count("SELECT count(*) FROM pg_tables WHERE tablename = 'later'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn copy_restore_undoes_column_and_index_changes() {
+    let db = TestDb::new("copy_ddl").await;
+    customers(&db).await;
+    db.exec("CREATE VIEW v AS SELECT id FROM customers").await; // forbids the swap
+    let before = db.dump();
+    let cp = TableSnapshot::new(&db.db, Table::public("customers"));
+    let c = ctx();
+    let snap = cp.capture(&c).await.unwrap();
+    db.exec(
+        "ALTER TABLE customers ADD COLUMN extra int NOT NULL DEFAULT 1;
+         ALTER TABLE customers ALTER COLUMN name TYPE varchar(200);
+         ALTER TABLE customers ALTER COLUMN balance DROP DEFAULT;
+         DROP INDEX customers_name_idx;
+         ALTER TABLE customers DROP CONSTRAINT customers_balance_check;
+         ALTER TABLE customers ADD CONSTRAINT positive_id CHECK (id > 0);
+         ALTER TABLE customers DISABLE TRIGGER customers_touch;
+         ALTER TABLE customers RESET (fillfactor);
+         UPDATE customers SET name = NULL;",
+    )
+    .await;
+    let how = cp.restore(&snap, &c).await.unwrap();
+    assert_eq!(how.method, "copy", "{how:?}");
+    common::assert_same_dump(&before, &db.dump(), "after restore");
+    assert_eq!(cp.fingerprint(&c).await.unwrap(), snap.fingerprint);
+}
+
+#[tokio::test]
+async fn quoted_mixed_case_and_unicode_identifiers_work() {
+    let db = TestDb::new("idents").await;
+    db.exec(
+        r#"CREATE SCHEMA "My ""Odd"" Schema";
+           CREATE TABLE "My ""Odd"" Schema"."Tåble With Spaces" ("Mixed Case" int PRIMARY KEY, "naïve ""q""" text, "select" int);
+           INSERT INTO "My ""Odd"" Schema"."Tåble With Spaces" SELECT g, 'v' || g, g FROM generate_series(1, 300) g;"#,
+    )
+    .await;
+    let t = Table::new("My \"Odd\" Schema", "Tåble With Spaces");
+    let before = db.dump();
+    for method in [
+        RestoreMethod::Swap,
+        RestoreMethod::Copy,
+        RestoreMethod::Merge,
+    ] {
+        let cp = TableSnapshot::new(&db.db, t.clone()).restore_method(method);
+        let c = ctx();
+        let snap = cp.capture(&c).await.unwrap();
+        db.exec(r#"UPDATE "My ""Odd"" Schema"."Tåble With Spaces" SET "naïve ""q""" = 'x' WHERE "Mixed Case" < 10;
+                   DELETE FROM "My ""Odd"" Schema"."Tåble With Spaces" WHERE "Mixed Case" > 290;"#)
+            .await;
+        let how = cp.restore(&snap, &c).await.unwrap();
+        assert_eq!(how.method, format!("{method:?}").to_lowercase());
+        common::assert_same_dump(&before, &db.dump(), "after restore");
+        cp.discard(&snap, &c).await.unwrap();
+    }
+}
