@@ -18,6 +18,7 @@ use crate::checkpoint::FlagSnapshot;
 use crate::provider::{flag_resource, mark_maybe_applied, scope_resource};
 use crate::{FlagChange, FlagProvider, FlagState};
 use async_trait::async_trait;
+use rollback_core::events::RunEvent;
 use rollback_core::{Context, Error, Receipt, Result, Reversibility, Step, Verdict, Verifier};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -40,12 +41,9 @@ pub struct FlagReceipt {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Cursor {
     prior: FlagState,
-    /// Index of the last stage set (staged rollouts).
+    /// Index of the last stage set and checked (staged rollouts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     stage: Option<usize>,
-    /// Whether that stage's health check passed.
-    #[serde(default)]
-    checked: bool,
 }
 
 /// Per-run cursors of one step in this process.
@@ -100,11 +98,12 @@ impl Core {
         })
     }
 
-    /// The cursor to apply from: known, or read now and journaled before any change.
-    async fn start(&self, ctx: &Context) -> Result<Cursor> {
+    /// The cursor to apply from: known (an earlier attempt of this run may have changed
+    /// the flag: `true`), or read now and journaled before any change (`false`).
+    async fn start(&self, ctx: &Context) -> Result<(Cursor, bool)> {
         if let Some(c) = self.known(ctx) {
             self.memo.set(ctx.run_id(), c.clone());
-            return Ok(c);
+            return Ok((c, true));
         }
         let prior = self.provider.get(&self.flag).await?.ok_or_else(|| {
             Error::conflict(format!(
@@ -113,13 +112,9 @@ impl Core {
                 scope_resource(self.provider.as_ref())
             ))
         })?;
-        let c = Cursor {
-            prior,
-            stage: None,
-            checked: false,
-        };
+        let c = Cursor { prior, stage: None };
         self.save(ctx, &c).await?;
-        Ok(c)
+        Ok((c, false))
     }
 
     async fn save(&self, ctx: &Context, c: &Cursor) -> Result<()> {
@@ -254,7 +249,7 @@ impl Step for SetFlag {
         }
     }
     async fn apply(&self, ctx: &Context) -> Result<Receipt> {
-        let cursor = self.core.start(ctx).await?;
+        let (cursor, _) = self.core.start(ctx).await?;
         let target = self.change.apply_to(&self.core.flag, cursor.prior.clone());
         self.core.write(&target).await?;
         tracing::info!(step = %self.core.id, flag = %self.core.flag, change = %self.change.describe(), "flag set");
@@ -287,8 +282,9 @@ pub struct HealthCheckFailed {
 /// health check; a failed check stops the rollout with an error (the executor then rolls
 /// back, reverting the flag to its prior state).
 ///
-/// The journaled cursor records the last stage set and whether its check passed, so a
-/// resumed run picks up there (re-setting a stage is idempotent). Progress goes to
+/// The journaled cursor records the last stage whose check passed, so a resumed run picks
+/// up with the next one (re-setting a stage is idempotent). Each health verdict is also
+/// sent to the run's event stream (`RunEvent::Verdict`, phase `<step> stage i/n (p%)`). Progress goes to
 /// [`Context::progress`] as `rollout:<flag>`, one unit per stage. The error of a failed
 /// check is [`Error::Backend`] (`backend: "flags"`, source [`HealthCheckFailed`]) with
 /// `maybe_applied: true`: the flag was changed.
@@ -389,6 +385,18 @@ impl StagedRollout {
             }
         };
         tracing::info!(step = %self.core.id, verifier = h.id(), stage = stage + 1, status = ?verdict.status, summary = %verdict.summary, "rollout health check");
+        ctx.emit(RunEvent::Verdict {
+            verifier: h.id().to_string(),
+            phase: format!(
+                "{} stage {}/{} ({}%)",
+                self.core.id,
+                stage + 1,
+                self.stages.len(),
+                self.stages[stage]
+            ),
+            status: verdict.status,
+            summary: verdict.summary.clone(),
+        });
         if verdict.passed() {
             return Ok(());
         }
@@ -445,17 +453,13 @@ impl Step for StagedRollout {
                 self.core.id
             )));
         }
-        let mut cursor = self.core.start(ctx).await?;
-        let first = match (cursor.stage, cursor.checked) {
-            (Some(s), true) => s + 1,
-            (Some(s), false) => s,
-            (None, _) => 0,
-        };
+        let (mut cursor, resumed) = self.core.start(ctx).await?;
+        let first = cursor.stage.map_or(0, |s| s + 1);
         let source = format!("rollout:{}", self.core.flag);
         let n = self.stages.len();
         // Once a stage may have been written, every error says the change may have
         // happened (the executor then reverts).
-        let mut touched = cursor.stage.is_some();
+        let mut touched = resumed;
         let mark = |e: Error, touched: bool| if touched { mark_maybe_applied(e) } else { e };
         for stage in first..n {
             if ctx.is_cancelled() {
@@ -467,17 +471,13 @@ impl Step for StagedRollout {
                 .await
                 .map_err(|e| mark(e, touched))?;
             touched = true;
-            cursor.stage = Some(stage);
-            cursor.checked = false;
-            self.core
-                .save(ctx, &cursor)
-                .await
-                .map_err(|e| mark(e, true))?;
             tracing::info!(step = %self.core.id, flag = %self.core.flag, stage = stage + 1, stages = n, percent = self.stages[stage], "rollout stage set");
             ctx.progress(&source, stage as u64 + 1, Some(n as u64), "stages");
             self.wait(ctx).await?;
             self.check(ctx, stage).await?;
-            cursor.checked = true;
+            // One cursor per stage, once its check passed: a resume re-sets the next
+            // stage (idempotent) and checks it.
+            cursor.stage = Some(stage);
             self.core
                 .save(ctx, &cursor)
                 .await
