@@ -320,11 +320,7 @@ fn decode(flag: &str, def: &Value) -> Result<FlagState> {
                         .sum()
                 };
                 let (on, total) = (weight("on"), weight("on") + weight("off"));
-                let p = if total == 0 {
-                    0
-                } else {
-                    ((on * 100 + total / 2) / total) as u32
-                };
+                let p = (on * 100 + total / 2).checked_div(total).unwrap_or(0) as u32;
                 vec![Strategy::rollout(p, flag)]
             }
         };

@@ -69,6 +69,45 @@ async fn unreachable_unleash_is_retried_then_fails_transient_and_not_applied() {
     }
 }
 
+/// A run whose flag provider is a closed port: the step's apply fails (transient, not
+/// applied) after the provider's and the executor's retries; the run rolls back with
+/// nothing to undo, and the file journal holds a finished run that `resume` and `report`
+/// read back the same.
+#[tokio::test]
+async fn run_against_a_closed_port_rolls_back_with_a_consistent_journal() {
+    let url = format!("http://127.0.0.1:{}", closed_port().await);
+    let dead: Arc<dyn FlagProvider> = Arc::new(provider_at(&url, "*:*.closed-port-run-secret"));
+    let plan = Plan::builder("closed-port")
+        .step(
+            "flags",
+            rollback_flags::SetFlag::kill_switch("kill", dead.clone(), "checkout"),
+            &[],
+        )
+        .default_step_options(
+            rollback_core::StepOptions::default()
+                .retries(2)
+                .backoff(Duration::from_millis(10)),
+        )
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let report = Executor::new(FileJournal::open(dir.path()).unwrap())
+        .run(&plan)
+        .await
+        .unwrap();
+    let md = report.to_markdown();
+    assert_eq!(report.outcome, Outcome::RolledBack, "{md}");
+    assert!(md.contains("connection failed (after 3 attempts)"), "{md}");
+    assert!(md.contains("apply of kill failed: transient"), "{md}");
+    assert!(!md.contains("closed-port-run-secret"));
+    // A new process reads the same finished run from the journal.
+    let again = Executor::new(FileJournal::open(dir.path()).unwrap());
+    let resumed = again.resume(&plan, &report.run_id).await.unwrap();
+    assert_eq!(resumed.outcome, Outcome::RolledBack);
+    let rebuilt = again.report(&plan, &report.run_id).await.unwrap();
+    assert_eq!(rebuilt.to_markdown(), md);
+}
+
 /// A server that answers every request with 503, counting them.
 async fn always_503() -> (String, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
