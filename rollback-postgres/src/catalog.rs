@@ -55,6 +55,15 @@ pub struct IndexModel {
     pub valid: bool,
 }
 
+impl ConstraintModel {
+    /// The definition without a trailing `NOT VALID` (which `pg_get_constraintdef` adds).
+    pub(crate) fn body(&self) -> &str {
+        self.definition
+            .strip_suffix(" NOT VALID")
+            .unwrap_or(&self.definition)
+    }
+}
+
 /// A (non-internal) trigger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TriggerModel {
@@ -221,6 +230,16 @@ pub struct FunctionModel {
     pub signature: String,
     /// `pg_get_functiondef`.
     pub definition: String,
+}
+
+impl FunctionModel {
+    /// `name(args)` with the name quoted, for `DROP ROUTINE`.
+    pub(crate) fn signature_sql(&self) -> String {
+        match self.signature.split_once('(') {
+            Some((name, args)) => format!("{}({args}", quote_ident(name)),
+            None => quote_ident(&self.signature),
+        }
+    }
 }
 
 /// An enum type.
@@ -500,16 +519,7 @@ pub(crate) fn diff_tables(name: &str, a: &TableModel, b: &TableModel) -> Vec<Sch
     let cons = |m: &TableModel| -> Vec<(String, String)> {
         m.constraints
             .iter()
-            .map(|c| {
-                (
-                    c.name.clone(),
-                    format!(
-                        "{}{}",
-                        c.definition,
-                        if c.validated { "" } else { " NOT VALID" }
-                    ),
-                )
-            })
+            .map(|c| (c.name.clone(), c.definition.clone()))
             .collect()
     };
     named(&mut out, "constraint", cons(a), cons(b));

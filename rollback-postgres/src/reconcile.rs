@@ -251,7 +251,7 @@ pub(crate) fn plan(
         let add = format!(
             "ALTER TABLE {tq} ADD CONSTRAINT {} {}{nv}",
             quote_ident(&k.name),
-            k.definition
+            k.body()
         );
         if k.kind == "f" {
             fks.push(add);

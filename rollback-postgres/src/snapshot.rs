@@ -896,7 +896,7 @@ impl TableSnapshot {
                     "ALTER TABLE {} ADD CONSTRAINT {} {} NOT VALID",
                     t.quoted(),
                     quote_ident(&k.name),
-                    k.definition
+                    k.body()
                 ))
                 .await
                 .ctx("re-creating foreign key")?;
