@@ -8,6 +8,7 @@
 //! file), [`Snapshot::from_json`], [`SimPlanSpec::from_json`] then
 //! [`SimPlanSpec::build`] and [`SimPlanSpec::target`], `serde_json::from_slice::<Record>`
 //! then [`Record::verify`], and [`Digest::from_hex`].
+#![cfg(feature = "sim")]
 
 use proptest::prelude::*;
 use proptest::sample::Index;
