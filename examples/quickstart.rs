@@ -1,1 +1,112 @@
-fn main() {}
+//! Quickstart: a small migration on the embedded default (a file journal and simulated
+//! resources — no server needed). It shows the dry run, runs the plan with progress,
+//! forces a failure, rolls back automatically, proves parity and prints the report.
+//!
+//! ```text
+//! cargo run --example quickstart            # forced failure → automatic rollback
+//! cargo run --example quickstart -- --ok    # the same plan, committed
+//! ```
+
+use rollback_core::events::{Notice, Notifier, RunEvent};
+use rollback_core::journal::FileJournal;
+use rollback_core::sim::{HealthProbe, KeyEquals, SetKey, SimWorld};
+use rollback_core::{Executor, Plan, Trigger};
+use std::time::Duration;
+
+/// Prints what a status page would show.
+struct StatusPage;
+
+#[async_trait::async_trait]
+impl Notifier for StatusPage {
+    async fn notify(&self, notice: &Notice) -> Result<(), String> {
+        println!("\n  [status page] {}\n", notice.message);
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let succeed = std::env::args().any(|a| a == "--ok");
+
+    // The resources a real plan would touch: a customers table, an object prefix, a flag.
+    let world = SimWorld::new();
+    world.set("customers", "42.name", "Ada Lovelace");
+    world.set("attachments", "v1/42/invoice.pdf", "%PDF-1.7");
+    world.set("flags", "new_name_fields", "off");
+    let baseline = world.snapshot_state();
+
+    let plan = Plan::builder("split-customer-names")
+        .checkpoint("database", world.checkpoint("customers"))
+        .checkpoint("storage", world.checkpoint("attachments"))
+        .checkpoint("flags", world.checkpoint("flags"))
+        .step("database", SetKey::new("add-first-name", &world, "customers", "42.first", "Ada"), &[])
+        .step("database", SetKey::new("add-last-name", &world, "customers", "42.last", "Lovelace"), &["add-first-name"])
+        .verify_after("add-last-name", KeyEquals::new("last-name-backfilled", &world, "customers", "42.last", Some("Lovelace")))
+        .step("storage", SetKey::new("copy-attachments-v2", &world, "attachments", "v2/42/invoice.pdf", "%PDF-1.7"), &[])
+        .step("flags", SetKey::new("enable-new-name-fields", &world, "flags", "new_name_fields", "on"), &["add-last-name", "copy-attachments-v2"])
+        .trigger(
+            Trigger::new(HealthProbe::new(
+                "checkout-error-rate",
+                &world,
+                if succeed { &[0.0, 0.01, 0.0] } else { &[0.0, 0.02, 0.09, 0.12] },
+            ))
+            .every(Duration::from_millis(100))
+            .threshold(2, 3),
+        )
+        .soak(Duration::from_millis(600))
+        .build()?;
+
+    println!("== dry run ==\n{}", plan.dry_run());
+
+    let dir = std::env::temp_dir().join("rollback-quickstart");
+    let journal = FileJournal::open(&dir)?;
+    println!("journal: {}\n", dir.display());
+    let executor = Executor::new(journal).notifier(StatusPage);
+
+    // Progress, as it happens.
+    let mut events = executor.subscribe();
+    let printer = tokio::spawn(async move {
+        while let Ok(e) = events.recv().await {
+            let line = match e {
+                RunEvent::RunStarted { run_id, .. } => format!("run {run_id} started"),
+                RunEvent::CheckpointCaptured { resource, digest, millis } => format!("captured {resource} ({digest}) in {millis} ms"),
+                RunEvent::StepStarted { step, action, attempt, .. } => format!("{action:?} {step} (attempt {attempt})"),
+                RunEvent::StepFinished { step, ok, millis, error, .. } => match error {
+                    None => format!("  ok {step} in {millis} ms"),
+                    Some(e) => format!("  FAILED {step}: {e} (ok={ok})"),
+                },
+                RunEvent::Verdict { verifier, phase, status, summary } => format!("verdict {verifier} [{phase}]: {status:?} — {summary}"),
+                RunEvent::SoakPoll { trigger, failures_in_window, breached } => format!("soak {trigger}: {failures_in_window} failing in window{}", if breached { " → BREACHED" } else { "" }),
+                RunEvent::RollbackStarted { reason, .. } => format!("ROLLBACK: {reason}"),
+                RunEvent::CheckpointRestored { resource, method, millis } => format!("restored {resource} by {method} in {millis} ms"),
+                RunEvent::Parity { resource, ok } => format!("parity {resource}: {}", if ok { "proven" } else { "FAILED" }),
+                RunEvent::RunFinished { outcome } => {
+                    println!("run finished: {outcome}");
+                    break;
+                }
+                RunEvent::Progress { source, done, total, unit } => {
+                    format!("  {source}: {done}/{} {unit}", total.map(|t| t.to_string()).unwrap_or("?".into()))
+                }
+                other => format!("{other:?}"),
+            };
+            println!("{line}");
+        }
+    });
+
+    let report = executor.run(&plan).await?;
+    printer.await?;
+
+    println!("\n{}", report.to_markdown());
+    if succeed {
+        assert!(report.is_committed());
+    } else {
+        assert_eq!(world.snapshot_state(), baseline, "every resource is back at its baseline");
+        println!("every resource is back at its baseline: {:?}", world.snapshot_state());
+    }
+    Ok(())
+}
