@@ -13,6 +13,11 @@
 //! If none of them has it, the apply never got as far as changing the flag (the cursor
 //! is written first), and `revert(None)` is a no-op (Step contract clause 4). Nothing is
 //! ever stored in the provider itself (no description fields, no side flags).
+//!
+//! The in-process record is keyed by [`Context::run_id`]: outside an executor run, give
+//! each logical run its own id with [`Context::standalone`] (every
+//! [`Context::detached`] shares the id `detached`, so a second apply would reuse the
+//! first one's prior state).
 
 use crate::checkpoint::FlagSnapshot;
 use crate::provider::{flag_resource, mark_maybe_applied, scope_resource};

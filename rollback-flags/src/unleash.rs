@@ -81,6 +81,8 @@ struct HttpError {
 pub struct UnleashProvider {
     client: reqwest::Client,
     base: String,
+    /// `base` with any user info replaced by `***`: what Debug, errors and logs show.
+    shown: String,
     token: Secret,
     project: String,
     environment: String,
@@ -93,7 +95,7 @@ pub struct UnleashProvider {
 impl fmt::Debug for UnleashProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UnleashProvider")
-            .field("url", &self.base)
+            .field("url", &self.shown)
             .field("token", &self.token)
             .field("project", &self.project)
             .field("environment", &self.environment)
@@ -135,10 +137,9 @@ impl UnleashProvider {
     ) -> Result<Self> {
         let base = url.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Error::invalid(format!(
-                "unleash url must start with http:// or https://, got {:?}",
-                base.chars().take(40).collect::<String>()
-            )));
+            return Err(Error::invalid(
+                "unleash url must start with http:// or https://",
+            ));
         }
         check_id("project", project)?;
         check_id("environment", environment)?;
@@ -156,6 +157,7 @@ impl UnleashProvider {
             .map_err(|e| Error::backend(BACKEND, format!("building the HTTP client: {e}")))?;
         Ok(UnleashProvider {
             client,
+            shown: redact_userinfo(&base),
             base,
             token,
             project: project.into(),
@@ -270,7 +272,7 @@ impl UnleashProvider {
                 return Err(Error::transient(
                     format!(
                         "unleash at {}: {method} {path}: {failure} (after {attempt} attempts)",
-                        self.base
+                        self.shown
                     ),
                     write && reached,
                 ));
@@ -440,6 +442,18 @@ impl UnleashProvider {
     }
 }
 
+/// `http://user:pass@host` → `http://***@host`.
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// Unleash returns `"title": null` and the like; absent and null mean the same to us.
 fn strip_nulls(v: Value) -> Value {
     match v {
@@ -450,6 +464,32 @@ fn strip_nulls(v: Value) -> Value {
 
 fn same_content(a: &Strategy, b: &Strategy) -> bool {
     a == b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_info_in_the_url_is_never_shown() {
+        let p = UnleashProvider::new(
+            "http://bob:hunter2@127.0.0.1:4242/",
+            "tok-en",
+            "default",
+            "development",
+        )
+        .unwrap();
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("tok-en"),
+            "{shown}"
+        );
+        assert!(shown.contains("http://***@127.0.0.1:4242"), "{shown}");
+        assert_eq!(
+            redact_userinfo("http://127.0.0.1:1/a@b"),
+            "http://127.0.0.1:1/a@b"
+        );
+    }
 }
 
 #[async_trait]
