@@ -280,6 +280,7 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
         any::<u64>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
         (0u64..300).prop_map(Value::from),
+        Just(Value::from(u64::MAX)),
         any::<f64>().prop_map(Value::from),
         prop::sample::select(vec![
             "applied",

@@ -957,3 +957,38 @@ fn concurrent_appends_from_separate_file_journals_keep_a_valid_chain() {
         assert_eq!(cursors, (0..per_thread as u64).collect::<Vec<_>>());
     }
 }
+
+/// `Duration::MAX` ("never expires") must not wrap around to an expiry in the past, which
+/// would hand the lease to the next holder who asks.
+#[tokio::test]
+async fn a_lease_with_the_largest_ttl_stays_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = FileJournal::open(dir.path()).unwrap();
+    let memory = MemoryJournal::new();
+    for j in [&file as &dyn Journal, &memory] {
+        for ttl in [Duration::MAX, Duration::from_millis(u64::MAX)] {
+            let key = format!("forever-{}", ttl.as_secs());
+            let l = j.acquire_lease(&key, "alice", ttl).await.unwrap();
+            assert!(l.expires_at_ms > rollback_core::now_ms() + 1_000_000_000);
+            assert!(matches!(
+                j.acquire_lease(&key, "bob", Duration::from_secs(1)).await,
+                Err(Error::LeaseHeld { holder, .. }) if holder == "alice"
+            ));
+            j.acquire_lease(&key, "alice", ttl).await.unwrap();
+        }
+    }
+}
+
+/// `Record::verify` takes any decoded predecessor; one claiming the largest seq has no
+/// successor, which is a typed error, not an overflow.
+#[test]
+fn verifying_after_a_record_with_the_largest_seq_is_out_of_order() {
+    let last = Record::seal("r", u64::MAX, 0, Digest::default(), Entry::Committed);
+    let next = Record::seal("r", 0, 0, last.hash, Entry::Committed);
+    for (rec, prev) in [(&last, &last), (&next, &last)] {
+        assert!(matches!(
+            rec.verify("r", Some(prev)),
+            Err(JournalError::OutOfOrder { .. })
+        ));
+    }
+}

@@ -199,7 +199,8 @@ impl Record {
     /// [`JournalError::Tampered`] or [`JournalError::OutOfOrder`].
     pub fn verify(&self, run_id: &str, prev: Option<&Record>) -> Result<(), JournalError> {
         let (want_seq, want_prev) = match prev {
-            Some(p) => (p.seq + 1, p.hash),
+            // `prev` may be any decoded record: a seq of u64::MAX has no successor.
+            Some(p) => (p.seq.saturating_add(1), p.hash),
             None => (0, Digest::default()),
         };
         if self.seq != want_seq || self.prev != want_prev {
@@ -357,7 +358,10 @@ pub(crate) fn decide_lease(
     ttl: Duration,
     now: u64,
 ) -> Result<Lease> {
-    let expires_at_ms = now + ttl.as_millis() as u64;
+    // Saturate: a huge ttl (`Duration::MAX` for "never expires") must not wrap around into
+    // an expiry in the past, which would let another holder take the lease at once.
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    let expires_at_ms = now.saturating_add(ttl_ms);
     match current {
         Some(l) if l.holder != holder && l.expires_at_ms > now => Err(crate::Error::LeaseHeld {
             key: key.to_string(),
