@@ -71,6 +71,16 @@ impl PgError {
         }
     }
 
+    /// An error of ours with a class.
+    pub(crate) fn other(context: impl Into<String>, message: String, class: Class) -> Self {
+        PgError {
+            context: context.into(),
+            message,
+            code: None,
+            class,
+        }
+    }
+
     pub(crate) fn class(&self) -> Class {
         self.class
     }

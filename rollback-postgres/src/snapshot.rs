@@ -63,9 +63,11 @@ pub enum RestoreMethod {
 /// identity `USING INDEX`, and nothing outside the table may depend on it: no foreign key
 /// of another table (or itself) referencing it, no view, rule, policy, publication,
 /// extended statistics, or use of its row type. Its own foreign keys are re-created and
-/// re-validated (a read of the table, the only part that is not O(1)). A swap consumes the
-/// copy: a later restore of the same snapshot finds the tables already restored (`noop`)
-/// or, if they changed since, fails with [`Error::Invalid`].
+/// re-validated (a read of the table, the only part under the lock that is not O(1)).
+/// The swap consumes the copy, so beforehand — while the live table is not yet locked —
+/// the verified copy is duplicated, and the duplicate takes its name afterwards: the
+/// snapshot can be restored again ([`TableSnapshot::keep_snapshot_after_swap`] turns this
+/// off).
 ///
 /// **Copy** needs the live definitions to equal the captured ones (revert schema steps
 /// first — the executor does, in reverse order, before restoring checkpoints) and no
@@ -101,6 +103,17 @@ pub struct TableSnapshot {
     snapshot_schema: String,
     method: RestoreMethod,
     lock_timeout: Duration,
+    keep_after_swap: bool,
+}
+
+/// The captured entry of `table` in a table snapshot (for verifiers).
+pub(crate) fn table_entry(snap: &Snapshot, table: &Table) -> Result<Option<Entry>> {
+    if snap.kind != TABLE_COPY_KIND {
+        return Ok(None);
+    }
+    let d: Descriptor = serde_json::from_value(snap.descriptor.clone())
+        .map_err(|e| Error::invalid(format!("malformed table snapshot descriptor: {e}")))?;
+    Ok(d.tables.into_iter().find(|e| &e.table == table))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,14 +125,14 @@ struct Descriptor {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Entry {
-    table: Table,
+pub(crate) struct Entry {
+    pub(crate) table: Table,
     /// `None`: the table did not exist at capture.
-    copy: Option<Table>,
-    definition: Option<TableModel>,
-    copy_definition: Option<Digest>,
-    key: Vec<String>,
-    hash: Option<TableHash>,
+    pub(crate) copy: Option<Table>,
+    pub(crate) definition: Option<TableModel>,
+    pub(crate) copy_definition: Option<Digest>,
+    pub(crate) key: Vec<String>,
+    pub(crate) hash: Option<TableHash>,
 }
 
 impl Entry {
@@ -187,6 +200,7 @@ impl TableSnapshot {
             snapshot_schema: DEFAULT_SNAPSHOT_SCHEMA.into(),
             method: RestoreMethod::Auto,
             lock_timeout: Duration::from_secs(5),
+            keep_after_swap: true,
         }
     }
 
@@ -206,6 +220,15 @@ impl TableSnapshot {
     /// locks in time fails with a transient error, which the executor retries.
     pub fn lock_timeout(mut self, d: Duration) -> Self {
         self.lock_timeout = d;
+        self
+    }
+
+    /// Whether a swap first duplicates the snapshot copy so that the snapshot can be
+    /// restored again later (default `true`). The duplicate is written before the live
+    /// tables are locked; `false` makes a restore faster but consumes the snapshot (a later
+    /// restore of it then only succeeds if the tables still hold its content: `noop`).
+    pub fn keep_snapshot_after_swap(mut self, keep: bool) -> Self {
+        self.keep_after_swap = keep;
         self
     }
 
@@ -524,6 +547,7 @@ impl Checkpoint for TableSnapshot {
             }
             let mut dh = Hasher::new();
             dh.field(b"rollback-postgres/table-copy/v1");
+            let mut copy_models: Vec<(Table, TableModel)> = Vec::new();
             for e in &d.tables {
                 let mut actual = e.clone();
                 if let (Some(copy), Some(def)) = (&e.copy, &e.definition) {
@@ -531,6 +555,7 @@ impl Checkpoint for TableSnapshot {
                         .await?
                         .ok_or_else(|| backend_msg("snapshot copy vanished"))?;
                     actual.copy_definition = Some(copy_def.digest());
+                    copy_models.push((copy.clone(), copy_def));
                     let shape = Shape {
                         rel: copy.quoted(),
                         columns: def.column_names(),
@@ -544,7 +569,39 @@ impl Checkpoint for TableSnapshot {
                 actual.digest_part(&mut dh);
             }
             snap.ensure_digest(dh.finish())?;
-            // 2. Lock the live tables.
+            // 2. For a swap: is it safe, and keep a duplicate of each copy (made before the
+            //    live tables are locked, so traffic is not blocked while it is written).
+            let mut duplicates = Vec::new();
+            if m == Method::Swap {
+                if let Some(why) = swap_unsafe(&tx, &d).await? {
+                    tracing::info!(reason = %why, "swap not applicable");
+                    reasons.push(format!("swap not applicable: {why}"));
+                    tx.rollback().await.ctx("rolling back restore attempt")?;
+                    continue;
+                }
+                if self.keep_after_swap {
+                    for (copy, model) in &copy_models {
+                        let dup = Table::new(
+                            &copy.schema,
+                            format!("rbdup_{}", &uuid::Uuid::new_v4().simple().to_string()[..20]),
+                        );
+                        let cols = model.insertable_columns();
+                        tx.batch_execute(&format!(
+                            "CREATE TABLE {} (LIKE {} INCLUDING ALL); INSERT INTO {} ({}) SELECT {} FROM {}",
+                            dup.quoted(),
+                            copy.quoted(),
+                            dup.quoted(),
+                            column_list(&cols),
+                            column_list(&cols),
+                            copy.quoted()
+                        ))
+                        .await
+                        .ctx("keeping a copy of the snapshot for later restores")?;
+                        duplicates.push((dup, copy.clone(), model.clone()));
+                    }
+                }
+            }
+            // 3. Lock the live tables.
             let mut live = Vec::new();
             for t in &self.tables {
                 if relation_exists(&tx, t).await? {
@@ -560,7 +617,7 @@ impl Checkpoint for TableSnapshot {
                 .await
                 .ctx("locking tables for restore")?;
             }
-            // 3. Put them back.
+            // 4. Put them back.
             let attempt = match m {
                 Method::Swap => self.swap(&tx, &d).await,
                 Method::Copy => self.copy_back(&tx, &d).await,
@@ -588,7 +645,23 @@ impl Checkpoint for TableSnapshot {
                 }
                 Err(e) => return Err(e),
             };
-            // 4. The definitions must be the captured ones.
+            // The duplicates take the consumed copies' names.
+            for (dup, copy, model) in &duplicates {
+                tx.batch_execute(&format!(
+                    "ALTER TABLE {} RENAME TO {}",
+                    dup.quoted(),
+                    quote_ident(&copy.name)
+                ))
+                .await
+                .ctx("renaming the kept snapshot copy")?;
+                rename_indexes(&tx, copy, model).await?;
+                let now = catalog::table_model(&tx, copy).await?;
+                if now.as_ref().map(|m| m.digest()) != Some(model.digest()) {
+                    tracing::warn!(copy = %copy, "kept snapshot copy differs from the original; a later restore will refuse it");
+                    notes.push(format!("the kept copy {copy} differs from the original"));
+                }
+            }
+            // 5. The definitions must be the captured ones.
             let mut mismatch = None;
             for e in &d.tables {
                 let now = catalog::table_model(&tx, &e.table).await?;
@@ -780,31 +853,9 @@ impl TableSnapshot {
     }
 
     async fn swap(&self, tx: &Transaction<'_>, d: &Descriptor) -> Result<Attempt> {
-        // Safety first, for every table of the set.
-        for e in &d.tables {
-            let Some(def) = &e.definition else { continue };
-            if def.persistence != "p" {
-                return Ok(Attempt::Unsuitable(format!("{} is unlogged", e.table)));
-            }
-            if def.replica_identity == "i" {
-                return Ok(Attempt::Unsuitable(format!(
-                    "{} has replica identity USING INDEX",
-                    e.table
-                )));
-            }
-            if def.kind != "r" {
-                return Ok(Attempt::Unsuitable(format!("{} is partitioned", e.table)));
-            }
-            if let Some(oid) = catalog::table_oid(tx, &e.table).await? {
-                let blockers = swap_blockers(tx, oid).await?;
-                if !blockers.is_empty() {
-                    return Ok(Attempt::Unsuitable(format!(
-                        "{} has dependents: {}",
-                        e.table,
-                        blockers.join(", ")
-                    )));
-                }
-            }
+        // Checked again now that the live tables are locked.
+        if let Some(why) = swap_unsafe(tx, d).await? {
+            return Ok(Attempt::Unsuitable(why));
         }
         let mut notes = Vec::new();
         let mut items = self.drop_absent(tx, d).await?;
@@ -1233,6 +1284,39 @@ fn fk_conflict(err: tokio_postgres::Error, t: &Table) -> Error {
         ));
     }
     crate::error::PgError::new(format!("restoring {t}"), &err).into_core(false)
+}
+
+/// Why the tables of `d` cannot be swapped (None: safe).
+async fn swap_unsafe(tx: &Transaction<'_>, d: &Descriptor) -> Result<Option<String>> {
+    for e in &d.tables {
+        let Some(def) = &e.definition else { continue };
+        if def.persistence != "p" {
+            return Ok(Some(format!("{} is unlogged", e.table)));
+        }
+        if def.replica_identity == "i" {
+            return Ok(Some(format!(
+                "{} has replica identity USING INDEX",
+                e.table
+            )));
+        }
+        if def.kind != "r" {
+            return Ok(Some(format!("{} is partitioned", e.table)));
+        }
+        if def.columns.iter().any(|c| !c.identity.is_empty()) {
+            return Ok(Some(format!("{} has an identity column", e.table)));
+        }
+        if let Some(oid) = catalog::table_oid(tx, &e.table).await? {
+            let blockers = swap_blockers(tx, oid).await?;
+            if !blockers.is_empty() {
+                return Ok(Some(format!(
+                    "{} has dependents: {}",
+                    e.table,
+                    blockers.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// What prevents swapping table `oid` (empty: safe).

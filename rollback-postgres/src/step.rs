@@ -137,7 +137,7 @@ impl SqlStep {
 
     /// Declare a resource id this step changes (e.g. a [`crate::TableSnapshot`]'s
     /// resource).
-    pub fn touches(mut self, resource: impl Into<String>) -> Self {
+    pub fn touching(mut self, resource: impl Into<String>) -> Self {
         self.touches.push(resource.into());
         self
     }
@@ -145,7 +145,7 @@ impl SqlStep {
     /// Declare that this step changes `table` (resource `postgres:<db>/<schema>.<table>`).
     pub fn touches_table(self, table: &Table) -> Self {
         let r = self.db.table_resource(table);
-        self.touches(r)
+        self.touching(r)
     }
 
     /// `lock_timeout` (default [`DEFAULT_LOCK_TIMEOUT`]).

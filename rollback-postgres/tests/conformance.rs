@@ -64,7 +64,7 @@ async fn table_snapshot_with_merge_and_restore_only_step_pass_the_suite() {
     items(&db).await;
     let cp = TableSnapshot::new(&db.db, Table::public("items"));
     let step = SqlStep::new(&db.db, "purge", "DELETE FROM items WHERE id % 3 = 0")
-        .touches(rollback_core::Checkpoint::resource(&cp));
+        .touching(rollback_core::Checkpoint::resource(&cp));
     assert_eq!(
         rollback_core::Step::reversibility(&step),
         rollback_core::Reversibility::RestoreOnly

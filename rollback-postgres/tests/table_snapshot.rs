@@ -73,17 +73,23 @@ async fn restore_swaps_a_table_nothing_depends_on_and_pg_dump_matches() {
             .as_deref(),
         Some("T!")
     );
-    // Second restore: the copy was consumed; the state differs now → refused clearly.
-    let again = cp.restore(&snap, &c).await;
-    assert!(matches!(again, Err(Error::Invalid { .. })), "{again:?}");
+    // The snapshot survives the swap: change the table again and restore again.
+    mutate(&db).await;
+    assert_eq!(cp.restore(&snap, &c).await.unwrap().method, "swap");
+    common::assert_same_dump(&before, &db.dump(), "second swap");
     cp.discard(&snap, &c).await.unwrap();
+    assert_eq!(
+        db.count("SELECT count(*) FROM pg_tables WHERE schemaname = '_rollback_snapshots'")
+            .await,
+        0
+    );
 }
 
 #[tokio::test]
-async fn restoring_a_swapped_snapshot_again_is_a_noop() {
+async fn a_swap_that_consumes_its_copy_makes_a_second_restore_a_noop_or_a_clear_refusal() {
     let db = TestDb::new("swap_noop").await;
     customers(&db).await;
-    let cp = TableSnapshot::new(&db.db, Table::public("customers"));
+    let cp = TableSnapshot::new(&db.db, Table::public("customers")).keep_snapshot_after_swap(false);
     let c = ctx();
     let snap = cp.capture(&c).await.unwrap();
     mutate(&db).await;
@@ -91,6 +97,9 @@ async fn restoring_a_swapped_snapshot_again_is_a_noop() {
     let again = cp.restore(&snap, &c).await.unwrap();
     assert_eq!(again.method, "noop");
     assert_eq!(cp.fingerprint(&c).await.unwrap(), snap.fingerprint);
+    mutate(&db).await;
+    let refused = cp.restore(&snap, &c).await;
+    assert!(matches!(refused, Err(Error::Invalid { .. })), "{refused:?}");
 }
 
 #[tokio::test]

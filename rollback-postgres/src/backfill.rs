@@ -1,0 +1,471 @@
+//! [`Backfill`]: a batched, throttled, resumable `UPDATE` by primary-key ranges.
+
+use crate::db::Database;
+use crate::error::{Class, PgError, PgResultExt};
+use crate::ident::{quote_ident, Table};
+use crate::markers::{self, DEFAULT_MARKER_SCHEMA};
+use crate::step::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
+use async_trait::async_trait;
+use rollback_core::{Context, Error, Receipt, Result, Reversibility, Step};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+use tokio::sync::OnceCell;
+
+/// What a finished [`Backfill`] remembers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillReceipt {
+    /// The table.
+    pub table: Table,
+    /// Rows updated (over every process that worked on it in this run).
+    pub rows: u64,
+    /// Last key reached (exclusive upper bound of the work done).
+    pub next_key: Option<i64>,
+}
+
+/// The cursor a [`Backfill`] journals after each batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillCursor {
+    /// The next key to process.
+    pub next: i64,
+    /// Rows updated so far.
+    pub rows: u64,
+}
+
+/// A data backfill: `UPDATE <table> SET <assignments> WHERE <key> BETWEEN lo AND hi [AND
+/// <filter>]`, batch after batch of at most `batch_size` keys in key order, each batch in
+/// its own short transaction with `lock_timeout` / `statement_timeout` guards, a pause of
+/// `throttle` between batches, and a progress event (`ctx.progress`) after each.
+///
+/// **Resumable.** Each batch records its upper key in
+/// `_rollback.backfill_progress(run_id, step_id, next_key, rows_done)` in the batch's own
+/// transaction (so a batch is never counted without having run), and then journals the
+/// same cursor with [`Context::save_cursor`]. After a crash, a fresh process resumes from
+/// the later of the two. A batch that committed but whose cursor was not journaled yet is
+/// not run again. Transient batch errors (lock timeout, dropped connection) are retried
+/// in place, from the recorded cursor.
+///
+/// **Requirements.** The key is a single integer column (`smallint`, `integer`, `bigint`)
+/// with an index (normally the primary key). The assignments must be a pure function of
+/// the row's other columns (e.g. `first_name = split_part(name, ' ', 1)`), so that a batch
+/// run twice gives the same rows.
+///
+/// **Undo.** The step is [`Reversibility::RestoreOnly`]: its old values are not kept, so
+/// a [`crate::TableSnapshot`] of the table (or of a set holding it) must cover it; its
+/// [`touches`](Step::touches) names the table's resource (or the resource given with
+/// [`Backfill::touching`]). `revert` only clears the step's bookkeeping.
+///
+/// ```no_run
+/// # async fn demo() -> rollback_core::Result<()> {
+/// use rollback_postgres::{Backfill, Database, Table};
+/// use std::time::Duration;
+/// let db = Database::connect("postgres://postgres@127.0.0.1:55432/shop")?;
+/// let fill = Backfill::new(
+///     &db,
+///     "fill-names",
+///     Table::public("customers"),
+///     "id",
+///     "first_name = split_part(name, ' ', 1), last_name = split_part(name, ' ', 2)",
+/// )
+/// .filter("first_name IS NULL")
+/// .batch_size(5_000)
+/// .throttle(Duration::from_millis(20));
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Backfill {
+    db: Database,
+    id: String,
+    table: Table,
+    key: String,
+    set: String,
+    filter: Option<String>,
+    batch_size: u64,
+    throttle: Duration,
+    lock_timeout: Duration,
+    statement_timeout: Duration,
+    batch_retries: u32,
+    touches: Vec<String>,
+    marker_schema: String,
+    ready: OnceCell<()>,
+}
+
+impl Backfill {
+    /// A backfill of `table`, keyed by integer column `key`, running `SET set`.
+    pub fn new(
+        db: &Database,
+        id: impl Into<String>,
+        table: Table,
+        key: impl Into<String>,
+        set: impl Into<String>,
+    ) -> Self {
+        Backfill {
+            touches: vec![db.table_resource(&table)],
+            db: db.clone(),
+            id: id.into(),
+            table,
+            key: key.into(),
+            set: set.into(),
+            filter: None,
+            batch_size: 10_000,
+            throttle: Duration::ZERO,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            batch_retries: 5,
+            marker_schema: DEFAULT_MARKER_SCHEMA.into(),
+            ready: OnceCell::new(),
+        }
+    }
+
+    /// Only update rows matching this SQL condition (ANDed to the key range).
+    pub fn filter(mut self, condition: impl Into<String>) -> Self {
+        self.filter = Some(condition.into());
+        self
+    }
+
+    /// Keys per batch (default 10 000).
+    pub fn batch_size(mut self, n: u64) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// Pause between batches (default none).
+    pub fn throttle(mut self, d: Duration) -> Self {
+        self.throttle = d;
+        self
+    }
+
+    /// `lock_timeout` per batch (default 5 s).
+    pub fn lock_timeout(mut self, d: Duration) -> Self {
+        self.lock_timeout = d;
+        self
+    }
+
+    /// `statement_timeout` per batch (default 60 s).
+    pub fn statement_timeout(mut self, d: Duration) -> Self {
+        self.statement_timeout = d;
+        self
+    }
+
+    /// Retries of one batch after a transient error (default 5).
+    pub fn batch_retries(mut self, n: u32) -> Self {
+        self.batch_retries = n;
+        self
+    }
+
+    /// Name the resource that covers the table (e.g. a multi-table
+    /// [`crate::TableSnapshot`]'s) instead of the table's own.
+    pub fn touching(mut self, resource: impl Into<String>) -> Self {
+        self.touches = vec![resource.into()];
+        self
+    }
+
+    /// Keep bookkeeping in another schema (default [`DEFAULT_MARKER_SCHEMA`]).
+    pub fn marker_schema(mut self, schema: impl Into<String>) -> Self {
+        self.marker_schema = schema.into();
+        self
+    }
+
+    async fn ready(&self) -> Result<()> {
+        self.ready
+            .get_or_try_init(|| markers::ensure(&self.db, &self.marker_schema))
+            .await
+            .map(|_| ())
+    }
+
+    fn progress_table(&self) -> String {
+        format!("{}.backfill_progress", quote_ident(&self.marker_schema))
+    }
+
+    fn marker_table(&self) -> String {
+        format!("{}.applied_steps", quote_ident(&self.marker_schema))
+    }
+
+    async fn recorded(&self, run: &str) -> Result<Option<BackfillCursor>> {
+        let c = self.db.client().await?;
+        let row = c
+            .query_opt(
+                &format!(
+                    "SELECT next_key, rows_done FROM {} WHERE run_id = $1 AND step_id = $2",
+                    self.progress_table()
+                ),
+                &[&run, &self.id],
+            )
+            .await
+            .ctx("reading backfill progress")?;
+        Ok(row.and_then(|r| {
+            let next: Option<i64> = r.get(0);
+            next.map(|next| BackfillCursor {
+                next,
+                rows: r.get::<_, i64>(1).max(0) as u64,
+            })
+        }))
+    }
+
+    /// One batch from `lo`: returns the new cursor, or `None` when nothing is left.
+    async fn batch(
+        &self,
+        run: &str,
+        lo: i64,
+        rows: u64,
+    ) -> std::result::Result<Option<BackfillCursor>, PgError> {
+        let mut obj = self
+            .db
+            .client()
+            .await
+            .map_err(|e| PgError::other("connecting", e.to_string(), Class::Connection))?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| PgError::new("starting batch", &e))?;
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'",
+            self.lock_timeout.as_millis().max(1),
+            self.statement_timeout.as_millis().max(1)
+        ))
+        .await
+        .map_err(|e| PgError::new("setting timeouts", &e))?;
+        let k = quote_ident(&self.key);
+        let t = self.table.quoted();
+        let hi: Option<i64> = tx
+            .query_one(
+                &format!(
+                    "SELECT max(k)::bigint FROM (SELECT {k} AS k FROM {t} WHERE {k} >= $1::bigint ORDER BY {k} LIMIT $2::bigint) s"
+                ),
+                &[&lo, &(self.batch_size as i64)],
+            )
+            .await
+            .map_err(|e| PgError::new("finding the batch's upper key", &e))?
+            .get(0);
+        let Some(hi) = hi else {
+            return Ok(None);
+        };
+        let filter = self
+            .filter
+            .as_ref()
+            .map(|f| format!(" AND ({f})"))
+            .unwrap_or_default();
+        let n = tx
+            .execute(
+                &format!(
+                    "UPDATE {t} SET {} WHERE {k} >= $1::bigint AND {k} <= $2::bigint{filter}",
+                    self.set
+                ),
+                &[&lo, &hi],
+            )
+            .await
+            .map_err(|e| PgError::new(format!("backfill {} batch [{lo}, {hi}]", self.id), &e))?;
+        let next = hi.saturating_add(1);
+        let total = rows + n;
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (run_id, step_id, next_key, rows_done, updated_at) VALUES ($1, $2, $3, $4, now()) \
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET next_key = EXCLUDED.next_key, rows_done = EXCLUDED.rows_done, updated_at = now()",
+                self.progress_table()
+            ),
+            &[&run, &self.id, &next, &(total as i64)],
+        )
+        .await
+        .map_err(|e| PgError::new("recording backfill progress", &e))?;
+        tx.commit()
+            .await
+            .map_err(|e| PgError::new("committing batch", &e))?;
+        Ok(Some(BackfillCursor { next, rows: total }))
+    }
+
+    async fn estimate(&self) -> Result<Option<u64>> {
+        let c = self.db.client().await?;
+        let est: i64 = c
+            .query_one(
+                &format!(
+                    "SELECT greatest(reltuples, 0)::bigint FROM pg_catalog.pg_class WHERE oid = {}::regclass",
+                    self.table.regclass_literal()
+                ),
+                &[],
+            )
+            .await
+            .ctx("estimating table size")?
+            .get(0);
+        if est > 0 {
+            return Ok(Some(est as u64));
+        }
+        let n: i64 = c
+            .query_one(
+                &format!("SELECT count(*) FROM {}", self.table.quoted()),
+                &[],
+            )
+            .await
+            .ctx("counting rows")?
+            .get(0);
+        Ok(Some(n.max(0) as u64))
+    }
+}
+
+#[async_trait]
+impl Step for Backfill {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn reversibility(&self) -> Reversibility {
+        Reversibility::RestoreOnly
+    }
+
+    fn touches(&self) -> Vec<String> {
+        self.touches.clone()
+    }
+
+    fn spec(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "pg.backfill",
+            "table": self.table,
+            "key": self.key,
+            "set": self.set,
+            "filter": self.filter,
+            "batch_size": self.batch_size,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "backfill {} SET {} in batches of {}",
+            self.table, self.set, self.batch_size
+        )
+    }
+
+    async fn apply(&self, ctx: &Context) -> Result<Receipt> {
+        self.ready().await?;
+        let run = ctx.run_id();
+        {
+            let c = self.db.client().await?;
+            if let Some((_, r)) = markers::read(&**c, &self.marker_schema, run, &self.id)
+                .await
+                .ctx("reading the step marker")?
+            {
+                return Ok(Receipt(r));
+            }
+        }
+        let journaled: Option<BackfillCursor> = ctx
+            .cursor()
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
+        let recorded = self.recorded(run).await?;
+        let mut cursor = match (journaled, recorded) {
+            (Some(a), Some(b)) => Some(if b.next >= a.next { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        if let Some(c) = cursor {
+            tracing::info!(step = %self.id, next = c.next, rows = c.rows, "resuming backfill");
+        }
+        let total = self.estimate().await?;
+        let started = Instant::now();
+        let mut lo = match cursor {
+            Some(c) => c.next,
+            None => {
+                let c = self.db.client().await?;
+                let min: Option<i64> = c
+                    .query_one(
+                        &format!(
+                            "SELECT min({})::bigint FROM {}",
+                            quote_ident(&self.key),
+                            self.table.quoted()
+                        ),
+                        &[],
+                    )
+                    .await
+                    .ctx("finding the first key")?
+                    .get(0);
+                min.unwrap_or(0)
+            }
+        };
+        let mut rows = cursor.map(|c| c.rows).unwrap_or(0);
+        let mut any_done = cursor.is_some();
+        loop {
+            if ctx.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let mut attempt = 0;
+            let res = loop {
+                match self.batch(run, lo, rows).await {
+                    Ok(r) => break Ok(r),
+                    Err(e) if e.class() != Class::Permanent && attempt < self.batch_retries => {
+                        attempt += 1;
+                        tracing::warn!(step = %self.id, error = %e, attempt, "backfill batch failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
+                        // A batch whose COMMIT was lost may have committed: re-read the cursor.
+                        if let Ok(Some(c)) = self.recorded(run).await {
+                            if c.next > lo {
+                                lo = c.next;
+                                rows = c.rows;
+                                any_done = true;
+                            }
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            let next = match res {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => return Err(e.into_core(any_done)),
+            };
+            any_done = true;
+            cursor = Some(next);
+            lo = next.next;
+            rows = next.rows;
+            ctx.save_cursor(serde_json::to_value(next).unwrap_or_default())
+                .await?;
+            ctx.progress(&self.id, rows, total, "rows");
+            if !self.throttle.is_zero() {
+                tokio::time::sleep(self.throttle).await;
+            }
+        }
+        let receipt = Receipt::new(&BackfillReceipt {
+            table: self.table.clone(),
+            rows,
+            next_key: cursor.map(|c| c.next),
+        });
+        let json = receipt.0.to_string();
+        let mut obj = self.db.client().await?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let tx = client.transaction().await.ctx("finishing backfill")?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, 'applied') \
+                 ON CONFLICT (run_id, step_id) DO NOTHING",
+                self.marker_table()
+            ),
+            &[&run, &self.id, &json],
+        )
+        .await
+        .ctx("writing the step marker")?;
+        tx.commit()
+            .await
+            .map_err(|e| PgError::new("finishing backfill", &e).into_core(true))?;
+        tracing::info!(step = %self.id, rows, ms = started.elapsed().as_millis() as u64, "backfill done");
+        Ok(receipt)
+    }
+
+    async fn revert(&self, _receipt: Option<&Receipt>, ctx: &Context) -> Result<()> {
+        self.ready().await?;
+        let c = self.db.client().await?;
+        c.execute(
+            &format!(
+                "DELETE FROM {} WHERE run_id = $1 AND step_id = $2",
+                self.progress_table()
+            ),
+            &[&ctx.run_id(), &self.id],
+        )
+        .await
+        .ctx("clearing backfill progress")?;
+        c.execute(
+            &format!(
+                "DELETE FROM {} WHERE run_id = $1 AND step_id = $2",
+                self.marker_table()
+            ),
+            &[&ctx.run_id(), &self.id],
+        )
+        .await
+        .ctx("clearing the step marker")?;
+        Ok(())
+    }
+}
