@@ -466,32 +466,6 @@ fn same_content(a: &Strategy, b: &Strategy) -> bool {
     a == b
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_info_in_the_url_is_never_shown() {
-        let p = UnleashProvider::new(
-            "http://bob:hunter2@127.0.0.1:4242/",
-            "tok-en",
-            "default",
-            "development",
-        )
-        .unwrap();
-        let shown = format!("{p:?}");
-        assert!(
-            !shown.contains("hunter2") && !shown.contains("tok-en"),
-            "{shown}"
-        );
-        assert!(shown.contains("http://***@127.0.0.1:4242"), "{shown}");
-        assert_eq!(
-            redact_userinfo("http://127.0.0.1:1/a@b"),
-            "http://127.0.0.1:1/a@b"
-        );
-    }
-}
-
 #[async_trait]
 impl FlagProvider for UnleashProvider {
     fn kind(&self) -> &str {
@@ -662,5 +636,31 @@ impl FlagProvider for UnleashProvider {
             return Err(Self::http_error(&Method::DELETE, &purge, &a, written));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_info_in_the_url_is_never_shown() {
+        let p = UnleashProvider::new(
+            "http://bob:hunter2@127.0.0.1:4242/",
+            "tok-en",
+            "default",
+            "development",
+        )
+        .unwrap();
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("tok-en"),
+            "{shown}"
+        );
+        assert!(shown.contains("http://***@127.0.0.1:4242"), "{shown}");
+        assert_eq!(
+            redact_userinfo("http://127.0.0.1:1/a@b"),
+            "http://127.0.0.1:1/a@b"
+        );
     }
 }
