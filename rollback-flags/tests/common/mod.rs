@@ -73,10 +73,12 @@ pub async fn cleanup(prefix: &str) {
     }
 }
 
-/// The id of Unleash's latest event (the client API's revision catches up to it).
+/// The id of Unleash's latest flag event: the client API's `meta.revisionId` is the
+/// largest id of events that name a flag (Unleash 6's `getMaxRevisionId`), so it catches
+/// up to this one.
 pub async fn latest_event_id() -> u64 {
     let v: Value = http()
-        .get(format!("{}/api/admin/events?limit=1", unleash_url()))
+        .get(format!("{}/api/admin/events", unleash_url()))
         .header("Authorization", admin_token())
         .send()
         .await
@@ -84,7 +86,14 @@ pub async fn latest_event_id() -> u64 {
         .json()
         .await
         .expect("events json");
-    v["events"][0]["id"].as_u64().unwrap_or(0)
+    v["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["featureName"].is_string())
+        .filter_map(|e| e["id"].as_u64())
+        .max()
+        .unwrap_or(0)
 }
 
 /// What an application sees: `GET /api/client/features` with the client token, the
