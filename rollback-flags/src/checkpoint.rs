@@ -76,6 +76,12 @@ impl FlagSnapshot {
 /// deletes covered flags that did not exist, then reads back and refuses to report
 /// success unless the read-back digest is the captured one.
 ///
+/// What is covered is what [`FlagState`] holds for the provider's environment. Flag
+/// metadata shared by all environments (Unleash's type, description, stale mark,
+/// impression data, tags, dependencies) is not: a flag deleted during the run and
+/// re-created by a restore gets type `release` and no description (an archived one is
+/// revived with its own).
+///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// use std::sync::Arc;
