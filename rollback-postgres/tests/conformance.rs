@@ -5,8 +5,8 @@ mod common;
 
 use common::TestDb;
 use rollback_core::conformance::Subject;
-use rollback_core::journal::MemoryJournal;
-use rollback_postgres::{RestoreMethod, SqlStep, Table, TableSnapshot};
+use rollback_core::journal::{Journal, MemoryJournal};
+use rollback_postgres::{PgJournal, RestoreMethod, SqlStep, Table, TableSnapshot};
 use std::sync::Arc;
 
 async fn items(db: &TestDb) {
@@ -21,19 +21,28 @@ async fn items(db: &TestDb) {
 }
 
 async fn run_suite(db: &TestDb, method: RestoreMethod, step: SqlStep) {
+    run_suite_with(db, method, step, Arc::new(MemoryJournal::new())).await
+}
+
+async fn run_suite_with(
+    db: &TestDb,
+    method: RestoreMethod,
+    step: SqlStep,
+    journal: Arc<dyn Journal>,
+) {
     let cp = TableSnapshot::new(&db.db, Table::public("items")).restore_method(method);
     let other = TableSnapshot::new(&db.db, Table::public("other"));
     common::suite::run_all(Subject {
         checkpoint: Arc::new(cp),
         other_checkpoint: Arc::new(other),
         step: Arc::new(step),
-        journal: Arc::new(MemoryJournal::new()),
+        journal,
     })
     .await;
 }
 
 #[tokio::test]
-async fn table_snapshot_with_swap_and_compensable_sql_step_pass_the_suite() {
+async fn table_snapshot_with_swap_and_compensable_sql_step_pass_the_suite_with_the_pg_journal() {
     let db = TestDb::new("conf_swap").await;
     items(&db).await;
     let step = SqlStep::new(
@@ -42,7 +51,13 @@ async fn table_snapshot_with_swap_and_compensable_sql_step_pass_the_suite() {
         "UPDATE items SET qty = qty + 1 WHERE id <= 50",
     )
     .down("UPDATE items SET qty = qty - 1 WHERE id <= 50");
-    run_suite(&db, RestoreMethod::Auto, step).await;
+    run_suite_with(
+        &db,
+        RestoreMethod::Auto,
+        step,
+        Arc::new(PgJournal::new(&db.db)),
+    )
+    .await;
 }
 
 #[tokio::test]

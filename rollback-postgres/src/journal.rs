@@ -1,0 +1,369 @@
+//! [`PgJournal`]: the run journal in PostgreSQL, shared by many processes and machines.
+
+use crate::db::Database;
+use crate::error::{Class, PgError, PgResultExt};
+use crate::ident::quote_ident;
+use async_trait::async_trait;
+use rollback_core::journal::{verify_chain, Entry, Journal, JournalError, Lease, Record};
+use rollback_core::{Digest, Error, Result};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// A [`Journal`] in PostgreSQL: many executors in many processes on many machines share
+/// runs through it.
+///
+/// - **Records** live in `_rollback.journal(run_id, seq, at_ms, prev, entry, hash)` with
+///   primary key `(run_id, seq)`; `entry` is the exact JSON that was hashed (text; a
+///   generated `entry_json jsonb` and `kind` column are there for operators' queries).
+///   Each append runs in one transaction that takes `pg_advisory_xact_lock` on the run,
+///   reads the run's head, seals the record with [`Record::seal`] chained to it and
+///   inserts it, with `synchronous_commit = on`: it is durable when `append` returns.
+///   Should another writer slip in anyway, the primary key refuses the duplicate seq and
+///   the append fails with [`JournalError::Concurrent`]. A connection lost during
+///   `COMMIT` is resolved by looking the record up.
+/// - **Reads** return the records in `seq` order after [`verify_chain`]: an altered,
+///   deleted or reordered row is a [`JournalError`] (`Tampered`, `OutOfOrder`,
+///   `Malformed`), never silently accepted. Transactions make torn records impossible.
+/// - **Leases** live in `_rollback.leases(key, holder, expires_at_ms, taken_over_from)`,
+///   decided under an advisory lock on the key with the **database server's clock**, so
+///   machines with skewed clocks agree on expiry; an expired lease is taken over and the
+///   previous holder named.
+///
+/// ```no_run
+/// # async fn demo() -> rollback_core::Result<()> {
+/// use rollback_core::Executor;
+/// use rollback_postgres::{Database, PgJournal};
+/// let db = Database::connect("postgres://postgres@127.0.0.1:55432/ops")?;
+/// let executor = Executor::new(PgJournal::new(&db));
+/// # let _ = executor; Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct PgJournal {
+    db: Database,
+    schema: String,
+    ready: OnceCell<()>,
+}
+
+impl PgJournal {
+    /// A journal in the `_rollback` schema of `db` (tables created on first use).
+    pub fn new(db: &Database) -> Self {
+        PgJournal {
+            db: db.clone(),
+            schema: crate::markers::DEFAULT_MARKER_SCHEMA.into(),
+            ready: OnceCell::new(),
+        }
+    }
+
+    /// Use another schema.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    fn records_table(&self) -> String {
+        format!("{}.journal", quote_ident(&self.schema))
+    }
+
+    fn leases_table(&self) -> String {
+        format!("{}.leases", quote_ident(&self.schema))
+    }
+
+    /// Create the tables if absent.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn ensure(&self) -> Result<()> {
+        self.ready
+            .get_or_try_init(|| async {
+                let s = quote_ident(&self.schema);
+                let ddl = format!(
+                    "CREATE SCHEMA IF NOT EXISTS {s}; \
+                     CREATE TABLE IF NOT EXISTS {s}.journal ( \
+                        run_id text NOT NULL, seq bigint NOT NULL, at_ms bigint NOT NULL, \
+                        prev text NOT NULL, entry text NOT NULL, hash text NOT NULL, \
+                        entry_json jsonb GENERATED ALWAYS AS (entry::jsonb) STORED, \
+                        kind text GENERATED ALWAYS AS (entry::jsonb ->> 'type') STORED, \
+                        written_at timestamptz NOT NULL DEFAULT now(), \
+                        PRIMARY KEY (run_id, seq)); \
+                     CREATE TABLE IF NOT EXISTS {s}.leases ( \
+                        key text PRIMARY KEY, holder text NOT NULL, expires_at_ms bigint NOT NULL, \
+                        taken_over_from text, updated_at timestamptz NOT NULL DEFAULT now());"
+                );
+                let c = self.db.client().await?;
+                for attempt in 0..3 {
+                    match c.batch_execute(&ddl).await {
+                        Ok(()) => return Ok(()),
+                        Err(e)
+                            if attempt < 2
+                                && matches!(
+                                    e.code().map(|c| c.code()),
+                                    Some("23505") | Some("42P06") | Some("42P07")
+                                ) =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => {
+                            return Err(journal_err(PgError::new("creating journal tables", &e)))
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn find(&self, run_id: &str, seq: i64, hash: &str) -> Result<bool> {
+        let c = self.db.client().await?;
+        let row = c
+            .query_opt(
+                &format!(
+                    "SELECT 1 FROM {} WHERE run_id = $1 AND seq = $2 AND hash = $3",
+                    self.records_table()
+                ),
+                &[&run_id, &seq, &hash],
+            )
+            .await
+            .ctx("looking up a journal record")?;
+        Ok(row.is_some())
+    }
+}
+
+fn journal_err(e: PgError) -> Error {
+    match e.class() {
+        Class::Transient | Class::Connection => e.into_core(false),
+        Class::Permanent => Error::Journal(JournalError::Backend(e.to_string())),
+    }
+}
+
+#[async_trait]
+impl Journal for PgJournal {
+    async fn append(&self, run_id: &str, entry: &Entry) -> Result<Record> {
+        self.ensure().await?;
+        let mut obj = self.db.client().await?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| journal_err(PgError::new("journal append", &e)))?;
+        tx.batch_execute("SET LOCAL synchronous_commit = on")
+            .await
+            .map_err(|e| journal_err(PgError::new("journal append", &e)))?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('rollback-journal:' || $1, 0))",
+            &[&run_id],
+        )
+        .await
+        .map_err(|e| journal_err(PgError::new("locking the run's journal", &e)))?;
+        let head = tx
+            .query_opt(
+                &format!(
+                    "SELECT seq, hash FROM {} WHERE run_id = $1 ORDER BY seq DESC LIMIT 1",
+                    self.records_table()
+                ),
+                &[&run_id],
+            )
+            .await
+            .map_err(|e| journal_err(PgError::new("reading the run's head", &e)))?;
+        let (seq, prev) = match head {
+            Some(r) => {
+                let seq: i64 = r.get(0);
+                let hash: String = r.get(1);
+                let prev = Digest::from_hex(&hash).map_err(|_| {
+                    Error::Journal(JournalError::Malformed {
+                        run_id: run_id.to_string(),
+                        line: seq as u64 + 1,
+                        message: "stored hash is not a digest".into(),
+                    })
+                })?;
+                (seq as u64 + 1, prev)
+            }
+            None => (0, Digest::default()),
+        };
+        let rec = Record::seal(run_id, seq, rollback_core::now_ms(), prev, entry.clone());
+        let json = serde_json::to_string(&rec.entry)
+            .map_err(|e| Error::Journal(JournalError::Backend(format!("encoding entry: {e}"))))?;
+        let hash = rec.hash.to_hex();
+        let inserted = tx
+            .execute(
+                &format!(
+                    "INSERT INTO {} (run_id, seq, at_ms, prev, entry, hash) VALUES ($1, $2, $3, $4, $5, $6)",
+                    self.records_table()
+                ),
+                &[
+                    &run_id,
+                    &(seq as i64),
+                    &(rec.at_ms as i64),
+                    &rec.prev.to_hex(),
+                    &json,
+                    &hash,
+                ],
+            )
+            .await;
+        if let Err(e) = inserted {
+            if e.code().map(|c| c.code()) == Some("23505") {
+                return Err(Error::Journal(JournalError::Concurrent {
+                    run_id: run_id.to_string(),
+                    seq,
+                }));
+            }
+            return Err(journal_err(PgError::new("inserting a journal record", &e)));
+        }
+        match tx.commit().await {
+            Ok(()) => Ok(rec),
+            Err(e) => {
+                let pe = PgError::new("committing a journal record", &e);
+                if pe.class() == Class::Connection
+                    && self.find(run_id, seq as i64, &hash).await.unwrap_or(false)
+                {
+                    return Ok(rec);
+                }
+                Err(journal_err(pe))
+            }
+        }
+    }
+
+    async fn records(&self, run_id: &str) -> Result<Vec<Record>> {
+        self.ensure().await?;
+        let c = self.db.client().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT seq, at_ms, prev, entry, hash FROM {} WHERE run_id = $1 ORDER BY seq",
+                    self.records_table()
+                ),
+                &[&run_id],
+            )
+            .await
+            .map_err(|e| journal_err(PgError::new("reading the journal", &e)))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, r) in rows.iter().enumerate() {
+            let malformed = |message: String| {
+                Error::Journal(JournalError::Malformed {
+                    run_id: run_id.to_string(),
+                    line: i as u64 + 1,
+                    message,
+                })
+            };
+            let seq: i64 = r.get(0);
+            let at_ms: i64 = r.get(1);
+            let prev: String = r.get(2);
+            let entry: String = r.get(3);
+            let hash: String = r.get(4);
+            let entry: Entry = serde_json::from_str(&entry)
+                .map_err(|e| malformed(format!("entry is not a journal entry: {e}")))?;
+            out.push(Record {
+                seq: seq.max(0) as u64,
+                at_ms: at_ms.max(0) as u64,
+                prev: Digest::from_hex(&prev)
+                    .map_err(|_| malformed("prev is not a digest".into()))?,
+                entry,
+                hash: Digest::from_hex(&hash)
+                    .map_err(|_| malformed("hash is not a digest".into()))?,
+            });
+        }
+        verify_chain(run_id, &out)?;
+        Ok(out)
+    }
+
+    async fn runs(&self) -> Result<Vec<String>> {
+        self.ensure().await?;
+        let c = self.db.client().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT DISTINCT run_id FROM {} ORDER BY run_id",
+                    self.records_table()
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| journal_err(PgError::new("listing runs", &e)))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Lease> {
+        self.ensure().await?;
+        let mut obj = self.db.client().await?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| journal_err(PgError::new("lease", &e)))?;
+        let now: i64 = tx
+            .query_one(
+                "SELECT pg_advisory_xact_lock(hashtextextended('rollback-lease:' || $1, 0)), \
+                        (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+                &[&key],
+            )
+            .await
+            .map_err(|e| journal_err(PgError::new("locking the lease", &e)))?
+            .get(1);
+        let current = tx
+            .query_opt(
+                &format!(
+                    "SELECT holder, expires_at_ms FROM {} WHERE key = $1",
+                    self.leases_table()
+                ),
+                &[&key],
+            )
+            .await
+            .map_err(|e| journal_err(PgError::new("reading the lease", &e)))?
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)));
+        let expires = now + ttl.as_millis() as i64;
+        let taken_over_from = match &current {
+            Some((h, exp)) if h != holder && *exp > now => {
+                return Err(Error::LeaseHeld {
+                    key: key.to_string(),
+                    holder: h.clone(),
+                    remaining_ms: (*exp - now) as u64,
+                });
+            }
+            Some((h, _)) if h != holder => Some(h.clone()),
+            _ => None,
+        };
+        tx.execute(
+            &format!(
+                "INSERT INTO {} (key, holder, expires_at_ms, taken_over_from, updated_at) VALUES ($1, $2, $3, $4, now()) \
+                 ON CONFLICT (key) DO UPDATE SET holder = EXCLUDED.holder, expires_at_ms = EXCLUDED.expires_at_ms, \
+                 taken_over_from = EXCLUDED.taken_over_from, updated_at = now()",
+                self.leases_table()
+            ),
+            &[&key, &holder, &expires, &taken_over_from],
+        )
+        .await
+        .map_err(|e| journal_err(PgError::new("writing the lease", &e)))?;
+        tx.commit()
+            .await
+            .map_err(|e| journal_err(PgError::new("committing the lease", &e)))?;
+        if let Some(prev) = &taken_over_from {
+            tracing::warn!(key, holder, previous = %prev, "took over an expired lease");
+        }
+        Ok(Lease {
+            key: key.to_string(),
+            holder: holder.to_string(),
+            expires_at_ms: expires.max(0) as u64,
+            taken_over_from,
+        })
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<()> {
+        self.ensure().await?;
+        let c = self.db.client().await?;
+        c.execute(
+            &format!(
+                "DELETE FROM {} WHERE key = $1 AND holder = $2",
+                self.leases_table()
+            ),
+            &[&key, &holder],
+        )
+        .await
+        .map_err(|e| journal_err(PgError::new("releasing the lease", &e)))?;
+        Ok(())
+    }
+}
