@@ -1,0 +1,399 @@
+//! SqlStep on the real server: exactly-once markers, guards, non-transactional DDL,
+//! destructive statements, and connections killed mid-step.
+
+mod common;
+
+use common::TestDb;
+use rollback_core::journal::{Entry, Journal, MemoryJournal};
+use rollback_core::{
+    Context, Error, Executor, Outcome, Plan, PlanError, Reversibility, Step, StepOptions,
+};
+use rollback_postgres::{Backfill, SqlStep, Table, TableSnapshot, TxMode};
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn counter(db: &TestDb) {
+    db.exec(
+        "CREATE TABLE counter (id int PRIMARY KEY, n int NOT NULL);
+         INSERT INTO counter VALUES (1, 0);
+         CREATE TABLE t (id int PRIMARY KEY, v int, label text);
+         INSERT INTO t SELECT g, g, 'l' || g FROM generate_series(1, 2000) g;",
+    )
+    .await;
+}
+
+fn bump(db: &TestDb) -> SqlStep {
+    SqlStep::new(&db.db, "bump", "UPDATE counter SET n = n + 1")
+        .down("UPDATE counter SET n = n - 1")
+}
+
+#[tokio::test]
+async fn apply_runs_up_once_per_run_and_revert_runs_down_once() {
+    let db = TestDb::new("sql_once").await;
+    counter(&db).await;
+    let step = bump(&db);
+    assert_eq!(step.mode(), TxMode::Transactional);
+    assert_eq!(step.reversibility(), Reversibility::Compensable);
+    let run1 = Context::standalone("run-1");
+    let r1 = step.apply(&run1).await.unwrap();
+    let r2 = step.apply(&run1).await.unwrap();
+    assert_eq!(r1, r2, "same receipt");
+    assert_eq!(db.count("SELECT n FROM counter").await, 1, "applied once");
+    assert_eq!(
+        db.count("SELECT count(*) FROM _rollback.applied_steps WHERE run_id = 'run-1' AND step_id = 'bump'").await,
+        1
+    );
+    // Another run is another application.
+    step.apply(&Context::standalone("run-2")).await.unwrap();
+    assert_eq!(db.count("SELECT n FROM counter").await, 2);
+    step.revert(Some(&r1), &run1).await.unwrap();
+    step.revert(Some(&r1), &run1).await.unwrap();
+    step.revert(None, &run1).await.unwrap();
+    assert_eq!(db.count("SELECT n FROM counter").await, 1, "reverted once");
+    // Never applied in this run: a no-op.
+    step.revert(None, &Context::standalone("run-3"))
+        .await
+        .unwrap();
+    assert_eq!(db.count("SELECT n FROM counter").await, 1);
+}
+
+#[tokio::test]
+async fn a_failing_up_leaves_neither_change_nor_marker() {
+    let db = TestDb::new("sql_fail").await;
+    counter(&db).await;
+    let step = SqlStep::new(&db.db, "half", "UPDATE counter SET n = 100; SELECT 1/0")
+        .down("UPDATE counter SET n = 0");
+    let ctx = Context::standalone("run-f");
+    let err = step.apply(&ctx).await.unwrap_err();
+    assert!(!err.maybe_applied() && !err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains("division by zero"), "{err}");
+    assert_eq!(db.count("SELECT n FROM counter").await, 0);
+    assert_eq!(
+        db.count("SELECT count(*) FROM _rollback.applied_steps")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_lock_timeout_is_transient_and_the_executor_retries_until_the_lock_frees() {
+    let db = TestDb::new("sql_lock").await;
+    counter(&db).await;
+    // Another session holds the table for a while.
+    let (holder, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    holder
+        .batch_execute("BEGIN; LOCK TABLE counter IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let step = bump(&db).lock_timeout(Duration::from_millis(200));
+    let err = step
+        .apply(&Context::standalone("direct"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Transient {
+                maybe_applied: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("55P03"), "{err}");
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        holder.batch_execute("COMMIT").await.unwrap();
+    });
+    let plan = Plan::builder("lock-retry")
+        .step(
+            "db",
+            bump(&db).lock_timeout(Duration::from_millis(200)),
+            &[],
+        )
+        .default_step_options(
+            StepOptions::default()
+                .retries(10)
+                .backoff(Duration::from_millis(150)),
+        )
+        .build()
+        .unwrap();
+    let journal = Arc::new(MemoryJournal::new());
+    let report = Executor::with_journal(journal.clone())
+        .run(&plan)
+        .await
+        .unwrap();
+    release.await.unwrap();
+    assert_eq!(
+        report.outcome,
+        Outcome::Committed,
+        "{}",
+        report.to_markdown()
+    );
+    let records = journal.records(&report.run_id).await.unwrap();
+    let transient_failures = records
+        .iter()
+        .filter(|r| {
+            matches!(
+                &r.entry,
+                Entry::ApplyFailed {
+                    transient: true,
+                    maybe_applied: false,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(transient_failures >= 1, "the lock timeout was retried");
+    assert_eq!(db.count("SELECT n FROM counter").await, 1);
+}
+
+#[tokio::test]
+async fn a_statement_timeout_stops_a_runaway_statement() {
+    let db = TestDb::new("sql_stmt").await;
+    counter(&db).await;
+    let step = SqlStep::new(
+        &db.db,
+        "slow",
+        "UPDATE counter SET n = 5; SELECT pg_sleep(5)",
+    )
+    .down("UPDATE counter SET n = 0")
+    .statement_timeout(Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    let err = step.apply(&Context::standalone("s")).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(err.is_transient() && !err.maybe_applied(), "{err:?}");
+    assert_eq!(db.count("SELECT n FROM counter").await, 0);
+}
+
+#[tokio::test]
+async fn create_index_concurrently_runs_outside_a_transaction_and_cleans_an_invalid_leftover() {
+    let db = TestDb::new("sql_cic").await;
+    counter(&db).await;
+    db.exec("INSERT INTO t VALUES (2001, 1, 'dup')").await; // v is not unique yet
+    let step = SqlStep::new(
+        &db.db,
+        "unique-v",
+        "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS t_v_key ON t (v)",
+    )
+    .down("DROP INDEX CONCURRENTLY IF EXISTS t_v_key");
+    assert_eq!(step.mode(), TxMode::NonTransactional);
+    let ctx = Context::standalone("cic");
+    let err = step.apply(&ctx).await.unwrap_err();
+    assert!(
+        err.maybe_applied(),
+        "a non-transactional failure may have left effects: {err:?}"
+    );
+    assert_eq!(
+        db.scalar("SELECT indisvalid::text FROM pg_index WHERE indexrelid = 't_v_key'::regclass")
+            .await
+            .as_deref(),
+        Some("false"),
+        "the failed build left an invalid index"
+    );
+    assert_eq!(
+        db.scalar("SELECT state FROM _rollback.applied_steps WHERE step_id = 'unique-v'")
+            .await
+            .as_deref(),
+        Some("applying")
+    );
+    db.exec("DELETE FROM t WHERE id = 2001").await;
+    step.apply(&ctx).await.unwrap();
+    assert_eq!(
+        db.scalar("SELECT indisvalid::text FROM pg_index WHERE indexrelid = 't_v_key'::regclass")
+            .await
+            .as_deref(),
+        Some("true"),
+        "rebuilt valid, not kept invalid by IF NOT EXISTS"
+    );
+    assert_eq!(
+        db.scalar("SELECT state FROM _rollback.applied_steps WHERE step_id = 'unique-v'")
+            .await
+            .as_deref(),
+        Some("applied")
+    );
+    step.revert(None, &ctx).await.unwrap();
+    assert_eq!(
+        db.count("SELECT count(*) FROM pg_class WHERE relname = 't_v_key'")
+            .await,
+        0
+    );
+    step.revert(None, &ctx).await.unwrap();
+}
+
+#[tokio::test]
+async fn destructive_up_makes_the_step_restore_only_and_the_checkpoint_undoes_it() {
+    let db = TestDb::new("sql_destr").await;
+    counter(&db).await;
+    let before = db.dump();
+    let t = Table::public("t");
+    let drop = || {
+        SqlStep::new(&db.db, "drop-label", "ALTER TABLE t DROP COLUMN label")
+            .down("ALTER TABLE t ADD COLUMN label text")
+            .touches_table(&t)
+    };
+    assert_eq!(drop().reversibility(), Reversibility::RestoreOnly);
+    assert_eq!(
+        drop().destructive_statements()[0].0,
+        "ALTER TABLE … DROP COLUMN"
+    );
+    assert!(drop().describe().contains("destructive"));
+    let approved = drop().approve_destructive("label is derivable");
+    assert_eq!(approved.reversibility(), Reversibility::Compensable);
+    // No checkpoint: the plan is refused.
+    let refused = Plan::builder("no-cover").step("db", drop(), &[]).build();
+    assert!(
+        matches!(refused, Err(PlanError::Uncovered { .. })),
+        "{refused:?}"
+    );
+    // Covered: a later failure rolls it back by restoring the snapshot.
+    let plan = Plan::builder("covered")
+        .checkpoint("db", TableSnapshot::new(&db.db, t.clone()))
+        .step("db", drop(), &[])
+        .step(
+            "db",
+            SqlStep::new(&db.db, "boom", "SELECT 1/0").down("SELECT 1"),
+            &["drop-label"],
+        )
+        .build()
+        .unwrap();
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    assert!(report.parity_proven());
+    assert!(
+        report.to_markdown().contains("swap"),
+        "{}",
+        report.to_markdown()
+    );
+    common::assert_same_dump(&before, &db.dump(), "after rollback of a DROP COLUMN");
+}
+
+/// Kill the backend that runs a statement matching `marker` once it shows up.
+fn terminate_when_running(url: String, marker: &'static str) -> tokio::task::JoinHandle<i32> {
+    tokio::spawn(async move {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..400 {
+            let rows = c
+                .query(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                     AND pid <> pg_backend_pid() AND query LIKE '%' || $1 || '%' AND state = 'active'",
+                    &[&marker],
+                )
+                .await
+                .unwrap();
+            if let Some(r) = rows.first() {
+                let pid: i32 = r.get(0);
+                c.execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .unwrap();
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no backend ran {marker}");
+    })
+}
+
+#[tokio::test]
+async fn a_backend_terminated_mid_step_is_retried_and_nothing_is_lost_or_doubled() {
+    let db = TestDb::new("sql_kill").await;
+    counter(&db).await;
+    let killer = terminate_when_running(db.url.clone(), "kill-me-apply");
+    let step = SqlStep::new(
+        &db.db,
+        "bump-slowly",
+        "UPDATE counter SET n = n + 1; SELECT pg_sleep(0.5), 'kill-me-apply'",
+    )
+    .down("UPDATE counter SET n = n - 1; SELECT pg_sleep(0.5), 'kill-me-revert'");
+    let plan = Plan::builder("kill-apply")
+        .checkpoint("db", TableSnapshot::new(&db.db, Table::public("counter")))
+        .step("db", step, &[])
+        .step(
+            "db",
+            SqlStep::new(&db.db, "fail-later", "SELECT 1/0").down("SELECT 1"),
+            &["bump-slowly"],
+        )
+        .default_step_options(
+            StepOptions::default()
+                .retries(3)
+                .backoff(Duration::from_millis(50)),
+        )
+        .build()
+        .unwrap();
+    let killer2 = tokio::spawn({
+        let url = db.url.clone();
+        async move {
+            killer.await.unwrap();
+            // Once the apply was killed and retried, kill the revert as well.
+            terminate_when_running(url, "kill-me-revert").await.unwrap()
+        }
+    });
+    let journal = Arc::new(MemoryJournal::new());
+    let report = Executor::with_journal(journal.clone())
+        .run(&plan)
+        .await
+        .unwrap();
+    killer2.await.unwrap();
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    assert!(report.parity_proven());
+    let recs = journal.records(&report.run_id).await.unwrap();
+    let killed_apply = recs.iter().any(|r| matches!(&r.entry, Entry::ApplyFailed { step, transient: true, .. } if step == "bump-slowly"));
+    let killed_revert = recs
+        .iter()
+        .any(|r| matches!(&r.entry, Entry::RevertFailed { step, .. } if step == "bump-slowly"));
+    assert!(killed_apply && killed_revert, "{}", report.to_markdown());
+    assert_eq!(
+        db.count("SELECT n FROM counter").await,
+        0,
+        "applied once, reverted once"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM _rollback.applied_steps WHERE step_id = 'bump-slowly'")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_backend_terminated_mid_backfill_batch_is_retried_in_place() {
+    let db = TestDb::new("bf_kill").await;
+    counter(&db).await;
+    db.exec("ALTER TABLE t ADD COLUMN doubled int").await;
+    let killer = terminate_when_running(db.url.clone(), "pg_sleep(0.2)");
+    let fill = Backfill::new(
+        &db.db,
+        "double",
+        Table::public("t"),
+        "id",
+        "doubled = v * 2 + (SELECT 0 FROM pg_sleep(0.2))",
+    )
+    .batch_size(500);
+    let ctx = Context::standalone("bf-kill");
+    let receipt = fill.apply(&ctx).await.unwrap();
+    killer.await.unwrap();
+    assert_eq!(receipt.0["rows"], 2000);
+    assert_eq!(
+        db.count("SELECT count(*) FROM t WHERE doubled = v * 2")
+            .await,
+        2000
+    );
+}
