@@ -11,6 +11,7 @@ mod config;
 mod error;
 mod manifest;
 mod steps;
+mod verify;
 
 pub use aws_sdk_s3;
 pub use bucket::{ObjectInfo, S3Bucket, Store, DEFAULT_CONCURRENCY, DEFAULT_STORE_PREFIX};
@@ -20,3 +21,4 @@ pub use manifest::{ManifestEntry, ManifestHeader, ManifestRef, FORMAT, PART_ENTR
 pub use steps::{
     CopyPrefix, DeleteObjects, MovePrefix, PutObjects, RelayoutReceipt, RewriteFn, RewriteObjects,
 };
+pub use verify::{ManifestParity, ObjectAbsent, ObjectExists, ObjectPredicate, SAMPLE_CAP};
