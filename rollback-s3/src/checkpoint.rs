@@ -4,7 +4,7 @@ use crate::bucket::{version_fix, KeyVersions, ObjectInfo, S3Bucket, VersionFix, 
 use crate::error::after_writes;
 use crate::manifest::{
     fingerprint_field, ManifestEntry, ManifestHeader, ManifestReader, ManifestRef, ManifestWriter,
-    FORMAT,
+    FORMAT, PART_ENTRIES,
 };
 use async_trait::async_trait;
 use rollback_core::{Checkpoint, Context, Digest, Error, Hasher, Restored, Result, Snapshot};
@@ -72,6 +72,7 @@ pub struct S3Checkpoint {
     resource: String,
     mode: CheckpointMode,
     content_digests: bool,
+    part_entries: usize,
 }
 
 /// The resolved mode of one capture.
@@ -133,6 +134,7 @@ impl S3Checkpoint {
             prefix,
             mode: CheckpointMode::Auto,
             content_digests: false,
+            part_entries: PART_ENTRIES,
         }
     }
 
@@ -146,6 +148,13 @@ impl S3Checkpoint {
     /// per object at capture).
     pub fn content_digests(mut self, on: bool) -> Self {
         self.content_digests = on;
+        self
+    }
+
+    /// Entries per stored manifest part (default [`PART_ENTRIES`]): what a capture or
+    /// restore holds in memory at once.
+    pub fn manifest_part_entries(mut self, n: usize) -> Self {
+        self.part_entries = n.max(1);
         self
     }
 
@@ -535,7 +544,7 @@ impl Checkpoint for S3Checkpoint {
             mode: mode.name().into(),
             copies: (mode == Mode::Copy).then(|| format!("{}/{copies_prefix}", store.name())),
         };
-        let mut w = ManifestWriter::new(store.clone(), parts_prefix, header);
+        let mut w = ManifestWriter::new(store.clone(), parts_prefix, header, self.part_entries);
         let res = self.capture_into(mode, &mut w, &copies_prefix, ctx).await;
         let finished = match res {
             Ok(()) => {

@@ -8,7 +8,7 @@ use rollback_core::{Digest, Error, Hasher, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
-/// Entries per stored manifest part (about 1–2 MB of JSON lines).
+/// Default entries per stored manifest part (about 1–2 MB of JSON lines).
 pub const PART_ENTRIES: usize = 10_000;
 
 /// The manifest format tag.
@@ -133,6 +133,7 @@ pub(crate) struct ManifestWriter {
     store: S3Bucket,
     parts_prefix: String,
     header: ManifestHeader,
+    part_entries: usize,
     buf: Vec<u8>,
     in_part: usize,
     parts: u32,
@@ -143,13 +144,19 @@ pub(crate) struct ManifestWriter {
 }
 
 impl ManifestWriter {
-    pub(crate) fn new(store: S3Bucket, parts_prefix: String, header: ManifestHeader) -> Self {
+    pub(crate) fn new(
+        store: S3Bucket,
+        parts_prefix: String,
+        header: ManifestHeader,
+        part_entries: usize,
+    ) -> Self {
         let mut buf = serde_json::to_vec(&header).unwrap_or_default();
         buf.push(b'\n');
         ManifestWriter {
             store,
             parts_prefix,
             header,
+            part_entries: part_entries.max(1),
             buf,
             in_part: 0,
             parts: 0,
@@ -173,7 +180,7 @@ impl ManifestWriter {
         self.entries += 1;
         self.total_bytes += e.size;
         self.in_part += 1;
-        if self.in_part >= PART_ENTRIES {
+        if self.in_part >= self.part_entries {
             self.flush().await?;
         }
         Ok(())

@@ -230,3 +230,19 @@ pub async fn run_all(s: rollback_core::conformance::Subject) {
     revert_without_receipt(s.step.as_ref(), s.checkpoint.as_ref()).await;
     interrupted_step_resumes(s.step.clone(), s.checkpoint.clone(), s.journal.clone()).await;
 }
+
+/// A fresh bucket whose requests are counted by `counter`.
+pub async fn fresh_counted(
+    label: &str,
+    versioned: bool,
+    counter: &rollback_s3::RequestCounter,
+) -> S3Bucket {
+    let b = S3Bucket::connect_counted(&settings(), bucket_name(label), counter);
+    b.create(versioned).await.expect("create bucket");
+    b
+}
+
+/// Requests of one operation counted so far.
+pub fn count(counter: &rollback_s3::RequestCounter, op: &str) -> u64 {
+    counter.by_operation().get(op).copied().unwrap_or(0)
+}
