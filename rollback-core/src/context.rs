@@ -4,7 +4,7 @@ use crate::events::RunEvent;
 use crate::journal::{Entry, Journal};
 use crate::{Result, Snapshot};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +19,8 @@ pub struct Context {
     cursor: Option<serde_json::Value>,
     journal: Option<Arc<dyn Journal>>,
     baseline: Arc<BTreeMap<String, Snapshot>>,
+    /// Cursors saved in this process, shared with the run (so a retry sees them).
+    saved: Arc<Mutex<BTreeMap<String, serde_json::Value>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -49,6 +51,7 @@ impl Context {
             cursor: None,
             journal: None,
             baseline: Arc::new(BTreeMap::new()),
+            saved: Arc::default(),
         }
     }
 
@@ -67,6 +70,7 @@ impl Context {
         cancel: CancellationToken,
         journal: Arc<dyn Journal>,
         baseline: Arc<BTreeMap<String, Snapshot>>,
+        saved: Arc<Mutex<BTreeMap<String, serde_json::Value>>>,
     ) -> Self {
         Context {
             run_id: run_id.to_string(),
@@ -76,13 +80,19 @@ impl Context {
             cursor: None,
             journal: Some(journal),
             baseline,
+            saved,
         }
     }
 
-    pub(crate) fn with_step(&self, step: &str, cursor: Option<serde_json::Value>) -> Self {
+    pub(crate) fn with_step(&self, step: &str) -> Self {
         let mut c = self.clone();
         c.step = Some(step.to_string());
-        c.cursor = cursor;
+        c.cursor = self
+            .saved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(step)
+            .cloned();
         c
     }
 

@@ -54,7 +54,7 @@ impl Digest {
         let bad = || crate::Error::Invalid {
             message: format!("not a 64-character hex digest: {:?}", truncate(s, 80)),
         };
-        if s.len() != 64 || !s.is_ascii() {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
         let mut out = [0u8; 32];

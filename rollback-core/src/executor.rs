@@ -77,6 +77,7 @@ pub struct Executor {
     holder: String,
     lease_ttl: Duration,
     policy: RunPolicy,
+    resume_override: Option<ResumePolicy>,
     rollback_retries: u32,
 }
 
@@ -131,6 +132,7 @@ impl Executor {
             ),
             lease_ttl: Duration::from_secs(30),
             policy: RunPolicy::default(),
+            resume_override: None,
             rollback_retries: 5,
         }
     }
@@ -140,9 +142,12 @@ impl Executor {
         self.policy.scope = scope;
         self
     }
-    /// Set what resume does with an interrupted apply.
+    /// Set what resume does with an interrupted apply. Runs started by this executor
+    /// journal it; [`Executor::resume`] on this executor uses it instead of the policy
+    /// the run was started with (without this call, resume keeps the journaled one).
     pub fn on_resume(mut self, policy: ResumePolicy) -> Self {
         self.policy.on_resume = policy;
+        self.resume_override = Some(policy);
         self
     }
     /// Set the holder id used for leases (defaults to pid + random).
@@ -304,6 +309,9 @@ impl Executor {
         async {
             let mut run = Run::new(self, plan, run_id, CancellationToken::new(), true);
             run.policy = policy;
+            if let Some(p) = self.resume_override {
+                run.policy.on_resume = p;
+            }
             run.state = state;
             run.append(Entry::Resumed {
                 holder: self.holder.clone(),
@@ -492,6 +500,8 @@ struct Run<'a> {
     policy: RunPolicy,
     state: State,
     records: Vec<Record>,
+    /// Resume cursors: from the journal, plus those saved by steps in this process.
+    cursors: Arc<std::sync::Mutex<BTreeMap<String, serde_json::Value>>>,
 }
 
 enum Flow {
@@ -519,6 +529,7 @@ impl<'a> Run<'a> {
             policy: ex.policy,
             state: State::default(),
             records: Vec::new(),
+            cursors: Arc::default(),
         }
     }
 
@@ -541,10 +552,12 @@ impl<'a> Run<'a> {
             self.cancel.clone(),
             self.ex.journal.clone(),
             Arc::new(self.state.baseline.clone()),
+            self.cursors.clone(),
         )
     }
 
     async fn drive(mut self) -> Result<RunReport> {
+        *self.cursors.lock().unwrap_or_else(|e| e.into_inner()) = self.state.cursors.clone();
         self.emit(RunEvent::RunStarted {
             run_id: self.run_id.clone(),
             plan: self.plan.name().into(),
@@ -706,9 +719,7 @@ impl<'a> Run<'a> {
                 attempt,
                 reversibility: ps.step.reversibility(),
             });
-            let ctx = self
-                .ctx()
-                .with_step(&id, self.state.cursors.get(&id).cloned());
+            let ctx = self.ctx().with_step(&id);
             let t = Instant::now();
             let res = with_timeout(ps.options, &id, ps.step.apply(&ctx))
                 .instrument(span.clone())
@@ -1060,9 +1071,7 @@ impl<'a> Run<'a> {
                 attempt,
                 reversibility: ps.step.reversibility(),
             });
-            let ctx = self
-                .ctx()
-                .with_step(&id, self.state.cursors.get(&id).cloned());
+            let ctx = self.ctx().with_step(&id);
             let t = Instant::now();
             let res = with_timeout(opts, &id, ps.step.revert(receipt, &ctx))
                 .instrument(span.clone())

@@ -58,10 +58,12 @@ pub use checkpoint::{Checkpoint, Restored, Snapshot};
 pub use context::Context;
 pub use digest::{Digest, Hasher};
 pub use error::{Error, Result};
+pub use events::{Notice, Notifier, RunEvent};
 pub use executor::{Executor, Rehearsal, ResumePolicy, RollbackScope, RunPolicy};
 pub use plan::{Plan, PlanBuilder, PlanError, StepOptions, Trigger};
 pub use report::{Outcome, RunReport};
 pub use step::{Receipt, Reversibility, Step};
+pub use tokio_util::sync::CancellationToken;
 pub use verifier::{Status, Verdict, Verifier};
 
 /// Milliseconds since the Unix epoch (the clock every record and snapshot uses).

@@ -2,13 +2,7 @@
 //! `SimWorld::checkpoint` with a compensable `SetKey::new` and with a restore-only
 //! `SetKey::delete`, each against the memory journal and the file journal.
 //!
-//! `conformance::run_all` is currently ignored: its last check,
-//! `interrupted_step_resumes`, crashes a run started with the default policy (RollBack,
-//! journaled in `run_started`) and expects a resumer configured with
-//! `on_resume(RollForward)` to commit, but `Executor::resume` follows the journaled
-//! policy, so no subject can pass it. Until that is settled, every other check runs
-//! individually below, and `interrupted_step_resumes_under_the_journaled_policy` runs the
-//! same crash-and-resume check with the policy set on the executor that starts the run.
+//! Each check also runs on its own, so a failure names the clause it broke.
 #![cfg(feature = "conformance")]
 
 use rollback_core::conformance::{self, Subject};
@@ -50,14 +44,12 @@ fn restore_only(w: &SimWorld) -> Arc<dyn Step> {
 }
 
 #[tokio::test]
-#[ignore = "conformance::interrupted_step_resumes expects resume to ignore the journaled policy (see the module docs)"]
 async fn compensable_set_key_conforms_with_the_memory_journal() {
     let w = world();
     run_suite(&w, compensable(&w), Arc::new(MemoryJournal::new())).await;
 }
 
 #[tokio::test]
-#[ignore = "conformance::interrupted_step_resumes expects resume to ignore the journaled policy (see the module docs)"]
 async fn compensable_set_key_conforms_with_the_file_journal() {
     let w = world();
     let dir = tempfile::tempdir().unwrap();
@@ -70,14 +62,12 @@ async fn compensable_set_key_conforms_with_the_file_journal() {
 }
 
 #[tokio::test]
-#[ignore = "conformance::interrupted_step_resumes expects resume to ignore the journaled policy (see the module docs)"]
 async fn restore_only_delete_conforms_with_the_memory_journal() {
     let w = world();
     run_suite(&w, restore_only(&w), Arc::new(MemoryJournal::new())).await;
 }
 
 #[tokio::test]
-#[ignore = "conformance::interrupted_step_resumes expects resume to ignore the journaled policy (see the module docs)"]
 async fn restore_only_delete_conforms_with_the_file_journal() {
     let w = world();
     let dir = tempfile::tempdir().unwrap();
@@ -90,7 +80,6 @@ async fn restore_only_delete_conforms_with_the_file_journal() {
 
 /// A key the step creates (absent in the baseline) is removed again by revert and restore.
 #[tokio::test]
-#[ignore = "conformance::interrupted_step_resumes expects resume to ignore the journaled policy (see the module docs)"]
 async fn set_key_creating_a_new_key_conforms() {
     let w = world();
     let step: Arc<dyn Step> = Arc::new(SetKey::new("add-c", &w, "t", "c", "new"));

@@ -586,7 +586,6 @@ async fn verdicts_with_non_finite_values_keep_the_journal_readable() {
 /// of them, so a record's recomputed hash differs and the run's own journal reads as
 /// `Tampered` (the run then fails with a journal error and cannot be resumed).
 #[tokio::test]
-#[ignore = "core bug: rollback-core needs serde_json's float_roundtrip feature (see the helper's report)"]
 async fn verdict_values_of_every_finite_float_read_back_from_the_file_journal() {
     let dir = tempfile::tempdir().unwrap();
     let file = FileJournal::open(dir.path()).unwrap();

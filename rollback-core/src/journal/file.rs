@@ -164,6 +164,12 @@ impl Inner {
         file.seek(SeekFrom::Start(len)).map_err(JournalError::Io)?;
         file.write_all(&line).map_err(JournalError::Io)?;
         file.sync_data().map_err(JournalError::Io)?;
+        if len == 0 {
+            // A new run file: make its directory entry durable too.
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(JournalError::Io)?;
+        }
         self.heads.lock().unwrap_or_else(|e| e.into_inner()).insert(
             run_id.to_string(),
             (seq + 1, rec.hash, len + line.len() as u64),
