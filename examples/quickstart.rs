@@ -44,16 +44,57 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .checkpoint("database", world.checkpoint("customers"))
         .checkpoint("storage", world.checkpoint("attachments"))
         .checkpoint("flags", world.checkpoint("flags"))
-        .step("database", SetKey::new("add-first-name", &world, "customers", "42.first", "Ada"), &[])
-        .step("database", SetKey::new("add-last-name", &world, "customers", "42.last", "Lovelace"), &["add-first-name"])
-        .verify_after("add-last-name", KeyEquals::new("last-name-backfilled", &world, "customers", "42.last", Some("Lovelace")))
-        .step("storage", SetKey::new("copy-attachments-v2", &world, "attachments", "v2/42/invoice.pdf", "%PDF-1.7"), &[])
-        .step("flags", SetKey::new("enable-new-name-fields", &world, "flags", "new_name_fields", "on"), &["add-last-name", "copy-attachments-v2"])
+        .step(
+            "database",
+            SetKey::new("add-first-name", &world, "customers", "42.first", "Ada"),
+            &[],
+        )
+        .step(
+            "database",
+            SetKey::new("add-last-name", &world, "customers", "42.last", "Lovelace"),
+            &["add-first-name"],
+        )
+        .verify_after(
+            "add-last-name",
+            KeyEquals::new(
+                "last-name-backfilled",
+                &world,
+                "customers",
+                "42.last",
+                Some("Lovelace"),
+            ),
+        )
+        .step(
+            "storage",
+            SetKey::new(
+                "copy-attachments-v2",
+                &world,
+                "attachments",
+                "v2/42/invoice.pdf",
+                "%PDF-1.7",
+            ),
+            &[],
+        )
+        .step(
+            "flags",
+            SetKey::new(
+                "enable-new-name-fields",
+                &world,
+                "flags",
+                "new_name_fields",
+                "on",
+            ),
+            &["add-last-name", "copy-attachments-v2"],
+        )
         .trigger(
             Trigger::new(HealthProbe::new(
                 "checkout-error-rate",
                 &world,
-                if succeed { &[0.0, 0.01, 0.0] } else { &[0.0, 0.02, 0.09, 0.12] },
+                if succeed {
+                    &[0.0, 0.01, 0.0]
+                } else {
+                    &[0.0, 0.02, 0.09, 0.12]
+                },
             ))
             .every(Duration::from_millis(100))
             .threshold(2, 3),
@@ -74,23 +115,65 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         while let Ok(e) = events.recv().await {
             let line = match e {
                 RunEvent::RunStarted { run_id, .. } => format!("run {run_id} started"),
-                RunEvent::CheckpointCaptured { resource, digest, millis } => format!("captured {resource} ({digest}) in {millis} ms"),
-                RunEvent::StepStarted { step, action, attempt, .. } => format!("{action:?} {step} (attempt {attempt})"),
-                RunEvent::StepFinished { step, ok, millis, error, .. } => match error {
+                RunEvent::CheckpointCaptured {
+                    resource,
+                    digest,
+                    millis,
+                } => format!("captured {resource} ({digest}) in {millis} ms"),
+                RunEvent::StepStarted {
+                    step,
+                    action,
+                    attempt,
+                    ..
+                } => format!("{action:?} {step} (attempt {attempt})"),
+                RunEvent::StepFinished {
+                    step,
+                    ok,
+                    millis,
+                    error,
+                    ..
+                } => match error {
                     None => format!("  ok {step} in {millis} ms"),
                     Some(e) => format!("  FAILED {step}: {e} (ok={ok})"),
                 },
-                RunEvent::Verdict { verifier, phase, status, summary } => format!("verdict {verifier} [{phase}]: {status:?} — {summary}"),
-                RunEvent::SoakPoll { trigger, failures_in_window, breached } => format!("soak {trigger}: {failures_in_window} failing in window{}", if breached { " → BREACHED" } else { "" }),
+                RunEvent::Verdict {
+                    verifier,
+                    phase,
+                    status,
+                    summary,
+                } => format!("verdict {verifier} [{phase}]: {status:?} — {summary}"),
+                RunEvent::SoakPoll {
+                    trigger,
+                    failures_in_window,
+                    breached,
+                } => format!(
+                    "soak {trigger}: {failures_in_window} failing in window{}",
+                    if breached { " → BREACHED" } else { "" }
+                ),
                 RunEvent::RollbackStarted { reason, .. } => format!("ROLLBACK: {reason}"),
-                RunEvent::CheckpointRestored { resource, method, millis } => format!("restored {resource} by {method} in {millis} ms"),
-                RunEvent::Parity { resource, ok } => format!("parity {resource}: {}", if ok { "proven" } else { "FAILED" }),
+                RunEvent::CheckpointRestored {
+                    resource,
+                    method,
+                    millis,
+                } => format!("restored {resource} by {method} in {millis} ms"),
+                RunEvent::Parity { resource, ok } => format!(
+                    "parity {resource}: {}",
+                    if ok { "proven" } else { "FAILED" }
+                ),
                 RunEvent::RunFinished { outcome } => {
                     println!("run finished: {outcome}");
                     break;
                 }
-                RunEvent::Progress { source, done, total, unit } => {
-                    format!("  {source}: {done}/{} {unit}", total.map(|t| t.to_string()).unwrap_or("?".into()))
+                RunEvent::Progress {
+                    source,
+                    done,
+                    total,
+                    unit,
+                } => {
+                    format!(
+                        "  {source}: {done}/{} {unit}",
+                        total.map(|t| t.to_string()).unwrap_or("?".into())
+                    )
                 }
                 other => format!("{other:?}"),
             };
@@ -105,8 +188,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if succeed {
         assert!(report.is_committed());
     } else {
-        assert_eq!(world.snapshot_state(), baseline, "every resource is back at its baseline");
-        println!("every resource is back at its baseline: {:?}", world.snapshot_state());
+        assert_eq!(
+            world.snapshot_state(),
+            baseline,
+            "every resource is back at its baseline"
+        );
+        println!(
+            "every resource is back at its baseline: {:?}",
+            world.snapshot_state()
+        );
     }
     Ok(())
 }
