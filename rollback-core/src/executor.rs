@@ -997,6 +997,18 @@ impl<'a> Run<'a> {
             }
         }
         let partial = steps.len() < plan.steps().len();
+        if partial {
+            // Prove the kept part too: re-run the post-step verifiers of kept steps.
+            let kept: Vec<(String, Arc<dyn Verifier>)> = plan
+                .post_step
+                .iter()
+                .filter(|(sid, _)| !scope.contains(sid) && self.state.applied.contains_key(sid))
+                .cloned()
+                .collect();
+            for (sid, v) in kept {
+                self.verify(v.as_ref(), &format!("kept:{sid}")).await?;
+            }
+        }
         self.append(Entry::RolledBack { partial }).await?;
         self.notify(
             NoticeKind::RollbackFinished,

@@ -533,6 +533,21 @@ impl RunReport {
                 .all(|c| c.parity == Some(true))
     }
 
+    /// After a partial rollback: whether every verifier re-run on the kept steps passed
+    /// (`None` when none was re-run).
+    pub fn kept_verified(&self) -> Option<bool> {
+        let kept: Vec<&VerdictReport> = self
+            .verdicts
+            .iter()
+            .filter(|v| v.phase.starts_with("kept:"))
+            .collect();
+        if kept.is_empty() {
+            None
+        } else {
+            Some(kept.iter().all(|v| v.verdict.passed()))
+        }
+    }
+
     /// Whether the run committed.
     pub fn is_committed(&self) -> bool {
         self.outcome == Outcome::Committed
@@ -754,9 +769,14 @@ impl RunReport {
         );
         let _ = writeln!(
             m,
-            "\n**Recovery.** Undone: {}. Kept: {}. Parity with baseline: {}.",
+            "\n**Recovery.** Undone: {}. Kept: {}{}. Parity with baseline: {}.",
             list(self.undone()),
             list(self.kept()),
+            match self.kept_verified() {
+                Some(true) => " (re-verified after the rollback)",
+                Some(false) => " (re-verification after the rollback FAILED)",
+                None => "",
+            },
             if self.parity_proven() {
                 "proven"
             } else {

@@ -171,6 +171,10 @@ async fn storage_failure_rolls_back_storage_and_the_flag_that_depends_on_it() {
             SetKey::new("store-cleanup", &w, "store", "v1/a", "gone"),
             &["flag-on"],
         )
+        .verify_after(
+            "db-schema",
+            KeyEquals::new("schema-v2", &w, "db", "schema", Some("v2")),
+        )
         .build()
         .unwrap();
     w.faults().fail_apply("store-cleanup", 1);
@@ -193,6 +197,11 @@ async fn storage_failure_rolls_back_storage_and_the_flag_that_depends_on_it() {
     );
     assert_eq!(report.kept(), vec!["db-schema"]);
     assert!(report.parity_proven());
+    assert_eq!(
+        report.kept_verified(),
+        Some(true),
+        "the kept database step is re-verified"
+    );
 }
 
 #[tokio::test]
