@@ -171,12 +171,9 @@ use rollback_core::sim::CrashAfter;
 use rollback_core::{Checkpoint, Context, Error, Executor, Outcome, Plan, ResumePolicy, Step};
 use std::sync::Arc;
 
-/// The core conformance suite. `rollback_core::conformance::run_all` is not called as a
-/// whole because its `interrupted_step_resumes` cannot pass for any step at this core
-/// revision (the crashing run is started with the default resume policy, which is
-/// journaled, so the RollForward phase rolls back); [`interrupted_resumes`] below is that
-/// check with the policy set on the run that crashes, at several crash points, resumed by
-/// a fresh step (no in-process memory: only the journal).
+/// The core conformance suite (every check of `rollback_core::conformance::run_all`),
+/// then [`interrupted_resumes`]: the same crash-and-resume check at several more crash
+/// points, resumed by a fresh step (no in-process memory: only the journal).
 pub async fn conformance(
     checkpoint: Arc<dyn Checkpoint>,
     other: Arc<dyn Checkpoint>,
@@ -190,6 +187,12 @@ pub async fn conformance(
     c::restore_refuses_other_resource(checkpoint.as_ref(), other.as_ref()).await;
     c::apply_and_revert_are_idempotent(step.as_ref(), checkpoint.as_ref()).await;
     c::revert_without_receipt(step.as_ref(), checkpoint.as_ref()).await;
+    c::interrupted_step_resumes(
+        step.clone(),
+        checkpoint.clone(),
+        Arc::new(MemoryJournal::new()),
+    )
+    .await;
     interrupted_resumes(checkpoint, make_step, crash_points).await;
 }
 
