@@ -85,11 +85,6 @@ impl PgError {
         self.class
     }
 
-    /// The SQLSTATE, when the server sent one.
-    pub(crate) fn code(&self) -> Option<&str> {
-        self.code.as_deref()
-    }
-
     /// Convert into the core error. `maybe_applied`: whether the operation that failed may
     /// have taken effect (decided by the caller, who knows whether a commit was in flight).
     pub(crate) fn into_core(self, maybe_applied: bool) -> Error {
@@ -148,16 +143,11 @@ pub(crate) trait PgResultExt<T> {
     /// Convert into a core error with `context`; the effect did not happen (the failing
     /// statement or transaction was rolled back).
     fn ctx(self, context: &str) -> Result<T, Error>;
-    /// Keep the private error (to inspect its class).
-    fn pg(self, context: &str) -> Result<T, PgError>;
 }
 
 impl<T> PgResultExt<T> for Result<T, tokio_postgres::Error> {
     fn ctx(self, context: &str) -> Result<T, Error> {
         self.map_err(|e| PgError::new(context, &e).into_core(false))
-    }
-    fn pg(self, context: &str) -> Result<T, PgError> {
-        self.map_err(|e| PgError::new(context, &e))
     }
 }
 

@@ -13,7 +13,7 @@
 //! - root = blake3(domain, every `L` in order, total rows), independent of the chunking.
 
 use crate::error::{backend_msg, PgResultExt};
-use crate::ident::{column_list, quote_ident};
+use crate::ident::quote_ident;
 use bytes::BytesMut;
 use futures::{pin_mut, StreamExt, TryStreamExt};
 use rollback_core::{Digest, Result};
@@ -584,11 +584,6 @@ pub(crate) fn encode_tuple(row: &tokio_postgres::Row, out: &mut Vec<u8>) -> Resu
         }
     }
     Ok(())
-}
-
-/// Column list helper re-exported for other modules.
-pub(crate) fn cols(shape: &Shape) -> String {
-    column_list(&shape.columns)
 }
 
 #[cfg(test)]
