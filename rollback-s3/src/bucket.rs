@@ -389,7 +389,7 @@ impl S3Bucket {
             .await;
         let out = match res {
             Ok(o) => o,
-            Err(e) if service_status(&e) == Some(404) => return Ok(None),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
             Err(e) => return Err(self.err(e, "GetObject", key, Op::Read)),
         };
         let body = out.body.collect().await.map_err(|e| {

@@ -13,6 +13,13 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// `tracing` filter directives that keep the AWS SDK's own DEBUG/TRACE dumps out of the
+/// logs: they print the signing identity, whose access key id is shown (the secret key
+/// never is). Append them to your filter, e.g.
+/// `EnvFilter::new(format!("debug,{SDK_LOG_FILTER}"))`. This crate's own events never
+/// carry credentials.
+pub const SDK_LOG_FILTER: &str = "aws_smithy_runtime=info,aws_sigv4=info";
+
 /// A secret string (a secret access key): never printed by `Debug` or `Display`.
 ///
 /// ```
