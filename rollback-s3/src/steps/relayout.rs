@@ -33,6 +33,7 @@ struct Relayout {
     delete_source: bool,
     touches: Vec<String>,
     fail_after: Option<u64>,
+    batch: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -52,6 +53,7 @@ impl Relayout {
             to: to.into(),
             delete_source,
             fail_after: None,
+            batch: DELETE_BATCH,
         }
     }
 
@@ -130,40 +132,40 @@ impl Relayout {
         let name = b.name().to_string();
         ctx.progress(&self.id, done, Some(total), "objects");
         while let Some(page) = l.next_page().await? {
-            if ctx.is_cancelled() {
-                return Err(Error::Cancelled);
-            }
-            let last = page.last().map(|o| o.key.clone()).unwrap_or_default();
-            let n = page.len() as u64;
-            let page_bytes: u64 = page.iter().map(|o| o.size).sum();
-            let mut work = Work::default();
-            for o in &page {
-                work.copies.push((
-                    name.clone(),
-                    o.key.clone(),
-                    None,
-                    self.map(&o.key),
-                    Some(o.etag.clone()),
-                ));
-                if self.delete_source {
-                    work.deletes.push((o.key.clone(), None));
+            for batch in page.chunks(self.batch) {
+                if ctx.is_cancelled() {
+                    return Err(Error::Cancelled);
                 }
-            }
-            work.flush(b).await?;
-            done += n;
-            bytes += page_bytes;
-            ctx.save_cursor(serde_json::json!(Cursor { done, bytes, last }))
-                .await?;
-            ctx.progress(&self.id, done, Some(total), "objects");
-            if let Some(k) = self.fail_after {
-                if done >= k {
-                    return Err(backend_msg(
-                        format!(
-                            "step {}: drill: injected failure after {done} objects",
-                            self.id
-                        ),
-                        true,
+                let last = batch.last().map(|o| o.key.clone()).unwrap_or_default();
+                let mut work = Work::default();
+                for o in batch {
+                    work.copies.push((
+                        name.clone(),
+                        o.key.clone(),
+                        None,
+                        self.map(&o.key),
+                        Some(o.etag.clone()),
                     ));
+                    if self.delete_source {
+                        work.deletes.push((o.key.clone(), None));
+                    }
+                }
+                work.flush(b).await?;
+                done += batch.len() as u64;
+                bytes += batch.iter().map(|o| o.size).sum::<u64>();
+                ctx.save_cursor(serde_json::json!(Cursor { done, bytes, last }))
+                    .await?;
+                ctx.progress(&self.id, done, Some(total), "objects");
+                if let Some(k) = self.fail_after {
+                    if done >= k {
+                        return Err(backend_msg(
+                            format!(
+                                "step {}: drill: injected failure after {done} objects",
+                                self.id
+                            ),
+                            true,
+                        ));
+                    }
                 }
             }
         }
@@ -263,6 +265,13 @@ macro_rules! relayout_step {
                 S: Into<String>,
             {
                 self.0.touches = resources.into_iter().map(Into::into).collect();
+                self
+            }
+
+            /// Objects per batch (default 1000, at most 1000): the unit of progress
+            /// reports, journaled cursors, cancellation checks and batch deletes.
+            pub fn batch_size(mut self, n: usize) -> Self {
+                self.0.batch = n.clamp(1, DELETE_BATCH);
                 self
             }
 
