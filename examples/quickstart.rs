@@ -108,6 +108,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let journal = FileJournal::open(&dir)?;
     println!("journal: {}\n", dir.display());
     let executor = Executor::new(journal).notifier(StatusPage);
+    // A run of this plan that was interrupted (Ctrl-C, a kill) is finished first.
+    for run_id in executor.unfinished(&plan).await? {
+        let report = executor.resume(&plan, &run_id).await?;
+        println!("finished interrupted run {run_id}: {}", report.outcome);
+    }
 
     // Progress, as it happens.
     let mut events = executor.subscribe();

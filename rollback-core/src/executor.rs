@@ -187,8 +187,10 @@ impl Executor {
     /// check [`RunReport::outcome`].
     ///
     /// # Errors
-    /// Before the run starts: [`Error::LeaseHeld`]. At any time: journal errors, after
-    /// which nothing more is done and [`Executor::resume`] finishes the run.
+    /// Before the run starts: [`Error::LeaseHeld`]; [`Error::Conflict`] when a run of a
+    /// plan with the same name is unfinished (see [`Executor::unfinished`]). At any time:
+    /// journal errors, after which nothing more is done and [`Executor::resume`] finishes
+    /// the run.
     ///
     /// # Cancel safety
     /// Dropping the future stops the run wherever it is; the journal then holds what
@@ -230,12 +232,40 @@ impl Executor {
         self.start(plan, run_id, cancel).await
     }
 
+    /// Runs of a plan with this plan's name that have not reached an end (interrupted,
+    /// or stopped in `RollbackFailed`): [`Executor::resume`] them.
+    ///
+    /// # Errors
+    /// Journal errors.
+    pub async fn unfinished(&self, plan: &Plan) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for run_id in self.journal.runs().await? {
+            let records = self.journal.records(&run_id).await?;
+            let same_plan = matches!(
+                records.first(),
+                Some(Record { entry: Entry::RunStarted { plan: name, .. }, .. }) if name == plan.name()
+            );
+            if same_plan && !State::from_records(&records).finished() {
+                out.push(run_id);
+            }
+        }
+        Ok(out)
+    }
+
     async fn start(
         &self,
         plan: &Plan,
         run_id: &str,
         cancel: CancellationToken,
     ) -> Result<RunReport> {
+        if let Some(open) = self.unfinished(plan).await?.first() {
+            // Starting again would change resources an interrupted run may have left half
+            // migrated: finish that one first.
+            return Err(Error::conflict(format!(
+                "run {open} of plan {} is unfinished; resume it before starting another",
+                plan.name()
+            )));
+        }
         let lease = self
             .journal
             .acquire_lease(plan.name(), &self.holder, self.lease_ttl)

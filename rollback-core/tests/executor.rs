@@ -781,3 +781,27 @@ async fn restore_refuses_a_corrupted_snapshot_and_rollback_fails_explicitly() {
         .iter()
         .any(|t| t.detail.contains("does not match its digest")));
 }
+
+#[tokio::test]
+async fn a_new_run_is_refused_while_an_interrupted_run_of_the_plan_is_unfinished() {
+    let w = world();
+    let baseline = w.snapshot_state();
+    let journal = Arc::new(MemoryJournal::new());
+    let plan = cutover(&w);
+    let crashing =
+        Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 8))).holder("h");
+    assert!(crashing.run(&plan).await.is_err());
+    let ex = Executor::with_journal(journal.clone()).holder("h");
+    let open = ex.unfinished(&plan).await.unwrap();
+    assert_eq!(open.len(), 1);
+    let err = ex.run(&plan).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { ref message } if message.contains(&open[0])),
+        "{err}"
+    );
+    let report = ex.resume(&plan, &open[0]).await.unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert_eq!(w.snapshot_state(), baseline);
+    assert!(ex.unfinished(&plan).await.unwrap().is_empty());
+    assert!(ex.run(&plan).await.unwrap().is_committed());
+}
