@@ -1,1 +1,38 @@
-//! Runnable examples live beside this crate as `examples/*.rs`.
+//! Runnable programs a newcomer starts with live beside this crate as `examples/*.rs`;
+//! this library holds what the larger ones share.
+//!
+//! - [`cutover`]: the SaaS cutover over PostgreSQL, objects and flags (the plan, its
+//!   verifiers and health probe, the fixture, failure injection) used by
+//!   `examples/saas_cutover.rs`, `examples/dr_drill.rs` and the drill test;
+//! - [`drill`]: the disaster-recovery drill (every failure in turn, RTO/RPO table);
+//! - [`setup`]: real servers from the environment, or the embedded default;
+//! - [`folder`]: a local-folder object store implementing the core traits (the embedded
+//!   default for objects), proven with the core's conformance suite;
+//! - [`pgcluster`]: a throwaway PostgreSQL cluster from the machine's binaries.
+//!
+//! ```text
+//! cargo run -p examples --example saas_cutover -- --fail-at relayout --scope component
+//! cargo run -p examples --example dr_drill
+//! ```
+//!
+//! A plan over the three components, in short (see [`cutover::Backends::plan`] for the
+//! whole of it):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use examples::cutover::{FailAt, Options};
+//! use rollback_core::RollbackScope;
+//! let setup = examples::setup::from_env(std::path::Path::new("target/demo"), "demo").await?;
+//! let opts = Options { fail_at: FailAt::Relayout, scope: RollbackScope::Component, ..Options::default() };
+//! setup.backends.seed(&opts).await?;
+//! let plan = setup.backends.plan(&opts)?;
+//! let run = setup.backends.execute(&plan, &opts, true, true).await?;
+//! println!("{}\n{}", run.summary(), run.report.to_markdown());
+//! # Ok(()) }
+//! ```
+
+pub mod cutover;
+pub mod drill;
+pub mod folder;
+pub mod pgcluster;
+pub mod setup;
