@@ -1,6 +1,6 @@
 //! [`S3Checkpoint`]: manifest checkpoints of a bucket prefix, versioned or copy-based.
 
-use crate::bucket::{version_fix, KeyVersions, ObjectInfo, S3Bucket, VersionFix, DELETE_BATCH};
+use crate::bucket::{version_fix, ObjectInfo, S3Bucket, VersionFix, DELETE_BATCH};
 use crate::error::after_writes;
 use crate::manifest::{
     fingerprint_field, ManifestEntry, ManifestHeader, ManifestReader, ManifestRef, ManifestWriter,
@@ -73,6 +73,7 @@ pub struct S3Checkpoint {
     mode: CheckpointMode,
     content_digests: bool,
     part_entries: usize,
+    restore_buffer: usize,
 }
 
 /// The resolved mode of one capture.
@@ -135,6 +136,7 @@ impl S3Checkpoint {
             mode: CheckpointMode::Auto,
             content_digests: false,
             part_entries: PART_ENTRIES,
+            restore_buffer: RESTORE_BUFFER,
         }
     }
 
@@ -155,6 +157,15 @@ impl S3Checkpoint {
     /// restore holds in memory at once.
     pub fn manifest_part_entries(mut self, n: usize) -> Self {
         self.part_entries = n.max(1);
+        self
+    }
+
+    /// How many restore actions (copies, deletes) the checking pass of a restore keeps
+    /// in memory (default 100,000). When a restore has more to do, a second pass over
+    /// the manifest and the bucket computes them again while executing them, so memory
+    /// stays bounded.
+    pub fn restore_buffer(mut self, n: usize) -> Self {
+        self.restore_buffer = n;
         self
     }
 
@@ -326,202 +337,187 @@ impl S3Checkpoint {
         Ok(mref)
     }
 
-    /// Check that every captured version or snapshot copy is still there, unaltered.
-    async fn verify_content(&self, snapshot: &Snapshot, mref: &ManifestRef) -> Result<()> {
-        let mut reader = ManifestReader::new(&self.bucket, mref);
-        let mut missing: Vec<String> = Vec::new();
-        let mut missing_count = 0u64;
-        let mut note = |k: &str| {
-            missing_count += 1;
-            if missing.len() < 10 {
-                missing.push(k.to_string());
-            }
-        };
-        match mref.header.mode.as_str() {
-            "versions" => {
-                let mut vl = self.bucket.version_lister(&self.prefix);
-                let mut cur: Option<KeyVersions> = vl.next().await?;
-                while let Some(e) = reader.next().await? {
-                    while cur.as_ref().is_some_and(|kv| kv.key < e.key) {
-                        cur = vl.next().await?;
-                    }
-                    let found = cur.as_ref().is_some_and(|kv| {
-                        kv.key == e.key
-                            && kv.versions.iter().any(|v| {
-                                Some(&v.version_id) == e.version_id.as_ref() && v.etag == e.etag
-                            })
-                    });
-                    if !found {
-                        note(&e.key);
-                    }
-                }
-            }
-            "copy" => {
-                let (Some(cb), Some(cp)) = (&mref.copies_bucket, &mref.copies_prefix) else {
-                    return Err(Error::invalid("copy snapshot without a copies location"));
-                };
-                let copies = if cb == self.bucket.name() {
-                    self.bucket.clone()
-                } else {
-                    self.bucket.store_bucket()
-                };
-                let mut l = copies.raw_lister(cp);
-                while let Some(e) = reader.next().await? {
-                    let want = format!("{cp}{}", e.key);
-                    while l.peek().await?.is_some_and(|o| o.key < want) {
-                        l.next().await?;
-                    }
-                    let ok = l
-                        .peek()
-                        .await?
-                        .is_some_and(|o| o.key == want && Some(&o.etag) == e.copy_etag.as_ref());
-                    if !ok {
-                        note(&e.key);
-                    }
-                }
-            }
-            other => return Err(Error::invalid(format!("unknown snapshot mode {other:?}"))),
-        }
-        if missing_count > 0 {
-            tracing::error!(
-                resource = %self.resource,
-                missing = missing_count,
-                sample = ?missing,
-                "captured content is gone or altered; refusing to restore"
-            );
-            let mut h = Hasher::new();
-            h.update(b"captured content missing or altered");
-            for k in &missing {
-                h.field(k.as_bytes());
-            }
-            return Err(Error::DigestMismatch {
-                resource: self.resource.clone(),
-                expected: snapshot.digest,
-                actual: h.finish(),
-            });
-        }
-        Ok(())
-    }
-
-    async fn restore_versions(&self, mref: &ManifestRef, ctx: &Context) -> Result<u64> {
+    /// One merge of the manifest with the bucket (and, for copy snapshots, with the
+    /// snapshot copies). With `execute == false` it changes nothing: it checks that every
+    /// captured version or copy is still there, unaltered (returned as `missing`), and
+    /// collects the restore work while it fits in the restore buffer. With
+    /// `execute == true` it runs the work in batches as it goes.
+    async fn pass(&self, mref: &ManifestRef, ctx: &Context, execute: bool) -> Result<Pass> {
         let b = &self.bucket;
         let name = b.name().to_string();
+        let mut out = Pass::default();
         let mut reader = ManifestReader::new(b, mref);
-        let mut vl = b.version_lister(&self.prefix);
-        let mut work = Work::default();
+        let versions = match mref.header.mode.as_str() {
+            "versions" => true,
+            "copy" => false,
+            other => return Err(Error::invalid(format!("unknown snapshot mode {other:?}"))),
+        };
+        let copies = if versions {
+            None
+        } else {
+            let (Some(cb), Some(cp)) = (&mref.copies_bucket, &mref.copies_prefix) else {
+                return Err(Error::invalid("copy snapshot without a copies location"));
+            };
+            let store = if cb == b.name() {
+                b.clone()
+            } else {
+                b.store_bucket()
+            };
+            Some((cb.clone(), cp.clone(), store.raw_lister(cp)))
+        };
+        let mut copies = copies;
+        let mut vl = versions.then(|| b.version_lister(&self.prefix));
+        let mut l = (!versions).then(|| b.lister(&self.prefix));
         let mut m = reader.next().await?;
-        let mut c = vl.next().await?;
+        let mut cur_v = match &mut vl {
+            Some(vl) => vl.next().await?,
+            None => None,
+        };
+        let mut cur_o = match &mut l {
+            Some(l) => l.next().await?,
+            None => None,
+        };
+        let mut work = Work::default();
         loop {
-            let ord = match (&m, &c) {
+            let cur_key = if versions {
+                cur_v.as_ref().map(|kv| kv.key.as_str())
+            } else {
+                cur_o.as_ref().map(|o| o.key.as_str())
+            };
+            let ord = match (&m, cur_key) {
                 (None, None) => break,
                 (Some(_), None) => Ordering::Less,
                 (None, Some(_)) => Ordering::Greater,
-                (Some(e), Some(kv)) => e.key.cmp(&kv.key),
+                (Some(e), Some(k)) => e.key.as_str().cmp(k),
             };
-            match ord {
-                Ordering::Less => {
-                    // Verified before: cannot happen unless the bucket changed meanwhile.
-                    let e = m.take().unwrap_or_else(|| unreachable!());
-                    return Err(Error::conflict(format!(
-                        "captured versions of {} disappeared during restore",
-                        e.key
-                    )));
-                }
-                Ordering::Greater => {
-                    let kv = c.take().unwrap_or_else(|| unreachable!());
+            // A key created since the capture: delete it (a delete marker when versioned).
+            if ord == Ordering::Greater {
+                if versions {
+                    let kv = cur_v.take().unwrap_or_else(|| unreachable!());
                     if kv.current().is_some() {
                         work.deletes.push((kv.key, None));
                     }
-                    c = vl.next().await?;
+                    cur_v = vl.as_mut().unwrap_or_else(|| unreachable!()).next().await?;
+                } else {
+                    let o = cur_o.take().unwrap_or_else(|| unreachable!());
+                    work.deletes.push((o.key, None));
+                    cur_o = l.as_mut().unwrap_or_else(|| unreachable!()).next().await?;
                 }
-                Ordering::Equal => {
-                    let e = m.take().unwrap_or_else(|| unreachable!());
-                    let kv = c.take().unwrap_or_else(|| unreachable!());
+            } else {
+                let e = m.take().unwrap_or_else(|| unreachable!());
+                if versions {
                     let want = e.version_id.clone().unwrap_or_else(|| "null".into());
-                    match version_fix(&kv, &want, e.size, &e.etag, e.last_modified_ms) {
-                        VersionFix::None => {}
-                        VersionFix::RemoveMarkers(ids) => {
-                            for id in ids {
-                                work.deletes.push((kv.key.clone(), Some(id)));
+                    let kv = if ord == Ordering::Equal {
+                        cur_v.take()
+                    } else {
+                        None
+                    };
+                    let present = kv.as_ref().is_some_and(|kv| {
+                        kv.versions
+                            .iter()
+                            .any(|v| v.version_id == want && v.etag == e.etag)
+                    });
+                    match kv.as_ref().filter(|_| present) {
+                        None => out.note_missing(&e.key),
+                        Some(kv) => {
+                            match version_fix(kv, &want, e.size, &e.etag, e.last_modified_ms) {
+                                VersionFix::None => {}
+                                VersionFix::RemoveMarkers(ids) => {
+                                    for id in ids {
+                                        work.deletes.push((kv.key.clone(), Some(id)));
+                                    }
+                                }
+                                VersionFix::CopyBack => work.copies.push((
+                                    name.clone(),
+                                    kv.key.clone(),
+                                    Some(want),
+                                    kv.key.clone(),
+                                    None,
+                                )),
                             }
                         }
-                        VersionFix::CopyBack => work.copies.push((
-                            name.clone(),
-                            kv.key.clone(),
-                            Some(want),
-                            kv.key.clone(),
+                    }
+                    if ord == Ordering::Equal {
+                        cur_v = vl.as_mut().unwrap_or_else(|| unreachable!()).next().await?;
+                    }
+                } else {
+                    let (cb, cp, cl) = copies.as_mut().unwrap_or_else(|| unreachable!());
+                    let copy_key = format!("{cp}{}", e.key);
+                    if !execute {
+                        while cl.peek().await?.is_some_and(|o| o.key < copy_key) {
+                            cl.next().await?;
+                        }
+                        let intact = cl.peek().await?.is_some_and(|o| {
+                            o.key == copy_key && Some(&o.etag) == e.copy_etag.as_ref()
+                        });
+                        if !intact {
+                            out.note_missing(&e.key);
+                        }
+                    }
+                    let o = if ord == Ordering::Equal {
+                        cur_o.take()
+                    } else {
+                        None
+                    };
+                    let same = o
+                        .as_ref()
+                        .is_some_and(|o| o.etag == e.etag && o.size == e.size);
+                    if !same {
+                        work.copies.push((
+                            cb.clone(),
+                            copy_key,
                             None,
-                        )),
+                            e.key.clone(),
+                            e.copy_etag.clone(),
+                        ));
                     }
-                    m = reader.next().await?;
-                    c = vl.next().await?;
+                    if ord == Ordering::Equal {
+                        cur_o = l.as_mut().unwrap_or_else(|| unreachable!()).next().await?;
+                    }
                 }
+                m = reader.next().await?;
             }
-            if work.len() >= DELETE_BATCH {
+            if execute && work.len() >= DELETE_BATCH {
                 work.flush(b).await?;
                 ctx.progress(&self.resource, work.changed, None, "objects restored");
             }
-        }
-        work.flush(b).await?;
-        Ok(work.changed)
-    }
-
-    async fn restore_copies(&self, mref: &ManifestRef, ctx: &Context) -> Result<u64> {
-        let b = &self.bucket;
-        let (Some(cb), Some(cp)) = (&mref.copies_bucket, &mref.copies_prefix) else {
-            return Err(Error::invalid("copy snapshot without a copies location"));
-        };
-        let mut reader = ManifestReader::new(b, mref);
-        let mut l = b.lister(&self.prefix);
-        let mut work = Work::default();
-        let mut m = reader.next().await?;
-        let mut c = l.next().await?;
-        loop {
-            let ord = match (&m, &c) {
-                (None, None) => break,
-                (Some(_), None) => Ordering::Less,
-                (None, Some(_)) => Ordering::Greater,
-                (Some(e), Some(o)) => e.key.cmp(&o.key),
-            };
-            let copy_back = |e: &ManifestEntry| {
-                (
-                    cb.clone(),
-                    format!("{cp}{}", e.key),
-                    None,
-                    e.key.clone(),
-                    e.copy_etag.clone(),
-                )
-            };
-            match ord {
-                Ordering::Less => {
-                    let e = m.take().unwrap_or_else(|| unreachable!());
-                    work.copies.push(copy_back(&e));
-                    m = reader.next().await?;
-                }
-                Ordering::Greater => {
-                    let o = c.take().unwrap_or_else(|| unreachable!());
-                    work.deletes.push((o.key, None));
-                    c = l.next().await?;
-                }
-                Ordering::Equal => {
-                    let e = m.take().unwrap_or_else(|| unreachable!());
-                    let o = c.take().unwrap_or_else(|| unreachable!());
-                    if o.etag != e.etag || o.size != e.size {
-                        work.copies.push(copy_back(&e));
-                    }
-                    m = reader.next().await?;
-                    c = l.next().await?;
-                }
+            if !execute && !out.overflow && work.len() > self.restore_buffer {
+                out.overflow = true;
             }
-            if work.len() >= DELETE_BATCH {
-                work.flush(b).await?;
-                ctx.progress(&self.resource, work.changed, None, "objects restored");
+            if !execute && out.overflow {
+                work = Work::default();
             }
         }
-        work.flush(b).await?;
-        Ok(work.changed)
+        if execute {
+            work.flush(b).await?;
+            ctx.progress(&self.resource, work.changed, None, "objects restored");
+        }
+        out.work = work;
+        Ok(out)
     }
 }
+
+/// The outcome of a [`S3Checkpoint::pass`].
+#[derive(Default)]
+struct Pass {
+    missing: u64,
+    sample: Vec<String>,
+    overflow: bool,
+    work: Work,
+}
+
+impl Pass {
+    fn note_missing(&mut self, key: &str) {
+        self.missing += 1;
+        if self.sample.len() < 10 {
+            self.sample.push(key.to_string());
+        }
+    }
+}
+
+/// Restore work items kept from the checking pass (beyond this, the work is computed
+/// again by a second pass, so memory stays bounded).
+pub(crate) const RESTORE_BUFFER: usize = 100_000;
 
 #[async_trait]
 impl Checkpoint for S3Checkpoint {
@@ -588,13 +584,54 @@ impl Checkpoint for S3Checkpoint {
 
     async fn restore(&self, snapshot: &Snapshot, ctx: &Context) -> Result<Restored> {
         let mref = self.verify_manifest(snapshot).await?;
-        self.verify_content(snapshot, &mref).await?;
-        let method = mref.header.mode.clone();
-        let changed = match method.as_str() {
-            "versions" => self.restore_versions(&mref, ctx).await,
-            _ => self.restore_copies(&mref, ctx).await,
+        // First pass: check the captured content is intact and compute what differs,
+        // changing nothing.
+        let mut checked = self.pass(&mref, ctx, false).await?;
+        if checked.missing > 0 {
+            tracing::error!(
+                resource = %self.resource,
+                missing = checked.missing,
+                sample = ?checked.sample,
+                "captured content is gone or altered; refusing to restore"
+            );
+            let mut h = Hasher::new();
+            h.update(b"captured content missing or altered");
+            for k in &checked.sample {
+                h.field(k.as_bytes());
+            }
+            return Err(Error::DigestMismatch {
+                resource: self.resource.clone(),
+                expected: snapshot.digest,
+                actual: h.finish(),
+            });
         }
-        .map_err(after_writes)?;
+        let method = mref.header.mode.clone();
+        let run = async {
+            if checked.overflow {
+                // Too much work to hold: compute it again while executing it.
+                Ok(self.pass(&mref, ctx, true).await?.work.changed)
+            } else {
+                let mut work = std::mem::take(&mut checked.work);
+                let mut batch = Work::default();
+                let copies = std::mem::take(&mut work.copies);
+                let deletes = std::mem::take(&mut work.deletes);
+                let mut changed = 0;
+                for chunk in copies.chunks(DELETE_BATCH) {
+                    batch.copies = chunk.to_vec();
+                    batch.flush(&self.bucket).await?;
+                    changed = batch.changed;
+                    ctx.progress(&self.resource, changed, None, "objects restored");
+                }
+                for chunk in deletes.chunks(DELETE_BATCH * 4) {
+                    batch.deletes = chunk.to_vec();
+                    batch.flush(&self.bucket).await?;
+                    changed = batch.changed;
+                    ctx.progress(&self.resource, changed, None, "objects restored");
+                }
+                Ok::<u64, Error>(changed)
+            }
+        };
+        let changed = run.await.map_err(after_writes)?;
         tracing::info!(resource = %self.resource, method = %method, changed, "restored");
         Ok(Restored::by(method)
             .changed(changed)

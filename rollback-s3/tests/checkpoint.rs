@@ -351,3 +351,27 @@ async fn restoring_a_prefix_leaves_other_prefixes_alone() {
     assert!(b.head("v2/kept").await.unwrap().is_some());
     b.dangerous_delete_bucket().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_with_more_work_than_its_buffer_computes_it_again_and_finishes() {
+    for versioned in [true, false] {
+        let b = common::fresh_bucket("cp-two-pass", versioned).await;
+        common::seed(&b, "d/", 3, 30).await;
+        let state = common::independent_state(b.client(), b.name(), "").await;
+        let cp = S3Checkpoint::new(&b, "d/").restore_buffer(3);
+        let snap = cp.capture(&ctx()).await.unwrap();
+        for i in 0..10 {
+            b.delete(&format!("d/tenant-{:03}/obj-{i:06}.json", i % 3))
+                .await
+                .unwrap();
+            b.put(&format!("d/new-{i}"), b"new".to_vec()).await.unwrap();
+        }
+        let r = cp.restore(&snap, &ctx()).await.unwrap();
+        assert_eq!(r.items_changed, Some(20), "versioned={versioned}");
+        assert_eq!(
+            common::independent_state(b.client(), b.name(), "").await,
+            state
+        );
+        b.dangerous_delete_bucket().await.unwrap();
+    }
+}
