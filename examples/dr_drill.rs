@@ -79,7 +79,11 @@ fn proven(r: &ScenarioResult) -> bool {
     let rep = &r.cutover.report;
     match rep.outcome {
         Outcome::RolledBack => rep.parity_proven(),
-        Outcome::PartiallyRolledBack => rep.parity_proven() && rep.kept_verified() == Some(true),
+        Outcome::PartiallyRolledBack => {
+            rep.parity_proven()
+                && rep.kept_verified() != Some(false)
+                && (rep.kept().is_empty() || rep.kept_verified() == Some(true))
+        }
         _ => false,
     }
 }
@@ -88,10 +92,12 @@ async fn run(opts: Options, verbose: bool) -> Result<bool, Box<dyn std::error::E
     let work = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/dr_drill");
     let setup = match setup::from_env(&work, "drill").await {
         Ok(s) => s,
-        Err(e @ SetupError::Cluster(_)) => return Err(format!(
+        Err(e @ SetupError::Cluster(_)) => {
+            return Err(format!(
             "{e}\n(the embedded default needs the PostgreSQL server binaries; nothing was changed)"
         )
-        .into()),
+            .into())
+        }
         Err(e) => return Err(e.into()),
     };
     println!("== backends ==");
@@ -136,6 +142,18 @@ async fn run(opts: Options, verbose: bool) -> Result<bool, Box<dyn std::error::E
     }
 
     println!("== RTO / RPO per scenario ==\n\n{}", drill::table(&results));
+    for (i, r) in results.iter().enumerate() {
+        let rep = &r.cutover.report;
+        if rep.outcome == Outcome::PartiallyRolledBack && rep.kept().is_empty() {
+            println!(
+                "note on #{}: the component scope ({}) covered every step applied so far, so nothing was kept; \
+                 the outcome still reads partially_rolled_back because steps outside the scope exist (they had not run yet).",
+                i + 1,
+                r.scenario.label()
+            );
+        }
+    }
+    println!();
     println!(
         "RTO: from the rollback trigger (failed step, failed verifier or breached health threshold) to every resource in scope \
          verified back at its baseline fingerprint (and, after a partial rollback, the kept side re-verified). \

@@ -21,8 +21,8 @@
 //! plan|component` (default `plan`), `--customers N` (2000), `--attachments N` (200),
 //! `--soak-ms N` (1500), `--quiet` (no progress lines).
 //!
-//! Backends (each chosen on its own; see `examples::setup`): `DATABASE_URL`, `S3_ENDPOINT`
-//! + `S3_ACCESS_KEY` + `S3_SECRET_KEY` (or `ROLLBACK_TEST_S3_*`), `UNLEASH_URL` +
+//! Backends (each chosen on its own; see `examples::setup`): `DATABASE_URL`; `S3_ENDPOINT`,
+//! `S3_ACCESS_KEY` and `S3_SECRET_KEY` (or `ROLLBACK_TEST_S3_*`); `UNLEASH_URL` and
 //! `UNLEASH_ADMIN_TOKEN` (or `ROLLBACK_TEST_UNLEASH_*`). Unset, the embedded default runs:
 //! a throwaway PostgreSQL cluster from the local binaries, a local folder for objects, a
 //! flag file and a file journal, under `target/saas_cutover/`.
@@ -98,10 +98,12 @@ async fn run(opts: Options, quiet: bool) -> Result<bool, Box<dyn std::error::Err
     println!("== backends ==");
     let setup = match setup::from_env(&work, "demo").await {
         Ok(s) => s,
-        Err(e @ SetupError::Cluster(_)) => return Err(format!(
+        Err(e @ SetupError::Cluster(_)) => {
+            return Err(format!(
             "{e}\n(the embedded default needs the PostgreSQL server binaries; nothing was changed)"
         )
-        .into()),
+            .into())
+        }
         Err(e) => return Err(e.into()),
     };
     for line in &setup.chosen {

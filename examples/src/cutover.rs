@@ -497,12 +497,15 @@ pub async fn seed_database(db: &Database, names: &Names, opts: &Options) -> Resu
 /// Backend errors.
 pub async fn seed_objects(storage: &Storage, opts: &Options) -> Result<()> {
     storage.reset().await?;
-    let puts = futures::stream::iter(fixture_files(opts).into_iter().map(
-        |(_, cid, name, body)| async move { storage.put(&format!("{FROM}{cid}/{name}"), body).await },
-    ))
-    .buffer_unordered(16)
-    .collect::<Vec<Result<()>>>()
-    .await;
+    let puts =
+        futures::stream::iter(fixture_files(opts).into_iter().map(
+            |(_, cid, name, body)| async move {
+                storage.put(&format!("{FROM}{cid}/{name}"), body).await
+            },
+        ))
+        .buffer_unordered(16)
+        .collect::<Vec<Result<()>>>()
+        .await;
     puts.into_iter().collect()
 }
 

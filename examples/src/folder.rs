@@ -830,11 +830,11 @@ impl FolderMovePrefix {
                 std::fs::rename(&dst, &src).map_err(|e| io("moving back", &dst, e))?;
             }
             undone += 1;
-            if undone % self.batch as u64 == 0 {
+            if undone.is_multiple_of(self.batch as u64) {
                 ctx.progress(&self.id, undone, None, "objects reverted");
             }
         }
-        if undone % self.batch as u64 != 0 || undone == 0 {
+        if !undone.is_multiple_of(self.batch as u64) || undone == 0 {
             ctx.progress(&self.id, undone, None, "objects reverted");
         }
         if !conflicts.is_empty() {

@@ -27,18 +27,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn env(name: &str) -> String {
-    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| {
-        panic!(
-            "{name} is not set: run the tests through scripts/test, which starts PostgreSQL, \
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not set: run the tests through scripts/test, which starts PostgreSQL, \
              the S3 server and Unleash and exports ROLLBACK_TEST_* (or `scripts/servers-up FILE` \
              and source FILE)"
-        )
-    })
+            )
+        })
 }
 
 fn loopback(url: &str, what: &str) -> String {
     assert!(
-        url.contains("://127.0.0.1:") || url.contains("://localhost:") || url.contains("@127.0.0.1:"),
+        url.contains("://127.0.0.1:")
+            || url.contains("://localhost:")
+            || url.contains("@127.0.0.1:"),
         "{what} must point at 127.0.0.1, got a URL elsewhere"
     );
     url.to_string()
@@ -53,9 +58,13 @@ fn unique(label: &str) -> String {
 
 /// `url` (postgres://user[:pw]@host:port/db) with database `db` and password `pw`.
 fn pg_url(url: &str, db: &str, pw: Option<&str>) -> String {
-    let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"));
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"));
     let rest = rest.unwrap_or_else(|| panic!("ROLLBACK_TEST_PG_URL must be a postgres:// URL"));
-    let (auth, host) = rest.split_once('@').expect("ROLLBACK_TEST_PG_URL names a user");
+    let (auth, host) = rest
+        .split_once('@')
+        .expect("ROLLBACK_TEST_PG_URL names a user");
     let user = auth.split(':').next().unwrap();
     let host = host.split('/').next().unwrap();
     match pw {
@@ -94,7 +103,10 @@ impl World {
         let pg_pass = unique("pg-password");
         let db = Database::connect(&pg_url(&server, &db_name, Some(&pg_pass))).unwrap();
 
-        let endpoint = loopback(&env("ROLLBACK_TEST_S3_ENDPOINT"), "ROLLBACK_TEST_S3_ENDPOINT");
+        let endpoint = loopback(
+            &env("ROLLBACK_TEST_S3_ENDPOINT"),
+            "ROLLBACK_TEST_S3_ENDPOINT",
+        );
         // The S3 server checks no signature: a made-up secret key works, and is looked for.
         let s3_secret = unique("s3-secret-key");
         let settings = S3Settings::new(
@@ -109,7 +121,10 @@ impl World {
         let bucket = S3Bucket::connect(&settings, &name).store(store.name(), "");
         bucket.create(true).await.unwrap();
 
-        let unleash_url = loopback(&env("ROLLBACK_TEST_UNLEASH_URL"), "ROLLBACK_TEST_UNLEASH_URL");
+        let unleash_url = loopback(
+            &env("ROLLBACK_TEST_UNLEASH_URL"),
+            "ROLLBACK_TEST_UNLEASH_URL",
+        );
         let admin_token = env("ROLLBACK_TEST_UNLEASH_ADMIN_TOKEN");
         let flags =
             UnleashProvider::new(&unleash_url, admin_token.clone(), "default", "development")
@@ -142,7 +157,10 @@ impl World {
 
     async fn cleanup(self) {
         let flags = &self.backends.flags;
-        for f in [&self.backends.names.new_name_fields, &self.backends.names.use_v2_storage] {
+        for f in [
+            &self.backends.names.new_name_fields,
+            &self.backends.names.use_v2_storage,
+        ] {
             let _ = flags.delete(f).await;
         }
         let _ = self.bucket.dangerous_delete_bucket().await;
@@ -162,7 +180,16 @@ fn pg_dump(url: &str) -> (String, String) {
     let bin = format!("{}/pg_dump", env("ROLLBACK_PG_BIN"));
     let run = |what: &str| -> String {
         let out = Command::new(&bin)
-            .args([what, "--no-owner", "-N", "_rollback", "-N", "_rollback_snapshots", "-d", url])
+            .args([
+                what,
+                "--no-owner",
+                "-N",
+                "_rollback",
+                "-N",
+                "_rollback_snapshots",
+                "-d",
+                url,
+            ])
             .output()
             .expect("run pg_dump");
         assert!(
@@ -201,7 +228,10 @@ fn pg_dump(url: &str) -> (String, String) {
 
 #[track_caller]
 fn assert_same_dump(expected: &(String, String), actual: &(String, String), what: &str) {
-    for (kind, a, b) in [("schema", &expected.0, &actual.0), ("data", &expected.1, &actual.1)] {
+    for (kind, a, b) in [
+        ("schema", &expected.0, &actual.0),
+        ("data", &expected.1, &actual.1),
+    ] {
         if a != b {
             let la: Vec<&str> = a.lines().collect();
             let lb: Vec<&str> = b.lines().collect();
@@ -245,7 +275,10 @@ async fn bucket_state(b: &S3Bucket) -> BTreeMap<String, (u64, String)> {
             .await
             .expect("body")
             .into_bytes();
-        (k, (body.len() as u64, blake3::hash(&body).to_hex().to_string()))
+        (
+            k,
+            (body.len() as u64, blake3::hash(&body).to_hex().to_string()),
+        )
     }))
     .buffer_unordered(16)
     .collect()
@@ -314,7 +347,9 @@ struct Views {
 
 async fn views(w: &World) -> Views {
     let url = w.db_url(&w.db_name);
-    let dump = tokio::task::spawn_blocking(move || pg_dump(&url)).await.unwrap();
+    let dump = tokio::task::spawn_blocking(move || pg_dump(&url))
+        .await
+        .unwrap();
     Views {
         dump,
         objects: bucket_state(&w.bucket).await,
@@ -330,8 +365,12 @@ async fn reference_dump(w: &mut World, opts: &Options) -> (String, String) {
     w.ref_db = Some(name.clone());
     let url = w.db_url(&name);
     let db = Database::connect(&url).unwrap();
-    cutover::seed_database(&db, &w.backends.names, opts).await.unwrap();
-    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    cutover::seed_database(&db, &w.backends.names, opts)
+        .await
+        .unwrap();
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let s = &w.backends.names.schema;
     c.batch_execute(&format!(
@@ -342,7 +381,9 @@ async fn reference_dump(w: &mut World, opts: &Options) -> (String, String) {
     ))
     .await
     .unwrap();
-    tokio::task::spawn_blocking(move || pg_dump(&url)).await.unwrap()
+    tokio::task::spawn_blocking(move || pg_dump(&url))
+        .await
+        .unwrap()
 }
 
 fn options() -> Options {
@@ -357,7 +398,12 @@ fn options() -> Options {
 
 /// Nothing a scenario prints, reports or journals holds a credential.
 async fn assert_no_secrets(w: &World, run: &Cutover) {
-    let records = w.backends.journal.records(&run.report.run_id).await.unwrap();
+    let records = w
+        .backends
+        .journal
+        .records(&run.report.run_id)
+        .await
+        .unwrap();
     let mut texts = vec![
         run.report.to_json(),
         run.report.to_markdown(),
@@ -368,7 +414,10 @@ async fn assert_no_secrets(w: &World, run: &Cutover) {
     texts.extend(run.notices.iter().map(|n| format!("{n:?}")));
     for secret in &w.secrets {
         for t in &texts {
-            assert!(!t.contains(secret.as_str()), "a credential appears in the output:\n{t}");
+            assert!(
+                !t.contains(secret.as_str()),
+                "a credential appears in the output:\n{t}"
+            );
         }
     }
 }
@@ -377,7 +426,12 @@ async fn scenario(fail_at: FailAt, scope: RollbackScope) {
     let label = format!("{fail_at}_{}", cutover::scope_name(scope));
     let t = Instant::now();
     let mut w = World::new(&label).await;
-    let opts = options();
+    let mut opts = options();
+    if fail_at == FailAt::Relayout {
+        // More than one listing page (1000 keys), so that the move stops midway: after
+        // its first page, with the rest still under v1/.
+        opts.attachments = 1_200;
+    }
     w.backends.seed(&opts).await.unwrap();
     let before = views(&w).await;
     assert_eq!(before.objects.len() as u64, opts.attachments);
@@ -395,7 +449,16 @@ async fn scenario(fail_at: FailAt, scope: RollbackScope) {
     let t_run = Instant::now();
     let run = w
         .backends
-        .execute(&plan, &Options { fail_at, scope, ..opts.clone() }, false, false)
+        .execute(
+            &plan,
+            &Options {
+                fail_at,
+                scope,
+                ..opts.clone()
+            },
+            false,
+            false,
+        )
         .await
         .unwrap();
     let ran = t_run.elapsed();
@@ -405,7 +468,12 @@ async fn scenario(fail_at: FailAt, scope: RollbackScope) {
 
     assert!(r.parity_proven(), "{md}");
     assert!(r.rto_ms.is_some() && r.rpo_ms.is_some(), "{md}");
-    assert_eq!(run.notices.len(), 2, "status page: rollback started and finished: {:?}", run.notices);
+    assert_eq!(
+        run.notices.len(),
+        2,
+        "status page: rollback started and finished: {:?}",
+        run.notices
+    );
     match (fail_at, scope) {
         (FailAt::Relayout, RollbackScope::Component) => {
             // Storage and the flag that depends on it are undone; the database change
@@ -425,12 +493,20 @@ async fn scenario(fail_at: FailAt, scope: RollbackScope) {
             assert_eq!(r.kept_verified(), Some(true), "{md}");
             assert!(md.contains("Kept: add-name-columns"), "{md}");
             // Storage: exactly the baseline.
-            assert_eq!(after.objects, before.objects, "bucket differs from its baseline");
+            assert_eq!(
+                after.objects, before.objects,
+                "bucket differs from its baseline"
+            );
             // Flags: use_v2_storage as before; new_name_fields on for everyone.
             let v2 = &w.backends.names.use_v2_storage;
             let nf = &w.backends.names.new_name_fields;
             assert_eq!(after.flags[v2], before.flags[v2]);
-            assert_eq!(after.flags[nf]["enabled"], Value::Bool(true), "{:#?}", after.flags[nf]);
+            assert_eq!(
+                after.flags[nf]["enabled"],
+                Value::Bool(true),
+                "{:#?}",
+                after.flags[nf]
+            );
             assert_eq!(
                 after.flags[nf]["strategies"][0]["parameters"]["rollout"],
                 Value::String("100".into()),
@@ -447,7 +523,10 @@ async fn scenario(fail_at: FailAt, scope: RollbackScope) {
                 // Nothing outside the database component and its dependents had been
                 // applied: nothing is kept.
                 assert!(
-                    matches!(r.outcome, Outcome::RolledBack | Outcome::PartiallyRolledBack),
+                    matches!(
+                        r.outcome,
+                        Outcome::RolledBack | Outcome::PartiallyRolledBack
+                    ),
                     "{md}"
                 );
             } else {
@@ -455,8 +534,14 @@ async fn scenario(fail_at: FailAt, scope: RollbackScope) {
             }
             assert!(r.kept().is_empty(), "{md}");
             assert_same_dump(&before.dump, &after.dump, &label);
-            assert_eq!(after.objects, before.objects, "bucket differs from its baseline");
-            assert_eq!(after.flags, before.flags, "client view of the flags differs");
+            assert_eq!(
+                after.objects, before.objects,
+                "bucket differs from its baseline"
+            );
+            assert_eq!(
+                after.flags, before.flags,
+                "client view of the flags differs"
+            );
         }
     }
     match fail_at {
@@ -464,7 +549,12 @@ async fn scenario(fail_at: FailAt, scope: RollbackScope) {
             assert!(md.contains("drill: poisoned row"), "{md}");
             assert!(r.undone().contains(&cutover::steps::BACKFILL), "{md}");
         }
-        FailAt::Relayout => assert!(md.contains("drill: injected failure"), "{md}"),
+        FailAt::Relayout => {
+            assert!(
+                md.contains("drill: injected failure after 1000 objects"),
+                "{md}"
+            );
+        }
         FailAt::Soak => {
             assert!(md.contains("trigger app-error-rate breached"), "{md}");
             assert_eq!(r.undone().len(), 6, "every step undone: {md}");
@@ -520,7 +610,11 @@ async fn healthy_cutover_commits_and_leaves_every_component_migrated() {
     w.backends.seed(&opts).await.unwrap();
     let before = views(&w).await;
     let plan = w.backends.plan(&opts).unwrap();
-    let run = w.backends.execute(&plan, &opts, false, false).await.unwrap();
+    let run = w
+        .backends
+        .execute(&plan, &opts, false, false)
+        .await
+        .unwrap();
     let md = run.report.to_markdown();
     assert_eq!(run.report.outcome, Outcome::Committed, "{md}");
     assert!(run.notices.is_empty());
@@ -534,7 +628,10 @@ async fn healthy_cutover_commits_and_leaves_every_component_migrated() {
     assert_eq!(after.objects, moved);
     for f in after.flags.values() {
         assert_eq!(f["enabled"], Value::Bool(true), "{f:#?}");
-        assert_eq!(f["strategies"][0]["parameters"]["rollout"], Value::String("100".into()));
+        assert_eq!(
+            f["strategies"][0]["parameters"]["rollout"],
+            Value::String("100".into())
+        );
     }
     let expected = reference_dump(&mut w, &opts).await;
     assert_same_dump(&expected, &after.dump, "committed database");

@@ -78,7 +78,10 @@ async fn move_failing_midway_is_rolled_back_to_the_same_files() {
                 .fail_after(40),
             &[],
         )
-        .verify_after("move", FolderLayoutParity::new("v2-holds-v1", &cp, "v1/", "v2/"))
+        .verify_after(
+            "move",
+            FolderLayoutParity::new("v2-holds-v1", &cp, "v1/", "v2/"),
+        )
         .build()
         .unwrap();
     let journal = FileJournal::open(dir.path().join("journal")).unwrap();
@@ -86,7 +89,10 @@ async fn move_failing_midway_is_rolled_back_to_the_same_files() {
     let md = report.to_markdown();
     assert_eq!(report.outcome, Outcome::RolledBack, "{md}");
     assert!(report.parity_proven(), "{md}");
-    assert!(md.contains("injected failure after 40 of 100 objects"), "{md}");
+    assert!(
+        md.contains("injected failure after 40 of 100 objects"),
+        "{md}"
+    );
     assert_eq!(files(s.root()), before);
 }
 
@@ -132,10 +138,13 @@ async fn restore_refuses_a_snapshot_whose_copy_was_altered_and_changes_nothing()
     let cp = FolderCheckpoint::new(&s, "");
     let ctx = Context::standalone("tamper");
     let snap = cp.capture(&ctx).await.unwrap();
-    s.put("v1/0/file-000.bin", b"changed".to_vec()).await.unwrap();
+    s.put("v1/0/file-000.bin", b"changed".to_vec())
+        .await
+        .unwrap();
     let changed = files(s.root());
     // Alter one snapshot copy behind the checkpoint's back.
-    let copy = Path::new(snap.descriptor["dir"].as_str().unwrap()).join("objects/v1/1/file-001.bin");
+    let copy =
+        Path::new(snap.descriptor["dir"].as_str().unwrap()).join("objects/v1/1/file-001.bin");
     std::fs::write(&copy, b"tampered").unwrap();
     match cp.restore(&snap, &ctx).await {
         Err(Error::DigestMismatch { .. }) => {}
