@@ -136,8 +136,13 @@ async fn run(opts: Options, quiet: bool) -> Result<bool, Box<dyn std::error::Err
             opts.poisoned_customer()
         ),
         FailAt::Relayout => println!(
-            "drill: the move of attachments fails once {} objects are moved\n",
-            opts.relayout_fail_after()
+            "drill: the move of attachments fails once {} objects are moved{}\n",
+            opts.relayout_fail_after(),
+            if matches!(b.storage, examples::cutover::Storage::S3(_)) {
+                " (the S3 move checks after each listing page of up to 1000 keys)"
+            } else {
+                ""
+            }
         ),
         FailAt::Soak => println!(
             "drill: from the 2nd poll of the soak window on, the application's error rate is 12% (injected)\n"
@@ -154,6 +159,24 @@ async fn run(opts: Options, quiet: bool) -> Result<bool, Box<dyn std::error::Err
         println!(
             "released the baseline snapshots of {} (back at baseline, proven)",
             run.released.join(", ")
+        );
+    }
+    let kept: Vec<String> = report
+        .checkpoints
+        .iter()
+        .filter(|c| c.snapshot_id.is_some() && !run.released.contains(&c.resource))
+        .map(|c| {
+            format!(
+                "{} (snapshot {})",
+                c.resource,
+                c.snapshot_id.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    if !kept.is_empty() {
+        println!(
+            "kept the baseline snapshots of {}: those resources stay migrated, and a later rollback can still restore them",
+            kept.join(", ")
         );
     }
     println!("\n== status page ==");

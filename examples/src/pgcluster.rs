@@ -63,6 +63,12 @@ fn has_server_binaries(dir: &Path) -> bool {
 /// The folder of `initdb` and `pg_ctl`: `$ROLLBACK_PG_BIN`, `pg_config --bindir`, the
 /// newest `/usr/lib/postgresql/<version>/bin`, or the `PATH`.
 pub fn find_binaries() -> Result<PathBuf, ClusterError> {
+    find_binaries_in(Path::new("/usr/lib/postgresql"))
+}
+
+/// [`find_binaries`], looking for versioned installs under `versions_root` instead of
+/// `/usr/lib/postgresql`.
+fn find_binaries_in(versions_root: &Path) -> Result<PathBuf, ClusterError> {
     let mut searched = Vec::new();
     if let Ok(d) = std::env::var("ROLLBACK_PG_BIN") {
         searched.push(format!("$ROLLBACK_PG_BIN ({d})"));
@@ -77,8 +83,8 @@ pub fn find_binaries() -> Result<PathBuf, ClusterError> {
             return Ok(d.into());
         }
     }
-    searched.push("/usr/lib/postgresql/*/bin".into());
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    searched.push(format!("{}/*/bin", versions_root.display()));
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(versions_root)
         .into_iter()
         .flatten()
         .flatten()
@@ -298,5 +304,35 @@ impl ThrowawayCluster {
 impl Drop for ThrowawayCluster {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binaries_are_reported_with_where_we_looked_and_what_to_do() {
+        let empty = tempfile::tempdir().unwrap();
+        // Only meaningful where neither $ROLLBACK_PG_BIN, pg_config nor the PATH has them.
+        let on_path = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| has_server_binaries(&d)))
+            .unwrap_or(false);
+        let configured = std::env::var("ROLLBACK_PG_BIN").is_ok()
+            || Command::new("pg_config").arg("--bindir").output().is_ok();
+        match find_binaries_in(empty.path()) {
+            Err(e @ ClusterError::NoBinaries { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("no PostgreSQL server binaries"), "{msg}");
+                assert!(msg.contains(&empty.path().display().to_string()), "{msg}");
+                assert!(msg.contains("DATABASE_URL"), "{msg}");
+            }
+            Ok(p) => assert!(
+                on_path || configured,
+                "found {} out of nowhere",
+                p.display()
+            ),
+            Err(e) => panic!("{e}"),
+        }
     }
 }
