@@ -166,6 +166,8 @@ pub(crate) struct RowHasher {
     rows: u64,
     bytes: u64,
     chunks: Vec<ChunkDigest>,
+    /// Leaf digests, kept when a relation is hashed in parts (32 bytes per 4096 rows).
+    leaves: Option<Vec<[u8; 32]>>,
 }
 
 impl RowHasher {
@@ -184,7 +186,15 @@ impl RowHasher {
             rows: 0,
             bytes: 0,
             chunks: Vec::new(),
+            leaves: None,
         }
+    }
+
+    /// A hasher that also keeps its leaf digests (to combine parts into one root).
+    fn recording() -> Self {
+        let mut h = Self::new(u64::MAX);
+        h.leaves = Some(Vec::new());
+        h
     }
 
     /// Whether the next row starts a new leaf (the caller flushes its pending span
@@ -200,6 +210,9 @@ impl RowHasher {
         }
         let d = self.leaf.finalize();
         self.leaf.reset();
+        if let Some(l) = self.leaves.as_mut() {
+            l.push(*d.as_bytes());
+        }
         self.root.update(d.as_bytes());
         self.chunk.update(d.as_bytes());
         self.chunk_rows += self.leaf_rows;
@@ -270,6 +283,9 @@ struct CopyParser {
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
+/// Bytes gathered before they are hashed.
+const FEED_BATCH: usize = 256 * 1024;
+
 #[inline]
 fn be_i16(b: &[u8]) -> i16 {
     i16::from_be_bytes([b[0], b[1]])
@@ -293,21 +309,32 @@ impl CopyParser {
             key_idx,
             header_done: false,
             done: false,
-            pending: Vec::new(),
+            pending: Vec::with_capacity(FEED_BATCH + 64 * 1024),
         }
     }
 
+    /// Take stream bytes. PostgreSQL sends one COPY message per row, a hundred bytes or
+    /// so: they are gathered into a large buffer first, so that blake3 and the row walk
+    /// run over long spans instead of paying per-call overhead per row.
     fn feed(&mut self, data: &[u8]) -> Result<()> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && data.len() >= FEED_BATCH {
             let used = self.process(data)?;
             self.pending.extend_from_slice(&data[used..]);
-        } else {
-            let mut buf = std::mem::take(&mut self.pending);
-            buf.extend_from_slice(data);
-            let used = self.process(&buf)?;
-            buf.drain(..used);
-            self.pending = buf;
+            return Ok(());
         }
+        self.pending.extend_from_slice(data);
+        if self.pending.len() >= FEED_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hash every complete row gathered so far.
+    fn flush(&mut self) -> Result<()> {
+        let mut buf = std::mem::take(&mut self.pending);
+        let used = self.process(&buf)?;
+        buf.drain(..used);
+        self.pending = buf;
         Ok(())
     }
 
@@ -510,27 +537,152 @@ pub(crate) async fn hash_relation(
     shape: &Shape,
     chunk_leaves: u64,
 ) -> Result<TableHash> {
+    copy_hash(
+        c,
+        shape,
+        "TRUE",
+        CopyParser::new(chunk_leaves, shape.key_idx()),
+    )
+    .await
+    .map(|(h, _)| h)
+}
+
+async fn copy_hash(
+    c: &Client,
+    shape: &Shape,
+    pred: &str,
+    mut parser: CopyParser,
+) -> Result<(TableHash, Vec<[u8; 32]>)> {
     let sql = format!(
-        "COPY (SELECT {} FROM {} t ORDER BY {}) TO STDOUT (FORMAT binary)",
-        if shape.columns.is_empty() {
-            "".to_string()
-        } else {
-            shape.select_list("t")
-        },
+        "COPY (SELECT {} FROM {} t WHERE {pred} ORDER BY {}) TO STDOUT (FORMAT binary)",
+        shape.select_list("t"),
         shape.rel,
         shape.order_by("t")
     );
     let stream = c.copy_out(sql.as_str()).await.ctx("hashing table (COPY)")?;
     pin_mut!(stream);
-    let mut parser = CopyParser::new(chunk_leaves, shape.key_idx());
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.ctx("hashing table (COPY stream)")?;
         parser.feed(&chunk)?;
     }
+    parser.flush()?;
     if !parser.done {
         return Err(backend_msg("COPY stream ended without its trailer"));
     }
-    Ok(parser.h.finish())
+    parser.h.finish_leaf();
+    let leaves = parser.h.leaves.take().unwrap_or_default();
+    Ok((parser.h.finish(), leaves))
+}
+
+/// Rows from which a relation is hashed in parallel parts.
+pub(crate) const PARALLEL_MIN_ROWS: u64 = 200_000;
+
+/// The root of a relation, hashed as `clients.len()` key ranges in parallel — one binary
+/// COPY per client, every client in the same (exported) snapshot. The ranges start at
+/// multiples of [`LEAF_ROWS`] rows, so the leaves, and the root, are exactly those of a
+/// single pass. `key_types` are the key columns' types (`format_type`), `estimate` the
+/// row count estimate. Falls back to one pass when the table is small or has no key.
+pub(crate) async fn hash_relation_parallel(
+    clients: &[&Client],
+    shape: &Shape,
+    key_types: &[String],
+    estimate: u64,
+) -> Result<Digest> {
+    let parts = clients.len() as u64;
+    let per = (estimate / parts.max(1) / LEAF_ROWS) * LEAF_ROWS;
+    if parts < 2 || shape.key.is_empty() || estimate < PARALLEL_MIN_ROWS || per == 0 {
+        return Ok(hash_relation(clients[0], shape, u64::MAX).await?.root);
+    }
+    // Split keys: the key at row offsets per, 2·per, … (as typed SQL literals).
+    let key_text: Vec<String> = shape
+        .key
+        .iter()
+        .map(|k| format!("t.{}::text", quote_ident(k)))
+        .collect();
+    let mut splits: Vec<Vec<String>> = Vec::new();
+    for i in 1..parts {
+        let row = clients[0]
+            .query_opt(
+                &format!(
+                    "SELECT {} FROM {} t ORDER BY {} OFFSET $1 LIMIT 1",
+                    key_text.join(", "),
+                    shape.rel,
+                    shape.order_by("t")
+                ),
+                &[&((i * per) as i64)],
+            )
+            .await
+            .ctx("finding split keys")?;
+        let Some(row) = row else { break };
+        let lits: Vec<String> = (0..shape.key.len())
+            .map(|j| {
+                format!(
+                    "{}::{}",
+                    crate::ident::quote_literal(&row.get::<_, String>(j)),
+                    key_types.get(j).map(String::as_str).unwrap_or("text")
+                )
+            })
+            .collect();
+        splits.push(lits);
+    }
+    let cols: Vec<String> = shape
+        .key
+        .iter()
+        .map(|k| format!("t.{}", quote_ident(k)))
+        .collect();
+    let single = cols.len() == 1;
+    let key = if single {
+        cols[0].clone()
+    } else {
+        format!("ROW({})", cols.join(", "))
+    };
+    let bound = |lits: &Vec<String>| {
+        if single {
+            lits[0].clone()
+        } else {
+            format!("ROW({})", lits.join(", "))
+        }
+    };
+    let mut preds = Vec::new();
+    for i in 0..=splits.len() {
+        let lo = (i > 0).then(|| format!("{key} >= {}", bound(&splits[i - 1])));
+        let hi = splits.get(i).map(|s| format!("{key} < {}", bound(s)));
+        preds.push(match (lo, hi) {
+            (Some(a), Some(b)) => format!("{a} AND {b}"),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => "TRUE".into(),
+        });
+    }
+    let jobs = preds.iter().enumerate().map(|(i, p)| {
+        copy_hash(clients[i], shape, p, {
+            let mut parser = CopyParser::new(u64::MAX, Vec::new());
+            parser.h = RowHasher::recording();
+            parser
+        })
+    });
+    let results = futures::future::try_join_all(jobs).await?;
+    let mut root = blake3::Hasher::new();
+    root.update(ROOT_DOMAIN);
+    let mut rows = 0u64;
+    for (i, (h, leaves)) in results.iter().enumerate() {
+        if i + 1 < results.len() && h.rows != per {
+            // Not leaf-aligned (cannot happen within one snapshot): hash in one pass.
+            tracing::warn!(
+                part = i,
+                rows = h.rows,
+                expected = per,
+                "parallel hash parts misaligned; hashing in one pass"
+            );
+            return Ok(hash_relation(clients[0], shape, u64::MAX).await?.root);
+        }
+        rows += h.rows;
+        for l in leaves {
+            root.update(l);
+        }
+    }
+    root.update(&rows.to_le_bytes());
+    Ok(Digest(*root.finalize().as_bytes()))
 }
 
 /// Hash the rows of `lo <= key < hi` with a binary query (same digest as the chunk of a
@@ -638,6 +790,7 @@ mod tests {
             for piece in stream.chunks(split) {
                 p.feed(piece).unwrap();
             }
+            p.flush().unwrap();
             assert!(p.done);
             assert_eq!(p.h.finish(), expected, "split {split}");
         }

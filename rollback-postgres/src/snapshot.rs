@@ -34,7 +34,8 @@ pub enum RestoreMethod {
     Swap,
     /// `TRUNCATE` the tables together and `INSERT … SELECT` from the copies.
     Copy,
-    /// Delete rows added since, update rows changed since, insert rows deleted since, by
+    /// Delete rows added since, update rows changed since (compared by binary image, `*<>`),
+    /// insert rows deleted since, by
     /// key; the only method for tables referenced by foreign keys from outside the set.
     Merge,
 }
@@ -104,6 +105,7 @@ pub struct TableSnapshot {
     method: RestoreMethod,
     lock_timeout: Duration,
     keep_after_swap: bool,
+    parallelism: usize,
 }
 
 /// The captured entry of `table` in a table snapshot (for verifiers).
@@ -201,6 +203,7 @@ impl TableSnapshot {
             method: RestoreMethod::Auto,
             lock_timeout: Duration::from_secs(5),
             keep_after_swap: true,
+            parallelism: 2,
         }
     }
 
@@ -229,6 +232,15 @@ impl TableSnapshot {
     /// restore of it then only succeeds if the tables still hold its content: `noop`).
     pub fn keep_snapshot_after_swap(mut self, keep: bool) -> Self {
         self.keep_after_swap = keep;
+        self
+    }
+
+    /// Sessions that [`Checkpoint::fingerprint`] hashes a big table (200 000 rows or more,
+    /// with a key) with in parallel, each a binary COPY of one key range, all in one
+    /// exported snapshot (default 2; 1 hashes in one pass). The digest does not depend on
+    /// it. Each extra session is a connection from the pool.
+    pub fn fingerprint_parallelism(mut self, sessions: usize) -> Self {
+        self.parallelism = sessions.max(1);
         self
     }
 
@@ -721,9 +733,89 @@ impl Checkpoint for TableSnapshot {
             .start()
             .await
             .ctx("starting fingerprint")?;
-        let fps = fingerprint_tables(&tx, &self.tables).await?;
+        let snapshot_id: Option<String> = if self.parallelism > 1 {
+            tx.query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+                .await
+                .ok()
+                .map(|r| r.get(0))
+        } else {
+            None
+        };
+        let mut fps = Vec::new();
+        // Extra sessions in the same snapshot, opened when a big table needs them.
+        let mut extra: Vec<deadpool_postgres::Object> = Vec::new();
+        let mut opened = false;
+        for t in &self.tables {
+            let Some(oid) = catalog::table_oid(&tx, t).await? else {
+                fps.push(table_fingerprint(t, None, None));
+                continue;
+            };
+            let model = catalog::table_model_by_oid(&tx, oid).await?;
+            let key = catalog::order_key(&tx, oid).await?;
+            let estimate: i64 = tx
+                .query_one(
+                    "SELECT greatest(reltuples, 0)::bigint FROM pg_catalog.pg_class WHERE oid = $1",
+                    &[&oid],
+                )
+                .await
+                .ctx("reading table size estimate")?
+                .get(0);
+            let key_types: Vec<String> = key
+                .iter()
+                .filter_map(|k| model.columns.iter().find(|c| &c.name == k))
+                .map(|c| c.data_type.clone())
+                .collect();
+            let shape = Shape {
+                rel: t.quoted(),
+                columns: model.column_names(),
+                key,
+            };
+            let big = estimate as u64 >= hash::PARALLEL_MIN_ROWS && !shape.key.is_empty();
+            if big && !opened {
+                opened = true;
+                if let Some(id) = &snapshot_id {
+                    for _ in 1..self.parallelism {
+                        let Ok(o) = self.db.client().await else { break };
+                        let ok = o
+                            .batch_execute(&format!(
+                                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                                crate::ident::quote_literal(id)
+                            ))
+                            .await
+                            .is_ok();
+                        if !ok {
+                            let _ = o.batch_execute("ROLLBACK").await;
+                            break;
+                        }
+                        extra.push(o);
+                    }
+                }
+            }
+            let root = if big && !extra.is_empty() {
+                let mut clients: Vec<&tokio_postgres::Client> = vec![tx.client()];
+                clients.extend(extra.iter().map(|o| -> &tokio_postgres::Client { o }));
+                hash::hash_relation_parallel(&clients, &shape, &key_types, estimate as u64).await
+            } else {
+                hash::hash_relation(tx.client(), &shape, u64::MAX)
+                    .await
+                    .map(|h| h.root)
+            };
+            let root = match root {
+                Ok(r) => r,
+                Err(e) => {
+                    for o in &extra {
+                        let _ = o.batch_execute("ROLLBACK").await;
+                    }
+                    return Err(e);
+                }
+            };
+            fps.push(table_fingerprint(t, Some(&model), Some(root)));
+        }
+        for o in &extra {
+            let _ = o.batch_execute("ROLLBACK").await;
+        }
         tx.commit().await.ctx("ending fingerprint")?;
-        Ok(combine(&fps.iter().map(|f| f.0).collect::<Vec<_>>()))
+        Ok(combine(&fps))
     }
 
     async fn discard(&self, snap: &Snapshot, _ctx: &Context) -> Result<()> {
@@ -1201,7 +1293,7 @@ impl TableSnapshot {
                 items += tx
                     .execute(
                         &format!(
-                            "UPDATE {} l SET ({}) = ROW({}) FROM {} s WHERE {} AND (l.*)::text IS DISTINCT FROM (s.*)::text",
+                            "UPDATE {} l SET ({}) = ROW({}) FROM {} s WHERE {} AND (l.*) OPERATOR(pg_catalog.*<>) (s.*)",
                             t.quoted(),
                             column_list(&settable),
                             column_list_with("s", &settable),
