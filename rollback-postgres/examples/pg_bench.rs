@@ -166,12 +166,15 @@ async fn main() {
     println!("|---|---|");
     println!("| pg_dump -Fc -t pgbench_accounts | {t_dump:.2?} |");
     println!("| pg_restore --clean (same table) | {t_restore:.2?} |");
-    for method in [
-        RestoreMethod::Swap,
-        RestoreMethod::Copy,
-        RestoreMethod::Merge,
+    for (method, keep) in [
+        (RestoreMethod::Swap, true),
+        (RestoreMethod::Swap, false),
+        (RestoreMethod::Copy, true),
+        (RestoreMethod::Merge, true),
     ] {
-        let cp = TableSnapshot::new(&db, table.clone()).restore_method(method);
+        let cp = TableSnapshot::new(&db, table.clone())
+            .restore_method(method)
+            .keep_snapshot_after_swap(keep);
         let t = Instant::now();
         let snap = cp.capture(&ctx).await.unwrap();
         let t_cap = t.elapsed();
