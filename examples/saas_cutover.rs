@@ -145,7 +145,9 @@ async fn run(opts: Options, quiet: bool) -> Result<bool, Box<dyn std::error::Err
             }
         ),
         FailAt::Soak => println!(
-            "drill: from the 2nd poll of the soak window on, the application's error rate is 12% (injected)\n"
+            "drill: from the 2nd poll of the soak window on, the application's error rate is 12% (injected); \
+             the window is at least {} s, ended early by the breach\n",
+            examples::cutover::SOAK_DRILL_WINDOW.as_secs()
         ),
         FailAt::None => {}
     }

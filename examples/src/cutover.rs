@@ -70,6 +70,9 @@ pub mod steps {
     pub const ROLLOUT_STORAGE: &str = "rollout-use-v2-storage";
 }
 
+/// The shortest soak window of the soak drill ([`FailAt::Soak`]): the breach ends it.
+pub const SOAK_DRILL_WINDOW: Duration = Duration::from_secs(20);
+
 /// Which failure to inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailAt {
@@ -537,7 +540,7 @@ impl Backends {
         ReadPathProbe {
             id: id.into(),
             backends: self.clone(),
-            sample: 40,
+            sample: 25,
             max_error_rate: opts.max_error_rate,
             chaos: None,
             polls: AtomicU32::new(0),
@@ -722,7 +725,13 @@ impl Backends {
                     .threshold(2, 3)
                     .max_value(opts.max_error_rate),
             )
-            .soak(opts.soak)
+            .soak(if fail == FailAt::Soak {
+                // The breach ends the window early; a long window only makes sure it
+                // comes however slow each poll is on a loaded machine.
+                opts.soak.max(SOAK_DRILL_WINDOW)
+            } else {
+                opts.soak
+            })
             .default_step_options(StepOptions::default().retries(3))
             .build()?;
         Ok(plan)
