@@ -431,14 +431,11 @@ pub(crate) fn diff_tables(name: &str, a: &TableModel, b: &TableModel) -> Vec<Sch
                     what.push(format!("type {} -> {}", ca.data_type, cb.data_type));
                 }
                 if ca.not_null != cb.not_null {
-                    what.push(format!(
-                        "{}",
-                        if cb.not_null {
-                            "NOT NULL added"
-                        } else {
-                            "NOT NULL dropped"
-                        }
-                    ));
+                    what.push(if cb.not_null {
+                        "NOT NULL added".to_string()
+                    } else {
+                        "NOT NULL dropped".to_string()
+                    });
                 }
                 if ca.default != cb.default {
                     what.push(format!("default {:?} -> {:?}", ca.default, cb.default));

@@ -478,7 +478,7 @@ pub(crate) fn to_hex(b: &[u8]) -> String {
 
 pub(crate) fn from_hex(s: &str) -> Result<Vec<u8>> {
     let bad = || rollback_core::Error::invalid("malformed key in snapshot descriptor");
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(bad());
     }
     (0..s.len())

@@ -1,4 +1,87 @@
-//! rollback adapter for PostgreSQL (work in progress).
+//! # rollback-postgres
+//!
+//! PostgreSQL for [`rollback_core`]: checkpoints that keep table copies inside the
+//! database, SQL and backfill steps that apply exactly once per run, integrity verifiers,
+//! and a journal many processes share.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use rollback_core::{Executor, Outcome, Plan};
+//! use rollback_postgres::{
+//!     Backfill, Database, ForeignKeyIntegrity, PgJournal, RecoveryPoint, SqlStep, Table,
+//!     TableSnapshot,
+//! };
+//!
+//! let db = Database::connect(&std::env::var("DATABASE_URL")?)?;
+//! let customers = Table::public("customers");
+//! let plan = Plan::builder("split-name")
+//!     .precondition(RecoveryPoint::new(&db, "before-split")) // LSN + restore point
+//!     .checkpoint("db", TableSnapshot::new(&db, customers.clone()))
+//!     .step(
+//!         "db",
+//!         SqlStep::new(&db, "add-columns", "ALTER TABLE customers ADD COLUMN first_name text")
+//!             .down("ALTER TABLE customers DROP COLUMN IF EXISTS first_name"),
+//!         &[],
+//!     )
+//!     .step(
+//!         "db",
+//!         Backfill::new(&db, "fill", customers, "id", "first_name = split_part(name, ' ', 1)"),
+//!         &["add-columns"],
+//!     )
+//!     .verify_final(ForeignKeyIntegrity::new(&db))
+//!     .build()?;
+//! let report = Executor::new(PgJournal::new(&db)).run(&plan).await?;
+//! assert!(report.outcome == Outcome::Committed || report.parity_proven());
+//! println!("{}", report.to_markdown());
+//! # Ok(()) }
+//! ```
+//!
+//! ## What is here
+//!
+//! - **Checkpoints.** [`TableSnapshot`] copies tables into a snapshot schema
+//!   (`_rollback_snapshots`) without moving rows through the client, digests the copy
+//!   (rows and definition) and restores it in one transaction — by an O(1) swap where
+//!   nothing depends on the table, else by `TRUNCATE` + `INSERT … SELECT`, else by a
+//!   keyed merge — refusing a copy that no longer matches its digest. [`SchemaSnapshot`]
+//!   captures the catalog of schemas as a [`SchemaModel`] with a readable
+//!   [`diff`](SchemaModel::diff) and restores structure with DDL (honestly limited: see its
+//!   docs). [`RecoveryPoint`] records `pg_current_wal_lsn()` and a named restore point for
+//!   PITR, as a verifier whose evidence lands in the run report.
+//! - **Steps.** [`SqlStep`] runs `up` / `down` SQL in one transaction with a marker row in
+//!   `_rollback.applied_steps`, under `lock_timeout` / `statement_timeout` guards;
+//!   statements that cannot run in a transaction are detected and run in autocommit; a
+//!   destructive `up` makes the step restore-only. [`Backfill`] updates by key ranges in
+//!   throttled batches, reports progress and resumes from its journaled cursor.
+//! - **Verifiers.** [`RowCountParity`], [`TableHashParity`] (streamed blake3 table hash,
+//!   bisected to the differing rows), [`ForeignKeyIntegrity`] (orphans, `NOT VALID`
+//!   constraints included), [`SchemaMatches`], [`SqlAssertion`].
+//! - **Journal.** [`PgJournal`] implements [`rollback_core::journal::Journal`] in
+//!   `_rollback.journal` with chained records and leases decided by the server's clock.
+//!
+//! ## Resource ids
+//!
+//! `postgres:<database>/<schema>.<table>` for a table ([`Database::table_resource`]),
+//! `postgres:<database>/<schema>.<t1>+<schema>.<t2>` for a set of tables checkpointed
+//! together, `postgres:<database>/schema:<s1>,<s2>` for a catalog, `postgres:<database>`
+//! for the database. A part holding `.`, `"`, `/`, `:`, space, `+` or `,` is
+//! double-quoted so ids never collide. A step's `touches` must name its checkpoint's id.
+//!
+//! ## Identifiers and secrets
+//!
+//! Every identifier is double-quoted in generated SQL, so mixed case, spaces, quotes and
+//! unicode work ([`Table`] takes names verbatim). A [`Database`] displays as
+//! `user@host:port/db`; no error, log line, `Debug` output or report of this crate carries
+//! a password or connection string.
+//!
+//! ## Table hash
+//!
+//! A table's hash is a blake3 digest over the binary COPY encoding of every row in key
+//! order (primary key, else a NOT NULL unique key, else the whole row's text), grouped
+//! in leaves of [`LEAF_ROWS`] rows; the root covers every leaf, and the snapshot keeps
+//! key-range chunk digests so that a mismatch is bisected without reading everything
+//! twice. Rows are never decoded: the COPY stream is walked by its length prefixes and
+//! hashed in large spans; big tables are hashed by parallel COPY streams over key ranges
+//! of one exported snapshot.
 
 mod backfill;
 mod catalog;
