@@ -898,7 +898,7 @@ pub fn summary(r: &RunReport) -> String {
                             if s.state == StepState::Reverted {
                                 "reverted by its compensation"
                             } else {
-                                "undone by restoring its checkpoint"
+                                "covered by its checkpoint: resource proven at baseline"
                             }
                         ))
                         .collect()
