@@ -3,6 +3,9 @@
 //!
 //! `cargo bench -p benches --bench executor`
 
+// `criterion_group!` generates an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rollback_core::journal::{FileJournal, Journal, MemoryJournal};
 use rollback_core::sim::{SetKey, SimWorld};

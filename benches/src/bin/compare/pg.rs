@@ -1,0 +1,747 @@
+//! PostgreSQL measurements: table fingerprint against a raw binary COPY, finding the
+//! differing rows against reladiff, table snapshots against pg_dump / pg_restore, and
+//! the fingerprint's peak memory.
+
+use crate::{on_exit, run_child, secs, Args, Cleanup, Res};
+use benches::{fmt_bytes, fmt_count, fmt_rate, fmt_ratio, fmt_secs, median, Report, Row};
+use futures::{pin_mut, StreamExt};
+use rollback_core::{Checkpoint, Context, Status, Verifier};
+use rollback_postgres::{Database, RestoreMethod, Table, TableHashParity, TableSnapshot};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tokio_postgres::{Client, NoTls};
+
+const ACCOUNTS: &str = "pgbench_accounts";
+const CHANGED: &str = "rb_accounts_changed";
+const MEM_TABLE: &str = "rb_accounts_10m";
+const RAW_COPY: &str = "COPY pgbench_accounts TO STDOUT (FORMAT binary)";
+const ORDERED_COPY: &str =
+    "COPY (SELECT aid, bid, abalance, filler FROM pgbench_accounts ORDER BY aid) TO STDOUT (FORMAT binary)";
+/// Rows changed in the copy that the differs compare.
+const DIFF_CHANGES: u64 = 10;
+
+/// The database of one run: `pgbench -i` at the run's scale.
+pub(crate) struct Bench {
+    admin: String,
+    url: String,
+    db: Database,
+    client: Client,
+    rows: u64,
+    pg_bin: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// `url` with its database replaced by `name`.
+pub(crate) fn db_url(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let after_scheme = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[after_scheme..]
+        .find('/')
+        .map(|i| i + after_scheme)
+        .unwrap_or(base.len());
+    format!("{}/{name}{query}", &base[..host_end])
+}
+
+pub(crate) async fn connect(url: &str) -> Res<Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+pub(crate) async fn drop_database(admin: &str, name: &str) -> Res<()> {
+    let c = connect(admin).await?;
+    c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await?;
+    Ok(())
+}
+
+/// Read a COPY to nowhere; returns the bytes read.
+async fn copy_out(c: &Client, sql: &str) -> Res<u64> {
+    let stream = c.copy_out(sql).await?;
+    pin_mut!(stream);
+    let mut n = 0u64;
+    while let Some(chunk) = stream.next().await {
+        n += chunk?.len() as u64;
+    }
+    Ok(n)
+}
+
+/// User + system CPU seconds of every process whose command name is `comm` (the
+/// PostgreSQL server's processes) — or of this process for `None`.
+fn cpu_secs(comm: Option<&str>) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    let read = |path: &Path| -> Option<(String, f64)> {
+        let s = std::fs::read_to_string(path).ok()?;
+        let open = s.find('(')?;
+        let close = s.rfind(')')?;
+        let name = s[open + 1..close].to_string();
+        let f: Vec<&str> = s[close + 2..].split_whitespace().collect();
+        // fields after the name: state(0) ... utime(11) stime(12)
+        let u: f64 = f.get(11)?.parse().ok()?;
+        let st: f64 = f.get(12)?.parse().ok()?;
+        Some((name, (u + st) / tick))
+    };
+    match comm {
+        None => read(Path::new("/proc/self/stat"))
+            .map(|x| x.1)
+            .unwrap_or(0.0),
+        Some(c) => std::fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .bytes()
+                            .all(|b| b.is_ascii_digit())
+                    })
+                    .filter_map(|e| read(&e.path().join("stat")))
+                    .filter(|(n, _)| n == c)
+                    .map(|(_, t)| t)
+                    .sum()
+            })
+            .unwrap_or(0.0),
+    }
+}
+
+/// Wall, client CPU and server CPU of one measurement.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cost {
+    wall: f64,
+    client: f64,
+    server: f64,
+}
+
+struct Meter {
+    t: Instant,
+    client: f64,
+    server: f64,
+}
+
+impl Meter {
+    fn start() -> Self {
+        Meter {
+            client: cpu_secs(None),
+            server: cpu_secs(Some("postgres")),
+            t: Instant::now(),
+        }
+    }
+    fn stop(self) -> Cost {
+        Cost {
+            wall: secs(self.t),
+            client: cpu_secs(None) - self.client,
+            server: cpu_secs(Some("postgres")) - self.server,
+        }
+    }
+}
+
+fn med(costs: &[Cost]) -> Cost {
+    Cost {
+        wall: median(&costs.iter().map(|c| c.wall).collect::<Vec<_>>()),
+        client: median(&costs.iter().map(|c| c.client).collect::<Vec<_>>()),
+        server: median(&costs.iter().map(|c| c.server).collect::<Vec<_>>()),
+    }
+}
+
+fn breakdown(name: &str, c: Cost) -> String {
+    format!(
+        "{name}: wall {}, client CPU {}, server CPU {}",
+        fmt_secs(c.wall),
+        fmt_secs(c.client),
+        fmt_secs(c.server)
+    )
+}
+
+async fn run_tool(bin: &Path, args: &[&str]) -> Res<f64> {
+    let t = Instant::now();
+    let out = tokio::process::Command::new(bin)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    let s = secs(t);
+    if !out.status.success() {
+        return Err(format!(
+            "{} failed ({}): {}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    Ok(s)
+}
+
+impl Bench {
+    /// A fresh database holding `pgbench -i -s round(50 × scale)`.
+    pub(crate) async fn setup(sv: &crate::servers::Servers, args: &Args) -> Res<Self> {
+        let name = format!(
+            "rb_bench_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        );
+        let admin = sv.pg_url.clone();
+        connect(&admin)
+            .await?
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await?;
+        on_exit(Cleanup::Database(admin.clone(), name.clone()));
+        let url = db_url(&admin, &name);
+        let s = ((50.0 * args.scale).round() as u64).max(1);
+        eprintln!("compare: pgbench -i -s {s} into {name}");
+        let t = Instant::now();
+        run_tool(
+            &sv.bin("pgbench"),
+            &["-i", "-s", &s.to_string(), "-I", "dtGvp", "-q", &url],
+        )
+        .await?;
+        eprintln!("compare: pgbench -i took {}", fmt_secs(secs(t)));
+        let client = connect(&url).await?;
+        let rows: i64 = client
+            .query_one("SELECT count(*) FROM pgbench_accounts", &[])
+            .await?
+            .get(0);
+        Ok(Bench {
+            db: Database::connect(&url)?,
+            admin,
+            url,
+            client,
+            rows: rows as u64,
+            pg_bin: sv.pg_bin.clone(),
+            dir: tempfile::tempdir()?,
+        })
+    }
+
+    fn bin(&self, name: &str) -> PathBuf {
+        self.pg_bin.join(name)
+    }
+
+    fn accounts(&self) -> TableSnapshot {
+        TableSnapshot::new(&self.db, Table::public(ACCOUNTS))
+    }
+
+    /// 1. The fingerprint against a raw binary COPY read to nowhere by the same client.
+    pub(crate) async fn fingerprint(&self, args: &Args) -> Res<Report> {
+        let cp = self.accounts();
+        let ctx = Context::detached();
+        copy_out(&self.client, RAW_COPY).await?; // warm the page cache
+        let (mut raw, mut ordered, mut fp) = (Vec::new(), Vec::new(), Vec::new());
+        let mut bytes = 0;
+        let mut digests = BTreeSet::new();
+        for _ in 0..args.reps {
+            let m = Meter::start();
+            bytes = copy_out(&self.client, RAW_COPY).await?;
+            raw.push(m.stop());
+            let m = Meter::start();
+            copy_out(&self.client, ORDERED_COPY).await?;
+            ordered.push(m.stop());
+            let m = Meter::start();
+            digests.insert(cp.fingerprint(&ctx).await?);
+            fp.push(m.stop());
+        }
+        let (raw, ordered, fp) = (med(&raw), med(&ordered), med(&fp));
+        let ratio = raw.wall / fp.wall;
+        let mut r = Report::default();
+        r.push(
+            Row::new(
+                "1. table fingerprint",
+                format!(
+                    "`pgbench_accounts`, {} rows ({} of binary COPY)",
+                    fmt_count(self.rows),
+                    fmt_bytes(bytes)
+                ),
+            )
+            .rollback(format!(
+                "{} ({})",
+                fmt_secs(fp.wall),
+                fmt_rate(bytes, fp.wall)
+            ))
+            .reference(format!(
+                "raw `COPY … TO STDOUT (FORMAT binary)` to nowhere: {} ({})",
+                fmt_secs(raw.wall),
+                fmt_rate(bytes, raw.wall)
+            ))
+            .ratio(format!("{} the COPY rate", fmt_ratio(ratio)))
+            .target("≥ 0.8× the COPY rate", Some(ratio >= 0.8)),
+        );
+        r.push(
+            Row::new(
+                "",
+                "the same COPY in key order (`SELECT … ORDER BY aid`), to nowhere",
+            )
+            .rollback(fmt_secs(fp.wall))
+            .reference(format!(
+                "{} ({})",
+                fmt_secs(ordered.wall),
+                fmt_rate(bytes, ordered.wall)
+            ))
+            .ratio(format!("{} its rate", fmt_ratio(ordered.wall / fp.wall))),
+        );
+        r.note(format!(
+            "fingerprint breakdown (medians): {}; {}; {}",
+            breakdown("fingerprint", fp),
+            breakdown("raw COPY", raw),
+            breakdown("ordered COPY", ordered)
+        ));
+        if digests.len() != 1 {
+            r.note(format!(
+                "**check failed**: the fingerprint of an unchanged table differed between repetitions ({} digests)",
+                digests.len()
+            ));
+        }
+        Ok(r)
+    }
+
+    /// The keys changed in the copy: spread over the table.
+    fn changed_keys(&self) -> Vec<i64> {
+        let n = self.rows.max(DIFF_CHANGES) as i64;
+        (0..DIFF_CHANGES as i64)
+            .map(|i| {
+                1 + (i * n) / DIFF_CHANGES as i64
+                    + (n / 37 + i * 7919) % (n / DIFF_CHANGES as i64).max(1)
+            })
+            .collect()
+    }
+
+    /// 2. Listing the differing keys: the bisecting table-hash verifier against reladiff.
+    pub(crate) async fn diff(&self, args: &Args) -> Res<Report> {
+        let t = Instant::now();
+        self.client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {CHANGED}; \
+                 CREATE TABLE {CHANGED} (LIKE {ACCOUNTS} INCLUDING ALL); \
+                 INSERT INTO {CHANGED} SELECT * FROM {ACCOUNTS}"
+            ))
+            .await?;
+        self.client
+            .batch_execute(&format!("VACUUM ANALYZE {CHANGED}"))
+            .await?;
+        let keys = self.changed_keys();
+        for (i, k) in keys.iter().enumerate() {
+            self.client
+                .execute(
+                    &format!("UPDATE {CHANGED} SET abalance = abalance + $1 WHERE aid = $2"),
+                    &[&(1000 + i as i32), &(*k as i32)],
+                )
+                .await?;
+        }
+        eprintln!(
+            "compare: copy with {DIFF_CHANGES} changed rows made in {}",
+            fmt_secs(secs(t))
+        );
+        let expected: BTreeSet<String> = keys.iter().map(|k| k.to_string()).collect();
+        let v = TableHashParity::between(&self.db, Table::public(ACCOUNTS), Table::public(CHANGED));
+        let ctx = Context::detached();
+        let mut ours = Vec::new();
+        let mut ok = true;
+        let mut evidence_line = String::new();
+        for _ in 0..args.reps {
+            let m = Meter::start();
+            let verdict = v.verify(&ctx).await?;
+            ours.push(m.stop());
+            let list = |k: &str| -> BTreeSet<String> {
+                verdict.evidence[k]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let changed = list("changed");
+            let exact = verdict.status == Status::Fail
+                && changed == expected
+                && list("added").is_empty()
+                && list("removed").is_empty()
+                && verdict.evidence["truncated"] != serde_json::json!(true);
+            ok &= exact;
+            evidence_line = format!(
+                "verdict {:?}: \"{}\"; changed keys {:?}",
+                verdict.status, verdict.summary, changed
+            );
+        }
+        let ours = med(&ours);
+        let mut r = Report::default();
+        r.note(format!(
+            "differences: expected changed keys {:?}; rollback's evidence: {evidence_line} — {}",
+            expected,
+            if ok {
+                "exactly the changed keys"
+            } else {
+                "**does not name exactly the changed keys**"
+            }
+        ));
+        r.note(breakdown("table-hash verifier", ours));
+        let measure = format!(
+            "list the keys of {DIFF_CHANGES} changed rows among {}",
+            fmt_count(self.rows)
+        );
+        r.push(
+            Row::new("2. finding the differences", measure.clone())
+                .rollback(format!(
+                    "{} ({})",
+                    fmt_secs(ours.wall),
+                    if ok { "exact keys" } else { "WRONG keys" }
+                ))
+                .reference("")
+                .target("names exactly the changed keys", Some(ok)),
+        );
+        if let Err(e) = ensure_reladiff().await {
+            r.note(format!("reladiff not run: {e}"));
+            return Ok(r);
+        }
+        let reladiff_url = self.url.replacen("postgres://", "postgresql://", 1);
+        for algo in ["auto", "hashdiff"] {
+            match reladiff(&reladiff_url, algo).await {
+                Ok((s, found)) => {
+                    let ratio = s / ours.wall;
+                    let exact = found == expected;
+                    r.push(
+                        Row::new("", format!("the same with reladiff (`algorithm={algo}`)"))
+                            .rollback(fmt_secs(ours.wall))
+                            .reference(format!(
+                                "reladiff {}: {}{}",
+                                algo,
+                                fmt_secs(s),
+                                if exact { "" } else { " (keys differ!)" }
+                            ))
+                            .ratio(format!("{} faster", fmt_ratio(ratio)))
+                            .target("≥ 10× faster", Some(ratio >= 10.0)),
+                    );
+                    if !exact {
+                        r.note(format!("reladiff {algo} found keys {found:?}"));
+                    }
+                }
+                Err(e) => r.note(format!("reladiff {algo} failed: {e}")),
+            }
+        }
+        self.client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {CHANGED}"))
+            .await?;
+        Ok(r)
+    }
+
+    /// 3. Table snapshot capture and restore against pg_dump -Fc and pg_restore --clean.
+    pub(crate) async fn snapshot(&self, args: &Args) -> Res<Report> {
+        let dump = self.dir.path().join("accounts.dump");
+        let dump_s = dump.to_string_lossy().to_string();
+        let ctx = Context::detached();
+        let cp = self.accounts();
+        let (mut dumps, mut captures, mut ctas) = (Vec::new(), Vec::new(), Vec::new());
+        let mut snap = None;
+        for _ in 0..args.reps {
+            dumps.push(
+                run_tool(
+                    &self.bin("pg_dump"),
+                    &[
+                        "-Fc",
+                        "-t",
+                        "public.pgbench_accounts",
+                        "-f",
+                        &dump_s,
+                        &self.url,
+                    ],
+                )
+                .await?,
+            );
+            if let Some(s) = snap.take() {
+                cp.discard(&s, &ctx).await?;
+            }
+            let t = Instant::now();
+            snap = Some(cp.capture(&ctx).await?);
+            captures.push(secs(t));
+            let t = Instant::now();
+            self.client
+                .batch_execute(&format!("CREATE TABLE rb_ctas AS SELECT * FROM {ACCOUNTS}"))
+                .await?;
+            ctas.push(secs(t));
+            self.client.batch_execute("DROP TABLE rb_ctas").await?;
+        }
+        let snap = snap.ok_or("no snapshot")?;
+        let dump_size = std::fs::metadata(&dump).map(|m| m.len()).unwrap_or(0);
+        let (dump_t, cap_t, ctas_t) = (median(&dumps), median(&captures), median(&ctas));
+        let mut r = Report::default();
+        let n = fmt_count(self.rows);
+        r.push(
+            Row::new(
+                "3. snapshot capture",
+                format!("`pgbench_accounts`, {n} rows"),
+            )
+            .rollback(fmt_secs(cap_t))
+            .reference(format!(
+                "`pg_dump -Fc -t`: {} ({} file)",
+                fmt_secs(dump_t),
+                fmt_bytes(dump_size)
+            ))
+            .ratio(format!("{} pg_dump's speed", fmt_ratio(dump_t / cap_t)))
+            .target("no slower than pg_dump (≥ 1×)", Some(cap_t <= dump_t)),
+        );
+        r.push(
+            Row::new(
+                "",
+                "in-database copy limit: `CREATE TABLE … AS SELECT` (no index, no hash)",
+            )
+            .rollback(fmt_secs(cap_t))
+            .reference(fmt_secs(ctas_t))
+            .ratio(format!("{} its speed", fmt_ratio(ctas_t / cap_t))),
+        );
+        // Restore: change 10 rows, then put the table back.
+        let damage = format!(
+            "UPDATE {ACCOUNTS} SET abalance = abalance - 1 WHERE aid IN ({})",
+            self.changed_keys()
+                .iter()
+                .map(|k| k.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let mut methods = BTreeSet::new();
+        let mut parity = true;
+        for _ in 0..args.reps {
+            self.client.batch_execute(&damage).await?;
+            theirs.push(
+                run_tool(
+                    &self.bin("pg_restore"),
+                    &["--clean", "--if-exists", "-d", &self.url, &dump_s],
+                )
+                .await?,
+            );
+            self.client.batch_execute(&damage).await?;
+            let t = Instant::now();
+            let restored = cp.restore(&snap, &ctx).await?;
+            ours.push(secs(t));
+            methods.insert(restored.method.clone());
+            parity &= cp.fingerprint(&ctx).await? == snap.fingerprint;
+        }
+        // The one-shot swap: the copy is consumed (no second restore from it).
+        self.client.batch_execute(&damage).await?;
+        let once = self.accounts().keep_snapshot_after_swap(false);
+        let t = Instant::now();
+        let restored_once = once.restore(&snap, &ctx).await?;
+        let once_t = secs(t);
+        parity &= once.fingerprint(&ctx).await? == snap.fingerprint;
+        let _ = once.discard(&snap, &ctx).await;
+        // Restore by copy (TRUNCATE + INSERT … SELECT), for comparison.
+        let snap2 = cp.capture(&ctx).await?;
+        self.client.batch_execute(&damage).await?;
+        let by_copy = self.accounts().restore_method(RestoreMethod::Copy);
+        let t = Instant::now();
+        by_copy.restore(&snap2, &ctx).await?;
+        let copy_t = secs(t);
+        parity &= by_copy.fingerprint(&ctx).await? == snap2.fingerprint;
+        cp.discard(&snap2, &ctx).await?;
+
+        let (ours_t, theirs_t) = (median(&ours), median(&theirs));
+        let ratio = theirs_t / ours_t;
+        r.push(
+            Row::new(
+                "3. snapshot restore",
+                format!(
+                    "after 10 rows changed; default restore (method {}, keeps the snapshot restorable)",
+                    methods.into_iter().collect::<Vec<_>>().join("/")
+                ),
+            )
+            .rollback(fmt_secs(ours_t))
+            .reference(format!("`pg_restore --clean`: {}", fmt_secs(theirs_t)))
+            .ratio(format!("{} faster", fmt_ratio(ratio)))
+            .target("≥ 5× faster than pg_restore", Some(ratio >= 5.0)),
+        );
+        r.push(
+            Row::new(
+                "",
+                format!(
+                    "one-shot swap (`keep_snapshot_after_swap(false)`, method {})",
+                    restored_once.method
+                ),
+            )
+            .rollback(fmt_secs(once_t))
+            .reference(format!("`pg_restore --clean`: {}", fmt_secs(theirs_t)))
+            .ratio(format!("{} faster", fmt_ratio(theirs_t / once_t))),
+        );
+        r.push(
+            Row::new(
+                "",
+                "restore by copy (`RestoreMethod::Copy`: TRUNCATE + INSERT … SELECT)",
+            )
+            .rollback(fmt_secs(copy_t))
+            .reference(format!("`pg_restore --clean`: {}", fmt_secs(theirs_t)))
+            .ratio(format!("{} faster", fmt_ratio(theirs_t / copy_t))),
+        );
+        r.note(format!(
+            "snapshot: every restore left the table equal to the snapshot's fingerprint: {}",
+            if parity { "yes" } else { "**no**" }
+        ));
+        Ok(r)
+    }
+
+    /// 6. Peak RSS of fingerprinting 10M × scale rows, per child process.
+    pub(crate) async fn memory(&self, args: &Args) -> Res<Report> {
+        let n = ((10_000_000.0 * args.scale).round() as u64).max(1000);
+        let t = Instant::now();
+        self.client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {MEM_TABLE}; \
+                 CREATE TABLE {MEM_TABLE} (aid integer NOT NULL, bid integer NOT NULL, abalance integer NOT NULL, filler character(84)); \
+                 INSERT INTO {MEM_TABLE} SELECT g, (g - 1) / 100000 + 1, 0, '' FROM generate_series(1, {n}) g; \
+                 ALTER TABLE {MEM_TABLE} ADD PRIMARY KEY (aid)"
+            ))
+            .await?;
+        self.client
+            .batch_execute(&format!("VACUUM ANALYZE {MEM_TABLE}"))
+            .await?;
+        eprintln!(
+            "compare: {} rows for the memory test made in {}",
+            fmt_count(n),
+            fmt_secs(secs(t))
+        );
+        let idle = run_child(&["idle".into()], &[]).await?;
+        let copy = run_child(&["copy".into(), self.url.clone(), MEM_TABLE.into()], &[]).await?;
+        let fp = run_child(
+            &["fingerprint".into(), self.url.clone(), MEM_TABLE.into()],
+            &[],
+        )
+        .await?;
+        self.client
+            .batch_execute(&format!("DROP TABLE IF EXISTS {MEM_TABLE}"))
+            .await?;
+        let kib = |v: &serde_json::Value| v["peak_rss_kib"].as_u64().unwrap_or(0);
+        let mut r = Report::default();
+        let peak = kib(&fp) * 1024;
+        r.push(
+            Row::new(
+                "6. peak memory",
+                format!("fingerprint of {} rows", fmt_count(n)),
+            )
+            .rollback(format!(
+                "{} ({})",
+                fmt_bytes(peak),
+                fmt_secs(fp["secs"].as_f64().unwrap_or(0.0))
+            ))
+            .reference(format!(
+                "raw COPY client: {}; idle process: {}",
+                fmt_bytes(kib(&copy) * 1024),
+                fmt_bytes(kib(&idle) * 1024)
+            ))
+            .target("< 100 MiB", Some(peak < 100 * 1024 * 1024)),
+        );
+        Ok(r)
+    }
+
+    /// The admin URL (for cleanups).
+    #[allow(dead_code)]
+    pub(crate) fn admin(&self) -> &str {
+        &self.admin
+    }
+}
+
+/// Make sure reladiff is importable, installing it with pip when it is not.
+async fn ensure_reladiff() -> Res<()> {
+    let ok = |o: std::process::Output| o.status.success();
+    let probe = || {
+        tokio::process::Command::new("python3")
+            .args(["-c", "import reladiff"])
+            .output()
+    };
+    if probe().await.map(ok).unwrap_or(false) {
+        return Ok(());
+    }
+    eprintln!("compare: installing reladiff[postgresql] with pip");
+    let status = tokio::process::Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "reladiff[postgresql]"])
+        .status()
+        .await?;
+    if !status.success() || !probe().await.map(ok).unwrap_or(false) {
+        return Err(
+            "reladiff is missing and `python3 -m pip install 'reladiff[postgresql]'` failed".into(),
+        );
+    }
+    Ok(())
+}
+
+const RELADIFF_PY: &str = r#"
+import sys, time, json
+from reladiff import connect_to_table, diff_tables, Algorithm
+url, t1, t2, algo = sys.argv[1:5]
+t0 = time.perf_counter()
+a = connect_to_table(url, t1, "aid")
+b = connect_to_table(url, t2, "aid")
+diff = list(diff_tables(a, b, extra_columns=("bid", "abalance", "filler"), algorithm=Algorithm(algo)))
+el = time.perf_counter() - t0
+print(json.dumps({"secs": el, "keys": sorted({str(row[0]) for sign, row in diff}), "rows": len(diff)}))
+"#;
+
+/// Time reladiff's `diff_tables` (inside the Python process, so interpreter start-up is
+/// not counted); returns (seconds, keys found).
+async fn reladiff(url: &str, algo: &str) -> Res<(f64, BTreeSet<String>)> {
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", RELADIFF_PY, url, ACCOUNTS, CHANGED, algo])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(5).collect();
+        return Err(format!("python exited {}: {}", out.status, tail.join(" / ")).into());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or("no result line")?;
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let keys = v["keys"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((v["secs"].as_f64().unwrap_or(f64::NAN), keys))
+}
+
+/// Child: fingerprint `table` of `url` with a table snapshot checkpoint.
+pub(crate) async fn child_fingerprint(a: &[String]) -> Res<serde_json::Value> {
+    let [url, table] = a else {
+        return Err("usage: child fingerprint URL TABLE".into());
+    };
+    let db = Database::connect(url)?;
+    let d = TableSnapshot::new(&db, Table::public(table.as_str()))
+        .fingerprint(&Context::detached())
+        .await?;
+    Ok(serde_json::json!({ "digest": d.to_string() }))
+}
+
+/// Child: a raw binary COPY of `table` read to nowhere.
+pub(crate) async fn child_copy(a: &[String]) -> Res<serde_json::Value> {
+    let [url, table] = a else {
+        return Err("usage: child copy URL TABLE".into());
+    };
+    let c = connect(url).await?;
+    let n = copy_out(&c, &format!("COPY \"{table}\" TO STDOUT (FORMAT binary)")).await?;
+    Ok(serde_json::json!({ "bytes": n }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_swap_only_the_database_name() {
+        assert_eq!(
+            db_url("postgres://postgres@127.0.0.1:55432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:55432/x"
+        );
+        assert_eq!(
+            db_url("postgres://u@h:1/db?sslmode=disable", "x"),
+            "postgres://u@h:1/x?sslmode=disable"
+        );
+        assert_eq!(db_url("postgres://u@h:1", "x"), "postgres://u@h:1/x");
+    }
+}
