@@ -177,8 +177,13 @@ async fn run(opts: Options, quiet: bool) -> Result<bool, Box<dyn std::error::Err
         .collect();
     if !kept.is_empty() {
         println!(
-            "kept the baseline snapshots of {}: those resources stay migrated, and a later rollback can still restore them",
-            kept.join(", ")
+            "kept the baseline snapshots of {}: those resources stay migrated, and a later rollback can still restore them{}",
+            kept.join(", "),
+            if setup.cluster.is_some() {
+                " (here the throwaway database, with its snapshot, is deleted at exit)"
+            } else {
+                ""
+            }
         );
     }
     println!("\n== status page ==");
