@@ -86,3 +86,17 @@ async fn table_snapshot_with_merge_and_restore_only_step_pass_the_suite() {
     );
     run_suite(&db, RestoreMethod::Merge, step).await;
 }
+
+#[tokio::test]
+async fn table_snapshot_and_non_transactional_index_step_pass_the_suite() {
+    let db = TestDb::new("conf_cic").await;
+    items(&db).await;
+    let step = SqlStep::new(
+        &db.db,
+        "index-qty",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS items_qty ON items (qty)",
+    )
+    .down("DROP INDEX CONCURRENTLY IF EXISTS items_qty");
+    assert_eq!(step.mode(), rollback_postgres::TxMode::NonTransactional);
+    run_suite(&db, RestoreMethod::Auto, step).await;
+}

@@ -397,3 +397,66 @@ async fn a_backend_terminated_mid_backfill_batch_is_retried_in_place() {
         2000
     );
 }
+
+#[tokio::test]
+async fn steps_verifiers_and_journal_work_with_quoted_mixed_case_and_unicode_names() {
+    let db = TestDb::new("sql_idents").await;
+    db.exec(
+        r#"CREATE SCHEMA "Sales ""EU""";
+           CREATE TABLE "Sales ""EU"""."Kundén Liste" ("ID" int PRIMARY KEY, "Full Name" text NOT NULL, "First" text);
+           CREATE TABLE "Sales ""EU"""."Bestellung" ("Nr" int PRIMARY KEY, "Kunde" int REFERENCES "Sales ""EU"""."Kundén Liste" ("ID"));
+           INSERT INTO "Sales ""EU"""."Kundén Liste" SELECT g, 'Zoë ' || g, NULL FROM generate_series(1, 500) g;
+           INSERT INTO "Sales ""EU"""."Bestellung" SELECT g, g FROM generate_series(1, 100) g;"#,
+    )
+    .await;
+    let before = db.dump();
+    let t = Table::new("Sales \"EU\"", "Kundén Liste");
+    let journal = rollback_postgres::PgJournal::new(&db.db).schema("Jörnal \"X\"");
+    let plan = Plan::builder("idents")
+        .checkpoint("db", TableSnapshot::new(&db.db, t.clone()))
+        .step(
+            "db",
+            Backfill::new(&db.db, "fill", t.clone(), "ID", r#""First" = split_part("Full Name", ' ', 1)"#)
+                .batch_size(100)
+                .marker_schema("Märker"),
+            &[],
+        )
+        .step(
+            "db",
+            SqlStep::new(&db.db, "constrain", r#"ALTER TABLE "Sales ""EU"""."Kundén Liste" ADD CONSTRAINT "First Set" CHECK ("First" IS NOT NULL)"#)
+                .down(r#"ALTER TABLE "Sales ""EU"""."Kundén Liste" DROP CONSTRAINT IF EXISTS "First Set""#)
+                .marker_schema("Märker"),
+            &["fill"],
+        )
+        .verify_final(rollback_postgres::RowCountParity::new(&db.db, t.clone()))
+        .verify_final(rollback_postgres::ForeignKeyIntegrity::new(&db.db).schemas(["Sales \"EU\""]))
+        .verify_final(rollback_postgres::TableHashParity::new(&db.db, t.clone()).id("hash-must-match"))
+        .build()
+        .unwrap();
+    let report = Executor::new(journal).run(&plan).await.unwrap();
+    // The table hash differs from the baseline (the backfill changed rows): rollback.
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    assert!(report.parity_proven());
+    let md = report.to_markdown();
+    assert!(md.contains("500 changed") || md.contains("changed"), "{md}");
+    assert!(
+        db.count(r#"SELECT count(*) FROM "Jörnal ""X""".journal"#)
+            .await
+            > 10
+    );
+    // The reverted step's marker is gone (the restore-only backfill's stays: it is per run).
+    assert_eq!(
+        db.count(r#"SELECT count(*) FROM "Märker".applied_steps WHERE step_id = 'constrain'"#)
+            .await,
+        0
+    );
+    // The bookkeeping schemas are ours; the user's schema is back to the baseline.
+    db.exec(r#"DROP SCHEMA "Jörnal ""X""" CASCADE; DROP SCHEMA "Märker" CASCADE;"#)
+        .await;
+    common::assert_same_dump(&before, &db.dump(), "weird identifiers");
+}
