@@ -101,14 +101,19 @@ impl RecoveryPoint {
         let c = self.db.client().await?;
         let r = c
             .query_one(
-                "SELECT pg_current_wal_lsn()::text, \
-                        (SELECT timeline_id FROM pg_control_checkpoint()), \
-                        now()::text, current_setting('wal_level'), current_setting('archive_mode')",
+                "SELECT pg_current_wal_lsn()::text, now()::text, \
+                        current_setting('wal_level'), current_setting('archive_mode')",
                 &[],
             )
             .await
             .ctx("reading the WAL position")?;
         let lsn: String = r.get(0);
+        // Superuser-only on some servers: optional.
+        let timeline: Option<i32> = c
+            .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+            .await
+            .ok()
+            .map(|r| r.get(0));
         let wal_file = c
             .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
             .await
@@ -131,10 +136,10 @@ impl RecoveryPoint {
             restore_point_lsn: rp_lsn,
             restore_point_error: rp_err,
             wal_file,
-            timeline: r.get(1),
-            server_time: r.get(2),
-            wal_level: r.get(3),
-            archive_mode: r.get(4),
+            timeline,
+            server_time: r.get(1),
+            wal_level: r.get(2),
+            archive_mode: r.get(3),
         })
     }
 }

@@ -274,6 +274,18 @@ pub(crate) fn non_transactional(s: &Statement) -> Option<String> {
     }
 }
 
+/// Whether a statement controls the transaction (`BEGIN`, `COMMIT`…), which would break
+/// a step's atomicity.
+pub(crate) fn transaction_control(s: &Statement) -> bool {
+    let first = s.words.first().map(String::as_str).unwrap_or("");
+    let second = s.words.get(1).map(String::as_str).unwrap_or("");
+    matches!(
+        first,
+        "BEGIN" | "COMMIT" | "ROLLBACK" | "END" | "ABORT" | "SAVEPOINT" | "RELEASE"
+    ) || (first == "START" && second == "TRANSACTION")
+        || (first == "PREPARE" && second == "TRANSACTION")
+}
+
 /// `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name` → the index name as written
 /// (unquoted identifiers folded to lower case), to clean up an invalid leftover.
 pub(crate) fn concurrent_index_name(s: &Statement) -> Option<String> {
@@ -344,6 +356,13 @@ mod tests {
         ] {
             assert_eq!(destr(sql), vec![None], "{sql}");
         }
+    }
+
+    #[test]
+    fn finds_transaction_control_but_not_function_bodies() {
+        let s = split("BEGIN; UPDATE t SET a = 1; COMMIT; CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN NULL; END $$");
+        let tc: Vec<bool> = s.iter().map(transaction_control).collect();
+        assert_eq!(tc, vec![true, false, true, false]);
     }
 
     #[test]

@@ -82,6 +82,12 @@ pub struct SqlReceipt {
 /// [`Reversibility::Compensable`] instead: the author vouches that `down` undoes it.
 /// `UPDATE` is not flagged: its `down` must restore the old values.
 ///
+/// **Runs.** Markers are per run id ([`Context::run_id`]); outside an executor, give each
+/// logical run its own [`Context::standalone`] id. Transaction control statements
+/// (`BEGIN`, `COMMIT`, `SAVEPOINT`…) in `up` or `down` are refused with
+/// [`Error::Invalid`]. Markers of restore-only steps stay after a rollback (the executor
+/// does not revert them; the checkpoint does): they only record that the run applied them.
+///
 /// ```no_run
 /// # async fn demo() -> rollback_core::Result<()> {
 /// use rollback_core::Step;
@@ -198,6 +204,25 @@ impl SqlStep {
         } else {
             TxMode::Transactional
         }
+    }
+
+    /// `BEGIN` / `COMMIT` inside `up` or `down` would commit part of a step without its
+    /// marker (or with it): refused.
+    fn check_no_transaction_control(&self) -> Result<()> {
+        for (what, sql) in [("up", Some(&self.up)), ("down", self.down.as_ref())] {
+            let Some(sql) = sql else { continue };
+            if let Some(st) = sqlscan::split(sql)
+                .into_iter()
+                .find(sqlscan::transaction_control)
+            {
+                return Err(Error::invalid(format!(
+                    "step {}: {what} controls the transaction ({}); the step runs in its own transaction",
+                    self.id,
+                    short(&st.text)
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn guards_sql(&self, local: bool) -> String {
@@ -544,6 +569,7 @@ impl Step for SqlStep {
     }
 
     async fn apply(&self, ctx: &Context) -> Result<Receipt> {
+        self.check_no_transaction_control()?;
         self.ready().await?;
         match self.mode() {
             TxMode::Transactional => self.apply_tx(ctx).await,
@@ -552,6 +578,7 @@ impl Step for SqlStep {
     }
 
     async fn revert(&self, _receipt: Option<&Receipt>, ctx: &Context) -> Result<()> {
+        self.check_no_transaction_control()?;
         self.ready().await?;
         match self.mode() {
             TxMode::Transactional => self.revert_tx(ctx).await,

@@ -460,3 +460,18 @@ async fn steps_verifiers_and_journal_work_with_quoted_mixed_case_and_unicode_nam
         .await;
     common::assert_same_dump(&before, &db.dump(), "weird identifiers");
 }
+
+#[tokio::test]
+async fn transaction_control_inside_a_step_is_refused_before_anything_runs() {
+    let db = TestDb::new("sql_txctl").await;
+    counter(&db).await;
+    let step = SqlStep::new(
+        &db.db,
+        "sneaky",
+        "UPDATE counter SET n = 7; COMMIT; UPDATE counter SET n = 8",
+    )
+    .down("UPDATE counter SET n = 0");
+    let err = step.apply(&Context::standalone("tx")).await.unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
+    assert_eq!(db.count("SELECT n FROM counter").await, 0);
+}
