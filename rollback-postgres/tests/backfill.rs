@@ -40,7 +40,7 @@ async fn backfill_and_table_snapshot_pass_the_conformance_suite() {
         step.touches(),
         vec![db.db.table_resource(&Table::public("people"))]
     );
-    common::suite::run_all(Subject {
+    rollback_core::conformance::run_all(Subject {
         checkpoint: Arc::new(TableSnapshot::new(&db.db, Table::public("people"))),
         other_checkpoint: Arc::new(TableSnapshot::new(&db.db, Table::public("other"))),
         step: Arc::new(step),

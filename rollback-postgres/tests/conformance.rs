@@ -32,7 +32,7 @@ async fn run_suite_with(
 ) {
     let cp = TableSnapshot::new(&db.db, Table::public("items")).restore_method(method);
     let other = TableSnapshot::new(&db.db, Table::public("other"));
-    common::suite::run_all(Subject {
+    rollback_core::conformance::run_all(Subject {
         checkpoint: Arc::new(cp),
         other_checkpoint: Arc::new(other),
         step: Arc::new(step),

@@ -37,7 +37,7 @@ async fn schema_snapshot_and_ddl_step_pass_the_conformance_suite() {
         "ALTER TABLE accounts ADD COLUMN phone text; CREATE INDEX accounts_email ON accounts (email)",
     )
     .down("DROP INDEX IF EXISTS accounts_email; ALTER TABLE accounts DROP COLUMN IF EXISTS phone");
-    common::suite::run_all(Subject {
+    rollback_core::conformance::run_all(Subject {
         checkpoint: Arc::new(SchemaSnapshot::new(&db.db, ["public"])),
         other_checkpoint: Arc::new(SchemaSnapshot::new(&db.db, ["other"])),
         step: Arc::new(step),

@@ -1,8 +1,6 @@
 //! Shared test helpers: a fresh database per test on the server of `ROLLBACK_TEST_PG_URL`.
 #![allow(dead_code, unreachable_pub)]
 
-pub mod suite;
-
 use rollback_postgres::Database;
 use std::process::Command;
 
