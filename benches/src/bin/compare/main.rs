@@ -7,6 +7,8 @@
 //!   --scale N       1 = the issue's sizes: pgbench -s 50 (5M rows), 10,000 S3 objects,
 //!                   10M rows and 100k objects for peak memory. 0.1 → 500k rows, 1,000 objects.
 //!   --only LIST     comma-separated sections: fingerprint,diff,snapshot,executor,s3,memory
+//!   --s3-scale N    scale of the S3 measurements alone (default: --scale): 10,000 × N
+//!                   objects for the checkpoint comparison, 100,000 × N for peak memory
 //!   --reps N        repetitions of each timed measurement (median reported; default 3)
 //!   --markdown FILE also write the table there
 //! ```
@@ -16,6 +18,9 @@
 //! starts a throwaway PostgreSQL and moto with `scripts/lib/servers.sh` and stops them at
 //! the end. Everything it creates (a database, buckets) has a unique name and is dropped
 //! at the end, also on Ctrl-C.
+//!
+//! Profiling: with `COMPARE_LOG_SQL=1` the bench database gets
+//! `log_min_duration_statement = 0`, so the server log shows every statement's duration.
 //!
 //! Peak memory is measured per measurement in a child process (this binary run as
 //! `compare child KIND ...`), reading `VmHWM` from `/proc/self/status`.
@@ -46,6 +51,7 @@ const SECTIONS: [&str; 6] = [
 #[derive(Debug, Clone)]
 pub(crate) struct Args {
     pub(crate) scale: f64,
+    pub(crate) s3_scale: Option<f64>,
     pub(crate) only: BTreeSet<String>,
     pub(crate) reps: usize,
     pub(crate) markdown: Option<PathBuf>,
@@ -55,6 +61,7 @@ impl Args {
     fn parse(mut it: impl Iterator<Item = String>) -> Res<Self> {
         let mut a = Args {
             scale: 1.0,
+            s3_scale: None,
             only: SECTIONS.iter().map(|s| s.to_string()).collect(),
             reps: 3,
             markdown: None,
@@ -63,6 +70,7 @@ impl Args {
             let mut val = |name: &str| it.next().ok_or(format!("{name} needs a value"));
             match arg.as_str() {
                 "--scale" => a.scale = val("--scale")?.parse()?,
+                "--s3-scale" => a.s3_scale = Some(val("--s3-scale")?.parse()?),
                 "--reps" => a.reps = val("--reps")?.parse::<usize>()?.max(1),
                 "--markdown" => a.markdown = Some(val("--markdown")?.into()),
                 "--only" => {
@@ -89,7 +97,15 @@ impl Args {
         if !(a.scale > 0.0 && a.scale.is_finite()) {
             return Err("--scale must be a positive number".into());
         }
+        if a.s3_scale.is_some_and(|s| !(s > 0.0 && s.is_finite())) {
+            return Err("--s3-scale must be a positive number".into());
+        }
         Ok(a)
+    }
+
+    /// The scale of the S3 measurements.
+    pub(crate) fn s3_scale(&self) -> f64 {
+        self.s3_scale.unwrap_or(self.scale)
     }
 
     pub(crate) fn wants(&self, s: &str) -> bool {
@@ -97,7 +113,7 @@ impl Args {
     }
 }
 
-const USAGE: &str = "usage: compare [--scale N] [--only fingerprint,diff,snapshot,executor,s3,memory] [--reps N] [--markdown FILE]";
+const USAGE: &str = "usage: compare [--scale N] [--s3-scale N] [--only fingerprint,diff,snapshot,executor,s3,memory] [--reps N] [--markdown FILE]";
 
 /// Something to remove at the end of the run.
 #[derive(Debug, Clone)]
@@ -307,8 +323,9 @@ async fn render(args: &Args, report: &Report) -> String {
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default();
     format!(
-        "Run of `compare --scale {}` on {date}: {cores} cores ({cpu}), load average at the end {load}; medians of {} repetitions.\n\n{}",
+        "Run of `compare --scale {}{}` on {date}: {cores} cores ({cpu}), load average at the end {load}; medians of {} repetitions.\n\n{}",
         args.scale,
+        args.s3_scale.map(|s| format!(" --s3-scale {s}")).unwrap_or_default(),
         args.reps,
         report.to_markdown()
     )
@@ -383,6 +400,8 @@ mod tests {
     fn arguments_select_scale_sections_and_repetitions() {
         let a = parse(&["--scale", "0.1", "--only", "diff,s3", "--reps", "5"]).unwrap();
         assert_eq!(a.scale, 0.1);
+        assert_eq!(a.s3_scale(), 0.1);
+        assert_eq!(parse(&["--s3-scale", "0.5"]).unwrap().s3_scale(), 0.5);
         assert!(a.wants("diff") && a.wants("s3") && !a.wants("fingerprint"));
         assert_eq!(a.reps, 5);
         let d = parse(&[]).unwrap();
@@ -393,6 +412,7 @@ mod tests {
     #[test]
     fn bad_arguments_are_refused() {
         assert!(parse(&["--scale", "0"]).is_err());
+        assert!(parse(&["--s3-scale", "-1"]).is_err());
         assert!(parse(&["--only", "nope"]).is_err());
         assert!(parse(&["--frobnicate"]).is_err());
         assert!(parse(&["--scale"]).is_err());

@@ -190,6 +190,15 @@ impl Bench {
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await?;
         on_exit(Cleanup::Database(admin.clone(), name.clone()));
+        if std::env::var("COMPARE_LOG_SQL").is_ok_and(|v| v == "1") {
+            connect(&admin)
+                .await?
+                .batch_execute(&format!(
+                    "ALTER DATABASE \"{name}\" SET log_min_duration_statement = 0"
+                ))
+                .await?;
+            eprintln!("compare: logging every statement of {name} with its duration (server log)");
+        }
         let url = db_url(&admin, &name);
         let s = ((50.0 * args.scale).round() as u64).max(1);
         eprintln!("compare: pgbench -i -s {s} into {name}");
@@ -320,6 +329,10 @@ impl Bench {
         self.client
             .batch_execute(&format!("VACUUM ANALYZE {CHANGED}"))
             .await?;
+        // A snapshot of the copy before it changes: the baseline a run's verifier has.
+        let ctx = Context::detached();
+        let cp = TableSnapshot::new(&self.db, Table::public(CHANGED));
+        let baseline = cp.capture(&ctx).await?;
         let keys = self.changed_keys();
         for (i, k) in keys.iter().enumerate() {
             self.client
@@ -334,91 +347,130 @@ impl Bench {
             fmt_secs(secs(t))
         );
         let expected: BTreeSet<String> = keys.iter().map(|k| k.to_string()).collect();
-        let v = TableHashParity::between(&self.db, Table::public(ACCOUNTS), Table::public(CHANGED));
-        let ctx = Context::detached();
-        let mut ours = Vec::new();
-        let mut ok = true;
+        let between =
+            TableHashParity::between(&self.db, Table::public(ACCOUNTS), Table::public(CHANGED));
+        let against = TableHashParity::new(&self.db, Table::public(CHANGED));
+        let run_ctx = Context::detached().with_baseline([baseline.clone()]);
+        let (mut two, mut base) = (Vec::new(), Vec::new());
+        let (mut ok_two, mut ok_base) = (true, true);
         let mut evidence_line = String::new();
         for _ in 0..args.reps {
-            let m = Meter::start();
-            let verdict = v.verify(&ctx).await?;
-            ours.push(m.stop());
-            let list = |k: &str| -> BTreeSet<String> {
-                verdict.evidence[k]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
-            let changed = list("changed");
-            let exact = verdict.status == Status::Fail
-                && changed == expected
-                && list("added").is_empty()
-                && list("removed").is_empty()
-                && verdict.evidence["truncated"] != serde_json::json!(true);
-            ok &= exact;
-            evidence_line = format!(
-                "verdict {:?}: \"{}\"; changed keys {:?}",
-                verdict.status, verdict.summary, changed
-            );
-        }
-        let ours = med(&ours);
-        let mut r = Report::default();
-        r.note(format!(
-            "differences: expected changed keys {:?}; rollback's evidence: {evidence_line} — {}",
-            expected,
-            if ok {
-                "exactly the changed keys"
-            } else {
-                "**does not name exactly the changed keys**"
+            for (v, c, costs, ok) in [
+                (&between, &ctx, &mut two, &mut ok_two),
+                (&against, &run_ctx, &mut base, &mut ok_base),
+            ] {
+                let m = Meter::start();
+                let verdict = v.verify(c).await?;
+                costs.push(m.stop());
+                let list = |k: &str| -> BTreeSet<String> {
+                    verdict.evidence[k]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|x| x.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                let changed = list("changed");
+                *ok &= verdict.status == Status::Fail
+                    && changed == expected
+                    && list("added").is_empty()
+                    && list("removed").is_empty()
+                    && verdict.evidence["truncated"] != serde_json::json!(true);
+                evidence_line = format!(
+                    "verdict {:?}: \"{}\"; changed keys {:?}",
+                    verdict.status, verdict.summary, changed
+                );
             }
-        ));
-        r.note(breakdown("table-hash verifier", ours));
-        let measure = format!(
-            "list the keys of {DIFF_CHANGES} changed rows among {}",
-            fmt_count(self.rows)
-        );
-        r.push(
-            Row::new("2. finding the differences", measure.clone())
-                .rollback(format!(
-                    "{} ({})",
-                    fmt_secs(ours.wall),
-                    if ok { "exact keys" } else { "WRONG keys" }
-                ))
-                .reference("")
-                .target("names exactly the changed keys", Some(ok)),
-        );
-        if let Err(e) = ensure_reladiff().await {
-            r.note(format!("reladiff not run: {e}"));
-            return Ok(r);
         }
+        cp.discard(&baseline, &ctx).await?;
+        let (two, base) = (med(&two), med(&base));
+        let mut r = Report::default();
+        let exact = |ok: bool| if ok { "exact keys" } else { "WRONG keys" };
+        r.note(format!(
+            "differences: expected changed keys {:?}; rollback's evidence (last run): {evidence_line} — two tables: {}, against the baseline snapshot: {}",
+            expected,
+            exact(ok_two),
+            exact(ok_base)
+        ));
+        r.note(format!(
+            "differences breakdown (medians): {}; {}",
+            breakdown("two tables", two),
+            breakdown("against the baseline snapshot", base)
+        ));
+        let mut rows = vec![
+            Row::new(
+                "2. finding the differences",
+                format!(
+                    "{DIFF_CHANGES} changed rows among {}: two tables (`TableHashParity::between`)",
+                    fmt_count(self.rows)
+                ),
+            )
+            .rollback(format!("{} ({})", fmt_secs(two.wall), exact(ok_two))),
+            Row::new(
+                "",
+                "the same against the run's baseline snapshot (`TableHashParity::new`, chunk digests stored at capture)",
+            )
+            .rollback(format!("{} ({})", fmt_secs(base.wall), exact(ok_base))),
+        ];
         let reladiff_url = self.url.replacen("postgres://", "postgresql://", 1);
-        for algo in ["auto", "hashdiff"] {
-            match reladiff(&reladiff_url, algo).await {
-                Ok((s, found)) => {
-                    let ratio = s / ours.wall;
-                    let exact = found == expected;
-                    r.push(
-                        Row::new("", format!("the same with reladiff (`algorithm={algo}`)"))
-                            .rollback(fmt_secs(ours.wall))
-                            .reference(format!(
-                                "reladiff {}: {}{}",
-                                algo,
-                                fmt_secs(s),
-                                if exact { "" } else { " (keys differ!)" }
-                            ))
-                            .ratio(format!("{} faster", fmt_ratio(ratio)))
-                            .target("≥ 10× faster", Some(ratio >= 10.0)),
-                    );
-                    if !exact {
-                        r.note(format!("reladiff {algo} found keys {found:?}"));
+        let mut peers = Vec::new();
+        match ensure_reladiff().await {
+            Err(e) => r.note(format!("reladiff not run: {e}")),
+            Ok(()) => {
+                for algo in ["auto", "hashdiff"] {
+                    match reladiff(&reladiff_url, algo).await {
+                        Ok((s, found)) => {
+                            if found != expected {
+                                r.note(format!("reladiff {algo} found keys {found:?}"));
+                            }
+                            peers.push((algo, s, found == expected));
+                        }
+                        Err(e) => r.note(format!("reladiff {algo} failed: {e}")),
                     }
                 }
-                Err(e) => r.note(format!("reladiff {algo} failed: {e}")),
             }
+        }
+        // Compare with the fastest reladiff run.
+        let best = peers
+            .iter()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .copied();
+        for (row, (ours, ok)) in rows.iter_mut().zip([(two.wall, ok_two), (base.wall, ok_base)]) {
+            if let Some((algo, s, peer_ok)) = best {
+                let ratio = s / ours;
+                *row = std::mem::take(row)
+                    .reference(format!(
+                        "reladiff `diff_tables` ({algo}): {}{}",
+                        fmt_secs(s),
+                        if peer_ok { "" } else { ", wrong keys" }
+                    ))
+                    .ratio(format!("{} faster", fmt_ratio(ratio)))
+                    .target(
+                        "≥ 10× faster, exactly the changed keys",
+                        Some(ratio >= 10.0 && ok),
+                    );
+            } else {
+                *row = std::mem::take(row).target("exactly the changed keys", Some(ok));
+            }
+        }
+        for row in rows {
+            r.push(row);
+        }
+        if peers.len() > 1 {
+            r.note(format!(
+                "reladiff runs: {}",
+                peers
+                    .iter()
+                    .map(|(a, s, ok)| format!(
+                        "{a} {}{}",
+                        fmt_secs(*s),
+                        if *ok { " (exact keys)" } else { " (wrong keys)" }
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         self.client
             .batch_execute(&format!("DROP TABLE IF EXISTS {CHANGED}"))

@@ -172,7 +172,7 @@ async fn one_mode(env: &S3Env, n: u64, mode: CheckpointMode, tag: &str) -> Res<(
 }
 
 pub(crate) async fn s3(env: &S3Env, args: &Args) -> Res<Report> {
-    let n = ((10_000.0 * args.scale).round() as u64).max(200);
+    let n = ((10_000.0 * args.s3_scale()).round() as u64).max(200);
     let (v, fill_v) = one_mode(env, n, CheckpointMode::Versions, "v").await?;
     let (c, fill_c) = one_mode(env, n, CheckpointMode::Copy, "c").await?;
     let changes = CHANGES.min(n / 2).max(3);
@@ -244,7 +244,7 @@ pub(crate) async fn delete_bucket(env: &S3Env, name: &str) -> Res<()> {
 /// Peak RSS of checkpointing 100k × scale objects (versioned) and of restoring after
 /// changes, each in a child process (section 6).
 pub(crate) async fn memory(env: &S3Env, args: &Args) -> Res<Report> {
-    let n = ((100_000.0 * args.scale).round() as u64).max(1000);
+    let n = ((100_000.0 * args.s3_scale()).round() as u64).max(1000);
     let name = bucket_name("m");
     let plain = S3Bucket::connect(&env.settings(), &name);
     plain.create(true).await?;
