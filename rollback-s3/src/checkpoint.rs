@@ -92,11 +92,15 @@ impl Mode {
     }
 }
 
+/// One server-side copy: (source bucket, source key, source version, destination key,
+/// if-match ETag of the source).
+pub(crate) type CopyJob = (String, String, Option<String>, String, Option<String>);
+
 /// Batched copy and delete work, flushed every [`DELETE_BATCH`] items.
 #[derive(Default)]
 pub(crate) struct Work {
     /// (source bucket, source key, source version, destination key, if-match)
-    pub(crate) copies: Vec<(String, String, Option<String>, String, Option<String>)>,
+    pub(crate) copies: Vec<CopyJob>,
     pub(crate) deletes: Vec<(String, Option<String>)>,
     pub(crate) changed: u64,
 }

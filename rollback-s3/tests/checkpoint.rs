@@ -375,3 +375,25 @@ async fn a_restore_with_more_work_than_its_buffer_computes_it_again_and_finishes
         b.dangerous_delete_bucket().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_skip_a_store_holding_more_than_a_page_of_objects() {
+    for versioned in [true, false] {
+        let b = common::fresh_bucket("cp-big-store", versioned)
+            .await
+            .concurrency(32);
+        // 1,100 objects in the store (sorted before `data/`), 5 objects of data.
+        common::seed(&b, ".rollback/noise/", 1, 1100).await;
+        common::seed(&b, "data/", 1, 5).await;
+        let cp = S3Checkpoint::new(&b, "");
+        let snap = cp.capture(&ctx()).await.unwrap();
+        let mref = ManifestRef::from_descriptor(&snap.descriptor).unwrap();
+        assert_eq!(mref.entries, 5, "versioned={versioned}");
+        b.put("data/new", b"n".to_vec()).await.unwrap();
+        let r = cp.restore(&snap, &ctx()).await.unwrap();
+        assert_eq!(r.items_changed, Some(1));
+        assert_eq!(cp.fingerprint(&ctx()).await.unwrap(), snap.fingerprint);
+        assert_eq!(b.list("").await.unwrap().len(), 5);
+        b.dangerous_delete_bucket().await.unwrap();
+    }
+}
