@@ -48,16 +48,18 @@ async fn move_rejects_overlapping_prefixes() {
 async fn move_revert_without_receipt_undoes_a_partial_apply() {
     for versioned in [false, true] {
         let b = common::fresh_bucket("move-partial", versioned).await;
-        common::seed(&b, "v1/", 5, 1100).await;
+        common::seed(&b, "v1/", 5, 300).await;
         let before = common::independent_state(b.client(), b.name(), "").await;
-        let step = MovePrefix::new("mv", &b, "v1/", "v2/").fail_after(1000);
+        let step = MovePrefix::new("mv", &b, "v1/", "v2/")
+            .batch_size(100)
+            .fail_after(200);
         let ctx = run_ctx();
         let err = step.apply(&ctx).await.unwrap_err();
         assert!(
             err.maybe_applied(),
             "a failure mid-move must say the move may have happened"
         );
-        assert_eq!(b.list("v2/").await.unwrap().len(), 1000);
+        assert_eq!(b.list("v2/").await.unwrap().len(), 200);
         assert_eq!(b.list("v1/").await.unwrap().len(), 100);
 
         step.revert(None, &ctx).await.unwrap();
@@ -269,11 +271,15 @@ async fn rewrite_interrupted_and_applied_again_rewrites_every_object_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_run_stops_the_move_at_a_batch_boundary_and_rolls_back() {
     let b = common::fresh_bucket("move-cancel", true).await;
-    common::seed(&b, "v1/", 5, 2000).await;
+    common::seed(&b, "v1/", 5, 600).await;
     let before = common::independent_state(b.client(), b.name(), "").await;
     let plan = Plan::builder(format!("cancel-{}", b.name()))
         .checkpoint("storage", S3Checkpoint::new(&b, ""))
-        .step("storage", MovePrefix::new("mv", &b, "v1/", "v2/"), &[])
+        .step(
+            "storage",
+            MovePrefix::new("mv", &b, "v1/", "v2/").batch_size(100),
+            &[],
+        )
         .build()
         .unwrap();
     let ex = Executor::new(MemoryJournal::new());
@@ -292,7 +298,7 @@ async fn cancelled_run_stops_the_move_at_a_batch_boundary_and_rolls_back() {
             {
                 if source == "mv" {
                     seen.push((*done, *total));
-                    if *done >= 1000 {
+                    if *done >= 200 {
                         token.cancel();
                     }
                 }
@@ -312,9 +318,9 @@ async fn cancelled_run_stops_the_move_at_a_batch_boundary_and_rolls_back() {
         report.to_markdown()
     );
     assert!(report.parity_proven());
-    assert!(progress.contains(&(1000, Some(2000))), "{progress:?}");
+    assert!(progress.contains(&(200, Some(600))), "{progress:?}");
     assert!(
-        progress.iter().all(|(d, _)| *d < 2000),
+        progress.iter().all(|(d, _)| *d < 600),
         "the move must stop before its end: {progress:?}"
     );
     assert_eq!(
