@@ -9,6 +9,8 @@
 //!   --only LIST     comma-separated sections: fingerprint,diff,snapshot,executor,s3,memory
 //!   --s3-scale N    scale of the S3 measurements alone (default: --scale): 10,000 × N
 //!                   objects for the checkpoint comparison, 100,000 × N for peak memory
+//!   --memory-objects N  objects for the S3 peak-memory measurement (default 100,000 ×
+//!                   the S3 scale; moto lists versions in O(n) per page, so 100k is slow there)
 //!   --reps N        repetitions of each timed measurement (median reported; default 3)
 //!   --markdown FILE also write the table there
 //! ```
@@ -52,6 +54,7 @@ const SECTIONS: [&str; 6] = [
 pub(crate) struct Args {
     pub(crate) scale: f64,
     pub(crate) s3_scale: Option<f64>,
+    pub(crate) memory_objects: Option<u64>,
     pub(crate) only: BTreeSet<String>,
     pub(crate) reps: usize,
     pub(crate) markdown: Option<PathBuf>,
@@ -62,6 +65,7 @@ impl Args {
         let mut a = Args {
             scale: 1.0,
             s3_scale: None,
+            memory_objects: None,
             only: SECTIONS.iter().map(|s| s.to_string()).collect(),
             reps: 3,
             markdown: None,
@@ -71,6 +75,9 @@ impl Args {
             match arg.as_str() {
                 "--scale" => a.scale = val("--scale")?.parse()?,
                 "--s3-scale" => a.s3_scale = Some(val("--s3-scale")?.parse()?),
+                "--memory-objects" => {
+                    a.memory_objects = Some(val("--memory-objects")?.parse::<u64>()?.max(1))
+                }
                 "--reps" => a.reps = val("--reps")?.parse::<usize>()?.max(1),
                 "--markdown" => a.markdown = Some(val("--markdown")?.into()),
                 "--only" => {
@@ -113,7 +120,7 @@ impl Args {
     }
 }
 
-const USAGE: &str = "usage: compare [--scale N] [--s3-scale N] [--only fingerprint,diff,snapshot,executor,s3,memory] [--reps N] [--markdown FILE]";
+const USAGE: &str = "usage: compare [--scale N] [--s3-scale N] [--memory-objects N] [--only fingerprint,diff,snapshot,executor,s3,memory] [--reps N] [--markdown FILE]";
 
 /// Something to remove at the end of the run.
 #[derive(Debug, Clone)]
@@ -325,7 +332,8 @@ async fn render(args: &Args, report: &Report) -> String {
     format!(
         "Run of `compare --scale {}{}` on {date}: {cores} cores ({cpu}), load average at the end {load}; medians of {} repetitions.\n\n{}",
         args.scale,
-        args.s3_scale.map(|s| format!(" --s3-scale {s}")).unwrap_or_default(),
+        args.s3_scale.map(|s| format!(" --s3-scale {s}")).unwrap_or_default()
+            + &args.memory_objects.map(|s| format!(" --memory-objects {s}")).unwrap_or_default(),
         args.reps,
         report.to_markdown()
     )

@@ -433,11 +433,11 @@ impl Bench {
             }
         }
         // Compare with the fastest reladiff run.
-        let best = peers
-            .iter()
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .copied();
-        for (row, (ours, ok)) in rows.iter_mut().zip([(two.wall, ok_two), (base.wall, ok_base)]) {
+        let best = peers.iter().min_by(|a, b| a.1.total_cmp(&b.1)).copied();
+        for (row, (ours, ok)) in rows
+            .iter_mut()
+            .zip([(two.wall, ok_two), (base.wall, ok_base)])
+        {
             if let Some((algo, s, peer_ok)) = best {
                 let ratio = s / ours;
                 *row = std::mem::take(row)
@@ -466,7 +466,11 @@ impl Bench {
                     .map(|(a, s, ok)| format!(
                         "{a} {}{}",
                         fmt_secs(*s),
-                        if *ok { " (exact keys)" } else { " (wrong keys)" }
+                        if *ok {
+                            " (exact keys)"
+                        } else {
+                            " (wrong keys)"
+                        }
                     ))
                     .collect::<Vec<_>>()
                     .join(", ")

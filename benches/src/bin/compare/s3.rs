@@ -244,7 +244,9 @@ pub(crate) async fn delete_bucket(env: &S3Env, name: &str) -> Res<()> {
 /// Peak RSS of checkpointing 100k × scale objects (versioned) and of restoring after
 /// changes, each in a child process (section 6).
 pub(crate) async fn memory(env: &S3Env, args: &Args) -> Res<Report> {
-    let n = ((100_000.0 * args.s3_scale()).round() as u64).max(1000);
+    let n = args
+        .memory_objects
+        .unwrap_or(((100_000.0 * args.s3_scale()).round() as u64).max(1000));
     let name = bucket_name("m");
     let plain = S3Bucket::connect(&env.settings(), &name);
     plain.create(true).await?;

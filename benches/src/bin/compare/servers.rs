@@ -47,6 +47,10 @@ impl S3Env {
         })
     }
 
+    /// Settings for the bench: a long attempt timeout, because moto answers a
+    /// `ListObjectVersions` page in time proportional to the whole bucket (it deep-copies
+    /// every version per page); with the default 30 s the SDK gives up and retries while
+    /// moto keeps computing the abandoned pages, and its memory grows without bound.
     pub(crate) fn settings(&self) -> rollback_s3::S3Settings {
         rollback_s3::S3Settings::new(
             &self.endpoint,
@@ -54,6 +58,7 @@ impl S3Env {
             &self.access_key,
             &self.secret_key,
         )
+        .attempt_timeout(Some(std::time::Duration::from_secs(900)))
     }
 
     /// The environment a child process reads back with [`S3Env::from_env`].
