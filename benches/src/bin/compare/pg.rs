@@ -7,7 +7,7 @@ use benches::{fmt_bytes, fmt_count, fmt_rate, fmt_ratio, fmt_secs, median, Repor
 use futures::{pin_mut, StreamExt};
 use rollback_core::{Checkpoint, Context, Status, Verifier};
 use rollback_postgres::{Database, RestoreMethod, Table, TableHashParity, TableSnapshot};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tokio_postgres::{Client, NoTls};
@@ -72,41 +72,23 @@ async fn copy_out(c: &Client, sql: &str) -> Res<u64> {
     Ok(n)
 }
 
-/// User + system CPU seconds of every process whose command name is `comm` (the
-/// PostgreSQL server's processes) — or of this process for `None`.
-fn cpu_secs(comm: Option<&str>) -> f64 {
+/// User + system CPU seconds of process `pid` (`None`: this process); 0 when it is gone.
+fn cpu_secs(pid: Option<i32>) -> f64 {
     let tick = 100.0; // USER_HZ on Linux
-    let read = |path: &Path| -> Option<(String, f64)> {
-        let s = std::fs::read_to_string(path).ok()?;
-        let open = s.find('(')?;
+    let path = match pid {
+        None => "/proc/self/stat".to_string(),
+        Some(p) => format!("/proc/{p}/stat"),
+    };
+    let read = || -> Option<f64> {
+        let s = std::fs::read_to_string(&path).ok()?;
         let close = s.rfind(')')?;
-        let name = s[open + 1..close].to_string();
-        let f: Vec<&str> = s[close + 2..].split_whitespace().collect();
-        // fields after the name: state(0) ... utime(11) stime(12)
+        let f: Vec<&str> = s.get(close + 2..)?.split_whitespace().collect();
+        // fields after the command name: state(0) ... utime(11) stime(12)
         let u: f64 = f.get(11)?.parse().ok()?;
         let st: f64 = f.get(12)?.parse().ok()?;
-        Some((name, (u + st) / tick))
+        Some((u + st) / tick)
     };
-    match comm {
-        None => read(Path::new("/proc/self/stat"))
-            .map(|x| x.1)
-            .unwrap_or(0.0),
-        Some(c) => std::fs::read_dir("/proc")
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter(|e| {
-                        e.file_name()
-                            .to_string_lossy()
-                            .bytes()
-                            .all(|b| b.is_ascii_digit())
-                    })
-                    .filter_map(|e| read(&e.path().join("stat")))
-                    .filter(|(n, _)| n == c)
-                    .map(|(_, t)| t)
-                    .sum()
-            })
-            .unwrap_or(0.0),
-    }
+    read().unwrap_or(0.0)
 }
 
 /// Wall, client CPU and server CPU of one measurement.
@@ -117,25 +99,52 @@ struct Cost {
     server: f64,
 }
 
-struct Meter {
+/// Measures one operation: wall time, this process's CPU, and the CPU of the server
+/// backends connected to the bench database (from `pg_stat_activity`, read before and
+/// after, so that the pool's connections count and other databases' load does not;
+/// a connection that ends during the measurement is not counted).
+struct Meter<'a> {
+    client_db: &'a Client,
     t: Instant,
     client: f64,
-    server: f64,
+    server: BTreeMap<i32, f64>,
 }
 
-impl Meter {
-    fn start() -> Self {
+async fn backends(c: &Client) -> Vec<i32> {
+    c.query(
+        "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = current_database()",
+        &[],
+    )
+    .await
+    .map(|rows| rows.iter().map(|r| r.get::<_, i32>(0)).collect())
+    .unwrap_or_default()
+}
+
+impl<'a> Meter<'a> {
+    async fn start(c: &'a Client) -> Meter<'a> {
+        let server = backends(c)
+            .await
+            .into_iter()
+            .map(|p| (p, cpu_secs(Some(p))))
+            .collect();
         Meter {
+            client_db: c,
+            server,
             client: cpu_secs(None),
-            server: cpu_secs(Some("postgres")),
             t: Instant::now(),
         }
     }
-    fn stop(self) -> Cost {
+    async fn stop(self) -> Cost {
+        let wall = secs(self.t);
+        let client = cpu_secs(None) - self.client;
+        let mut server = 0.0;
+        for p in backends(self.client_db).await {
+            server += cpu_secs(Some(p)) - self.server.get(&p).copied().unwrap_or(0.0);
+        }
         Cost {
-            wall: secs(self.t),
-            client: cpu_secs(None) - self.client,
-            server: cpu_secs(Some("postgres")) - self.server,
+            wall,
+            client,
+            server,
         }
     }
 }
@@ -242,15 +251,15 @@ impl Bench {
         let mut bytes = 0;
         let mut digests = BTreeSet::new();
         for _ in 0..args.reps {
-            let m = Meter::start();
+            let m = Meter::start(&self.client).await;
             bytes = copy_out(&self.client, RAW_COPY).await?;
-            raw.push(m.stop());
-            let m = Meter::start();
+            raw.push(m.stop().await);
+            let m = Meter::start(&self.client).await;
             copy_out(&self.client, ORDERED_COPY).await?;
-            ordered.push(m.stop());
-            let m = Meter::start();
+            ordered.push(m.stop().await);
+            let m = Meter::start(&self.client).await;
             digests.insert(cp.fingerprint(&ctx).await?);
-            fp.push(m.stop());
+            fp.push(m.stop().await);
         }
         let (raw, ordered, fp) = (med(&raw), med(&ordered), med(&fp));
         let ratio = raw.wall / fp.wall;
@@ -359,9 +368,9 @@ impl Bench {
                 (&between, &ctx, &mut two, &mut ok_two),
                 (&against, &run_ctx, &mut base, &mut ok_base),
             ] {
-                let m = Meter::start();
+                let m = Meter::start(&self.client).await;
                 let verdict = v.verify(c).await?;
-                costs.push(m.stop());
+                costs.push(m.stop().await);
                 let list = |k: &str| -> BTreeSet<String> {
                     verdict.evidence[k]
                         .as_array()

@@ -99,11 +99,14 @@ impl Count {
             .sum()
     }
     fn short(&self) -> String {
+        let n = |k: u64, what: &str| {
+            format!("{} {what}{}", fmt_count(k), if k == 1 { "" } else { "s" })
+        };
         format!(
-            "{}; {} writes + {} reads",
+            "{}; {} + {}",
             fmt_secs(self.secs),
-            fmt_count(self.writes()),
-            fmt_count(self.reads())
+            n(self.writes(), "write"),
+            n(self.reads(), "read")
         )
     }
     fn ops_text(&self) -> String {
