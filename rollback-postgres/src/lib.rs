@@ -47,6 +47,12 @@
 //!   [`diff`](SchemaModel::diff) and restores structure with DDL (honestly limited: see its
 //!   docs). [`RecoveryPoint`] records `pg_current_wal_lsn()` and a named restore point for
 //!   PITR, as a verifier whose evidence lands in the run report.
+//! - **Undo-log checkpoints.** [`TableUndoLog`] copies nothing: capture installs triggers
+//!   that log, in `_rollback`, the prior image of every row changed afterwards, and takes
+//!   one fingerprint (the same digest as [`TableSnapshot`]'s); restore and
+//!   [`TableUndoLog::changes`] (also as the [`UndoLogParity`] verifier) cost O(rows
+//!   changed). Writes pay for the trigger meanwhile, and a step rewriting every row makes
+//!   the log as large as a copy: see its docs for when to prefer [`TableSnapshot`].
 //! - **Steps.** [`SqlStep`] runs `up` / `down` SQL in one transaction with a marker row in
 //!   `_rollback.applied_steps`, under `lock_timeout` / `statement_timeout` guards;
 //!   statements that cannot run in a transaction are detected and run in autocommit; a
@@ -98,6 +104,7 @@ mod schema;
 mod snapshot;
 mod sqlscan;
 mod step;
+mod tracked;
 mod verify;
 
 pub use backfill::{Backfill, BackfillCursor, BackfillReceipt};
@@ -115,6 +122,7 @@ pub use recovery::{RecoveryPoint, RecoveryPointInfo};
 pub use schema::{SchemaSnapshot, SCHEMA_KIND};
 pub use snapshot::{RestoreMethod, TableSnapshot, DEFAULT_SNAPSHOT_SCHEMA, TABLE_COPY_KIND};
 pub use step::{SqlReceipt, SqlStep, TxMode, DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
+pub use tracked::{LoggedChanges, TableUndoLog, UndoLogParity, UNDO_LOG_KIND};
 pub use verify::{
     ForeignKeyIntegrity, RowCountParity, SchemaMatches, SqlAssertion, TableHashParity,
 };

@@ -1,0 +1,1112 @@
+//! [`TableUndoLog`]: a checkpoint that copies nothing and logs the prior image of every row
+//! changed after capture, so that restore and diff cost O(rows changed).
+
+use crate::catalog::{self, diff_tables, TableModel};
+use crate::db::Database;
+use crate::error::{PgError, PgResultExt};
+use crate::hash::{self, Shape};
+use crate::ident::{check_ident, column_list, column_list_with, quote_ident, quote_literal, Table};
+use crate::markers::DEFAULT_MARKER_SCHEMA;
+use async_trait::async_trait;
+use rollback_core::{
+    Checkpoint, Context, Digest, Error, Hasher, Restored, Result, Snapshot, Verdict, Verifier,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio_postgres::{GenericClient, IsolationLevel, Transaction};
+
+/// The snapshot kind of a [`TableUndoLog`].
+pub const UNDO_LOG_KIND: &str = "pg.undo-log";
+
+/// Every trigger this module creates starts with this; the fingerprint leaves them out.
+const TRIGGER_PREFIX: &str = "_rollback_undo_";
+
+/// Bookkeeping columns of a log table (a tracked table may not have columns so named).
+const SEQ: &str = "_rollback_seq";
+const XID: &str = "_rollback_xid";
+const PRESENT: &str = "_rollback_present";
+
+/// A checkpoint of one table or a set of tables that copies nothing: it keeps an **undo
+/// log** inside the database.
+///
+/// **Capture** (one transaction, committed before anything is hashed): per table, a log
+/// table in the bookkeeping schema ([`DEFAULT_MARKER_SCHEMA`]) with the table's columns in
+/// their own types (`CREATE TABLE … (LIKE …)`, no defaults, indexes or constraints but
+/// `NOT NULL`) plus a sequence number, the writing transaction's id and whether the row
+/// existed; a row-level `AFTER INSERT OR UPDATE OR DELETE` trigger that logs the old image
+/// of an updated or deleted row and the key of an inserted one (and of an update's new key
+/// when the key changes); a `BEFORE TRUNCATE` trigger that logs every row before it goes
+/// (correct, but as costly as a copy). Then, in a `REPEATABLE READ` transaction, the tables
+/// are fingerprinted exactly as [`crate::TableSnapshot`] does (same digest: the table hash
+/// and definition; the triggers of this type are left out of the definition) and that
+/// transaction's MVCC snapshot is recorded. A change committed before that snapshot is in
+/// the fingerprint; one committed after is in the log: log entries of transactions the
+/// recorded snapshot sees are ignored, so no concurrent write escapes and none is undone
+/// twice. Capture therefore costs one fingerprint, whatever the table size.
+///
+/// **Restore** (one transaction, the tables locked `EXCLUSIVE`: readers go on, writers
+/// wait): refuses a snapshot of another resource, one whose descriptor no longer matches
+/// its digest, one whose triggers or log tables are gone or disabled (the log would be
+/// incomplete), and tables whose definition changed since capture (revert schema steps
+/// first — the executor does). Then for every logged key the **earliest** entry after
+/// capture is the row as it was at capture: rows whose key did not exist are deleted,
+/// rows that differ (by binary image) are updated, rows that were deleted are inserted
+/// back; owned sequences get their captured values; user triggers are disabled meanwhile;
+/// the log is emptied. Foreign keys between the tables of the set are respected by order
+/// (deletes children first, inserts parents first); a row a table outside the set still
+/// references cannot be deleted and the restore fails with [`Error::Conflict`].
+/// [`Restored::method`] is `undo-log`, [`Restored::items_changed`] the rows written.
+/// Restoring twice is a no-op the second time. Cost: O(rows changed since capture).
+///
+/// **Diff**: [`TableUndoLog::changes`] lists the keys that differ from the capture (added,
+/// removed, changed — a row changed and changed back is not a difference) from the log
+/// alone, in O(rows changed); [`UndoLogParity`] is the same as a verifier.
+///
+/// **Discard** drops the triggers, their function and the log tables (idempotent). The
+/// triggers stay until then: call [`Checkpoint::discard`] once the run is over.
+///
+/// # Trust and limits
+///
+/// Restore and diff trust the triggers to have seen every change. What bypasses them is
+/// invisible to the log: `session_replication_role = replica`, `ALTER TABLE … DISABLE
+/// TRIGGER` (restore refuses a disabled trigger it can see, not one disabled and
+/// re-enabled meanwhile), and DDL that rewrites or drops data (`DROP COLUMN`, `ALTER
+/// COLUMN … TYPE`, renaming a column). Dropping or renaming a captured column also makes
+/// every later write to the table fail (the trigger names the captured columns), and its
+/// values are not in the log: restore refuses a table whose columns are not the captured
+/// ones (a column dropped and re-added is detected by its position). The parity proof — the
+/// full fingerprint compared with the snapshot's, which the executor checks after every
+/// restore — catches anything the log missed.
+///
+/// Tables need a primary key or a `NOT NULL` unique key, must be plain tables (not
+/// partitioned) and exist at capture.
+///
+/// # When to choose [`crate::TableSnapshot`] instead
+///
+/// Writes during the migration pay for the trigger (one extra row insert per changed row,
+/// in the writer's transaction), and a step that rewrites every row (a backfill) makes the
+/// log as large as a copy — then a copy is cheaper, restores by an O(1) swap, and survives
+/// column drops and type changes. The undo log fits migrations that change few rows of a
+/// big table, or none (the common case of a rollback that never happens), and plans whose
+/// capture must not copy the table.
+///
+/// ```no_run
+/// # async fn demo() -> rollback_core::Result<()> {
+/// use rollback_core::{Checkpoint, Context};
+/// use rollback_postgres::{Database, Table, TableUndoLog};
+/// let db = Database::connect("postgres://postgres@127.0.0.1:55432/shop")?;
+/// let cp = TableUndoLog::new(&db, Table::public("customers"));
+/// let ctx = Context::detached();
+/// let snap = cp.capture(&ctx).await?; // triggers + one fingerprint, no copy
+/// // ... a migration changes a few rows of public.customers ...
+/// for d in cp.changes(&snap).await? {
+///     println!("{}: {} added, {} removed, {} changed", d.table, d.added.len(), d.removed.len(), d.changed.len());
+/// }
+/// let how = cp.restore(&snap, &ctx).await?; // O(rows changed)
+/// assert_eq!(how.method, "undo-log");
+/// cp.discard(&snap, &ctx).await?; // drops the triggers and the log
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct TableUndoLog {
+    db: Database,
+    tables: Vec<Table>,
+    resource: String,
+    schema: String,
+    lock_timeout: Duration,
+    parallelism: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Descriptor {
+    version: u32,
+    database: String,
+    /// The bookkeeping schema holding the logs and the trigger function.
+    schema: String,
+    /// `pg_current_snapshot()` of the fingerprint's transaction.
+    mvcc_snapshot: String,
+    tables: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Entry {
+    table: Table,
+    log: Table,
+    function: String,
+    row_trigger: String,
+    truncate_trigger: String,
+    key: Vec<String>,
+    /// (column name, attnum) at capture.
+    attnums: Vec<(String, i16)>,
+    definition: TableModel,
+    fingerprint: Digest,
+}
+
+/// What changed in one table since capture, from its undo log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedChanges {
+    /// The table.
+    pub table: Table,
+    /// Keys (text, columns joined by `, `) present now but not at capture.
+    pub added: Vec<String>,
+    /// Keys present at capture but not now.
+    pub removed: Vec<String>,
+    /// Keys present in both whose rows differ (by binary image).
+    pub changed: Vec<String>,
+    /// Log entries written since capture (≥ the keys above: a row may change many times).
+    pub log_entries: u64,
+}
+
+impl LoggedChanges {
+    /// Whether nothing differs.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// The fingerprint of one table (the same as [`crate::TableSnapshot`]'s).
+fn table_fingerprint(t: &Table, def: &TableModel, root: Digest) -> Digest {
+    let mut h = Hasher::new();
+    h.field(b"rollback-postgres/table/v1");
+    h.field(t.quoted().as_bytes());
+    h.field(&def.digest().0);
+    h.field(&root.0);
+    h.finish()
+}
+
+fn absent_fingerprint(t: &Table) -> Digest {
+    let mut h = Hasher::new();
+    h.field(b"rollback-postgres/table/v1");
+    h.field(t.quoted().as_bytes());
+    h.field(b"absent");
+    h.finish()
+}
+
+/// The fingerprint of a set of tables (the same as [`crate::TableSnapshot`]'s).
+fn combine(parts: &[Digest]) -> Digest {
+    let mut h = Hasher::new();
+    h.field(b"rollback-postgres/tables/v1");
+    for p in parts {
+        h.field(&p.0);
+    }
+    h.finish()
+}
+
+/// A table's model without the triggers of undo logs.
+async fn model_without_logs<C: GenericClient>(c: &C, oid: u32) -> Result<TableModel> {
+    let mut m = catalog::table_model_by_oid(c, oid).await?;
+    m.triggers.retain(|t| !t.name.starts_with(TRIGGER_PREFIX));
+    Ok(m)
+}
+
+async fn attnums<C: GenericClient>(c: &C, oid: u32) -> Result<Vec<(String, i16)>> {
+    let rows = c
+        .query(
+            "SELECT attname::text, attnum FROM pg_catalog.pg_attribute \
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&oid],
+        )
+        .await
+        .ctx("reading column positions")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// What one fingerprint pass saw of a table.
+struct Seen {
+    fingerprint: Digest,
+    model: Option<TableModel>,
+    attnums: Vec<(String, i16)>,
+    key: Vec<String>,
+}
+
+impl TableUndoLog {
+    /// An undo-log checkpoint of one table.
+    pub fn new(db: &Database, table: Table) -> Self {
+        Self::of_tables(db, vec![table])
+    }
+
+    /// An undo-log checkpoint of a set of tables, captured and restored together (needed
+    /// when they reference each other). The resource id is the one a
+    /// [`crate::TableSnapshot`] of the same tables has (see [`Database::tables_resource`]),
+    /// so verifiers and steps name it alike.
+    pub fn of_tables(db: &Database, mut tables: Vec<Table>) -> Self {
+        tables.sort();
+        tables.dedup();
+        TableUndoLog {
+            resource: db.tables_resource(&tables),
+            db: db.clone(),
+            tables,
+            schema: DEFAULT_MARKER_SCHEMA.into(),
+            lock_timeout: Duration::from_secs(5),
+            parallelism: 2,
+        }
+    }
+
+    /// Keep the logs and the trigger function in another schema (default
+    /// [`DEFAULT_MARKER_SCHEMA`]).
+    pub fn log_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// `lock_timeout` for capture, restore and discard (default 5 s): creating and dropping
+    /// triggers and restoring take table locks; one not granted in time fails with a
+    /// transient error, which the executor retries.
+    pub fn lock_timeout(mut self, d: Duration) -> Self {
+        self.lock_timeout = d;
+        self
+    }
+
+    /// Sessions a big table is hashed with in parallel by the fingerprint (default 2), as
+    /// [`crate::TableSnapshot::fingerprint_parallelism`]; the digest does not depend on it.
+    pub fn fingerprint_parallelism(mut self, sessions: usize) -> Self {
+        self.parallelism = sessions.max(1);
+        self
+    }
+
+    /// The covered tables.
+    pub fn tables(&self) -> &[Table] {
+        &self.tables
+    }
+
+    fn lock_timeout_sql(&self) -> String {
+        format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            self.lock_timeout.as_millis().max(1)
+        )
+    }
+
+    fn descriptor(&self, snap: &Snapshot) -> Result<Descriptor> {
+        snap.ensure_resource(&self.resource)?;
+        if snap.kind != UNDO_LOG_KIND {
+            return Err(Error::invalid(format!(
+                "snapshot kind {} is not {UNDO_LOG_KIND}",
+                snap.kind
+            )));
+        }
+        let d: Descriptor = serde_json::from_value(snap.descriptor.clone())
+            .map_err(|e| Error::invalid(format!("malformed undo-log descriptor: {e}")))?;
+        let tables: Vec<Table> = d.tables.iter().map(|e| e.table.clone()).collect();
+        if tables != self.tables {
+            return Err(Error::WrongResource {
+                expected: self.resource.clone(),
+                found: format!("tables {tables:?}"),
+            });
+        }
+        Ok(d)
+    }
+
+    /// Fingerprint every table in one `REPEATABLE READ` snapshot; also returns that
+    /// snapshot (`pg_current_snapshot()`), taken by the transaction's first statement.
+    async fn fingerprint_all(&self) -> Result<(Vec<Seen>, String)> {
+        let mut obj = self.db.client().await?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .ctx("starting fingerprint")?;
+        let mvcc: String = tx
+            .query_one("SELECT pg_catalog.pg_current_snapshot()::text", &[])
+            .await
+            .ctx("reading the transaction snapshot")?
+            .get(0);
+        let exported: Option<String> = if self.parallelism > 1 {
+            tx.query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+                .await
+                .ok()
+                .map(|r| r.get(0))
+        } else {
+            None
+        };
+        let mut extra: Vec<deadpool_postgres::Object> = Vec::new();
+        let mut opened = false;
+        let mut out = Vec::new();
+        let result = async {
+            for t in &self.tables {
+                let Some(oid) = catalog::table_oid(&tx, t).await? else {
+                    out.push(Seen {
+                        fingerprint: absent_fingerprint(t),
+                        model: None,
+                        attnums: vec![],
+                        key: vec![],
+                    });
+                    continue;
+                };
+                let model = model_without_logs(&tx, oid).await?;
+                let key = catalog::order_key(&tx, oid).await?;
+                let cols = attnums(&tx, oid).await?;
+                let estimate: i64 = tx
+                    .query_one(
+                        "SELECT greatest(reltuples, 0)::bigint FROM pg_catalog.pg_class WHERE oid = $1",
+                        &[&oid],
+                    )
+                    .await
+                    .ctx("reading table size estimate")?
+                    .get(0);
+                let key_types: Vec<String> = key
+                    .iter()
+                    .filter_map(|k| model.columns.iter().find(|c| &c.name == k))
+                    .map(|c| c.data_type.clone())
+                    .collect();
+                let shape = Shape {
+                    rel: t.quoted(),
+                    columns: model.column_names(),
+                    key: key.clone(),
+                };
+                let big = estimate as u64 >= hash::PARALLEL_MIN_ROWS && !shape.key.is_empty();
+                if big && !opened {
+                    opened = true;
+                    if let Some(id) = &exported {
+                        for _ in 1..self.parallelism {
+                            let Ok(o) = self.db.client().await else { break };
+                            let ok = o
+                                .batch_execute(&format!(
+                                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                                    quote_literal(id)
+                                ))
+                                .await
+                                .is_ok();
+                            if !ok {
+                                let _ = o.batch_execute("ROLLBACK").await;
+                                break;
+                            }
+                            extra.push(o);
+                        }
+                    }
+                }
+                let root = if big && !extra.is_empty() {
+                    let mut clients: Vec<&tokio_postgres::Client> = vec![tx.client()];
+                    clients.extend(extra.iter().map(|o| -> &tokio_postgres::Client { o }));
+                    hash::hash_relation_parallel(&clients, &shape, &key_types, estimate as u64)
+                        .await?
+                } else {
+                    hash::hash_relation(tx.client(), &shape, u64::MAX).await?.root
+                };
+                out.push(Seen {
+                    fingerprint: table_fingerprint(t, &model, root),
+                    model: Some(model),
+                    attnums: cols,
+                    key,
+                });
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        for o in &extra {
+            let _ = o.batch_execute("ROLLBACK").await;
+        }
+        result?;
+        tx.commit().await.ctx("ending fingerprint")?;
+        Ok((out, mvcc))
+    }
+
+    /// The keys that differ from the capture, per table, read from the undo logs alone
+    /// (O(rows changed since capture), whatever the table size): for each logged key, the
+    /// earliest entry after capture is compared with the current row.
+    ///
+    /// This trusts the triggers (see the type's docs for what bypasses them); the
+    /// fingerprint compared with the snapshot's is the proof.
+    ///
+    /// # Errors
+    /// As for a restore: [`Error::WrongResource`], [`Error::DigestMismatch`],
+    /// [`Error::Invalid`] when the logs are gone; backend errors.
+    pub async fn changes(&self, snap: &Snapshot) -> Result<Vec<LoggedChanges>> {
+        let d = self.descriptor(snap)?;
+        snap.ensure_digest(Digest::of_json(&d))?;
+        let mut obj = self.db.client().await?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .ctx("starting diff")?;
+        self.check_tracking(&tx, &d).await?;
+        let mut out = Vec::new();
+        for e in &d.tables {
+            out.push(logged_changes(&tx, &d, e).await?);
+        }
+        tx.commit().await.ctx("ending diff")?;
+        Ok(out)
+    }
+
+    /// Refuse when a log table, trigger or function of `d` is missing or a trigger is
+    /// disabled.
+    async fn check_tracking<C: GenericClient>(&self, c: &C, d: &Descriptor) -> Result<()> {
+        for e in &d.tables {
+            if catalog::table_oid(c, &e.log).await?.is_none() {
+                return Err(Error::invalid(format!(
+                    "the undo log {} of {} is gone (the snapshot was discarded?); cannot use it",
+                    e.log, e.table
+                )));
+            }
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT tgname::text, tgenabled::text FROM pg_catalog.pg_trigger \
+                         WHERE tgrelid = {}::regclass AND tgname = ANY($1)",
+                        e.table.regclass_literal()
+                    ),
+                    &[&vec![e.row_trigger.clone(), e.truncate_trigger.clone()]],
+                )
+                .await
+                .ctx("reading the undo log's triggers")?;
+            let enabled = rows.iter().filter(|r| r.get::<_, String>(1) != "D").count();
+            if enabled != 2 {
+                return Err(Error::conflict(format!(
+                    "the triggers logging changes of {} are missing or disabled: changes may have escaped the undo log; restore from another checkpoint",
+                    e.table
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The earliest entry after capture of every logged key, as a CTE body selecting the log's
+/// rows (`$1`: the capture's MVCC snapshot).
+fn earliest_sql(e: &Entry) -> String {
+    format!(
+        "SELECT DISTINCT ON ({k}) l.* FROM {log} l \
+         WHERE NOT pg_catalog.pg_visible_in_snapshot(l.{xid}, $1::text::pg_catalog.pg_snapshot) \
+         ORDER BY {k}, l.{seq}",
+        k = column_list_with("l", &e.key),
+        log = e.log.quoted(),
+        xid = quote_ident(XID),
+        seq = quote_ident(SEQ),
+    )
+}
+
+fn key_match(e: &Entry, a: &str, b: &str) -> String {
+    e.key
+        .iter()
+        .map(|k| format!("{a}.{} = {b}.{}", quote_ident(k), quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+async fn logged_changes<C: GenericClient>(
+    c: &C,
+    d: &Descriptor,
+    e: &Entry,
+) -> Result<LoggedChanges> {
+    let cols = e.definition.column_names();
+    let key_text = e
+        .key
+        .iter()
+        .map(|k| format!("e.{}::text", quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "WITH e AS MATERIALIZED ({earliest}) \
+         SELECT concat_ws(', ', {key_text}), e.{present}, x.ctid IS NOT NULL, \
+                x.ctid IS NOT NULL AND pg_catalog.record_image_ne(ROW({xc}), ROW({ec})) \
+         FROM e LEFT JOIN {t} x ON {m} ORDER BY {ek}",
+        earliest = earliest_sql(e),
+        present = quote_ident(PRESENT),
+        xc = column_list_with("x", &cols),
+        ec = column_list_with("e", &cols),
+        t = e.table.quoted(),
+        m = key_match(e, "x", "e"),
+        ek = column_list_with("e", &e.key),
+    );
+    let rows = c
+        .query(sql.as_str(), &[&d.mvcc_snapshot])
+        .await
+        .ctx(&format!("reading the undo log of {}", e.table))?;
+    let mut out = LoggedChanges {
+        table: e.table.clone(),
+        added: vec![],
+        removed: vec![],
+        changed: vec![],
+        log_entries: 0,
+    };
+    for r in &rows {
+        let key: String = r.get(0);
+        let was: bool = r.get(1);
+        let is: bool = r.get(2);
+        let differs: bool = r.get(3);
+        match (was, is) {
+            (false, true) => out.added.push(key),
+            (true, false) => out.removed.push(key),
+            (true, true) if differs => out.changed.push(key),
+            _ => {}
+        }
+    }
+    out.log_entries = c
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {} l WHERE NOT pg_catalog.pg_visible_in_snapshot(l.{}, $1::text::pg_catalog.pg_snapshot)",
+                e.log.quoted(),
+                quote_ident(XID)
+            ),
+            &[&d.mvcc_snapshot],
+        )
+        .await
+        .ctx("counting undo log entries")?
+        .get::<_, i64>(0) as u64;
+    Ok(out)
+}
+
+/// The trigger function of one tracked table: log old images (and new keys).
+fn function_sql(
+    schema: &str,
+    function: &str,
+    t: &Table,
+    log: &Table,
+    def: &TableModel,
+    key: &[String],
+) -> String {
+    let cols = def.column_names();
+    let into = format!(
+        "INSERT INTO {} ({}, {})",
+        log.quoted(),
+        quote_ident(PRESENT),
+        column_list(&cols)
+    );
+    let values = |rec: &str, present: bool| {
+        format!(
+            "{into} VALUES ({present}, {});",
+            cols.iter()
+                .map(|c| format!("{rec}.{}", quote_ident(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let key_of = |rec: &str| {
+        format!(
+            "ROW({})",
+            key.iter()
+                .map(|k| format!("{rec}.{}", quote_ident(k)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    format!(
+        "CREATE FUNCTION {schema}.{function}() RETURNS trigger LANGUAGE plpgsql \
+         SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $rollback_undo$\n\
+         BEGIN\n\
+           IF TG_OP = 'UPDATE' THEN\n\
+             {upd_old}\n\
+             IF {new_key} IS DISTINCT FROM {old_key} THEN\n\
+               {upd_new}\n\
+             END IF;\n\
+           ELSIF TG_OP = 'DELETE' THEN\n\
+             {del}\n\
+           ELSIF TG_OP = 'INSERT' THEN\n\
+             {ins}\n\
+           ELSIF TG_OP = 'TRUNCATE' THEN\n\
+             {into} SELECT true, {cols} FROM ONLY {t};\n\
+           END IF;\n\
+           RETURN NULL;\n\
+         END\n$rollback_undo$",
+        schema = quote_ident(schema),
+        function = quote_ident(function),
+        upd_old = values("OLD", true),
+        upd_new = values("NEW", false),
+        new_key = key_of("NEW"),
+        old_key = key_of("OLD"),
+        del = values("OLD", true),
+        ins = values("NEW", false),
+        cols = column_list(&cols),
+        t = t.quoted(),
+    )
+}
+
+/// Foreign keys among `tables`: a topological order (parents first).
+async fn parents_first<C: GenericClient>(c: &C, tables: &[Table]) -> Result<Vec<Table>> {
+    let rows = c
+        .query(
+            "SELECT cn.nspname::text, ch.relname::text, pn.nspname::text, p.relname::text \
+             FROM pg_catalog.pg_constraint k \
+             JOIN pg_catalog.pg_class ch ON ch.oid = k.conrelid JOIN pg_catalog.pg_namespace cn ON cn.oid = ch.relnamespace \
+             JOIN pg_catalog.pg_class p ON p.oid = k.confrelid JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace \
+             WHERE k.contype = 'f'",
+            &[],
+        )
+        .await
+        .ctx("reading foreign keys")?;
+    let set: BTreeSet<&Table> = tables.iter().collect();
+    let mut edges = Vec::new();
+    for r in rows {
+        let child = Table::new(r.get::<_, String>(0), r.get::<_, String>(1));
+        let parent = Table::new(r.get::<_, String>(2), r.get::<_, String>(3));
+        if child != parent && set.contains(&child) && set.contains(&parent) {
+            edges.push((child, parent));
+        }
+    }
+    let mut order = Vec::new();
+    let mut left: Vec<Table> = tables.to_vec();
+    while !left.is_empty() {
+        let pos = left
+            .iter()
+            .position(|t| !edges.iter().any(|(ch, p)| ch == t && left.contains(p)));
+        order.push(left.remove(pos.unwrap_or(0)));
+    }
+    Ok(order)
+}
+
+fn restore_error(err: tokio_postgres::Error, t: &Table) -> Error {
+    let e = PgError::new(format!("restoring {t}"), &err);
+    if err.code().map(|c| c.code()) == Some("23503") {
+        return Error::conflict(format!(
+            "{e}; rows outside the checkpoint reference rows the restore must remove or change — include their tables in the checkpoint"
+        ));
+    }
+    e.into_core(false)
+}
+
+/// User triggers enabled on `t` other than the undo logs': (name, mode).
+async fn user_triggers(tx: &Transaction<'_>, t: &Table) -> Result<Vec<(String, String)>> {
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT tgname::text, tgenabled::text FROM pg_catalog.pg_trigger \
+                 WHERE tgrelid = {}::regclass AND NOT tgisinternal AND tgenabled <> 'D' \
+                   AND NOT starts_with(tgname::text, $1) ORDER BY tgname",
+                t.regclass_literal()
+            ),
+            &[&TRIGGER_PREFIX],
+        )
+        .await
+        .ctx("reading triggers")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+fn trigger_mode_sql(t: &Table, name: &str, mode: &str) -> String {
+    let how = match mode {
+        "R" => "ENABLE REPLICA",
+        "A" => "ENABLE ALWAYS",
+        "D" => "DISABLE",
+        _ => "ENABLE",
+    };
+    format!(
+        "ALTER TABLE {} {how} TRIGGER {}",
+        t.quoted(),
+        quote_ident(name)
+    )
+}
+
+impl TableUndoLog {
+    /// Create the logs, function and triggers (committed), returning the entries without
+    /// definitions and fingerprints.
+    async fn install(&self, id: &str) -> Result<Vec<Entry>> {
+        let mut obj = self.db.client().await?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let tx = client.transaction().await.ctx("starting capture")?;
+        tx.batch_execute(&self.lock_timeout_sql())
+            .await
+            .ctx("setting lock_timeout")?;
+        let mut entries = Vec::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            let Some(oid) = catalog::table_oid(&tx, t).await? else {
+                return Err(Error::invalid(format!(
+                    "{t} does not exist: an undo log tracks existing tables (use TableSnapshot for a table the migration creates)"
+                )));
+            };
+            let def = model_without_logs(&tx, oid).await?;
+            if def.kind != "r" {
+                return Err(Error::invalid(format!(
+                    "{t} is partitioned: an undo log tracks plain tables (use TableSnapshot)"
+                )));
+            }
+            let key = catalog::order_key(&tx, oid).await?;
+            if key.is_empty() {
+                return Err(Error::invalid(format!(
+                    "{t} has no primary key or NOT NULL unique key to log changes by (use TableSnapshot)"
+                )));
+            }
+            let cols = def.column_names();
+            if let Some(c) = cols
+                .iter()
+                .find(|c| [SEQ, XID, PRESENT].contains(&c.as_str()))
+            {
+                return Err(Error::invalid(format!(
+                    "{t} has a column named {c}, which the undo log uses itself"
+                )));
+            }
+            let log = Table::new(&self.schema, format!("undo_{id}_{i}"));
+            let function = format!("undo_{id}_{i}");
+            let row_trigger = format!("{TRIGGER_PREFIX}{id}");
+            let truncate_trigger = format!("{TRIGGER_PREFIX}{id}_truncate");
+            let s = quote_ident(&self.schema);
+            tx.batch_execute(&format!(
+                "CREATE TABLE {log} ({seq} bigserial, {xid} pg_catalog.xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(), \
+                   {present} boolean NOT NULL, LIKE {t}); \
+                 {function_sql}; \
+                 REVOKE ALL ON FUNCTION {s}.{f}() FROM PUBLIC; \
+                 CREATE TRIGGER {rt} AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION {s}.{f}(); \
+                 CREATE TRIGGER {tt} BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {s}.{f}();",
+                log = log.quoted(),
+                seq = quote_ident(SEQ),
+                xid = quote_ident(XID),
+                present = quote_ident(PRESENT),
+                t = t.quoted(),
+                function_sql = function_sql(&self.schema, &function, t, &log, &def, &key),
+                f = quote_ident(&function),
+                rt = quote_ident(&row_trigger),
+                tt = quote_ident(&truncate_trigger),
+            ))
+            .await
+            .ctx(&format!("installing the undo log of {t}"))?;
+            entries.push(Entry {
+                table: t.clone(),
+                log,
+                function,
+                row_trigger,
+                truncate_trigger,
+                key,
+                attnums: vec![],
+                definition: def,
+                fingerprint: Digest::of(b""),
+            });
+        }
+        tx.commit().await.ctx("committing the undo log triggers")?;
+        Ok(entries)
+    }
+
+    async fn uninstall(&self, entries: &[Entry]) -> Result<()> {
+        let mut obj = self.db.client().await?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let tx = client.transaction().await.ctx("starting discard")?;
+        tx.batch_execute(&self.lock_timeout_sql())
+            .await
+            .ctx("setting lock_timeout")?;
+        for e in entries {
+            if catalog::table_oid(&tx, &e.table).await?.is_some() {
+                tx.batch_execute(&format!(
+                    "DROP TRIGGER IF EXISTS {} ON {}; DROP TRIGGER IF EXISTS {} ON {}",
+                    quote_ident(&e.row_trigger),
+                    e.table.quoted(),
+                    quote_ident(&e.truncate_trigger),
+                    e.table.quoted()
+                ))
+                .await
+                .ctx(&format!("dropping the undo log triggers of {}", e.table))?;
+            }
+            tx.batch_execute(&format!(
+                "DROP FUNCTION IF EXISTS {}.{}() CASCADE; DROP TABLE IF EXISTS {}",
+                quote_ident(&e.log.schema),
+                quote_ident(&e.function),
+                e.log.quoted()
+            ))
+            .await
+            .ctx(&format!("dropping the undo log of {}", e.table))?;
+        }
+        tx.commit().await.ctx("committing discard")
+    }
+}
+
+#[async_trait]
+impl Checkpoint for TableUndoLog {
+    fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    /// Installs the logs and triggers, commits, then fingerprints the tables.
+    ///
+    /// # Cancel safety
+    /// Dropped after the triggers were committed, the capture leaves them (and the empty
+    /// logs) behind with no snapshot naming them; they log writes until dropped by hand
+    /// (`DROP FUNCTION _rollback.undo_<id>_<i>() CASCADE`).
+    async fn capture(&self, ctx: &Context) -> Result<Snapshot> {
+        for t in &self.tables {
+            t.check()?;
+        }
+        check_ident("schema", &self.schema)?;
+        crate::snapshot::ensure_schema(&self.db, &self.schema).await?;
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let mut entries = self.install(&id).await?;
+        let (seen, mvcc) = match self.fingerprint_all().await {
+            Ok(x) => x,
+            Err(e) => {
+                if let Err(cleanup) = self.uninstall(&entries).await {
+                    tracing::warn!(error = %cleanup, "could not remove the undo log of a failed capture");
+                }
+                return Err(e);
+            }
+        };
+        if let Some((e, _)) = entries.iter().zip(&seen).find(|(_, s)| s.model.is_none()) {
+            let err = Error::conflict(format!("{} was dropped during capture", e.table));
+            let _ = self.uninstall(&entries).await;
+            return Err(err);
+        }
+        for (e, s) in entries.iter_mut().zip(&seen) {
+            if let Some(model) = &s.model {
+                e.definition = model.clone();
+            }
+            e.attnums = s.attnums.clone();
+            e.key = s.key.clone();
+            e.fingerprint = s.fingerprint;
+            ctx.progress(&format!("capture {}", e.table), 1, Some(1), "tables");
+        }
+        let descriptor = Descriptor {
+            version: 1,
+            database: self.db.name().to_string(),
+            schema: self.schema.clone(),
+            mvcc_snapshot: mvcc,
+            tables: entries,
+        };
+        let fps: Vec<Digest> = seen.iter().map(|s| s.fingerprint).collect();
+        Ok(Snapshot {
+            id: format!("pg-undo-{id}"),
+            resource: self.resource.clone(),
+            kind: UNDO_LOG_KIND.into(),
+            digest: Digest::of_json(&descriptor),
+            fingerprint: combine(&fps),
+            captured_at_ms: rollback_core::now_ms(),
+            size_bytes: Some(0),
+            descriptor: serde_json::to_value(&descriptor)
+                .map_err(|e| Error::invalid(format!("encoding descriptor: {e}")))?,
+        })
+    }
+
+    async fn restore(&self, snap: &Snapshot, ctx: &Context) -> Result<Restored> {
+        let d = self.descriptor(snap)?;
+        snap.ensure_digest(Digest::of_json(&d))?;
+        let mut obj = self.db.client().await?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let tx = client.transaction().await.ctx("starting restore")?;
+        tx.batch_execute(&self.lock_timeout_sql())
+            .await
+            .ctx("setting lock_timeout")?;
+        // 1. Refusal, before anything changes.
+        self.check_tracking(&tx, &d).await?;
+        let mut locked: Vec<String> = d.tables.iter().map(|e| e.table.quoted()).collect();
+        locked.sort();
+        tx.batch_execute(&format!(
+            "LOCK TABLE {} IN EXCLUSIVE MODE",
+            locked.join(", ")
+        ))
+        .await
+        .ctx("locking tables for restore")?;
+        for e in &d.tables {
+            let Some(oid) = catalog::table_oid(&tx, &e.table).await? else {
+                return Err(Error::conflict(format!("{} no longer exists", e.table)));
+            };
+            let now = model_without_logs(&tx, oid).await?;
+            if now.structure() != e.definition.structure() {
+                let diff = diff_tables(&e.table.to_string(), &e.definition, &now)
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(Error::conflict(format!(
+                    "the definition of {} changed since capture ({diff}); revert the schema change first — an undo log restores rows, not definitions",
+                    e.table
+                )));
+            }
+            if attnums(&tx, oid).await? != e.attnums {
+                return Err(Error::conflict(format!(
+                    "columns of {} were dropped and re-created since capture: their values are not in the undo log",
+                    e.table
+                )));
+            }
+        }
+        // 2. Put the rows back: deletes children first, then parents first.
+        let order = parents_first(&tx, &self.tables).await?;
+        let entry = |t: &Table| d.tables.iter().find(|e| &e.table == t);
+        let mut disabled = Vec::new();
+        for e in &d.tables {
+            for (name, mode) in user_triggers(&tx, &e.table).await? {
+                tx.batch_execute(&trigger_mode_sql(&e.table, &name, "D"))
+                    .await
+                    .ctx("disabling trigger for restore")?;
+                disabled.push((e.table.clone(), name, mode));
+            }
+        }
+        let mut items = 0u64;
+        for t in order.iter().rev() {
+            let Some(e) = entry(t) else { continue };
+            items += tx
+                .execute(
+                    &format!(
+                        "WITH e AS MATERIALIZED ({}) DELETE FROM {} x USING e WHERE NOT e.{} AND {}",
+                        earliest_sql(e),
+                        t.quoted(),
+                        quote_ident(PRESENT),
+                        key_match(e, "x", "e")
+                    ),
+                    &[&d.mvcc_snapshot],
+                )
+                .await
+                .map_err(|err| restore_error(err, t))?;
+        }
+        for t in &order {
+            let Some(e) = entry(t) else { continue };
+            let def = &e.definition;
+            let all = def.column_names();
+            let settable: Vec<String> = def
+                .columns
+                .iter()
+                .filter(|c| c.generated.is_empty() && c.identity != "a")
+                .map(|c| c.name.clone())
+                .filter(|c| !e.key.contains(c))
+                .collect();
+            if !settable.is_empty() {
+                items += tx
+                    .execute(
+                        &format!(
+                            "WITH e AS MATERIALIZED ({}) UPDATE {} x SET ({}) = ROW({}) FROM e \
+                             WHERE e.{} AND {} AND pg_catalog.record_image_ne(ROW({}), ROW({}))",
+                            earliest_sql(e),
+                            t.quoted(),
+                            column_list(&settable),
+                            column_list_with("e", &settable),
+                            quote_ident(PRESENT),
+                            key_match(e, "x", "e"),
+                            column_list_with("x", &all),
+                            column_list_with("e", &all),
+                        ),
+                        &[&d.mvcc_snapshot],
+                    )
+                    .await
+                    .map_err(|err| restore_error(err, t))?;
+            }
+            let cols = def.insertable_columns();
+            let overriding = if def.columns.iter().any(|c| c.identity == "a") {
+                "OVERRIDING SYSTEM VALUE"
+            } else {
+                ""
+            };
+            items += tx
+                .execute(
+                    &format!(
+                        "WITH e AS MATERIALIZED ({}) INSERT INTO {} ({}) {overriding} SELECT {} FROM e \
+                         WHERE e.{} AND NOT EXISTS (SELECT 1 FROM {} x WHERE {})",
+                        earliest_sql(e),
+                        t.quoted(),
+                        column_list(&cols),
+                        column_list_with("e", &cols),
+                        quote_ident(PRESENT),
+                        t.quoted(),
+                        key_match(e, "x", "e")
+                    ),
+                    &[&d.mvcc_snapshot],
+                )
+                .await
+                .map_err(|err| restore_error(err, t))?;
+        }
+        for (t, name, mode) in &disabled {
+            tx.batch_execute(&trigger_mode_sql(t, name, mode))
+                .await
+                .ctx("re-enabling trigger")?;
+        }
+        for e in &d.tables {
+            for s in &e.definition.sequences {
+                tx.batch_execute(&s.setval_sql())
+                    .await
+                    .ctx("restoring sequence value")?;
+            }
+        }
+        // 3. The restore's own writes were logged too: the log starts afresh.
+        let logs: Vec<String> = d.tables.iter().map(|e| e.log.quoted()).collect();
+        tx.batch_execute(&format!("TRUNCATE {}", logs.join(", ")))
+            .await
+            .ctx("emptying the undo logs")?;
+        tx.commit().await.ctx("committing restore")?;
+        ctx.progress(
+            &format!("restore {}", self.resource),
+            items,
+            Some(items),
+            "rows",
+        );
+        Ok(Restored::by("undo-log").changed(items))
+    }
+
+    async fn fingerprint(&self, _ctx: &Context) -> Result<Digest> {
+        let (seen, _) = self.fingerprint_all().await?;
+        Ok(combine(
+            &seen.iter().map(|s| s.fingerprint).collect::<Vec<_>>(),
+        ))
+    }
+
+    async fn discard(&self, snap: &Snapshot, _ctx: &Context) -> Result<()> {
+        let d = self.descriptor(snap)?;
+        self.uninstall(&d.tables).await
+    }
+}
+
+/// The table's rows equal the run's baseline by the undo log of a [`TableUndoLog`]
+/// checkpoint: O(rows changed), listing exactly the added, removed and changed keys in its
+/// evidence. It trusts the triggers (see [`TableUndoLog`]); the executor's parity proof
+/// after a restore is the full fingerprint.
+///
+/// ```no_run
+/// # let db = rollback_postgres::Database::connect("postgres://u@127.0.0.1/shop").unwrap();
+/// use rollback_postgres::{Table, TableUndoLog, UndoLogParity};
+/// let cp = TableUndoLog::new(&db, Table::public("customers"));
+/// let v = UndoLogParity::new(&cp);
+/// ```
+#[derive(Debug, Clone)]
+pub struct UndoLogParity {
+    id: String,
+    checkpoint: TableUndoLog,
+}
+
+impl UndoLogParity {
+    /// Compare the checkpoint's tables with the run's baseline snapshot of it.
+    pub fn new(checkpoint: &TableUndoLog) -> Self {
+        UndoLogParity {
+            id: format!("undo-log:{}", checkpoint.resource),
+            checkpoint: checkpoint.clone(),
+        }
+    }
+
+    /// Use another verifier id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+}
+
+#[async_trait]
+impl Verifier for UndoLogParity {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn verify(&self, ctx: &Context) -> Result<Verdict> {
+        let Some(snap) = ctx.baseline(&self.checkpoint.resource) else {
+            return Ok(Verdict::inconclusive(format!(
+                "no baseline snapshot of {} in this run",
+                self.checkpoint.resource
+            )));
+        };
+        if snap.kind != UNDO_LOG_KIND {
+            return Ok(Verdict::inconclusive(format!(
+                "the baseline of {} is not an undo log",
+                self.checkpoint.resource
+            )));
+        }
+        let changes = self.checkpoint.changes(snap).await?;
+        let n: usize = changes
+            .iter()
+            .map(|c| c.added.len() + c.removed.len() + c.changed.len())
+            .sum();
+        let summary = changes
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}: {} added, {} removed, {} changed",
+                    c.table,
+                    c.added.len(),
+                    c.removed.len(),
+                    c.changed.len()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Ok(
+            Verdict::check(n == 0, format!("{summary} since the baseline (undo log)"))
+                .with_evidence(json!({ "tables": changes }))
+                .with_value(n as f64),
+        )
+    }
+}
