@@ -45,11 +45,17 @@ pub enum RestoreMethod {
 /// **Capture** (one `REPEATABLE READ` transaction, holding `ACCESS SHARE` locks so the
 /// definitions cannot change meanwhile): for each table, `CREATE TABLE
 /// <snapshot schema>.<copy> (LIKE <table> INCLUDING ALL EXCLUDING DEFAULTS EXCLUDING
-/// IDENTITY)` and `INSERT … SELECT` — no row passes through the client. The current values
-/// of sequences owned by the tables are recorded. The copy is then hashed server-side
-/// streaming (see [`crate::TableHashParity`] for the hash) and its definition fingerprinted:
+/// IDENTITY)` and `INSERT … SELECT` — no row passes through the client. The copy's indexes
+/// (and the primary key, unique and exclusion constraints they back) are built after the
+/// rows are in, one bulk build each, with the names and definitions `LIKE` gave them. The
+/// current values of sequences owned by the tables are recorded. The rows are hashed
+/// (see [`crate::TableHashParity`] for the hash) and the copy's definition fingerprinted:
 /// the snapshot's `digest` covers both, so an altered copy (rows or definition) is refused
-/// at restore with [`Error::DigestMismatch`].
+/// at restore with [`Error::DigestMismatch`]. A table of 1 MiB or more is hashed
+/// while it is copied, by a second session in the capture's exported snapshot — the same
+/// rows the copy receives — unless it has generated columns (the copy computes those
+/// again, so the copy itself is hashed afterwards, as is any table when the snapshot
+/// cannot be shared).
 ///
 /// **Restore** (one transaction): the copies are locked, re-hashed and checked against the
 /// digest before anything changes; then the live tables are locked `ACCESS EXCLUSIVE` and
@@ -267,6 +273,22 @@ impl TableSnapshot {
         Table::new(&self.snapshot_schema, format!("{base}_{id}_{i}"))
     }
 
+    /// The size in bytes of the largest covered table (0 when none exists).
+    async fn largest_table(&self, tx: &Transaction<'_>) -> Result<u64> {
+        let names: Vec<String> = self.tables.iter().map(|t| t.quoted()).collect();
+        let n: i64 = tx
+            .query_one(
+                "SELECT coalesce(max(pg_catalog.pg_relation_size(c.oid)), 0)::bigint \
+                 FROM unnest($1::text[]) AS u(name) \
+                 JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(u.name)",
+                &[&names],
+            )
+            .await
+            .ctx("reading table sizes")?
+            .get(0);
+        Ok(n.max(0) as u64)
+    }
+
     /// Parse and check a snapshot's descriptor.
     fn descriptor(&self, snap: &Snapshot) -> Result<Descriptor> {
         snap.ensure_resource(&self.resource)?;
@@ -313,6 +335,135 @@ pub(crate) async fn ensure_schema(db: &Database, schema: &str) -> Result<()> {
         Err(e) if matches!(e.code().map(|c| c.code()), Some("23505") | Some("42P06")) => Ok(()),
         Err(e) => Err(crate::error::PgError::new("creating schema", &e).into_core(false)),
     }
+}
+
+/// Size from which a capture hashes a table in a second session while it is copied.
+const SOURCE_HASH_MIN_BYTES: u64 = 1 << 20;
+
+/// A dedicated read-only session in the snapshot of `tx` (a `REPEATABLE READ` transaction),
+/// or `None` when the snapshot cannot be exported or imported. Dropping it closes it, which
+/// ends its transaction.
+async fn snapshot_reader(db: &Database, tx: &Transaction<'_>) -> Option<tokio_postgres::Client> {
+    let id: String = tx
+        .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+        .await
+        .ok()?
+        .get(0);
+    let c = db.dedicated().await.ok()?;
+    c.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        crate::ident::quote_literal(&id)
+    ))
+    .await
+    .ok()?;
+    Some(c)
+}
+
+/// Create `dst` as `LIKE src INCLUDING ALL<like_options>`, fill it with the rows of `src`
+/// (`INSERT … SELECT` of `cols`), and return what `during_load` returned (it runs while the
+/// rows are inserted).
+///
+/// The indexes `LIKE` gives `dst` (and the primary key, unique and exclusion constraints
+/// they back) are dropped before the load and built again afterwards, with the same names,
+/// definitions and comments: one bulk build per index instead of maintaining each index
+/// row by row. An index whose definition `pg_get_indexdef` does not fully reproduce (a
+/// tablespace, per-column statistics targets) is kept and maintained during the load.
+async fn copy_table<T>(
+    tx: &Transaction<'_>,
+    src: &Table,
+    dst: &Table,
+    like_options: &str,
+    cols: &[String],
+    during_load: impl std::future::Future<Output = T>,
+) -> Result<T> {
+    let what = format!("copying {src} into {dst}");
+    tx.batch_execute(&format!(
+        "CREATE TABLE {} (LIKE {} INCLUDING ALL{like_options})",
+        dst.quoted(),
+        src.quoted()
+    ))
+    .await
+    .ctx(&what)?;
+    let rows = tx
+        .query(
+            "SELECT ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid), k.conname::text, \
+                    pg_catalog.pg_get_constraintdef(k.oid), \
+                    pg_catalog.obj_description(i.indexrelid, 'pg_class'), \
+                    pg_catalog.obj_description(k.oid, 'pg_constraint') \
+             FROM pg_catalog.pg_index i \
+             JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+             LEFT JOIN pg_catalog.pg_constraint k \
+               ON k.conindid = i.indexrelid AND k.conrelid = i.indrelid AND k.contype IN ('p', 'u', 'x') \
+             WHERE i.indrelid = $1::text::regclass AND ic.reltablespace = 0 \
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
+                               WHERE a.attrelid = i.indexrelid AND a.attstattarget >= 0) \
+             ORDER BY ic.oid",
+            &[&dst.quoted()],
+        )
+        .await
+        .ctx("reading the copy's indexes")?;
+    let schema = quote_ident(&dst.schema);
+    let mut drop = Vec::new();
+    let mut build = Vec::new();
+    for r in &rows {
+        let index: String = r.get(0);
+        let index_def: String = r.get(1);
+        let constraint: Option<String> = r.get(2);
+        let constraint_def: Option<String> = r.get(3);
+        let index_comment: Option<String> = r.get(4);
+        let constraint_comment: Option<String> = r.get(5);
+        match (&constraint, &constraint_def) {
+            (Some(k), Some(kdef)) => {
+                drop.push(format!(
+                    "ALTER TABLE {} DROP CONSTRAINT {}",
+                    dst.quoted(),
+                    quote_ident(k)
+                ));
+                build.push(format!(
+                    "ALTER TABLE {} ADD CONSTRAINT {} {kdef}",
+                    dst.quoted(),
+                    quote_ident(k)
+                ));
+            }
+            _ => {
+                drop.push(format!("DROP INDEX {schema}.{}", quote_ident(&index)));
+                build.push(index_def);
+            }
+        }
+        if let Some(c) = index_comment {
+            build.push(format!(
+                "COMMENT ON INDEX {schema}.{} IS {}",
+                quote_ident(&index),
+                crate::ident::quote_literal(&c)
+            ));
+        }
+        if let (Some(k), Some(c)) = (&constraint, constraint_comment) {
+            build.push(format!(
+                "COMMENT ON CONSTRAINT {} ON {} IS {}",
+                quote_ident(k),
+                dst.quoted(),
+                crate::ident::quote_literal(&c)
+            ));
+        }
+    }
+    if !drop.is_empty() {
+        tx.batch_execute(&drop.join("; ")).await.ctx(&what)?;
+    }
+    let insert = format!(
+        "INSERT INTO {} ({}) SELECT {} FROM {}",
+        dst.quoted(),
+        column_list(cols),
+        column_list(cols),
+        src.quoted()
+    );
+    let (loaded, out) = futures::future::join(tx.execute(insert.as_str(), &[]), during_load).await;
+    loaded.ctx(&what)?;
+    if !build.is_empty() {
+        tx.batch_execute(&build.join("; "))
+            .await
+            .ctx(&format!("building the indexes of {dst}"))?;
+    }
+    Ok(out)
 }
 
 /// A consistent fingerprint of tables: (per-table fingerprints, models, hashes).
@@ -408,6 +559,13 @@ impl Checkpoint for TableSnapshot {
             .await
             .ctx("locking tables for capture")?;
         }
+        // A second session in this transaction's snapshot hashes big tables while they are
+        // copied (none when the snapshot cannot be shared: the copy is hashed afterwards).
+        let reader = if self.largest_table(&tx).await? >= SOURCE_HASH_MIN_BYTES {
+            snapshot_reader(&self.db, &tx).await
+        } else {
+            None
+        };
         let mut entries = Vec::new();
         let mut size = 0u64;
         for (i, t) in self.tables.iter().enumerate() {
@@ -426,37 +584,55 @@ impl Checkpoint for TableSnapshot {
             let key = catalog::order_key(&tx, oid).await?;
             let copy = self.copy_name(&id, i, t);
             let cols = def.insertable_columns();
-            tx.batch_execute(&format!(
-                "CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING DEFAULTS EXCLUDING IDENTITY); \
-                 INSERT INTO {} ({}) SELECT {} FROM {}",
-                copy.quoted(),
-                t.quoted(),
-                copy.quoted(),
-                column_list(&cols),
-                column_list(&cols),
-                t.quoted()
-            ))
-            .await
-            .ctx(&format!("copying {t} into the snapshot schema"))?;
-            let estimate: i64 = tx
+            let sizes = tx
                 .query_one(
-                    "SELECT greatest(reltuples, 0)::bigint FROM pg_catalog.pg_class WHERE oid = $1",
+                    "SELECT greatest(reltuples, 0)::bigint, pg_catalog.pg_relation_size(oid) \
+                     FROM pg_catalog.pg_class WHERE oid = $1",
                     &[&oid],
                 )
                 .await
-                .ctx("reading table size estimate")?
-                .get(0);
-            let shape = Shape {
-                rel: copy.quoted(),
+                .ctx("reading table size")?;
+            let (estimate, bytes): (i64, i64) = (sizes.get(0), sizes.get(1));
+            let chunk_leaves = hash::chunk_leaves_for(estimate.max(0) as u64);
+            // The rows are hashed from the table itself, in a second session in the same
+            // snapshot, while they are copied: the same rows the copy receives. Generated
+            // columns are recomputed by the copy, so those tables hash the copy afterwards.
+            let source_shape = Shape {
+                rel: t.quoted(),
                 columns: def.column_names(),
                 key: key.clone(),
             };
-            let h = hash::hash_relation(
-                tx.client(),
-                &shape,
-                hash::chunk_leaves_for(estimate.max(0) as u64),
+            let hash_source = reader.is_some()
+                && bytes as u64 >= SOURCE_HASH_MIN_BYTES
+                && def.columns.iter().all(|c| c.generated.is_empty());
+            let during_load = async {
+                match (&reader, hash_source) {
+                    (Some(r), true) => {
+                        Some(hash::hash_relation(r, &source_shape, chunk_leaves).await)
+                    }
+                    _ => None,
+                }
+            };
+            let hashed = copy_table(
+                &tx,
+                t,
+                &copy,
+                " EXCLUDING DEFAULTS EXCLUDING IDENTITY",
+                &cols,
+                during_load,
             )
             .await?;
+            let h = match hashed {
+                Some(h) => h?,
+                None => {
+                    let shape = Shape {
+                        rel: copy.quoted(),
+                        columns: def.column_names(),
+                        key: key.clone(),
+                    };
+                    hash::hash_relation(tx.client(), &shape, chunk_leaves).await?
+                }
+            };
             size += h.bytes;
             let copy_def = catalog::table_model(&tx, &copy)
                 .await?
@@ -474,6 +650,10 @@ impl Checkpoint for TableSnapshot {
                 hash: Some(h),
             });
         }
+        if let Some(r) = &reader {
+            let _ = r.batch_execute("ROLLBACK").await;
+        }
+        drop(reader);
         tx.commit().await.ctx("committing capture")?;
         let mut dh = Hasher::new();
         dh.field(b"rollback-postgres/table-copy/v1");

@@ -386,3 +386,108 @@ async fn a_parallel_fingerprint_equals_the_single_pass_one_and_still_sees_every_
     assert_ne!(after, before);
     assert_eq!(after, one.fingerprint(&c).await.unwrap());
 }
+
+/// Index definitions of `rel` with the index and table names blanked, and comments.
+async fn index_shapes(db: &TestDb, rel: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let q = format!(
+        "SELECT regexp_replace(pg_get_indexdef(i.indexrelid), ' INDEX .*? ON .*? USING ', ' INDEX ON t USING ') \
+                || coalesce(' / ' || k.contype::text || ' ' || pg_get_constraintdef(k.oid), '') \
+                || coalesce(' # ' || obj_description(i.indexrelid, 'pg_class'), '') \
+                || coalesce(' ## ' || obj_description(k.oid, 'pg_constraint'), '') \
+         FROM pg_index i LEFT JOIN pg_constraint k ON k.conindid = i.indexrelid AND k.conrelid = i.indrelid \
+         WHERE i.indrelid = '{rel}'::regclass ORDER BY 1"
+    );
+    let n = db.count(&format!("SELECT count(*) FROM ({q}) x")).await;
+    for i in 0..n {
+        out.push(
+            db.scalar(&format!("{q} OFFSET {i} LIMIT 1"))
+                .await
+                .unwrap_or_default(),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn capture_builds_the_copys_indexes_after_loading_it_and_hashes_what_it_copied() {
+    let db = TestDb::new("bulk_capture").await;
+    db.exec(
+        "CREATE TABLE \"Big Orders\" (
+            id bigint PRIMARY KEY,
+            ref text NOT NULL,
+            during tsrange,
+            amount numeric(12,2),
+            note text,
+            CONSTRAINT \"ref unique\" UNIQUE (ref) DEFERRABLE INITIALLY DEFERRED,
+            CONSTRAINT no_overlap EXCLUDE USING gist (during WITH &&)
+         );
+         CREATE INDEX big_amount_partial ON \"Big Orders\" (lower(note)) INCLUDE (amount) WHERE amount > 10;
+         COMMENT ON INDEX big_amount_partial IS 'partial';
+         INSERT INTO \"Big Orders\"
+           SELECT g, 'ref-' || g, tsrange('2024-01-01'::timestamp + g * interval '1 minute',
+                                          '2024-01-01'::timestamp + (g + 1) * interval '1 minute'),
+                  g % 100, md5(g::text)
+           FROM generate_series(1, 30000) g;",
+    )
+    .await;
+    assert!(
+        db.count("SELECT pg_relation_size('\"Big Orders\"')").await >= 1 << 20,
+        "the table is big enough to be hashed while it is copied"
+    );
+    let before = db.dump();
+    let cp = TableSnapshot::new(&db.db, Table::public("Big Orders"));
+    let c = ctx();
+    let snap = cp.capture(&c).await.unwrap();
+    assert_eq!(snap.fingerprint, cp.fingerprint(&c).await.unwrap());
+    let copy = db
+        .scalar(
+            "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables \
+             WHERE schemaname = '_rollback_snapshots'",
+        )
+        .await
+        .unwrap();
+    // The copy carries the indexes and constraints LIKE … INCLUDING ALL would give it.
+    db.exec("CREATE TABLE like_ref (LIKE \"Big Orders\" INCLUDING ALL EXCLUDING DEFAULTS EXCLUDING IDENTITY)")
+        .await;
+    let shapes = index_shapes(&db, &copy).await;
+    assert_eq!(shapes.len(), 4, "{shapes:?}");
+    assert_eq!(shapes, index_shapes(&db, "like_ref").await);
+    db.exec("DROP TABLE like_ref").await;
+    // Restore (which re-hashes the copy) accepts the digest hashed from the source.
+    db.exec("UPDATE \"Big Orders\" SET note = 'changed' WHERE id % 1000 = 0; DELETE FROM \"Big Orders\" WHERE id > 29990")
+        .await;
+    let how = cp.restore(&snap, &c).await.unwrap();
+    assert_eq!(how.method, "swap", "{how:?}");
+    common::assert_same_dump(&before, &db.dump(), "after restore");
+    assert_eq!(cp.fingerprint(&c).await.unwrap(), snap.fingerprint);
+    // And still refuses a copy changed since.
+    db.exec(&format!("UPDATE {copy} SET amount = 0 WHERE id = 12345"))
+        .await;
+    let r = cp.restore(&snap, &c).await;
+    assert!(matches!(r, Err(Error::DigestMismatch { .. })), "{r:?}");
+    db.exec(&format!("UPDATE {copy} SET amount = 45 WHERE id = 12345"))
+        .await;
+    db.exec("UPDATE \"Big Orders\" SET note = 'again' WHERE id = 5")
+        .await;
+    cp.restore(&snap, &c).await.unwrap();
+    common::assert_same_dump(&before, &db.dump(), "after a second restore");
+}
+
+#[tokio::test]
+async fn capture_of_a_big_table_with_a_generated_column_restores() {
+    let db = TestDb::new("bulk_generated").await;
+    db.exec(
+        "CREATE TABLE g (id int PRIMARY KEY, a int NOT NULL, twice int GENERATED ALWAYS AS (a * 2) STORED, pad text);
+         INSERT INTO g (id, a, pad) SELECT x, x % 77, repeat('p', 40) FROM generate_series(1, 20000) x;",
+    )
+    .await;
+    assert!(db.count("SELECT pg_relation_size('g')").await >= 1 << 20);
+    let before = db.dump();
+    let cp = TableSnapshot::new(&db.db, Table::public("g"));
+    let c = ctx();
+    let snap = cp.capture(&c).await.unwrap();
+    db.exec("UPDATE g SET a = a + 1 WHERE id < 100").await;
+    assert_eq!(cp.restore(&snap, &c).await.unwrap().method, "swap");
+    common::assert_same_dump(&before, &db.dump(), "after restore");
+}
