@@ -117,6 +117,13 @@ pub enum RunEvent {
         /// Whether the fingerprint equals the baseline.
         ok: bool,
     },
+    /// After the run ended, a baseline snapshot's storage was released (or could not be).
+    SnapshotDiscarded {
+        /// Resource.
+        resource: String,
+        /// Whether the discard succeeded.
+        ok: bool,
+    },
     /// The run reached its end.
     RunFinished {
         /// Outcome, e.g. `committed`, `rolled_back`.

@@ -48,6 +48,28 @@ pub struct RunPolicy {
     /// Roll back after a successful apply and soak (a rehearsal).
     #[serde(default)]
     pub rehearsal: bool,
+    /// What happens to the baseline snapshots once the run has ended (see
+    /// [`Executor::retain_snapshots`]).
+    #[serde(default)]
+    pub retention: SnapshotRetention,
+}
+
+/// What the executor does with the baseline snapshots of a run that has ended (committed,
+/// or rolled back with parity proven). A run stopped in `RollbackFailed` keeps them all:
+/// resume needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotRetention {
+    /// Release every snapshot ([`Checkpoint::discard`](crate::Checkpoint::discard)):
+    /// table copies, snapshot prefixes and change-tracking triggers do not outlive the run.
+    #[default]
+    Release,
+    /// Release the snapshots of resources a rollback proved back at their baseline; keep
+    /// those of resources left migrated (all of them after a commit, the kept components'
+    /// after a partial rollback), so a later, manual rollback can still restore them.
+    KeepMigrated,
+    /// Keep every snapshot.
+    KeepAll,
 }
 
 /// Runs plans. Cheap to clone; clones share the journal, event stream and notifier.
@@ -78,6 +100,7 @@ pub struct Executor {
     lease_ttl: Duration,
     policy: RunPolicy,
     resume_override: Option<ResumePolicy>,
+    retention_override: Option<SnapshotRetention>,
     rollback_retries: u32,
 }
 
@@ -133,6 +156,7 @@ impl Executor {
             lease_ttl: Duration::from_secs(30),
             policy: RunPolicy::default(),
             resume_override: None,
+            retention_override: None,
             rollback_retries: 5,
         }
     }
@@ -148,6 +172,22 @@ impl Executor {
     pub fn on_resume(mut self, policy: ResumePolicy) -> Self {
         self.policy.on_resume = policy;
         self.resume_override = Some(policy);
+        self
+    }
+    /// Choose what happens to the baseline snapshots once a run has ended.
+    ///
+    /// By default ([`SnapshotRetention::Release`]), once a run has committed or rolled
+    /// back with parity proven, the executor calls
+    /// [`Checkpoint::discard`](crate::Checkpoint::discard) on each captured snapshot,
+    /// journaled as `discarded` (a failure is logged and reported, never changes the
+    /// outcome), so table copies, snapshot prefixes and change-tracking triggers do not
+    /// outlive the migration. Keep them to restore by hand later (a delayed rollback after
+    /// commit); the snapshots are in the journal's `captured` records, and
+    /// [`Executor::resume`] of the run releases them once the policy is `Release` again.
+    /// A run that stops in `RollbackFailed` never releases: resume needs them.
+    pub fn retain_snapshots(mut self, retention: SnapshotRetention) -> Self {
+        self.policy.retention = retention;
+        self.retention_override = Some(retention);
         self
     }
     /// Set the holder id used for leases (defaults to pid + random).
@@ -327,7 +367,8 @@ impl Executor {
         }
         let policy = *policy;
         let state = State::from_records(&records);
-        if state.finished() {
+        let retention = self.retention_override.unwrap_or(policy.retention);
+        if state.finished() && !state.discard_pending(retention) {
             return Ok(RunReport::from_records(plan, run_id, &records));
         }
         let lease = self
@@ -341,6 +382,9 @@ impl Executor {
             run.policy = policy;
             if let Some(p) = self.resume_override {
                 run.policy.on_resume = p;
+            }
+            if let Some(r) = self.retention_override {
+                run.policy.retention = r;
             }
             run.state = state;
             run.append(Entry::Resumed {
@@ -444,6 +488,8 @@ pub(crate) struct State {
     pub(crate) rollback: Option<(String, Vec<String>, Vec<String>)>,
     pub(crate) committed: bool,
     pub(crate) rolled_back: bool,
+    /// Snapshots whose discard was attempted (successfully or not).
+    pub(crate) discarded: BTreeSet<String>,
 }
 
 impl State {
@@ -511,12 +557,34 @@ impl State {
             }
             Entry::Committed => self.committed = true,
             Entry::RolledBack { .. } => self.rolled_back = true,
+            Entry::Discarded { checkpoint, .. } => {
+                self.discarded.insert(checkpoint.clone());
+            }
             _ => {}
         }
     }
 
     pub(crate) fn finished(&self) -> bool {
         self.committed || self.rolled_back
+    }
+
+    /// Whether the snapshot of `resource` is to be released now under `retention`.
+    fn to_release(&self, resource: &str, retention: SnapshotRetention) -> bool {
+        self.finished()
+            && self.baseline.contains_key(resource)
+            && !self.discarded.contains(resource)
+            && match retention {
+                SnapshotRetention::Release => true,
+                SnapshotRetention::KeepMigrated => {
+                    self.rolled_back && self.parity.get(resource) == Some(&true)
+                }
+                SnapshotRetention::KeepAll => false,
+            }
+    }
+
+    /// A finished run with snapshots to release under `retention`.
+    fn discard_pending(&self, retention: SnapshotRetention) -> bool {
+        self.baseline.keys().any(|k| self.to_release(k, retention))
     }
 }
 
@@ -624,6 +692,9 @@ impl<'a> Run<'a> {
         }
         if self.state.rollback.is_some() && !self.state.rolled_back {
             self.rollback().await?;
+        }
+        if self.state.discard_pending(self.policy.retention) {
+            self.discard_snapshots().await?;
         }
         let records = self.ex.journal.records(&self.run_id).await?;
         Ok(RunReport::from_records(self.plan, &self.run_id, &records))
@@ -1026,7 +1097,10 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let partial = steps.len() < plan.steps().len();
+        // Partial only when something applied stays applied outside the scope.
+        let partial = plan.steps().iter().any(|s| {
+            !scope.contains(&s.id().to_string()) && self.state.applied.contains_key(s.id())
+        });
         if partial {
             // Prove the kept part too: re-run the post-step verifiers of kept steps.
             let kept: Vec<(String, Arc<dyn Verifier>)> = plan
@@ -1049,6 +1123,46 @@ impl<'a> Run<'a> {
             },
         )
         .await;
+        Ok(())
+    }
+
+    /// Release every captured snapshot of a finished run, in plan order, each once.
+    async fn discard_snapshots(&mut self) -> Result<()> {
+        let plan = self.plan;
+        for pc in plan.checkpoints() {
+            let resource = pc.resource().to_string();
+            if !self.state.to_release(&resource, self.policy.retention) {
+                continue;
+            }
+            let Some(snapshot) = self.state.baseline.get(&resource).cloned() else {
+                continue;
+            };
+            let span = tracing::info_span!("discard", resource = %resource);
+            let res = pc
+                .checkpoint
+                .discard(&snapshot, &self.ctx())
+                .instrument(span)
+                .await;
+            let error = match res {
+                Ok(()) => {
+                    tracing::info!(%resource, snapshot = %snapshot.id, "snapshot discarded");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(%resource, snapshot = %snapshot.id, error = %e, "discarding the snapshot failed; it is left in place");
+                    Some(e.to_string())
+                }
+            };
+            self.emit(RunEvent::SnapshotDiscarded {
+                resource: resource.clone(),
+                ok: error.is_none(),
+            });
+            self.append(Entry::Discarded {
+                checkpoint: resource,
+                error,
+            })
+            .await?;
+        }
         Ok(())
     }
 

@@ -59,7 +59,9 @@ pub use context::Context;
 pub use digest::{Digest, Hasher};
 pub use error::{Error, Result};
 pub use events::{Notice, Notifier, RunEvent};
-pub use executor::{Executor, Rehearsal, ResumePolicy, RollbackScope, RunPolicy};
+pub use executor::{
+    Executor, Rehearsal, ResumePolicy, RollbackScope, RunPolicy, SnapshotRetention,
+};
 pub use plan::{Plan, PlanBuilder, PlanError, StepOptions, Trigger};
 pub use report::{Outcome, RunReport};
 pub use step::{Receipt, Reversibility, Step};

@@ -110,6 +110,14 @@ pub struct CheckpointReport {
     pub parity: Option<bool>,
     /// Writes made between capture and restore are lost: restore time − capture time.
     pub rpo_ms: Option<u64>,
+    /// After the run ended: `Some(true)` the snapshot was released, `Some(false)` releasing
+    /// it failed (see `discard_error`; it is left in place), `None` it is kept (run
+    /// unfinished, never captured, or [`Executor::keep_snapshots`](crate::Executor::keep_snapshots)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discarded: Option<bool>,
+    /// Why releasing the snapshot failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discard_error: Option<String>,
 }
 
 /// A verdict with when and where it was given.
@@ -232,6 +240,8 @@ impl RunReport {
                         restore_ms: None,
                         parity: None,
                         rpo_ms: None,
+                        discarded: None,
+                        discard_error: None,
                     },
                 )
             })
@@ -407,6 +417,18 @@ impl RunReport {
                         "partially rolled back, parity proven".into()
                     } else {
                         "rolled back, parity proven".into()
+                    }
+                }
+                Entry::Discarded { checkpoint, error } => {
+                    if let Some(c) = cps.get_mut(checkpoint) {
+                        c.discarded = Some(error.is_none());
+                        c.discard_error = error.clone();
+                    }
+                    match error {
+                        None => format!("released the snapshot of {checkpoint}"),
+                        Some(e) => format!(
+                            "releasing the snapshot of {checkpoint} failed (left in place): {e}"
+                        ),
                     }
                 }
                 Entry::RollbackFailed { remaining, error } => {
@@ -632,11 +654,11 @@ impl RunReport {
                     .unwrap_or_else(|| "-".into()),
             );
         }
-        let _ = writeln!(m, "\n## Checkpoints\n\n| resource | digest | size | capture | restore | parity | RPO |\n|---|---|---|---|---|---|---|");
+        let _ = writeln!(m, "\n## Checkpoints\n\n| resource | digest | size | capture | restore | parity | RPO | snapshot after the run |\n|---|---|---|---|---|---|---|---|");
         for c in &self.checkpoints {
             let _ = writeln!(
                 m,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 md(&c.resource),
                 c.digest
                     .map(|d| format!("`{}`", d.short()))
@@ -664,6 +686,15 @@ impl RunReport {
                 c.rpo_ms
                     .map(|v| format!("{v} ms"))
                     .unwrap_or_else(|| "0".into()),
+                match (c.discarded, &c.discard_error) {
+                    (Some(true), _) => "released".to_string(),
+                    (Some(false), e) => format!(
+                        "**release failed**: {}",
+                        md(e.as_deref().unwrap_or("unknown error"))
+                    ),
+                    (None, _) if c.snapshot_id.is_some() => "kept".to_string(),
+                    (None, _) => "-".to_string(),
+                },
             );
         }
         if !self.approvals.is_empty() {

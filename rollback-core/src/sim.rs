@@ -80,6 +80,7 @@ struct FaultState {
     transient_apply: BTreeMap<String, u32>,
     fail_revert: BTreeMap<String, u32>,
     fail_restore: BTreeMap<String, u32>,
+    fail_discard: BTreeMap<String, u32>,
     slow_apply: BTreeMap<String, Duration>,
 }
 
@@ -144,6 +145,15 @@ impl Faults {
             .lock()
             .faults
             .fail_restore
+            .insert(resource.into(), times);
+        self
+    }
+    /// The next `times` discards of snapshots of `resource` fail.
+    pub fn fail_discard(&self, resource: &str, times: u32) -> &Self {
+        self.world
+            .lock()
+            .faults
+            .fail_discard
             .insert(resource.into(), times);
         self
     }
@@ -238,6 +248,11 @@ impl SimWorld {
             .filter(|(_, v)| !v.is_empty())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
+    }
+
+    /// How many snapshots the snapshot store holds (captured and not yet discarded).
+    pub fn stored_snapshots(&self) -> usize {
+        self.lock().snapshots.len()
     }
 
     /// Messages "sent" by irreversible steps.
@@ -345,7 +360,21 @@ impl Checkpoint for SimCheckpoint {
     }
 
     async fn discard(&self, snapshot: &Snapshot, _ctx: &Context) -> Result<()> {
-        self.world.lock().snapshots.remove(&snapshot.id);
+        snapshot.ensure_resource(&self.resource)?;
+        let mut g = self.world.lock();
+        if take(&mut g.faults.fail_discard, &self.resource) {
+            return Err(Error::transient(
+                format!("injected discard failure of {}", self.resource),
+                false,
+            ));
+        }
+        let key = snapshot
+            .descriptor
+            .get("stored_as")
+            .and_then(|v| v.as_str())
+            .unwrap_or(&snapshot.id)
+            .to_string();
+        g.snapshots.remove(&key);
         Ok(())
     }
 }

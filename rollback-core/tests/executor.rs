@@ -6,7 +6,8 @@ use rollback_core::journal::{FileJournal, Journal, MemoryJournal};
 use rollback_core::report::StepState;
 use rollback_core::sim::{CrashAfter, HealthProbe, KeyEquals, SendMessage, SetKey, SimWorld};
 use rollback_core::{
-    Error, Executor, Outcome, Plan, PlanError, RollbackScope, StepOptions, Trigger,
+    Error, Executor, Outcome, Plan, PlanError, RollbackScope, SnapshotRetention, StepOptions,
+    Trigger,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -804,4 +805,195 @@ async fn a_new_run_is_refused_while_an_interrupted_run_of_the_plan_is_unfinished
     assert_eq!(w.snapshot_state(), baseline);
     assert!(ex.unfinished(&plan).await.unwrap().is_empty());
     assert!(ex.run(&plan).await.unwrap().is_committed());
+}
+
+#[tokio::test]
+async fn snapshots_are_released_after_commit_and_after_a_proven_rollback() {
+    // Committed: every captured snapshot released, journaled and reported.
+    let w = world();
+    let plan = cutover(&w);
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Committed);
+    assert_eq!(w.stored_snapshots(), 0);
+    assert!(report.checkpoints.iter().all(|c| c.discarded == Some(true)));
+    assert!(report.to_markdown().contains("| released |"));
+
+    // Rolled back with parity proven: released too.
+    let w = world();
+    let plan = cutover(&w);
+    w.faults().fail_apply("flag-on", 1);
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert_eq!(w.stored_snapshots(), 0);
+    assert_eq!(
+        report
+            .timeline
+            .iter()
+            .filter(|t| t.kind == "discarded")
+            .count(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn keep_snapshots_leaves_them_restorable_after_the_run() {
+    let w = world();
+    let plan = cutover(&w);
+    let report = Executor::new(MemoryJournal::new())
+        .retain_snapshots(SnapshotRetention::KeepAll)
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Committed);
+    assert_eq!(w.stored_snapshots(), 3);
+    assert!(report.checkpoints.iter().all(|c| c.discarded.is_none()));
+    assert!(report.to_markdown().contains("| kept |"));
+}
+
+#[tokio::test]
+async fn keep_migrated_releases_only_what_a_rollback_proved_back_at_baseline() {
+    // Partial rollback: flags rolled back (released), database and storage kept migrated.
+    let w = world();
+    let plan = cutover(&w);
+    w.faults().fail_apply("flag-on", 1);
+    let report = Executor::new(MemoryJournal::new())
+        .scope(RollbackScope::Component)
+        .retain_snapshots(SnapshotRetention::KeepMigrated)
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::PartiallyRolledBack);
+    let released: Vec<&str> = report
+        .checkpoints
+        .iter()
+        .filter(|c| c.discarded == Some(true))
+        .map(|c| c.resource.as_str())
+        .collect();
+    assert_eq!(released, vec!["flags"]);
+    assert_eq!(w.stored_snapshots(), 2);
+
+    // Committed: everything stays migrated, so every snapshot is kept.
+    let w = world();
+    let plan = cutover(&w);
+    let report = Executor::new(MemoryJournal::new())
+        .retain_snapshots(SnapshotRetention::KeepMigrated)
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Committed);
+    assert_eq!(w.stored_snapshots(), 3);
+}
+
+#[tokio::test]
+async fn a_failed_release_is_reported_and_does_not_change_the_outcome() {
+    let w = world();
+    let plan = cutover(&w);
+    w.faults().fail_discard("store", 1);
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Committed);
+    assert_eq!(
+        w.stored_snapshots(),
+        1,
+        "the storage snapshot stays in place"
+    );
+    let storage = report
+        .checkpoints
+        .iter()
+        .find(|c| c.resource == "store")
+        .unwrap();
+    assert_eq!(storage.discarded, Some(false));
+    assert!(storage
+        .discard_error
+        .as_deref()
+        .unwrap()
+        .contains("injected discard failure"));
+    assert!(report.to_markdown().contains("**release failed**"));
+}
+
+#[tokio::test]
+async fn a_stopped_rollback_keeps_its_snapshots_for_resume() {
+    let w = world();
+    let plan = Plan::builder("stuck")
+        .checkpoint("db", w.checkpoint("db"))
+        .step("db", SetKey::new("a", &w, "db", "schema", "v2"), &[])
+        .step("other", SetKey::new("b", &w, "elsewhere", "k", "v"), &["a"])
+        .step("db", SetKey::new("c", &w, "db", "x", "y"), &["b"])
+        .build()
+        .unwrap();
+    // b touches an uncovered resource: its failing revert stops the rollback.
+    w.faults().fail_apply("c", 1).fail_revert("b", 3);
+    let ex = Executor::new(MemoryJournal::new()).rollback_retries(1);
+    let report = ex.run(&plan).await.unwrap();
+    assert_eq!(report.outcome, Outcome::RollbackFailed);
+    assert_eq!(w.stored_snapshots(), 1, "resume needs the snapshot");
+    assert!(report.checkpoints.iter().all(|c| c.discarded.is_none()));
+    let resumed = ex.resume(&plan, &report.run_id).await.unwrap();
+    assert_eq!(resumed.outcome, Outcome::RolledBack);
+    assert_eq!(w.stored_snapshots(), 0);
+    assert_eq!(resumed.checkpoints[0].discarded, Some(true));
+}
+
+#[tokio::test]
+async fn a_crash_after_commit_releases_the_snapshots_on_resume() {
+    let w = world();
+    let plan = cutover(&w);
+    let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
+    // Find how many records a committed run writes before its first release.
+    let probe = Executor::with_journal(Arc::new(MemoryJournal::new()))
+        .retain_snapshots(SnapshotRetention::KeepAll)
+        .run(&cutover(&world()))
+        .await
+        .unwrap();
+    let until_commit = probe.timeline.len() as u64;
+    let crashing = Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), until_commit)))
+        .holder("first")
+        .lease_ttl(Duration::from_millis(200));
+    assert!(
+        crashing.run(&plan).await.is_err(),
+        "crashes after committing"
+    );
+    // The first release ran; its record did not reach the journal.
+    assert_eq!(w.stored_snapshots(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let runs = journal.runs().await.unwrap();
+    let report = Executor::with_journal(journal)
+        .holder("second")
+        .resume(&plan, &runs[0])
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Committed);
+    assert_eq!(w.stored_snapshots(), 0);
+    assert_eq!(w.get("flags", "new_ui").as_deref(), Some("on"));
+}
+
+#[tokio::test]
+async fn a_component_rollback_that_keeps_nothing_is_a_full_rollback() {
+    // The first step fails: nothing outside the failed component was applied, so
+    // nothing is kept and the rollback is not "partial".
+    let w = world();
+    let baseline = w.snapshot_state();
+    let plan = cutover(&w);
+    w.faults().fail_apply("db-schema", 1);
+    let report = Executor::new(MemoryJournal::new())
+        .scope(RollbackScope::Component)
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    assert!(report.kept().is_empty());
+    assert_eq!(w.snapshot_state(), baseline);
 }

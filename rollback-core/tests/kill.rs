@@ -827,10 +827,23 @@ fn check(s: &Scenario, o: &Observed) -> Outcome {
         &o.kinds_at_kill[..],
         "{what}: resume kept the records before the kill"
     );
-    let last = kinds.last().map(String::as_str);
+    // It ends in its outcome, then one release per captured snapshot, each once (a
+    // resume after the outcome adds its own resume and lease records before them).
+    let after = kinds
+        .iter()
+        .rev()
+        .take_while(|k| matches!(k.as_str(), "discarded" | "resumed" | "lease_taken"))
+        .count();
+    let last = kinds[..kinds.len() - after].last().map(String::as_str);
+    let released = kinds.iter().filter(|k| *k == "discarded").count();
     assert!(
         matches!(last, Some("committed" | "rolled_back")),
         "{what}: journal ends in {last:?}"
+    );
+    let captured = kinds.iter().filter(|k| *k == "captured").count();
+    assert_eq!(
+        released, captured,
+        "{what}: every captured snapshot released once after the outcome: {kinds:?}"
     );
     if o.killed && !finished_before {
         assert!(
@@ -938,8 +951,8 @@ fn summarize(name: &str, results: &[(Scenario, Observed)]) {
 fn killed_after_every_journal_record_a_committing_run_resumes_to_baseline_or_target() {
     let (records, _) = clean_run(PlanKind::Commit);
     assert_eq!(
-        records, 19,
-        "run_started, lease, 2 captures, 6 applies, committed"
+        records, 21,
+        "run_started, lease, 2 captures, 6 applies, committed, 2 snapshot releases"
     );
     let mut scenarios = Vec::new();
     for policy in [ResumePolicy::RollBack, ResumePolicy::RollForward] {

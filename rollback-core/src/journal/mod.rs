@@ -116,6 +116,14 @@ pub enum Entry {
         remaining: Vec<String>,
         error: String,
     },
+    /// After the run ended (committed or rolled back), a baseline snapshot's storage was
+    /// released with [`Checkpoint::discard`](crate::Checkpoint::discard); `error` when that
+    /// failed (the snapshot is then left in place, named in the report).
+    Discarded {
+        checkpoint: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl Entry {
@@ -143,6 +151,7 @@ impl Entry {
             Entry::Committed => "committed",
             Entry::RolledBack { .. } => "rolled_back",
             Entry::RollbackFailed { .. } => "rollback_failed",
+            Entry::Discarded { .. } => "discarded",
         }
     }
 }
