@@ -29,11 +29,11 @@ use crate::folder::{FolderCheckpoint, FolderLayoutParity, FolderMovePrefix, Fold
 use async_trait::async_trait;
 use futures::StreamExt;
 use rollback_core::events::{Notice, Notifier, RunEvent};
-use rollback_core::journal::{Entry, Journal};
+use rollback_core::journal::Journal;
 use rollback_core::report::StepState;
 use rollback_core::{
-    Checkpoint, Context, Error, Executor, Outcome, Plan, Result, RollbackScope, RunReport, Step,
-    StepOptions, Trigger, Verdict, Verifier,
+    Checkpoint, Context, Error, Executor, Outcome, Plan, Result, RollbackScope, RunReport,
+    SnapshotRetention, Step, StepOptions, Trigger, Verdict, Verifier,
 };
 use rollback_flags::{Expect, FlagCheckpoint, FlagProvider, FlagState, FlagsMatch, StagedRollout};
 use rollback_postgres::{
@@ -752,6 +752,11 @@ impl Backends {
         let status = StatusPage::new(print_notices);
         let executor = Executor::with_journal(self.journal.clone())
             .scope(opts.scope)
+            .retain_snapshots(if opts.discard_proven_snapshots {
+                SnapshotRetention::KeepMigrated
+            } else {
+                SnapshotRetention::KeepAll
+            })
             .notifier(status.clone());
         let mut events = executor.subscribe();
         let printer = tokio::spawn(async move {
@@ -778,56 +783,17 @@ impl Backends {
         }
         let _ = printer.await;
         let report = result?;
-        let released = if opts.discard_proven_snapshots {
-            self.discard_proven(plan, &report).await
-        } else {
-            Vec::new()
-        };
+        let released = report
+            .checkpoints
+            .iter()
+            .filter(|c| c.discarded == Some(true))
+            .map(|c| c.resource.clone())
+            .collect();
         Ok(Cutover {
             report,
             notices: status.notices(),
             released,
         })
-    }
-
-    /// Discard the baseline snapshots of resources a rollback proved back at their
-    /// baseline; returns their resource ids. Failures are logged, not fatal.
-    async fn discard_proven(&self, plan: &Plan, report: &RunReport) -> Vec<String> {
-        let proven: BTreeSet<&str> = report
-            .checkpoints
-            .iter()
-            .filter(|c| c.parity == Some(true))
-            .map(|c| c.resource.as_str())
-            .collect();
-        let Ok(records) = self.journal.records(&report.run_id).await else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for r in records {
-            if let Entry::Captured {
-                checkpoint,
-                snapshot,
-                ..
-            } = r.entry
-            {
-                if !proven.contains(checkpoint.as_str()) {
-                    continue;
-                }
-                if let Some(pc) = plan
-                    .checkpoints()
-                    .iter()
-                    .find(|c| c.resource() == checkpoint)
-                {
-                    match pc.checkpoint.discard(&snapshot, &Context::detached()).await {
-                        Ok(()) => out.push(checkpoint),
-                        Err(e) => {
-                            tracing::warn!(%checkpoint, error = %e, "could not discard snapshot")
-                        }
-                    }
-                }
-            }
-        }
-        out
     }
 }
 

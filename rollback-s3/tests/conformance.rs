@@ -3,8 +3,7 @@
 
 mod common;
 
-use common::run_all;
-use rollback_core::conformance::Subject;
+use rollback_core::conformance::{run_all, Subject};
 use rollback_core::journal::MemoryJournal;
 use rollback_core::Step;
 use rollback_s3::{
