@@ -58,7 +58,9 @@ pub enum RestoreMethod {
 /// cannot be shared).
 ///
 /// **Restore** (one transaction): the copies are locked, re-hashed and checked against the
-/// digest before anything changes; then the live tables are locked `ACCESS EXCLUSIVE` and
+/// digest before anything changes (a copy of 200 000 rows or more is re-hashed by two
+/// sessions, split at a chunk boundary recorded at capture; nothing proves cheaply that a
+/// copy was not written since, so the re-hash is never skipped); then the live tables are locked `ACCESS EXCLUSIVE` and
 /// put back by one of the [`RestoreMethod`]s; finally each table's definition is compared
 /// with the captured one (columns, constraints, indexes, triggers, owned sequences and
 /// their values, owner, privileges) and any difference rolls the transaction back.
@@ -72,9 +74,9 @@ pub enum RestoreMethod {
 /// extended statistics, or use of its row type. Its own foreign keys are re-created and
 /// re-validated (a read of the table, the only part under the lock that is not O(1)).
 /// The swap consumes the copy, so beforehand — while the live table is not yet locked —
-/// the verified copy is duplicated, and the duplicate takes its name afterwards: the
-/// snapshot can be restored again ([`TableSnapshot::keep_snapshot_after_swap`] turns this
-/// off).
+/// the verified copy is duplicated (indexes built after the rows are in), and the duplicate
+/// takes its name afterwards: the snapshot can be restored again
+/// ([`TableSnapshot::keep_snapshot_after_swap`] turns this off).
 ///
 /// **Copy** needs the live definitions to equal the captured ones (revert schema steps
 /// first — the executor does, in reverse order, before restoring checkpoints) and no
@@ -236,6 +238,12 @@ impl TableSnapshot {
     /// restored again later (default `true`). The duplicate is written before the live
     /// tables are locked; `false` makes a restore faster but consumes the snapshot (a later
     /// restore of it then only succeeds if the tables still hold its content: `noop`).
+    ///
+    /// `false` suits a caller that restores a snapshot at most once and then discards it —
+    /// as the executor does after a rollback it has verified — when the duplicate's cost
+    /// (a full copy of each table) matters: the swap then costs the integrity re-hash of the
+    /// copy plus O(1) catalog changes. Keep the default when a snapshot may be restored
+    /// twice (a failed verification after restore, a manual second attempt).
     pub fn keep_snapshot_after_swap(mut self, keep: bool) -> Self {
         self.keep_after_swap = keep;
         self
@@ -464,6 +472,57 @@ async fn copy_table<T>(
             .ctx(&format!("building the indexes of {dst}"))?;
     }
     Ok(out)
+}
+
+/// Split keys for re-hashing a snapshot copy in two parts: the start of the captured chunk
+/// nearest the middle, whose rank the capture recorded (a copy changed since gets another
+/// root all the same; see [`hash::hash_relation_split`]).
+async fn chunk_splits(
+    tx: &Transaction<'_>,
+    captured: &TableHash,
+    def: &TableModel,
+    key: &[String],
+) -> Result<Vec<hash::Split>> {
+    let half = captured.rows / 2;
+    let mut rank = 0u64;
+    let mut best: Option<(u64, &hash::KeyValue)> = None;
+    for c in &captured.chunks {
+        if let Some(start) = &c.start {
+            if best.is_none_or(|(r, _)| rank.abs_diff(half) < r.abs_diff(half)) {
+                best = Some((rank, start));
+            }
+        }
+        rank += c.rows;
+    }
+    let Some((rank, start)) = best else {
+        return Ok(Vec::new());
+    };
+    let params = start.params()?;
+    let mut lits = Vec::new();
+    for (k, p) in key.iter().zip(&params) {
+        let Some(ty) = def
+            .columns
+            .iter()
+            .find(|c| &c.name == k)
+            .map(|c| &c.data_type)
+        else {
+            return Ok(Vec::new());
+        };
+        // The key's binary value, as the server prints it.
+        let text: String = tx
+            .query_one(&format!("SELECT $1::{ty}::text"), &[p])
+            .await
+            .ctx("reading a split key")?
+            .get(0);
+        lits.push(format!("{}::{ty}", crate::ident::quote_literal(&text)));
+    }
+    if lits.len() != key.len() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![hash::Split {
+        lits,
+        rank: Some(rank),
+    }])
 }
 
 /// A consistent fingerprint of tables: (per-table fingerprints, models, hashes).
@@ -737,6 +796,34 @@ impl Checkpoint for TableSnapshot {
                     .await
                     .ctx("locking snapshot copies")?;
             }
+            // A swap that cannot apply is known before the copies are read.
+            if m == Method::Swap {
+                if let Some(why) = swap_unsafe(&tx, &d).await? {
+                    tracing::info!(reason = %why, "swap not applicable");
+                    reasons.push(format!("swap not applicable: {why}"));
+                    tx.rollback().await.ctx("rolling back restore attempt")?;
+                    continue;
+                }
+            }
+            // The copies are locked against writes: a second session sees the same rows and
+            // hashes half of each big copy.
+            let reader = match d
+                .tables
+                .iter()
+                .filter_map(|e| e.hash.as_ref())
+                .map(|h| h.rows)
+                .max()
+            {
+                Some(rows) if rows >= hash::PARALLEL_MIN_ROWS => match self.db.dedicated().await {
+                    Ok(r) => r
+                        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                        .await
+                        .is_ok()
+                        .then_some(r),
+                    Err(_) => None,
+                },
+                _ => None,
+            };
             let mut dh = Hasher::new();
             dh.field(b"rollback-postgres/table-copy/v1");
             let mut copy_models: Vec<(Table, TableModel)> = Vec::new();
@@ -753,44 +840,37 @@ impl Checkpoint for TableSnapshot {
                         columns: def.column_names(),
                         key: e.key.clone(),
                     };
-                    let h = hash::hash_relation(tx.client(), &shape, u64::MAX).await?;
+                    let root = match (&reader, &e.hash) {
+                        (Some(r), Some(captured)) => {
+                            let splits = chunk_splits(&tx, captured, def, &e.key).await?;
+                            hash::hash_relation_split(&[tx.client(), r], &shape, splits).await?
+                        }
+                        _ => {
+                            hash::hash_relation(tx.client(), &shape, u64::MAX)
+                                .await?
+                                .root
+                        }
+                    };
                     if let Some(hh) = actual.hash.as_mut() {
-                        hh.root = h.root;
+                        hh.root = root;
                     }
                 }
                 actual.digest_part(&mut dh);
             }
+            drop(reader);
             snap.ensure_digest(dh.finish())?;
-            // 2. For a swap: is it safe, and keep a duplicate of each copy (made before the
-            //    live tables are locked, so traffic is not blocked while it is written).
+            // 2. For a swap (found safe above): keep a duplicate of each copy, made before the
+            //    live tables are locked, so traffic is not blocked while it is written.
             let mut duplicates = Vec::new();
-            if m == Method::Swap {
-                if let Some(why) = swap_unsafe(&tx, &d).await? {
-                    tracing::info!(reason = %why, "swap not applicable");
-                    reasons.push(format!("swap not applicable: {why}"));
-                    tx.rollback().await.ctx("rolling back restore attempt")?;
-                    continue;
-                }
-                if self.keep_after_swap {
-                    for (copy, model) in &copy_models {
-                        let dup = Table::new(
-                            &copy.schema,
-                            format!("rbdup_{}", &uuid::Uuid::new_v4().simple().to_string()[..20]),
-                        );
-                        let cols = model.insertable_columns();
-                        tx.batch_execute(&format!(
-                            "CREATE TABLE {} (LIKE {} INCLUDING ALL); INSERT INTO {} ({}) SELECT {} FROM {}",
-                            dup.quoted(),
-                            copy.quoted(),
-                            dup.quoted(),
-                            column_list(&cols),
-                            column_list(&cols),
-                            copy.quoted()
-                        ))
-                        .await
-                        .ctx("keeping a copy of the snapshot for later restores")?;
-                        duplicates.push((dup, copy.clone(), model.clone()));
-                    }
+            if m == Method::Swap && self.keep_after_swap {
+                for (copy, model) in &copy_models {
+                    let dup = Table::new(
+                        &copy.schema,
+                        format!("rbdup_{}", &uuid::Uuid::new_v4().simple().to_string()[..20]),
+                    );
+                    let cols = model.insertable_columns();
+                    copy_table(&tx, copy, &dup, "", &cols, async {}).await?;
+                    duplicates.push((dup, copy.clone(), model.clone()));
                 }
             }
             // 3. Lock the live tables.
@@ -974,7 +1054,19 @@ impl Checkpoint for TableSnapshot {
             let root = if big && !extra.is_empty() {
                 let mut clients: Vec<&tokio_postgres::Client> = vec![tx.client()];
                 clients.extend(extra.iter().map(|o| -> &tokio_postgres::Client { o }));
-                hash::hash_relation_parallel(&clients, &shape, &key_types, estimate as u64).await
+                match hash::choose_splits(
+                    tx.client(),
+                    Some((&t.schema, &t.name)),
+                    &shape,
+                    &key_types,
+                    estimate as u64,
+                    clients.len(),
+                )
+                .await
+                {
+                    Ok(splits) => hash::hash_relation_split(&clients, &shape, splits).await,
+                    Err(e) => Err(e),
+                }
             } else {
                 hash::hash_relation(tx.client(), &shape, u64::MAX)
                     .await
