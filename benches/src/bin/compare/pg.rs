@@ -6,7 +6,9 @@ use crate::{on_exit, run_child, secs, Args, Cleanup, Res};
 use benches::{fmt_bytes, fmt_count, fmt_rate, fmt_ratio, fmt_secs, median, Report, Row};
 use futures::{pin_mut, StreamExt};
 use rollback_core::{Checkpoint, Context, Status, Verifier};
-use rollback_postgres::{Database, RestoreMethod, Table, TableHashParity, TableSnapshot};
+use rollback_postgres::{
+    Database, RestoreMethod, Table, TableHashParity, TableSnapshot, TableUndoLog,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -342,6 +344,9 @@ impl Bench {
         let ctx = Context::detached();
         let cp = TableSnapshot::new(&self.db, Table::public(CHANGED));
         let baseline = cp.capture(&ctx).await?;
+        // And an undo log of it, whose diff reads only the log.
+        let undo = TableUndoLog::new(&self.db, Table::public(CHANGED));
+        let undo_snap = undo.capture(&ctx).await?;
         let keys = self.changed_keys();
         for (i, k) in keys.iter().enumerate() {
             self.client
@@ -394,8 +399,32 @@ impl Bench {
             }
         }
         cp.discard(&baseline, &ctx).await?;
+        // The undo log's diff: the earliest logged image of each key against the row now.
+        let (mut logged, mut ok_logged) = (Vec::new(), true);
+        let mut logged_line = String::new();
+        for _ in 0..args.reps {
+            let m = Meter::start(&self.client).await;
+            let changes = undo.changes(&undo_snap).await?;
+            logged.push(m.stop().await);
+            let c = &changes[0];
+            let changed: BTreeSet<String> = c.changed.iter().cloned().collect();
+            ok_logged &= changed == expected && c.added.is_empty() && c.removed.is_empty();
+            logged_line = format!(
+                "{} changed, {} added, {} removed from {} log entries; changed keys {:?}",
+                c.changed.len(),
+                c.added.len(),
+                c.removed.len(),
+                c.log_entries,
+                changed
+            );
+        }
+        undo.discard(&undo_snap, &ctx).await?;
+        let logged = med(&logged);
         let (two, base) = (med(&two), med(&base));
         let mut r = Report::default();
+        r.note(format!(
+            "differences from the undo log (last run): {logged_line}"
+        ));
         let exact = |ok: bool| if ok { "exact keys" } else { "WRONG keys" };
         r.note(format!(
             "differences: expected changed keys {:?}; rollback's evidence (last run): {evidence_line} — two tables: {}, against the baseline snapshot: {}",
@@ -407,6 +436,10 @@ impl Bench {
             "differences breakdown (medians): {}; {}",
             breakdown("two tables", two),
             breakdown("against the baseline snapshot", base)
+        ));
+        r.note(format!(
+            "differences breakdown (medians): {}",
+            breakdown("from the undo log", logged)
         ));
         let mut rows = vec![
             Row::new(
@@ -422,6 +455,11 @@ impl Bench {
                 "the same against the run's baseline snapshot (`TableHashParity::new`, chunk digests stored at capture)",
             )
             .rollback(format!("{} ({})", fmt_secs(base.wall), exact(ok_base))),
+            Row::new(
+                "",
+                "the same from the run's undo log (`TableUndoLog::changes`: logged keys only, O(changes))",
+            )
+            .rollback(format!("{} ({})", fmt_secs(logged.wall), exact(ok_logged))),
         ];
         let reladiff_url = self.url.replacen("postgres://", "postgresql://", 1);
         let mut peers = Vec::new();
@@ -443,10 +481,11 @@ impl Bench {
         }
         // Compare with the fastest reladiff run.
         let best = peers.iter().min_by(|a, b| a.1.total_cmp(&b.1)).copied();
-        for (row, (ours, ok)) in rows
-            .iter_mut()
-            .zip([(two.wall, ok_two), (base.wall, ok_base)])
-        {
+        for (row, (ours, ok)) in rows.iter_mut().zip([
+            (two.wall, ok_two),
+            (base.wall, ok_base),
+            (logged.wall, ok_logged),
+        ]) {
             if let Some((algo, s, peer_ok)) = best {
                 let ratio = s / ours;
                 *row = std::mem::take(row)
@@ -641,7 +680,141 @@ impl Bench {
             "snapshot: every restore left the table equal to the snapshot's fingerprint: {}",
             if parity { "yes" } else { "**no**" }
         ));
+        self.undo_log(args, &mut r, &damage, dump_t, theirs_t)
+            .await?;
         Ok(r)
+    }
+
+    /// Section 3 for the undo-log checkpoint: capture (triggers + one fingerprint) against
+    /// pg_dump, restore after 10 changed rows against pg_restore, the writers' trigger cost.
+    async fn undo_log(
+        &self,
+        args: &Args,
+        r: &mut Report,
+        damage: &str,
+        dump_t: f64,
+        pg_restore_t: f64,
+    ) -> Res<()> {
+        let ctx = Context::detached();
+        let cp = TableUndoLog::new(&self.db, Table::public(ACCOUNTS));
+        let (mut captures, mut discards) = (Vec::new(), Vec::new());
+        let mut snap = None;
+        for _ in 0..args.reps {
+            if let Some(s) = snap.take() {
+                let t = Instant::now();
+                cp.discard(&s, &ctx).await?;
+                discards.push(secs(t));
+            }
+            let t = Instant::now();
+            snap = Some(cp.capture(&ctx).await?);
+            captures.push(secs(t));
+        }
+        let snap = snap.ok_or("no snapshot")?;
+        let cap_t = median(&captures);
+        let n = fmt_count(self.rows);
+        r.push(
+            Row::new(
+                "3. snapshot capture",
+                format!("undo log (`TableUndoLog`: triggers + one fingerprint, no copy), {n} rows"),
+            )
+            .rollback(fmt_secs(cap_t))
+            .reference(format!("`pg_dump -Fc -t`: {}", fmt_secs(dump_t)))
+            .ratio(format!("{} pg_dump's speed", fmt_ratio(dump_t / cap_t)))
+            .target("no slower than pg_dump (≥ 1×)", Some(cap_t <= dump_t)),
+        );
+        let (mut restores, mut fps, mut items) = (Vec::new(), Vec::new(), BTreeSet::new());
+        let mut parity = true;
+        for _ in 0..args.reps {
+            self.client.batch_execute(damage).await?;
+            let t = Instant::now();
+            let restored = cp.restore(&snap, &ctx).await?;
+            restores.push(secs(t));
+            items.insert(restored.items_changed.unwrap_or(0));
+            let t = Instant::now();
+            parity &= cp.fingerprint(&ctx).await? == snap.fingerprint;
+            fps.push(secs(t));
+        }
+        let (rest_t, fp_t) = (median(&restores), median(&fps));
+        let ratio = pg_restore_t / rest_t;
+        r.push(
+            Row::new(
+                "3. snapshot restore",
+                "undo log, after 10 rows changed (restore alone: the 10 logged keys)",
+            )
+            .rollback(fmt_secs(rest_t))
+            .reference(format!("`pg_restore --clean`: {}", fmt_secs(pg_restore_t)))
+            .ratio(format!("{} faster", fmt_ratio(ratio)))
+            .target("≥ 5× faster than pg_restore", Some(ratio >= 5.0)),
+        );
+        r.push(
+            Row::new(
+                "",
+                "undo log restore + the parity fingerprint the executor takes after it",
+            )
+            .rollback(format!(
+                "{} ({} + {})",
+                fmt_secs(rest_t + fp_t),
+                fmt_secs(rest_t),
+                fmt_secs(fp_t)
+            ))
+            .reference(format!("`pg_restore --clean`: {}", fmt_secs(pg_restore_t)))
+            .ratio(format!(
+                "{} faster",
+                fmt_ratio(pg_restore_t / (rest_t + fp_t))
+            )),
+        );
+        // What writers pay: the same 1% update without and with the log (alternating),
+        // and the restore that undoes it.
+        let pct = format!("UPDATE {ACCOUNTS} SET abalance = abalance + 1 WHERE aid % 100 = 7");
+        let t = Instant::now();
+        cp.discard(&snap, &ctx).await?;
+        discards.push(secs(t));
+        let (mut plain, mut logged, mut bigs, mut written) =
+            (Vec::new(), Vec::new(), Vec::new(), BTreeSet::new());
+        for _ in 0..args.reps {
+            let t = Instant::now();
+            self.client.batch_execute(&pct).await?;
+            plain.push(secs(t));
+            let snap = cp.capture(&ctx).await?;
+            let t = Instant::now();
+            self.client.batch_execute(&pct).await?;
+            logged.push(secs(t));
+            let t = Instant::now();
+            let big = cp.restore(&snap, &ctx).await?;
+            bigs.push(secs(t));
+            written.insert(big.items_changed.unwrap_or(0));
+            parity &= cp.fingerprint(&ctx).await? == snap.fingerprint;
+            cp.discard(&snap, &ctx).await?;
+        }
+        let (plain_t, logged_t, big_t) = (median(&plain), median(&logged), median(&bigs));
+        let updated = self.rows / 100;
+        r.push(
+            Row::new(
+                "",
+                format!(
+                    "writers' cost: `UPDATE` of 1% of the rows ({}) with the undo log's trigger",
+                    fmt_count(updated)
+                ),
+            )
+            .rollback(fmt_secs(logged_t))
+            .reference(format!("without the trigger: {}", fmt_secs(plain_t)))
+            .ratio(format!("{} the time", fmt_ratio(logged_t / plain_t))),
+        );
+        r.push(
+            Row::new(
+                "",
+                format!("undo log restore after that 1% update ({written:?} rows written back)"),
+            )
+            .rollback(fmt_secs(big_t))
+            .reference(format!("`pg_restore --clean`: {}", fmt_secs(pg_restore_t)))
+            .ratio(format!("{} faster", fmt_ratio(pg_restore_t / big_t))),
+        );
+        r.note(format!(
+            "undo log: rows written back per 10-row restore {items:?}; every restore left the table equal to the snapshot's fingerprint: {}; discard (drop triggers, function, log) median {}",
+            if parity { "yes" } else { "**no**" },
+            fmt_secs(median(&discards))
+        ));
+        Ok(())
     }
 
     /// 6. Peak RSS of fingerprinting 10M × scale rows, per child process.
