@@ -10,7 +10,7 @@
 use rollback_core::events::{Notice, Notifier, RunEvent};
 use rollback_core::journal::FileJournal;
 use rollback_core::sim::{HealthProbe, KeyEquals, SetKey, SimWorld};
-use rollback_core::{Executor, Plan, Trigger};
+use rollback_core::{Executor, Plan, Trigger, ROLLBACK_LEAD};
 use std::time::Duration;
 
 /// Prints what a status page would show.
@@ -100,6 +100,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .threshold(2, 3),
         )
         .soak(Duration::from_millis(600))
+        .rto_target(Duration::from_secs(5)) // the report says whether a rollback met it
+        .rpo_target(Duration::ZERO) // every change here has its own compensation
+        .owner(ROLLBACK_LEAD, "on-call database engineer")
+        .owner("customer communication", "support lead")
         .build()?;
 
     println!("== dry run ==\n{}", plan.dry_run());

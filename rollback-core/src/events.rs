@@ -156,6 +156,10 @@ pub struct Notice {
     pub components: Vec<String>,
     /// The rendered message, ready to publish.
     pub message: String,
+    /// The plan's owners (role → who), for routing the notice internally (paging the
+    /// rollback lead, telling account managers); not part of the public `message`.
+    #[serde(default)]
+    pub owners: std::collections::BTreeMap<String, String>,
 }
 
 /// A hook told when rollback starts and ends (status page, chat, paging).

@@ -1038,6 +1038,7 @@ impl<'a> Run<'a> {
             plan: self.plan.name().into(),
             components,
             message,
+            owners: self.plan.owners().clone(),
         };
         if let Err(e) = n.notify(&notice).await {
             tracing::warn!(error = %e, "notifier failed; rollback goes on");

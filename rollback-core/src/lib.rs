@@ -62,7 +62,7 @@ pub use events::{Notice, Notifier, RunEvent};
 pub use executor::{
     Executor, Rehearsal, ResumePolicy, RollbackScope, RunPolicy, SnapshotRetention,
 };
-pub use plan::{Plan, PlanBuilder, PlanError, StepOptions, Trigger};
+pub use plan::{Objectives, Plan, PlanBuilder, PlanError, StepOptions, Trigger, ROLLBACK_LEAD};
 pub use report::{Outcome, RunReport};
 pub use step::{Receipt, Reversibility, Step};
 pub use tokio_util::sync::CancellationToken;

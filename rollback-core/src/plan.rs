@@ -1,11 +1,14 @@
 //! [`Plan`]: a validated DAG of steps with checkpoints, verifiers, triggers and guards.
 
 use crate::{Checkpoint, Digest, Reversibility, Step, Verifier};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The role that leads a rollback (see [`PlanBuilder::owner`]).
+pub const ROLLBACK_LEAD: &str = "rollback lead";
 
 /// Why a plan was refused. Every variant names the culprit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -253,7 +256,21 @@ pub struct Plan {
     pub(crate) triggers: Vec<Trigger>,
     pub(crate) soak: Duration,
     pub(crate) approvals: BTreeMap<String, String>,
+    pub(crate) objectives: Objectives,
+    pub(crate) owners: BTreeMap<String, String>,
     pub(crate) digest: Digest,
+}
+
+/// Recovery objectives a plan declares: the run report says whether a rollback met them,
+/// and a drill measures them (see the `RunReport` fields `rto_met` / `rpo_met`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Objectives {
+    /// Longest acceptable time from the rollback trigger to every resource verified back
+    /// at its baseline, in milliseconds.
+    pub rto_ms: Option<u64>,
+    /// Longest acceptable window of writes a checkpoint restore may discard, in
+    /// milliseconds (0: every change must be undone by compensation).
+    pub rpo_ms: Option<u64>,
 }
 
 impl fmt::Debug for Plan {
@@ -280,6 +297,8 @@ pub struct PlanBuilder {
     triggers: Vec<Trigger>,
     soak: Duration,
     approvals: BTreeMap<String, String>,
+    objectives: Objectives,
+    owners: BTreeMap<String, String>,
     options: Vec<(String, StepOptions)>,
     default_options: StepOptions,
 }
@@ -297,9 +316,88 @@ impl Plan {
             triggers: Vec::new(),
             soak: Duration::ZERO,
             approvals: BTreeMap::new(),
+            objectives: Objectives::default(),
+            owners: BTreeMap::new(),
             options: Vec::new(),
             default_options: StepOptions::default(),
         }
+    }
+
+    /// The recovery objectives the plan declares.
+    pub fn objectives(&self) -> Objectives {
+        self.objectives
+    }
+
+    /// Who owns what during the run (role → person or team), as declared.
+    pub fn owners(&self) -> &BTreeMap<String, String> {
+        &self.owners
+    }
+
+    /// What a go/no-go review should weigh before running the plan: steps whose rollback
+    /// discards writes (restore-only steps), irreversible steps, steps no verifier checks,
+    /// resources changed without a checkpoint, no health trigger, no recovery objectives,
+    /// no rollback lead. Empty when none applies. Also part of [`Plan::dry_run`].
+    pub fn risks(&self) -> Vec<String> {
+        let covered: BTreeSet<&str> = self.checkpoints.iter().map(|c| c.resource()).collect();
+        let mut out = Vec::new();
+        for s in &self.steps {
+            let touches = s.step.touches();
+            match s.step.reversibility() {
+                Reversibility::RestoreOnly => out.push(format!(
+                    "{} is undone only by restoring {}: writes made to it during the run are lost on rollback (RPO > 0)",
+                    s.id(),
+                    touches.join(", ")
+                )),
+                Reversibility::Irreversible => {
+                    if let Some(why) = self.approvals.get(s.id()) {
+                        out.push(format!(
+                            "{} is irreversible and stays applied after a rollback (approved: {why})",
+                            s.id()
+                        ));
+                    } else {
+                        out.push(format!(
+                            "{} is irreversible; only restoring {} undoes it (RPO > 0)",
+                            s.id(),
+                            touches.join(", ")
+                        ));
+                    }
+                }
+                Reversibility::Compensable => {}
+            }
+            let uncovered: Vec<&str> = touches
+                .iter()
+                .map(String::as_str)
+                .filter(|t| !covered.contains(t))
+                .collect();
+            if !uncovered.is_empty() {
+                out.push(format!(
+                    "{} changes {} with no checkpoint: parity there is not proven after a rollback",
+                    s.id(),
+                    uncovered.join(", ")
+                ));
+            }
+            if !self.post_step.iter().any(|(id, _)| id == s.id()) && self.finals.is_empty() {
+                out.push(format!(
+                    "{}: no verifier checks it (no post-step or final verifier)",
+                    s.id()
+                ));
+            }
+        }
+        if self.triggers.is_empty() || self.soak.is_zero() {
+            out.push(
+                "no soak window with a health trigger: a regression that shows only under traffic commits"
+                    .into(),
+            );
+        }
+        if self.objectives.rto_ms.is_none() {
+            out.push(
+                "no RTO target: the report cannot say whether recovery was fast enough".into(),
+            );
+        }
+        if !self.owners.keys().any(|r| r == ROLLBACK_LEAD) {
+            out.push(format!("no {ROLLBACK_LEAD} named (PlanBuilder::owner)"));
+        }
+        out
     }
 
     /// The plan's name.
@@ -443,6 +541,9 @@ impl Plan {
             triggers: self.triggers.iter().map(|t| t.id().to_string()).collect(),
             soak_ms: self.soak.as_millis() as u64,
             rollback,
+            objectives: self.objectives,
+            owners: self.owners.clone(),
+            risks: self.risks(),
         }
     }
 }
@@ -517,6 +618,29 @@ impl PlanBuilder {
     /// (kept in the plan digest and the report).
     pub fn approve_irreversible(mut self, step: &str, reason: &str) -> Self {
         self.approvals.insert(step.to_string(), reason.to_string());
+        self
+    }
+
+    /// Declare the recovery time objective: the longest acceptable time from a rollback's
+    /// trigger to every resource verified back at its baseline. The report says whether a
+    /// rollback met it.
+    pub fn rto_target(mut self, d: Duration) -> Self {
+        self.objectives.rto_ms = Some(d.as_millis() as u64);
+        self
+    }
+
+    /// Declare the recovery point objective: the longest acceptable window of writes a
+    /// checkpoint restore may discard. The report says whether a rollback met it.
+    pub fn rpo_target(mut self, d: Duration) -> Self {
+        self.objectives.rpo_ms = Some(d.as_millis() as u64);
+        self
+    }
+
+    /// Name who owns a role during the run, e.g. [`ROLLBACK_LEAD`], `"data verification"`,
+    /// `"customer communication"`, `"post-incident review"`. Owners appear in the dry run,
+    /// the report and its incident skeleton, and the notifier's messages.
+    pub fn owner(mut self, role: &str, who: &str) -> Self {
+        self.owners.insert(role.into(), who.into());
         self
     }
 
@@ -695,6 +819,8 @@ impl PlanBuilder {
             triggers: self.triggers,
             soak: self.soak,
             approvals: self.approvals,
+            objectives: self.objectives,
+            owners: self.owners,
             digest,
         })
     }
@@ -792,6 +918,12 @@ pub struct DryRun {
     pub soak_ms: u64,
     /// The rollback path, in order.
     pub rollback: Vec<String>,
+    /// Declared recovery objectives.
+    pub objectives: Objectives,
+    /// Declared owners (role → who).
+    pub owners: BTreeMap<String, String>,
+    /// What a go/no-go review should weigh ([`Plan::risks`]).
+    pub risks: Vec<String>,
 }
 
 impl fmt::Display for DryRun {
@@ -830,6 +962,28 @@ impl fmt::Display for DryRun {
         writeln!(f, "rollback path:")?;
         for (i, r) in self.rollback.iter().enumerate() {
             writeln!(f, "  {}. {}", i + 1, r)?;
+        }
+        let ms = |v: Option<u64>| v.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
+        writeln!(
+            f,
+            "objectives: RTO {}, RPO {}",
+            ms(self.objectives.rto_ms),
+            ms(self.objectives.rpo_ms)
+        )?;
+        if !self.owners.is_empty() {
+            let owners: Vec<String> = self
+                .owners
+                .iter()
+                .map(|(role, who)| format!("{role}: {who}"))
+                .collect();
+            writeln!(f, "owners: {}", owners.join("; "))?;
+        }
+        writeln!(f, "go/no-go risks:")?;
+        if self.risks.is_empty() {
+            writeln!(f, "  none found")?;
+        }
+        for r in &self.risks {
+            writeln!(f, "  - {r}")?;
         }
         Ok(())
     }

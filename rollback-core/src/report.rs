@@ -183,6 +183,18 @@ pub struct RunReport {
     pub lease_takeovers: Vec<String>,
     /// Irreversible steps approved to stay, with the reasons given.
     pub approvals: BTreeMap<String, String>,
+    /// The plan's declared recovery objectives.
+    #[serde(default)]
+    pub objectives: crate::Objectives,
+    /// Whether the rollback met the RTO target (None: no target, or no finished rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_met: Option<bool>,
+    /// Whether the rollback met the RPO target (None: no target, or no finished rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_met: Option<bool>,
+    /// The plan's declared owners (role → who).
+    #[serde(default)]
+    pub owners: BTreeMap<String, String>,
     /// Timeline.
     pub timeline: Vec<TimelineEntry>,
 }
@@ -538,6 +550,14 @@ impl RunReport {
             resumes,
             lease_takeovers: takeovers,
             approvals: plan.approvals.clone(),
+            objectives: plan.objectives(),
+            rto_met: rto_ms
+                .zip(plan.objectives().rto_ms)
+                .map(|(got, target)| got <= target),
+            rpo_met: rpo_ms
+                .zip(plan.objectives().rpo_ms)
+                .map(|(got, target)| got <= target),
+            owners: plan.owners().clone(),
             timeline,
         }
     }
@@ -616,10 +636,21 @@ impl RunReport {
             self.finished_at_ms.saturating_sub(self.started_at_ms)
         );
         if let Some(rto) = self.rto_ms {
-            let _ = writeln!(m, "| RTO (trigger → verified restored) | {rto} ms |");
+            let _ = writeln!(
+                m,
+                "| RTO (trigger → verified restored) | {rto} ms{} |",
+                target_note(self.objectives.rto_ms, self.rto_met)
+            );
         }
         if let Some(rpo) = self.rpo_ms {
-            let _ = writeln!(m, "| RPO (writes lost to restores) | {rpo} ms |");
+            let _ = writeln!(
+                m,
+                "| RPO (writes lost to restores) | {rpo} ms{} |",
+                target_note(self.objectives.rpo_ms, self.rpo_met)
+            );
+        }
+        for (role, who) in &self.owners {
+            let _ = writeln!(m, "| {} | {} |", md(role), md(who));
         }
         if self.resumes > 0 {
             let _ = writeln!(m, "| resumes | {} |", self.resumes);
@@ -760,10 +791,16 @@ impl RunReport {
                 components.into_iter().collect::<Vec<_>>().join(", ")
             },
             self.rto_ms
-                .map(|v| format!("{v} ms"))
+                .map(|v| format!(
+                    "{v} ms{}",
+                    target_note(self.objectives.rto_ms, self.rto_met)
+                ))
                 .unwrap_or_else(|| "n/a".into()),
             self.rpo_ms
-                .map(|v| format!("{v} ms"))
+                .map(|v| format!(
+                    "{v} ms{}",
+                    target_note(self.objectives.rpo_ms, self.rpo_met)
+                ))
                 .unwrap_or_else(|| "n/a".into())
         );
         let failing: Vec<&VerdictReport> = self
@@ -814,8 +851,31 @@ impl RunReport {
                 "NOT proven"
             }
         );
-        let _ = writeln!(m, "\n**Root cause.** _to be written by the owner_\n\n**What went well.** _…_\n\n**What went wrong.** _…_\n\n**Action items.**\n\n| action | owner | due |\n|---|---|---|\n| _…_ | _…_ | _…_ |");
+        if !self.owners.is_empty() {
+            let owners: Vec<String> = self
+                .owners
+                .iter()
+                .map(|(role, who)| format!("{}: {}", md(role), md(who)))
+                .collect();
+            let _ = writeln!(m, "\n**Owners.** {}.", owners.join("; "));
+        }
+        let reviewer = self
+            .owners
+            .get("post-incident review")
+            .or_else(|| self.owners.get(crate::ROLLBACK_LEAD))
+            .map(|w| md(w))
+            .unwrap_or_else(|| "the owner".into());
+        let _ = writeln!(m, "\n**Root cause.** _to be written by {reviewer}_\n\n**What went well.** _…_\n\n**What went wrong.** _…_\n\n**Action items.**\n\n| action | owner | due |\n|---|---|---|\n| _…_ | _…_ | _…_ |");
         m
+    }
+}
+
+/// " (target X ms: met)" / " (target X ms: **missed**)", or nothing without a target.
+fn target_note(target: Option<u64>, met: Option<bool>) -> String {
+    match (target, met) {
+        (Some(t), Some(true)) => format!(" (target {t} ms: met)"),
+        (Some(t), Some(false)) => format!(" (target {t} ms: **missed**)"),
+        _ => String::new(),
     }
 }
 

@@ -997,3 +997,91 @@ async fn a_component_rollback_that_keeps_nothing_is_a_full_rollback() {
     assert!(report.kept().is_empty());
     assert_eq!(w.snapshot_state(), baseline);
 }
+
+#[tokio::test]
+async fn recovery_objectives_and_owners_reach_the_dry_run_report_and_notices() {
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<Notice>>>);
+    #[async_trait::async_trait]
+    impl Notifier for Seen {
+        async fn notify(&self, n: &Notice) -> Result<(), String> {
+            self.0.lock().unwrap().push(n.clone());
+            Ok(())
+        }
+    }
+    let w = world();
+    let build = |rto: Duration| {
+        Plan::builder("objectives")
+            .checkpoint("database", w.checkpoint("db"))
+            .step(
+                "database",
+                SetKey::new("schema", &w, "db", "schema", "v2"),
+                &[],
+            )
+            .step(
+                "database",
+                SetKey::new("first", &w, "db", "first", "Ada"),
+                &["schema"],
+            )
+            .rto_target(rto)
+            .rpo_target(Duration::ZERO)
+            .owner(rollback_core::ROLLBACK_LEAD, "dana (db on-call)")
+            .owner("post-incident review", "platform team")
+            .build()
+            .unwrap()
+    };
+
+    let plan = build(Duration::from_secs(60));
+    let dry = plan.dry_run();
+    assert_eq!(dry.objectives.rto_ms, Some(60_000));
+    let text = dry.to_string();
+    assert!(
+        text.contains("objectives: RTO 60000 ms, RPO 0 ms"),
+        "{text}"
+    );
+    assert!(text.contains("rollback lead: dana (db on-call)"), "{text}");
+    // No verifier checks these steps, and no soak trigger: the review is told so.
+    assert!(plan
+        .risks()
+        .iter()
+        .any(|r| r.contains("no verifier checks it")));
+    assert!(plan.risks().iter().any(|r| r.contains("no soak window")));
+    assert!(!plan.risks().iter().any(|r| r.contains("no rollback lead")));
+
+    w.faults().fail_apply("first", 1);
+    let seen = Seen::default();
+    let report = Executor::new(MemoryJournal::new())
+        .notifier(seen.clone())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert_eq!(report.rto_met, Some(true), "{}", report.to_markdown());
+    assert_eq!(report.rpo_met, Some(true), "compensations lose no writes");
+    let md = report.to_markdown();
+    assert!(md.contains("(target 60000 ms: met)"), "{md}");
+    assert!(md.contains("_to be written by platform team_"), "{md}");
+    let notices = seen.0.lock().unwrap().clone();
+    assert!(!notices.is_empty());
+    assert!(notices
+        .iter()
+        .all(
+            |n| n.owners.get("rollback lead").map(String::as_str) == Some("dana (db on-call)")
+                && !n.message.contains("dana")
+        ));
+
+    // A zero RTO is missed by any rollback that takes a measurable time.
+    let plan = build(Duration::ZERO);
+    w.faults().fail_apply("first", 1);
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    if report.rto_ms.unwrap() > 0 {
+        assert_eq!(report.rto_met, Some(false));
+        assert!(report.to_markdown().contains("**missed**"));
+    } else {
+        assert_eq!(report.rto_met, Some(true), "0 ms within a 0 ms target");
+    }
+}
