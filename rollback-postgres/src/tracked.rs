@@ -832,8 +832,16 @@ impl Checkpoint for TableUndoLog {
                 return Err(e);
             }
         };
-        if let Some((e, _)) = entries.iter().zip(&seen).find(|(_, s)| s.model.is_none()) {
-            let err = Error::conflict(format!("{} was dropped during capture", e.table));
+        // The triggers log the columns they were created with: the fingerprint must have
+        // seen the same ones.
+        let drifted = entries.iter().zip(&seen).find(|(e, s)| {
+            s.model.as_ref().map(|m| m.column_names()) != Some(e.definition.column_names())
+        });
+        if let Some((e, _)) = drifted {
+            let err = Error::conflict(format!(
+                "{} was altered or dropped during capture; capture again",
+                e.table
+            ));
             let _ = self.uninstall(&entries).await;
             return Err(err);
         }
