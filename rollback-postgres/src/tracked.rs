@@ -55,8 +55,9 @@ const PRESENT: &str = "_rollback_present";
 /// rows that differ (by binary image) are updated, rows that were deleted are inserted
 /// back; owned sequences get their captured values; user triggers are disabled meanwhile;
 /// the log is emptied. Foreign keys between the tables of the set are respected by order
-/// (deletes children first, inserts parents first); a row a table outside the set still
-/// references cannot be deleted and the restore fails with [`Error::Conflict`].
+/// (deletes children first, inserts parents first); a restore that would delete a row a
+/// table outside the set still references fails with [`Error::Conflict`] — refused
+/// beforehand for cascading foreign keys, so that nothing outside the set changes.
 /// [`Restored::method`] is `undo-log`, [`Restored::items_changed`] the rows written.
 /// Restoring twice is a no-op the second time. Cost: O(rows changed since capture).
 ///
@@ -652,6 +653,64 @@ async fn parents_first<C: GenericClient>(c: &C, tables: &[Table]) -> Result<Vec<
     Ok(order)
 }
 
+/// Refuse (with [`Error::Conflict`]) to delete rows that tables outside the set reference
+/// through an `ON DELETE CASCADE / SET NULL / SET DEFAULT` foreign key: the delete would
+/// change rows the checkpoint does not cover.
+async fn refuse_cascades(tx: &Transaction<'_>, d: &Descriptor, tables: &[Table]) -> Result<()> {
+    let rows = tx
+        .query(
+            "SELECT k.conname::text, cn.nspname::text, ch.relname::text, pn.nspname::text, p.relname::text, \
+                    array(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY x(n, o) \
+                          JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = x.n ORDER BY x.o), \
+                    array(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY x(n, o) \
+                          JOIN pg_catalog.pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = x.n ORDER BY x.o) \
+             FROM pg_catalog.pg_constraint k \
+             JOIN pg_catalog.pg_class ch ON ch.oid = k.conrelid JOIN pg_catalog.pg_namespace cn ON cn.oid = ch.relnamespace \
+             JOIN pg_catalog.pg_class p ON p.oid = k.confrelid JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace \
+             WHERE k.contype = 'f' AND k.confdeltype IN ('c', 'n', 'd') ORDER BY 1",
+            &[],
+        )
+        .await
+        .ctx("reading cascading foreign keys")?;
+    for r in rows {
+        let child = Table::new(r.get::<_, String>(1), r.get::<_, String>(2));
+        let parent = Table::new(r.get::<_, String>(3), r.get::<_, String>(4));
+        if tables.contains(&child) {
+            continue;
+        }
+        let Some(e) = d.tables.iter().find(|e| e.table == parent) else {
+            continue;
+        };
+        let name: String = r.get(0);
+        let fk_cols: Vec<String> = r.get(5);
+        let ref_cols: Vec<String> = r.get(6);
+        let n: i64 = tx
+            .query_one(
+                &format!(
+                    "WITH e AS MATERIALIZED ({}) SELECT count(*) FROM {} c WHERE EXISTS \
+                     (SELECT 1 FROM e JOIN {} x ON {} WHERE NOT e.{} AND ROW({}) = ROW({}))",
+                    earliest_sql(e),
+                    child.quoted(),
+                    parent.quoted(),
+                    key_match(e, "x", "e"),
+                    quote_ident(PRESENT),
+                    column_list_with("x", &ref_cols),
+                    column_list_with("c", &fk_cols),
+                ),
+                &[&d.mvcc_snapshot],
+            )
+            .await
+            .ctx("checking rows outside the checkpoint")?
+            .get(0);
+        if n > 0 {
+            return Err(Error::conflict(format!(
+                "restoring {parent} would delete rows that {n} row(s) of {child} (outside the checkpoint) reference through cascading foreign key {name}; include {child} in the checkpoint"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn restore_error(err: tokio_postgres::Error, t: &Table) -> Error {
     let e = PgError::new(format!("restoring {t}"), &err);
     if err.code().map(|c| c.code()) == Some("23503") {
@@ -929,6 +988,7 @@ impl Checkpoint for TableUndoLog {
                 disabled.push((e.table.clone(), name, mode));
             }
         }
+        refuse_cascades(&tx, &d, &self.tables).await?;
         let mut items = 0u64;
         for t in order.iter().rev() {
             let Some(e) = entry(t) else { continue };

@@ -530,3 +530,31 @@ async fn writers_racing_the_capture_neither_escape_the_log_nor_get_undone_twice(
         cp.discard(snap, &c).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn restore_refuses_to_cascade_into_rows_outside_the_checkpoint() {
+    let db = TestDb::new("undo_cascade").await;
+    db.exec(
+        "CREATE TABLE parent (id int PRIMARY KEY, v text);
+         CREATE TABLE outside (id int PRIMARY KEY, parent_id int REFERENCES parent ON DELETE CASCADE);
+         INSERT INTO parent SELECT g, 'p' || g FROM generate_series(1, 10) g;",
+    )
+    .await;
+    let cp = TableUndoLog::new(&db.db, Table::public("parent"));
+    let c = ctx();
+    let snap = cp.capture(&c).await.unwrap();
+    db.exec("INSERT INTO parent VALUES (11, 'new'); INSERT INTO outside VALUES (1, 11)")
+        .await;
+    match cp.restore(&snap, &c).await {
+        Err(Error::Conflict { message }) => assert!(message.contains("outside"), "{message}"),
+        other => panic!("restore cascading outside the set: {other:?}"),
+    }
+    assert_eq!(db.count("SELECT count(*) FROM outside").await, 1);
+    assert_eq!(db.count("SELECT count(*) FROM parent").await, 11);
+    // Once the outside row is gone, the restore goes through.
+    db.exec("DELETE FROM outside").await;
+    cp.restore(&snap, &c).await.unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM parent").await, 10);
+    assert_eq!(cp.fingerprint(&c).await.unwrap(), snap.fingerprint);
+    cp.discard(&snap, &c).await.unwrap();
+}
