@@ -733,6 +733,11 @@ impl Backends {
                 opts.soak
             })
             .default_step_options(StepOptions::default().retries(3))
+            .rto_target(RTO_TARGET)
+            .owner(rollback_core::ROLLBACK_LEAD, "platform on-call")
+            .owner("data verification", "database team")
+            .owner("customer communication", "support lead")
+            .owner("post-incident review", "platform team")
             .build()?;
         Ok(plan)
     }
@@ -796,6 +801,10 @@ impl Backends {
         })
     }
 }
+
+/// The cutover's recovery time objective: every resource verified back at its baseline
+/// within a minute of the trigger (the report and the drill say whether it was met).
+pub const RTO_TARGET: Duration = Duration::from_secs(60);
 
 /// What a cutover run gave.
 #[derive(Debug, Clone)]

@@ -468,6 +468,22 @@ async fn scenario(fail_at: FailAt, scope: RollbackScope) {
 
     assert!(r.parity_proven(), "{md}");
     assert!(r.rto_ms.is_some() && r.rpo_ms.is_some(), "{md}");
+    // The plan's objective reaches the report, which judges the measured RTO against it.
+    assert_eq!(
+        r.objectives.rto_ms,
+        Some(cutover::RTO_TARGET.as_millis() as u64)
+    );
+    assert_eq!(
+        r.rto_met,
+        r.rto_ms
+            .map(|v| v <= cutover::RTO_TARGET.as_millis() as u64)
+    );
+    assert_eq!(
+        r.owners
+            .get(rollback_core::ROLLBACK_LEAD)
+            .map(String::as_str),
+        Some("platform on-call")
+    );
     assert_eq!(
         run.notices.len(),
         2,
