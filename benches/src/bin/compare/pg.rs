@@ -803,7 +803,14 @@ impl Bench {
         r.push(
             Row::new(
                 "",
-                format!("undo log restore after that 1% update ({written:?} rows written back)"),
+                format!(
+                    "undo log restore after that 1% update ({} rows written back)",
+                    written
+                        .iter()
+                        .map(|n| fmt_count(*n))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             )
             .rollback(fmt_secs(big_t))
             .reference(format!("`pg_restore --clean`: {}", fmt_secs(pg_restore_t)))
