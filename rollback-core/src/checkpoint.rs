@@ -135,6 +135,9 @@ impl Restored {
 /// 7. **Deterministic fingerprint.** `fingerprint` depends only on the resource's state:
 ///    equal states give equal fingerprints, and any change of data the checkpoint covers
 ///    changes it.
+/// 8. **Idempotent discard.** [`discard`](Checkpoint::discard) releases only the
+///    snapshot's own storage, never the resource, and discarding a snapshot again succeeds
+///    (the executor does so when a crash fell between a release and its journal record).
 #[async_trait]
 pub trait Checkpoint: Send + Sync {
     /// The stable id of the covered resource, e.g. `postgres:public.customers`.
@@ -163,7 +166,9 @@ pub trait Checkpoint: Send + Sync {
     /// Backend errors.
     async fn fingerprint(&self, ctx: &Context) -> Result<Digest>;
 
-    /// Release the storage a snapshot holds (after a committed run). Default: nothing.
+    /// Release the storage a snapshot holds; the executor calls it once a run has ended
+    /// (see [`SnapshotRetention`](crate::SnapshotRetention)). Idempotent (clause 8).
+    /// Default: nothing.
     ///
     /// # Errors
     /// Backend errors.

@@ -104,6 +104,16 @@ pub async fn capture_mutate_restore(cp: &dyn Checkpoint, mutate: &dyn Step) {
     let _ = mutate.revert(None, &ctx).await;
     cp.restore(&snap, &ctx).await.expect("restore failed");
     cp.discard(&snap, &ctx).await.expect("discard failed");
+    // The executor may release a snapshot again after a crash between the release and its
+    // journal record.
+    cp.discard(&snap, &ctx)
+        .await
+        .expect("Checkpoint contract 8: discarding twice failed");
+    assert_eq!(
+        fp(cp).await,
+        before,
+        "Checkpoint contract 8: discard changed the resource"
+    );
 }
 
 /// Checkpoint clause 4: a snapshot whose digest does not match its content is refused
@@ -142,6 +152,16 @@ pub async fn restore_refuses_tampered_digest(cp: &dyn Checkpoint, mutate: &dyn S
     let _ = mutate.revert(None, &ctx).await; // forget the step's marker, if any
     cp.restore(&snap, &ctx).await.expect("restore failed");
     cp.discard(&snap, &ctx).await.expect("discard failed");
+    // The executor may release a snapshot again after a crash between the release and its
+    // journal record.
+    cp.discard(&snap, &ctx)
+        .await
+        .expect("Checkpoint contract 8: discarding twice failed");
+    assert_eq!(
+        fp(cp).await,
+        before,
+        "Checkpoint contract 8: discard changed the resource"
+    );
 }
 
 /// Checkpoint clause 4: a snapshot of another resource is refused with
