@@ -592,19 +592,6 @@ async fn copy_hash(
 /// Rows from which a relation is hashed in parallel parts.
 pub(crate) const PARALLEL_MIN_ROWS: u64 = 200_000;
 
-/// The root of a relation hashed as `clients.len()` key ranges in parallel (see
-/// [`choose_splits`] and [`hash_relation_split`]; statistics are not used). `key_types` are
-/// the key columns' types (`format_type`), `estimate` the row count estimate.
-pub(crate) async fn hash_relation_parallel(
-    clients: &[&Client],
-    shape: &Shape,
-    key_types: &[String],
-    estimate: u64,
-) -> Result<Digest> {
-    let splits = choose_splits(clients[0], None, shape, key_types, estimate, clients.len()).await?;
-    hash_relation_split(clients, shape, splits).await
-}
-
 /// Where a parallel hash splits a relation: the first key of a part, as typed SQL literals
 /// of the key columns (the key need not exist as a row), and, when known, how many rows
 /// come before it.

@@ -367,6 +367,116 @@ async fn snapshot_reader(db: &Database, tx: &Transaction<'_>) -> Option<tokio_po
     Some(c)
 }
 
+/// Hashes tables inside one `REPEATABLE READ` transaction, a big table (a key and
+/// [`hash::PARALLEL_MIN_ROWS`] rows or more) in key ranges on extra sessions that import
+/// the transaction's exported snapshot — opened when the first big table needs them. The
+/// digest does not depend on how many sessions hash. [`SnapshotHasher::close`] ends the
+/// extra sessions' transactions.
+pub(crate) struct SnapshotHasher {
+    exported: Option<String>,
+    parallelism: usize,
+    extra: Vec<deadpool_postgres::Object>,
+    opened: bool,
+}
+
+impl SnapshotHasher {
+    /// Export the snapshot of `tx` when `parallelism` > 1 (hash in one pass otherwise, or
+    /// when the snapshot cannot be exported).
+    pub(crate) async fn begin(tx: &Transaction<'_>, parallelism: usize) -> Self {
+        let exported = if parallelism > 1 {
+            tx.query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+                .await
+                .ok()
+                .map(|r| r.get(0))
+        } else {
+            None
+        };
+        SnapshotHasher {
+            exported,
+            parallelism,
+            extra: Vec::new(),
+            opened: false,
+        }
+    }
+
+    /// The root hash of table `t` (oid `oid`, definition `model`, ordered by `key`), as
+    /// seen by `tx`.
+    pub(crate) async fn root(
+        &mut self,
+        db: &Database,
+        tx: &Transaction<'_>,
+        t: &Table,
+        oid: u32,
+        model: &TableModel,
+        key: Vec<String>,
+    ) -> Result<Digest> {
+        let estimate: i64 = tx
+            .query_one(
+                "SELECT greatest(reltuples, 0)::bigint FROM pg_catalog.pg_class WHERE oid = $1",
+                &[&oid],
+            )
+            .await
+            .ctx("reading table size estimate")?
+            .get(0);
+        let key_types: Vec<String> = key
+            .iter()
+            .filter_map(|k| model.columns.iter().find(|c| &c.name == k))
+            .map(|c| c.data_type.clone())
+            .collect();
+        let shape = Shape {
+            rel: t.quoted(),
+            columns: model.column_names(),
+            key,
+        };
+        let big = estimate as u64 >= hash::PARALLEL_MIN_ROWS && !shape.key.is_empty();
+        if big && !self.opened {
+            self.opened = true;
+            if let Some(id) = &self.exported {
+                for _ in 1..self.parallelism {
+                    let Ok(o) = db.client().await else { break };
+                    let ok = o
+                        .batch_execute(&format!(
+                            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                            crate::ident::quote_literal(id)
+                        ))
+                        .await
+                        .is_ok();
+                    if !ok {
+                        let _ = o.batch_execute("ROLLBACK").await;
+                        break;
+                    }
+                    self.extra.push(o);
+                }
+            }
+        }
+        if big && !self.extra.is_empty() {
+            let mut clients: Vec<&tokio_postgres::Client> = vec![tx.client()];
+            clients.extend(self.extra.iter().map(|o| -> &tokio_postgres::Client { o }));
+            let splits = hash::choose_splits(
+                tx.client(),
+                Some((&t.schema, &t.name)),
+                &shape,
+                &key_types,
+                estimate as u64,
+                clients.len(),
+            )
+            .await?;
+            hash::hash_relation_split(&clients, &shape, splits).await
+        } else {
+            hash::hash_relation(tx.client(), &shape, u64::MAX)
+                .await
+                .map(|h| h.root)
+        }
+    }
+
+    /// End the extra sessions' transactions (they go back to the pool).
+    pub(crate) async fn close(self) {
+        for o in &self.extra {
+            let _ = o.batch_execute("ROLLBACK").await;
+        }
+    }
+}
+
 /// Create `dst` as `LIKE src INCLUDING ALL<like_options>`, fill it with the rows of `src`
 /// (`INSERT … SELECT` of `cols`), and return what `during_load` returned (it runs while the
 /// rows are inserted).
@@ -993,99 +1103,24 @@ impl Checkpoint for TableSnapshot {
             .start()
             .await
             .ctx("starting fingerprint")?;
-        let snapshot_id: Option<String> = if self.parallelism > 1 {
-            tx.query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
-                .await
-                .ok()
-                .map(|r| r.get(0))
-        } else {
-            None
-        };
+        let mut hasher = SnapshotHasher::begin(&tx, self.parallelism).await;
         let mut fps = Vec::new();
-        // Extra sessions in the same snapshot, opened when a big table needs them.
-        let mut extra: Vec<deadpool_postgres::Object> = Vec::new();
-        let mut opened = false;
-        for t in &self.tables {
-            let Some(oid) = catalog::table_oid(&tx, t).await? else {
-                fps.push(table_fingerprint(t, None, None));
-                continue;
-            };
-            let model = catalog::table_model_by_oid(&tx, oid).await?;
-            let key = catalog::order_key(&tx, oid).await?;
-            let estimate: i64 = tx
-                .query_one(
-                    "SELECT greatest(reltuples, 0)::bigint FROM pg_catalog.pg_class WHERE oid = $1",
-                    &[&oid],
-                )
-                .await
-                .ctx("reading table size estimate")?
-                .get(0);
-            let key_types: Vec<String> = key
-                .iter()
-                .filter_map(|k| model.columns.iter().find(|c| &c.name == k))
-                .map(|c| c.data_type.clone())
-                .collect();
-            let shape = Shape {
-                rel: t.quoted(),
-                columns: model.column_names(),
-                key,
-            };
-            let big = estimate as u64 >= hash::PARALLEL_MIN_ROWS && !shape.key.is_empty();
-            if big && !opened {
-                opened = true;
-                if let Some(id) = &snapshot_id {
-                    for _ in 1..self.parallelism {
-                        let Ok(o) = self.db.client().await else { break };
-                        let ok = o
-                            .batch_execute(&format!(
-                                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                                crate::ident::quote_literal(id)
-                            ))
-                            .await
-                            .is_ok();
-                        if !ok {
-                            let _ = o.batch_execute("ROLLBACK").await;
-                            break;
-                        }
-                        extra.push(o);
-                    }
-                }
+        let result = async {
+            for t in &self.tables {
+                let Some(oid) = catalog::table_oid(&tx, t).await? else {
+                    fps.push(table_fingerprint(t, None, None));
+                    continue;
+                };
+                let model = catalog::table_model_by_oid(&tx, oid).await?;
+                let key = catalog::order_key(&tx, oid).await?;
+                let root = hasher.root(&self.db, &tx, t, oid, &model, key).await?;
+                fps.push(table_fingerprint(t, Some(&model), Some(root)));
             }
-            let root = if big && !extra.is_empty() {
-                let mut clients: Vec<&tokio_postgres::Client> = vec![tx.client()];
-                clients.extend(extra.iter().map(|o| -> &tokio_postgres::Client { o }));
-                match hash::choose_splits(
-                    tx.client(),
-                    Some((&t.schema, &t.name)),
-                    &shape,
-                    &key_types,
-                    estimate as u64,
-                    clients.len(),
-                )
-                .await
-                {
-                    Ok(splits) => hash::hash_relation_split(&clients, &shape, splits).await,
-                    Err(e) => Err(e),
-                }
-            } else {
-                hash::hash_relation(tx.client(), &shape, u64::MAX)
-                    .await
-                    .map(|h| h.root)
-            };
-            let root = match root {
-                Ok(r) => r,
-                Err(e) => {
-                    for o in &extra {
-                        let _ = o.batch_execute("ROLLBACK").await;
-                    }
-                    return Err(e);
-                }
-            };
-            fps.push(table_fingerprint(t, Some(&model), Some(root)));
+            Ok::<(), Error>(())
         }
-        for o in &extra {
-            let _ = o.batch_execute("ROLLBACK").await;
-        }
+        .await;
+        hasher.close().await;
+        result?;
         tx.commit().await.ctx("ending fingerprint")?;
         Ok(combine(&fps))
     }

@@ -4,9 +4,9 @@
 use crate::catalog::{self, diff_tables, TableModel};
 use crate::db::Database;
 use crate::error::{PgError, PgResultExt};
-use crate::hash::{self, Shape};
-use crate::ident::{check_ident, column_list, column_list_with, quote_ident, quote_literal, Table};
+use crate::ident::{check_ident, column_list, column_list_with, quote_ident, Table};
 use crate::markers::DEFAULT_MARKER_SCHEMA;
+use crate::snapshot::SnapshotHasher;
 use async_trait::async_trait;
 use rollback_core::{
     Checkpoint, Context, Digest, Error, Hasher, Restored, Result, Snapshot, Verdict, Verifier,
@@ -316,16 +316,7 @@ impl TableUndoLog {
             .await
             .ctx("reading the transaction snapshot")?
             .get(0);
-        let exported: Option<String> = if self.parallelism > 1 {
-            tx.query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
-                .await
-                .ok()
-                .map(|r| r.get(0))
-        } else {
-            None
-        };
-        let mut extra: Vec<deadpool_postgres::Object> = Vec::new();
-        let mut opened = false;
+        let mut hasher = SnapshotHasher::begin(&tx, self.parallelism).await;
         let mut out = Vec::new();
         let result = async {
             for t in &self.tables {
@@ -341,53 +332,9 @@ impl TableUndoLog {
                 let model = model_without_logs(&tx, oid).await?;
                 let key = catalog::order_key(&tx, oid).await?;
                 let cols = attnums(&tx, oid).await?;
-                let estimate: i64 = tx
-                    .query_one(
-                        "SELECT greatest(reltuples, 0)::bigint FROM pg_catalog.pg_class WHERE oid = $1",
-                        &[&oid],
-                    )
-                    .await
-                    .ctx("reading table size estimate")?
-                    .get(0);
-                let key_types: Vec<String> = key
-                    .iter()
-                    .filter_map(|k| model.columns.iter().find(|c| &c.name == k))
-                    .map(|c| c.data_type.clone())
-                    .collect();
-                let shape = Shape {
-                    rel: t.quoted(),
-                    columns: model.column_names(),
-                    key: key.clone(),
-                };
-                let big = estimate as u64 >= hash::PARALLEL_MIN_ROWS && !shape.key.is_empty();
-                if big && !opened {
-                    opened = true;
-                    if let Some(id) = &exported {
-                        for _ in 1..self.parallelism {
-                            let Ok(o) = self.db.client().await else { break };
-                            let ok = o
-                                .batch_execute(&format!(
-                                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                                    quote_literal(id)
-                                ))
-                                .await
-                                .is_ok();
-                            if !ok {
-                                let _ = o.batch_execute("ROLLBACK").await;
-                                break;
-                            }
-                            extra.push(o);
-                        }
-                    }
-                }
-                let root = if big && !extra.is_empty() {
-                    let mut clients: Vec<&tokio_postgres::Client> = vec![tx.client()];
-                    clients.extend(extra.iter().map(|o| -> &tokio_postgres::Client { o }));
-                    hash::hash_relation_parallel(&clients, &shape, &key_types, estimate as u64)
-                        .await?
-                } else {
-                    hash::hash_relation(tx.client(), &shape, u64::MAX).await?.root
-                };
+                let root = hasher
+                    .root(&self.db, &tx, t, oid, &model, key.clone())
+                    .await?;
                 out.push(Seen {
                     fingerprint: table_fingerprint(t, &model, root),
                     model: Some(model),
@@ -398,9 +345,7 @@ impl TableUndoLog {
             Ok::<(), Error>(())
         }
         .await;
-        for o in &extra {
-            let _ = o.batch_execute("ROLLBACK").await;
-        }
+        hasher.close().await;
         result?;
         tx.commit().await.ctx("ending fingerprint")?;
         Ok((out, mvcc))
