@@ -1099,20 +1099,22 @@ impl<'a> Run<'a> {
             }
         }
         // Partial only when something applied stays applied outside the scope.
-        let partial = plan.steps().iter().any(|s| {
-            !scope.contains(&s.id().to_string()) && self.state.applied.contains_key(s.id())
-        });
-        if partial {
-            // Prove the kept part too: re-run the post-step verifiers of kept steps.
-            let kept: Vec<(String, Arc<dyn Verifier>)> = plan
-                .post_step
-                .iter()
-                .filter(|(sid, _)| !scope.contains(sid) && self.state.applied.contains_key(sid))
-                .cloned()
-                .collect();
-            for (sid, v) in kept {
-                self.verify(v.as_ref(), &format!("kept:{sid}")).await?;
-            }
+        let kept: BTreeSet<&String> = self
+            .state
+            .applied
+            .keys()
+            .filter(|s| !scope.contains(s))
+            .collect();
+        let partial = !kept.is_empty();
+        // Prove the kept part too: re-run the post-step verifiers of kept steps.
+        let kept_verifiers: Vec<(String, Arc<dyn Verifier>)> = plan
+            .post_step
+            .iter()
+            .filter(|(sid, _)| kept.contains(sid))
+            .cloned()
+            .collect();
+        for (sid, v) in kept_verifiers {
+            self.verify(v.as_ref(), &format!("kept:{sid}")).await?;
         }
         self.append(Entry::RolledBack { partial }).await?;
         self.notify(
