@@ -185,6 +185,28 @@ impl Executor {
     /// commit); the snapshots are in the journal's `captured` records, and
     /// [`Executor::resume`] of the run releases them once the policy is `Release` again.
     /// A run that stops in `RollbackFailed` never releases: resume needs them.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use rollback_core::{Executor, Plan, SnapshotRetention};
+    /// use rollback_core::journal::MemoryJournal;
+    /// use rollback_core::sim::{SetKey, SimWorld};
+    ///
+    /// let world = SimWorld::new();
+    /// let plan = Plan::builder("rename")
+    ///     .checkpoint("db", world.checkpoint("db"))
+    ///     .step("db", SetKey::new("set-k", &world, "db", "k", "v2"), &[])
+    ///     .build()?;
+    /// // Keep the baseline after the commit, for a delayed manual rollback.
+    /// let report = Executor::new(MemoryJournal::new())
+    ///     .retain_snapshots(SnapshotRetention::KeepAll)
+    ///     .run(&plan)
+    ///     .await?;
+    /// assert_eq!(world.stored_snapshots(), 1);
+    /// assert_eq!(report.checkpoints[0].discarded, None); // "kept" in the Markdown report
+    /// # Ok::<(), rollback_core::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn retain_snapshots(mut self, retention: SnapshotRetention) -> Self {
         self.policy.retention = retention;
         self.retention_override = Some(retention);

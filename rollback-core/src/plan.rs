@@ -337,6 +337,26 @@ impl Plan {
     /// discards writes (restore-only steps), irreversible steps, steps no verifier checks,
     /// resources changed without a checkpoint, no health trigger, no recovery objectives,
     /// no rollback lead. Empty when none applies. Also part of [`Plan::dry_run`].
+    ///
+    /// ```
+    /// use rollback_core::{Plan, ROLLBACK_LEAD};
+    /// use rollback_core::sim::{KeyEquals, SetKey, SimWorld};
+    /// use std::time::Duration;
+    ///
+    /// let w = SimWorld::new();
+    /// let plan = Plan::builder("rename")
+    ///     .checkpoint("db", w.checkpoint("db"))
+    ///     .step("db", SetKey::new("set-k", &w, "db", "k", "v2"), &[])
+    ///     .verify_after("set-k", KeyEquals::new("k-is-v2", &w, "db", "k", Some("v2")))
+    ///     .rto_target(Duration::from_secs(60))
+    ///     .owner(ROLLBACK_LEAD, "db on-call")
+    ///     .build()?;
+    /// // Verified, covered, compensable, with a target and a lead: only the missing soak
+    /// // window is left for the review.
+    /// assert_eq!(plan.risks().len(), 1, "{:?}", plan.risks());
+    /// assert!(plan.risks()[0].contains("no soak window"));
+    /// # Ok::<(), rollback_core::PlanError>(())
+    /// ```
     pub fn risks(&self) -> Vec<String> {
         let covered: BTreeSet<&str> = self.checkpoints.iter().map(|c| c.resource()).collect();
         let mut out = Vec::new();
