@@ -2,6 +2,7 @@
 
 use crate::events::RunEvent;
 use crate::journal::{Entry, Journal};
+use crate::lease::{Fence, LeaseKeeper};
 use crate::{Result, Snapshot};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,8 @@ pub struct Context {
     baseline: Arc<BTreeMap<String, Snapshot>>,
     /// Cursors saved in this process, shared with the run (so a retry sees them).
     saved: Arc<Mutex<BTreeMap<String, serde_json::Value>>>,
+    /// The runner's lease (absent outside a run).
+    lease: Option<Arc<LeaseKeeper>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -29,6 +32,7 @@ impl std::fmt::Debug for Context {
             .field("run_id", &self.run_id)
             .field("step", &self.step)
             .field("cursor", &self.cursor)
+            .field("fence", &self.fence())
             .finish_non_exhaustive()
     }
 }
@@ -52,6 +56,7 @@ impl Context {
             journal: None,
             baseline: Arc::new(BTreeMap::new()),
             saved: Arc::default(),
+            lease: None,
         }
     }
 
@@ -71,6 +76,7 @@ impl Context {
         journal: Arc<dyn Journal>,
         baseline: Arc<BTreeMap<String, Snapshot>>,
         saved: Arc<Mutex<BTreeMap<String, serde_json::Value>>>,
+        lease: Arc<LeaseKeeper>,
     ) -> Self {
         Context {
             run_id: run_id.to_string(),
@@ -81,6 +87,7 @@ impl Context {
             journal: Some(journal),
             baseline,
             saved,
+            lease: Some(lease),
         }
     }
 
@@ -115,19 +122,52 @@ impl Context {
     /// Journal a resume cursor for the current step (durable when this returns).
     ///
     /// # Errors
-    /// Journal errors; outside a run this does nothing.
+    /// Journal errors, [`Error::Fenced`](crate::Error::Fenced) when another runner took
+    /// the run over; outside a run this does nothing.
     pub async fn save_cursor(&self, cursor: serde_json::Value) -> Result<()> {
         if let (Some(j), Some(step)) = (&self.journal, &self.step) {
+            let epoch = self.fence().map_or(0, |f| f.epoch);
             j.append(
                 &self.run_id,
                 &Entry::Progress {
                     step: step.clone(),
                     cursor,
                 },
+                epoch,
             )
             .await?;
         }
         Ok(())
+    }
+
+    /// The fencing token of the runner this call belongs to (`None` outside a run).
+    ///
+    /// An adapter that can check it atomically with its own write should: keep the
+    /// highest epoch seen per [`Fence::key`] beside the resource, and in the same
+    /// transaction (or under the same lock) as the write, refuse an epoch lower than it
+    /// with [`Fence::stale`]. A runner paused while another took its run over then cannot
+    /// change the resource after the takeover, whatever its timing.
+    ///
+    /// ```
+    /// use rollback_core::Context;
+    /// assert!(Context::detached().fence().is_none());
+    /// ```
+    pub fn fence(&self) -> Option<&Fence> {
+        self.lease.as_deref().map(LeaseKeeper::fence)
+    }
+
+    /// Check that this runner still holds its lease, renewing it when it is due. Long
+    /// steps call it between batches: after an `Err` they must change nothing more and
+    /// return the error. Outside a run it always succeeds.
+    ///
+    /// # Errors
+    /// [`Error::Fenced`](crate::Error::Fenced) once another runner holds the lease;
+    /// journal errors while renewing it.
+    pub async fn ensure_lease(&self) -> Result<()> {
+        match &self.lease {
+            Some(l) => l.ensure().await,
+            None => Ok(()),
+        }
     }
 
     /// Report progress of long work: a `tracing` event and a [`RunEvent::Progress`].

@@ -87,6 +87,44 @@ pub enum Error {
         /// Time left before it expires and may be taken over.
         remaining_ms: u64,
     },
+    /// This runner was fenced off: another runner took the lease over (a newer fencing
+    /// epoch), so this one must do nothing more to any resource or journal. Returned by a
+    /// journal refusing a stale append, by the executor when its lease is gone, and by
+    /// adapters that fence their own writes with [`Context::fence`](crate::Context::fence).
+    #[error("fenced: {scope} belongs to a newer runner (epoch {current}; this runner holds epoch {epoch}); this runner stops")]
+    Fenced {
+        /// What refused the stale writer: `run <id>`, `lease <key>`, a resource.
+        scope: String,
+        /// This runner's epoch.
+        epoch: u64,
+        /// The newer epoch that fenced it (0 when unknown, e.g. the lease is held by
+        /// another holder).
+        current: u64,
+    },
+    /// The journal lost records at the end of the run that may have held its outcome
+    /// (`committed`, `rolled_back`): resuming on the surviving records alone could undo a
+    /// committed migration. Nothing was done; choose with
+    /// [`Executor::assume_lost_tail`](crate::Executor::assume_lost_tail).
+    #[error("run {run_id}: the journal lost {lost} after seq {last_seq:?}, which may have been {could_be}; nothing was done. Resume with Executor::assume_lost_tail(TailAssumption::Committed) to record it committed (nothing is rolled back), TailAssumption::RolledBack to record it rolled back (nothing is restored again), or TailAssumption::NotCommitted to continue from the surviving records (an unfinished apply is rolled back)")]
+    LostTail {
+        /// The run.
+        run_id: String,
+        /// The last surviving record.
+        last_seq: Option<u64>,
+        /// What was lost (the journal's description).
+        lost: String,
+        /// The outcome the lost records may have held.
+        could_be: String,
+    },
+    /// A step, checkpoint or verifier panicked; the panic was caught at the call and
+    /// treated as a failure of that call (its effect may have happened).
+    #[error("{operation} panicked: {message}")]
+    Panicked {
+        /// The call that panicked (`apply step-1`, `restore db`...).
+        operation: String,
+        /// The panic message.
+        message: String,
+    },
     /// `resume` was given a plan that is not the one the run started with.
     #[error("run {run_id} was started with plan digest {expected}, not {found}")]
     PlanMismatch {
@@ -146,7 +184,10 @@ impl Error {
             Error::Transient { maybe_applied, .. } | Error::Backend { maybe_applied, .. } => {
                 *maybe_applied
             }
-            Error::Timeout { .. } | Error::Cancelled | Error::Crashed(_) => true,
+            Error::Timeout { .. }
+            | Error::Cancelled
+            | Error::Crashed(_)
+            | Error::Panicked { .. } => true,
             _ => false,
         }
     }

@@ -1,10 +1,12 @@
 //! The [`Executor`]: runs a [`Plan`] transactionally, journaled, with automatic rollback.
 
 use crate::events::{Action, Notice, NoticeKind, Notifier, RunEvent};
-use crate::journal::{Entry, Journal, Record};
+use crate::journal::{Entry, Journal, LostTail, Record, TailAssumption};
+use crate::lease::LeaseKeeper;
 use crate::plan::{PlannedStep, StepOptions};
 use crate::report::{Outcome, RunReport};
 use crate::{Context, Error, Plan, Receipt, Result, Reversibility, Snapshot, Verdict, Verifier};
+use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
@@ -102,6 +104,7 @@ pub struct Executor {
     resume_override: Option<ResumePolicy>,
     retention_override: Option<SnapshotRetention>,
     rollback_retries: u32,
+    tail_assumption: Option<TailAssumption>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -158,6 +161,7 @@ impl Executor {
             resume_override: None,
             retention_override: None,
             rollback_retries: 5,
+            tail_assumption: None,
         }
     }
 
@@ -212,12 +216,61 @@ impl Executor {
         self.retention_override = Some(retention);
         self
     }
+    /// What [`Executor::resume`] assumes when the journal lost records at the end of a run
+    /// that may have held its outcome. Without this, such a resume stops with
+    /// [`Error::LostTail`] and does nothing; with it, the decision is journaled
+    /// ([`Entry::TailLossResolved`]) and shown in the report. Choose from what you know of
+    /// the resources (e.g. the application ran on the migrated schema: `Committed`).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use rollback_core::{Executor, Plan, Outcome, SnapshotRetention, TailAssumption};
+    /// use rollback_core::journal::FileJournal;
+    /// use rollback_core::sim::{SetKey, SimWorld};
+    ///
+    /// let world = SimWorld::new();
+    /// let plan = Plan::builder("rename")
+    ///     .checkpoint("db", world.checkpoint("db"))
+    ///     .step("db", SetKey::new("set-k", &world, "db", "k", "v2"), &[])
+    ///     .build()?;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let report = Executor::new(FileJournal::open(dir.path())?)
+    ///     .retain_snapshots(SnapshotRetention::KeepAll) // `committed` is the last record
+    ///     .run(&plan)
+    ///     .await?;
+    ///
+    /// // The disk loses the last bytes of the run's file: its `committed` record is cut.
+    /// let path = dir.path().join(format!("{}.journal", report.run_id));
+    /// let bytes = std::fs::read(&path).unwrap();
+    /// let cut = bytes[..bytes.len() - 1].iter().rposition(|b| *b == b'\n').unwrap() + 10;
+    /// std::fs::write(&path, &bytes[..cut]).unwrap();
+    ///
+    /// let journal = FileJournal::open(dir.path())?;
+    /// let err = Executor::new(journal.clone()).resume(&plan, &report.run_id).await.unwrap_err();
+    /// assert!(matches!(err, rollback_core::Error::LostTail { .. }), "{err}");
+    /// assert_eq!(world.get("db", "k").as_deref(), Some("v2")); // nothing rolled back
+    ///
+    /// let again = Executor::new(journal)
+    ///     .assume_lost_tail(TailAssumption::Committed)
+    ///     .resume(&plan, &report.run_id)
+    ///     .await?;
+    /// assert_eq!(again.outcome, Outcome::Committed);
+    /// assert_eq!(world.get("db", "k").as_deref(), Some("v2"));
+    /// # Ok::<(), rollback_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn assume_lost_tail(mut self, assumption: TailAssumption) -> Self {
+        self.tail_assumption = Some(assumption);
+        self
+    }
     /// Set the holder id used for leases (defaults to pid + random).
     pub fn holder(mut self, holder: impl Into<String>) -> Self {
         self.holder = holder.into();
         self
     }
-    /// Set the lease time-to-live (renewed in the background while running).
+    /// Set the lease time-to-live (renewed in the background while running, and checked
+    /// before every durable action: a runner that cannot show it still holds its lease
+    /// stops with [`Error::Fenced`]).
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl;
         self
@@ -328,14 +381,18 @@ impl Executor {
                 plan.name()
             )));
         }
-        let lease = self
-            .journal
-            .acquire_lease(plan.name(), &self.holder, self.lease_ttl)
-            .await?;
-        let _renew = self.renew_in_background(plan.name());
-        let span = tracing::info_span!("run", run = %run_id, plan = %plan.name());
+        let (keeper, lease) = LeaseKeeper::acquire(
+            self.journal.clone(),
+            plan.name(),
+            &self.holder,
+            self.lease_ttl,
+        )
+        .await?;
+        let _renew = keeper.renew_in_background();
+        let span =
+            tracing::info_span!("run", run = %run_id, plan = %plan.name(), epoch = lease.epoch);
         async {
-            let mut run = Run::new(self, plan, run_id, cancel, false);
+            let mut run = Run::new(self, plan, run_id, cancel, false, keeper);
             run.append(Entry::RunStarted {
                 plan: plan.name().into(),
                 plan_digest: plan.digest(),
@@ -346,6 +403,7 @@ impl Executor {
             run.append(Entry::LeaseTaken {
                 holder: self.holder.clone(),
                 taken_over_from: lease.taken_over_from,
+                epoch: lease.epoch,
             })
             .await?;
             let report = run.drive().await;
@@ -389,18 +447,41 @@ impl Executor {
         }
         let policy = *policy;
         let state = State::from_records(&records);
+        let lost = self.journal.lost_tail(run_id).await?;
+        // Records lost at the end may have held the outcome: never decide that alone.
+        let resolution = match lost
+            .as_ref()
+            .and_then(|l| state.outcome_maybe_lost(plan, &policy, l).map(|c| (l, c)))
+        {
+            None => None,
+            Some((lost, could_be)) => match self.tail_assumption {
+                None => {
+                    return Err(Error::LostTail {
+                        run_id: run_id.into(),
+                        last_seq: records.last().map(|r| r.seq),
+                        lost: lost.to_string(),
+                        could_be: could_be.into(),
+                    })
+                }
+                Some(assumed) => Some((lost.to_string(), assumed)),
+            },
+        };
         let retention = self.retention_override.unwrap_or(policy.retention);
-        if state.finished() && !state.discard_pending(retention) {
+        if resolution.is_none() && state.finished() && !state.discard_pending(retention) {
             return Ok(RunReport::from_records(plan, run_id, &records));
         }
-        let lease = self
-            .journal
-            .acquire_lease(plan.name(), &self.holder, self.lease_ttl)
-            .await?;
-        let _renew = self.renew_in_background(plan.name());
-        let span = tracing::info_span!("resume", run = %run_id, plan = %plan.name());
+        let (keeper, lease) = LeaseKeeper::acquire(
+            self.journal.clone(),
+            plan.name(),
+            &self.holder,
+            self.lease_ttl,
+        )
+        .await?;
+        let _renew = keeper.renew_in_background();
+        let span =
+            tracing::info_span!("resume", run = %run_id, plan = %plan.name(), epoch = lease.epoch);
         async {
-            let mut run = Run::new(self, plan, run_id, CancellationToken::new(), true);
+            let mut run = Run::new(self, plan, run_id, CancellationToken::new(), true, keeper);
             run.policy = policy;
             if let Some(p) = self.resume_override {
                 run.policy.on_resume = p;
@@ -408,7 +489,17 @@ impl Executor {
             if let Some(r) = self.retention_override {
                 run.policy.retention = r;
             }
-            run.state = state;
+            if let Some((lost, assumed)) = &resolution {
+                tracing::warn!(%lost, %assumed, "the journal lost records at the end of the run; resuming on the assumption given");
+                run.append(Entry::TailLossResolved {
+                    lost: lost.clone(),
+                    assumed: *assumed,
+                })
+                .await?;
+            }
+            // This record fences the run: from here on, the journal refuses the appends of
+            // any earlier runner. Read the run again after it, so that nothing such a runner
+            // wrote before the fence is missed.
             run.append(Entry::Resumed {
                 holder: self.holder.clone(),
             })
@@ -416,8 +507,13 @@ impl Executor {
             run.append(Entry::LeaseTaken {
                 holder: self.holder.clone(),
                 taken_over_from: lease.taken_over_from,
+                epoch: lease.epoch,
             })
             .await?;
+            run.state = State::from_records(&self.journal.records(run_id).await?);
+            if let Some((_, assumed)) = resolution {
+                run.settle_lost_outcome(assumed).await?;
+            }
             let report = run.drive().await;
             self.finish(plan, report).await
         }
@@ -468,30 +564,6 @@ impl Executor {
         });
         tracing::info!(outcome = %report.outcome, "run finished");
         Ok(report)
-    }
-
-    fn renew_in_background(&self, key: &str) -> AbortOnDrop {
-        let (journal, key, holder, ttl) = (
-            self.journal.clone(),
-            key.to_string(),
-            self.holder.clone(),
-            self.lease_ttl,
-        );
-        AbortOnDrop(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(ttl / 3).await;
-                if let Err(e) = journal.acquire_lease(&key, &holder, ttl).await {
-                    tracing::error!(error = %e, "lease renewal failed");
-                }
-            }
-        }))
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -590,6 +662,41 @@ impl State {
         self.committed || self.rolled_back
     }
 
+    /// Whether the run, as its records leave it, would write `committed` next (every step
+    /// applied with a receipt, verified, no rollback started, not a rehearsal).
+    fn commit_may_be_next(&self, plan: &Plan, policy: &RunPolicy) -> bool {
+        !self.finished()
+            && self.rollback.is_none()
+            && !policy.rehearsal
+            && plan
+                .steps()
+                .iter()
+                .all(|s| matches!(self.applied.get(s.id()), Some(Some(_))))
+    }
+
+    /// The outcome that records lost at the end of the run may have held, which resuming
+    /// on the surviving records would contradict: `committed` (resume would roll a
+    /// committed run back) or `rolled_back` (resume would restore again over writes made
+    /// since). `None` when the loss cannot have hidden an outcome.
+    fn outcome_maybe_lost(
+        &self,
+        plan: &Plan,
+        policy: &RunPolicy,
+        lost: &LostTail,
+    ) -> Option<&'static str> {
+        if !self.committed && lost.names_outcome("committed") {
+            return Some("committed");
+        }
+        if !self.rolled_back && lost.names_outcome("rolled_back") {
+            return Some("rolled_back");
+        }
+        let unknown_record = lost.torn_bytes > 0 && lost.torn_kind.is_none();
+        if unknown_record && self.commit_may_be_next(plan, policy) {
+            return Some("committed");
+        }
+        None
+    }
+
     /// Whether the snapshot of `resource` is to be released now under `retention`.
     fn to_release(&self, resource: &str, retention: SnapshotRetention) -> bool {
         self.finished()
@@ -619,7 +726,9 @@ struct Run<'a> {
     resumed: bool,
     policy: RunPolicy,
     state: State,
-    records: Vec<Record>,
+    /// The lease this runner holds: its epoch goes with every append, and it is checked
+    /// before every durable action.
+    lease: Arc<LeaseKeeper>,
     /// Resume cursors: from the journal, plus those saved by steps in this process.
     cursors: Arc<std::sync::Mutex<BTreeMap<String, serde_json::Value>>>,
 }
@@ -639,6 +748,7 @@ impl<'a> Run<'a> {
         run_id: &str,
         cancel: CancellationToken,
         resumed: bool,
+        lease: Arc<LeaseKeeper>,
     ) -> Self {
         Run {
             ex,
@@ -648,17 +758,92 @@ impl<'a> Run<'a> {
             resumed,
             policy: ex.policy,
             state: State::default(),
-            records: Vec::new(),
+            lease,
             cursors: Arc::default(),
         }
     }
 
+    /// Journal `entry` under this runner's epoch. A refusal ([`Error::Fenced`]) stops the
+    /// runner: the caller returns it at once.
     async fn append(&mut self, entry: Entry) -> Result<()> {
         tracing::debug!(kind = entry.kind(), "journal");
-        let rec = self.ex.journal.append(&self.run_id, &entry).await?;
+        let rec = self
+            .ex
+            .journal
+            .append(&self.run_id, &entry, self.lease.fence().epoch)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, Error::Fenced { .. }) {
+                    self.lease.mark_lost();
+                }
+            })?;
         self.state.fold(&rec.entry);
-        self.records.push(rec);
         Ok(())
+    }
+
+    /// Immediately before a durable action: the lease must still be this runner's.
+    async fn ensure_lease(&self) -> Result<()> {
+        self.lease.ensure().await
+    }
+
+    /// The outcome of a trait call, with a panic turned into [`Error::Panicked`] and a
+    /// fencing refusal pulled out as the outer error (the runner stops; nothing more is
+    /// done or journaled).
+    async fn call<T>(
+        &self,
+        operation: impl FnOnce() -> String,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<Result<T>> {
+        let res = match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(r) => r,
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                let operation = operation();
+                tracing::error!(%operation, %message, "caught a panic; treating it as a failure of the call");
+                Err(Error::Panicked { operation, message })
+            }
+        };
+        match res {
+            Err(e @ Error::Fenced { .. }) => {
+                self.lease.mark_lost();
+                Err(e)
+            }
+            r => Ok(r),
+        }
+    }
+
+    /// After an explicit assumption about a lost outcome: record that outcome again, or
+    /// carry on from the surviving records.
+    async fn settle_lost_outcome(&mut self, assumed: TailAssumption) -> Result<()> {
+        match assumed {
+            TailAssumption::Committed if !self.state.finished() => {
+                self.append(Entry::Committed).await
+            }
+            TailAssumption::RolledBack if !self.state.finished() => {
+                if self.state.rollback.is_none() {
+                    let plan = self.plan;
+                    self.append(Entry::RollbackStarted {
+                        reason: "the journal lost the run's last records; assumed rolled back"
+                            .into(),
+                        steps: plan.steps().iter().map(|s| s.id().to_string()).collect(),
+                        checkpoints: plan
+                            .checkpoints()
+                            .iter()
+                            .map(|c| c.resource().to_string())
+                            .collect(),
+                    })
+                    .await?;
+                }
+                let partial = self.state.applied.keys().any(|s| {
+                    self.state
+                        .rollback
+                        .as_ref()
+                        .is_some_and(|(_, scope, _)| !scope.contains(s))
+                });
+                self.append(Entry::RolledBack { partial }).await
+            }
+            _ => Ok(()),
+        }
     }
 
     fn emit(&self, e: RunEvent) {
@@ -673,6 +858,7 @@ impl<'a> Run<'a> {
             self.ex.journal.clone(),
             Arc::new(self.state.baseline.clone()),
             self.cursors.clone(),
+            self.lease.clone(),
         )
     }
 
@@ -745,9 +931,16 @@ impl<'a> Run<'a> {
                 checkpoint: resource.clone(),
             })
             .await?;
+            self.ensure_lease().await?;
             let t = Instant::now();
             let span = tracing::info_span!("capture", resource = %resource);
-            let snap = c.checkpoint.capture(&self.ctx()).instrument(span).await;
+            let ctx = self.ctx();
+            let snap = self
+                .call(
+                    || format!("capture {resource}"),
+                    c.checkpoint.capture(&ctx).instrument(span),
+                )
+                .await?;
             match snap {
                 Ok(snapshot) => {
                     let ms = t.elapsed().as_millis() as u64;
@@ -842,11 +1035,15 @@ impl<'a> Run<'a> {
                 attempt,
                 reversibility: ps.step.reversibility(),
             });
+            self.ensure_lease().await?;
             let ctx = self.ctx().with_step(&id);
             let t = Instant::now();
-            let res = with_timeout(ps.options, &id, ps.step.apply(&ctx))
-                .instrument(span.clone())
-                .await;
+            let res = self
+                .call(
+                    || format!("apply {id}"),
+                    with_timeout(ps.options, &id, ps.step.apply(&ctx)).instrument(span.clone()),
+                )
+                .await?;
             let ms = t.elapsed().as_millis() as u64;
             match res {
                 Ok(receipt) => {
@@ -901,7 +1098,13 @@ impl<'a> Run<'a> {
         let mut attempt = 0;
         let verdict = loop {
             attempt += 1;
-            match v.verify(&ctx).instrument(span.clone()).await {
+            let res = self
+                .call(
+                    || format!("verifier {}", v.id()),
+                    v.verify(&ctx).instrument(span.clone()),
+                )
+                .await?;
+            match res {
                 Ok(verdict) => break verdict,
                 Err(e) if e.is_transient() && attempt < 3 => {
                     tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
@@ -1162,12 +1365,15 @@ impl<'a> Run<'a> {
             let Some(snapshot) = self.state.baseline.get(&resource).cloned() else {
                 continue;
             };
+            self.ensure_lease().await?;
             let span = tracing::info_span!("discard", resource = %resource);
-            let res = pc
-                .checkpoint
-                .discard(&snapshot, &self.ctx())
-                .instrument(span)
-                .await;
+            let ctx = self.ctx();
+            let res = self
+                .call(
+                    || format!("discard {resource}"),
+                    pc.checkpoint.discard(&snapshot, &ctx).instrument(span),
+                )
+                .await?;
             let error = match res {
                 Ok(()) => {
                     tracing::info!(%resource, snapshot = %snapshot.id, "snapshot discarded");
@@ -1252,11 +1458,15 @@ impl<'a> Run<'a> {
                 attempt,
                 reversibility: ps.step.reversibility(),
             });
+            self.ensure_lease().await?;
             let ctx = self.ctx().with_step(&id);
             let t = Instant::now();
-            let res = with_timeout(opts, &id, ps.step.revert(receipt, &ctx))
-                .instrument(span.clone())
-                .await;
+            let res = self
+                .call(
+                    || format!("revert {id}"),
+                    with_timeout(opts, &id, ps.step.revert(receipt, &ctx)).instrument(span.clone()),
+                )
+                .await?;
             let ms = t.elapsed().as_millis() as u64;
             match res {
                 Ok(()) => {
@@ -1315,7 +1525,13 @@ impl<'a> Run<'a> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let err = match cp.fingerprint(&ctx).instrument(span.clone()).await {
+            let fingerprint = self
+                .call(
+                    || format!("fingerprint {resource}"),
+                    cp.fingerprint(&ctx).instrument(span.clone()),
+                )
+                .await?;
+            let err = match fingerprint {
                 Err(e) => e,
                 Ok(fp) => {
                     let mut restore_err = None;
@@ -1324,8 +1540,15 @@ impl<'a> Run<'a> {
                             checkpoint: resource.clone(),
                         })
                         .await?;
+                        self.ensure_lease().await?;
                         let t = Instant::now();
-                        match cp.restore(snapshot, &ctx).instrument(span.clone()).await {
+                        let restored = self
+                            .call(
+                                || format!("restore {resource}"),
+                                cp.restore(snapshot, &ctx).instrument(span.clone()),
+                            )
+                            .await?;
+                        match restored {
                             Ok(how) => {
                                 let ms = t.elapsed().as_millis() as u64;
                                 self.emit(RunEvent::CheckpointRestored {
@@ -1344,32 +1567,39 @@ impl<'a> Run<'a> {
                             Err(e) => restore_err = Some(e),
                         }
                     }
-                    match restore_err {
-                        Some(e) => e,
-                        None => match cp.fingerprint(&ctx).instrument(span.clone()).await {
-                            Err(e) => e,
-                            Ok(actual) => {
-                                let ok = actual == snapshot.fingerprint;
-                                self.emit(RunEvent::Parity {
-                                    resource: resource.clone(),
-                                    ok,
-                                });
-                                self.append(Entry::Parity {
-                                    checkpoint: resource.clone(),
-                                    expected: snapshot.fingerprint,
-                                    actual,
-                                })
-                                .await?;
-                                if ok {
-                                    return Ok(Ok(()));
-                                }
-                                Error::conflict(format!(
+                    let after = match restore_err {
+                        Some(e) => Err(e),
+                        None => {
+                            self.call(
+                                || format!("fingerprint {resource}"),
+                                cp.fingerprint(&ctx).instrument(span.clone()),
+                            )
+                            .await?
+                        }
+                    };
+                    match after {
+                        Err(e) => e,
+                        Ok(actual) => {
+                            let ok = actual == snapshot.fingerprint;
+                            self.emit(RunEvent::Parity {
+                                resource: resource.clone(),
+                                ok,
+                            });
+                            self.append(Entry::Parity {
+                                checkpoint: resource.clone(),
+                                expected: snapshot.fingerprint,
+                                actual,
+                            })
+                            .await?;
+                            if ok {
+                                return Ok(Ok(()));
+                            }
+                            Error::conflict(format!(
                                     "{resource} differs from its baseline after restore (fingerprint {} != {})",
                                     actual.short(),
                                     snapshot.fingerprint.short()
                                 ))
-                            }
-                        },
+                        }
                     }
                 }
             };
@@ -1389,6 +1619,14 @@ impl<'a> Run<'a> {
             tokio::time::sleep(Duration::from_millis(50u64 << attempt.min(6))).await;
         }
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-string payload".into())
 }
 
 fn backoff(opts: StepOptions, attempt: u32) -> Duration {

@@ -43,6 +43,7 @@ mod error;
 pub mod events;
 mod executor;
 pub mod journal;
+mod lease;
 pub mod plan;
 pub mod report;
 mod step;
@@ -62,6 +63,8 @@ pub use events::{Notice, Notifier, RunEvent};
 pub use executor::{
     Executor, Rehearsal, ResumePolicy, RollbackScope, RunPolicy, SnapshotRetention,
 };
+pub use journal::TailAssumption;
+pub use lease::Fence;
 pub use plan::{Objectives, Plan, PlanBuilder, PlanError, StepOptions, Trigger, ROLLBACK_LEAD};
 pub use report::{Outcome, RunReport};
 pub use step::{Receipt, Reversibility, Step};

@@ -90,6 +90,15 @@ pub enum PlanError {
         /// Plan name.
         plan: String,
     },
+    /// A name that keys journals, leases or reports is empty (or only whitespace): the
+    /// plan's name, a step id, a verifier id, a checkpoint's resource.
+    #[error("plan {plan:?}: {what} is empty")]
+    EmptyName {
+        /// Plan name.
+        plan: String,
+        /// What is empty: `plan name`, `a step id`, `a verifier id`, `a checkpoint resource`.
+        what: String,
+    },
 }
 
 /// Per-step execution options.
@@ -671,6 +680,29 @@ impl PlanBuilder {
     /// restore-only steps without a covering checkpoint, unapproved irreversible steps.
     pub fn build(self) -> Result<Plan, PlanError> {
         let plan = self.name.clone();
+        let empty = |what: &str| PlanError::EmptyName {
+            plan: plan.clone(),
+            what: what.into(),
+        };
+        let blank = |s: &str| s.trim().is_empty();
+        if blank(&plan) {
+            return Err(empty("plan name"));
+        }
+        if self.steps.iter().any(|s| blank(s.id())) {
+            return Err(empty("a step id"));
+        }
+        if self.checkpoints.iter().any(|c| blank(c.resource())) {
+            return Err(empty("a checkpoint resource"));
+        }
+        let verifiers = self
+            .preconditions
+            .iter()
+            .chain(self.post_step.iter().map(|(_, v)| v))
+            .chain(self.finals.iter())
+            .chain(self.triggers.iter().map(|t| &t.verifier));
+        if verifiers.clone().any(|v| blank(v.id())) {
+            return Err(empty("a verifier id"));
+        }
         if self.steps.is_empty() {
             return Err(PlanError::Empty { plan });
         }
@@ -693,13 +725,7 @@ impl PlanBuilder {
             }
         }
         let mut vids = BTreeSet::new();
-        let all_verifiers = self
-            .preconditions
-            .iter()
-            .chain(self.post_step.iter().map(|(_, v)| v))
-            .chain(self.finals.iter())
-            .chain(self.triggers.iter().map(|t| &t.verifier));
-        for v in all_verifiers {
+        for v in verifiers {
             if !vids.insert(v.id().to_string()) {
                 return Err(PlanError::DuplicateVerifier {
                     plan,

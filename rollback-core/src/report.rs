@@ -181,6 +181,10 @@ pub struct RunReport {
     pub resumes: u32,
     /// Lease takeovers from expired holders.
     pub lease_takeovers: Vec<String>,
+    /// What the journal lost or repaired at the end of the run (a torn record dropped, a
+    /// lost tail and the assumption resume was told to make).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub journal_repairs: Vec<String>,
     /// Irreversible steps approved to stay, with the reasons given.
     pub approvals: BTreeMap<String, String>,
     /// The plan's declared recovery objectives.
@@ -211,6 +215,7 @@ impl RunReport {
         let mut rollback_failed: Option<(Vec<String>, String)> = None;
         let mut resumes = 0;
         let mut takeovers = Vec::new();
+        let mut journal_repairs = Vec::new();
         let mut verdicts = Vec::new();
         let mut steps: BTreeMap<String, StepReport> = plan
             .steps()
@@ -277,14 +282,32 @@ impl RunReport {
                 Entry::LeaseTaken {
                     holder,
                     taken_over_from,
+                    epoch,
                 } => {
                     if let Some(prev) = taken_over_from {
-                        takeovers.push(format!("{holder} took over from {prev}"));
+                        takeovers.push(format!("{holder} took over from {prev} (epoch {epoch})"));
                     }
                     match taken_over_from {
-                        Some(p) => format!("lease taken by {holder} over expired {p}"),
-                        None => format!("lease taken by {holder}"),
+                        Some(p) => {
+                            format!("lease taken by {holder} over expired {p}, epoch {epoch}")
+                        }
+                        None => format!("lease taken by {holder}, epoch {epoch}"),
                     }
+                }
+                Entry::TailTruncated { bytes, kind } => {
+                    let what = format!(
+                        "the journal dropped {bytes} bytes of a record cut short ({})",
+                        kind.as_deref().unwrap_or("type unreadable")
+                    );
+                    journal_repairs.push(what.clone());
+                    what
+                }
+                Entry::TailLossResolved { lost, assumed } => {
+                    let what = format!(
+                        "the journal lost {lost}; resumed on the explicit assumption: {assumed}"
+                    );
+                    journal_repairs.push(what.clone());
+                    what
                 }
                 Entry::Resumed { holder } => {
                     resumes += 1;
@@ -549,6 +572,7 @@ impl RunReport {
             rollback_checkpoints: scope_cps,
             resumes,
             lease_takeovers: takeovers,
+            journal_repairs,
             approvals: plan.approvals.clone(),
             objectives: plan.objectives(),
             rto_met: rto_ms
@@ -657,6 +681,9 @@ impl RunReport {
         }
         for t in &self.lease_takeovers {
             let _ = writeln!(m, "| lease takeover | {} |", md(t));
+        }
+        for t in &self.journal_repairs {
+            let _ = writeln!(m, "| **journal** | {} |", md(t));
         }
         if !self.remaining.is_empty() {
             let _ = writeln!(m, "\n## Left undone (resume to continue)\n");

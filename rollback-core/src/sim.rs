@@ -47,6 +47,11 @@ pub type ResourceState = BTreeMap<String, String>;
 
 /// A simulated world of resources, with snapshot storage, apply markers and faults.
 /// Cheap to clone (shared).
+///
+/// Its steps and restores fence their writes: each write checks the runner's
+/// [`Context::fence`] against the newest epoch the world has seen for the lease key, in
+/// the same critical section as the write, and refuses an older runner with
+/// [`Error::Fenced`] — what an adapter over a real backend does in its transaction.
 #[derive(Clone, Default)]
 pub struct SimWorld {
     inner: Arc<Mutex<World>>,
@@ -71,6 +76,23 @@ struct World {
     faults: FaultState,
     rng: u64,
     snapshot_counter: u64,
+    /// Lease key → the newest fencing epoch that wrote here (see [`Context::fence`]).
+    fences: BTreeMap<String, u64>,
+}
+
+impl World {
+    /// The adapter's half of fencing: refuse a write by a runner older than the newest
+    /// one seen for its lease key, atomically with the write (the caller holds the lock).
+    fn admit(&mut self, ctx: &Context) -> Result<()> {
+        if let Some(f) = ctx.fence() {
+            let seen = self.fences.entry(f.key.clone()).or_insert(0);
+            if f.epoch < *seen {
+                return Err(f.stale(*seen));
+            }
+            *seen = f.epoch;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -324,7 +346,7 @@ impl Checkpoint for SimCheckpoint {
         })
     }
 
-    async fn restore(&self, snapshot: &Snapshot, _ctx: &Context) -> Result<Restored> {
+    async fn restore(&self, snapshot: &Snapshot, ctx: &Context) -> Result<Restored> {
         snapshot.ensure_resource(&self.resource)?;
         let key = snapshot
             .descriptor
@@ -333,6 +355,7 @@ impl Checkpoint for SimCheckpoint {
             .unwrap_or(&snapshot.id)
             .to_string();
         let mut g = self.world.lock();
+        g.admit(ctx)?;
         if take(&mut g.faults.fail_restore, &self.resource) {
             return Err(Error::transient(
                 format!("injected restore failure of {}", self.resource),
@@ -467,6 +490,7 @@ impl Step for SetKey {
     async fn apply(&self, ctx: &Context) -> Result<Receipt> {
         let uncertain = self.injected(ctx).await?;
         let mut g = self.world.lock();
+        g.admit(ctx)?;
         let marker = (ctx.run_id().to_string(), self.id.clone());
         let receipt = match g.markers.get(&marker) {
             Some(r) => r.clone(), // already applied in this run: idempotent
@@ -492,6 +516,7 @@ impl Step for SetKey {
 
     async fn revert(&self, receipt: Option<&Receipt>, ctx: &Context) -> Result<()> {
         let mut g = self.world.lock();
+        g.admit(ctx)?;
         if take(&mut g.faults.fail_revert, &self.id) {
             return Err(Error::transient(
                 format!("injected failure reverting {}", self.id),
@@ -550,6 +575,7 @@ impl Step for SendMessage {
     }
     async fn apply(&self, ctx: &Context) -> Result<Receipt> {
         let mut g = self.world.lock();
+        g.admit(ctx)?;
         let marker = (ctx.run_id().to_string(), self.id.clone());
         if !g.markers.contains_key(&marker) {
             g.outbox.push(self.message.clone());
@@ -696,7 +722,7 @@ impl CrashAfter {
 
 #[async_trait]
 impl Journal for CrashAfter {
-    async fn append(&self, run_id: &str, entry: &Entry) -> Result<Record> {
+    async fn append(&self, run_id: &str, entry: &Entry, epoch: u64) -> Result<Record> {
         let ok = self
             .remaining
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -707,10 +733,13 @@ impl Journal for CrashAfter {
                 entry.kind()
             )));
         }
-        self.inner.append(run_id, entry).await
+        self.inner.append(run_id, entry, epoch).await
     }
     async fn records(&self, run_id: &str) -> Result<Vec<Record>> {
         self.inner.records(run_id).await
+    }
+    async fn lost_tail(&self, run_id: &str) -> Result<Option<crate::journal::LostTail>> {
+        self.inner.lost_tail(run_id).await
     }
     async fn runs(&self) -> Result<Vec<String>> {
         self.inner.runs().await

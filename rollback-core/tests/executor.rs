@@ -1085,3 +1085,145 @@ async fn recovery_objectives_and_owners_reach_the_dry_run_report_and_notices() {
         assert_eq!(report.rto_met, Some(true), "0 ms within a 0 ms target");
     }
 }
+
+/// A step that makes its change, then panics (the effect happened; the panic says
+/// nothing about it).
+struct PanicsAfterApplying(SetKey);
+
+#[async_trait::async_trait]
+impl rollback_core::Step for PanicsAfterApplying {
+    fn id(&self) -> &str {
+        self.0.id()
+    }
+    fn reversibility(&self) -> rollback_core::Reversibility {
+        self.0.reversibility()
+    }
+    fn touches(&self) -> Vec<String> {
+        self.0.touches()
+    }
+    async fn apply(
+        &self,
+        ctx: &rollback_core::Context,
+    ) -> rollback_core::Result<rollback_core::Receipt> {
+        self.0.apply(ctx).await?;
+        panic!("boom in {}", self.0.id());
+    }
+    async fn revert(
+        &self,
+        receipt: Option<&rollback_core::Receipt>,
+        ctx: &rollback_core::Context,
+    ) -> rollback_core::Result<()> {
+        self.0.revert(receipt, ctx).await
+    }
+}
+
+struct PanickingVerifier;
+
+#[async_trait::async_trait]
+impl rollback_core::Verifier for PanickingVerifier {
+    fn id(&self) -> &str {
+        "panics"
+    }
+    async fn verify(
+        &self,
+        _ctx: &rollback_core::Context,
+    ) -> rollback_core::Result<rollback_core::Verdict> {
+        let v: Option<u8> = None;
+        v.expect("the verifier's own bug");
+        unreachable!()
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_step_is_rolled_back_in_the_same_process_and_the_lease_released() {
+    let w = world();
+    let baseline = w.snapshot_state();
+    let plan = Plan::builder("panics")
+        .checkpoint("database", w.checkpoint("db"))
+        .step("database", SetKey::new("ok", &w, "db", "schema", "v2"), &[])
+        .step(
+            "database",
+            PanicsAfterApplying(SetKey::new("bad", &w, "db", "name", "X")),
+            &["ok"],
+        )
+        .build()
+        .unwrap();
+    let journal = Arc::new(MemoryJournal::new());
+    let report = Executor::with_journal(journal.clone())
+        .holder("a")
+        .run(&plan)
+        .await
+        .expect("the panic does not unwind out of run()");
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert!(report.parity_proven());
+    assert_eq!(w.snapshot_state(), baseline);
+    let bad = report.steps.iter().find(|s| s.id == "bad").unwrap();
+    let err = bad.last_error.as_deref().unwrap();
+    assert!(
+        err.contains("panicked") && err.contains("boom in bad"),
+        "{err}"
+    );
+    assert!(report
+        .rollback_reason
+        .as_deref()
+        .unwrap()
+        .contains("boom in bad"));
+    // The lease was released at once: another runner starts without waiting for its TTL.
+    let again = Executor::with_journal(journal).holder("b").run(&plan).await;
+    assert!(again.is_ok(), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_panicking_verifier_is_an_inconclusive_verdict_that_rolls_back() {
+    let w = world();
+    let baseline = w.snapshot_state();
+    let plan = Plan::builder("panicking-verifier")
+        .checkpoint("database", w.checkpoint("db"))
+        .step("database", SetKey::new("s", &w, "db", "schema", "v2"), &[])
+        .verify_after("s", PanickingVerifier)
+        .build()
+        .unwrap();
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert_eq!(w.snapshot_state(), baseline);
+    let v = &report.verdicts[0];
+    assert_eq!(v.verdict.status, rollback_core::Status::Inconclusive);
+    assert!(
+        v.verdict.summary.contains("the verifier's own bug"),
+        "{}",
+        v.verdict.summary
+    );
+}
+
+#[test]
+fn plan_refuses_empty_names() {
+    let w = world();
+    let err = Plan::builder("")
+        .step("db", SetKey::new("s", &w, "db", "k", "v"), &[])
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, PlanError::EmptyName { what, .. } if what == "plan name"),
+        "{err}"
+    );
+    let err = Plan::builder("p")
+        .step("db", SetKey::new(" ", &w, "db", "k", "v"), &[])
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, PlanError::EmptyName { what, .. } if what == "a step id"),
+        "{err}"
+    );
+    let err = Plan::builder("p")
+        .checkpoint("db", w.checkpoint(""))
+        .step("db", SetKey::new("s", &w, "db", "k", "v"), &[])
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, PlanError::EmptyName { what, .. } if what == "a checkpoint resource"),
+        "{err}"
+    );
+}

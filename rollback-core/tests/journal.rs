@@ -27,6 +27,7 @@ fn entries(n: usize) -> Vec<Entry> {
         Entry::LeaseTaken {
             holder: "holder-a".into(),
             taken_over_from: None,
+            epoch: 1,
         },
         Entry::CaptureIntent {
             checkpoint: "db".into(),
@@ -70,7 +71,7 @@ fn entries(n: usize) -> Vec<Entry> {
 async fn write_run(j: &dyn Journal, run: &str, n: usize) -> Vec<Record> {
     let mut out = Vec::new();
     for e in entries(n) {
-        out.push(j.append(run, &e).await.expect("append"));
+        out.push(j.append(run, &e, 0).await.expect("append"));
     }
     out
 }
@@ -133,7 +134,10 @@ async fn file_journal_records_survive_reopen_with_a_verified_chain() {
         assert_eq!(pair[1].prev, pair[0].hash);
     }
     // The reopened journal continues the same chain.
-    let next = reopened.append("run-1", &Entry::Committed).await.unwrap();
+    let next = reopened
+        .append("run-1", &Entry::Committed, 0)
+        .await
+        .unwrap();
     assert_eq!(next.seq, 20);
     assert_eq!(next.prev, written[19].hash);
     let again = FileJournal::open(dir.path()).unwrap();
@@ -180,6 +184,7 @@ fn next_line(run: &str, last: &Record) -> Vec<u8> {
         last.seq + 1,
         last.at_ms + 1,
         last.hash,
+        0,
         Entry::ApplyIntent {
             step: "torn-step".into(),
             attempt: 1,
@@ -191,7 +196,7 @@ fn next_line(run: &str, last: &Record) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn torn_last_record_cut_anywhere_is_truncated_and_the_run_continues() {
+async fn a_torn_last_record_is_left_out_of_reads_without_changing_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let run = "torn-run";
     let j = FileJournal::open(dir.path()).unwrap();
@@ -199,9 +204,11 @@ async fn torn_last_record_cut_anywhere_is_truncated_and_the_run_continues() {
     let path = run_file(dir.path(), run);
     let good = std::fs::read(&path).unwrap();
     let partial = next_line(run, written.last().unwrap());
-    // Every cut of the next record short of its newline (even the complete JSON without
-    // its newline) is a write that never returned: it is dropped.
-    for cut in 1..partial.len() {
+    let json_len = partial.len() - 1;
+    let kind_at = find(&partial, b"apply_intent\"").unwrap() + "apply_intent\"".len();
+    // Every cut of the next record short of its whole JSON is a write that never
+    // returned: reads leave it out and change nothing; lost_tail tells what it was.
+    for cut in 1..json_len {
         let mut bytes = good.clone();
         bytes.extend_from_slice(&partial[..cut]);
         std::fs::write(&path, &bytes).unwrap();
@@ -211,34 +218,59 @@ async fn torn_last_record_cut_anywhere_is_truncated_and_the_run_continues() {
             .await
             .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
         assert_eq!(read, written, "cut at {cut}");
+        let lost = fresh.lost_tail(run).await.unwrap().expect("a torn tail");
+        assert_eq!(lost.torn_bytes, cut as u64, "cut at {cut}");
+        let want_kind = (cut >= kind_at).then(|| "apply_intent".to_string());
+        assert_eq!(lost.torn_kind, want_kind, "cut at {cut}");
+        assert_eq!(lost.witnessed, None);
         assert_eq!(
             std::fs::read(&path).unwrap(),
-            good,
-            "cut at {cut}: the torn tail is truncated away on read"
+            bytes,
+            "cut at {cut}: reading changed the file"
         );
     }
-    // After a torn tail the run goes on with a valid chain.
-    let mut bytes = good.clone();
-    bytes.extend_from_slice(&partial[..partial.len() / 2]);
-    std::fs::write(&path, &bytes).unwrap();
+    // The whole JSON without its newline was written in full: it is a record.
+    std::fs::write(&path, [&good[..], &partial[..json_len]].concat()).unwrap();
     let fresh = FileJournal::open(dir.path()).unwrap();
-    assert_eq!(fresh.records(run).await.unwrap().len(), 6);
-    let rec = fresh.append(run, &Entry::Committed).await.unwrap();
-    assert_eq!(rec.seq, 6);
-    assert_eq!(rec.prev, written[5].hash);
-    assert_chain(
-        run,
-        &FileJournal::open(dir.path())
-            .unwrap()
-            .records(run)
-            .await
-            .unwrap(),
-        7,
-    );
+    assert_eq!(fresh.records(run).await.unwrap().len(), 7);
+    assert_eq!(fresh.lost_tail(run).await.unwrap(), None);
+    let rec = fresh.append(run, &Entry::Committed, 0).await.unwrap();
+    assert_eq!(rec.seq, 7);
+    assert_chain(run, &fresh.records(run).await.unwrap(), 8);
 }
 
 #[tokio::test]
-async fn torn_tail_of_nul_bytes_is_truncated_and_the_run_continues() {
+async fn the_next_append_drops_a_torn_tail_and_records_that_it_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = "torn-append";
+    let j = FileJournal::open(dir.path()).unwrap();
+    let written = write_run(&j, run, 6).await;
+    let path = run_file(dir.path(), run);
+    let good = std::fs::read(&path).unwrap();
+    let partial = next_line(run, written.last().unwrap());
+    // Cut past the entry's type, so the truncation record can name it.
+    let cut = find(&partial, b"apply_intent\"").unwrap() + 20;
+    std::fs::write(&path, [&good[..], &partial[..cut]].concat()).unwrap();
+    let fresh = FileJournal::open(dir.path()).unwrap();
+    let rec = fresh.append(run, &Entry::Committed, 0).await.unwrap();
+    assert_eq!(rec.seq, 7);
+    let read = FileJournal::open(dir.path())
+        .unwrap()
+        .records(run)
+        .await
+        .unwrap();
+    assert_chain(run, &read, 8);
+    assert_eq!(&read[..6], &written[..]);
+    assert!(
+        matches!(&read[6].entry, Entry::TailTruncated { bytes, kind: Some(k) } if *bytes == cut as u64 && k == "apply_intent"),
+        "{:?}",
+        read[6].entry
+    );
+    assert_eq!(fresh.lost_tail(run).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_torn_tail_of_nul_bytes_is_reported_then_dropped_by_the_next_append() {
     let dir = tempfile::tempdir().unwrap();
     let run = "nul-run";
     let j = FileJournal::open(dir.path()).unwrap();
@@ -254,21 +286,32 @@ async fn torn_tail_of_nul_bytes_is_truncated_and_the_run_continues() {
         [&partial[..37], &[0u8; 500][..]].concat(),
     ];
     for (i, tail) in tails.iter().enumerate() {
-        std::fs::write(&path, [&good[..], &tail[..]].concat()).unwrap();
+        let bytes = [&good[..], &tail[..]].concat();
+        std::fs::write(&path, &bytes).unwrap();
         let fresh = FileJournal::open(dir.path()).unwrap();
         assert_eq!(fresh.records(run).await.unwrap(), written, "tail {i}");
-        assert_eq!(std::fs::read(&path).unwrap(), good, "tail {i} truncated");
+        let lost = fresh.lost_tail(run).await.unwrap().expect("torn");
+        assert_eq!(lost.torn_bytes, tail.len() as u64, "tail {i}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "tail {i} untouched");
     }
-    // Append straight after a NUL tail, without reading first: the writer truncates it.
+    // Append straight after a NUL tail, without reading first: the writer drops it.
     std::fs::write(&path, [&good[..], &[0u8; 64][..]].concat()).unwrap();
     let fresh = FileJournal::open(dir.path()).unwrap();
-    let rec = fresh.append(run, &Entry::Committed).await.unwrap();
-    assert_eq!((rec.seq, rec.prev), (5, written[4].hash));
-    assert_chain(run, &fresh.records(run).await.unwrap(), 6);
+    let rec = fresh.append(run, &Entry::Committed, 0).await.unwrap();
+    let read = fresh.records(run).await.unwrap();
+    assert_chain(run, &read, 7);
+    assert!(matches!(
+        read[5].entry,
+        Entry::TailTruncated {
+            bytes: 64,
+            kind: None
+        }
+    ));
+    assert_eq!((rec.seq, rec.prev), (6, read[5].hash));
 }
 
 #[tokio::test]
-async fn a_writer_that_cached_the_head_still_truncates_a_torn_tail_before_appending() {
+async fn a_writer_that_cached_the_head_still_drops_a_torn_tail_before_appending() {
     let dir = tempfile::tempdir().unwrap();
     let run = "cached-head";
     let j = FileJournal::open(dir.path()).unwrap();
@@ -282,31 +325,39 @@ async fn a_writer_that_cached_the_head_still_truncates_a_torn_tail_before_append
         .unwrap();
     std::io::Write::write_all(&mut f, &partial[..20]).unwrap();
     drop(f);
-    let rec = j.append(run, &Entry::Committed).await.unwrap();
-    assert_eq!(rec.seq, 4);
-    assert_chain(
-        run,
-        &FileJournal::open(dir.path())
-            .unwrap()
-            .records(run)
-            .await
-            .unwrap(),
-        5,
-    );
+    let rec = j.append(run, &Entry::Committed, 0).await.unwrap();
+    assert_eq!(rec.seq, 5);
+    let read = FileJournal::open(dir.path())
+        .unwrap()
+        .records(run)
+        .await
+        .unwrap();
+    assert_chain(run, &read, 6);
+    assert!(matches!(
+        read[4].entry,
+        Entry::TailTruncated { bytes: 20, .. }
+    ));
 }
 
 #[tokio::test]
 async fn a_run_whose_only_record_is_torn_starts_again_from_seq_zero() {
     let dir = tempfile::tempdir().unwrap();
     let run = "only-torn";
-    let rec = Record::seal(run, 0, 1, Digest::default(), Entry::Committed);
+    let rec = Record::seal(run, 0, 1, Digest::default(), 0, Entry::Committed);
     let line = serde_json::to_vec(&rec).unwrap();
     std::fs::write(run_file(dir.path(), run), &line[..line.len() / 2]).unwrap();
     let j = FileJournal::open(dir.path()).unwrap();
     assert!(j.records(run).await.unwrap().is_empty());
-    let first = j.append(run, &Entry::Committed).await.unwrap();
-    assert_eq!((first.seq, first.prev), (0, Digest::default()));
-    assert_chain(run, &j.records(run).await.unwrap(), 1);
+    let first = j.append(run, &Entry::Committed, 0).await.unwrap();
+    // seq 0 records the dropped bytes; the new record follows it.
+    assert_eq!(first.seq, 1);
+    let read = j.records(run).await.unwrap();
+    assert_chain(run, &read, 2);
+    assert!(matches!(read[0].entry, Entry::TailTruncated { .. }));
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -481,7 +532,7 @@ async fn reordered_duplicated_or_deleted_records_are_out_of_order() {
         // The writer refuses to extend a broken chain too.
         let err = FileJournal::open(dir.path())
             .unwrap()
-            .append(run, &Entry::Committed)
+            .append(run, &Entry::Committed, 0)
             .await
             .expect_err(what);
         assert!(matches!(err, Error::Journal(_)), "{what}: {err:?}");
@@ -566,8 +617,8 @@ async fn verdicts_with_non_finite_values_keep_the_journal_readable() {
             phase: "soak".into(),
             verdict: Verdict::pass("no traffic").with_value(v),
         };
-        file.append(&run, &entry).await.unwrap();
-        file.append(&run, &Entry::Committed).await.unwrap();
+        file.append(&run, &entry, 0).await.unwrap();
+        file.append(&run, &Entry::Committed, 0).await.unwrap();
         let recs = FileJournal::open(dir.path())
             .unwrap()
             .records(&run)
@@ -610,7 +661,7 @@ async fn verdict_values_of_every_finite_float_read_back_from_the_file_journal() 
             phase: "soak".into(),
             verdict: Verdict::fail("errors").with_value(*v),
         };
-        file.append(&run, &entry).await.unwrap();
+        file.append(&run, &entry, 0).await.unwrap();
         if file.records(&run).await.is_err() {
             unreadable.push(*v);
         }
@@ -648,7 +699,7 @@ async fn run_ids_that_are_not_safe_file_names_are_refused() {
         long.as_str(),
     ];
     for run in bad {
-        let err = j.append(run, &Entry::Committed).await.unwrap_err();
+        let err = j.append(run, &Entry::Committed, 0).await.unwrap_err();
         assert!(matches!(err, Error::Invalid { .. }), "{run:?}: {err:?}");
         let err = j.records(run).await.unwrap_err();
         assert!(matches!(err, Error::Invalid { .. }), "{run:?}: {err:?}");
@@ -661,80 +712,13 @@ async fn run_ids_that_are_not_safe_file_names_are_refused() {
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     let ok = "x".repeat(128);
     for run in ["run-1", "Tenant_42.retry-3", ok.as_str()] {
-        j.append(run, &Entry::Committed).await.unwrap();
+        j.append(run, &Entry::Committed, 0).await.unwrap();
         assert_eq!(j.records(run).await.unwrap().len(), 1);
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // leases
-
-async fn lease_rules(j: &dyn Journal) {
-    let ttl = Duration::from_millis(400);
-    let a = j.acquire_lease("plan-x", "alice", ttl).await.unwrap();
-    assert_eq!(
-        (a.holder.as_str(), a.taken_over_from.as_deref()),
-        ("alice", None)
-    );
-
-    // Held by another: refused, saying by whom and for how long.
-    match j.acquire_lease("plan-x", "bob", ttl).await {
-        Err(Error::LeaseHeld {
-            key,
-            holder,
-            remaining_ms,
-        }) => {
-            assert_eq!((key.as_str(), holder.as_str()), ("plan-x", "alice"));
-            assert!(remaining_ms > 0 && remaining_ms <= 400, "{remaining_ms}");
-        }
-        other => panic!("expected LeaseHeld, got {other:?}"),
-    }
-    // Other keys are independent.
-    j.acquire_lease("plan-y", "bob", ttl).await.unwrap();
-
-    // Renewal by the same holder extends it, and is not a takeover.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let renewed = j.acquire_lease("plan-x", "alice", ttl).await.unwrap();
-    assert!(renewed.expires_at_ms > a.expires_at_ms);
-    assert_eq!(renewed.taken_over_from, None);
-
-    // Releasing someone else's lease does nothing.
-    j.release_lease("plan-x", "bob").await.unwrap();
-    assert!(matches!(
-        j.acquire_lease("plan-x", "bob", ttl).await,
-        Err(Error::LeaseHeld { .. })
-    ));
-
-    // After expiry the lease is taken over, naming the previous holder.
-    let wait = renewed
-        .expires_at_ms
-        .saturating_sub(rollback_core::now_ms())
-        + 20;
-    tokio::time::sleep(Duration::from_millis(wait)).await;
-    let b = j.acquire_lease("plan-x", "bob", ttl).await.unwrap();
-    assert_eq!(b.holder, "bob");
-    assert_eq!(b.taken_over_from.as_deref(), Some("alice"));
-    assert!(matches!(
-        j.acquire_lease("plan-x", "alice", ttl).await,
-        Err(Error::LeaseHeld { holder, .. }) if holder == "bob"
-    ));
-
-    // Releasing by the holder frees it at once.
-    j.release_lease("plan-x", "bob").await.unwrap();
-    let c = j.acquire_lease("plan-x", "carol", ttl).await.unwrap();
-    assert_eq!(c.taken_over_from, None);
-}
-
-#[tokio::test]
-async fn file_journal_leases_are_refused_renewed_taken_over_and_released() {
-    let dir = tempfile::tempdir().unwrap();
-    lease_rules(&FileJournal::open(dir.path()).unwrap()).await;
-}
-
-#[tokio::test]
-async fn memory_journal_leases_are_refused_renewed_taken_over_and_released() {
-    lease_rules(&MemoryJournal::new()).await;
-}
 
 #[tokio::test]
 async fn a_file_lease_is_seen_by_another_journal_instance_on_the_same_folder() {
@@ -904,6 +888,7 @@ fn concurrent_appends_from_separate_file_journals_keep_a_valid_chain() {
                                     step: format!("writer-{t}"),
                                     cursor: serde_json::json!(i),
                                 },
+                                0,
                             )
                             .await
                             .expect("append");
@@ -959,35 +944,31 @@ fn concurrent_appends_from_separate_file_journals_keep_a_valid_chain() {
 
 /// `Duration::MAX` ("never expires") must not wrap around to an expiry in the past, which
 /// would hand the lease to the next holder who asks.
-#[tokio::test]
-async fn a_lease_with_the_largest_ttl_stays_held() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = FileJournal::open(dir.path()).unwrap();
-    let memory = MemoryJournal::new();
-    for j in [&file as &dyn Journal, &memory] {
-        for ttl in [Duration::MAX, Duration::from_millis(u64::MAX)] {
-            let key = format!("forever-{}", ttl.as_secs());
-            let l = j.acquire_lease(&key, "alice", ttl).await.unwrap();
-            assert!(l.expires_at_ms > rollback_core::now_ms() + 1_000_000_000);
-            assert!(matches!(
-                j.acquire_lease(&key, "bob", Duration::from_secs(1)).await,
-                Err(Error::LeaseHeld { holder, .. }) if holder == "alice"
-            ));
-            j.acquire_lease(&key, "alice", ttl).await.unwrap();
-        }
-    }
-}
-
 /// `Record::verify` takes any decoded predecessor; one claiming the largest seq has no
 /// successor, which is a typed error, not an overflow.
 #[test]
 fn verifying_after_a_record_with_the_largest_seq_is_out_of_order() {
-    let last = Record::seal("r", u64::MAX, 0, Digest::default(), Entry::Committed);
-    let next = Record::seal("r", 0, 0, last.hash, Entry::Committed);
+    let last = Record::seal("r", u64::MAX, 0, Digest::default(), 0, Entry::Committed);
+    let next = Record::seal("r", 0, 0, last.hash, 0, Entry::Committed);
     for (rec, prev) in [(&last, &last), (&next, &last)] {
         assert!(matches!(
             rec.verify("r", Some(prev)),
             Err(JournalError::OutOfOrder { .. })
         ));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// the journal contract, as every journal runs it
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_journal_keeps_the_journal_contract() {
+    rollback_core::conformance::journal::run_all(Arc::new(MemoryJournal::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_journal_keeps_the_journal_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    rollback_core::conformance::journal::run_all(Arc::new(FileJournal::open(dir.path()).unwrap()))
+        .await;
 }

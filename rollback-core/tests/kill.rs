@@ -7,9 +7,17 @@
 //! record and an altered middle record in the killed run's journal are detected on
 //! resume, and a resumer killed in turn is resumed by a third process.
 //!
+//! Paused runners: a child stops itself with SIGSTOP right after a journal record, a
+//! second process takes the expired lease over and finishes the run, then the first is
+//! continued (SIGCONT) and must stop with `Error::Fenced`, having done nothing more; and
+//! two runners race on one run while the parent pauses the first at random moments.
+//!
 //! The file-backed world: `state.json`, rewritten atomically (temp file, fsync, rename,
 //! fsync of the folder) on every change, holding the resources, the captured snapshots
-//! and the steps' idempotency markers (written in the same rename as the change).
+//! and the steps' idempotency markers (written in the same rename as the change). Like an
+//! adapter over a real backend it fences its writes: each change checks the runner's
+//! epoch against the newest one it has seen, in the same atomic update, and logs the
+//! epoch that made it.
 
 use async_trait::async_trait;
 use rollback_core::journal::{Entry, FileJournal, Journal, Lease, Record};
@@ -39,6 +47,12 @@ struct WorldState {
     snapshots: BTreeMap<String, Kv>,
     /// `run/step` → receipt, written in the same atomic rename as the step's change.
     markers: BTreeMap<String, Receipt>,
+    /// Lease key → the newest fencing epoch that changed the world.
+    #[serde(default)]
+    fences: BTreeMap<String, u64>,
+    /// Every change, with the epoch of the runner that made it, in order.
+    #[serde(default)]
+    actions: Vec<(u64, String)>,
 }
 
 fn load(path: &Path) -> WorldState {
@@ -67,10 +81,12 @@ fn fingerprint_of(kv: &Kv) -> Digest {
     h.finish()
 }
 
-/// Stops the process dead (until the parent's SIGKILL) after a chosen point.
+/// Stops the process dead (until the parent's SIGKILL) after a chosen point, or pauses it
+/// there with SIGSTOP (until the parent's SIGCONT).
 struct Tripwire {
     dir: PathBuf,
     after: Option<u64>,
+    stop: bool,
     count: AtomicU64,
 }
 
@@ -79,15 +95,39 @@ impl Tripwire {
         Tripwire {
             dir: dir.to_path_buf(),
             after,
+            stop: false,
             count: AtomicU64::new(0),
+        }
+    }
+    fn stopping(dir: &Path, after: Option<u64>) -> Self {
+        Tripwire {
+            stop: true,
+            ..Tripwire::new(dir, after)
         }
     }
     fn tick(&self) {
         let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
         if self.after == Some(n) {
-            hang(&self.dir);
+            if self.stop {
+                std::fs::write(self.dir.join("stopping"), n.to_string()).expect("marker");
+                stop_self();
+            } else {
+                hang(&self.dir);
+            }
         }
     }
+}
+
+/// SIGSTOP this process, as an operator's `kill -STOP` would, right here. The group stop
+/// reaches this thread only once another thread has taken the signal, so wait for it in
+/// an interruptible sleep: nothing after this call runs before the process has stopped.
+fn stop_self() {
+    let status = Command::new("kill")
+        .args(["-STOP", &std::process::id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
 }
 
 /// Wait for the parent's SIGKILL; never outlive a parent that is gone (a minute at most).
@@ -107,15 +147,54 @@ struct FileWorld {
 impl FileWorld {
     fn read(&self) -> WorldState {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _f = self.file_lock();
         load(&self.path)
     }
-    /// Apply `f` to the state; when it reports a change, persist it atomically.
-    fn update<T>(&self, f: impl FnOnce(&mut WorldState) -> Result<(T, bool)>) -> Result<T> {
+    /// Runners in two processes may change the world at once (the race tests): each
+    /// read-modify-write holds this file lock, as a database serializes transactions.
+    fn file_lock(&self) -> std::fs::File {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path.with_extension("lock"))
+            .expect("world lock file");
+        f.lock().expect("lock the world");
+        f
+    }
+    /// Apply `f` to the state; when it reports a change, persist it atomically. The
+    /// runner's fence is checked in the same update: an older epoch than the newest that
+    /// wrote is refused with `Error::Fenced` before `f` runs.
+    fn update<T>(
+        &self,
+        ctx: &Context,
+        what: &str,
+        f: impl FnOnce(&mut WorldState) -> Result<(T, bool)>,
+    ) -> Result<T> {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _f = self.file_lock();
         let mut state = load(&self.path);
+        let (epoch, raised) = match ctx.fence() {
+            Some(fence) => {
+                let seen = state.fences.get(&fence.key).copied().unwrap_or(0);
+                if fence.epoch < seen {
+                    return Err(fence.stale(seen));
+                }
+                state.fences.insert(fence.key.clone(), fence.epoch);
+                (fence.epoch, fence.epoch > seen)
+            }
+            None => (0, false),
+        };
         let (out, changed) = f(&mut state)?;
         if changed {
+            state.actions.push((epoch, what.to_string()));
+        }
+        // A raised fence is kept even when nothing else changed (a revert of a step that
+        // never applied): an older runner's write must not land after it.
+        if changed || raised {
             save(&self.path, &state).map_err(|e| Error::backend("file-world", e))?;
+        }
+        if changed {
             self.changes.tick();
         }
         Ok(out)
@@ -141,11 +220,13 @@ impl Checkpoint for FileCheckpoint {
     async fn capture(&self, ctx: &Context) -> Result<Snapshot> {
         self.world.pause().await;
         let id = format!("{}@{}", self.resource, ctx.run_id());
-        let kv = self.world.update(|s| {
-            let kv = s.resources.get(&self.resource).cloned().unwrap_or_default();
-            s.snapshots.insert(id.clone(), kv.clone());
-            Ok((kv, true))
-        })?;
+        let kv = self
+            .world
+            .update(ctx, &format!("capture {}", self.resource), |s| {
+                let kv = s.resources.get(&self.resource).cloned().unwrap_or_default();
+                s.snapshots.insert(id.clone(), kv.clone());
+                Ok((kv, true))
+            })?;
         let digest = fingerprint_of(&kv);
         Ok(Snapshot {
             id: id.clone(),
@@ -159,23 +240,24 @@ impl Checkpoint for FileCheckpoint {
         })
     }
 
-    async fn restore(&self, snapshot: &Snapshot, _ctx: &Context) -> Result<Restored> {
+    async fn restore(&self, snapshot: &Snapshot, ctx: &Context) -> Result<Restored> {
         snapshot.ensure_resource(&self.resource)?;
         self.world.pause().await;
         let key = snapshot.descriptor["stored_as"]
             .as_str()
             .ok_or_else(|| Error::invalid("snapshot descriptor has no stored_as"))?
             .to_string();
-        self.world.update(|s| {
-            let stored = s
-                .snapshots
-                .get(&key)
-                .cloned()
-                .ok_or_else(|| Error::invalid(format!("no stored snapshot {key}")))?;
-            snapshot.ensure_digest(fingerprint_of(&stored))?;
-            s.resources.insert(self.resource.clone(), stored);
-            Ok(((), true))
-        })?;
+        self.world
+            .update(ctx, &format!("restore {}", self.resource), |s| {
+                let stored = s
+                    .snapshots
+                    .get(&key)
+                    .cloned()
+                    .ok_or_else(|| Error::invalid(format!("no stored snapshot {key}")))?;
+                snapshot.ensure_digest(fingerprint_of(&stored))?;
+                s.resources.insert(self.resource.clone(), stored);
+                Ok(((), true))
+            })?;
         Ok(Restored::by("copy"))
     }
 
@@ -229,7 +311,7 @@ impl Step for FileStep {
             return Err(Error::conflict(format!("{} always fails", self.id)));
         }
         let marker = format!("{}/{}", ctx.run_id(), self.id);
-        let receipt = self.world.update(|s| {
+        let receipt = self.world.update(ctx, &format!("apply {}", self.id), |s| {
             if let Some(r) = s.markers.get(&marker) {
                 return Ok((r.clone(), false)); // applied already: idempotent
             }
@@ -252,7 +334,7 @@ impl Step for FileStep {
         }
         self.world.pause().await;
         let marker = format!("{}/{}", ctx.run_id(), self.id);
-        self.world.update(|s| {
+        self.world.update(ctx, &format!("revert {}", self.id), |s| {
             let receipt = match (s.markers.get(&marker), receipt) {
                 (Some(m), _) => m.clone(),
                 (None, Some(r)) => r.clone(),
@@ -274,28 +356,41 @@ impl Step for FileStep {
 }
 
 /// The file journal, stopping the process dead after its n-th append.
+///
+/// A runner stopped while its lease renewal holds the lease file's lock would block every
+/// other runner until it is continued (a liveness matter, not a safety one: nothing is
+/// written meanwhile). The tests stop a runner *between* journal operations, as an
+/// operator's SIGSTOP at a record boundary would: the tripwire waits for any lease
+/// operation in flight to finish first.
 struct TrippingJournal {
     inner: FileJournal,
     appends: Tripwire,
+    lease_ops: tokio::sync::Mutex<()>,
 }
 
 #[async_trait]
 impl Journal for TrippingJournal {
-    async fn append(&self, run_id: &str, entry: &Entry) -> Result<Record> {
-        let rec = self.inner.append(run_id, entry).await?;
+    async fn append(&self, run_id: &str, entry: &Entry, epoch: u64) -> Result<Record> {
+        let rec = self.inner.append(run_id, entry, epoch).await?;
+        let _no_lease_op = self.lease_ops.lock().await;
         self.appends.tick();
         Ok(rec)
     }
     async fn records(&self, run_id: &str) -> Result<Vec<Record>> {
         self.inner.records(run_id).await
     }
+    async fn lost_tail(&self, run_id: &str) -> Result<Option<rollback_core::journal::LostTail>> {
+        self.inner.lost_tail(run_id).await
+    }
     async fn runs(&self) -> Result<Vec<String>> {
         self.inner.runs().await
     }
     async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Lease> {
+        let _op = self.lease_ops.lock().await;
         self.inner.acquire_lease(key, holder, ttl).await
     }
     async fn release_lease(&self, key: &str, holder: &str) -> Result<()> {
+        let _op = self.lease_ops.lock().await;
         self.inner.release_lease(key, holder).await
     }
 }
@@ -309,6 +404,8 @@ enum PlanKind {
     Commit,
     /// The same, plus a last step that always fails: the run rolls back.
     Fail,
+    /// Three steps over two resources (the paused-runner tests).
+    Three,
 }
 
 fn baseline() -> BTreeMap<String, Kv> {
@@ -337,6 +434,19 @@ fn target() -> BTreeMap<String, Kv> {
     t
 }
 
+fn target_of(kind: PlanKind) -> BTreeMap<String, Kv> {
+    match kind {
+        PlanKind::Three => {
+            let mut t = baseline();
+            t.get_mut("a").unwrap().insert("k1".into(), "v2".into());
+            t.get_mut("a").unwrap().remove("k2");
+            t.get_mut("b").unwrap().insert("k1".into(), "b2".into());
+            t
+        }
+        _ => target(),
+    }
+}
+
 fn build_plan(world: &Arc<FileWorld>, kind: PlanKind) -> Plan {
     let step = |id: &str, resource: &str, key: &str, value: Option<&str>, fail: bool| FileStep {
         world: world.clone(),
@@ -350,6 +460,16 @@ fn build_plan(world: &Arc<FileWorld>, kind: PlanKind) -> Plan {
         world: world.clone(),
         resource: resource.into(),
     };
+    if kind == PlanKind::Three {
+        return Plan::builder("kill-Three")
+            .checkpoint("a", cp("a"))
+            .checkpoint("b", cp("b"))
+            .step("a", step("s1", "a", "k1", Some("v2"), false), &[])
+            .step("a", step("s2", "a", "k2", None, false), &["s1"])
+            .step("b", step("s3", "b", "k1", Some("b2"), false), &["s2"])
+            .build()
+            .expect("plan builds");
+    }
     let mut b = Plan::builder(format!("kill-{kind:?}"))
         .checkpoint("a", cp("a"))
         .checkpoint("b", cp("b"))
@@ -399,6 +519,7 @@ fn child_process() {
     let kind = match env("ROLLBACK_KILL_PLAN").as_deref() {
         Some("Commit") => PlanKind::Commit,
         Some("Fail") => PlanKind::Fail,
+        Some("Three") => PlanKind::Three,
         other => panic!("plan {other:?}"),
     };
     let policy = match env("ROLLBACK_KILL_POLICY").as_deref() {
@@ -419,10 +540,16 @@ fn child_process() {
         action_delay: Duration::from_millis(after("ROLLBACK_KILL_ACTION_MS").unwrap_or(0)),
     });
     let plan = build_plan(&world, kind);
+    let stop_after = after("ROLLBACK_KILL_STOP_AFTER_RECORDS");
     let journal = Arc::new(TrippingJournal {
         inner: FileJournal::open(dir.join("journal")).expect("journal opens"),
-        appends: Tripwire::new(&dir, after_records),
+        appends: match stop_after {
+            Some(n) => Tripwire::stopping(&dir, Some(n)),
+            None => Tripwire::new(&dir, after_records),
+        },
+        lease_ops: tokio::sync::Mutex::new(()),
     });
+    let wait_for_run = env("ROLLBACK_KILL_WAIT_RUN").is_some();
     let ex = Executor::with_journal(journal.clone())
         .holder(holder)
         .lease_ttl(LEASE_TTL)
@@ -444,6 +571,11 @@ fn child_process() {
                 Err(Error::LeaseHeld { remaining_ms, .. }) if tries < 50 => {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(remaining_ms + 5)).await;
+                }
+                // Racing a runner that has not journaled its first record yet.
+                Err(Error::UnknownRun { .. }) if wait_for_run && tries < 500 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 other => return other,
             }
@@ -470,6 +602,7 @@ fn child_process() {
             use rollback_core::journal::JournalError as J;
             out.error_kind = Some(match &e {
                 Error::UnknownRun { .. } => "unknown_run".to_string(),
+                Error::Fenced { .. } => "fenced".to_string(),
                 Error::Journal(J::Tampered { seq, .. }) => format!("tampered:{seq}"),
                 Error::Journal(J::Malformed { line, .. }) => format!("malformed:{line}"),
                 Error::Journal(J::OutOfOrder { expected_seq, .. }) => {
@@ -670,6 +803,7 @@ fn tamper(dir: &Path, how: Tamper) {
                 last.seq + 1,
                 last.at_ms + 1,
                 last.hash,
+                0,
                 Entry::ApplyIntent {
                     step: "never-journaled".into(),
                     attempt: 1,
@@ -915,7 +1049,7 @@ fn clean_run(plan: PlanKind) -> (u64, u64) {
     assert!(!o.killed);
     let res = o.result.expect("run result");
     let expected = match plan {
-        PlanKind::Commit => (Outcome::Committed, target()),
+        PlanKind::Commit | PlanKind::Three => (Outcome::Committed, target_of(plan)),
         PlanKind::Fail => (Outcome::RolledBack, baseline()),
     };
     assert_eq!(res.outcome, Some(expected.0), "{res:?}");
@@ -1110,4 +1244,350 @@ fn an_altered_record_in_a_killed_runs_journal_stops_resume_with_a_typed_error() 
     }
     let results = run_many(scenarios);
     summarize("altered record after kill", &results);
+}
+
+// ---------------------------------------------------------------------------------------
+// paused runners (SIGSTOP): fencing
+
+/// Whether every thread of process `pid` is stopped (state `T`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            return false;
+        };
+        // tid (comm) S ...: the state follows the last ')'.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.trim_start().chars().next());
+        if state != Some('T') {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
+/// Wait until every thread of `child` is stopped, or it has exited (`false`).
+fn wait_stopped(child: &mut Child) -> bool {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return false;
+        }
+        if all_threads_stopped(child.id()) {
+            return true;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "child neither stopped nor finished in a minute"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {}", child.id());
+}
+
+fn wait_exit(child: &mut Child, dir: &Path, mode: &str) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            assert!(
+                status.success(),
+                "{mode} child failed: {status}: {}",
+                std::fs::read_to_string(dir.join(format!("{mode}-stderr.log"))).unwrap_or_default()
+            );
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let leases: Vec<String> = std::fs::read_dir(dir.join("journal"))
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| {
+                            format!(
+                                "{:?}: {}",
+                                e.file_name(),
+                                std::fs::read_to_string(e.path())
+                                    .unwrap_or_default()
+                                    .chars()
+                                    .take(300)
+                                    .collect::<String>()
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            panic!(
+                "{mode} child did not finish in a minute; its stderr: {}\njournal folder: {leases:#?}",
+                std::fs::read_to_string(dir.join(format!("{mode}-stderr.log"))).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// What a run's journal and world must read as, whoever was paused when: epochs never go
+/// back and each new epoch starts with its runner's `resumed`; the world was changed by
+/// epochs in order (no older runner after a newer one); it ends at the baseline or the
+/// target, as the journal's outcome says. Returns that outcome and the epochs that wrote.
+fn check_fenced_history(dir: &Path, plan: PlanKind, what: &str) -> (Outcome, Vec<u64>) {
+    let records = verified_records(dir)
+        .unwrap_or_else(|e| panic!("{what}: the journal does not verify: {e}"));
+    let mut epochs = Vec::new();
+    for r in &records {
+        if epochs.last() != Some(&r.epoch) {
+            if !epochs.is_empty() {
+                assert!(
+                    matches!(r.entry, Entry::Resumed { .. }),
+                    "{what}: epoch {} starts with {} at seq {}",
+                    r.epoch,
+                    r.entry.kind(),
+                    r.seq
+                );
+            }
+            epochs.push(r.epoch);
+        }
+    }
+    let state = load(&dir.join("state.json"));
+    let mut last = 0;
+    for (epoch, action) in &state.actions {
+        assert!(
+            *epoch >= last,
+            "{what}: {action} by epoch {epoch} after a change by epoch {last}"
+        );
+        last = *epoch;
+    }
+    if std::env::var("KILL_DEBUG").is_ok() {
+        eprintln!(
+            "{what}: actions {:?}\nrecords {:?}",
+            state.actions,
+            records
+                .iter()
+                .map(|r| (r.epoch, r.entry.kind()))
+                .collect::<Vec<_>>()
+        );
+    }
+    let outcome = if records.iter().any(|r| matches!(r.entry, Entry::Committed)) {
+        assert_eq!(
+            state.resources,
+            target_of(plan),
+            "{what}: committed ≠ target"
+        );
+        Outcome::Committed
+    } else if records
+        .iter()
+        .any(|r| matches!(r.entry, Entry::RolledBack { .. }))
+    {
+        assert_eq!(
+            state.resources,
+            baseline(),
+            "{what}: rolled back ≠ baseline"
+        );
+        Outcome::RolledBack
+    } else {
+        panic!(
+            "{what}: the run did not finish: {:?}",
+            records.last().map(|r| r.entry.kind())
+        );
+    };
+    (outcome, epochs)
+}
+
+fn seed_world(dir: &Path) {
+    save(
+        &dir.join("state.json"),
+        &WorldState {
+            resources: baseline(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}
+
+/// The reproduction, at every record boundary: runner A stops (SIGSTOP) right
+/// after journaling record n; once its lease expired, runner B resumes the run (taking
+/// the lease over) and finishes it; A is continued and must stop with `Error::Fenced`,
+/// writing nothing to the journal or the world after B.
+#[test]
+fn paused_after_every_journal_record_a_runner_is_fenced_after_a_takeover() {
+    let (records, _) = clean_run(PlanKind::Three);
+    assert!(records >= 10, "{records}");
+    let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+    let next = AtomicUsize::new(1);
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            scope.spawn(|| loop {
+                let n = next.fetch_add(1, Ordering::SeqCst) as u64;
+                if let Ok(only) = std::env::var("KILL_ONLY") {
+                    if n.to_string() != only {
+                        if n > records {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+                if n > records {
+                    break;
+                }
+                let what = format!("A stopped after record {n} of {records}");
+                let tmp = tempfile::tempdir().unwrap();
+                let dir = tmp.path();
+                seed_world(dir);
+                let mut s = Scenario::new(PlanKind::Three, ResumePolicy::RollBack, Kill::Never);
+                s.takeover = true;
+                let mut a = spawn_child(
+                    dir,
+                    &s,
+                    "run",
+                    "runner-a",
+                    &[("ROLLBACK_KILL_STOP_AFTER_RECORDS", n.to_string())],
+                );
+                assert!(wait_stopped(&mut a), "{what}: A finished without stopping");
+                let before_b = complete_records(dir).len();
+                assert_eq!(before_b as u64, n, "{what}");
+                // Let A's lease expire (by the journal's clock), then B resumes.
+                std::thread::sleep(LEASE_TTL * 2);
+                let mut b = spawn_child(dir, &s, "resume", "runner-b", &[]);
+                wait_exit(&mut b, dir, "resume");
+                let after_b = std::fs::read(journal_path(dir)).unwrap();
+                let world_after_b = load(&dir.join("state.json"));
+                signal(&a, "-CONT");
+                wait_exit(&mut a, dir, "run");
+                let ra = read_result(dir, "run").expect("A's result");
+                let rb = read_result(dir, "resume").expect("B's result");
+                let (outcome, epochs) = check_fenced_history(dir, PlanKind::Three, &what);
+                assert_eq!(rb.outcome, Some(outcome), "{what}: B's report: {rb:?}");
+                let took_over = epochs.len() > 1;
+                let verdict = match (ra.error_kind.as_deref(), took_over) {
+                    (Some("fenced"), true) => "fenced",
+                    (None, false) => "A had finished",
+                    other => panic!("{what}: A ended {other:?}: {ra:?}; epochs {epochs:?}"),
+                };
+                // Nothing of A's reached the journal or the world after B finished.
+                assert_eq!(std::fs::read(journal_path(dir)).unwrap(), after_b, "{what}");
+                assert_eq!(load(&dir.join("state.json")), world_after_b, "{what}");
+                results
+                    .lock()
+                    .unwrap()
+                    .push(format!("{verdict}, {outcome:?}"));
+            });
+        }
+    });
+    for r in results.into_inner().unwrap() {
+        *tally.entry(r).or_default() += 1;
+    }
+    eprintln!("paused at each of {records} records: {tally:?}");
+    let fenced: usize = tally
+        .iter()
+        .filter(|(k, _)| k.starts_with("fenced"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(fenced as u64 >= records - 2, "{tally:?}");
+}
+
+/// Two runners race on one run for 200 iterations: A runs the plan, B keeps trying to
+/// resume it, and the parent pauses A at a random moment for a random time around the
+/// lease TTL. Whoever finishes, the history reads as one runner per epoch, the world was
+/// changed by epochs in order, and it ends at the baseline or the target.
+#[test]
+fn two_runners_racing_with_random_pauses_never_act_after_a_newer_epoch() {
+    let iterations = 200u64;
+    let next = AtomicU64::new(0);
+    let tally = Mutex::new(BTreeMap::<String, usize>::new());
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= iterations {
+                    break;
+                }
+                let mut rng =
+                    0x9e37_79b9_7f4a_7c15u64 ^ (i + 1).wrapping_mul(0x2545_f491_4f6c_dd1d);
+                let mut rand = move |n: u64| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng % n
+                };
+                let what = format!("race {i}");
+                let tmp = tempfile::tempdir().unwrap();
+                let dir = tmp.path();
+                seed_world(dir);
+                let mut s = Scenario::new(PlanKind::Three, ResumePolicy::RollBack, Kill::Never);
+                s.action_ms = 5;
+                let mut a = spawn_child(dir, &s, "run", "runner-a", &[]);
+                let mut b = spawn_child(
+                    dir,
+                    &s,
+                    "resume",
+                    "runner-b",
+                    &[("ROLLBACK_KILL_WAIT_RUN", "1".to_string())],
+                );
+                // Pause A somewhere in its run, for 0.5–3 TTLs.
+                let until_journal = Instant::now();
+                while !journal_path(dir).exists()
+                    && until_journal.elapsed() < Duration::from_secs(30)
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                std::thread::sleep(Duration::from_millis(rand(60)));
+                let paused = a.try_wait().expect("try_wait").is_none();
+                if paused {
+                    signal(&a, "-STOP");
+                    std::thread::sleep(
+                        LEASE_TTL / 2
+                            + Duration::from_millis(rand(LEASE_TTL.as_millis() as u64 * 5 / 2)),
+                    );
+                    signal(&a, "-CONT");
+                }
+                wait_exit(&mut a, dir, "run");
+                wait_exit(&mut b, dir, "resume");
+                let ra = read_result(dir, "run").expect("A's result");
+                let rb = read_result(dir, "resume").expect("B's result");
+                let (outcome, epochs) = check_fenced_history(dir, PlanKind::Three, &what);
+                for (who, r) in [("A", &ra), ("B", &rb)] {
+                    match (&r.outcome, r.error_kind.as_deref()) {
+                        (Some(o), None) => assert_eq!(*o, outcome, "{what}: {who} says {o:?}"),
+                        (None, Some("fenced")) => {}
+                        other => panic!("{what}: {who} ended {other:?}: {r:?}"),
+                    }
+                }
+                let a_fenced = ra.error_kind.as_deref() == Some("fenced");
+                assert_eq!(
+                    a_fenced,
+                    epochs.len() > 1 && ra.outcome.is_none(),
+                    "{what}: {ra:?} {epochs:?}"
+                );
+                let key = format!(
+                    "{}{}, {outcome:?}",
+                    if paused { "paused" } else { "not paused" },
+                    if epochs.len() > 1 { ", taken over" } else { "" }
+                );
+                *tally.lock().unwrap().entry(key).or_default() += 1;
+            });
+        }
+    });
+    let tally = tally.into_inner().unwrap();
+    eprintln!("{iterations} races: {tally:?}");
+    let taken_over: usize = tally
+        .iter()
+        .filter(|(k, _)| k.contains("taken over"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        taken_over >= 20,
+        "enough races end in a takeover: {tally:?}"
+    );
 }

@@ -4,7 +4,9 @@ use crate::db::Database;
 use crate::error::{Class, PgError, PgResultExt};
 use crate::ident::quote_ident;
 use async_trait::async_trait;
-use rollback_core::journal::{verify_chain, Entry, Journal, JournalError, Lease, Record};
+use rollback_core::journal::{
+    check_fence, decide_lease, verify_chain, Entry, Journal, JournalError, Lease, Record,
+};
 use rollback_core::{Digest, Error, Result};
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -16,7 +18,8 @@ use tokio::sync::OnceCell;
 ///   primary key `(run_id, seq)`; `entry` is the exact JSON that was hashed (text; a
 ///   generated `entry_json jsonb` and `kind` column are there for operators' queries).
 ///   Each append runs in one transaction that takes `pg_advisory_xact_lock` on the run,
-///   reads the run's head, seals the record with [`Record::seal`] chained to it and
+///   reads the run's head, refuses a writer whose fencing epoch is older than the head's
+///   ([`Error::Fenced`]), seals the record with [`Record::seal`] chained to it and
 ///   inserts it, with `synchronous_commit = on`: it is durable when `append` returns.
 ///   Should another writer slip in anyway, the primary key refuses the duplicate seq and
 ///   the append fails with [`JournalError::Concurrent`]. A connection lost during
@@ -24,10 +27,12 @@ use tokio::sync::OnceCell;
 /// - **Reads** return the records in `seq` order after [`verify_chain`]: an altered,
 ///   deleted or reordered row is a [`JournalError`] (`Tampered`, `OutOfOrder`,
 ///   `Malformed`), never silently accepted. Transactions make torn records impossible.
-/// - **Leases** live in `_rollback.leases(key, holder, expires_at_ms, taken_over_from)`,
-///   decided under an advisory lock on the key with the **database server's clock**, so
-///   machines with skewed clocks agree on expiry; an expired lease is taken over and the
-///   previous holder named.
+/// - **Leases** live in `_rollback.leases(key, holder, expires_at_ms, taken_over_from,
+///   epoch)`, decided under an advisory lock on the key with the **database server's
+///   clock**, so machines with skewed clocks agree on expiry; an expired lease is taken
+///   over and the previous holder named. Every grant to a new holder increments the key's
+///   fencing `epoch`; a released lease keeps its row (empty holder) so the epoch never
+///   goes back.
 ///
 /// ```no_run
 /// # async fn demo() -> rollback_core::Result<()> {
@@ -89,10 +94,14 @@ impl PgJournal {
                         entry_json jsonb GENERATED ALWAYS AS (entry::jsonb) STORED, \
                         kind text GENERATED ALWAYS AS (entry::jsonb ->> 'type') STORED, \
                         written_at timestamptz NOT NULL DEFAULT now(), \
+                        epoch bigint NOT NULL DEFAULT 0, \
                         PRIMARY KEY (run_id, seq)); \
+                     ALTER TABLE {s}.journal ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0; \
                      CREATE TABLE IF NOT EXISTS {s}.leases ( \
                         key text PRIMARY KEY, holder text NOT NULL, expires_at_ms bigint NOT NULL, \
-                        taken_over_from text, updated_at timestamptz NOT NULL DEFAULT now());"
+                        taken_over_from text, updated_at timestamptz NOT NULL DEFAULT now(), \
+                        epoch bigint NOT NULL DEFAULT 0); \
+                     ALTER TABLE {s}.leases ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0;"
                 );
                 let c = self.db.client().await?;
                 for attempt in 0..3 {
@@ -143,7 +152,7 @@ fn journal_err(e: PgError) -> Error {
 
 #[async_trait]
 impl Journal for PgJournal {
-    async fn append(&self, run_id: &str, entry: &Entry) -> Result<Record> {
+    async fn append(&self, run_id: &str, entry: &Entry, epoch: u64) -> Result<Record> {
         self.ensure().await?;
         let mut obj = self.db.client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
@@ -163,17 +172,18 @@ impl Journal for PgJournal {
         let head = tx
             .query_opt(
                 &format!(
-                    "SELECT seq, hash FROM {} WHERE run_id = $1 ORDER BY seq DESC LIMIT 1",
+                    "SELECT seq, hash, epoch FROM {} WHERE run_id = $1 ORDER BY seq DESC LIMIT 1",
                     self.records_table()
                 ),
                 &[&run_id],
             )
             .await
             .map_err(|e| journal_err(PgError::new("reading the run's head", &e)))?;
-        let (seq, prev) = match head {
+        let (seq, prev, head_epoch) = match head {
             Some(r) => {
                 let seq: i64 = r.get(0);
                 let hash: String = r.get(1);
+                let head_epoch: i64 = r.get(2);
                 let prev = Digest::from_hex(&hash).map_err(|_| {
                     Error::Journal(JournalError::Malformed {
                         run_id: run_id.to_string(),
@@ -181,18 +191,29 @@ impl Journal for PgJournal {
                         message: "stored hash is not a digest".into(),
                     })
                 })?;
-                (seq as u64 + 1, prev)
+                (seq as u64 + 1, prev, head_epoch.max(0) as u64)
             }
-            None => (0, Digest::default()),
+            None => (0, Digest::default(), 0),
         };
-        let rec = Record::seal(run_id, seq, rollback_core::now_ms(), prev, entry.clone());
+        // Fencing: refused in the transaction that holds the run's lock, before any write.
+        check_fence(run_id, head_epoch, epoch)?;
+        let db_epoch = i64::try_from(epoch)
+            .map_err(|_| Error::invalid(format!("fencing epoch {epoch} does not fit a bigint")))?;
+        let rec = Record::seal(
+            run_id,
+            seq,
+            rollback_core::now_ms(),
+            prev,
+            epoch,
+            entry.clone(),
+        );
         let json = serde_json::to_string(&rec.entry)
             .map_err(|e| Error::Journal(JournalError::Backend(format!("encoding entry: {e}"))))?;
         let hash = rec.hash.to_hex();
         let inserted = tx
             .execute(
                 &format!(
-                    "INSERT INTO {} (run_id, seq, at_ms, prev, entry, hash) VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO {} (run_id, seq, at_ms, prev, entry, hash, epoch) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     self.records_table()
                 ),
                 &[
@@ -202,6 +223,7 @@ impl Journal for PgJournal {
                     &rec.prev.to_hex(),
                     &json,
                     &hash,
+                    &db_epoch,
                 ],
             )
             .await;
@@ -234,7 +256,7 @@ impl Journal for PgJournal {
         let rows = c
             .query(
                 &format!(
-                    "SELECT seq, at_ms, prev, entry, hash FROM {} WHERE run_id = $1 ORDER BY seq",
+                    "SELECT seq, at_ms, prev, entry, hash, epoch FROM {} WHERE run_id = $1 ORDER BY seq",
                     self.records_table()
                 ),
                 &[&run_id],
@@ -255,6 +277,7 @@ impl Journal for PgJournal {
             let prev: String = r.get(2);
             let entry: String = r.get(3);
             let hash: String = r.get(4);
+            let epoch: i64 = r.get(5);
             let entry: Entry = serde_json::from_str(&entry)
                 .map_err(|e| malformed(format!("entry is not a journal entry: {e}")))?;
             out.push(Record {
@@ -262,6 +285,7 @@ impl Journal for PgJournal {
                 at_ms: at_ms.max(0) as u64,
                 prev: Digest::from_hex(&prev)
                     .map_err(|_| malformed("prev is not a digest".into()))?,
+                epoch: u64::try_from(epoch).map_err(|_| malformed("epoch is negative".into()))?,
                 entry,
                 hash: Digest::from_hex(&hash)
                     .map_err(|_| malformed("hash is not a digest".into()))?,
@@ -307,57 +331,40 @@ impl Journal for PgJournal {
         let current = tx
             .query_opt(
                 &format!(
-                    "SELECT holder, expires_at_ms FROM {} WHERE key = $1",
+                    "SELECT holder, expires_at_ms, taken_over_from, epoch FROM {} WHERE key = $1",
                     self.leases_table()
                 ),
                 &[&key],
             )
             .await
             .map_err(|e| journal_err(PgError::new("reading the lease", &e)))?
-            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)));
-        let expires = now + ttl.as_millis() as i64;
-        let taken_over_from = match &current {
-            Some((h, exp)) if h != holder && *exp > now => {
-                return Err(Error::LeaseHeld {
-                    key: key.to_string(),
-                    holder: h.clone(),
-                    remaining_ms: (*exp - now) as u64,
-                });
-            }
-            Some((h, _)) if h != holder => Some(h.clone()),
-            _ => None,
-        };
-        tx.execute(
-            &format!(
-                "INSERT INTO {} (key, holder, expires_at_ms, taken_over_from, updated_at) VALUES ($1, $2, $3, $4, now()) \
-                 ON CONFLICT (key) DO UPDATE SET holder = EXCLUDED.holder, expires_at_ms = EXCLUDED.expires_at_ms, \
-                 taken_over_from = EXCLUDED.taken_over_from, updated_at = now()",
-                self.leases_table()
-            ),
-            &[&key, &holder, &expires, &taken_over_from],
-        )
-        .await
-        .map_err(|e| journal_err(PgError::new("writing the lease", &e)))?;
+            .map(|r| Lease {
+                key: key.to_string(),
+                holder: r.get(0),
+                expires_at_ms: r.get::<_, i64>(1).max(0) as u64,
+                taken_over_from: r.get(2),
+                epoch: r.get::<_, i64>(3).max(0) as u64,
+            });
+        // The server's clock decides expiry for every holder.
+        let lease = decide_lease(current.as_ref(), key, holder, ttl, now.max(0) as u64)?;
+        store_lease(&tx, &self.leases_table(), &lease).await?;
         tx.commit()
             .await
             .map_err(|e| journal_err(PgError::new("committing the lease", &e)))?;
-        if let Some(prev) = &taken_over_from {
-            tracing::warn!(key, holder, previous = %prev, "took over an expired lease");
+        if let Some(prev) = &lease.taken_over_from {
+            tracing::warn!(key, holder, previous = %prev, epoch = lease.epoch, "took over an expired lease");
         }
-        Ok(Lease {
-            key: key.to_string(),
-            holder: holder.to_string(),
-            expires_at_ms: expires.max(0) as u64,
-            taken_over_from,
-        })
+        Ok(lease)
     }
 
     async fn release_lease(&self, key: &str, holder: &str) -> Result<()> {
         self.ensure().await?;
         let c = self.db.client().await?;
+        // Keep the row and its epoch: the next grant of the key must be newer.
         c.execute(
             &format!(
-                "DELETE FROM {} WHERE key = $1 AND holder = $2",
+                "UPDATE {} SET holder = '', expires_at_ms = 0, taken_over_from = NULL, updated_at = now() \
+                 WHERE key = $1 AND holder = $2",
                 self.leases_table()
             ),
             &[&key, &holder],
@@ -366,4 +373,31 @@ impl Journal for PgJournal {
         .map_err(|e| journal_err(PgError::new("releasing the lease", &e)))?;
         Ok(())
     }
+}
+
+async fn store_lease(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    lease: &Lease,
+) -> Result<()> {
+    // Contract clause 5: expiries and epochs saturate within bigint (never wrap negative).
+    let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    tx.execute(
+        &format!(
+            "INSERT INTO {table} (key, holder, expires_at_ms, taken_over_from, epoch, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, now()) \
+             ON CONFLICT (key) DO UPDATE SET holder = EXCLUDED.holder, expires_at_ms = EXCLUDED.expires_at_ms, \
+             taken_over_from = EXCLUDED.taken_over_from, epoch = EXCLUDED.epoch, updated_at = now()"
+        ),
+        &[
+            &lease.key,
+            &lease.holder,
+            &big(lease.expires_at_ms),
+            &lease.taken_over_from,
+            &big(lease.epoch),
+        ],
+    )
+    .await
+    .map_err(|e| journal_err(PgError::new("writing the lease", &e)))?;
+    Ok(())
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::TestDb;
-use rollback_core::journal::{Entry, FileJournal, Journal, JournalError};
+use rollback_core::journal::{Entry, Journal, JournalError};
 use rollback_core::{Error, Executor, Outcome, Plan, ResumePolicy};
 use rollback_postgres::{Database, PgJournal, SqlStep, Table, TableSnapshot};
 use std::sync::Arc;
@@ -19,82 +19,44 @@ fn entries(n: usize) -> Vec<Entry> {
         .collect()
 }
 
-/// The semantics every journal shares (run against FileJournal and PgJournal alike).
-async fn journal_semantics(j: Arc<dyn Journal>) {
-    let run = format!("run-{}", uuid::Uuid::new_v4().simple());
-    assert!(
-        j.records(&run).await.unwrap().is_empty(),
-        "unknown run: empty"
-    );
-    for e in entries(5) {
-        j.append(&run, &e).await.unwrap();
-    }
-    let recs = j.records(&run).await.unwrap();
-    assert_eq!(recs.len(), 5);
-    for (i, r) in recs.iter().enumerate() {
-        assert_eq!(r.seq, i as u64);
-        if i > 0 {
-            assert_eq!(r.prev, recs[i - 1].hash, "chained");
-        }
-    }
-    rollback_core::journal::verify_chain(&run, &recs).unwrap();
-    assert!(j.runs().await.unwrap().contains(&run));
-
-    // Leases: free → granted; held → refused; renewed by the holder; taken over after expiry.
-    let key = format!("plan-{}", uuid::Uuid::new_v4().simple());
-    let a = j
-        .acquire_lease(&key, "a", Duration::from_millis(400))
-        .await
-        .unwrap();
-    assert_eq!(a.taken_over_from, None);
-    match j.acquire_lease(&key, "b", Duration::from_secs(5)).await {
-        Err(Error::LeaseHeld {
-            holder,
-            remaining_ms,
-            ..
-        }) => {
-            assert_eq!(holder, "a");
-            assert!(remaining_ms <= 400);
-        }
-        other => panic!("expected LeaseHeld, got {other:?}"),
-    }
-    let renewed = j
-        .acquire_lease(&key, "a", Duration::from_millis(400))
-        .await
-        .unwrap();
-    assert_eq!(renewed.taken_over_from, None);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let b = j
-        .acquire_lease(&key, "b", Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(
-        b.taken_over_from.as_deref(),
-        Some("a"),
-        "takeover names the expired holder"
-    );
-    j.release_lease(&key, "a").await.unwrap(); // not the holder: no effect
-    assert!(matches!(
-        j.acquire_lease(&key, "c", Duration::from_secs(5)).await,
-        Err(Error::LeaseHeld { .. })
-    ));
-    j.release_lease(&key, "b").await.unwrap();
-    let c = j
-        .acquire_lease(&key, "c", Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(
-        c.taken_over_from, None,
-        "a released lease is not a takeover"
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_journal_keeps_the_journal_contract() {
+    let db = TestDb::new("journal_contract").await;
+    rollback_core::conformance::journal::run_all(Arc::new(PgJournal::new(&db.db))).await;
 }
 
+/// Two journals on one database, as two machines would have: a writer of an older epoch
+/// is refused by the server, in the append's own transaction, once a newer epoch wrote.
 #[tokio::test]
-async fn pg_journal_has_the_file_journals_semantics() {
-    let dir = tempfile::tempdir().unwrap();
-    journal_semantics(Arc::new(FileJournal::open(dir.path()).unwrap())).await;
-    let db = TestDb::new("journal_sem").await;
-    journal_semantics(Arc::new(PgJournal::new(&db.db))).await;
+async fn a_stale_writer_in_another_process_is_refused_by_the_server() {
+    let db = TestDb::new("journal_fence").await;
+    let a = PgJournal::new(&Database::connect(&db.url).unwrap());
+    let b = PgJournal::new(&Database::connect(&db.url).unwrap());
+    let la = a
+        .acquire_lease("plan", "a", Duration::from_millis(200))
+        .await
+        .unwrap();
+    a.append("r", &Entry::Committed, la.epoch).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lb = b
+        .acquire_lease("plan", "b", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(lb.epoch > la.epoch);
+    b.append("r", &Entry::Committed, lb.epoch).await.unwrap();
+    let err = a
+        .append("r", &Entry::Committed, la.epoch)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Fenced { .. }), "{err}");
+    assert_eq!(a.records("r").await.unwrap().len(), 2);
+    // The lease row keeps its epoch when released: the next grant is newer still.
+    b.release_lease("plan", "b").await.unwrap();
+    let lc = a
+        .acquire_lease("plan", "a", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(lc.epoch > lb.epoch);
 }
 
 #[tokio::test]
@@ -102,7 +64,7 @@ async fn tampered_deleted_or_reordered_rows_are_typed_errors() {
     let db = TestDb::new("journal_tamper").await;
     let j = PgJournal::new(&db.db);
     for e in entries(4) {
-        j.append("r1", &e).await.unwrap();
+        j.append("r1", &e, 0).await.unwrap();
     }
     j.records("r1").await.unwrap();
     db.exec("UPDATE _rollback.journal SET entry = replace(entry, 'step-1', 'step-X') WHERE run_id = 'r1' AND seq = 1")
@@ -124,7 +86,7 @@ async fn tampered_deleted_or_reordered_rows_are_typed_errors() {
         other => panic!("expected OutOfOrder, got {other:?}"),
     }
     for e in entries(2) {
-        j.append("r2", &e).await.unwrap();
+        j.append("r2", &e, 0).await.unwrap();
     }
     db.exec("UPDATE _rollback.journal SET entry = '{\"type\":\"no_such_entry\"}' WHERE run_id = 'r2' AND seq = 0")
         .await;
@@ -149,6 +111,7 @@ async fn many_writers_in_separate_pools_keep_one_unbroken_chain() {
                         step: format!("w{w}"),
                         cursor: serde_json::json!(i),
                     },
+                    0,
                 )
                 .await
                 .unwrap();
@@ -208,6 +171,6 @@ async fn a_run_journaled_in_postgres_is_resumed_by_another_executor() {
     let recs = journal.records(&run_id).await.unwrap();
     assert!(recs.iter().any(|r| matches!(
         &r.entry,
-        Entry::LeaseTaken { holder, taken_over_from: Some(prev) } if holder == "worker-b" && prev == "worker-a"
+        Entry::LeaseTaken { holder, taken_over_from: Some(prev), .. } if holder == "worker-b" && prev == "worker-a"
     )));
 }

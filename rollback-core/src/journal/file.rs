@@ -1,4 +1,7 @@
-use super::{decide_lease, now_ms, Entry, Journal, JournalError, Lease, Record};
+use super::{
+    check_fence, decide_lease, now_ms, released, Entry, Journal, JournalError, Lease, LostTail,
+    Record, WitnessedOutcome,
+};
 use crate::{Digest, Error, Result};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -12,17 +15,30 @@ use std::time::Duration;
 ///
 /// Each record is one line of JSON, sealed into the run's blake3 hash chain and
 /// `fsync`ed before [`Journal::append`] returns, i.e. before the action it announces.
-/// Reads verify the chain: a torn last line (a write cut short by a crash) is truncated
-/// away, while an altered, reordered or missing record in the middle is a
-/// [`JournalError`]. File locks (`flock`) serialize writers of different processes, and
-/// leases live in `<key>.lease` files beside the runs.
+/// Reads verify the chain and never write (they work on a read-only mount): an altered,
+/// reordered or missing record in the middle is a [`JournalError`], while bytes of a
+/// record cut short after the last complete one (a write torn by a crash) are left out of
+/// [`Journal::records`] and reported by [`Journal::lost_tail`]. The next append drops
+/// them and records that it did ([`Entry::TailTruncated`]). A last record whose JSON is
+/// whole and verifies but whose newline is missing or damaged was written in full: it is
+/// read as a record, and the next append restores its newline.
+///
+/// When a run reaches an outcome (`committed`, `rolled_back`) the journal also writes a
+/// small witness file beside the run (`<run>.end`, fsynced). Should the run's file later
+/// lose its end (cut at a line boundary, which no hash chain can tell from a crash), the
+/// witness still says an outcome was reached: [`Journal::lost_tail`] reports it, and
+/// appends are refused until [`Entry::TailLossResolved`] records an explicit decision.
+///
+/// File locks (`flock`) serialize writers of different processes (readers take a shared
+/// lock), and leases live in `<key>.lease` files beside the runs; a released lease keeps
+/// its fencing epoch in that file.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// use rollback_core::journal::{Entry, FileJournal, Journal};
 /// let dir = tempfile::tempdir().unwrap();
 /// let j = FileJournal::open(dir.path()).unwrap();
-/// j.append("run-1", &Entry::Committed).await.unwrap();
+/// j.append("run-1", &Entry::Committed, 0).await.unwrap();
 /// let again = FileJournal::open(dir.path()).unwrap();
 /// assert_eq!(again.records("run-1").await.unwrap().len(), 1);
 /// # });
@@ -35,18 +51,34 @@ pub struct FileJournal {
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
-    /// Per run: (next seq, last hash, file length) as last seen by this process.
-    heads: Mutex<HashMap<String, (u64, Digest, u64)>>,
+    /// Per run, the head as last written by this process.
+    heads: Mutex<HashMap<String, Head>>,
+}
+
+/// The end of a run's file as this process last wrote it.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    /// Seq of the next record.
+    next: u64,
+    /// Hash of the last record.
+    prev: Digest,
+    /// Epoch of the last record.
+    epoch: u64,
+    /// File length after the last record.
+    len: u64,
 }
 
 impl FileJournal {
-    /// Open (creating if needed) a journal folder.
+    /// Open (creating if needed) a journal folder. An existing folder on a read-only
+    /// file system opens for reading.
     ///
     /// # Errors
     /// I/O errors creating the folder.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(JournalError::Io)?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir).map_err(JournalError::Io)?;
+        }
         Ok(FileJournal {
             inner: Arc::new(Inner {
                 dir,
@@ -90,7 +122,8 @@ impl FileJournal {
     }
 }
 
-fn lock_file(path: &Path) -> Result<File> {
+/// Open `path` for writing (creating it) and lock it exclusively.
+fn lock_for_write(path: &Path) -> Result<File> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -102,27 +135,45 @@ fn lock_file(path: &Path) -> Result<File> {
     Ok(f)
 }
 
-/// Read and verify the records in `file` (locked by the caller), truncating a torn tail.
-fn read_locked(run_id: &str, file: &mut File) -> Result<(Vec<Record>, u64)> {
+/// Open `path` read-only with a shared lock; `None` when it does not exist.
+fn lock_for_read(path: &Path) -> Result<Option<File>> {
+    match File::open(path) {
+        Ok(f) => {
+            f.lock_shared().map_err(JournalError::Io)?;
+            Ok(Some(f))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(JournalError::Io(e).into()),
+    }
+}
+
+/// A run's file, read and verified.
+struct Parsed {
+    records: Vec<Record>,
+    /// Bytes holding the records (the last one's newline included when present).
+    records_len: u64,
+    /// The last record is whole but its newline is missing (or was damaged).
+    missing_newline: bool,
+    /// Bytes after the records that are no record: a write cut short.
+    torn: u64,
+    /// The entry type of the cut record, when its bytes say it.
+    torn_kind: Option<String>,
+}
+
+fn read_all(file: &mut File) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.seek(SeekFrom::Start(0)).map_err(JournalError::Io)?;
     file.read_to_end(&mut bytes).map_err(JournalError::Io)?;
-    let complete_len = match bytes.iter().rposition(|b| *b == b'\n') {
-        Some(i) => i + 1,
-        None => 0,
-    };
-    if complete_len < bytes.len() {
-        tracing::warn!(
-            run_id,
-            torn_bytes = bytes.len() - complete_len,
-            "journal has a torn last record; truncating it"
-        );
-        file.set_len(complete_len as u64)
-            .map_err(JournalError::Io)?;
-        file.sync_all().map_err(JournalError::Io)?;
-    }
+    Ok(bytes)
+}
+
+/// Parse and verify a run file's bytes. Every newline-terminated line must be a record
+/// chained to the one before; what follows the last newline is either a whole record
+/// without its newline, or a torn write.
+fn parse(run_id: &str, bytes: &[u8]) -> Result<Parsed> {
+    let lines_end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     let mut records: Vec<Record> = Vec::new();
-    for (i, line) in bytes[..complete_len].split(|b| *b == b'\n').enumerate() {
+    for (i, line) in bytes[..lines_end].split(|b| *b == b'\n').enumerate() {
         if line.is_empty() {
             continue;
         }
@@ -134,37 +185,180 @@ fn read_locked(run_id: &str, file: &mut File) -> Result<(Vec<Record>, u64)> {
         rec.verify(run_id, records.last())?;
         records.push(rec);
     }
-    Ok((records, complete_len as u64))
+    let tail = &bytes[lines_end..];
+    let mut parsed = Parsed {
+        records,
+        records_len: lines_end as u64,
+        missing_newline: false,
+        torn: tail.len() as u64,
+        torn_kind: None,
+    };
+    if tail.is_empty() {
+        return Ok(parsed);
+    }
+    let mut stream = serde_json::Deserializer::from_slice(tail).into_iter::<Record>();
+    if let Some(Ok(rec)) = stream.next() {
+        if rec.verify(run_id, parsed.records.last()).is_ok() {
+            // Written in full: only its newline is missing (or a byte after it is not one).
+            let used = stream.byte_offset();
+            parsed.records.push(rec);
+            parsed.records_len += used as u64;
+            parsed.missing_newline = true;
+            parsed.torn = (tail.len() - used) as u64;
+            return Ok(parsed);
+        }
+    }
+    parsed.torn_kind = torn_kind(tail);
+    Ok(parsed)
+}
+
+/// The entry type named in a cut-short record, if its bytes got that far.
+fn torn_kind(tail: &[u8]) -> Option<String> {
+    const KEY: &[u8] = b"\"entry\":{\"type\":\"";
+    let at = tail.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let rest = &tail[at..];
+    let end = rest.iter().position(|b| *b == b'"')?;
+    let kind = std::str::from_utf8(&rest[..end]).ok()?;
+    (!kind.is_empty() && kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .then(|| kind.to_string())
+}
+
+fn witness_path(run_path: &Path) -> PathBuf {
+    run_path.with_extension("end")
+}
+
+fn read_witness(run_path: &Path) -> Result<Option<WitnessedOutcome>> {
+    match std::fs::read(witness_path(run_path)) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            JournalError::Malformed {
+                run_id: run_path.display().to_string(),
+                line: 0,
+                message: format!("outcome witness: {e}"),
+            }
+            .into()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(JournalError::Io(e).into()),
+    }
+}
+
+/// The witnessed outcome the records do not reach, if any (a resolution record after
+/// the loss settles it).
+fn unmet_witness(
+    records: &[Record],
+    witness: Option<WitnessedOutcome>,
+) -> Option<WitnessedOutcome> {
+    let w = witness?;
+    let reached = records.iter().any(|r| r.seq == w.seq && r.hash == w.hash);
+    let resolved = records
+        .iter()
+        .any(|r| matches!(r.entry, Entry::TailLossResolved { .. }));
+    (!reached && !resolved).then_some(w)
+}
+
+/// Write `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync of the
+/// folder).
+fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
 }
 
 impl Inner {
-    fn append(&self, path: &Path, run_id: &str, entry: &Entry) -> Result<Record> {
-        let mut file = lock_file(path)?;
+    fn append(&self, path: &Path, run_id: &str, entry: &Entry, epoch: u64) -> Result<Record> {
+        let mut file = lock_for_write(path)?;
         let len = file.metadata().map_err(JournalError::Io)?.len();
         let cached = self
             .heads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(run_id)
-            .copied();
-        let (seq, prev, len) = match cached {
-            Some((seq, prev, l)) if l == len => (seq, prev, len),
-            _ => {
-                let (recs, len) = read_locked(run_id, &mut file)?;
-                match recs.last() {
-                    Some(r) => (r.seq + 1, r.hash, len),
-                    None => (0, Digest::default(), len),
+            .copied()
+            .filter(|h| h.len == len);
+        // Bytes to write before the new record: a restored newline, a truncation record.
+        let mut out = Vec::new();
+        let head = match cached {
+            Some(h) => h,
+            None => {
+                let parsed = parse(run_id, &read_all(&mut file)?)?;
+                if let Some(w) = unmet_witness(&parsed.records, read_witness(path)?) {
+                    if !matches!(entry, Entry::TailLossResolved { .. }) {
+                        return Err(JournalError::TailLost {
+                            run_id: run_id.to_string(),
+                            last_seq: parsed.records.last().map(|r| r.seq),
+                            lost: LostTail {
+                                torn_bytes: parsed.torn,
+                                torn_kind: parsed.torn_kind,
+                                witnessed: Some(w),
+                            }
+                            .to_string(),
+                        }
+                        .into());
+                    }
                 }
+                let mut head = match parsed.records.last() {
+                    Some(r) => Head {
+                        next: r.seq + 1,
+                        prev: r.hash,
+                        epoch: r.epoch,
+                        len: parsed.records_len,
+                    },
+                    None => Head {
+                        next: 0,
+                        prev: Digest::default(),
+                        epoch: 0,
+                        len: 0,
+                    },
+                };
+                check_fence(run_id, head.epoch, epoch)?;
+                if parsed.torn > 0 || parsed.missing_newline {
+                    // Drop what is no record; the truncation is recorded below.
+                    file.set_len(parsed.records_len).map_err(JournalError::Io)?;
+                }
+                if parsed.missing_newline {
+                    // Written before the new record, at `head.len` (the record's end).
+                    out.push(b'\n');
+                }
+                if parsed.torn > 0 {
+                    tracing::warn!(
+                        run_id,
+                        torn_bytes = parsed.torn,
+                        kind = parsed.torn_kind.as_deref().unwrap_or("unknown"),
+                        "dropping a torn last record before appending"
+                    );
+                    let rec = Record::seal(
+                        run_id,
+                        head.next,
+                        now_ms(),
+                        head.prev,
+                        epoch,
+                        Entry::TailTruncated {
+                            bytes: parsed.torn,
+                            kind: parsed.torn_kind,
+                        },
+                    );
+                    encode_line(&rec, &mut out)?;
+                    head.next += 1;
+                    head.prev = rec.hash;
+                    head.epoch = epoch;
+                }
+                head
             }
         };
-        let rec = Record::seal(run_id, seq, now_ms(), prev, entry.clone());
-        let mut line = serde_json::to_vec(&rec)
-            .map_err(|e| JournalError::Backend(format!("encoding record: {e}")))?;
-        line.push(b'\n');
-        file.seek(SeekFrom::Start(len)).map_err(JournalError::Io)?;
-        file.write_all(&line).map_err(JournalError::Io)?;
+        check_fence(run_id, head.epoch, epoch)?;
+        let rec = Record::seal(run_id, head.next, now_ms(), head.prev, epoch, entry.clone());
+        encode_line(&rec, &mut out)?;
+        file.seek(SeekFrom::Start(head.len))
+            .map_err(JournalError::Io)?;
+        file.write_all(&out).map_err(JournalError::Io)?;
         file.sync_data().map_err(JournalError::Io)?;
-        if len == 0 {
+        if head.len == 0 {
             // A new run file: make its directory entry durable too.
             File::open(&self.dir)
                 .and_then(|d| d.sync_all())
@@ -172,10 +366,41 @@ impl Inner {
         }
         self.heads.lock().unwrap_or_else(|e| e.into_inner()).insert(
             run_id.to_string(),
-            (seq + 1, rec.hash, len + line.len() as u64),
+            Head {
+                next: rec.seq + 1,
+                prev: rec.hash,
+                epoch,
+                len: head.len + out.len() as u64,
+            },
         );
+        if matches!(entry, Entry::TailLossResolved { .. }) {
+            // The decision is recorded: keep the witness for forensics, out of the way.
+            let w = witness_path(path);
+            if w.exists() {
+                let _ = std::fs::rename(&w, w.with_extension(format!("end.resolved-{}", rec.seq)));
+            }
+        }
+        if entry.is_outcome() {
+            let witness = WitnessedOutcome {
+                seq: rec.seq,
+                kind: entry.kind().to_string(),
+                hash: rec.hash,
+            };
+            let bytes = serde_json::to_vec(&witness).unwrap_or_default();
+            if let Err(e) = write_durably(&self.dir, &witness_path(path), &bytes) {
+                // The outcome record itself is durable; only the safety net is missing.
+                tracing::warn!(run_id, error = %e, "could not write the outcome witness");
+            }
+        }
         Ok(rec)
     }
+}
+
+fn encode_line(rec: &Record, out: &mut Vec<u8>) -> Result<()> {
+    serde_json::to_writer(&mut *out, rec)
+        .map_err(|e| JournalError::Backend(format!("encoding record: {e}")))?;
+    out.push(b'\n');
+    Ok(())
 }
 
 fn lease_paths(dir: &Path, key: &str) -> (PathBuf, PathBuf) {
@@ -197,24 +422,54 @@ fn lease_paths(dir: &Path, key: &str) -> (PathBuf, PathBuf) {
     )
 }
 
+fn read_lease(path: &Path) -> Option<Lease> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
 #[async_trait]
 impl Journal for FileJournal {
-    async fn append(&self, run_id: &str, entry: &Entry) -> Result<Record> {
+    async fn append(&self, run_id: &str, entry: &Entry, epoch: u64) -> Result<Record> {
         let path = self.run_path(run_id)?;
         let (run_id, entry) = (run_id.to_string(), entry.clone());
-        self.blocking(move |inner| inner.append(&path, &run_id, &entry))
+        self.blocking(move |inner| inner.append(&path, &run_id, &entry, epoch))
             .await
     }
 
     async fn records(&self, run_id: &str) -> Result<Vec<Record>> {
         let path = self.run_path(run_id)?;
-        if !path.exists() {
-            return Ok(Vec::new());
-        }
+        let run_id = run_id.to_string();
+        self.blocking(move |_| match lock_for_read(&path)? {
+            None => Ok(Vec::new()),
+            Some(mut f) => Ok(parse(&run_id, &read_all(&mut f)?)?.records),
+        })
+        .await
+    }
+
+    async fn lost_tail(&self, run_id: &str) -> Result<Option<LostTail>> {
+        let path = self.run_path(run_id)?;
         let run_id = run_id.to_string();
         self.blocking(move |_| {
-            let mut f = lock_file(&path)?;
-            Ok(read_locked(&run_id, &mut f)?.0)
+            let parsed = match lock_for_read(&path)? {
+                None => Parsed {
+                    records: Vec::new(),
+                    records_len: 0,
+                    missing_newline: false,
+                    torn: 0,
+                    torn_kind: None,
+                },
+                Some(mut f) => parse(&run_id, &read_all(&mut f)?)?,
+            };
+            let witnessed = unmet_witness(&parsed.records, read_witness(&path)?);
+            if parsed.torn == 0 && witnessed.is_none() {
+                return Ok(None);
+            }
+            Ok(Some(LostTail {
+                torn_bytes: parsed.torn,
+                torn_kind: parsed.torn_kind,
+                witnessed,
+            }))
         })
         .await
     }
@@ -238,19 +493,12 @@ impl Journal for FileJournal {
     async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Lease> {
         let (lease_path, lock_path) = lease_paths(&self.inner.dir, key);
         let (key, holder) = (key.to_string(), holder.to_string());
-        self.blocking(move |_| {
-            let _lock = lock_file(&lock_path)?;
-            let current: Option<Lease> = match std::fs::read(&lease_path) {
-                Ok(b) => serde_json::from_slice(&b).ok(),
-                Err(_) => None,
-            };
+        self.blocking(move |inner| {
+            let _lock = lock_for_write(&lock_path)?;
+            let current = read_lease(&lease_path);
             let lease = decide_lease(current.as_ref(), &key, &holder, ttl, now_ms())?;
-            let tmp = lease_path.with_extension("lease.tmp");
-            let mut f = File::create(&tmp).map_err(JournalError::Io)?;
-            f.write_all(&serde_json::to_vec(&lease).unwrap_or_default())
-                .map_err(JournalError::Io)?;
-            f.sync_all().map_err(JournalError::Io)?;
-            std::fs::rename(&tmp, &lease_path).map_err(JournalError::Io)?;
+            let bytes = serde_json::to_vec(&lease).unwrap_or_default();
+            write_durably(&inner.dir, &lease_path, &bytes).map_err(JournalError::Io)?;
             Ok(lease)
         })
         .await
@@ -259,12 +507,11 @@ impl Journal for FileJournal {
     async fn release_lease(&self, key: &str, holder: &str) -> Result<()> {
         let (lease_path, lock_path) = lease_paths(&self.inner.dir, key);
         let holder = holder.to_string();
-        self.blocking(move |_| {
-            let _lock = lock_file(&lock_path)?;
-            if let Ok(b) = std::fs::read(&lease_path) {
-                if serde_json::from_slice::<Lease>(&b).is_ok_and(|l| l.holder == holder) {
-                    std::fs::remove_file(&lease_path).map_err(JournalError::Io)?;
-                }
+        self.blocking(move |inner| {
+            let _lock = lock_for_write(&lock_path)?;
+            if let Some(l) = read_lease(&lease_path).filter(|l| l.holder == holder) {
+                let bytes = serde_json::to_vec(&released(&l)).unwrap_or_default();
+                write_durably(&inner.dir, &lease_path, &bytes).map_err(JournalError::Io)?;
             }
             Ok(())
         })

@@ -1,4 +1,4 @@
-use super::{decide_lease, now_ms, Entry, Journal, Lease, Record};
+use super::{check_fence, decide_lease, now_ms, released, Entry, Journal, Lease, Record};
 use crate::{Digest, Result};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -12,7 +12,7 @@ use std::time::Duration;
 /// # tokio_test_block(async {
 /// use rollback_core::journal::{Journal, MemoryJournal, Entry};
 /// let j = MemoryJournal::new();
-/// j.append("run-1", &Entry::Committed).await.unwrap();
+/// j.append("run-1", &Entry::Committed, 0).await.unwrap();
 /// assert_eq!(j.records("run-1").await.unwrap().len(), 1);
 /// # });
 /// # fn tokio_test_block<F: std::future::Future>(f: F) -> F::Output {
@@ -48,14 +48,15 @@ impl MemoryJournal {
 
 #[async_trait]
 impl Journal for MemoryJournal {
-    async fn append(&self, run_id: &str, entry: &Entry) -> Result<Record> {
+    async fn append(&self, run_id: &str, entry: &Entry, epoch: u64) -> Result<Record> {
         let mut g = self.lock();
         let recs = g.runs.entry(run_id.to_string()).or_default();
-        let (seq, prev) = match recs.last() {
-            Some(r) => (r.seq + 1, r.hash),
-            None => (0, Digest::default()),
+        let (seq, prev, head_epoch) = match recs.last() {
+            Some(r) => (r.seq + 1, r.hash, r.epoch),
+            None => (0, Digest::default(), 0),
         };
-        let rec = Record::seal(run_id, seq, now_ms(), prev, entry.clone());
+        check_fence(run_id, head_epoch, epoch)?;
+        let rec = Record::seal(run_id, seq, now_ms(), prev, epoch, entry.clone());
         recs.push(rec.clone());
         Ok(rec)
     }
@@ -79,8 +80,8 @@ impl Journal for MemoryJournal {
 
     async fn release_lease(&self, key: &str, holder: &str) -> Result<()> {
         let mut g = self.lock();
-        if g.leases.get(key).is_some_and(|l| l.holder == holder) {
-            g.leases.remove(key);
+        if let Some(l) = g.leases.get_mut(key).filter(|l| l.holder == holder) {
+            *l = released(l);
         }
         Ok(())
     }

@@ -32,10 +32,13 @@ pub enum Entry {
         holder: String,
         policy: RunPolicy,
     },
-    /// The lease on the plan was taken (possibly from an expired holder).
+    /// The lease on the plan was taken (possibly from an expired holder), with the fencing
+    /// epoch of the grant: from this record on, the run refuses appends of older epochs.
     LeaseTaken {
         holder: String,
         taken_over_from: Option<String>,
+        #[serde(default)]
+        epoch: u64,
     },
     /// A crashed or stopped run was resumed.
     Resumed { holder: String },
@@ -116,6 +119,22 @@ pub enum Entry {
         remaining: Vec<String>,
         error: String,
     },
+    /// A journal dropped the cut-short bytes of a record after the last complete one (a
+    /// write torn by a crash) before appending; `kind` is the entry type of the cut record
+    /// when enough of it survived to tell.
+    TailTruncated {
+        bytes: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<String>,
+    },
+    /// Records at the end of the run were lost (see [`Journal::lost_tail`]) and resume was
+    /// told explicitly what to assume about them.
+    TailLossResolved {
+        /// What was lost, as the journal described it.
+        lost: String,
+        /// The assumption made.
+        assumed: TailAssumption,
+    },
     /// After the run ended (committed or rolled back), a baseline snapshot's storage was
     /// released with [`Checkpoint::discard`](crate::Checkpoint::discard); `error` when that
     /// failed (the snapshot is then left in place, named in the report).
@@ -152,8 +171,104 @@ impl Entry {
             Entry::RolledBack { .. } => "rolled_back",
             Entry::RollbackFailed { .. } => "rollback_failed",
             Entry::Discarded { .. } => "discarded",
+            Entry::TailTruncated { .. } => "tail_truncated",
+            Entry::TailLossResolved { .. } => "tail_loss_resolved",
         }
     }
+
+    /// Whether this entry ends a run (`committed`, `rolled_back`): journals that can lose
+    /// a tail witness these records beyond the run's own file (see
+    /// [`Journal::lost_tail`]).
+    pub fn is_outcome(&self) -> bool {
+        matches!(self, Entry::Committed | Entry::RolledBack { .. })
+    }
+}
+
+/// What [`Executor::resume`](crate::Executor::resume) assumes about records a journal
+/// lost at the end of a run, when the loss may have hidden the run's outcome (see
+/// [`Error::LostTail`](crate::Error::LostTail) and
+/// [`Executor::assume_lost_tail`](crate::Executor::assume_lost_tail)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TailAssumption {
+    /// The lost records reached `committed`: it is recorded again and the run ends
+    /// committed. Nothing is rolled back.
+    Committed,
+    /// The lost records reached `rolled_back`: it is recorded again and the run ends
+    /// rolled back. Nothing is restored again (writes made since are kept).
+    RolledBack,
+    /// The run never reached an outcome: resume continues from the surviving records
+    /// under the run's policy (an unfinished apply is rolled back, restoring checkpoints
+    /// where resources differ from their baseline).
+    NotCommitted,
+}
+
+impl std::fmt::Display for TailAssumption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TailAssumption::Committed => "committed",
+            TailAssumption::RolledBack => "rolled_back",
+            TailAssumption::NotCommitted => "not_committed",
+        })
+    }
+}
+
+/// Records a journal knows it lost at the end of a run: the cut-short bytes of a torn
+/// write, or an outcome it witnessed (outside the run's records) that the records no
+/// longer reach. Returned by [`Journal::lost_tail`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LostTail {
+    /// Bytes of a record cut short after the last complete record (0: none).
+    pub torn_bytes: u64,
+    /// The entry kind of the cut record, when enough of it survived to tell.
+    pub torn_kind: Option<String>,
+    /// An outcome record the journal witnessed that the surviving records do not reach.
+    pub witnessed: Option<WitnessedOutcome>,
+}
+
+impl LostTail {
+    /// Whether the lost records may have held the outcome `kind` (`committed`,
+    /// `rolled_back`): it was witnessed, or the torn record is of that kind. A torn record
+    /// of unknown kind is not counted here (the executor weighs it against the run's
+    /// state).
+    pub fn names_outcome(&self, kind: &str) -> bool {
+        self.witnessed.as_ref().is_some_and(|w| w.kind == kind)
+            || self.torn_kind.as_deref() == Some(kind)
+    }
+}
+
+impl std::fmt::Display for LostTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if self.torn_bytes > 0 {
+            parts.push(match &self.torn_kind {
+                Some(k) => format!("a {k} record cut short ({} bytes)", self.torn_bytes),
+                None => format!(
+                    "a record cut short before its type ({} bytes)",
+                    self.torn_bytes
+                ),
+            });
+        }
+        if let Some(w) = &self.witnessed {
+            parts.push(format!(
+                "records up to a witnessed {} at seq {}",
+                w.kind, w.seq
+            ));
+        }
+        f.write_str(&parts.join(" and "))
+    }
+}
+
+/// An outcome record as witnessed outside a run's records (see [`LostTail`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WitnessedOutcome {
+    /// Its seq.
+    pub seq: u64,
+    /// Its entry kind (`committed`, `rolled_back`).
+    pub kind: String,
+    /// Its record hash.
+    pub hash: Digest,
 }
 
 /// One sealed journal record: an [`Entry`] with its position, time and hash chain.
@@ -165,15 +280,33 @@ pub struct Record {
     pub at_ms: u64,
     /// Hash of the previous record (all zeros for the first).
     pub prev: Digest,
+    /// The fencing epoch of the writer's lease (0: written outside any lease). Epochs
+    /// never decrease along a run: a journal refuses an append whose epoch is older than
+    /// the run's last record's.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
     /// What happened.
     pub entry: Entry,
-    /// blake3 over `run_id`, `seq`, `at_ms`, `prev` and the entry's JSON.
+    /// blake3 over `run_id`, `seq`, `at_ms`, `prev`, the epoch (when not 0) and the
+    /// entry's JSON.
     pub hash: Digest,
 }
 
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
 impl Record {
-    /// Seal `entry` as record `seq` of `run_id`, chained to `prev`.
-    pub fn seal(run_id: &str, seq: u64, at_ms: u64, prev: Digest, entry: Entry) -> Record {
+    /// Seal `entry` as record `seq` of `run_id`, chained to `prev`, written under the
+    /// fencing `epoch`.
+    pub fn seal(
+        run_id: &str,
+        seq: u64,
+        at_ms: u64,
+        prev: Digest,
+        epoch: u64,
+        entry: Entry,
+    ) -> Record {
         // Seal the entry as a reader will decode it: JSON has no NaN or infinity (serde_json
         // writes them as `null`, read back as `None`), so a verdict value of NaN would
         // otherwise hash differently once read back, and the record would read as tampered.
@@ -181,25 +314,37 @@ impl Record {
             .ok()
             .and_then(|json| serde_json::from_slice(&json).ok())
             .unwrap_or(entry);
-        let hash = Self::compute_hash(run_id, seq, at_ms, &prev, &entry);
+        let hash = Self::compute_hash(run_id, seq, at_ms, &prev, epoch, &entry);
         Record {
             seq,
             at_ms,
             prev,
+            epoch,
             entry,
             hash,
         }
     }
 
-    fn compute_hash(run_id: &str, seq: u64, at_ms: u64, prev: &Digest, entry: &Entry) -> Digest {
+    fn compute_hash(
+        run_id: &str,
+        seq: u64,
+        at_ms: u64,
+        prev: &Digest,
+        epoch: u64,
+        entry: &Entry,
+    ) -> Digest {
         let json = serde_json::to_vec(entry).unwrap_or_default();
-        crate::digest::Hasher::new()
-            .field(run_id.as_bytes())
+        let mut h = crate::digest::Hasher::new();
+        h.field(run_id.as_bytes())
             .field(&seq.to_le_bytes())
             .field(&at_ms.to_le_bytes())
-            .field(&prev.0)
-            .field(&json)
-            .finish()
+            .field(&prev.0);
+        // Records written outside any lease (epoch 0) hash as they did before epochs
+        // existed, so older journals stay readable.
+        if epoch != 0 {
+            h.field(b"epoch").field(&epoch.to_le_bytes());
+        }
+        h.field(&json).finish()
     }
 
     /// Check this record's own hash and its place after `prev` (`None`: it must be first).
@@ -219,7 +364,23 @@ impl Record {
                 expected_seq: want_seq,
             });
         }
-        if Self::compute_hash(run_id, self.seq, self.at_ms, &self.prev, &self.entry) != self.hash {
+        if let Some(p) = prev.filter(|p| self.epoch < p.epoch) {
+            return Err(JournalError::EpochRegressed {
+                run_id: run_id.to_string(),
+                seq: self.seq,
+                epoch: self.epoch,
+                previous: p.epoch,
+            });
+        }
+        if Self::compute_hash(
+            run_id,
+            self.seq,
+            self.at_ms,
+            &self.prev,
+            self.epoch,
+            &self.entry,
+        ) != self.hash
+        {
             return Err(JournalError::Tampered {
                 run_id: run_id.to_string(),
                 seq: self.seq,
@@ -282,6 +443,30 @@ pub enum JournalError {
         /// Contended position.
         seq: u64,
     },
+    /// A record carries an older fencing epoch than the record before it: a writer whose
+    /// lease had been taken over wrote after the takeover (the journal failed to fence it).
+    #[error("journal of run {run_id}: record {seq} has epoch {epoch}, older than the epoch {previous} before it (a fenced writer's record)")]
+    EpochRegressed {
+        /// Run.
+        run_id: String,
+        /// The record.
+        seq: u64,
+        /// Its epoch.
+        epoch: u64,
+        /// The epoch of the record before it.
+        previous: u64,
+    },
+    /// The run's records end before an outcome the journal witnessed: records were lost.
+    /// Only an explicit [`Entry::TailLossResolved`] may extend such a run.
+    #[error("journal of run {run_id}: records were lost after seq {last_seq:?} ({lost}); resume with an explicit assumption (Executor::assume_lost_tail)")]
+    TailLost {
+        /// Run.
+        run_id: String,
+        /// The last surviving record.
+        last_seq: Option<u64>,
+        /// What was lost.
+        lost: String,
+    },
     /// I/O failure.
     #[error("journal i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -290,18 +475,23 @@ pub enum JournalError {
     Backend(String),
 }
 
-/// A lease on a key (the plan's name): who holds it, until when.
+/// A lease on a key (the plan's name): who holds it, until when, and its fencing epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
     /// The key.
     pub key: String,
-    /// The holder.
+    /// The holder (empty once released: the key is free, its epoch remembered).
     pub holder: String,
-    /// Expiry, milliseconds since the Unix epoch.
+    /// Expiry, milliseconds since the Unix epoch (by the journal's clock).
     pub expires_at_ms: u64,
     /// The previous holder whose expired lease was taken over, if any.
     #[serde(default)]
     pub taken_over_from: Option<String>,
+    /// The fencing token of this grant: greater than the epoch of every earlier grant of
+    /// the key, kept by renewals. Every record a holder appends carries it, and the
+    /// journal refuses records of an epoch older than the run's last one.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// Where runs are recorded. Implementations: [`MemoryJournal`], [`FileJournal`], and the
@@ -315,17 +505,36 @@ pub struct Lease {
 /// 3. **Verified reads.** `records` returns the run's records only after checking the
 ///    chain; a torn last record (a write cut short) is dropped, anything else wrong is a
 ///    [`JournalError`].
-/// 4. **Leases.** `acquire_lease` grants the lease when it is free, expired, or already
-///    held by the same holder (a renewal); otherwise it fails with
+/// 4. **Leases.** `acquire_lease` grants the lease when it is free, released, expired,
+///    or already held by the same holder (a renewal); otherwise it fails with
 ///    [`Error::LeaseHeld`](crate::Error::LeaseHeld). Two holders never hold one key at
-///    once.
+///    once. Expiry is decided by one clock for all holders (the journal's).
+/// 5. **Fencing epochs.** Every grant to a holder that did not hold the key gets an
+///    epoch greater than any earlier grant of the key (released keys remember theirs);
+///    a renewal keeps it. A `ttl` too large to represent saturates: it never wraps into
+///    an expiry in the past.
+/// 6. **Fenced appends.** `append` refuses, atomically with the write (under the same
+///    lock or in the same transaction that reads the run's head), an `epoch` older than
+///    the epoch of the run's last record, with [`Error::Fenced`](crate::Error::Fenced);
+///    nothing is written.
+/// 7. **Reads never write.** `records` and `lost_tail` change nothing (they work on a
+///    read-only copy); dropping a torn tail happens only in `append`, which records it
+///    ([`Entry::TailTruncated`]).
+/// 8. **Lost tails are told.** A journal that can lose the end of a run (a file cut
+///    short) reports it in `lost_tail`, and refuses to extend a run whose records end
+///    before an outcome it witnessed, except with [`Entry::TailLossResolved`].
+///
+/// The `conformance` feature checks these clauses on any implementation
+/// (`rollback_core::conformance::journal`).
 #[async_trait]
 pub trait Journal: Send + Sync {
-    /// Append `entry` to the run `run_id` (creating the run at its first record).
+    /// Append `entry` to the run `run_id` (creating the run at its first record) as a
+    /// writer holding fencing `epoch` (0 outside any lease).
     ///
     /// # Errors
-    /// I/O or backend errors; a concurrent writer.
-    async fn append(&self, run_id: &str, entry: &Entry) -> Result<Record>;
+    /// [`Error::Fenced`](crate::Error::Fenced) when the run already has a record of a
+    /// newer epoch; I/O or backend errors; a concurrent writer.
+    async fn append(&self, run_id: &str, entry: &Entry, epoch: u64) -> Result<Record>;
 
     /// Every record of `run_id`, verified. Empty when the run does not exist.
     ///
@@ -345,11 +554,36 @@ pub trait Journal: Send + Sync {
     /// [`Error::LeaseHeld`](crate::Error::LeaseHeld) when another holder's lease is live.
     async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Lease>;
 
-    /// Release the lease if `holder` holds it.
+    /// Release the lease if `holder` holds it (the key remembers its epoch).
     ///
     /// # Errors
     /// I/O or backend errors.
     async fn release_lease(&self, key: &str, holder: &str) -> Result<()>;
+
+    /// What this journal knows it lost at the end of `run_id` (contract clause 8).
+    /// Default: nothing (journals whose appends are transactions cannot tear).
+    ///
+    /// # Errors
+    /// I/O or backend errors.
+    async fn lost_tail(&self, _run_id: &str) -> Result<Option<LostTail>> {
+        Ok(None)
+    }
+}
+
+/// Refuse an append of `epoch` to `run_id` whose last record has `head_epoch`
+/// (contract clause 6). For journal implementations.
+///
+/// # Errors
+/// [`Error::Fenced`](crate::Error::Fenced) when `epoch < head_epoch`.
+pub fn check_fence(run_id: &str, head_epoch: u64, epoch: u64) -> Result<()> {
+    if epoch < head_epoch {
+        return Err(crate::Error::Fenced {
+            scope: format!("run {run_id}"),
+            epoch,
+            current: head_epoch,
+        });
+    }
+    Ok(())
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -359,35 +593,67 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Decide a lease request against the current lease (shared by journals).
-pub(crate) fn decide_lease(
+/// The largest expiry a lease may have, in ms since the Unix epoch: `i64::MAX`, so that
+/// journals storing it as a signed 64-bit number (SQL `bigint`) cannot wrap it.
+pub const MAX_LEASE_EXPIRY_MS: u64 = i64::MAX as u64;
+
+/// The expiry of a lease granted at `now` for `ttl`, saturated at
+/// [`MAX_LEASE_EXPIRY_MS`] (contract clause 5). For journal implementations.
+pub fn lease_expiry(now_ms: u64, ttl: Duration) -> u64 {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    now_ms.saturating_add(ttl_ms).min(MAX_LEASE_EXPIRY_MS)
+}
+
+/// Decide a lease request against the current lease of `key` (clauses 4 and 5), by the
+/// journal's clock `now`. For journal implementations: read the current lease, decide,
+/// and store the result under one lock or transaction.
+///
+/// # Errors
+/// [`Error::LeaseHeld`](crate::Error::LeaseHeld) while another holder's lease is live;
+/// [`Error::Invalid`](crate::Error::Invalid) for an empty holder.
+pub fn decide_lease(
     current: Option<&Lease>,
     key: &str,
     holder: &str,
     ttl: Duration,
     now: u64,
 ) -> Result<Lease> {
-    // Saturate: a huge ttl (`Duration::MAX` for "never expires") must not wrap around into
-    // an expiry in the past, which would let another holder take the lease at once.
-    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    let expires_at_ms = now.saturating_add(ttl_ms);
+    if holder.is_empty() {
+        return Err(crate::Error::invalid("a lease holder must not be empty"));
+    }
+    let expires_at_ms = lease_expiry(now, ttl);
+    let grant = |epoch: u64, taken_over_from: Option<String>| Lease {
+        key: key.to_string(),
+        holder: holder.to_string(),
+        expires_at_ms,
+        taken_over_from,
+        epoch,
+    };
     match current {
-        Some(l) if l.holder != holder && l.expires_at_ms > now => Err(crate::Error::LeaseHeld {
+        // Nobody took the key since this holder got it (the holder field is unchanged):
+        // a renewal, even after expiry, keeps the epoch.
+        Some(l) if l.holder == holder => Ok(grant(l.epoch, None)),
+        Some(l) if !l.holder.is_empty() && l.expires_at_ms > now => Err(crate::Error::LeaseHeld {
             key: key.to_string(),
             holder: l.holder.clone(),
             remaining_ms: l.expires_at_ms - now,
         }),
-        Some(l) if l.holder != holder => Ok(Lease {
-            key: key.to_string(),
-            holder: holder.to_string(),
-            expires_at_ms,
-            taken_over_from: Some(l.holder.clone()),
-        }),
-        _ => Ok(Lease {
-            key: key.to_string(),
-            holder: holder.to_string(),
-            expires_at_ms,
-            taken_over_from: None,
-        }),
+        Some(l) => Ok(grant(
+            l.epoch.saturating_add(1),
+            (!l.holder.is_empty()).then(|| l.holder.clone()),
+        )),
+        None => Ok(grant(1, None)),
+    }
+}
+
+/// The stored form of a released lease: no holder, expired, its epoch kept so the next
+/// grant is newer. For journal implementations.
+pub fn released(lease: &Lease) -> Lease {
+    Lease {
+        key: lease.key.clone(),
+        holder: String::new(),
+        expires_at_ms: 0,
+        taken_over_from: None,
+        epoch: lease.epoch,
     }
 }

@@ -1,7 +1,8 @@
 //! The conformance suite: the checks every [`Checkpoint`] and [`Step`] implementation
 //! runs against its real backend (and the in-memory reference implementations run
-//! against memory). Each check panics with the contract clause it found broken, and
-//! leaves the resource as it found it when it passes.
+//! against memory), and in [`journal`] those of every [`Journal`]. Each check panics
+//! with the contract clause it found broken, and leaves the resource as it found it when
+//! it passes.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -20,6 +21,8 @@
 //! }).await;
 //! # });
 //! ```
+
+pub mod journal;
 
 use crate::journal::Journal;
 use crate::sim::CrashAfter;
