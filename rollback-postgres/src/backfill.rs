@@ -204,10 +204,11 @@ impl Backfill {
     /// One batch from `lo`: returns the new cursor, or `None` when nothing is left.
     async fn batch(
         &self,
-        run: &str,
+        ctx: &Context,
         lo: i64,
         rows: u64,
-    ) -> std::result::Result<Option<BackfillCursor>, PgError> {
+    ) -> std::result::Result<Option<BackfillCursor>, BatchError> {
+        let run = ctx.run_id();
         let mut obj = self
             .db
             .client()
@@ -225,6 +226,10 @@ impl Backfill {
         ))
         .await
         .map_err(|e| PgError::new("setting timeouts", &e))?;
+        // The batch commits only while this runner holds the newest epoch.
+        markers::fence(&tx, &self.marker_schema, ctx)
+            .await
+            .map_err(BatchError::Refused)?;
         let k = quote_ident(&self.key);
         let t = self.table.quoted();
         let hi: Option<i64> = tx
@@ -383,11 +388,14 @@ impl Step for Backfill {
             if ctx.is_cancelled() {
                 return Err(Error::Cancelled);
             }
+            ctx.ensure_lease().await?;
             let mut attempt = 0;
             let res = loop {
-                match self.batch(run, lo, rows).await {
+                match self.batch(ctx, lo, rows).await {
                     Ok(r) => break Ok(r),
-                    Err(e) if e.class() != Class::Permanent && attempt < self.batch_retries => {
+                    Err(BatchError::Pg(e))
+                        if e.class() != Class::Permanent && attempt < self.batch_retries =>
+                    {
                         attempt += 1;
                         tracing::warn!(step = %self.id, error = %e, attempt, "backfill batch failed; retrying");
                         tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
@@ -406,7 +414,8 @@ impl Step for Backfill {
             let next = match res {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
-                Err(e) => return Err(e.into_core(any_done)),
+                Err(BatchError::Pg(e)) => return Err(e.into_core(any_done)),
+                Err(BatchError::Refused(e)) => return Err(e),
             };
             any_done = true;
             cursor = Some(next);
@@ -428,6 +437,7 @@ impl Step for Backfill {
         let mut obj = self.db.client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("finishing backfill")?;
+        markers::fence(&tx, &self.marker_schema, ctx).await?;
         tx.execute(
             &format!(
                 "INSERT INTO {} (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, 'applied') \
@@ -467,5 +477,19 @@ impl Step for Backfill {
         .await
         .ctx("clearing the step marker")?;
         Ok(())
+    }
+}
+
+/// Why a batch did not commit.
+enum BatchError {
+    /// The server said no (retried when transient).
+    Pg(PgError),
+    /// Refused before writing anything (fenced off): never retried.
+    Refused(Error),
+}
+
+impl From<PgError> for BatchError {
+    fn from(e: PgError) -> Self {
+        BatchError::Pg(e)
     }
 }

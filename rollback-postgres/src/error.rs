@@ -151,15 +151,22 @@ impl<T> PgResultExt<T> for Result<T, tokio_postgres::Error> {
     }
 }
 
-/// A pool error (cannot get a connection): transient, nothing happened.
+/// A pool error (cannot get a connection); nothing happened. Transient when waiting may
+/// help (a timeout, a server that refuses connections for now or cannot be reached);
+/// permanent when it cannot (authentication failed, unknown role or database): the run
+/// then fails fast with the server's own message.
 pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
-    let message = match &e {
-        deadpool_postgres::PoolError::Backend(pg) => PgError::new("connecting", pg).to_string(),
-        other => format!("connecting: {other}"),
-    };
-    Error::Transient {
-        message,
-        maybe_applied: false,
+    match &e {
+        deadpool_postgres::PoolError::Backend(pg) => {
+            PgError::new("connecting", pg).into_core(false)
+        }
+        deadpool_postgres::PoolError::Timeout(_) | deadpool_postgres::PoolError::Closed => {
+            Error::Transient {
+                message: format!("connecting: {e}"),
+                maybe_applied: false,
+            }
+        }
+        other => backend_msg(format!("connecting: {other}")),
     }
 }
 

@@ -1,9 +1,10 @@
-//! The bookkeeping tables in the `_rollback` schema: step markers and backfill cursors.
+//! The bookkeeping tables in the `_rollback` schema: step markers, backfill cursors, and
+//! the fencing epochs that keep a stale runner's writes out.
 
 use crate::db::Database;
 use crate::error::{PgError, PgResultExt};
 use crate::ident::quote_ident;
-use rollback_core::Result;
+use rollback_core::{Context, Error, Result};
 use tokio_postgres::GenericClient;
 
 /// The default schema of the bookkeeping tables.
@@ -15,13 +16,13 @@ pub(crate) async fn ensure(db: &Database, schema: &str) -> Result<()> {
     let present = c
         .query_one(
             "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname IN ('applied_steps', 'backfill_progress')",
+             WHERE n.nspname = $1 AND c.relname IN ('applied_steps', 'backfill_progress', 'fences')",
             &[&schema],
         )
         .await
         .ctx("looking up marker tables")?
         .get::<_, i64>(0);
-    if present == 2 {
+    if present == 3 {
         return Ok(());
     }
     let s = quote_ident(schema);
@@ -33,7 +34,9 @@ pub(crate) async fn ensure(db: &Database, schema: &str) -> Result<()> {
             applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run_id, step_id)); \
          CREATE TABLE IF NOT EXISTS {s}.backfill_progress ( \
             run_id text NOT NULL, step_id text NOT NULL, next_key bigint, rows_done bigint NOT NULL DEFAULT 0, \
-            updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run_id, step_id));"
+            updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run_id, step_id)); \
+         CREATE TABLE IF NOT EXISTS {s}.fences ( \
+            key text PRIMARY KEY, epoch bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());"
     );
     // Concurrent creators may collide on the catalog's unique indexes: retry once.
     for attempt in 0..3 {
@@ -91,4 +94,51 @@ pub(crate) async fn lock_xact<C: GenericClient>(
     )
     .await
     .map(|_| ())
+}
+
+/// [`ensure`] the bookkeeping tables when `ctx` carries a fence, for writers that keep
+/// no marker of their own (checkpoint restores) but fence with [`fence`].
+pub(crate) async fn ensure_for_fence(db: &Database, schema: &str, ctx: &Context) -> Result<()> {
+    match ctx.fence() {
+        Some(_) => ensure(db, schema).await,
+        None => Ok(()),
+    }
+}
+
+/// Fence the writes of the transaction `c` is in (see [`Context::fence`]): record the
+/// runner's epoch for its lease key, refusing it with [`Error::Fenced`] when a newer
+/// runner already wrote. The row stays locked until the transaction ends, so a fenced
+/// write and a takeover's first write are serialized: whichever commits second sees the
+/// other. Outside a run (no fence) it does nothing.
+pub(crate) async fn fence<C: GenericClient>(c: &C, schema: &str, ctx: &Context) -> Result<()> {
+    let Some(f) = ctx.fence() else {
+        return Ok(());
+    };
+    let epoch = i64::try_from(f.epoch)
+        .map_err(|_| Error::invalid(format!("fencing epoch {} does not fit a bigint", f.epoch)))?;
+    let s = quote_ident(schema);
+    let admitted = c
+        .query_opt(
+            &format!(
+                "INSERT INTO {s}.fences AS f (key, epoch) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET epoch = EXCLUDED.epoch, updated_at = now() \
+                 WHERE f.epoch <= EXCLUDED.epoch RETURNING f.epoch"
+            ),
+            &[&f.key, &epoch],
+        )
+        .await
+        .ctx("checking the runner's fencing epoch")?;
+    if admitted.is_some() {
+        return Ok(());
+    }
+    let current: i64 = c
+        .query_one(
+            &format!("SELECT epoch FROM {s}.fences WHERE key = $1"),
+            &[&f.key],
+        )
+        .await
+        .ctx("reading the newest fencing epoch")?
+        .get(0);
+    tracing::error!(key = %f.key, epoch = f.epoch, current, "refused a write by a fenced-off runner");
+    Err(f.stale(current.max(0) as u64))
 }

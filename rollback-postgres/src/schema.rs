@@ -146,6 +146,8 @@ impl Checkpoint for SchemaSnapshot {
 
     async fn restore(&self, snap: &Snapshot, ctx: &Context) -> Result<Restored> {
         let target = self.model_of(snap)?;
+        let marker_schema = crate::markers::DEFAULT_MARKER_SCHEMA;
+        crate::markers::ensure_for_fence(&self.db, marker_schema, ctx).await?;
         let mut obj = self.db.client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting schema restore")?;
@@ -155,6 +157,8 @@ impl Checkpoint for SchemaSnapshot {
         ))
         .await
         .ctx("setting lock_timeout")?;
+        // Only the newest runner's restore commits.
+        crate::markers::fence(&tx, marker_schema, ctx).await?;
         let live = catalog::schema_model(&tx, &self.schemas).await?;
         let changes = target.diff(&live);
         if changes.is_empty() {

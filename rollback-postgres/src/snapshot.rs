@@ -867,6 +867,8 @@ impl Checkpoint for TableSnapshot {
             RestoreMethod::Merge => vec![Method::Merge],
         };
         let mut reasons: Vec<String> = Vec::new();
+        crate::markers::ensure_for_fence(&self.db, crate::markers::DEFAULT_MARKER_SCHEMA, ctx)
+            .await?;
         for m in methods {
             let mut obj = self.db.client().await?;
             let client: &mut tokio_postgres::Client = &mut obj;
@@ -874,6 +876,8 @@ impl Checkpoint for TableSnapshot {
             tx.batch_execute(&self.lock_timeout_sql())
                 .await
                 .ctx("setting lock_timeout")?;
+            // Only the newest runner's restore commits.
+            crate::markers::fence(&tx, crate::markers::DEFAULT_MARKER_SCHEMA, ctx).await?;
             // 1. Refusal, before anything changes: copies present, digest and definitions.
             let mut missing = Vec::new();
             let mut copies = Vec::new();

@@ -278,6 +278,7 @@ impl SqlStep {
         markers::lock_xact(&tx, run, &self.id)
             .await
             .ctx("locking the step marker")?;
+        markers::fence(&tx, &self.marker_schema, ctx).await?;
         if let Some((_, r)) = markers::read(&tx, &self.marker_schema, run, &self.id)
             .await
             .ctx("reading the step marker")?
@@ -330,6 +331,7 @@ impl SqlStep {
         markers::lock_xact(&tx, run, &self.id)
             .await
             .ctx("locking the step marker")?;
+        markers::fence(&tx, &self.marker_schema, ctx).await?;
         if markers::read(&tx, &self.marker_schema, run, &self.id)
             .await
             .ctx("reading the step marker")?
@@ -376,6 +378,9 @@ impl SqlStep {
                 return Ok(Receipt(r));
             }
         }
+        // Statements that cannot run in a transaction cannot be fenced atomically: check
+        // the fence just before them (a takeover after this point can still race them).
+        markers::fence(c, &self.marker_schema, ctx).await?;
         let receipt = Receipt::new(&self.receipt(ctx));
         let json = receipt.0.to_string();
         c.execute(
@@ -414,6 +419,7 @@ impl SqlStep {
         {
             return Ok(());
         }
+        markers::fence(c, &self.marker_schema, ctx).await?;
         if self.reversibility() == Reversibility::Compensable {
             if let Some(down) = &self.down {
                 let res = self.run_statements(&session, down).await;

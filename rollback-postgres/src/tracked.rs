@@ -882,12 +882,15 @@ impl Checkpoint for TableUndoLog {
     async fn restore(&self, snap: &Snapshot, ctx: &Context) -> Result<Restored> {
         let d = self.descriptor(snap)?;
         snap.ensure_digest(Digest::of_json(&d))?;
+        crate::markers::ensure_for_fence(&self.db, &self.schema, ctx).await?;
         let mut obj = self.db.client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting restore")?;
         tx.batch_execute(&self.lock_timeout_sql())
             .await
             .ctx("setting lock_timeout")?;
+        // Only the newest runner's restore commits.
+        crate::markers::fence(&tx, &self.schema, ctx).await?;
         // 1. Refusal, before anything changes.
         self.check_tracking(&tx, &d).await?;
         let mut locked: Vec<String> = d.tables.iter().map(|e| e.table.quoted()).collect();
