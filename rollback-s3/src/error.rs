@@ -87,7 +87,11 @@ where
         SdkError::ConstructionFailure(_) => (Class::Construction, None, None),
         SdkError::TimeoutError(_) => (Class::UncertainTransient, None, None),
         SdkError::DispatchFailure(d) => {
-            if d.is_user() {
+            let endpoint = d
+                .as_connector_error()
+                .is_some_and(|c| unresolvable_endpoint(c));
+            if d.is_user() || endpoint {
+                // Nothing was sent, and sending again cannot help (a malformed endpoint).
                 (Class::Construction, None, None)
             } else {
                 (Class::UncertainTransient, None, None)
@@ -126,6 +130,23 @@ where
             maybe_applied: false,
         },
     }
+}
+
+/// Whether the request failed because its endpoint cannot be resolved into a URI (a
+/// malformed endpoint URL): a permanent error, whatever the SDK's dispatch kind says.
+fn unresolvable_endpoint(err: &(dyn std::error::Error + 'static)) -> bool {
+    use aws_smithy_runtime_api::client::endpoint::error::ResolveEndpointError;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        // The S3 endpoint rules raise aws-smithy-http's type; the runtime its own.
+        if e.is::<ResolveEndpointError>()
+            || e.is::<aws_smithy_http::endpoint::ResolveEndpointError>()
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 fn classify(code: Option<&str>, status: Option<u16>) -> Class {

@@ -216,3 +216,37 @@ async fn a_step_rides_through_throttling() {
     assert!(direct.head("a").await.unwrap().is_none());
     direct.dangerous_delete_bucket().await.unwrap();
 }
+
+/// A malformed endpoint cannot start working by retrying: it is a permanent error
+/// (nothing was sent), so a run fails fast with the cause instead of backing off. A
+/// well-formed endpoint that refuses connections stays transient.
+#[tokio::test]
+async fn a_malformed_endpoint_is_a_permanent_error_not_a_transient_one() {
+    for endpoint in [
+        "not a url",
+        "127.0.0.1:59000",
+        "http://",
+        "http://127.0.0.1:notaport",
+        "ftp://127.0.0.1:59000",
+    ] {
+        let settings =
+            S3Settings::new(endpoint, "us-east-1", "AKID", "secret-key-1").max_attempts(3);
+        let err = S3Bucket::connect(&settings, "bucket-x")
+            .exists()
+            .await
+            .unwrap_err();
+        assert!(!err.is_transient(), "{endpoint:?}: {err}");
+        assert!(!err.maybe_applied(), "{endpoint:?}: nothing was sent");
+        assert!(
+            err.to_string().contains("not a valid URI"),
+            "{endpoint:?}: {err}"
+        );
+    }
+    let refused =
+        S3Settings::new("http://127.0.0.1:1", "us-east-1", "AKID", "secret-key-1").max_attempts(1);
+    let err = S3Bucket::connect(&refused, "bucket-x")
+        .exists()
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+}
