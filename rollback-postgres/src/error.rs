@@ -151,8 +151,12 @@ impl<T> PgResultExt<T> for Result<T, tokio_postgres::Error> {
     }
 }
 
-/// A pool error (cannot get a connection): transient, nothing happened.
+/// A pool error (cannot get a connection): transient, nothing happened — except a session
+/// whose settings cannot be pinned, which is a permanent misconfiguration.
 pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
+    if let deadpool_postgres::PoolError::PostCreateHook(h) = &e {
+        return backend_msg(format!("connecting: {h}"));
+    }
     let message = match &e {
         deadpool_postgres::PoolError::Backend(pg) => PgError::new("connecting", pg).to_string(),
         other => format!("connecting: {other}"),

@@ -112,7 +112,7 @@ pub use catalog::{
     Change, ColumnModel, ConstraintModel, EnumModel, FunctionModel, IndexModel, SchemaChange,
     SchemaModel, SequenceModel, TableModel, TriggerModel, ViewModel,
 };
-pub use db::{Database, DEFAULT_POOL_SIZE};
+pub use db::{Database, DEFAULT_POOL_SIZE, PINNED_SETTINGS, RESET_SESSION_SQL};
 pub use diff::{RangeDiff, TableDiff};
 pub use hash::{ChunkDigest, KeyValue, TableHash, LEAF_ROWS};
 pub use ident::{quote_ident, quote_literal, Table};

@@ -147,9 +147,12 @@ pub(crate) fn plan(
     for s in &target.sequences {
         if !live_seqs.contains(&s.quoted()) {
             r.pre.push(format!(
-                "DO $rb$ BEGIN IF to_regclass({}) IS NULL THEN EXECUTE {}; END IF; END $rb$",
-                crate::ident::quote_literal(&s.quoted()),
-                crate::ident::quote_literal(&s.create_sql())
+                "DO {}",
+                crate::ident::dollar_quote(&format!(
+                    "BEGIN IF pg_catalog.to_regclass({}) IS NULL THEN EXECUTE {}; END IF; END",
+                    crate::ident::quote_literal(&s.quoted()),
+                    crate::ident::quote_literal(&s.create_sql())
+                ))
             ));
         }
     }

@@ -88,7 +88,7 @@ impl SchemaSnapshot {
     /// # Errors
     /// Backend errors.
     pub async fn model(&self) -> Result<SchemaModel> {
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .build_transaction()
@@ -146,7 +146,7 @@ impl Checkpoint for SchemaSnapshot {
 
     async fn restore(&self, snap: &Snapshot, ctx: &Context) -> Result<Restored> {
         let target = self.model_of(snap)?;
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting schema restore")?;
         tx.batch_execute(&format!(
@@ -299,7 +299,16 @@ async fn undo(tx: &Transaction<'_>, live: &SchemaModel, target: &SchemaModel) ->
     }
     for (k, f) in &target.functions {
         if live.functions.get(k) != Some(f) {
-            exec(tx, &f.definition, &mut n).await?;
+            // As pg_dump does: a body valid at capture may name objects put back later.
+            exec(
+                tx,
+                &format!(
+                    "SET LOCAL check_function_bodies = off; {}; SET LOCAL check_function_bodies = on",
+                    f.definition
+                ),
+                &mut n,
+            )
+            .await?;
         }
     }
     for (k, s) in &target.sequences {

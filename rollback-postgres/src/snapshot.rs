@@ -320,7 +320,7 @@ impl TableSnapshot {
 }
 
 pub(crate) async fn ensure_schema(db: &Database, schema: &str) -> Result<()> {
-    let c = db.client().await?;
+    let c = db.lib_client().await?;
     let exists = c
         .query_opt(
             "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1",
@@ -357,7 +357,7 @@ async fn snapshot_reader(db: &Database, tx: &Transaction<'_>) -> Option<tokio_po
         .await
         .ok()?
         .get(0);
-    let c = db.dedicated().await.ok()?;
+    let c = db.dedicated_lib().await.ok()?;
     c.batch_execute(&format!(
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
         crate::ident::quote_literal(&id)
@@ -433,7 +433,7 @@ impl SnapshotHasher {
             self.opened = true;
             if let Some(id) = &self.exported {
                 for _ in 1..self.parallelism {
-                    let Ok(o) = db.client().await else { break };
+                    let Ok(o) = db.lib_client().await else { break };
                     let ok = o
                         .batch_execute(&format!(
                             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
@@ -703,7 +703,7 @@ impl Checkpoint for TableSnapshot {
         crate::ident::check_ident("schema", &self.snapshot_schema)?;
         ensure_schema(&self.db, &self.snapshot_schema).await?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .build_transaction()
@@ -868,7 +868,7 @@ impl Checkpoint for TableSnapshot {
         };
         let mut reasons: Vec<String> = Vec::new();
         for m in methods {
-            let mut obj = self.db.client().await?;
+            let mut obj = self.db.lib_client().await?;
             let client: &mut tokio_postgres::Client = &mut obj;
             let tx = client.transaction().await.ctx("starting restore")?;
             tx.batch_execute(&self.lock_timeout_sql())
@@ -924,7 +924,7 @@ impl Checkpoint for TableSnapshot {
                 .map(|h| h.rows)
                 .max()
             {
-                Some(rows) if rows >= hash::PARALLEL_MIN_ROWS => match self.db.dedicated().await {
+                Some(rows) if rows >= hash::PARALLEL_MIN_ROWS => match self.db.dedicated_lib().await {
                     Ok(r) => r
                         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                         .await
@@ -1094,7 +1094,7 @@ impl Checkpoint for TableSnapshot {
     }
 
     async fn fingerprint(&self, _ctx: &Context) -> Result<Digest> {
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .build_transaction()
@@ -1136,8 +1136,11 @@ impl Checkpoint for TableSnapshot {
             return Ok(());
         }
         self.db
-            .execute_batch(&format!("DROP TABLE IF EXISTS {}", copies.join(", ")))
+            .lib_client()
+            .await?
+            .batch_execute(&format!("DROP TABLE IF EXISTS {}", copies.join(", ")))
             .await
+            .ctx("dropping snapshot copies")
     }
 }
 

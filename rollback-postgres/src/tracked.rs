@@ -4,7 +4,7 @@
 use crate::catalog::{self, diff_tables, TableModel};
 use crate::db::Database;
 use crate::error::{PgError, PgResultExt};
-use crate::ident::{check_ident, column_list, column_list_with, quote_ident, Table};
+use crate::ident::{check_ident, column_list, column_list_with, dollar_quote, quote_ident, Table};
 use crate::markers::DEFAULT_MARKER_SCHEMA;
 use crate::snapshot::SnapshotHasher;
 use async_trait::async_trait;
@@ -302,7 +302,7 @@ impl TableUndoLog {
     /// Fingerprint every table in one `REPEATABLE READ` snapshot; also returns that
     /// snapshot (`pg_current_snapshot()`), taken by the transaction's first statement.
     async fn fingerprint_all(&self) -> Result<(Vec<Seen>, String)> {
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .build_transaction()
@@ -364,7 +364,7 @@ impl TableUndoLog {
     pub async fn changes(&self, snap: &Snapshot) -> Result<Vec<LoggedChanges>> {
         let d = self.descriptor(snap)?;
         snap.ensure_digest(Digest::of_json(&d))?;
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .build_transaction()
@@ -534,9 +534,10 @@ fn function_sql(
                 .join(", ")
         )
     };
-    format!(
-        "CREATE FUNCTION {schema}.{function}() RETURNS trigger LANGUAGE plpgsql \
-         SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $rollback_undo$\n\
+    // The body names the table, its log and its columns (double-quoted); it is
+    // dollar-quoted with a tag that occurs nowhere in it, so no name can end it.
+    let body = format!(
+        "\n\
          BEGIN\n\
            IF TG_OP = 'UPDATE' THEN\n\
              {upd_old}\n\
@@ -551,9 +552,7 @@ fn function_sql(
              {into} SELECT true, {cols} FROM ONLY {t};\n\
            END IF;\n\
            RETURN NULL;\n\
-         END\n$rollback_undo$",
-        schema = quote_ident(schema),
-        function = quote_ident(function),
+         END\n",
         upd_old = values("OLD", true),
         upd_new = values("NEW", false),
         new_key = key_of("NEW"),
@@ -562,6 +561,13 @@ fn function_sql(
         ins = values("NEW", false),
         cols = column_list(&cols),
         t = t.quoted(),
+    );
+    format!(
+        "CREATE FUNCTION {schema}.{function}() RETURNS trigger LANGUAGE plpgsql \
+         SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}",
+        schema = quote_ident(schema),
+        function = quote_ident(function),
+        body = dollar_quote(&body),
     )
 }
 
@@ -701,7 +707,7 @@ impl TableUndoLog {
     /// Create the logs, function and triggers (committed), returning the entries without
     /// definitions and fingerprints.
     async fn install(&self, id: &str) -> Result<Vec<Entry>> {
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting capture")?;
         tx.batch_execute(&self.lock_timeout_sql())
@@ -776,7 +782,7 @@ impl TableUndoLog {
     }
 
     async fn uninstall(&self, entries: &[Entry]) -> Result<()> {
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting discard")?;
         tx.batch_execute(&self.lock_timeout_sql())
@@ -882,7 +888,7 @@ impl Checkpoint for TableUndoLog {
     async fn restore(&self, snap: &Snapshot, ctx: &Context) -> Result<Restored> {
         let d = self.descriptor(snap)?;
         snap.ensure_digest(Digest::of_json(&d))?;
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting restore")?;
         tx.batch_execute(&self.lock_timeout_sql())
