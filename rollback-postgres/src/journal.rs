@@ -73,16 +73,39 @@ impl PgJournal {
         format!("{}.leases", quote_ident(&self.schema))
     }
 
-    /// Create the tables if absent.
+    /// Create the tables if absent. Nothing that exists is created again: a schema a DBA
+    /// created beforehand needs no `CREATE` privilege on the database (`CREATE SCHEMA IF
+    /// NOT EXISTS` would check it all the same), and tables that exist need none on the
+    /// schema.
     ///
     /// # Errors
     /// Backend errors.
     pub async fn ensure(&self) -> Result<()> {
         self.ready
             .get_or_try_init(|| async {
+                let c = self.db.lib_client().await?;
+                let r = c
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1), \
+                                (SELECT count(*) FROM pg_catalog.pg_class c \
+                                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                                 WHERE n.nspname = $1 AND c.relname IN ('journal', 'leases') AND c.relkind = 'r')",
+                        &[&self.schema],
+                    )
+                    .await
+                    .map_err(|e| journal_err(PgError::new("looking up journal tables", &e)))?;
+                let (schema_exists, present): (bool, i64) = (r.get(0), r.get(1));
+                if present == 2 {
+                    return Ok(());
+                }
                 let s = quote_ident(&self.schema);
+                let create_schema = if schema_exists {
+                    String::new()
+                } else {
+                    format!("CREATE SCHEMA IF NOT EXISTS {s}; ")
+                };
                 let ddl = format!(
-                    "CREATE SCHEMA IF NOT EXISTS {s}; \
+                    "{create_schema}\
                      CREATE TABLE IF NOT EXISTS {s}.journal ( \
                         run_id text NOT NULL, seq bigint NOT NULL, at_ms bigint NOT NULL, \
                         prev text NOT NULL, entry text NOT NULL, hash text NOT NULL, \
@@ -94,7 +117,6 @@ impl PgJournal {
                         key text PRIMARY KEY, holder text NOT NULL, expires_at_ms bigint NOT NULL, \
                         taken_over_from text, updated_at timestamptz NOT NULL DEFAULT now());"
                 );
-                let c = self.db.client().await?;
                 for attempt in 0..3 {
                     match c.batch_execute(&ddl).await {
                         Ok(()) => return Ok(()),

@@ -9,24 +9,33 @@ use tokio_postgres::GenericClient;
 /// The default schema of the bookkeeping tables.
 pub const DEFAULT_MARKER_SCHEMA: &str = "_rollback";
 
-/// Create the marker tables if absent (idempotent, safe under concurrency).
+/// Create the marker tables if absent (idempotent, safe under concurrency). Nothing is
+/// created that exists: a schema a DBA created beforehand needs no `CREATE` privilege on
+/// the database (`CREATE SCHEMA IF NOT EXISTS` would check it all the same), and tables
+/// that exist need none on the schema.
 pub(crate) async fn ensure(db: &Database, schema: &str) -> Result<()> {
-    let c = db.client().await?;
-    let present = c
+    let c = db.lib_client().await?;
+    let r = c
         .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname IN ('applied_steps', 'backfill_progress')",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1), \
+                    (SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relname IN ('applied_steps', 'backfill_progress'))",
             &[&schema],
         )
         .await
-        .ctx("looking up marker tables")?
-        .get::<_, i64>(0);
+        .ctx("looking up marker tables")?;
+    let (schema_exists, present): (bool, i64) = (r.get(0), r.get(1));
     if present == 2 {
         return Ok(());
     }
     let s = quote_ident(schema);
+    let create_schema = if schema_exists {
+        String::new()
+    } else {
+        format!("CREATE SCHEMA IF NOT EXISTS {s}; ")
+    };
     let ddl = format!(
-        "CREATE SCHEMA IF NOT EXISTS {s}; \
+        "{create_schema}\
          CREATE TABLE IF NOT EXISTS {s}.applied_steps ( \
             run_id text NOT NULL, step_id text NOT NULL, receipt jsonb NOT NULL, \
             state text NOT NULL DEFAULT 'applied' CHECK (state IN ('applying', 'applied')), \
