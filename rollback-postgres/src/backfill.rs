@@ -333,9 +333,16 @@ impl Backfill {
     ) -> std::result::Result<Option<BackfillCursor>, PgError> {
         let mut obj = self
             .db
-            .client()
+            .lib_client()
             .await
-            .map_err(|e| PgError::other("connecting", e.to_string(), Class::Connection))?;
+            .map_err(|e| {
+                let class = if e.is_transient() {
+                    Class::Connection
+                } else {
+                    Class::Permanent
+                };
+                PgError::other("connecting", e.to_string(), class)
+            })?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .transaction()
