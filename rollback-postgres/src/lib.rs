@@ -109,8 +109,9 @@ mod verify;
 
 pub use backfill::{Backfill, BackfillCursor, BackfillReceipt};
 pub use catalog::{
-    Change, ColumnModel, ConstraintModel, EnumModel, FunctionModel, IndexModel, SchemaChange,
-    SchemaModel, SequenceModel, TableModel, TriggerModel, ViewModel,
+    Change, ColumnModel, ConstraintModel, EnumModel, FunctionModel, IndexModel, PolicyModel,
+    PublicationModel, RuleModel, SchemaChange, SchemaModel, SecurityLabelModel, SequenceModel,
+    StatisticsModel, TableModel, TriggerModel, ViewModel,
 };
 pub use db::{Database, DEFAULT_POOL_SIZE, PINNED_SETTINGS, RESET_SESSION_SQL};
 pub use diff::{RangeDiff, TableDiff};

@@ -16,7 +16,8 @@ pub const SCHEMA_KIND: &str = "pg.schema";
 
 /// A checkpoint of the catalog of some schemas: tables (columns, types, defaults,
 /// nullability, constraints including foreign keys, indexes, triggers, owned sequences and
-/// their values, owner, privileges, storage parameters), standalone sequences with their
+/// their values, and every other property pg_dump emits for a table: see
+/// [`crate::TableModel`]), standalone sequences with their
 /// values, views and materialized views, functions and procedures, and enum types — as a
 /// [`SchemaModel`] kept inline in the snapshot, whose blake3 is both the snapshot's
 /// `digest` and its `fingerprint`.
@@ -26,8 +27,9 @@ pub const SCHEMA_KIND: &str = "pg.schema";
 /// tables, sequences, functions, enum types and schemas created since; re-creates dropped
 /// views, functions, enum types, standalone sequences and schemas from their captured
 /// definitions; for each table, drops added columns, constraints, indexes and triggers,
-/// re-creates dropped ones, puts back defaults, nullability and trigger states, and resets
-/// sequence values. Then it re-reads the catalog and commits only if the model equals the
+/// re-creates dropped ones, puts back defaults, nullability and trigger states and the
+/// table's other properties (comments, privileges, statistics targets, rules, policies…),
+/// and resets sequence values. Then it re-reads the catalog and commits only if the model equals the
 /// captured one; otherwise it rolls back and fails with [`Error::Conflict`] listing what
 /// it could not undo. It **cannot** bring back data: a table dropped since capture is
 /// refused (restore it with a [`crate::TableSnapshot`] first — order the checkpoints so),
@@ -352,7 +354,7 @@ async fn undo(tx: &Transaction<'_>, live: &SchemaModel, target: &SchemaModel) ->
         for s in plan.pre.iter().chain(plan.post.iter()) {
             exec(tx, s, &mut n).await?;
         }
-        reconcile::table_properties(tx, &table, l, t).await?;
+        reconcile::table_properties(tx, &table, t).await?;
         for s in &t.sequences {
             exec(tx, &s.setval_sql(), &mut n).await?;
         }

@@ -28,9 +28,13 @@ pub enum RestoreMethod {
     Auto,
     /// Rename the snapshot copy into place (O(1) in the data): drop the live table, move
     /// the copy into its schema under its name, rename indexes, put back defaults,
-    /// sequences, triggers, foreign keys (re-validated), owner, privileges and storage
-    /// parameters, then check the definition equals the captured one. Only when nothing
-    /// else depends on the table (see [`TableSnapshot`]).
+    /// sequences, triggers, foreign keys (re-validated), and everything else pg_dump
+    /// emits for the table (owner, table and column privileges, comments on the table,
+    /// its columns, constraints, indexes and triggers, statistics targets, storage,
+    /// compression and attribute options, `CLUSTER ON`, storage parameters including
+    /// `toast.*`, replica identity, row-level security), then check the definition equals
+    /// the captured one. Only when nothing else depends on the table (see
+    /// [`TableSnapshot`]).
     Swap,
     /// `TRUNCATE` the tables together and `INSERT … SELECT` from the copies.
     Copy,
@@ -62,14 +66,17 @@ pub enum RestoreMethod {
 /// sessions, split at a chunk boundary recorded at capture; nothing proves cheaply that a
 /// copy was not written since, so the re-hash is never skipped); then the live tables are locked `ACCESS EXCLUSIVE` and
 /// put back by one of the [`RestoreMethod`]s; finally each table's definition is compared
-/// with the captured one (columns, constraints, indexes, triggers, owned sequences and
-/// their values, owner, privileges) and any difference rolls the transaction back.
+/// with the captured one — everything pg_dump emits for it (see [`crate::TableModel`]) and
+/// owned sequences with their values — and any difference rolls the transaction back.
+/// The fingerprint covers the same definition, so parity is never claimed while any of it
+/// differs.
 /// [`Restored::method`] says which method ran (`swap`, `copy`, `merge`, or `noop` when the
 /// tables already hold the snapshot's content).
 ///
 /// **When a swap is safe.** The live table must be a plain table (not partitioned, not a
-/// partition, no inheritance), without identity columns, unlogged storage or replica
-/// identity `USING INDEX`, and nothing outside the table may depend on it: no foreign key
+/// partition, no inheritance, not typed), without identity columns, unlogged storage,
+/// replica identity `USING INDEX`, or a tablespace or access method of its own (or its
+/// indexes'), and nothing outside the table may depend on it: no foreign key
 /// of another table (or itself) referencing it, no view, rule, policy, publication,
 /// extended statistics, or use of its row type. Its own foreign keys are re-created and
 /// re-validated (a read of the table, the only part under the lock that is not O(1)).
@@ -1364,10 +1371,7 @@ impl TableSnapshot {
                     notes.push(format!("foreign key {} re-validated", k.name));
                 }
             }
-            let now = catalog::table_model(tx, t)
-                .await?
-                .ok_or_else(|| backend_msg("swapped table vanished"))?;
-            reconcile::table_properties(tx, t, &now, def).await?;
+            reconcile::table_properties(tx, t, def).await?;
             items += e.hash.as_ref().map(|h| h.rows).unwrap_or(0);
         }
         self.set_sequences(tx, d).await?;
@@ -1409,7 +1413,7 @@ impl TableSnapshot {
         d: &Descriptor,
     ) -> Result<Vec<String>> {
         let mut notes = Vec::new();
-        for (t, p, live) in plans {
+        for (t, p, _) in plans {
             Self::run_all(tx, &p.post, "restoring table definition").await?;
             if let Some(def) = d
                 .tables
@@ -1417,7 +1421,7 @@ impl TableSnapshot {
                 .find(|e| &e.table == t)
                 .and_then(|e| e.definition.as_ref())
             {
-                reconcile::table_properties(tx, t, live, def).await?;
+                reconcile::table_properties(tx, t, def).await?;
             }
             if !p.is_empty() {
                 notes.push(format!(
@@ -1706,6 +1710,20 @@ async fn swap_unsafe(tx: &Transaction<'_>, d: &Descriptor) -> Result<Option<Stri
         }
         if def.columns.iter().any(|c| !c.identity.is_empty()) {
             return Ok(Some(format!("{} has an identity column", e.table)));
+        }
+        // The copy is created in the default tablespace with the default access method,
+        // untyped: a swap would move or change the table.
+        if def.tablespace.is_some() || def.indexes.iter().any(|i| i.tablespace.is_some()) {
+            return Ok(Some(format!(
+                "{} or one of its indexes is in a tablespace of its own",
+                e.table
+            )));
+        }
+        if def.access_method.is_some() || def.of_type.is_some() {
+            return Ok(Some(format!(
+                "{} has its own access method or is a typed table",
+                e.table
+            )));
         }
         if let Some(oid) = catalog::table_oid(tx, &e.table).await? {
             let blockers = swap_blockers(tx, oid).await?;

@@ -49,12 +49,14 @@ const PRESENT: &str = "_rollback_present";
 /// **Restore** (one transaction, the tables locked `EXCLUSIVE`: readers go on, writers
 /// wait): refuses a snapshot of another resource, one whose descriptor no longer matches
 /// its digest, one whose triggers or log tables are gone or disabled (the log would be
-/// incomplete), and tables whose definition changed since capture (revert schema steps
-/// first — the executor does). Then for every logged key the **earliest** entry after
-/// capture is the row as it was at capture: rows whose key did not exist are deleted,
-/// rows that differ (by binary image) are updated, rows that were deleted are inserted
-/// back; owned sequences get their captured values; user triggers are disabled meanwhile;
-/// the log is emptied. Foreign keys between the tables of the set are respected by order
+/// incomplete), and tables whose shape (columns, constraints, indexes, triggers) changed
+/// since capture (revert schema steps first — the executor does). Then for every logged
+/// key the **earliest** entry after capture is the row as it was at capture: rows whose
+/// key did not exist are deleted, rows that differ (by binary image) are updated, rows
+/// that were deleted are inserted back; owned sequences get their captured values; user
+/// triggers are disabled meanwhile; what DDL alone puts back of the definition (owner,
+/// privileges, comments, statistics targets, storage parameters, rules, policies…) is put
+/// back; the log is emptied. Foreign keys between the tables of the set are respected by order
 /// (deletes children first, inserts parents first); a restore that would delete a row a
 /// table outside the set still references fails with [`Error::Conflict`] — refused
 /// beforehand for cascading foreign keys, so that nothing outside the set changes.
@@ -909,7 +911,9 @@ impl Checkpoint for TableUndoLog {
                 return Err(Error::conflict(format!("{} no longer exists", e.table)));
             };
             let now = model_without_logs(&tx, oid).await?;
-            if now.structure() != e.definition.structure() {
+            // What DDL alone puts back (comments, privileges…) is put back below; a
+            // changed shape needs the schema change reverted first.
+            if now.shape() != e.definition.shape() {
                 let diff = diff_tables(&e.table.to_string(), &e.definition, &now)
                     .iter()
                     .map(|c| c.to_string())
@@ -1023,6 +1027,7 @@ impl Checkpoint for TableUndoLog {
                     .await
                     .ctx("restoring sequence value")?;
             }
+            crate::reconcile::table_properties(&tx, &e.table, &e.definition).await?;
         }
         // 3. The restore's own writes were logged too: the log starts afresh.
         let logs: Vec<String> = d.tables.iter().map(|e| e.log.quoted()).collect();
