@@ -331,18 +331,14 @@ impl Backfill {
         lo: i64,
         rows: u64,
     ) -> std::result::Result<Option<BackfillCursor>, PgError> {
-        let mut obj = self
-            .db
-            .lib_client()
-            .await
-            .map_err(|e| {
-                let class = if e.is_transient() {
-                    Class::Connection
-                } else {
-                    Class::Permanent
-                };
-                PgError::other("connecting", e.to_string(), class)
-            })?;
+        let mut obj = self.db.lib_client().await.map_err(|e| {
+            let class = if e.is_transient() {
+                Class::Connection
+            } else {
+                Class::Permanent
+            };
+            PgError::other("connecting", e.to_string(), class)
+        })?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .transaction()

@@ -745,7 +745,12 @@ pub(crate) fn diff_tables(name: &str, a: &TableModel, b: &TableModel) -> Vec<Sch
     let cons = |m: &TableModel| -> Vec<(String, String)> {
         m.constraints
             .iter()
-            .map(|c| (c.name.clone(), with_comment(c.definition.clone(), &c.comment)))
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    with_comment(c.definition.clone(), &c.comment),
+                )
+            })
             .collect()
     };
     named(&mut out, "constraint", cons(a), cons(b));
@@ -761,7 +766,11 @@ pub(crate) fn diff_tables(name: &str, a: &TableModel, b: &TableModel) -> Vec<Sch
                             i.definition,
                             if i.valid { "" } else { " (INVALID)" },
                             if i.clustered { " (CLUSTER ON)" } else { "" },
-                            if i.replica_identity { " (REPLICA IDENTITY)" } else { "" },
+                            if i.replica_identity {
+                                " (REPLICA IDENTITY)"
+                            } else {
+                                ""
+                            },
                             i.tablespace
                                 .as_ref()
                                 .map(|t| format!(" (TABLESPACE {t})"))
@@ -1199,7 +1208,11 @@ pub(crate) async fn table_model_by_oid<C: GenericClient>(c: &C, oid: u32) -> Res
         )
         .await
         .ctx("reading rules, policies, statistics, publications and security labels")?;
-    fn parse<T: serde::de::DeserializeOwned>(row: &tokio_postgres::Row, i: usize, what: &str) -> Result<T> {
+    fn parse<T: serde::de::DeserializeOwned>(
+        row: &tokio_postgres::Row,
+        i: usize,
+        what: &str,
+    ) -> Result<T> {
         serde_json::from_str(&row.get::<_, String>(i))
             .map_err(|e| crate::error::backend_msg(format!("reading {what}: {e}")))
     }

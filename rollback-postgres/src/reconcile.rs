@@ -573,8 +573,11 @@ pub(crate) async fn table_properties<C: GenericClient>(
         }
         if li.statistics != ti.statistics {
             let target_of = |m: &[String], col: &str| {
-                m.iter()
-                    .find_map(|x| x.split_once('=').filter(|(c, _)| *c == col).map(|(_, v)| v.to_string()))
+                m.iter().find_map(|x| {
+                    x.split_once('=')
+                        .filter(|(c, _)| *c == col)
+                        .map(|(_, v)| v.to_string())
+                })
             };
             let mut cols: Vec<&str> = li
                 .statistics
@@ -672,18 +675,22 @@ pub(crate) async fn table_properties<C: GenericClient>(
         }
     }
     // Extended statistics.
-    let stat_name = |x: &StatisticsModel| format!("{}.{}", quote_ident(&x.schema), quote_ident(&x.name));
+    let stat_name =
+        |x: &StatisticsModel| format!("{}.{}", quote_ident(&x.schema), quote_ident(&x.name));
     for ls in &live.statistics {
-        if !target.statistics.iter().any(|x| {
-            x.schema == ls.schema && x.name == ls.name && x.definition == ls.definition
-        }) {
+        if !target
+            .statistics
+            .iter()
+            .any(|x| x.schema == ls.schema && x.name == ls.name && x.definition == ls.definition)
+        {
             sql.push(format!("DROP STATISTICS {}", stat_name(ls)));
         }
     }
     for ts in &target.statistics {
-        let ls = live.statistics.iter().find(|x| {
-            x.schema == ts.schema && x.name == ts.name && x.definition == ts.definition
-        });
+        let ls = live
+            .statistics
+            .iter()
+            .find(|x| x.schema == ts.schema && x.name == ts.name && x.definition == ts.definition);
         if ls.is_none() {
             sql.push(ts.definition.clone());
         }
@@ -702,7 +709,10 @@ pub(crate) async fn table_properties<C: GenericClient>(
             ));
         }
         if ls.and_then(|x| x.comment.clone()) != ts.comment {
-            sql.push(comment_sql(&format!("STATISTICS {}", stat_name(ts)), &ts.comment));
+            sql.push(comment_sql(
+                &format!("STATISTICS {}", stat_name(ts)),
+                &ts.comment,
+            ));
         }
     }
     // Publications.
@@ -826,18 +836,17 @@ pub(crate) async fn table_properties<C: GenericClient>(
 
 /// The grantees of an ACL (text), quoted (`PUBLIC` for everyone).
 async fn grantees_of<C: GenericClient>(c: &C, acl: &str) -> Result<Vec<String>> {
-    Ok(c
-        .query(
-            "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' \
+    Ok(c.query(
+        "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' \
                     ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END \
              FROM pg_catalog.aclexplode($1::text::pg_catalog.aclitem[]) a",
-            &[&acl],
-        )
-        .await
-        .ctx("reading privileges")?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+        &[&acl],
+    )
+    .await
+    .ctx("reading privileges")?
+    .iter()
+    .map(|r| r.get(0))
+    .collect())
 }
 
 /// Grant what an ACL (text) holds, `on` the object (`columns`: ` (col)` or empty).
@@ -857,7 +866,10 @@ async fn grant<C: GenericClient>(c: &C, acl: &str, on: &str, columns: &str) -> R
         .collect();
     for (grantee, privilege, grantable) in grants {
         // privilege_type is one of PostgreSQL's keywords (SELECT, INSERT…).
-        if !privilege.chars().all(|ch| ch.is_ascii_uppercase() || ch == ' ') {
+        if !privilege
+            .chars()
+            .all(|ch| ch.is_ascii_uppercase() || ch == ' ')
+        {
             return Err(backend_msg(format!("unexpected privilege {privilege:?}")));
         }
         c.batch_execute(&format!(

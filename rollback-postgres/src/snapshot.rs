@@ -931,14 +931,16 @@ impl Checkpoint for TableSnapshot {
                 .map(|h| h.rows)
                 .max()
             {
-                Some(rows) if rows >= hash::PARALLEL_MIN_ROWS => match self.db.dedicated_lib().await {
-                    Ok(r) => r
-                        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                        .await
-                        .is_ok()
-                        .then_some(r),
-                    Err(_) => None,
-                },
+                Some(rows) if rows >= hash::PARALLEL_MIN_ROWS => {
+                    match self.db.dedicated_lib().await {
+                        Ok(r) => r
+                            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                            .await
+                            .is_ok()
+                            .then_some(r),
+                        Err(_) => None,
+                    }
+                }
                 _ => None,
             };
             let mut dh = Hasher::new();

@@ -340,7 +340,10 @@ pub(crate) fn session_state(s: &Statement) -> Option<String> {
     let at = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
     let pinned = |name: &str| {
         if name == "\"…\"" {
-            Some("a setting named by a quoted identifier (pinned settings cannot be told apart)".to_string())
+            Some(
+                "a setting named by a quoted identifier (pinned settings cannot be told apart)"
+                    .to_string(),
+            )
         } else if PINNED.contains(&name) {
             Some(format!(
                 "{} (a setting this crate pins: see Database)",
@@ -371,10 +374,7 @@ pub(crate) fn session_state(s: &Statement) -> Option<String> {
                 pinned(name).unwrap_or_else(|| name.to_lowercase())
             )),
         },
-        "RESET" => Some(format!(
-            "RESET {} (session-level)",
-            at(1).to_lowercase()
-        )),
+        "RESET" => Some(format!("RESET {} (session-level)", at(1).to_lowercase())),
         "DISCARD" if at(1) == "ALL" => Some("DISCARD ALL (resets the session)".into()),
         _ => None,
     }
@@ -539,7 +539,9 @@ mod tests {
         ] {
             assert_eq!(why(sql), vec![None], "{sql}");
         }
-        let r = why("SET standard_conforming_strings = off")[0].clone().unwrap();
+        let r = why("SET standard_conforming_strings = off")[0]
+            .clone()
+            .unwrap();
         assert!(r.contains("standard_conforming_strings"), "{r}");
     }
 
@@ -563,7 +565,10 @@ mod tests {
         for (sql, kind) in [
             ("first_name IS NULL AND name <> ')'", Condition),
             ("id IN (SELECT id FROM x WHERE y) -- why", Condition),
-            ("a = split_part(name, ' ', 1), b = (SELECT max(v) FROM w WHERE w.id = t.id)", Assignments),
+            (
+                "a = split_part(name, ' ', 1), b = (SELECT max(v) FROM w WHERE w.id = t.id)",
+                Assignments,
+            ),
             ("note = E'it\\'s ;)'", Assignments),
         ] {
             assert_eq!(fragment_problem(sql, kind), None, "{sql}");

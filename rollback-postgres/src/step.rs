@@ -549,9 +549,9 @@ impl SqlStep {
                 .map_err(|e| PgError::new("setting the database's search path", &e))?;
             let ran = async {
                 self.clean_invalid_index(c, &st).await?;
-                c.batch_execute(&st.text).await.map_err(|e| {
-                    PgError::new(format!("step {}: {}", self.id, short(&st.text)), &e)
-                })
+                c.batch_execute(&st.text)
+                    .await
+                    .map_err(|e| PgError::new(format!("step {}: {}", self.id, short(&st.text)), &e))
             }
             .await;
             c.batch_execute(&crate::db::library_settings_sql(false))

@@ -616,7 +616,10 @@ impl Verifier for SqlAssertion {
         let one = scan.statements.len() == 1
             && scan.unterminated.is_none()
             && scan.semicolons <= 1
-            && !scan.statements.iter().any(crate::sqlscan::transaction_control);
+            && !scan
+                .statements
+                .iter()
+                .any(crate::sqlscan::transaction_control);
         if !one {
             return Err(rollback_core::Error::invalid(format!(
                 "assertion {}: its SQL must be one statement (a query), not {} statement(s){}",
