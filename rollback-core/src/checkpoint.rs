@@ -138,6 +138,11 @@ impl Restored {
 /// 8. **Idempotent discard.** [`discard`](Checkpoint::discard) releases only the
 ///    snapshot's own storage, never the resource, and discarding a snapshot again succeeds
 ///    (the executor does so when a crash fell between a release and its journal record).
+/// 9. **Fenced restore** (where the backend can check it atomically with the write):
+///    `restore` under [`Context::fence`] is refused with
+///    [`Error::Fenced`](crate::Error::Fenced), changing nothing, when a newer epoch of the
+///    same key already wrote (see the Step contract, clause 8). Checked by
+///    `conformance::restore_is_fenced`.
 #[async_trait]
 pub trait Checkpoint: Send + Sync {
     /// The stable id of the covered resource, e.g. `postgres:public.customers`.

@@ -24,6 +24,8 @@ pub struct Context {
     saved: Arc<Mutex<BTreeMap<String, serde_json::Value>>>,
     /// The runner's lease (absent outside a run).
     lease: Option<Arc<LeaseKeeper>>,
+    /// The runner's fencing token: its lease's, or one given with [`Context::with_fence`].
+    fence: Option<Fence>,
 }
 
 impl std::fmt::Debug for Context {
@@ -57,6 +59,7 @@ impl Context {
             baseline: Arc::new(BTreeMap::new()),
             saved: Arc::default(),
             lease: None,
+            fence: None,
         }
     }
 
@@ -87,6 +90,7 @@ impl Context {
             journal: Some(journal),
             baseline,
             saved,
+            fence: Some(lease.fence().clone()),
             lease: Some(lease),
         }
     }
@@ -153,7 +157,28 @@ impl Context {
     /// assert!(Context::detached().fence().is_none());
     /// ```
     pub fn fence(&self) -> Option<&Fence> {
-        self.lease.as_deref().map(LeaseKeeper::fence)
+        self.fence.as_ref()
+    }
+
+    /// How long this runner's lease lasts without renewal (`None` outside a run): a
+    /// runner silent for longer than this has lost its lease. An adapter may let its
+    /// backend end a write transaction that stays idle that long (a paused runner's),
+    /// so that its locks do not hold the runner that took over.
+    pub fn lease_ttl(&self) -> Option<std::time::Duration> {
+        self.lease.as_deref().map(LeaseKeeper::ttl)
+    }
+
+    /// A copy of this context carrying `fence`, for running adapters outside the
+    /// executor under a fencing token (tools, and tests of an adapter's fencing).
+    ///
+    /// ```
+    /// use rollback_core::{Context, Fence};
+    /// let ctx = Context::standalone("run-1").with_fence(Fence { key: "plan".into(), epoch: 7 });
+    /// assert_eq!(ctx.fence().map(|f| f.epoch), Some(7));
+    /// ```
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
     }
 
     /// Check that this runner still holds its lease, renewing it when it is due. Long

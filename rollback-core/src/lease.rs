@@ -86,6 +86,10 @@ impl LeaseKeeper {
         &self.fence
     }
 
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Mark the lease lost (an adapter or the journal refused this runner's epoch).
     pub(crate) fn mark_lost(&self) {
         self.lost.store(true, Ordering::SeqCst);

@@ -79,6 +79,12 @@ impl Receipt {
 /// 7. **Restore-only steps** may return `Ok(())` from `revert` without doing anything; the
 ///    covering checkpoint undoes them. **Irreversible steps** return
 ///    [`Error::Irreversible`](crate::Error::Irreversible) from `revert`.
+/// 8. **Fenced writes** (where the backend can check them atomically with the write): a
+///    change made under [`Context::fence`] is refused with
+///    [`Error::Fenced`](crate::Error::Fenced) when a newer epoch of the same key already
+///    wrote, and every apply or revert raises the key's epoch — even one that has nothing
+///    to do — so a paused older runner cannot act after it. Checked by
+///    `conformance::step_writes_are_fenced`.
 #[async_trait]
 pub trait Step: Send + Sync {
     /// Stable id, unique in its plan.

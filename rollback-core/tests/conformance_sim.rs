@@ -238,3 +238,14 @@ async fn set_key_creating_a_new_key_passes_every_check() {
     let step: Arc<dyn Step> = Arc::new(SetKey::new("add-c", &w, "t", "c", "new"));
     run_checks(&w, step, Arc::new(MemoryJournal::new())).await;
 }
+
+/// The simulated world fences its writes, as a transactional backend can.
+#[tokio::test]
+async fn sim_steps_and_restores_are_fenced() {
+    let w = world();
+    let before = w.snapshot_state();
+    let cp = w.checkpoint("t");
+    conformance::step_writes_are_fenced(compensable(&w).as_ref(), &cp).await;
+    conformance::restore_is_fenced(&cp, compensable(&w).as_ref()).await;
+    assert_eq!(w.snapshot_state(), before);
+}

@@ -4,6 +4,7 @@ use crate::db::Database;
 use crate::error::{Class, PgError, PgResultExt};
 use crate::ident::{quote_ident, Table};
 use crate::markers::{self, DEFAULT_MARKER_SCHEMA};
+use crate::sqlscan;
 use crate::step::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 use async_trait::async_trait;
 use rollback_core::{Context, Error, Receipt, Result, Reversibility, Step};
@@ -48,6 +49,17 @@ pub struct BackfillCursor {
 /// with an index (normally the primary key). The assignments must be a pure function of
 /// the row's other columns (e.g. `first_name = split_part(name, ' ', 1)`), so that a batch
 /// run twice gives the same rows.
+///
+/// **User fragments.** `set` and [`Backfill::filter`] are spliced into the `UPDATE` this
+/// step writes, so each must be exactly one fragment of its kind: the filter one condition
+/// (it goes in parentheses, and a `)` closing one it did not open — `id <= 0) OR (true` —
+/// would escape them), `set` one assignment list (no top-level `WHERE`, `FROM` or
+/// `RETURNING`); neither may hold a `;` or leave a literal, quoted identifier or comment
+/// open; the key and the table must be names (they are quoted). [`Backfill::check`] tests
+/// this, and `apply` then has the server plan the statement (`EXPLAIN`, nothing runs)
+/// before anything is written: a fragment that breaks either test is refused with
+/// [`Error::Invalid`]. They run with the database's own `search_path`; the rest of the
+/// statement names every operator and type with its schema.
 ///
 /// **Undo.** The step is [`Reversibility::RestoreOnly`]: its old values are not kept, so
 /// a [`crate::TableSnapshot`] of the table (or of a set holding it) must cover it; its
@@ -172,6 +184,117 @@ impl Backfill {
             .map(|_| ())
     }
 
+    /// Check the user fragments (see "User fragments" above) without the server: names
+    /// usable as identifiers, `set` one assignment list, the filter one condition.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the fragment and what is wrong with it.
+    pub fn check(&self) -> Result<()> {
+        self.table.check()?;
+        crate::ident::check_ident("key column", &self.key)?;
+        crate::ident::check_ident("schema", &self.marker_schema)?;
+        let fragments = [
+            ("set", Some(&self.set), sqlscan::Fragment::Assignments),
+            ("filter", self.filter.as_ref(), sqlscan::Fragment::Condition),
+        ];
+        for (what, sql, kind) in fragments {
+            let Some(sql) = sql else { continue };
+            if let Some(why) = sqlscan::fragment_problem(sql, kind) {
+                return Err(Error::invalid(format!(
+                    "backfill {}: {what} {sql:?} is not one {}: {why}",
+                    self.id,
+                    match kind {
+                        sqlscan::Fragment::Assignments => "assignment list",
+                        sqlscan::Fragment::Condition => "condition",
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The batch `UPDATE`, for keys `$1 ..= $2`. Fragments end with a newline, so that a
+    /// trailing line comment cannot swallow what follows them.
+    fn update_sql(&self) -> String {
+        let k = quote_ident(&self.key);
+        let filter = self
+            .filter
+            .as_ref()
+            .map(|f| format!(" AND ({f}\n)"))
+            .unwrap_or_default();
+        format!(
+            "UPDATE {t} SET {set}\n WHERE {k} OPERATOR(pg_catalog.>=) $1::pg_catalog.int8 \
+             AND {k} OPERATOR(pg_catalog.<=) $2::pg_catalog.int8{filter}",
+            t = self.table.quoted(),
+            set = self.set,
+        )
+    }
+
+    /// Have the server plan the batch statement (nothing runs): the fragments must parse,
+    /// name existing columns and type-check; the key must be an integer column.
+    async fn check_with_server(&self) -> Result<()> {
+        let mut obj = self.db.lib_client().await?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let tx = client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .ctx("checking the backfill")?;
+        let key_type: Option<String> = tx
+            .query_opt(
+                "SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a \
+                 WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attname = $2 AND a.attnum > 0 \
+                   AND NOT a.attisdropped",
+                &[&self.table.quoted(), &self.key],
+            )
+            .await
+            .ctx("reading the backfill key's type")?
+            .map(|r| r.get(0));
+        match key_type.as_deref() {
+            Some("smallint" | "integer" | "bigint") => {}
+            Some(other) => {
+                return Err(Error::invalid(format!(
+                    "backfill {}: key {}.{} is {other}, not an integer column",
+                    self.id, self.table, self.key
+                )))
+            }
+            None => {
+                return Err(Error::invalid(format!(
+                    "backfill {}: no key column {:?} in {} (or no such table)",
+                    self.id, self.key, self.table
+                )))
+            }
+        }
+        tx.batch_execute(&crate::db::user_settings_sql(true))
+            .await
+            .ctx("setting the database's search path")?;
+        let planned = tx
+            .execute(
+                &format!("EXPLAIN (COSTS OFF) {}", self.update_sql()),
+                &[&0i64, &0i64],
+            )
+            .await;
+        if let Err(e) = planned {
+            let pe = PgError::new(format!("backfill {}: planning its UPDATE", self.id), &e);
+            let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+            // A missing privilege is the role's, not the fragments' fault.
+            if code == "42501" || pe.class() != Class::Permanent {
+                return Err(pe.into_core(false));
+            }
+            return Err(Error::invalid(format!(
+                "backfill {}: set {:?}{} does not make a valid UPDATE: {pe}",
+                self.id,
+                self.set,
+                self.filter
+                    .as_ref()
+                    .map(|f| format!(" with filter {f:?}"))
+                    .unwrap_or_default()
+            )));
+        }
+        tx.rollback().await.ctx("ending the backfill check")
+    }
+
     fn progress_table(&self) -> String {
         format!("{}.backfill_progress", quote_ident(&self.marker_schema))
     }
@@ -181,7 +304,7 @@ impl Backfill {
     }
 
     async fn recorded(&self, run: &str) -> Result<Option<BackfillCursor>> {
-        let c = self.db.client().await?;
+        let c = self.db.lib_client().await?;
         let row = c
             .query_opt(
                 &format!(
@@ -209,11 +332,14 @@ impl Backfill {
         rows: u64,
     ) -> std::result::Result<Option<BackfillCursor>, BatchError> {
         let run = ctx.run_id();
-        let mut obj = self
-            .db
-            .client()
-            .await
-            .map_err(|e| PgError::other("connecting", e.to_string(), Class::Connection))?;
+        let mut obj = self.db.lib_client().await.map_err(|e| {
+            let class = if e.is_transient() {
+                Class::Connection
+            } else {
+                Class::Permanent
+            };
+            PgError::other("connecting", e.to_string(), class)
+        })?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .transaction()
@@ -228,6 +354,9 @@ impl Backfill {
         .map_err(|e| PgError::new("setting timeouts", &e))?;
         // The batch commits only while this runner holds the newest epoch.
         markers::fence(&tx, &self.marker_schema, ctx)
+            .await
+            .map_err(BatchError::Refused)?;
+        markers::abort_if_idle(&tx, ctx)
             .await
             .map_err(BatchError::Refused)?;
         let k = quote_ident(&self.key);
@@ -245,21 +374,18 @@ impl Backfill {
         let Some(hi) = hi else {
             return Ok(None);
         };
-        let filter = self
-            .filter
-            .as_ref()
-            .map(|f| format!(" AND ({f})"))
-            .unwrap_or_default();
+        // The fragments see the database's own search path; the library's SQL around them
+        // names its operators and types.
+        tx.batch_execute(&crate::db::user_settings_sql(true))
+            .await
+            .map_err(|e| PgError::new("setting the database's search path", &e))?;
         let n = tx
-            .execute(
-                &format!(
-                    "UPDATE {t} SET {} WHERE {k} >= $1::bigint AND {k} <= $2::bigint{filter}",
-                    self.set
-                ),
-                &[&lo, &hi],
-            )
+            .execute(&self.update_sql(), &[&lo, &hi])
             .await
             .map_err(|e| PgError::new(format!("backfill {} batch [{lo}, {hi}]", self.id), &e))?;
+        tx.batch_execute(&crate::db::library_settings_sql(true))
+            .await
+            .map_err(|e| PgError::new("setting the library's search path", &e))?;
         let next = hi.saturating_add(1);
         let total = rows + n;
         tx.execute(
@@ -279,7 +405,7 @@ impl Backfill {
     }
 
     async fn estimate(&self) -> Result<Option<u64>> {
-        let c = self.db.client().await?;
+        let c = self.db.lib_client().await?;
         let est: i64 = c
             .query_one(
                 &format!(
@@ -339,10 +465,12 @@ impl Step for Backfill {
     }
 
     async fn apply(&self, ctx: &Context) -> Result<Receipt> {
+        self.check()?;
+        self.check_with_server().await?;
         self.ready().await?;
         let run = ctx.run_id();
         {
-            let c = self.db.client().await?;
+            let c = self.db.lib_client().await?;
             if let Some((_, r)) = markers::read(&**c, &self.marker_schema, run, &self.id)
                 .await
                 .ctx("reading the step marker")?
@@ -366,7 +494,7 @@ impl Step for Backfill {
         let mut lo = match cursor {
             Some(c) => c.next,
             None => {
-                let c = self.db.client().await?;
+                let c = self.db.lib_client().await?;
                 let min: Option<i64> = c
                     .query_one(
                         &format!(
@@ -434,7 +562,7 @@ impl Step for Backfill {
             next_key: cursor.map(|c| c.next),
         });
         let json = receipt.0.to_string();
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("finishing backfill")?;
         markers::fence(&tx, &self.marker_schema, ctx).await?;
@@ -457,7 +585,12 @@ impl Step for Backfill {
 
     async fn revert(&self, _receipt: Option<&Receipt>, ctx: &Context) -> Result<()> {
         self.ready().await?;
-        let c = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let c = client.transaction().await.ctx("starting backfill revert")?;
+        // The rows are the checkpoint's to restore; this forgets the run's bookkeeping, and
+        // raises the fence so a paused older runner's next batch cannot commit.
+        markers::fence(&c, &self.marker_schema, ctx).await?;
         c.execute(
             &format!(
                 "DELETE FROM {} WHERE run_id = $1 AND step_id = $2",
@@ -476,7 +609,7 @@ impl Step for Backfill {
         )
         .await
         .ctx("clearing the step marker")?;
-        Ok(())
+        c.commit().await.ctx("committing backfill revert")
     }
 }
 

@@ -27,6 +27,25 @@ pub struct ColumnModel {
     pub identity: String,
     /// The collation when it differs from the type's default.
     pub collation: Option<String>,
+    /// `COMMENT ON COLUMN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// Column privileges (`attacl` as text; None: none granted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl: Option<String>,
+    /// `SET STATISTICS` target (None: the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistics: Option<i32>,
+    /// `SET STORAGE` (`p`, `e`, `m`, `x`) when it differs from the type's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    /// `SET COMPRESSION` (`p` pglz, `l` lz4; None: the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    /// Attribute options (`SET (n_distinct = …)`), as `name=value` (options a server
+    /// manages itself, named `pg_…`, are left out: pg_dump does not emit them either).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
 }
 
 /// A constraint (primary key, unique, check, foreign key, exclusion).
@@ -40,6 +59,9 @@ pub struct ConstraintModel {
     pub definition: String,
     /// Whether it is validated (`false` for `NOT VALID`).
     pub validated: bool,
+    /// `COMMENT ON CONSTRAINT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 /// An index.
@@ -53,6 +75,22 @@ pub struct IndexModel {
     pub constraint: bool,
     /// Whether it is valid (an interrupted `CREATE INDEX CONCURRENTLY` leaves it invalid).
     pub valid: bool,
+    /// `COMMENT ON INDEX`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// Whether the table is clustered on it (`CLUSTER ON`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clustered: bool,
+    /// Whether it is the table's replica identity (`REPLICA IDENTITY USING INDEX`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replica_identity: bool,
+    /// Its tablespace, when not the database's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace: Option<String>,
+    /// Per-column statistics targets (`ALTER INDEX … ALTER COLUMN n SET STATISTICS`), as
+    /// `column number=target`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statistics: Vec<String>,
 }
 
 impl ConstraintModel {
@@ -73,6 +111,85 @@ pub struct TriggerModel {
     pub definition: String,
     /// `O` (origin, the default), `D` (disabled), `R` (replica), `A` (always).
     pub enabled: String,
+    /// `COMMENT ON TRIGGER`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// A rule on a table (`CREATE RULE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleModel {
+    /// Name.
+    pub name: String,
+    /// `pg_get_ruledef`.
+    pub definition: String,
+    /// `O`, `D`, `R`, `A`, as for triggers.
+    pub enabled: String,
+    /// `COMMENT ON RULE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// A row-level security policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyModel {
+    /// Name.
+    pub name: String,
+    /// `PERMISSIVE` (true) or `RESTRICTIVE`.
+    pub permissive: bool,
+    /// `ALL`, `SELECT`, `INSERT`, `UPDATE` or `DELETE`.
+    pub command: String,
+    /// Roles it applies to (`PUBLIC` for everyone), sorted.
+    pub roles: Vec<String>,
+    /// The `USING` expression.
+    pub using: Option<String>,
+    /// The `WITH CHECK` expression.
+    pub with_check: Option<String>,
+    /// `COMMENT ON POLICY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// An extended statistics object on a table (`CREATE STATISTICS`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatisticsModel {
+    /// Schema.
+    pub schema: String,
+    /// Name.
+    pub name: String,
+    /// `pg_get_statisticsobjdef`.
+    pub definition: String,
+    /// `ALTER STATISTICS … SET STATISTICS` target (None: the default).
+    pub target: Option<i32>,
+    /// Owner role.
+    pub owner: String,
+    /// `COMMENT ON STATISTICS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// A publication the table is explicitly a member of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicationModel {
+    /// Publication name.
+    pub name: String,
+    /// The published columns (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
+    /// The row filter (`WHERE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_filter: Option<String>,
+}
+
+/// A security label on a table or one of its columns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityLabelModel {
+    /// The column (None: the table).
+    pub column: Option<String>,
+    /// The label provider.
+    pub provider: String,
+    /// The label.
+    pub label: String,
 }
 
 /// A sequence, with its current value.
@@ -134,7 +251,14 @@ impl SequenceModel {
     }
 }
 
-/// One table's definition (and its owned sequences with their values).
+/// One table's definition (and its owned sequences with their values): everything
+/// `pg_dump --schema-only` emits for the table — columns with their comments, privileges,
+/// statistics targets, storage, compression and options; constraints, indexes (clustering,
+/// replica identity, tablespace, statistics), triggers, rules and policies with their
+/// comments; owner, privileges, storage parameters, replica identity, row-level security,
+/// tablespace, access method, typed-table and partitioning clauses, inheritance — plus
+/// extended statistics, publication membership and security labels, so that a
+/// fingerprint over it cannot match while any of them differs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableModel {
     /// Schema.
@@ -149,7 +273,8 @@ pub struct TableModel {
     pub owner: String,
     /// `relacl` as text (None: default privileges).
     pub acl: Option<String>,
-    /// Storage parameters.
+    /// Storage parameters, in the order they are stored (pg_dump prints them so), then
+    /// those of its TOAST table prefixed `toast.`.
     pub reloptions: Vec<String>,
     /// Replica identity: `d`, `n`, `f`, `i`.
     pub replica_identity: String,
@@ -165,6 +290,42 @@ pub struct TableModel {
     pub triggers: Vec<TriggerModel>,
     /// Sequences owned by its columns (serial and identity), by name.
     pub sequences: Vec<SequenceModel>,
+    /// `COMMENT ON TABLE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// Its tablespace, when not the database's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace: Option<String>,
+    /// Its table access method, when not `heap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_method: Option<String>,
+    /// `OF type`, for a typed table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub of_type: Option<String>,
+    /// `INHERITS` parents (and the partitioned table of a partition), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<String>,
+    /// `PARTITION BY`, for a partitioned table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
+    /// `FOR VALUES …`, for a partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_bound: Option<String>,
+    /// Rules, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleModel>,
+    /// Row-level security policies, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyModel>,
+    /// Extended statistics objects, by schema and name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statistics: Vec<StatisticsModel>,
+    /// Publications it is explicitly a member of, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publications: Vec<PublicationModel>,
+    /// Security labels on it and its columns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_labels: Vec<SecurityLabelModel>,
 }
 
 impl TableModel {
@@ -184,6 +345,49 @@ impl TableModel {
         for s in &mut m.sequences {
             s.last_value = 0;
             s.is_called = false;
+        }
+        m
+    }
+
+    /// The table's shape — columns, constraints, indexes, triggers, owned sequences,
+    /// partitioning — without sequence values and without what a restore can put back
+    /// with DDL alone (owner, privileges, comments, storage parameters, statistics
+    /// targets, clustering, rules, policies, extended statistics, publications, security
+    /// labels…: see `reconcile::table_properties`).
+    pub(crate) fn shape(&self) -> TableModel {
+        let mut m = self.structure();
+        m.owner.clear();
+        m.acl = None;
+        m.reloptions.clear();
+        m.replica_identity.clear();
+        m.rls = (false, false);
+        m.comment = None;
+        m.tablespace = None;
+        m.rules.clear();
+        m.policies.clear();
+        m.statistics.clear();
+        m.publications.clear();
+        m.security_labels.clear();
+        for c in &mut m.columns {
+            c.comment = None;
+            c.acl = None;
+            c.statistics = None;
+            c.storage = None;
+            c.compression = None;
+            c.options.clear();
+        }
+        for k in &mut m.constraints {
+            k.comment = None;
+        }
+        for i in &mut m.indexes {
+            i.comment = None;
+            i.clustered = false;
+            i.replica_identity = false;
+            i.tablespace = None;
+            i.statistics.clear();
+        }
+        for t in &mut m.triggers {
+            t.comment = None;
         }
         m
     }
@@ -449,6 +653,27 @@ pub(crate) fn diff_tables(name: &str, a: &TableModel, b: &TableModel) -> Vec<Sch
                         ca.collation, cb.collation
                     ));
                 }
+                if ca.comment != cb.comment {
+                    what.push(format!("comment {:?} -> {:?}", ca.comment, cb.comment));
+                }
+                if ca.acl != cb.acl {
+                    what.push(format!("privileges {:?} -> {:?}", ca.acl, cb.acl));
+                }
+                if ca.statistics != cb.statistics {
+                    what.push(format!(
+                        "statistics {:?} -> {:?}",
+                        ca.statistics, cb.statistics
+                    ));
+                }
+                if ca.storage != cb.storage || ca.compression != cb.compression {
+                    what.push(format!(
+                        "storage/compression {:?}/{:?} -> {:?}/{:?}",
+                        ca.storage, ca.compression, cb.storage, cb.compression
+                    ));
+                }
+                if ca.options != cb.options {
+                    what.push(format!("options {:?} -> {:?}", ca.options, cb.options));
+                }
                 push(
                     "column",
                     format!("{name}.{n}"),
@@ -513,10 +738,19 @@ pub(crate) fn diff_tables(name: &str, a: &TableModel, b: &TableModel) -> Vec<Sch
             }
         }
     };
+    let with_comment = |d: String, c: &Option<String>| match c {
+        Some(c) => format!("{d} [comment {c:?}]"),
+        None => d,
+    };
     let cons = |m: &TableModel| -> Vec<(String, String)> {
         m.constraints
             .iter()
-            .map(|c| (c.name.clone(), c.definition.clone()))
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    with_comment(c.definition.clone(), &c.comment),
+                )
+            })
             .collect()
     };
     named(&mut out, "constraint", cons(a), cons(b));
@@ -526,10 +760,28 @@ pub(crate) fn diff_tables(name: &str, a: &TableModel, b: &TableModel) -> Vec<Sch
             .map(|i| {
                 (
                     i.name.clone(),
-                    format!(
-                        "{}{}",
-                        i.definition,
-                        if i.valid { "" } else { " (INVALID)" }
+                    with_comment(
+                        format!(
+                            "{}{}{}{}{}{}",
+                            i.definition,
+                            if i.valid { "" } else { " (INVALID)" },
+                            if i.clustered { " (CLUSTER ON)" } else { "" },
+                            if i.replica_identity {
+                                " (REPLICA IDENTITY)"
+                            } else {
+                                ""
+                            },
+                            i.tablespace
+                                .as_ref()
+                                .map(|t| format!(" (TABLESPACE {t})"))
+                                .unwrap_or_default(),
+                            if i.statistics.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (STATISTICS {})", i.statistics.join(", "))
+                            }
+                        ),
+                        &i.comment,
                     ),
                 )
             })
@@ -539,10 +791,48 @@ pub(crate) fn diff_tables(name: &str, a: &TableModel, b: &TableModel) -> Vec<Sch
     let trg = |m: &TableModel| -> Vec<(String, String)> {
         m.triggers
             .iter()
-            .map(|t| (t.name.clone(), format!("{} [{}]", t.definition, t.enabled)))
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    with_comment(format!("{} [{}]", t.definition, t.enabled), &t.comment),
+                )
+            })
             .collect()
     };
     named(&mut out, "trigger", trg(a), trg(b));
+    let rules = |m: &TableModel| -> Vec<(String, String)> {
+        m.rules
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    with_comment(format!("{} [{}]", r.definition, r.enabled), &r.comment),
+                )
+            })
+            .collect()
+    };
+    named(&mut out, "rule", rules(a), rules(b));
+    let policies = |m: &TableModel| -> Vec<(String, String)> {
+        m.policies
+            .iter()
+            .map(|p| (p.name.clone(), format!("{p:?}")))
+            .collect()
+    };
+    named(&mut out, "policy", policies(a), policies(b));
+    let stats = |m: &TableModel| -> Vec<(String, String)> {
+        m.statistics
+            .iter()
+            .map(|x| (format!("{}.{}", x.schema, x.name), format!("{x:?}")))
+            .collect()
+    };
+    named(&mut out, "statistics", stats(a), stats(b));
+    let pubs = |m: &TableModel| -> Vec<(String, String)> {
+        m.publications
+            .iter()
+            .map(|x| (x.name.clone(), format!("{x:?}")))
+            .collect()
+    };
+    named(&mut out, "publication", pubs(a), pubs(b));
     let seqs = |m: &TableModel| -> BTreeMap<String, SequenceModel> {
         m.sequences
             .iter()
@@ -586,6 +876,37 @@ pub(crate) fn diff_tables(name: &str, a: &TableModel, b: &TableModel) -> Vec<Sch
             "row level security",
             format!("{:?}", a.rls),
             format!("{:?}", b.rls),
+        ),
+        (
+            "comment",
+            format!("{:?}", a.comment),
+            format!("{:?}", b.comment),
+        ),
+        (
+            "tablespace",
+            format!("{:?}", a.tablespace),
+            format!("{:?}", b.tablespace),
+        ),
+        (
+            "access method",
+            format!("{:?}", a.access_method),
+            format!("{:?}", b.access_method),
+        ),
+        (
+            "type, inheritance and partitioning",
+            format!(
+                "{:?} {:?} {:?} {:?}",
+                a.of_type, a.parents, a.partition_key, a.partition_bound
+            ),
+            format!(
+                "{:?} {:?} {:?} {:?}",
+                b.of_type, b.parents, b.partition_key, b.partition_bound
+            ),
+        ),
+        (
+            "security labels",
+            format!("{:?}", a.security_labels),
+            format!("{:?}", b.security_labels),
         ),
     ];
     for (what, x, y) in props {
@@ -679,9 +1000,22 @@ pub(crate) async fn table_model_by_oid<C: GenericClient>(c: &C, oid: u32) -> Res
     let r = c
         .query_one(
             "SELECT n.nspname::text, c.relname::text, c.relkind::text, c.relpersistence::text, \
-                    pg_catalog.pg_get_userbyid(c.relowner)::text, c.relacl::text, \
-                    coalesce(c.reloptions, '{}')::text[], c.relreplident::text, \
-                    c.relrowsecurity, c.relforcerowsecurity \
+                    pg_catalog.pg_get_userbyid(c.relowner)::text, \
+                    CASE WHEN c.relacl = pg_catalog.acldefault('r', c.relowner) THEN NULL ELSE c.relacl::text END, \
+                    coalesce(c.reloptions, '{}')::text[] \
+                      || array(SELECT 'toast.' || o FROM pg_catalog.pg_class tc, unnest(tc.reloptions) WITH ORDINALITY x(o, n) \
+                               WHERE tc.oid = c.reltoastrelid ORDER BY x.n), \
+                    c.relreplident::text, \
+                    c.relrowsecurity, c.relforcerowsecurity, \
+                    pg_catalog.obj_description(c.oid, 'pg_class'), \
+                    (SELECT spcname::text FROM pg_catalog.pg_tablespace WHERE oid = c.reltablespace), \
+                    (SELECT amname::text FROM pg_catalog.pg_am WHERE oid = c.relam AND amname <> 'heap'), \
+                    CASE WHEN c.reloftype <> 0 THEN pg_catalog.format_type(c.reloftype, NULL) END, \
+                    array(SELECT i.inhparent::regclass::text FROM pg_catalog.pg_inherits i \
+                          WHERE i.inhrelid = c.oid ORDER BY i.inhseqno), \
+                    CASE WHEN c.relkind = 'p' THEN pg_catalog.pg_get_partkeydef(c.oid) END, \
+                    CASE WHEN c.relispartition THEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) END, \
+                    pg_catalog.current_setting('server_version_num')::int4 \
              FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.oid = $1",
             &[&oid],
@@ -703,17 +1037,41 @@ pub(crate) async fn table_model_by_oid<C: GenericClient>(c: &C, oid: u32) -> Res
         indexes: vec![],
         triggers: vec![],
         sequences: vec![],
+        comment: r.get(10),
+        tablespace: r.get(11),
+        access_method: r.get(12),
+        of_type: r.get(13),
+        parents: r.get(14),
+        partition_key: r.get(15),
+        partition_bound: r.get(16),
+        rules: vec![],
+        policies: vec![],
+        statistics: vec![],
+        publications: vec![],
+        security_labels: vec![],
     };
+    let server_version: i32 = r.get(17);
     for r in c
         .query(
+            &format!(
             "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, \
                     pg_catalog.pg_get_expr(d.adbin, d.adrelid), a.attgenerated::text, a.attidentity::text, \
-                    CASE WHEN a.attcollation <> t.typcollation THEN co.collname::text END \
+                    CASE WHEN a.attcollation <> t.typcollation THEN co.collname::text END, \
+                    pg_catalog.col_description(a.attrelid, a.attnum), a.attacl::text, \
+                    CASE WHEN a.attstattarget >= 0 THEN a.attstattarget::int4 END, \
+                    CASE WHEN a.attstorage <> t.typstorage THEN a.attstorage::text END, \
+                    {compression}, \
+                    array(SELECT o FROM unnest(a.attoptions) o WHERE o NOT LIKE 'pg\\_%') \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
              LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            compression = if server_version >= 140000 {
+                "NULLIF(a.attcompression::text, '')"
+            } else {
+                "NULL::text"
+            }),
             &[&oid],
         )
         .await
@@ -729,11 +1087,18 @@ pub(crate) async fn table_model_by_oid<C: GenericClient>(c: &C, oid: u32) -> Res
             generated,
             identity: r.get(5),
             collation: r.get(6),
+            comment: r.get(7),
+            acl: r.get(8),
+            statistics: r.get(9),
+            storage: r.get(10),
+            compression: r.get(11),
+            options: r.get(12),
         });
     }
     for r in c
         .query(
-            "SELECT conname::text, contype::text, pg_catalog.pg_get_constraintdef(oid), convalidated \
+            "SELECT conname::text, contype::text, pg_catalog.pg_get_constraintdef(oid), convalidated, \
+                    pg_catalog.obj_description(oid, 'pg_constraint') \
              FROM pg_catalog.pg_constraint WHERE conrelid = $1 ORDER BY conname, contype",
             &[&oid],
         )
@@ -745,13 +1110,18 @@ pub(crate) async fn table_model_by_oid<C: GenericClient>(c: &C, oid: u32) -> Res
             kind: r.get(1),
             definition: r.get(2),
             validated: r.get(3),
+            comment: r.get(4),
         });
     }
     for r in c
         .query(
             "SELECT ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid), \
                     EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid), \
-                    i.indisvalid \
+                    i.indisvalid, pg_catalog.obj_description(i.indexrelid, 'pg_class'), i.indisclustered, \
+                    i.indisreplident, \
+                    (SELECT spcname::text FROM pg_catalog.pg_tablespace WHERE oid = ic.reltablespace), \
+                    array(SELECT a.attnum || '=' || a.attstattarget FROM pg_catalog.pg_attribute a \
+                          WHERE a.attrelid = i.indexrelid AND a.attstattarget >= 0 ORDER BY a.attnum) \
              FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
              WHERE i.indrelid = $1 ORDER BY ic.relname",
             &[&oid],
@@ -764,11 +1134,17 @@ pub(crate) async fn table_model_by_oid<C: GenericClient>(c: &C, oid: u32) -> Res
             definition: r.get(1),
             constraint: r.get(2),
             valid: r.get(3),
+            comment: r.get(4),
+            clustered: r.get(5),
+            replica_identity: r.get(6),
+            tablespace: r.get(7),
+            statistics: r.get(8),
         });
     }
     for r in c
         .query(
-            "SELECT tgname::text, pg_catalog.pg_get_triggerdef(oid), tgenabled::text \
+            "SELECT tgname::text, pg_catalog.pg_get_triggerdef(oid), tgenabled::text, \
+                    pg_catalog.obj_description(oid, 'pg_trigger') \
              FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal ORDER BY tgname",
             &[&oid],
         )
@@ -779,8 +1155,72 @@ pub(crate) async fn table_model_by_oid<C: GenericClient>(c: &C, oid: u32) -> Res
             name: r.get(0),
             definition: r.get(1),
             enabled: r.get(2),
+            comment: r.get(3),
         });
     }
+    // Rules, policies, extended statistics, publications and security labels, in one
+    // round trip (most tables have none).
+    let (attrs, qual) = if server_version >= 150000 {
+        (
+            "CASE WHEN pr.prattrs IS NULL THEN '[]'::jsonb ELSE to_jsonb(array(SELECT a.attname::text \
+               FROM unnest(pr.prattrs::int2[]) WITH ORDINALITY x(n, o) JOIN pg_catalog.pg_attribute a \
+               ON a.attrelid = pr.prrelid AND a.attnum = x.n ORDER BY x.o)) END",
+            "pg_catalog.pg_get_expr(pr.prqual, pr.prrelid)",
+        )
+    } else {
+        ("'[]'::jsonb", "NULL::text")
+    };
+    let extras = c
+        .query_one(
+            &format!(
+                "SELECT \
+                  (SELECT coalesce(jsonb_agg(jsonb_build_object('name', r.rulename::text, \
+                        'definition', pg_catalog.pg_get_ruledef(r.oid), 'enabled', r.ev_enabled::text, \
+                        'comment', pg_catalog.obj_description(r.oid, 'pg_rewrite')) ORDER BY r.rulename), '[]') \
+                   FROM pg_catalog.pg_rewrite r WHERE r.ev_class = $1 AND r.rulename <> '_RETURN')::text, \
+                  (SELECT coalesce(jsonb_agg(jsonb_build_object('name', p.polname::text, 'permissive', p.polpermissive, \
+                        'command', CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE' \
+                                                 WHEN 'd' THEN 'DELETE' ELSE 'ALL' END, \
+                        'roles', to_jsonb(array(SELECT CASE WHEN x.r = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(x.r)::text END \
+                                                FROM unnest(p.polroles) x(r) ORDER BY 1)), \
+                        'using', pg_catalog.pg_get_expr(p.polqual, p.polrelid), \
+                        'with_check', pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), \
+                        'comment', pg_catalog.obj_description(p.oid, 'pg_policy')) ORDER BY p.polname), '[]') \
+                   FROM pg_catalog.pg_policy p WHERE p.polrelid = $1)::text, \
+                  (SELECT coalesce(jsonb_agg(jsonb_build_object('schema', n.nspname::text, 'name', s.stxname::text, \
+                        'definition', pg_catalog.pg_get_statisticsobjdef(s.oid), \
+                        'target', CASE WHEN s.stxstattarget >= 0 THEN s.stxstattarget::int4 END, \
+                        'owner', pg_catalog.pg_get_userbyid(s.stxowner)::text, \
+                        'comment', pg_catalog.obj_description(s.oid, 'pg_statistic_ext')) ORDER BY n.nspname, s.stxname), '[]') \
+                   FROM pg_catalog.pg_statistic_ext s JOIN pg_catalog.pg_namespace n ON n.oid = s.stxnamespace \
+                   WHERE s.stxrelid = $1)::text, \
+                  (SELECT coalesce(jsonb_agg(jsonb_build_object('name', pb.pubname::text, 'columns', {attrs}, \
+                        'row_filter', {qual}) ORDER BY pb.pubname), '[]') \
+                   FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication pb ON pb.oid = pr.prpubid \
+                   WHERE pr.prrelid = $1)::text, \
+                  (SELECT coalesce(jsonb_agg(jsonb_build_object('column', a.attname::text, 'provider', l.provider, \
+                        'label', l.label) ORDER BY l.objsubid, l.provider), '[]') \
+                   FROM pg_catalog.pg_seclabel l LEFT JOIN pg_catalog.pg_attribute a \
+                     ON a.attrelid = l.objoid AND a.attnum = l.objsubid AND l.objsubid <> 0 \
+                   WHERE l.classoid = 'pg_catalog.pg_class'::regclass AND l.objoid = $1)::text"
+            ),
+            &[&oid],
+        )
+        .await
+        .ctx("reading rules, policies, statistics, publications and security labels")?;
+    fn parse<T: serde::de::DeserializeOwned>(
+        row: &tokio_postgres::Row,
+        i: usize,
+        what: &str,
+    ) -> Result<T> {
+        serde_json::from_str(&row.get::<_, String>(i))
+            .map_err(|e| crate::error::backend_msg(format!("reading {what}: {e}")))
+    }
+    m.rules = parse(&extras, 0, "rules")?;
+    m.policies = parse(&extras, 1, "policies")?;
+    m.statistics = parse(&extras, 2, "statistics")?;
+    m.publications = parse(&extras, 3, "publications")?;
+    m.security_labels = parse(&extras, 4, "security labels")?;
     let owned = c
         .query(
             "SELECT s.oid, a.attname::text FROM pg_catalog.pg_depend d \

@@ -154,7 +154,8 @@ impl<T> PgResultExt<T> for Result<T, tokio_postgres::Error> {
 /// A pool error (cannot get a connection); nothing happened. Transient when waiting may
 /// help (a timeout, a server that refuses connections for now or cannot be reached);
 /// permanent when it cannot (authentication failed, unknown role or database): the run
-/// then fails fast with the server's own message.
+/// then fails fast with the server's own message; a session whose settings cannot be
+/// pinned is a permanent misconfiguration too.
 pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
     match &e {
         deadpool_postgres::PoolError::Backend(pg) => {

@@ -24,15 +24,34 @@ pub fn quote_ident(name: &str) -> String {
     s
 }
 
-/// Quote a string literal for SQL (standard-conforming strings: quotes doubled, no
-/// backslash escapes).
+/// Quote a string literal for SQL so that it means the same whatever
+/// `standard_conforming_strings` is: quotes doubled, and a value holding a backslash
+/// written as an escape string (`E'…'`) with its backslashes doubled (a plain `'…'` would
+/// read `\'` as an escaped quote where `standard_conforming_strings` is off).
 ///
 /// ```
 /// use rollback_postgres::quote_literal;
 /// assert_eq!(quote_literal("it's"), "'it''s'");
+/// assert_eq!(quote_literal(r"x\'; DROP TABLE t; --"), r"E'x\\''; DROP TABLE t; --'");
 /// ```
 pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    let quoted = value.replace('\'', "''");
+    if value.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
+/// Dollar-quote `body` with a random tag that does not occur in it, so that nothing in the
+/// body (a name, a comment read from the catalog) can end the quote.
+pub(crate) fn dollar_quote(body: &str) -> String {
+    loop {
+        let tag = format!("$rb_{}$", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        if !body.contains(&tag) {
+            return format!("{tag}{body}{tag}");
+        }
+    }
 }
 
 /// Check a name can be used as an identifier (non-empty, no NUL, at most 63 bytes).
@@ -155,8 +174,18 @@ mod tests {
     }
 
     #[test]
-    fn literals_double_their_quotes() {
+    fn literals_double_their_quotes_and_escape_backslashes_whatever_the_setting() {
         assert_eq!(quote_literal("O'Brien"), "'O''Brien'");
-        assert_eq!(quote_literal("back\\slash"), "'back\\slash'");
+        assert_eq!(quote_literal("back\\slash"), "E'back\\\\slash'");
+        assert_eq!(quote_literal("x\\'; --"), "E'x\\\\''; --'");
+    }
+
+    #[test]
+    fn dollar_quotes_never_end_inside_their_body() {
+        let body = "a $rb_0$ b $$ c";
+        let q = dollar_quote(body);
+        let tag = &q[..q[1..].find('$').unwrap() + 2];
+        assert!(q.ends_with(tag) && q[tag.len()..q.len() - tag.len()] == *body);
+        assert!(!body.contains(tag));
     }
 }

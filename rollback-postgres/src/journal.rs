@@ -78,16 +78,39 @@ impl PgJournal {
         format!("{}.leases", quote_ident(&self.schema))
     }
 
-    /// Create the tables if absent.
+    /// Create the tables if absent. Nothing that exists is created again: a schema a DBA
+    /// created beforehand needs no `CREATE` privilege on the database (`CREATE SCHEMA IF
+    /// NOT EXISTS` would check it all the same), and tables that exist need none on the
+    /// schema.
     ///
     /// # Errors
     /// Backend errors.
     pub async fn ensure(&self) -> Result<()> {
         self.ready
             .get_or_try_init(|| async {
+                let c = self.db.lib_client().await?;
+                let r = c
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1), \
+                                (SELECT count(*) FROM pg_catalog.pg_class c \
+                                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                                 WHERE n.nspname = $1 AND c.relname IN ('journal', 'leases') AND c.relkind = 'r')",
+                        &[&self.schema],
+                    )
+                    .await
+                    .map_err(|e| journal_err(PgError::new("looking up journal tables", &e)))?;
+                let (schema_exists, present): (bool, i64) = (r.get(0), r.get(1));
+                if present == 2 {
+                    return Ok(());
+                }
                 let s = quote_ident(&self.schema);
+                let create_schema = if schema_exists {
+                    String::new()
+                } else {
+                    format!("CREATE SCHEMA IF NOT EXISTS {s}; ")
+                };
                 let ddl = format!(
-                    "CREATE SCHEMA IF NOT EXISTS {s}; \
+                    "{create_schema}\
                      CREATE TABLE IF NOT EXISTS {s}.journal ( \
                         run_id text NOT NULL, seq bigint NOT NULL, at_ms bigint NOT NULL, \
                         prev text NOT NULL, entry text NOT NULL, hash text NOT NULL, \
@@ -103,7 +126,6 @@ impl PgJournal {
                         epoch bigint NOT NULL DEFAULT 0); \
                      ALTER TABLE {s}.leases ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0;"
                 );
-                let c = self.db.client().await?;
                 for attempt in 0..3 {
                     match c.batch_execute(&ddl).await {
                         Ok(()) => return Ok(()),
@@ -128,7 +150,7 @@ impl PgJournal {
     }
 
     async fn find(&self, run_id: &str, seq: i64, hash: &str) -> Result<bool> {
-        let c = self.db.client().await?;
+        let c = self.db.lib_client().await?;
         let row = c
             .query_opt(
                 &format!(
@@ -154,7 +176,7 @@ fn journal_err(e: PgError) -> Error {
 impl Journal for PgJournal {
     async fn append(&self, run_id: &str, entry: &Entry, epoch: u64) -> Result<Record> {
         self.ensure().await?;
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .transaction()
@@ -252,7 +274,7 @@ impl Journal for PgJournal {
 
     async fn records(&self, run_id: &str) -> Result<Vec<Record>> {
         self.ensure().await?;
-        let c = self.db.client().await?;
+        let c = self.db.lib_client().await?;
         let rows = c
             .query(
                 &format!(
@@ -297,7 +319,7 @@ impl Journal for PgJournal {
 
     async fn runs(&self) -> Result<Vec<String>> {
         self.ensure().await?;
-        let c = self.db.client().await?;
+        let c = self.db.lib_client().await?;
         let rows = c
             .query(
                 &format!(
@@ -313,7 +335,7 @@ impl Journal for PgJournal {
 
     async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Lease> {
         self.ensure().await?;
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .transaction()
@@ -359,7 +381,7 @@ impl Journal for PgJournal {
 
     async fn release_lease(&self, key: &str, holder: &str) -> Result<()> {
         self.ensure().await?;
-        let c = self.db.client().await?;
+        let c = self.db.lib_client().await?;
         // Keep the row and its epoch: the next grant of the key must be newer.
         c.execute(
             &format!(

@@ -72,12 +72,46 @@
 //! for the database. A part holding `.`, `"`, `/`, `:`, space, `+` or `,` is
 //! double-quoted so ids never collide. A step's `touches` must name its checkpoint's id.
 //!
-//! ## Identifiers and secrets
+//! ## Identifiers, literals, settings and secrets
 //!
 //! Every identifier is double-quoted in generated SQL, so mixed case, spaces, quotes and
-//! unicode work ([`Table`] takes names verbatim). A [`Database`] displays as
-//! `user@host:port/db`; no error, log line, `Debug` output or report of this crate carries
-//! a password or connection string.
+//! unicode work ([`Table`] takes names verbatim); literals are written so that they mean
+//! the same whatever `standard_conforming_strings` is ([`quote_literal`]); function bodies
+//! the crate generates are dollar-quoted with a tag that occurs nowhere in them; text read
+//! from the catalog (names, comments, labels) enters SQL only quoted. Every session pins
+//! the settings this SQL relies on, and the crate's own statements run with
+//! `search_path = pg_catalog, pg_temp`, whatever the server's, database's or role's
+//! defaults (see [`Database`]); user SQL ([`SqlStep`], a [`Backfill`]'s fragments,
+//! [`SqlAssertion`]) runs with the database's own `search_path`. A [`Database`] displays
+//! as `user@host:port/db`; no error, log line, `Debug` output or report of this crate
+//! carries a password or connection string.
+//!
+//! ## Privileges
+//!
+//! No type needs a superuser. What a role needs, beyond `LOGIN` and `CONNECT` on the
+//! database, `USAGE` on the schemas of the tables it names, and a default
+//! `session_replication_role` of `origin` (a role that defaults to another value needs
+//! `SET` on that parameter: see [`Database`]):
+//!
+//! | Type | Database | Schemas | Tables and other objects |
+//! |---|---|---|---|
+//! | [`TableSnapshot`] | `CREATE` only while the snapshot schema (`_rollback_snapshots`) does not exist | `USAGE`, `CREATE` on the snapshot schema; a swap also `CREATE` on the table's schema (the copy moves there) | capture: `SELECT`; restore: owner of the tables (member of the owning role) — a swap drops and renames them, copy and merge disable their triggers — and `REFERENCES` on what their foreign keys reference; discard: owner of the copies (the capturing role) |
+//! | [`TableUndoLog`] | `CREATE` only while `_rollback` does not exist | `USAGE`, `CREATE` on `_rollback` | owner of the tables: capture creates triggers on them, restore disables their user triggers, discard drops the triggers. Writers of the tables need nothing more: the trigger function is `SECURITY DEFINER` of the capturing role, which owns the logs |
+//! | [`SchemaSnapshot`] | — | `USAGE` on the schemas; restore: `CREATE` on them | capture: `SELECT` on their sequences (their values are read); restore: owner of what it changes |
+//! | [`SqlStep`] | `CREATE` only while `_rollback` does not exist | `USAGE` on `_rollback`; `CREATE` until its tables exist | `SELECT`, `INSERT`, `UPDATE`, `DELETE` on `_rollback.applied_steps` (its owner when the crate created it); whatever `up` and `down` need |
+//! | [`Backfill`] | as [`SqlStep`] | as [`SqlStep`] | `SELECT`, `UPDATE` on the table; as [`SqlStep`] on `_rollback.applied_steps` and `_rollback.backfill_progress` |
+//! | Verifiers | — | — | [`RowCountParity`], [`TableHashParity`]: `SELECT` on the table (and on the snapshot copy: its owner can); [`ForeignKeyIntegrity`]: `SELECT` on child and parent tables; [`SchemaMatches`]: as a [`SchemaSnapshot`] capture; [`SqlAssertion`]: what its query reads; [`UndoLogParity`]: the logs (their owner) |
+//! | [`PgJournal`] | `CREATE` only while `_rollback` does not exist | `USAGE` on `_rollback`; `CREATE` until `journal` and `leases` exist | `SELECT`, `INSERT` on `_rollback.journal`; `SELECT`, `INSERT`, `UPDATE`, `DELETE` on `_rollback.leases` |
+//! | [`RecoveryPoint`] | — | — | `EXECUTE` on `pg_create_restore_point(text)` (superuser only unless granted: without it the verdict fails, or passes with the LSN alone under [`RecoveryPoint::lsn_is_enough`]); `pg_control_checkpoint()` for the timeline (optional) |
+//!
+//! The crate's statements run with `row_security = off`: a table that row-level security
+//! would filter for the role (a non-owner, or `FORCE ROW LEVEL SECURITY`) makes them fail
+//! ("query would be affected by row-level security policy") instead of seeing part of it;
+//! such a role needs `BYPASSRLS`. A missing privilege is a permanent error
+//! ([`rollback_core::Error::Backend`], or [`rollback_core::Error::Journal`] for the
+//! journal) carrying the server's "permission denied for …" message; a DBA may create
+//! `_rollback` and `_rollback_snapshots` beforehand, and the crate then creates only what
+//! is missing in them.
 //!
 //! ## Table hash
 //!
@@ -109,10 +143,11 @@ mod verify;
 
 pub use backfill::{Backfill, BackfillCursor, BackfillReceipt};
 pub use catalog::{
-    Change, ColumnModel, ConstraintModel, EnumModel, FunctionModel, IndexModel, SchemaChange,
-    SchemaModel, SequenceModel, TableModel, TriggerModel, ViewModel,
+    Change, ColumnModel, ConstraintModel, EnumModel, FunctionModel, IndexModel, PolicyModel,
+    PublicationModel, RuleModel, SchemaChange, SchemaModel, SecurityLabelModel, SequenceModel,
+    StatisticsModel, TableModel, TriggerModel, ViewModel,
 };
-pub use db::{Database, DEFAULT_POOL_SIZE};
+pub use db::{Database, DEFAULT_POOL_SIZE, PINNED_SETTINGS, RESET_SESSION_SQL};
 pub use diff::{RangeDiff, TableDiff};
 pub use hash::{ChunkDigest, KeyValue, TableHash, LEAF_ROWS};
 pub use ident::{quote_ident, quote_literal, Table};

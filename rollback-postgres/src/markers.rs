@@ -10,24 +10,33 @@ use tokio_postgres::GenericClient;
 /// The default schema of the bookkeeping tables.
 pub const DEFAULT_MARKER_SCHEMA: &str = "_rollback";
 
-/// Create the marker tables if absent (idempotent, safe under concurrency).
+/// Create the marker tables if absent (idempotent, safe under concurrency). Nothing is
+/// created that exists: a schema a DBA created beforehand needs no `CREATE` privilege on
+/// the database (`CREATE SCHEMA IF NOT EXISTS` would check it all the same), and tables
+/// that exist need none on the schema.
 pub(crate) async fn ensure(db: &Database, schema: &str) -> Result<()> {
-    let c = db.client().await?;
-    let present = c
+    let c = db.lib_client().await?;
+    let r = c
         .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname IN ('applied_steps', 'backfill_progress', 'fences')",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1), \
+                    (SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relname IN ('applied_steps', 'backfill_progress', 'fences'))",
             &[&schema],
         )
         .await
-        .ctx("looking up marker tables")?
-        .get::<_, i64>(0);
+        .ctx("looking up marker tables")?;
+    let (schema_exists, present): (bool, i64) = (r.get(0), r.get(1));
     if present == 3 {
         return Ok(());
     }
     let s = quote_ident(schema);
+    let create_schema = if schema_exists {
+        String::new()
+    } else {
+        format!("CREATE SCHEMA IF NOT EXISTS {s}; ")
+    };
     let ddl = format!(
-        "CREATE SCHEMA IF NOT EXISTS {s}; \
+        "{create_schema}\
          CREATE TABLE IF NOT EXISTS {s}.applied_steps ( \
             run_id text NOT NULL, step_id text NOT NULL, receipt jsonb NOT NULL, \
             state text NOT NULL DEFAULT 'applied' CHECK (state IN ('applying', 'applied')), \
@@ -141,4 +150,22 @@ pub(crate) async fn fence<C: GenericClient>(c: &C, schema: &str, ctx: &Context) 
         .get(0);
     tracing::error!(key = %f.key, epoch = f.epoch, current, "refused a write by a fenced-off runner");
     Err(f.stale(current.max(0) as u64))
+}
+
+/// Let the server end the transaction `c` is in when it stays idle for longer than the
+/// runner's lease TTL: a runner paused (SIGSTOP, a frozen VM) between its statements has
+/// lost its lease by then, and its open transaction would otherwise hold the fence row and
+/// every row it wrote against the runner that took over. For transactions the client
+/// drives statement after statement (steps, backfill batches); not for ones that wait on
+/// other sessions.
+pub(crate) async fn abort_if_idle<C: GenericClient>(c: &C, ctx: &Context) -> Result<()> {
+    let Some(ttl) = ctx.lease_ttl() else {
+        return Ok(());
+    };
+    let ms = ttl.as_millis().clamp(1_000, i32::MAX as u128);
+    c.batch_execute(&format!(
+        "SET LOCAL idle_in_transaction_session_timeout = {ms}"
+    ))
+    .await
+    .ctx("limiting the transaction's idle time")
 }

@@ -98,7 +98,7 @@ impl RecoveryPoint {
         while name.len() > 63 {
             name.pop();
         }
-        let c = self.db.client().await?;
+        let c = self.db.lib_client().await?;
         let r = c
             .query_one(
                 "SELECT pg_current_wal_lsn()::text, now()::text, \

@@ -16,7 +16,8 @@ pub const SCHEMA_KIND: &str = "pg.schema";
 
 /// A checkpoint of the catalog of some schemas: tables (columns, types, defaults,
 /// nullability, constraints including foreign keys, indexes, triggers, owned sequences and
-/// their values, owner, privileges, storage parameters), standalone sequences with their
+/// their values, and every other property pg_dump emits for a table: see
+/// [`crate::TableModel`]), standalone sequences with their
 /// values, views and materialized views, functions and procedures, and enum types — as a
 /// [`SchemaModel`] kept inline in the snapshot, whose blake3 is both the snapshot's
 /// `digest` and its `fingerprint`.
@@ -26,8 +27,9 @@ pub const SCHEMA_KIND: &str = "pg.schema";
 /// tables, sequences, functions, enum types and schemas created since; re-creates dropped
 /// views, functions, enum types, standalone sequences and schemas from their captured
 /// definitions; for each table, drops added columns, constraints, indexes and triggers,
-/// re-creates dropped ones, puts back defaults, nullability and trigger states, and resets
-/// sequence values. Then it re-reads the catalog and commits only if the model equals the
+/// re-creates dropped ones, puts back defaults, nullability and trigger states and the
+/// table's other properties (comments, privileges, statistics targets, rules, policies…),
+/// and resets sequence values. Then it re-reads the catalog and commits only if the model equals the
 /// captured one; otherwise it rolls back and fails with [`Error::Conflict`] listing what
 /// it could not undo. It **cannot** bring back data: a table dropped since capture is
 /// refused (restore it with a [`crate::TableSnapshot`] first — order the checkpoints so),
@@ -88,7 +90,7 @@ impl SchemaSnapshot {
     /// # Errors
     /// Backend errors.
     pub async fn model(&self) -> Result<SchemaModel> {
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .build_transaction()
@@ -148,7 +150,7 @@ impl Checkpoint for SchemaSnapshot {
         let target = self.model_of(snap)?;
         let marker_schema = crate::markers::DEFAULT_MARKER_SCHEMA;
         crate::markers::ensure_for_fence(&self.db, marker_schema, ctx).await?;
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting schema restore")?;
         tx.batch_execute(&format!(
@@ -303,7 +305,16 @@ async fn undo(tx: &Transaction<'_>, live: &SchemaModel, target: &SchemaModel) ->
     }
     for (k, f) in &target.functions {
         if live.functions.get(k) != Some(f) {
-            exec(tx, &f.definition, &mut n).await?;
+            // As pg_dump does: a body valid at capture may name objects put back later.
+            exec(
+                tx,
+                &format!(
+                    "SET LOCAL check_function_bodies = off; {}; SET LOCAL check_function_bodies = on",
+                    f.definition
+                ),
+                &mut n,
+            )
+            .await?;
         }
     }
     for (k, s) in &target.sequences {
@@ -347,7 +358,7 @@ async fn undo(tx: &Transaction<'_>, live: &SchemaModel, target: &SchemaModel) ->
         for s in plan.pre.iter().chain(plan.post.iter()) {
             exec(tx, s, &mut n).await?;
         }
-        reconcile::table_properties(tx, &table, l, t).await?;
+        reconcile::table_properties(tx, &table, t).await?;
         for s in &t.sequences {
             exec(tx, &s.setval_sql(), &mut n).await?;
         }

@@ -28,9 +28,13 @@ pub enum RestoreMethod {
     Auto,
     /// Rename the snapshot copy into place (O(1) in the data): drop the live table, move
     /// the copy into its schema under its name, rename indexes, put back defaults,
-    /// sequences, triggers, foreign keys (re-validated), owner, privileges and storage
-    /// parameters, then check the definition equals the captured one. Only when nothing
-    /// else depends on the table (see [`TableSnapshot`]).
+    /// sequences, triggers, foreign keys (re-validated), and everything else pg_dump
+    /// emits for the table (owner, table and column privileges, comments on the table,
+    /// its columns, constraints, indexes and triggers, statistics targets, storage,
+    /// compression and attribute options, `CLUSTER ON`, storage parameters including
+    /// `toast.*`, replica identity, row-level security), then check the definition equals
+    /// the captured one. Only when nothing else depends on the table (see
+    /// [`TableSnapshot`]).
     Swap,
     /// `TRUNCATE` the tables together and `INSERT … SELECT` from the copies.
     Copy,
@@ -62,14 +66,17 @@ pub enum RestoreMethod {
 /// sessions, split at a chunk boundary recorded at capture; nothing proves cheaply that a
 /// copy was not written since, so the re-hash is never skipped); then the live tables are locked `ACCESS EXCLUSIVE` and
 /// put back by one of the [`RestoreMethod`]s; finally each table's definition is compared
-/// with the captured one (columns, constraints, indexes, triggers, owned sequences and
-/// their values, owner, privileges) and any difference rolls the transaction back.
+/// with the captured one — everything pg_dump emits for it (see [`crate::TableModel`]) and
+/// owned sequences with their values — and any difference rolls the transaction back.
+/// The fingerprint covers the same definition, so parity is never claimed while any of it
+/// differs.
 /// [`Restored::method`] says which method ran (`swap`, `copy`, `merge`, or `noop` when the
 /// tables already hold the snapshot's content).
 ///
 /// **When a swap is safe.** The live table must be a plain table (not partitioned, not a
-/// partition, no inheritance), without identity columns, unlogged storage or replica
-/// identity `USING INDEX`, and nothing outside the table may depend on it: no foreign key
+/// partition, no inheritance, not typed), without identity columns, unlogged storage,
+/// replica identity `USING INDEX`, or a tablespace or access method of its own (or its
+/// indexes'), and nothing outside the table may depend on it: no foreign key
 /// of another table (or itself) referencing it, no view, rule, policy, publication,
 /// extended statistics, or use of its row type. Its own foreign keys are re-created and
 /// re-validated (a read of the table, the only part under the lock that is not O(1)).
@@ -320,7 +327,7 @@ impl TableSnapshot {
 }
 
 pub(crate) async fn ensure_schema(db: &Database, schema: &str) -> Result<()> {
-    let c = db.client().await?;
+    let c = db.lib_client().await?;
     let exists = c
         .query_opt(
             "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1",
@@ -357,7 +364,7 @@ async fn snapshot_reader(db: &Database, tx: &Transaction<'_>) -> Option<tokio_po
         .await
         .ok()?
         .get(0);
-    let c = db.dedicated().await.ok()?;
+    let c = db.dedicated_lib().await.ok()?;
     c.batch_execute(&format!(
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
         crate::ident::quote_literal(&id)
@@ -433,7 +440,7 @@ impl SnapshotHasher {
             self.opened = true;
             if let Some(id) = &self.exported {
                 for _ in 1..self.parallelism {
-                    let Ok(o) = db.client().await else { break };
+                    let Ok(o) = db.lib_client().await else { break };
                     let ok = o
                         .batch_execute(&format!(
                             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
@@ -703,7 +710,7 @@ impl Checkpoint for TableSnapshot {
         crate::ident::check_ident("schema", &self.snapshot_schema)?;
         ensure_schema(&self.db, &self.snapshot_schema).await?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .build_transaction()
@@ -870,7 +877,7 @@ impl Checkpoint for TableSnapshot {
         crate::markers::ensure_for_fence(&self.db, crate::markers::DEFAULT_MARKER_SCHEMA, ctx)
             .await?;
         for m in methods {
-            let mut obj = self.db.client().await?;
+            let mut obj = self.db.lib_client().await?;
             let client: &mut tokio_postgres::Client = &mut obj;
             let tx = client.transaction().await.ctx("starting restore")?;
             tx.batch_execute(&self.lock_timeout_sql())
@@ -894,6 +901,8 @@ impl Checkpoint for TableSnapshot {
                 let fps = fingerprint_tables(&tx, &self.tables).await?;
                 let now = combine(&fps.iter().map(|f| f.0).collect::<Vec<_>>());
                 if now == snap.fingerprint && copies.is_empty() {
+                    // Nothing to do, but keep the fence this transaction raised.
+                    tx.commit().await.ctx("ending restore")?;
                     return Ok(Restored::by("noop").changed(0).note(
                         "tables already hold the snapshot's content (its copy was consumed by an earlier swap)",
                     ));
@@ -928,14 +937,16 @@ impl Checkpoint for TableSnapshot {
                 .map(|h| h.rows)
                 .max()
             {
-                Some(rows) if rows >= hash::PARALLEL_MIN_ROWS => match self.db.dedicated().await {
-                    Ok(r) => r
-                        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                        .await
-                        .is_ok()
-                        .then_some(r),
-                    Err(_) => None,
-                },
+                Some(rows) if rows >= hash::PARALLEL_MIN_ROWS => {
+                    match self.db.dedicated_lib().await {
+                        Ok(r) => r
+                            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                            .await
+                            .is_ok()
+                            .then_some(r),
+                        Err(_) => None,
+                    }
+                }
                 _ => None,
             };
             let mut dh = Hasher::new();
@@ -1098,7 +1109,7 @@ impl Checkpoint for TableSnapshot {
     }
 
     async fn fingerprint(&self, _ctx: &Context) -> Result<Digest> {
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .build_transaction()
@@ -1140,8 +1151,11 @@ impl Checkpoint for TableSnapshot {
             return Ok(());
         }
         self.db
-            .execute_batch(&format!("DROP TABLE IF EXISTS {}", copies.join(", ")))
+            .lib_client()
+            .await?
+            .batch_execute(&format!("DROP TABLE IF EXISTS {}", copies.join(", ")))
             .await
+            .ctx("dropping snapshot copies")
     }
 }
 
@@ -1365,10 +1379,7 @@ impl TableSnapshot {
                     notes.push(format!("foreign key {} re-validated", k.name));
                 }
             }
-            let now = catalog::table_model(tx, t)
-                .await?
-                .ok_or_else(|| backend_msg("swapped table vanished"))?;
-            reconcile::table_properties(tx, t, &now, def).await?;
+            reconcile::table_properties(tx, t, def).await?;
             items += e.hash.as_ref().map(|h| h.rows).unwrap_or(0);
         }
         self.set_sequences(tx, d).await?;
@@ -1410,7 +1421,7 @@ impl TableSnapshot {
         d: &Descriptor,
     ) -> Result<Vec<String>> {
         let mut notes = Vec::new();
-        for (t, p, live) in plans {
+        for (t, p, _) in plans {
             Self::run_all(tx, &p.post, "restoring table definition").await?;
             if let Some(def) = d
                 .tables
@@ -1418,7 +1429,7 @@ impl TableSnapshot {
                 .find(|e| &e.table == t)
                 .and_then(|e| e.definition.as_ref())
             {
-                reconcile::table_properties(tx, t, live, def).await?;
+                reconcile::table_properties(tx, t, def).await?;
             }
             if !p.is_empty() {
                 notes.push(format!(
@@ -1707,6 +1718,20 @@ async fn swap_unsafe(tx: &Transaction<'_>, d: &Descriptor) -> Result<Option<Stri
         }
         if def.columns.iter().any(|c| !c.identity.is_empty()) {
             return Ok(Some(format!("{} has an identity column", e.table)));
+        }
+        // The copy is created in the default tablespace with the default access method,
+        // untyped: a swap would move or change the table.
+        if def.tablespace.is_some() || def.indexes.iter().any(|i| i.tablespace.is_some()) {
+            return Ok(Some(format!(
+                "{} or one of its indexes is in a tablespace of its own",
+                e.table
+            )));
+        }
+        if def.access_method.is_some() || def.of_type.is_some() {
+            return Ok(Some(format!(
+                "{} has its own access method or is a typed table",
+                e.table
+            )));
         }
         if let Some(oid) = catalog::table_oid(tx, &e.table).await? {
             let blockers = swap_blockers(tx, oid).await?;

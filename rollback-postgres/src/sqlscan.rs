@@ -4,6 +4,11 @@
 //!
 //! It is a scanner, not a parser: it recognizes the statement shapes listed on
 //! [`crate::SqlStep`] and errs on the side of calling a statement destructive.
+//!
+//! It reads literals as the server does with `standard_conforming_strings = on` — a
+//! backslash escapes only in `E'…'` strings — which every session of this crate pins (see
+//! [`crate::Database`]); a script that changes that setting is refused
+//! ([`session_state`]), so scanner and server never disagree on where a literal ends.
 
 /// One statement of a script: its text and its words (upper-cased, literals removed,
 /// quoted identifiers as `"…"` tokens, punctuation `(` `)` `,` kept as tokens).
@@ -13,8 +18,27 @@ pub(crate) struct Statement {
     pub words: Vec<String>,
 }
 
+/// What [`scan`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Scan {
+    /// The statements.
+    pub statements: Vec<Statement>,
+    /// Semicolons outside literals, comments and `BEGIN ATOMIC` bodies.
+    pub semicolons: usize,
+    /// A literal, quoted identifier, dollar quote or block comment left open at the end.
+    pub unterminated: Option<&'static str>,
+}
+
 /// Split `sql` into statements at top-level semicolons.
 pub(crate) fn split(sql: &str) -> Vec<Statement> {
+    scan(sql).statements
+}
+
+/// Split `sql` into statements, counting top-level semicolons and noticing what is left
+/// open at the end.
+pub(crate) fn scan(sql: &str) -> Scan {
+    let mut semicolons = 0usize;
+    let mut unterminated = None;
     let b: Vec<char> = sql.chars().collect();
     let mut out = Vec::new();
     let mut text = String::new();
@@ -43,6 +67,7 @@ pub(crate) fn split(sql: &str) -> Vec<Statement> {
         if c == '/' && b.get(i + 1) == Some(&'*') {
             flush_word(&mut word, &mut words);
             let mut depth = 0;
+            unterminated = Some("block comment");
             while i < b.len() {
                 if b[i] == '/' && b.get(i + 1) == Some(&'*') {
                     depth += 1;
@@ -55,6 +80,7 @@ pub(crate) fn split(sql: &str) -> Vec<Statement> {
                     text.push_str("*/");
                     i += 2;
                     if depth == 0 {
+                        unterminated = None;
                         break;
                     }
                     continue;
@@ -73,6 +99,7 @@ pub(crate) fn split(sql: &str) -> Vec<Statement> {
             flush_word(&mut word, &mut words);
             text.push(c);
             i += 1;
+            unterminated = Some("string literal");
             while i < b.len() {
                 if escapes && b[i] == '\\' && i + 1 < b.len() {
                     text.push(b[i]);
@@ -88,6 +115,7 @@ pub(crate) fn split(sql: &str) -> Vec<Statement> {
                     }
                     text.push('\'');
                     i += 1;
+                    unterminated = None;
                     break;
                 }
                 text.push(b[i]);
@@ -101,6 +129,7 @@ pub(crate) fn split(sql: &str) -> Vec<Statement> {
             flush_word(&mut word, &mut words);
             text.push(c);
             i += 1;
+            unterminated = Some("quoted identifier");
             while i < b.len() {
                 if b[i] == '"' {
                     if b.get(i + 1) == Some(&'"') {
@@ -110,6 +139,7 @@ pub(crate) fn split(sql: &str) -> Vec<Statement> {
                     }
                     text.push('"');
                     i += 1;
+                    unterminated = None;
                     break;
                 }
                 text.push(b[i]);
@@ -131,6 +161,7 @@ pub(crate) fn split(sql: &str) -> Vec<Statement> {
                 let tag_chars: Vec<char> = tag.chars().collect();
                 text.push_str(&tag);
                 i = j + 1;
+                unterminated = Some("dollar-quoted string");
                 loop {
                     if i >= b.len() {
                         break;
@@ -138,6 +169,7 @@ pub(crate) fn split(sql: &str) -> Vec<Statement> {
                     if b[i] == '$' && b[i..].starts_with(&tag_chars) {
                         text.push_str(&tag);
                         i += tag_chars.len();
+                        unterminated = None;
                         break;
                     }
                     text.push(b[i]);
@@ -148,6 +180,7 @@ pub(crate) fn split(sql: &str) -> Vec<Statement> {
             }
         }
         if c == ';' && atomic_depth == 0 {
+            semicolons += 1;
             flush_word(&mut word, &mut words);
             push_statement(&mut out, &mut text, &mut words);
             i += 1;
@@ -182,7 +215,11 @@ pub(crate) fn split(sql: &str) -> Vec<Statement> {
     }
     flush_word(&mut word, &mut words);
     push_statement(&mut out, &mut text, &mut words);
-    out
+    Scan {
+        statements: out,
+        semicolons,
+        unterminated,
+    }
 }
 
 fn push_statement(out: &mut Vec<Statement>, text: &mut String, words: &mut Vec<String>) {
@@ -286,6 +323,113 @@ pub(crate) fn transaction_control(s: &Statement) -> bool {
         || (first == "PREPARE" && second == "TRANSACTION")
 }
 
+/// Settings a script may not change even for its own transaction: the scanner reads the
+/// script as the server does only with `standard_conforming_strings` on, and
+/// `session_replication_role` other than `origin` silences triggers (an undo log's) and
+/// foreign keys.
+const PINNED: [&str; 2] = ["STANDARD_CONFORMING_STRINGS", "SESSION_REPLICATION_ROLE"];
+
+/// Why a statement changes the state of the session beyond its own transaction, or a
+/// setting this crate pins (None: it does not). Session-level `SET`, `RESET`, `SET ROLE`,
+/// `SET SESSION AUTHORIZATION`, `SET SESSION CHARACTERISTICS` and `DISCARD ALL` would
+/// outlive the step on a pooled connection; `SET LOCAL`, `SET TRANSACTION` and
+/// `SET CONSTRAINTS` end with the step's transaction and are allowed, except for the
+/// pinned settings.
+pub(crate) fn session_state(s: &Statement) -> Option<String> {
+    let w = &s.words;
+    let at = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
+    let pinned = |name: &str| {
+        if name == "\"…\"" {
+            Some(
+                "a setting named by a quoted identifier (pinned settings cannot be told apart)"
+                    .to_string(),
+            )
+        } else if PINNED.contains(&name) {
+            Some(format!(
+                "{} (a setting this crate pins: see Database)",
+                name.to_lowercase()
+            ))
+        } else {
+            None
+        }
+    };
+    match at(0) {
+        "SET" => match at(1) {
+            "LOCAL" => match at(2) {
+                "ROLE" | "SESSION" | "TIME" => None,
+                name => pinned(name).map(|p| format!("SET LOCAL {p}")),
+            },
+            "TRANSACTION" | "CONSTRAINTS" => None,
+            "SESSION" => match at(2) {
+                "AUTHORIZATION" => Some("SET SESSION AUTHORIZATION (session-level)".into()),
+                "CHARACTERISTICS" => Some("SET SESSION CHARACTERISTICS (session-level)".into()),
+                name => Some(format!(
+                    "SET SESSION {} (session-level; use SET LOCAL)",
+                    pinned(name).unwrap_or_else(|| name.to_lowercase())
+                )),
+            },
+            "ROLE" => Some("SET ROLE (session-level; use SET LOCAL ROLE)".into()),
+            name => Some(format!(
+                "SET {} (session-level; use SET LOCAL)",
+                pinned(name).unwrap_or_else(|| name.to_lowercase())
+            )),
+        },
+        "RESET" => Some(format!("RESET {} (session-level)", at(1).to_lowercase())),
+        "DISCARD" if at(1) == "ALL" => Some("DISCARD ALL (resets the session)".into()),
+        _ => None,
+    }
+}
+
+/// Where a user fragment goes in the SQL this crate writes around it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fragment {
+    /// A condition, put in parentheses (`WHERE … AND (<fragment>)`).
+    Condition,
+    /// The assignments of an `UPDATE … SET <fragment> WHERE …`.
+    Assignments,
+}
+
+/// Why `sql` cannot be used as one fragment of the given kind (None: it can): it must be
+/// one expression (or assignment list) — no statement break, every parenthesis closed
+/// inside it and none closing one of the surrounding SQL, nothing left open (a literal, a
+/// quoted identifier, a comment), and for assignments no top-level `WHERE`, `FROM` or
+/// `RETURNING` that would take over the statement.
+pub(crate) fn fragment_problem(sql: &str, kind: Fragment) -> Option<String> {
+    let sc = scan(sql);
+    if let Some(what) = sc.unterminated {
+        return Some(format!("a {what} is left open"));
+    }
+    if sc.semicolons > 0 || sc.statements.len() > 1 {
+        return Some("it holds a `;` (one expression only)".into());
+    }
+    let Some(st) = sc.statements.first() else {
+        return Some("it is empty".into());
+    };
+    let mut depth = 0i64;
+    for w in &st.words {
+        match w.as_str() {
+            "(" => depth += 1,
+            ")" => {
+                depth -= 1;
+                if depth < 0 {
+                    return Some(
+                        "a `)` closes a parenthesis it did not open (it would escape its place in the statement)"
+                            .into(),
+                    );
+                }
+            }
+            "WHERE" | "FROM" | "RETURNING" if depth == 0 && kind == Fragment::Assignments => {
+                return Some(format!("a top-level {w} would change the statement"));
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Some("a `(` is not closed".into());
+    }
+    None
+}
+
 /// `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name` → the index name as written
 /// (unquoted identifiers folded to lower case), to clean up an invalid leftover.
 pub(crate) fn concurrent_index_name(s: &Statement) -> Option<String> {
@@ -363,6 +507,72 @@ mod tests {
         let s = split("BEGIN; UPDATE t SET a = 1; COMMIT; CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN NULL; END $$");
         let tc: Vec<bool> = s.iter().map(transaction_control).collect();
         assert_eq!(tc, vec![true, false, true, false]);
+    }
+
+    #[test]
+    fn refuses_session_level_settings_and_pinned_ones_even_locally() {
+        let why = |sql: &str| split(sql).iter().map(session_state).collect::<Vec<_>>();
+        for sql in [
+            "SET session_replication_role = replica",
+            "set search_path to evil",
+            "SET SESSION work_mem = '1GB'",
+            "SET ROLE other",
+            "SET SESSION AUTHORIZATION other",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            "RESET ALL",
+            "RESET search_path",
+            "DISCARD ALL",
+            "SET LOCAL standard_conforming_strings = off",
+            "SET LOCAL session_replication_role = replica",
+            "SET LOCAL \"standard_conforming_strings\" = off",
+        ] {
+            assert!(why(sql)[0].is_some(), "{sql}");
+        }
+        for sql in [
+            "SET LOCAL lock_timeout = '1s'",
+            "SET LOCAL ROLE other",
+            "SET LOCAL search_path = app, public",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SET CONSTRAINTS ALL DEFERRED",
+            "UPDATE t SET a = 1",
+            "DISCARD TEMP",
+        ] {
+            assert_eq!(why(sql), vec![None], "{sql}");
+        }
+        let r = why("SET standard_conforming_strings = off")[0]
+            .clone()
+            .unwrap();
+        assert!(r.contains("standard_conforming_strings"), "{r}");
+    }
+
+    #[test]
+    fn fragments_must_be_one_expression_that_stays_in_place() {
+        use Fragment::*;
+        for (sql, kind) in [
+            ("id <= 0) OR (true", Condition),
+            ("true; DROP TABLE t", Condition),
+            ("true;", Condition),
+            ("(a", Condition),
+            ("a = 'open", Condition),
+            ("a /* open", Condition),
+            ("v = 1 WHERE true", Assignments),
+            ("v = 1 FROM other", Assignments),
+            ("v = 1 RETURNING *", Assignments),
+            ("", Condition),
+        ] {
+            assert!(fragment_problem(sql, kind).is_some(), "{sql}");
+        }
+        for (sql, kind) in [
+            ("first_name IS NULL AND name <> ')'", Condition),
+            ("id IN (SELECT id FROM x WHERE y) -- why", Condition),
+            (
+                "a = split_part(name, ' ', 1), b = (SELECT max(v) FROM w WHERE w.id = t.id)",
+                Assignments,
+            ),
+            ("note = E'it\\'s ;)'", Assignments),
+        ] {
+            assert_eq!(fragment_problem(sql, kind), None, "{sql}");
+        }
     }
 
     #[test]

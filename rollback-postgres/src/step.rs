@@ -83,10 +83,32 @@ pub struct SqlReceipt {
 /// `UPDATE` is not flagged: its `down` must restore the old values.
 ///
 /// **Runs.** Markers are per run id ([`Context::run_id`]); outside an executor, give each
-/// logical run its own [`Context::standalone`] id. Transaction control statements
-/// (`BEGIN`, `COMMIT`, `SAVEPOINT`…) in `up` or `down` are refused with
-/// [`Error::Invalid`]. Markers of restore-only steps stay after a rollback (the executor
-/// does not revert them; the checkpoint does): they only record that the run applied them.
+/// logical run its own [`Context::standalone`] id. Markers of restore-only steps stay after
+/// a rollback (the executor does not revert them; the checkpoint does): they only record
+/// that the run applied them.
+///
+/// **Refused statements** ([`SqlStep::check`], also run by `apply` and `revert` before
+/// anything else, failing with [`Error::Invalid`] naming the statement):
+/// - transaction control (`BEGIN`, `COMMIT`, `SAVEPOINT`…): it would commit part of a step
+///   without its marker;
+/// - anything that changes the session beyond the step's transaction — session-level
+///   `SET` (use `SET LOCAL`), `RESET`, `SET ROLE` and `SET SESSION AUTHORIZATION` (use
+///   `SET LOCAL ROLE`), `SET SESSION CHARACTERISTICS`, `DISCARD ALL`: on a pooled
+///   connection it would outlive the step and reach whatever runs next (a later step
+///   writing with `session_replication_role = replica` escapes an undo log); for settings
+///   in non-transactional mode, where `SET LOCAL` does nothing, use [`SqlStep::setting`];
+/// - `SET [LOCAL] standard_conforming_strings` and `SET [LOCAL] session_replication_role`:
+///   the first would make the server read the rest of the script otherwise than the
+///   scanner does, the second silences triggers (an undo log's) and foreign keys.
+///
+/// Statements hidden from the scanner (`set_config(…)`, a `DO` block) are not refused;
+/// the session is reset before anything else uses the connection (see
+/// [`Database`](crate::Database)).
+///
+/// **Settings.** `up` and `down` run with the database's own `search_path` and
+/// `row_security`, and with the settings every session of this crate pins
+/// (`standard_conforming_strings = on`, `check_function_bodies = on`,
+/// `session_replication_role = origin`…: see [`Database`](crate::Database)).
 ///
 /// ```no_run
 /// # async fn demo() -> rollback_core::Result<()> {
@@ -114,6 +136,7 @@ pub struct SqlStep {
     force_non_tx: bool,
     approved: Option<String>,
     marker_schema: String,
+    settings: Vec<(String, String)>,
     ready: OnceCell<()>,
 }
 
@@ -131,8 +154,20 @@ impl SqlStep {
             force_non_tx: false,
             approved: None,
             marker_schema: DEFAULT_MARKER_SCHEMA.into(),
+            settings: Vec::new(),
             ready: OnceCell::new(),
         }
+    }
+
+    /// Run `up` and `down` with a setting, e.g. `("maintenance_work_mem", "2GB")` before a
+    /// `CREATE INDEX CONCURRENTLY`: `SET LOCAL` in a transactional step, a session setting
+    /// of the step's dedicated session in a non-transactional one (where `SET LOCAL` does
+    /// nothing and a session-level `SET` in the script is refused). The value is passed as
+    /// a parameter (`set_config`), never spliced into SQL. Settings this crate pins,
+    /// `role` and `session_authorization` are refused by [`SqlStep::check`].
+    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.push((name.into(), value.into()));
+        self
     }
 
     /// The SQL that undoes `up`.
@@ -206,21 +241,66 @@ impl SqlStep {
         }
     }
 
-    /// `BEGIN` / `COMMIT` inside `up` or `down` would commit part of a step without its
-    /// marker (or with it): refused.
-    fn check_no_transaction_control(&self) -> Result<()> {
+    /// Check the step can run: no transaction control, no statement that changes the
+    /// session beyond the step's transaction or a setting this crate pins, and no
+    /// [`SqlStep::setting`] of a pinned setting, `role` or `session_authorization` (see
+    /// "Refused statements" above). `apply` and `revert` run it before anything else; call
+    /// it when building a plan to fail earlier.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the statement (or setting) and why.
+    pub fn check(&self) -> Result<()> {
         for (what, sql) in [("up", Some(&self.up)), ("down", self.down.as_ref())] {
             let Some(sql) = sql else { continue };
-            if let Some(st) = sqlscan::split(sql)
-                .into_iter()
-                .find(sqlscan::transaction_control)
+            for st in sqlscan::split(sql) {
+                if sqlscan::transaction_control(&st) {
+                    return Err(Error::invalid(format!(
+                        "step {}: {what} controls the transaction ({}); the step runs in its own transaction",
+                        self.id,
+                        short(&st.text)
+                    )));
+                }
+                if let Some(why) = sqlscan::session_state(&st) {
+                    return Err(Error::invalid(format!(
+                        "step {}: {what} changes the session beyond the step ({}: {why}); it would leak into later users of the connection",
+                        self.id,
+                        short(&st.text)
+                    )));
+                }
+            }
+        }
+        for (name, _) in &self.settings {
+            let n = name.to_ascii_lowercase();
+            if [
+                "standard_conforming_strings",
+                "session_replication_role",
+                "role",
+                "session_authorization",
+            ]
+            .contains(&n.as_str())
             {
                 return Err(Error::invalid(format!(
-                    "step {}: {what} controls the transaction ({}); the step runs in its own transaction",
-                    self.id,
-                    short(&st.text)
+                    "step {}: setting {name} cannot be set for a step (a setting this crate pins, or the session's identity)",
+                    self.id
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// The step's own settings, for the transaction (`local`) or the session.
+    async fn apply_settings<C: tokio_postgres::GenericClient>(
+        &self,
+        c: &C,
+        local: bool,
+    ) -> std::result::Result<(), PgError> {
+        for (name, value) in &self.settings {
+            c.execute(
+                "SELECT pg_catalog.set_config($1, $2, $3)",
+                &[name, value, &local],
+            )
+            .await
+            .map_err(|e| PgError::new(format!("step {}: setting {name}", self.id), &e))?;
         }
         Ok(())
     }
@@ -256,7 +336,7 @@ impl SqlStep {
 
     /// After a broken connection during COMMIT: did the apply commit?
     async fn committed(&self, ctx: &Context) -> Result<Option<Receipt>> {
-        let c = self.db.client().await?;
+        let c = self.db.lib_client().await?;
         let m = markers::read(&**c, &self.marker_schema, ctx.run_id(), &self.id)
             .await
             .ctx("checking the step marker")?;
@@ -266,7 +346,7 @@ impl SqlStep {
 
     async fn apply_tx(&self, ctx: &Context) -> Result<Receipt> {
         let run = ctx.run_id();
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .transaction()
@@ -279,16 +359,28 @@ impl SqlStep {
             .await
             .ctx("locking the step marker")?;
         markers::fence(&tx, &self.marker_schema, ctx).await?;
+        markers::abort_if_idle(&tx, ctx).await?;
         if let Some((_, r)) = markers::read(&tx, &self.marker_schema, run, &self.id)
             .await
             .ctx("reading the step marker")?
         {
             tracing::info!(step = %self.id, "already applied in this run; not running again");
+            // Keep the fence raised even though nothing else changed.
+            tx.commit().await.ctx("ending step transaction")?;
             return Ok(Receipt(r));
         }
+        tx.batch_execute(&crate::db::user_settings_sql(true))
+            .await
+            .ctx("setting the database's search path")?;
+        self.apply_settings(&tx, true)
+            .await
+            .map_err(|e| e.into_core(false))?;
         tx.batch_execute(&self.up)
             .await
             .map_err(|e| PgError::new(format!("step {}: up", self.id), &e).into_core(false))?;
+        tx.batch_execute(&crate::db::library_settings_sql(true))
+            .await
+            .ctx("setting the library's search path")?;
         let receipt = Receipt::new(&self.receipt(ctx));
         let json = receipt.0.to_string();
         tx.execute(
@@ -319,7 +411,7 @@ impl SqlStep {
 
     async fn revert_tx(&self, ctx: &Context) -> Result<()> {
         let run = ctx.run_id();
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .transaction()
@@ -332,18 +424,31 @@ impl SqlStep {
             .await
             .ctx("locking the step marker")?;
         markers::fence(&tx, &self.marker_schema, ctx).await?;
+        markers::abort_if_idle(&tx, ctx).await?;
         if markers::read(&tx, &self.marker_schema, run, &self.id)
             .await
             .ctx("reading the step marker")?
             .is_none()
         {
-            return Ok(()); // never applied in this run, or already reverted
+            // Never applied in this run, or already reverted. Commit all the same: the
+            // raised fence keeps a paused older runner from applying it after this.
+            tx.commit().await.ctx("ending revert transaction")?;
+            return Ok(());
         }
         if self.reversibility() == Reversibility::Compensable {
             if let Some(down) = &self.down {
+                tx.batch_execute(&crate::db::user_settings_sql(true))
+                    .await
+                    .ctx("setting the database's search path")?;
+                self.apply_settings(&tx, true)
+                    .await
+                    .map_err(|e| e.into_core(false))?;
                 tx.batch_execute(down).await.map_err(|e| {
                     PgError::new(format!("step {}: down", self.id), &e).into_core(false)
                 })?;
+                tx.batch_execute(&crate::db::library_settings_sql(true))
+                    .await
+                    .ctx("setting the library's search path")?;
             }
         }
         tx.execute(
@@ -359,9 +464,9 @@ impl SqlStep {
     }
 
     async fn session(&self) -> Result<Session> {
-        match self.db.dedicated().await {
+        match self.db.dedicated_lib().await {
             Ok(c) => Ok(Session::Dedicated(c)),
-            Err(Error::Invalid { .. }) => Ok(Session::Pooled(self.db.client().await?)),
+            Err(Error::Invalid { .. }) => Ok(Session::Pooled(self.db.lib_client().await?)),
             Err(e) => Err(e),
         }
     }
@@ -370,6 +475,10 @@ impl SqlStep {
         let run = ctx.run_id();
         let session = self.session().await?;
         let c = session.client();
+        // Statements that cannot run in a transaction cannot be fenced atomically: raise
+        // or check the fence just before them (a takeover after this point can still race
+        // them; the takeover's revert then undoes them).
+        markers::fence(c, &self.marker_schema, ctx).await?;
         if let Some((state, r)) = markers::read(c, &self.marker_schema, run, &self.id)
             .await
             .ctx("reading the step marker")?
@@ -378,9 +487,6 @@ impl SqlStep {
                 return Ok(Receipt(r));
             }
         }
-        // Statements that cannot run in a transaction cannot be fenced atomically: check
-        // the fence just before them (a takeover after this point can still race them).
-        markers::fence(c, &self.marker_schema, ctx).await?;
         let receipt = Receipt::new(&self.receipt(ctx));
         let json = receipt.0.to_string();
         c.execute(
@@ -412,6 +518,7 @@ impl SqlStep {
         let run = ctx.run_id();
         let session = self.session().await?;
         let c = session.client();
+        markers::fence(c, &self.marker_schema, ctx).await?;
         if markers::read(c, &self.marker_schema, run, &self.id)
             .await
             .ctx("reading the step marker")?
@@ -419,7 +526,6 @@ impl SqlStep {
         {
             return Ok(());
         }
-        markers::fence(c, &self.marker_schema, ctx).await?;
         if self.reversibility() == Reversibility::Compensable {
             if let Some(down) = &self.down {
                 let res = self.run_statements(&session, down).await;
@@ -448,11 +554,24 @@ impl SqlStep {
         c.batch_execute(&self.guards_sql(false))
             .await
             .map_err(|e| PgError::new("setting timeouts", &e))?;
+        self.apply_settings(c, false).await?;
         for st in sqlscan::split(sql) {
-            self.clean_invalid_index(c, &st).await?;
-            c.batch_execute(&st.text)
+            // The user's statement, and the lookup of an index it names, see the
+            // database's own search path.
+            c.batch_execute(&crate::db::user_settings_sql(false))
                 .await
-                .map_err(|e| PgError::new(format!("step {}: {}", self.id, short(&st.text)), &e))?;
+                .map_err(|e| PgError::new("setting the database's search path", &e))?;
+            let ran = async {
+                self.clean_invalid_index(c, &st).await?;
+                c.batch_execute(&st.text)
+                    .await
+                    .map_err(|e| PgError::new(format!("step {}: {}", self.id, short(&st.text)), &e))
+            }
+            .await;
+            c.batch_execute(&crate::db::library_settings_sql(false))
+                .await
+                .map_err(|e| PgError::new("setting the library's search path", &e))?;
+            ran?;
         }
         Ok(())
     }
@@ -473,10 +592,12 @@ impl SqlStep {
         };
         let row = c
             .query_opt(
-                "SELECT n.nspname::text FROM pg_catalog.pg_class ic JOIN pg_catalog.pg_index i ON i.indexrelid = ic.oid \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = ic.relnamespace \
-                 WHERE ic.relname = $1 AND NOT i.indisvalid \
-                   AND (($2::text IS NULL AND pg_catalog.pg_table_is_visible(ic.oid)) OR n.nspname = $2)",
+                "SELECT n.nspname::pg_catalog.text FROM pg_catalog.pg_class ic \
+                 JOIN pg_catalog.pg_index i ON i.indexrelid OPERATOR(pg_catalog.=) ic.oid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) ic.relnamespace \
+                 WHERE ic.relname OPERATOR(pg_catalog.=) $1::pg_catalog.name AND NOT i.indisvalid \
+                   AND (($2::pg_catalog.name IS NULL AND pg_catalog.pg_table_is_visible(ic.oid)) \
+                        OR n.nspname OPERATOR(pg_catalog.=) $2::pg_catalog.name)",
                 &[&index, &schema],
             )
             .await
@@ -519,6 +640,7 @@ impl Session {
     }
     async fn reset(&self) {
         if let Session::Pooled(o) = self {
+            // Defence in depth: the pool resets the whole session before its next use.
             let _ = o
                 .batch_execute("RESET lock_timeout; RESET statement_timeout")
                 .await;
@@ -545,7 +667,7 @@ impl Step for SqlStep {
     }
 
     fn spec(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut spec = serde_json::json!({
             "kind": "pg.sql",
             "up": self.up,
             "down": self.down,
@@ -553,7 +675,11 @@ impl Step for SqlStep {
             "lock_timeout_ms": self.lock_timeout.as_millis() as u64,
             "statement_timeout_ms": self.statement_timeout.as_millis() as u64,
             "approved_destructive": self.approved,
-        })
+        });
+        if !self.settings.is_empty() {
+            spec["settings"] = serde_json::json!(self.settings);
+        }
+        spec
     }
 
     fn describe(&self) -> String {
@@ -575,7 +701,7 @@ impl Step for SqlStep {
     }
 
     async fn apply(&self, ctx: &Context) -> Result<Receipt> {
-        self.check_no_transaction_control()?;
+        self.check()?;
         self.ready().await?;
         match self.mode() {
             TxMode::Transactional => self.apply_tx(ctx).await,
@@ -584,7 +710,7 @@ impl Step for SqlStep {
     }
 
     async fn revert(&self, _receipt: Option<&Receipt>, ctx: &Context) -> Result<()> {
-        self.check_no_transaction_control()?;
+        self.check()?;
         self.ready().await?;
         match self.mode() {
             TxMode::Transactional => self.revert_tx(ctx).await,

@@ -4,7 +4,7 @@
 use crate::catalog::{self, diff_tables, TableModel};
 use crate::db::Database;
 use crate::error::{PgError, PgResultExt};
-use crate::ident::{check_ident, column_list, column_list_with, quote_ident, Table};
+use crate::ident::{check_ident, column_list, column_list_with, dollar_quote, quote_ident, Table};
 use crate::markers::DEFAULT_MARKER_SCHEMA;
 use crate::snapshot::SnapshotHasher;
 use async_trait::async_trait;
@@ -49,12 +49,14 @@ const PRESENT: &str = "_rollback_present";
 /// **Restore** (one transaction, the tables locked `EXCLUSIVE`: readers go on, writers
 /// wait): refuses a snapshot of another resource, one whose descriptor no longer matches
 /// its digest, one whose triggers or log tables are gone or disabled (the log would be
-/// incomplete), and tables whose definition changed since capture (revert schema steps
-/// first — the executor does). Then for every logged key the **earliest** entry after
-/// capture is the row as it was at capture: rows whose key did not exist are deleted,
-/// rows that differ (by binary image) are updated, rows that were deleted are inserted
-/// back; owned sequences get their captured values; user triggers are disabled meanwhile;
-/// the log is emptied. Foreign keys between the tables of the set are respected by order
+/// incomplete), and tables whose shape (columns, constraints, indexes, triggers) changed
+/// since capture (revert schema steps first — the executor does). Then for every logged
+/// key the **earliest** entry after capture is the row as it was at capture: rows whose
+/// key did not exist are deleted, rows that differ (by binary image) are updated, rows
+/// that were deleted are inserted back; owned sequences get their captured values; user
+/// triggers are disabled meanwhile; what DDL alone puts back of the definition (owner,
+/// privileges, comments, statistics targets, storage parameters, rules, policies…) is put
+/// back; the log is emptied. Foreign keys between the tables of the set are respected by order
 /// (deletes children first, inserts parents first); a restore that would delete a row a
 /// table outside the set still references fails with [`Error::Conflict`] — refused
 /// beforehand for cascading foreign keys, so that nothing outside the set changes.
@@ -302,7 +304,7 @@ impl TableUndoLog {
     /// Fingerprint every table in one `REPEATABLE READ` snapshot; also returns that
     /// snapshot (`pg_current_snapshot()`), taken by the transaction's first statement.
     async fn fingerprint_all(&self) -> Result<(Vec<Seen>, String)> {
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .build_transaction()
@@ -364,7 +366,7 @@ impl TableUndoLog {
     pub async fn changes(&self, snap: &Snapshot) -> Result<Vec<LoggedChanges>> {
         let d = self.descriptor(snap)?;
         snap.ensure_digest(Digest::of_json(&d))?;
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client
             .build_transaction()
@@ -534,9 +536,10 @@ fn function_sql(
                 .join(", ")
         )
     };
-    format!(
-        "CREATE FUNCTION {schema}.{function}() RETURNS trigger LANGUAGE plpgsql \
-         SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $rollback_undo$\n\
+    // The body names the table, its log and its columns (double-quoted); it is
+    // dollar-quoted with a tag that occurs nowhere in it, so no name can end it.
+    let body = format!(
+        "\n\
          BEGIN\n\
            IF TG_OP = 'UPDATE' THEN\n\
              {upd_old}\n\
@@ -551,9 +554,7 @@ fn function_sql(
              {into} SELECT true, {cols} FROM ONLY {t};\n\
            END IF;\n\
            RETURN NULL;\n\
-         END\n$rollback_undo$",
-        schema = quote_ident(schema),
-        function = quote_ident(function),
+         END\n",
         upd_old = values("OLD", true),
         upd_new = values("NEW", false),
         new_key = key_of("NEW"),
@@ -562,6 +563,13 @@ fn function_sql(
         ins = values("NEW", false),
         cols = column_list(&cols),
         t = t.quoted(),
+    );
+    format!(
+        "CREATE FUNCTION {schema}.{function}() RETURNS trigger LANGUAGE plpgsql \
+         SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}",
+        schema = quote_ident(schema),
+        function = quote_ident(function),
+        body = dollar_quote(&body),
     )
 }
 
@@ -701,7 +709,7 @@ impl TableUndoLog {
     /// Create the logs, function and triggers (committed), returning the entries without
     /// definitions and fingerprints.
     async fn install(&self, id: &str) -> Result<Vec<Entry>> {
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting capture")?;
         tx.batch_execute(&self.lock_timeout_sql())
@@ -776,7 +784,7 @@ impl TableUndoLog {
     }
 
     async fn uninstall(&self, entries: &[Entry]) -> Result<()> {
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting discard")?;
         tx.batch_execute(&self.lock_timeout_sql())
@@ -883,7 +891,7 @@ impl Checkpoint for TableUndoLog {
         let d = self.descriptor(snap)?;
         snap.ensure_digest(Digest::of_json(&d))?;
         crate::markers::ensure_for_fence(&self.db, &self.schema, ctx).await?;
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting restore")?;
         tx.batch_execute(&self.lock_timeout_sql())
@@ -906,7 +914,9 @@ impl Checkpoint for TableUndoLog {
                 return Err(Error::conflict(format!("{} no longer exists", e.table)));
             };
             let now = model_without_logs(&tx, oid).await?;
-            if now.structure() != e.definition.structure() {
+            // What DDL alone puts back (comments, privileges…) is put back below; a
+            // changed shape needs the schema change reverted first.
+            if now.shape() != e.definition.shape() {
                 let diff = diff_tables(&e.table.to_string(), &e.definition, &now)
                     .iter()
                     .map(|c| c.to_string())
@@ -1020,6 +1030,7 @@ impl Checkpoint for TableUndoLog {
                     .await
                     .ctx("restoring sequence value")?;
             }
+            crate::reconcile::table_properties(&tx, &e.table, &e.definition).await?;
         }
         // 3. The restore's own writes were logged too: the log starts afresh.
         let logs: Vec<String> = d.tables.iter().map(|e| e.log.quoted()).collect();

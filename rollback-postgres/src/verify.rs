@@ -83,7 +83,7 @@ impl Verifier for RowCountParity {
     }
 
     async fn verify(&self, ctx: &Context) -> Result<Verdict> {
-        let c = self.db.client().await?;
+        let c = self.db.lib_client().await?;
         let count = |t: &Table| format!("SELECT count(*) FROM {}", t.quoted());
         let now: i64 = c
             .query_one(&count(&self.table), &[])
@@ -192,7 +192,7 @@ impl Verifier for TableHashParity {
     }
 
     async fn verify(&self, ctx: &Context) -> Result<Verdict> {
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let tx = read_tx(&mut obj).await?;
         let Some(oid) = catalog::table_oid(&tx, &self.table).await? else {
             return Ok(Verdict::fail(format!("{} does not exist", self.table)));
@@ -375,7 +375,7 @@ impl Verifier for ForeignKeyIntegrity {
     }
 
     async fn verify(&self, _ctx: &Context) -> Result<Verdict> {
-        let mut obj = self.db.client().await?;
+        let mut obj = self.db.lib_client().await?;
         let tx = read_tx(&mut obj).await?;
         let fks = tx
             .query(
@@ -565,6 +565,10 @@ enum Expect {
 /// `true` (one row, one boolean column), or one that must return no rows (each row found
 /// is an offending row; up to 10 are shown as evidence).
 ///
+/// The SQL must be one statement (a `COMMIT` after it would end the read-only transaction
+/// and let what follows write): anything else is refused with
+/// [`rollback_core::Error::Invalid`]. It runs with the database's own `search_path`.
+///
 /// ```no_run
 /// # let db = rollback_postgres::Database::connect("postgres://u@127.0.0.1/shop").unwrap();
 /// use rollback_postgres::SqlAssertion;
@@ -608,8 +612,29 @@ impl Verifier for SqlAssertion {
     }
 
     async fn verify(&self, _ctx: &Context) -> Result<Verdict> {
-        let mut obj = self.db.client().await?;
+        let scan = crate::sqlscan::scan(&self.sql);
+        let one = scan.statements.len() == 1
+            && scan.unterminated.is_none()
+            && scan.semicolons <= 1
+            && !scan
+                .statements
+                .iter()
+                .any(crate::sqlscan::transaction_control);
+        if !one {
+            return Err(rollback_core::Error::invalid(format!(
+                "assertion {}: its SQL must be one statement (a query), not {} statement(s){}",
+                self.id,
+                scan.statements.len(),
+                scan.unterminated
+                    .map(|w| format!(" with a {w} left open"))
+                    .unwrap_or_default()
+            )));
+        }
+        let mut obj = self.db.lib_client().await?;
         let tx = read_tx(&mut obj).await?;
+        tx.batch_execute(&crate::db::user_settings_sql(true))
+            .await
+            .ctx("setting the database's search path")?;
         let msgs = tx
             .simple_query(&self.sql)
             .await

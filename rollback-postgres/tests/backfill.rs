@@ -163,3 +163,56 @@ async fn backfill_resumes_from_its_journaled_cursor_after_a_crash() {
         1000
     );
 }
+
+#[tokio::test]
+async fn a_fragment_that_escapes_its_place_is_refused_before_anything_is_written() {
+    let db = TestDb::new("bf_filter").await;
+    people(&db, 300).await;
+    let before = db.dump();
+    let split = "first_name = split_part(name, ' ', 1)";
+    for (set, filter) in [
+        // The filter goes in `AND (…)`: this one would close it and OR every row in.
+        (split, Some("id <= 0) OR (true")),
+        (split, Some("id <= 0); DROP TABLE other; --")),
+        (split, Some("id <= 0 /* open")),
+        (split, Some("(id <= 0")),
+        ("first_name = 'x' WHERE true OR id", None),
+        ("first_name = 'x' FROM other", None),
+        ("first_name = 'x'; DROP TABLE other", None),
+        // One fragment each, but not a valid UPDATE: the server says so before any batch.
+        (split, Some("no_such_column > 0")),
+        ("no_such_column = 1", None),
+    ] {
+        let mut step = Backfill::new(&db.db, "bad", Table::public("people"), "id", set);
+        if let Some(f) = filter {
+            step = step.filter(f);
+        }
+        let err = step
+            .apply(&rollback_core::Context::standalone("bf-bad"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Invalid { .. }),
+            "set {set:?} filter {filter:?}: {err:?}"
+        );
+        assert_eq!(
+            db.count("SELECT count(*) FROM people WHERE first_name IS NOT NULL")
+                .await,
+            0,
+            "set {set:?} filter {filter:?} wrote"
+        );
+    }
+    common::assert_same_dump(&before, &db.dump(), "after refused backfills");
+    // A filter ending in a line comment stays in its place.
+    Backfill::new(&db.db, "ten", Table::public("people"), "id", split)
+        .filter("id <= 10 -- only the first ten")
+        .batch_size(7)
+        .apply(&rollback_core::Context::standalone("bf-ten"))
+        .await
+        .unwrap();
+    assert_eq!(
+        db.count("SELECT count(*) FROM people WHERE first_name IS NOT NULL")
+            .await,
+        10
+    );
+}

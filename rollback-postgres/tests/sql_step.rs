@@ -475,3 +475,75 @@ async fn transaction_control_inside_a_step_is_refused_before_anything_runs() {
     assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
     assert_eq!(db.count("SELECT n FROM counter").await, 0);
 }
+
+#[tokio::test]
+async fn check_refuses_session_level_statements_and_pinned_settings_before_a_run() {
+    let db = TestDb::new("sql_check").await;
+    let err = SqlStep::new(&db.db, "a", "SELECT 1; SET work_mem = '1GB'")
+        .down("SELECT 1")
+        .check()
+        .unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
+    assert!(err.to_string().contains("SET work_mem = '1GB'"), "{err}");
+    let err = SqlStep::new(&db.db, "b", "SELECT 1")
+        .down("RESET work_mem")
+        .check()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("down") && err.to_string().contains("RESET"),
+        "{err}"
+    );
+    SqlStep::new(&db.db, "c", "SET LOCAL work_mem = '1GB'; SELECT 1")
+        .check()
+        .unwrap();
+    for name in [
+        "session_replication_role",
+        "Standard_Conforming_Strings",
+        "role",
+    ] {
+        let err = SqlStep::new(&db.db, "d", "SELECT 1")
+            .setting(name, "x")
+            .check()
+            .unwrap_err();
+        assert!(err.to_string().contains(name), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_step_setting_holds_for_the_steps_own_session_only() {
+    let db = TestDb::new("sql_setting").await;
+    db.exec("CREATE TABLE seen (mode text PRIMARY KEY, work_mem text)")
+        .await;
+    let default = db.scalar("SHOW work_mem").await.unwrap();
+    let ctx = Context::standalone("setting");
+    let tx = SqlStep::new(
+        &db.db,
+        "tx",
+        "INSERT INTO seen VALUES ('tx', current_setting('work_mem'))",
+    )
+    .down("DELETE FROM seen WHERE mode = 'tx'")
+    .setting("work_mem", "77MB");
+    assert_eq!(tx.mode(), TxMode::Transactional);
+    tx.apply(&ctx).await.unwrap();
+    let non_tx = SqlStep::new(
+        &db.db,
+        "non-tx",
+        "INSERT INTO seen VALUES ('non-tx', current_setting('work_mem'))",
+    )
+    .down("DELETE FROM seen WHERE mode = 'non-tx'")
+    .non_transactional()
+    .setting("work_mem", "78MB");
+    non_tx.apply(&ctx).await.unwrap();
+    assert_eq!(
+        db.scalar("SELECT string_agg(mode || '=' || work_mem, ' ' ORDER BY mode) FROM seen")
+            .await
+            .as_deref(),
+        Some("non-tx=78MB tx=77MB")
+    );
+    for _ in 0..4 {
+        assert_eq!(db.scalar("SHOW work_mem").await, Some(default.clone()));
+    }
+    tx.revert(None, &ctx).await.unwrap();
+    non_tx.revert(None, &ctx).await.unwrap();
+    assert_eq!(db.count("SELECT count(*) FROM seen").await, 0);
+}

@@ -186,3 +186,34 @@ async fn sql_assertions_pass_on_true_or_no_rows_and_show_offending_rows() {
     assert!(writer.verify(&Context::detached()).await.is_err());
     assert_eq!(db.count("SELECT count(*) FROM events").await, 50000);
 }
+
+#[tokio::test]
+async fn an_assertion_that_is_not_one_statement_is_refused_and_cannot_escape_its_read_only_transaction(
+) {
+    let db = TestDb::new("v_sql_one").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1);")
+        .await;
+    for sql in [
+        "SELECT true; COMMIT; DROP TABLE t",
+        "SELECT true; SELECT true",
+        "SELECT 'open",
+    ] {
+        let err = SqlAssertion::is_true(&db.db, "escape", sql)
+            .verify(&Context::detached())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, rollback_core::Error::Invalid { .. }),
+            "{sql}: {err:?}"
+        );
+        assert_eq!(db.count("SELECT count(*) FROM t").await, 1, "{sql}");
+    }
+    // One statement, with or without its semicolon, runs.
+    for sql in ["SELECT count(*) = 1 FROM t", "SELECT count(*) = 1 FROM t;"] {
+        let v = SqlAssertion::is_true(&db.db, "one", sql)
+            .verify(&Context::detached())
+            .await
+            .unwrap();
+        assert!(v.passed(), "{sql}");
+    }
+}

@@ -382,6 +382,107 @@ pub async fn interrupted_step_resumes(
     cp.discard(&guard, &ctx).await.expect("discard failed");
 }
 
+/// Step clause 8, for adapters whose backend can fence (`rollback-postgres` does): a
+/// write under an older [`Fence`](crate::Fence) than the newest seen for its key is
+/// refused with [`Error::Fenced`] and changes nothing, and a newer runner's revert raises
+/// the fence even when it has nothing to undo.
+pub async fn step_writes_are_fenced(step: &dyn Step, cp: &dyn Checkpoint) {
+    let key = unique("fence-key");
+    let run = unique("fenced");
+    let at = |epoch| {
+        Context::standalone(&run).with_fence(crate::Fence {
+            key: key.clone(),
+            epoch,
+        })
+    };
+    let (older, newer) = (at(1), at(2));
+    let before = fp(cp).await;
+    // The takeover reverts a step the paused runner may be about to apply.
+    step.revert(None, &newer)
+        .await
+        .expect("revert of a step that never applied failed");
+    assert_eq!(
+        fp(cp).await,
+        before,
+        "Step contract 4: a no-op revert changed the resource"
+    );
+    match step.apply(&older).await {
+        Err(Error::Fenced { .. }) => {}
+        other => panic!(
+            "Step contract 8: an apply by an older runner after a newer one's revert was not fenced: {other:?}"
+        ),
+    }
+    assert_eq!(
+        fp(cp).await,
+        before,
+        "Step contract 8: a fenced apply changed the resource"
+    );
+    // The newer runner is not held back.
+    let receipt = step
+        .apply(&newer)
+        .await
+        .expect("apply by the newest runner failed");
+    assert_ne!(
+        fp(cp).await,
+        before,
+        "the newest runner's apply did nothing"
+    );
+    match step.revert(Some(&receipt), &older).await {
+        Err(Error::Fenced { .. }) => {}
+        other => panic!("Step contract 8: a revert by an older runner was not fenced: {other:?}"),
+    }
+    step.revert(Some(&receipt), &newer)
+        .await
+        .expect("revert by the newest runner failed");
+    assert_eq!(
+        fp(cp).await,
+        before,
+        "Step contract 4: revert did not undo the apply"
+    );
+}
+
+/// Checkpoint clause 9, for adapters whose backend can fence: a restore under an older
+/// fence than the newest seen for its key is refused with [`Error::Fenced`] and changes
+/// nothing. `mutate` must fence too (it raises the fence the restore is checked against).
+pub async fn restore_is_fenced(cp: &dyn Checkpoint, mutate: &dyn Step) {
+    let key = unique("fence-key");
+    let run = unique("fenced-restore");
+    let at = |epoch| {
+        Context::standalone(&run).with_fence(crate::Fence {
+            key: key.clone(),
+            epoch,
+        })
+    };
+    let (older, newer) = (at(1), at(2));
+    let before = fp(cp).await;
+    let snap = cp.capture(&newer).await.expect("capture failed");
+    let receipt = mutate.apply(&newer).await.expect("mutating step failed");
+    let changed = fp(cp).await;
+    assert_ne!(changed, before);
+    match cp.restore(&snap, &older).await {
+        Err(Error::Fenced { .. }) => {}
+        other => {
+            panic!("Checkpoint contract 9: a restore by an older runner was not fenced: {other:?}")
+        }
+    }
+    assert_eq!(
+        fp(cp).await,
+        changed,
+        "Checkpoint contract 9: a fenced restore changed the resource"
+    );
+    cp.restore(&snap, &newer)
+        .await
+        .expect("restore by the newest runner failed");
+    assert_eq!(
+        fp(cp).await,
+        before,
+        "Checkpoint contract 5: restore did not give back the captured state"
+    );
+    let _ = mutate.revert(Some(&receipt), &newer).await;
+    cp.restore(&snap, &newer).await.expect("restore failed");
+    cp.discard(&snap, &newer).await.expect("discard failed");
+}
+
 /// Every check above, in order.
 pub async fn run_all(s: Subject) {
     capture_mutate_restore(s.checkpoint.as_ref(), s.step.as_ref()).await;

@@ -129,6 +129,107 @@ impl TestDb {
     }
 
     pub async fn drop_now(self) {}
+
+    /// A fresh database whose sessions start with `settings` (each `name = value`, set
+    /// with `ALTER DATABASE … SET` before any connection is made), as a customer may have
+    /// configured it.
+    pub async fn with_settings(label: &str, settings: &[&str]) -> TestDb {
+        let db = Self::new(label).await;
+        let a = admin().await;
+        for s in settings {
+            a.batch_execute(&format!("ALTER DATABASE \"{}\" SET {s}", db.name))
+                .await
+                .unwrap_or_else(|e| panic!("ALTER DATABASE SET {s}: {e}"));
+        }
+        db
+    }
+
+    /// A superuser session of its own on this database with the server's default
+    /// settings pinned (whatever the database's defaults are), for setup and for checks
+    /// independent of the library.
+    pub async fn checker(&self) -> tokio_postgres::Client {
+        let (c, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test database");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        c.batch_execute(
+            "SET standard_conforming_strings = on; SET check_function_bodies = on; \
+             SET escape_string_warning = on; SET search_path = public; \
+             SET session_replication_role = origin",
+        )
+        .await
+        .expect("pin the checker's settings");
+        c
+    }
+
+    /// A connection string for `user` on this database (the test server trusts local
+    /// connections).
+    pub fn url_as(&self, user: &str) -> String {
+        let scheme_end = self.url.find("://").map(|i| i + 3).unwrap_or(0);
+        match self.url[scheme_end..].find('@') {
+            Some(at) => format!(
+                "{}{user}{}",
+                &self.url[..scheme_end],
+                &self.url[scheme_end + at..]
+            ),
+            None => format!(
+                "{}{user}@{}",
+                &self.url[..scheme_end],
+                &self.url[scheme_end..]
+            ),
+        }
+    }
+}
+
+/// A login role created for one test (roles are cluster-wide: the name is unique), dropped
+/// when this is dropped. Declare it before the [`TestDb`] whose objects it owns, so that
+/// the database is dropped first.
+pub struct TestRole {
+    pub name: String,
+}
+
+impl TestRole {
+    /// `CREATE ROLE <unique name> LOGIN <attributes>`.
+    pub async fn new(label: &str, attributes: &str) -> TestRole {
+        let name = format!(
+            "rbr_{}_{}",
+            label.chars().take(20).collect::<String>(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        admin()
+            .await
+            .batch_execute(&format!("CREATE ROLE \"{name}\" LOGIN {attributes}"))
+            .await
+            .expect("create test role");
+        TestRole { name }
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok((c, conn)) =
+                    tokio_postgres::connect(&server_url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    let _ = c
+                        .batch_execute(&format!("DROP ROLE IF EXISTS \"{name}\""))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 /// Drop pg_dump's `\restrict <random key>` / `\unrestrict` lines (a fresh key per dump).
