@@ -154,7 +154,9 @@ impl UnleashProvider {
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(15))
             .build()
-            .map_err(|e| Error::backend(BACKEND, format!("building the HTTP client: {e}")))?;
+            .map_err(|e| {
+                Error::backend_not_applied(BACKEND, format!("building the HTTP client: {e}"))
+            })?;
         Ok(UnleashProvider {
             client,
             shown: redact_userinfo(&base),
@@ -359,7 +361,7 @@ impl UnleashProvider {
                 ))
             })?;
         let malformed = |what: &str, e: serde_json::Error| {
-            Error::backend(BACKEND, format!("unexpected {what} for flag {flag}: {e}"))
+            Error::backend_not_applied(BACKEND, format!("unexpected {what} for flag {flag}: {e}"))
         };
         let mut with_ids = Vec::new();
         for s in env
@@ -621,12 +623,32 @@ impl FlagProvider for UnleashProvider {
 
     async fn delete(&self, flag: &str) -> Result<()> {
         check_flag_name(flag)?;
+        // Unleash records lifecycle stages from events, asynchronously: a flag deleted
+        // from the archive before its `archived` stage is written makes that insert fail
+        // its foreign key, and Unleash 6 exits on the unhandled error. So wait for the
+        // flag's creation to be recorded, archive it, wait for the archive to be
+        // recorded, and only then delete it from the archive; should a stage not show up
+        // in time, the flag is left archived (not served to clients).
+        // A failed lifecycle read decides nothing here: the archive request will tell.
+        let _ = self.await_lifecycle(flag, "initial").await;
         let archive = format!("{}/{flag}", self.features_path());
         let a = self.call(Method::DELETE, &archive, None, true).await?;
         if !(200..300).contains(&a.status) && a.status != 404 {
             return Err(Self::http_error(&Method::DELETE, &archive, &a, false));
         }
         let written = a.status != 404;
+        if written
+            && !self
+                .await_lifecycle(flag, "archived")
+                .await
+                .unwrap_or(false)
+        {
+            tracing::warn!(
+                flag,
+                "Unleash did not record the archive in time; the flag is left archived"
+            );
+            return Ok(());
+        }
         let purge = format!("/api/admin/archive/{flag}");
         let a = self
             .call(Method::DELETE, &purge, None, true)
@@ -636,6 +658,33 @@ impl FlagProvider for UnleashProvider {
             return Err(Self::http_error(&Method::DELETE, &purge, &a, written));
         }
         Ok(())
+    }
+}
+
+impl UnleashProvider {
+    /// Wait (up to 10 s) until Unleash's lifecycle of `flag` shows `stage`. `Ok(false)`
+    /// when it did not in time, or when this Unleash keeps no lifecycle (no such endpoint).
+    async fn await_lifecycle(&self, flag: &str, stage: &str) -> Result<bool> {
+        let path = format!("{}/{flag}/lifecycle", self.features_path());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let a = self.call(Method::GET, &path, None, false).await?;
+            if a.status == 404 {
+                return Ok(false);
+            }
+            let seen = a.body.as_array().is_some_and(|stages| {
+                stages
+                    .iter()
+                    .any(|s| s.get("stage").and_then(Value::as_str) == Some(stage))
+            });
+            if seen {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 

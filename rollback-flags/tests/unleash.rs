@@ -411,3 +411,46 @@ async fn baseline_verifier_lists_each_differing_flag() {
     assert_eq!(differing[1]["actual"], json!(null));
     common::cleanup(&prefix).await;
 }
+
+/// Unleash 6 records a flag's lifecycle stages from events, asynchronously; deleting a
+/// flag from the archive before its `archived` stage is written used to crash the server
+/// (an unhandled foreign-key error in `FeatureLifecycleService.featureArchived`) after
+/// about 20 removals in a row. A rollback that removes the flags a migration created
+/// takes that path: 20 rounds of 50 removals must leave the server healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_many_flags_never_takes_unleash_down() {
+    use rollback_flags::FlagProvider;
+    let provider = common::unleash();
+    let prefix = common::prefix("rm-loop");
+    let health = format!("{}/health", common::unleash_url());
+    for round in 0..20 {
+        let names: Vec<String> = (0..50).map(|i| format!("{prefix}-{round}-{i}")).collect();
+        for n in &names {
+            common::create_flag(n).await;
+        }
+        let mut tasks = Vec::new();
+        for n in names.clone() {
+            let p = provider.clone();
+            tasks.push(tokio::spawn(async move { p.delete(&n).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let status = common::http()
+            .get(&health)
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        assert_eq!(
+            status.ok(),
+            Some(200),
+            "Unleash is down after round {round}"
+        );
+        for n in &names {
+            assert!(
+                provider.get(n).await.unwrap().is_none(),
+                "{n} is gone after its removal"
+            );
+        }
+    }
+}
