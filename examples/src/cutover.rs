@@ -238,19 +238,6 @@ pub enum Storage {
     Folder(FolderStore),
 }
 
-/// Wraps a shared verifier so the plan builder (which takes verifiers by value) can use it.
-struct Shared(Arc<dyn Verifier>);
-
-#[async_trait]
-impl Verifier for Shared {
-    fn id(&self) -> &str {
-        self.0.id()
-    }
-    async fn verify(&self, ctx: &Context) -> Result<Verdict> {
-        self.0.verify(ctx).await
-    }
-}
-
 impl Storage {
     /// One line: what and where.
     pub fn describe(&self) -> String {
@@ -685,7 +672,7 @@ impl Backends {
             )
             .verify_after(
                 steps::MOVE,
-                Shared(self.storage.layout_parity("attachments-moved-intact")),
+                self.storage.layout_parity("attachments-moved-intact"),
             )
             .verify_after(
                 steps::MOVE,

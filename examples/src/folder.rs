@@ -929,6 +929,10 @@ impl Verifier for FolderLayoutParity {
         &self.id
     }
 
+    fn baselines(&self) -> Vec<String> {
+        vec![self.checkpoint.resource().to_string()]
+    }
+
     async fn verify(&self, ctx: &Context) -> Result<Verdict> {
         let resource = self.checkpoint.resource().to_string();
         let Some(snap) = ctx.baseline(&resource).cloned() else {

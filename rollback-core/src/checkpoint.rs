@@ -90,6 +90,56 @@ pub struct Restored {
     /// Anything else worth reporting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Writes made since capture by others than the run (the application's) that this
+    /// restore discarded, where the checkpoint can tell (`None`: it cannot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discarded: Option<Discarded>,
+    /// The parity proof taken by the restore itself, in its own transaction under the lock
+    /// that kept writers out (contract clause 5): the executor checks it instead of a
+    /// fingerprint taken afterwards, which concurrent writers could race.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Proof>,
+}
+
+/// Items written since capture by others than the run that a restore discarded: the
+/// restore's recovery point, by items rather than by time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Discarded {
+    /// How many (rows, objects, flags): exactly, or at least (see `exact`).
+    pub items: u64,
+    /// Whether `items` is exact (an undo log knows) or a lower bound (a copy compared by
+    /// counts).
+    pub exact: bool,
+    /// Their keys, where known (capped by the checkpoint; `items` counts them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
+    /// Items both the run and the application wrote, and how each was resolved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
+}
+
+/// A fingerprint a restore took under its own lock, to be compared with the snapshot's
+/// baseline fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    /// The fingerprint: of the resource as restored, or — for a restore that keeps the
+    /// application's writes — of the resource with those items set aside (each replaced
+    /// by its image at capture), which equals the baseline exactly when everything else is
+    /// back at its baseline.
+    pub fingerprint: Digest,
+    /// Items set aside for the comparison (kept application writes); 0 for a full restore.
+    #[serde(default)]
+    pub set_aside: u64,
+}
+
+impl Proof {
+    /// The proof of a full restore: the resource's fingerprint under the restore's lock.
+    pub fn of(fingerprint: Digest) -> Self {
+        Proof {
+            fingerprint,
+            set_aside: 0,
+        }
+    }
 }
 
 impl Restored {
@@ -110,6 +160,16 @@ impl Restored {
         self.note = Some(note.into());
         self
     }
+    /// With what the restore discarded of others' writes.
+    pub fn discarded(mut self, d: Discarded) -> Self {
+        self.discarded = Some(d);
+        self
+    }
+    /// With the parity proof taken under the restore's lock.
+    pub fn proof(mut self, p: Proof) -> Self {
+        self.proof = Some(p);
+        self
+    }
 }
 
 /// Captures and restores one resource: a table, a schema, a bucket prefix, a set of flags.
@@ -128,8 +188,12 @@ impl Restored {
 ///    resource ([`Error::WrongResource`](crate::Error::WrongResource)) and one whose
 ///    content no longer hashes to its digest
 ///    ([`Error::DigestMismatch`](crate::Error::DigestMismatch)).
-/// 5. **Parity.** After `restore` returns `Ok`, `fingerprint()` equals
-///    `snapshot.fingerprint`.
+/// 5. **Parity.** After `restore` returns `Ok`, the resource is back at the snapshot:
+///    with no one else writing, `fingerprint()` equals `snapshot.fingerprint`. A restore
+///    that can take its own proof under the lock that keeps writers out returns it
+///    ([`Restored::proof`]), so parity holds at the restore's commit whatever writers do
+///    next; a [`selective`](Checkpoint::selective) restore proves it with the
+///    application's writes set aside.
 /// 6. **Idempotent restore.** Restoring the same snapshot again, or after a restore that
 ///    was interrupted at any point, succeeds and gives the same state.
 /// 7. **Deterministic fingerprint.** `fingerprint` depends only on the resource's state:
@@ -141,7 +205,7 @@ impl Restored {
 /// 9. **Fenced restore** (where the backend can check it atomically with the write):
 ///    `restore` under [`Context::fence`] is refused with
 ///    [`Error::Fenced`](crate::Error::Fenced), changing nothing, when a newer epoch of the
-///    same key already wrote (see the Step contract, clause 8). Checked by
+///    same key already wrote (see the Step contract, clause 9). Checked by
 ///    `conformance::restore_is_fenced`.
 #[async_trait]
 pub trait Checkpoint: Send + Sync {
@@ -165,6 +229,15 @@ pub trait Checkpoint: Send + Sync {
     /// (clause 6) finishes the job.
     async fn restore(&self, snapshot: &Snapshot, ctx: &Context) -> Result<Restored>;
 
+    /// Whether `restore` undoes only the run's own writes and keeps everyone else's (an
+    /// undo log that knows who wrote each change). The executor then restores such a
+    /// checkpoint whenever it differs from its baseline after the compensations. Any other
+    /// checkpoint's restore discards every write since capture, so it is restored only for
+    /// effects no compensation undoes. Default: `false`.
+    fn selective(&self) -> bool {
+        false
+    }
+
     /// A digest of the resource's current state, cheap enough to compare before and after.
     ///
     /// # Errors
@@ -181,3 +254,31 @@ pub trait Checkpoint: Send + Sync {
         Ok(())
     }
 }
+
+/// A shared or boxed checkpoint is a checkpoint: every method forwards.
+macro_rules! forward_checkpoint {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: Checkpoint + ?Sized> Checkpoint for $ptr {
+            fn resource(&self) -> &str {
+                (**self).resource()
+            }
+            async fn capture(&self, ctx: &Context) -> Result<Snapshot> {
+                (**self).capture(ctx).await
+            }
+            async fn restore(&self, snapshot: &Snapshot, ctx: &Context) -> Result<Restored> {
+                (**self).restore(snapshot, ctx).await
+            }
+            fn selective(&self) -> bool {
+                (**self).selective()
+            }
+            async fn fingerprint(&self, ctx: &Context) -> Result<Digest> {
+                (**self).fingerprint(ctx).await
+            }
+            async fn discard(&self, snapshot: &Snapshot, ctx: &Context) -> Result<()> {
+                (**self).discard(snapshot, ctx).await
+            }
+        }
+    )*};
+}
+forward_checkpoint!(std::sync::Arc<T>, Box<T>);

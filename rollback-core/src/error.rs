@@ -192,8 +192,24 @@ impl Error {
         }
     }
 
-    /// A [`Error::Backend`] wrapping any error.
+    /// A [`Error::Backend`] wrapping any error, whose effect **may have happened**: the
+    /// safe default for a step's error (the executor then treats the step as applied and
+    /// reverts it, idempotently). Use [`Error::backend_not_applied`] when it certainly
+    /// did not.
     pub fn backend(
+        backend: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::Backend {
+            backend,
+            source: source.into(),
+            maybe_applied: true,
+        }
+    }
+
+    /// A [`Error::Backend`] for a failure that certainly changed nothing (refused before
+    /// any write, or rolled back with its transaction).
+    pub fn backend_not_applied(
         backend: &'static str,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {

@@ -160,6 +160,14 @@ pub struct Notice {
     /// rollback lead, telling account managers); not part of the public `message`.
     #[serde(default)]
     pub owners: std::collections::BTreeMap<String, String>,
+    /// Resources whose restore discards writes others (the application) made since
+    /// capture: at rollback start, those the rollback may restore; at its end, those it
+    /// restored. Empty: the message may say no customer data is deleted.
+    #[serde(default)]
+    pub may_discard: Vec<String>,
+    /// After the rollback: writes by others that its restores discarded, where counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items_discarded: Option<u64>,
 }
 
 /// A hook told when rollback starts and ends (status page, chat, paging).

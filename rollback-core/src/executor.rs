@@ -200,6 +200,8 @@ impl Executor {
     /// let plan = Plan::builder("rename")
     ///     .checkpoint("db", world.checkpoint("db"))
     ///     .step("db", SetKey::new("set-k", &world, "db", "k", "v2"), &[])
+    ///     // Its own revert undoes set-k: without this, db is only fingerprinted.
+    ///     .capture_all_checkpoints()
     ///     .build()?;
     /// // Keep the baseline after the commit, for a delayed manual rollback.
     /// let report = Executor::new(MemoryJournal::new())
@@ -584,6 +586,12 @@ pub(crate) struct State {
     pub(crate) rolled_back: bool,
     /// Snapshots whose discard was attempted (successfully or not).
     pub(crate) discarded: BTreeSet<String>,
+    /// Baseline fingerprints of checkpoints fingerprinted without a snapshot.
+    pub(crate) fingerprinted: BTreeMap<String, crate::Digest>,
+    /// Checkpoints left as they are after the compensations (see `Entry::NotRestored`).
+    pub(crate) not_restored: BTreeSet<String>,
+    /// Steps whose revert failed and that are not reverted since.
+    pub(crate) revert_failed: BTreeSet<String>,
 }
 
 impl State {
@@ -638,6 +646,20 @@ impl State {
             }
             Entry::Reverted { step, .. } => {
                 self.reverted.insert(step.clone());
+                self.revert_failed.remove(step);
+            }
+            Entry::RevertFailed { step, .. } => {
+                self.revert_failed.insert(step.clone());
+            }
+            Entry::Fingerprinted {
+                checkpoint,
+                fingerprint,
+                ..
+            } => {
+                self.fingerprinted.insert(checkpoint.clone(), *fingerprint);
+            }
+            Entry::NotRestored { checkpoint, .. } => {
+                self.not_restored.insert(checkpoint.clone());
             }
             Entry::Restored { checkpoint, .. } => {
                 self.restored.insert(checkpoint.clone());
@@ -660,6 +682,42 @@ impl State {
 
     pub(crate) fn finished(&self) -> bool {
         self.committed || self.rolled_back
+    }
+
+    /// The baseline fingerprint of a checkpoint: its snapshot's, or the one taken alone.
+    pub(crate) fn baseline_fingerprint(&self, resource: &str) -> Option<crate::Digest> {
+        self.baseline
+            .get(resource)
+            .map(|s| s.fingerprint)
+            .or_else(|| self.fingerprinted.get(resource).copied())
+    }
+
+    /// Whether undoing the steps in `scope` needs `resource` restored from its snapshot:
+    /// an applied step undone by a restore of it is not yet undone, or a compensation
+    /// touching it failed (the snapshot is its fallback).
+    pub(crate) fn restore_needed(
+        &self,
+        plan: &Plan,
+        scope: &BTreeSet<&String>,
+        resource: &str,
+    ) -> bool {
+        plan.steps().iter().any(|ps| {
+            let id = ps.id().to_string();
+            if !scope.contains(&id)
+                || !self.applied.contains_key(&id)
+                || self.reverted.contains(&id)
+            {
+                return false;
+            }
+            match plan.undo(&id) {
+                Some(crate::Undo::Restore { resources }) => resources.iter().any(|r| r == resource),
+                Some(crate::Undo::Compensation) => {
+                    self.revert_failed.contains(&id)
+                        && ps.step.touches().iter().any(|r| r == resource)
+                }
+                _ => false,
+            }
+        })
     }
 
     /// Whether the run, as its records leave it, would write `committed` next (every step
@@ -923,10 +981,17 @@ impl<'a> Run<'a> {
             }
         }
         for c in &plan.checkpoints {
-            if self.state.baseline.contains_key(c.resource()) {
+            if self.state.baseline_fingerprint(c.resource()).is_some() {
                 continue;
             }
             let resource = c.resource().to_string();
+            if !plan.needs_snapshot(&resource) && !c.checkpoint.selective() {
+                // No undo path restores it: its baseline fingerprint is enough for parity.
+                if let Some(flow) = self.fingerprint_baseline(c).await? {
+                    return Ok(flow);
+                }
+                continue;
+            }
             self.append(Entry::CaptureIntent {
                 checkpoint: resource.clone(),
             })
@@ -1015,6 +1080,46 @@ impl<'a> Run<'a> {
             }
         }
         self.soak().await
+    }
+
+    /// Record the baseline fingerprint of a checkpoint no undo path restores (no snapshot
+    /// is taken). `Some(flow)` when it could not be taken: the run rolls back.
+    async fn fingerprint_baseline(
+        &mut self,
+        c: &crate::plan::PlannedCheckpoint,
+    ) -> Result<Option<Flow>> {
+        let resource = c.resource().to_string();
+        let t = Instant::now();
+        let span = tracing::info_span!("baseline", resource = %resource);
+        let ctx = self.ctx();
+        let fp = self
+            .call(
+                || format!("fingerprint {resource}"),
+                c.checkpoint.fingerprint(&ctx).instrument(span),
+            )
+            .await?;
+        match fp {
+            Ok(fingerprint) => {
+                let ms = t.elapsed().as_millis() as u64;
+                tracing::info!(%resource, "baseline fingerprinted (no undo path restores it: no snapshot)");
+                self.emit(RunEvent::CheckpointCaptured {
+                    resource: resource.clone(),
+                    digest: fingerprint.short(),
+                    millis: ms,
+                });
+                self.append(Entry::Fingerprinted {
+                    checkpoint: resource,
+                    fingerprint,
+                    duration_ms: ms,
+                })
+                .await?;
+                Ok(None)
+            }
+            Err(e) => Ok(Some(Flow::RollBack {
+                reason: format!("fingerprinting {resource} failed: {e}"),
+                failed_step: None,
+            })),
+        }
     }
 
     /// Outer error: the journal failed (stop at once). Inner: the step failed.
@@ -1243,6 +1348,16 @@ impl<'a> Run<'a> {
 
     async fn notify(&self, kind: NoticeKind, detail: &str) {
         let Some(n) = &self.ex.notifier else { return };
+        // Every claim of the message comes from what the plan can keep (at the start) or
+        // what the rollback did (at the end), read back from the journal.
+        let report = match self.ex.journal.records(&self.run_id).await {
+            Ok(records) => RunReport::from_records(self.plan, &self.run_id, &records),
+            Err(e) => {
+                tracing::warn!(error = %e, "notifier: could not read the run back; not notifying");
+                return;
+            }
+        };
+        let facts = crate::report::NoticeFacts::of(kind, self.plan, &self.state, &report);
         let components: BTreeSet<String> = self
             .state
             .rollback
@@ -1256,7 +1371,8 @@ impl<'a> Run<'a> {
             })
             .unwrap_or_default();
         let components: Vec<String> = components.into_iter().collect();
-        let message = crate::report::status_message(kind, self.plan.name(), &components, detail);
+        let message =
+            crate::report::status_message(kind, self.plan.name(), &components, detail, &facts);
         let notice = Notice {
             kind,
             run_id: self.run_id.clone(),
@@ -1264,6 +1380,8 @@ impl<'a> Run<'a> {
             components,
             message,
             owners: self.plan.owners().clone(),
+            may_discard: facts.may_discard.iter().map(|(r, _)| r.clone()).collect(),
+            items_discarded: facts.items_discarded,
         };
         if let Err(e) = n.notify(&notice).await {
             tracing::warn!(error = %e, "notifier failed; rollback goes on");
@@ -1275,7 +1393,6 @@ impl<'a> Run<'a> {
         let plan = self.plan;
         let (_, steps, checkpoints) = self.state.rollback.clone().unwrap_or_default();
         let scope: BTreeSet<&String> = steps.iter().collect();
-        let covered: BTreeSet<&String> = checkpoints.iter().collect();
         for ps in plan.steps().iter().rev() {
             let id = ps.id().to_string();
             if !scope.contains(&id)
@@ -1285,12 +1402,17 @@ impl<'a> Run<'a> {
                 continue;
             }
             if ps.step.reversibility() != Reversibility::Compensable {
-                continue; // undone by restoring its checkpoints (or approved to stay)
+                // Undone by the revert of the steps that created what it wrote, by
+                // restoring its checkpoints, or approved to stay.
+                continue;
             }
             let receipt = self.state.applied.get(&id).cloned().flatten();
             if let Err(e) = self.revert_step(ps, receipt.as_ref()).await? {
+                // A snapshot of everything it touches is the fallback (restored below).
                 let touches = ps.step.touches();
-                if !touches.is_empty() && touches.iter().all(|t| covered.contains(t)) {
+                if !touches.is_empty()
+                    && touches.iter().all(|t| self.state.baseline.contains_key(t))
+                {
                     tracing::warn!(step = %id, error = %e, "revert failed; its checkpoints will restore it");
                     continue;
                 }
@@ -1300,22 +1422,42 @@ impl<'a> Run<'a> {
                     .await;
             }
         }
-        for resource in &checkpoints {
-            if self.state.parity.get(resource) == Some(&true) {
-                continue;
-            }
-            let Some(pc) = plan.checkpoints().iter().find(|c| c.resource() == resource) else {
-                continue;
-            };
-            let Some(snapshot) = self.state.baseline.get(resource).cloned() else {
-                continue; // never captured: nothing was applied after it
-            };
-            match self
-                .restore_checkpoint(pc.checkpoint.as_ref(), &snapshot)
-                .await?
-            {
-                Ok(()) => {}
-                Err(e) => {
+        // Compensation first: a snapshot is restored only for what no compensation undoes
+        // (its restore discards everyone's writes since capture), or when the checkpoint
+        // undoes the run's own writes only. Restores go first: one may put back what
+        // another checkpoint covers too (a table restore brings back a dropped column its
+        // schema checkpoint sees), and only then are the others compared.
+        for restoring in [true, false] {
+            for resource in &checkpoints {
+                if self.state.parity.get(resource) == Some(&true)
+                    || self.state.not_restored.contains(resource)
+                {
+                    continue;
+                }
+                let Some(pc) = plan.checkpoints().iter().find(|c| c.resource() == resource) else {
+                    continue;
+                };
+                let Some(expected) = self.state.baseline_fingerprint(resource) else {
+                    continue; // never captured: nothing was applied after it
+                };
+                let snapshot = self.state.baseline.get(resource).cloned();
+                let restore = snapshot.is_some()
+                    && (self.state.restore_needed(plan, &scope, resource)
+                        || pc.checkpoint.selective());
+                if restore != restoring {
+                    continue;
+                }
+                let res = match snapshot {
+                    Some(snapshot) if restore => {
+                        self.restore_checkpoint(pc.checkpoint.as_ref(), &snapshot)
+                            .await?
+                    }
+                    _ => {
+                        self.check_unrestored(pc.checkpoint.as_ref(), expected)
+                            .await?
+                    }
+                };
+                if let Err(e) = res {
                     let remaining = self.remaining(&steps, &checkpoints);
                     return self
                         .rollback_failed(remaining, format!("restoring {resource} failed: {e}"))
@@ -1512,6 +1654,50 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// A checkpoint the compensations alone were to bring back: compare it with its
+    /// baseline, and leave it as it is when it differs (journaled `not_restored`: parity not
+    /// proven, nothing discarded). Outer error: the journal failed. Inner: the fingerprint
+    /// could not be taken.
+    async fn check_unrestored(
+        &mut self,
+        cp: &dyn crate::Checkpoint,
+        expected: crate::Digest,
+    ) -> Result<Result<()>> {
+        let resource = cp.resource().to_string();
+        let ctx = self.ctx();
+        let span = tracing::info_span!("parity", resource = %resource);
+        let actual = match self
+            .call(
+                || format!("fingerprint {resource}"),
+                cp.fingerprint(&ctx).instrument(span),
+            )
+            .await?
+        {
+            Ok(fp) => fp,
+            Err(e) => return Ok(Err(e)),
+        };
+        let ok = actual == expected;
+        self.emit(RunEvent::Parity {
+            resource: resource.clone(),
+            ok,
+        });
+        self.append(Entry::Parity {
+            checkpoint: resource.clone(),
+            expected,
+            actual,
+        })
+        .await?;
+        if !ok {
+            tracing::warn!(%resource, "differs from its baseline after the compensations; not restored (a restore would discard writes made since capture)");
+            self.append(Entry::NotRestored {
+                checkpoint: resource,
+                reason: "differs from its baseline after every change of the run was compensated: not restored, so that writes made since capture are kept (parity not proven)".into(),
+            })
+            .await?;
+        }
+        Ok(Ok(()))
+    }
+
     /// Restore `cp` if it differs from its baseline, then prove parity.
     /// Outer error: the journal failed. Inner: restore or parity failed after retries.
     async fn restore_checkpoint(
@@ -1535,6 +1721,7 @@ impl<'a> Run<'a> {
                 Err(e) => e,
                 Ok(fp) => {
                     let mut restore_err = None;
+                    let mut proof: Option<crate::Proof> = None;
                     if fp != snapshot.fingerprint {
                         self.append(Entry::RestoreIntent {
                             checkpoint: resource.clone(),
@@ -1556,20 +1743,25 @@ impl<'a> Run<'a> {
                                     method: how.method.clone(),
                                     millis: ms,
                                 });
+                                proof = how.proof.clone();
                                 self.append(Entry::Restored {
                                     checkpoint: resource.clone(),
                                     method: how.method,
                                     items_changed: how.items_changed,
                                     duration_ms: ms,
+                                    discarded: how.discarded,
+                                    proof: how.proof,
                                 })
                                 .await?;
                             }
                             Err(e) => restore_err = Some(e),
                         }
                     }
-                    let after = match restore_err {
-                        Some(e) => Err(e),
-                        None => {
+                    let after = match (restore_err, proof) {
+                        (Some(e), _) => Err(e),
+                        // Taken under the restore's own lock: no writer could race it.
+                        (None, Some(p)) => Ok(p.fingerprint),
+                        (None, None) => {
                             self.call(
                                 || format!("fingerprint {resource}"),
                                 cp.fingerprint(&ctx).instrument(span.clone()),

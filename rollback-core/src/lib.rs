@@ -55,7 +55,7 @@ pub mod sim;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use checkpoint::{Checkpoint, Restored, Snapshot};
+pub use checkpoint::{Checkpoint, Discarded, Proof, Restored, Snapshot};
 pub use context::Context;
 pub use digest::{Digest, Hasher};
 pub use error::{Error, Result};
@@ -65,11 +65,51 @@ pub use executor::{
 };
 pub use journal::TailAssumption;
 pub use lease::Fence;
-pub use plan::{Objectives, Plan, PlanBuilder, PlanError, StepOptions, Trigger, ROLLBACK_LEAD};
+pub use plan::{
+    Objectives, Plan, PlanBuilder, PlanError, StepOptions, Trigger, Undo, ROLLBACK_LEAD,
+};
 pub use report::{Outcome, RunReport};
-pub use step::{Receipt, Reversibility, Step};
+pub use step::{Effect, Receipt, Reversibility, Step};
 pub use tokio_util::sync::CancellationToken;
 pub use verifier::{Status, Verdict, Verifier};
+
+/// Whether the resource id `container` covers the resource id `part`. Resource ids are
+/// paths: `a/b` lies inside `a`; a last segment ending in `*` covers every id that
+/// starts with what precedes the `*` (`flags:unleash:p/new-*`); a last segment `{x,y}`
+/// covers `x` and `y` (and what lies inside them). Every id covers itself.
+///
+/// ```
+/// use rollback_core::resource_contains;
+/// assert!(resource_contains("s3:bucket/v1", "s3:bucket/v1/a.txt"));
+/// assert!(!resource_contains("s3:bucket/v1", "s3:bucket/v10"));
+/// assert!(resource_contains("flags:memory:app/new-*", "flags:memory:app/new-ui"));
+/// assert!(resource_contains("flags:memory:app/{a,b}", "flags:memory:app/b"));
+/// assert!(!resource_contains("flags:memory:app/{a,b}", "flags:memory:app/c"));
+/// ```
+pub fn resource_contains(container: &str, part: &str) -> bool {
+    if container == part {
+        return true;
+    }
+    let under =
+        |c: &str| part.len() > c.len() && part.starts_with(c) && part[c.len()..].starts_with('/');
+    if under(container) {
+        return true;
+    }
+    let (base, last) = match container.rsplit_once('/') {
+        Some((b, l)) => (format!("{b}/"), l),
+        None => (String::new(), container),
+    };
+    if let Some(prefix) = last.strip_suffix('*') {
+        return part.starts_with(&format!("{base}{prefix}"));
+    }
+    if let Some(set) = last.strip_prefix('{').and_then(|l| l.strip_suffix('}')) {
+        return set.split(',').any(|x| {
+            let one = format!("{base}{x}");
+            one == part || (part.starts_with(&one) && part[one.len()..].starts_with('/'))
+        });
+    }
+    false
+}
 
 /// Milliseconds since the Unix epoch (the clock every record and snapshot uses).
 pub fn now_ms() -> u64 {

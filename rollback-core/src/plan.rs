@@ -1,6 +1,6 @@
 //! [`Plan`]: a validated DAG of steps with checkpoints, verifiers, triggers and guards.
 
-use crate::{Checkpoint, Digest, Reversibility, Step, Verifier};
+use crate::{Checkpoint, Digest, Effect, Reversibility, Step, Verifier};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -89,6 +89,16 @@ pub enum PlanError {
     Empty {
         /// Plan name.
         plan: String,
+    },
+    /// A step declares an effect on a resource it does not list in `touches`.
+    #[error("plan {plan}: step {step:?} declares an effect on {resource:?}, which its touches() does not list")]
+    EffectOutsideTouches {
+        /// Plan name.
+        plan: String,
+        /// The step.
+        step: String,
+        /// The resource.
+        resource: String,
     },
     /// A name that keys journals, leases or reports is empty (or only whitespace): the
     /// plan's name, a step id, a verifier id, a checkpoint's resource.
@@ -203,6 +213,29 @@ impl fmt::Debug for Trigger {
     }
 }
 
+/// How a rollback undoes one step, decided when the plan is built (see [`Plan::undo`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum Undo {
+    /// Its own revert (a compensation).
+    Compensation,
+    /// The reverts of these earlier steps, which remove everything it wrote (it writes
+    /// only inside what they create): no restore is needed for it.
+    CompensationOf {
+        /// The covering steps.
+        steps: Vec<String>,
+    },
+    /// Restoring the checkpoints of these resources. Unless a checkpoint is
+    /// [`selective`](Checkpoint::selective), its restore also discards every write made to
+    /// the resource since capture.
+    Restore {
+        /// The resources.
+        resources: Vec<String>,
+    },
+    /// Nothing: an irreversible step approved to stay applied.
+    Stays,
+}
+
 /// A step in a plan, with its component tag and dependencies.
 #[derive(Clone)]
 pub struct PlannedStep {
@@ -267,6 +300,12 @@ pub struct Plan {
     pub(crate) approvals: BTreeMap<String, String>,
     pub(crate) objectives: Objectives,
     pub(crate) owners: BTreeMap<String, String>,
+    /// How each step is undone (by step id).
+    pub(crate) undo: BTreeMap<String, Undo>,
+    /// Resources whose baseline snapshot a verifier reads.
+    pub(crate) read_baselines: BTreeSet<String>,
+    /// Capture every checkpoint in full, even those no undo path restores.
+    pub(crate) capture_all: bool,
     pub(crate) digest: Digest,
 }
 
@@ -310,6 +349,7 @@ pub struct PlanBuilder {
     owners: BTreeMap<String, String>,
     options: Vec<(String, StepOptions)>,
     default_options: StepOptions,
+    capture_all: bool,
 }
 
 impl Plan {
@@ -329,7 +369,40 @@ impl Plan {
             owners: BTreeMap::new(),
             options: Vec::new(),
             default_options: StepOptions::default(),
+            capture_all: false,
         }
+    }
+
+    /// How a rollback undoes step `id`: its own revert, the revert of earlier steps that
+    /// remove what it wrote, a checkpoint restore, or nothing (approved to stay).
+    ///
+    /// ```
+    /// use rollback_core::{Effect, Plan, Undo};
+    /// use rollback_core::sim::{SetKey, SimWorld};
+    /// let w = SimWorld::new();
+    /// let plan = Plan::builder("p")
+    ///     .checkpoint("db", w.checkpoint("db"))
+    ///     .step("db", SetKey::new("set", &w, "db", "k", "v"), &[])
+    ///     .step("db", SetKey::delete("drop", &w, "db", "old"), &["set"])
+    ///     .build()?;
+    /// assert_eq!(plan.undo("set"), Some(&Undo::Compensation));
+    /// assert_eq!(plan.undo("drop"), Some(&Undo::Restore { resources: vec!["db".into()] }));
+    /// # Ok::<(), rollback_core::PlanError>(())
+    /// ```
+    pub fn undo(&self, id: &str) -> Option<&Undo> {
+        self.undo.get(id)
+    }
+
+    /// Whether the run takes a full snapshot of `resource`: a step undone by a restore
+    /// touches it, a verifier reads its baseline snapshot ([`Verifier::baselines`]), or the
+    /// plan captures every checkpoint in full ([`PlanBuilder::capture_all_checkpoints`]). A checkpoint no undo path restores is
+    /// only fingerprinted at the start (its baseline for parity), not copied.
+    pub fn needs_snapshot(&self, resource: &str) -> bool {
+        self.capture_all
+            || self.read_baselines.contains(resource)
+            || self.undo.values().any(|u| {
+                matches!(u, Undo::Restore { resources } if resources.iter().any(|r| r == resource))
+            })
     }
 
     /// The recovery objectives the plan declares.
@@ -372,11 +445,26 @@ impl Plan {
         for s in &self.steps {
             let touches = s.step.touches();
             match s.step.reversibility() {
-                Reversibility::RestoreOnly => out.push(format!(
-                    "{} is undone only by restoring {}: writes made to it during the run are lost on rollback (RPO > 0)",
-                    s.id(),
-                    touches.join(", ")
-                )),
+                Reversibility::RestoreOnly => {
+                    if let Some(Undo::Restore { resources }) = self.undo.get(s.id()) {
+                        let (selective, full): (Vec<&String>, Vec<&String>) =
+                            resources.iter().partition(|r| self.is_selective(r));
+                        if !full.is_empty() {
+                            out.push(format!(
+                                "{} is undone only by restoring {}: the application's writes to it since capture are discarded on rollback (RPO > 0)",
+                                s.id(),
+                                list_refs(&full)
+                            ));
+                        }
+                        if !selective.is_empty() {
+                            out.push(format!(
+                                "{} is undone by the undo log of {}, which keeps the application's writes; rows both wrote are conflicts, resolved by its policy and listed in the report",
+                                s.id(),
+                                list_refs(&selective)
+                            ));
+                        }
+                    }
+                }
                 Reversibility::Irreversible => {
                     if let Some(why) = self.approvals.get(s.id()) {
                         out.push(format!(
@@ -429,6 +517,12 @@ impl Plan {
         out
     }
 
+    fn is_selective(&self, resource: &str) -> bool {
+        self.checkpoints
+            .iter()
+            .any(|c| c.resource() == resource && c.checkpoint.selective())
+    }
+
     /// The plan's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -466,13 +560,29 @@ impl Plan {
                 }
             }
         }
-        // Steps are in topological order: one forward pass closes over dependents.
-        for s in &self.steps {
-            if s.deps.iter().any(|d| scope.contains(d)) {
-                scope.insert(s.id().to_string());
+        // Steps are in topological order: a forward pass closes over dependents. A step in
+        // scope that is undone by the revert of earlier steps brings those into scope (and
+        // their dependents with them).
+        loop {
+            for s in &self.steps {
+                if s.deps.iter().any(|d| scope.contains(d)) {
+                    scope.insert(s.id().to_string());
+                }
             }
+            let covering: Vec<String> = scope
+                .iter()
+                .filter_map(|id| match self.undo.get(id) {
+                    Some(Undo::CompensationOf { steps }) => Some(steps.clone()),
+                    _ => None,
+                })
+                .flatten()
+                .filter(|c| !scope.contains(c))
+                .collect();
+            if covering.is_empty() {
+                return scope;
+            }
+            scope.extend(covering);
         }
-        scope
     }
 
     /// The checkpoints whose resources are touched by any step of `steps`.
@@ -490,6 +600,35 @@ impl Plan {
             .collect()
     }
 
+    /// One line of the rollback path: how step `s` is undone.
+    fn undo_line(&self, s: &PlannedStep) -> String {
+        let selective = |rs: &[String]| !rs.is_empty() && rs.iter().all(|r| self.is_selective(r));
+        match self.undo.get(s.id()) {
+            Some(Undo::Compensation) | None => format!("revert {} (own compensation)", s.id()),
+            Some(Undo::CompensationOf { steps }) => format!(
+                "{} is undone by the revert of {} (it removes everything {} wrote): no restore",
+                s.id(),
+                steps.join(", "),
+                s.id()
+            ),
+            Some(Undo::Restore { resources }) if selective(resources) => format!(
+                "{} is undone by the undo log of {} (the run's own writes only; the application's are kept)",
+                s.id(),
+                resources.join(", ")
+            ),
+            Some(Undo::Restore { resources }) => format!(
+                "{} is undone by restoring {} (discards the application's writes to it since capture)",
+                s.id(),
+                resources.join(", ")
+            ),
+            Some(Undo::Stays) => format!(
+                "{} is IRREVERSIBLE and stays applied (approved: {})",
+                s.id(),
+                self.approvals.get(s.id()).map(String::as_str).unwrap_or("-")
+            ),
+        }
+    }
+
     /// The exact sequence a run would follow, and its rollback path.
     pub fn dry_run(&self) -> DryRun {
         let covered: BTreeSet<&str> = self.checkpoints.iter().map(|c| c.resource()).collect();
@@ -503,6 +642,8 @@ impl Plan {
                 depends_on: s.deps.clone(),
                 description: s.step.describe(),
                 touches: s.step.touches(),
+                effects: s.step.effects(),
+                undo: self.undo.get(s.id()).cloned().unwrap_or(Undo::Compensation),
                 verifiers_after: self
                     .post_step
                     .iter()
@@ -511,40 +652,20 @@ impl Plan {
                     .collect(),
             })
             .collect::<Vec<_>>();
+        let _ = &covered;
         let mut rollback = Vec::new();
         for s in self.steps.iter().rev() {
-            let touches = s.step.touches();
-            let how = match s.step.reversibility() {
-                Reversibility::Compensable => format!("revert {} (own compensation)", s.id()),
-                Reversibility::RestoreOnly => {
-                    format!("{} is undone by restoring {}", s.id(), touches.join(", "))
-                }
-                Reversibility::Irreversible => {
-                    if !touches.is_empty() && touches.iter().all(|t| covered.contains(t.as_str())) {
-                        format!(
-                            "{} is irreversible; restoring {} undoes it",
-                            s.id(),
-                            touches.join(", ")
-                        )
-                    } else {
-                        format!(
-                            "{} is IRREVERSIBLE and stays applied (approved: {})",
-                            s.id(),
-                            self.approvals
-                                .get(s.id())
-                                .map(String::as_str)
-                                .unwrap_or("-")
-                        )
-                    }
-                }
-            };
-            rollback.push(how);
+            rollback.push(self.undo_line(s));
         }
         for c in &self.checkpoints {
-            rollback.push(format!(
-                "restore {} if it differs from its baseline",
-                c.resource()
-            ));
+            let r = c.resource();
+            rollback.push(if c.checkpoint.selective() {
+                format!("undo the run's own writes to {r} from its undo log if it differs from its baseline (the application's writes are kept)")
+            } else if self.needs_snapshot(r) {
+                format!("restore {r} if it differs from its baseline (discards every write made to it since capture)")
+            } else {
+                format!("{r} is not restored (compensations undo every change to it): only fingerprinted at the start and checked after")
+            });
         }
         for c in &self.checkpoints {
             rollback.push(format!(
@@ -643,6 +764,14 @@ impl PlanBuilder {
         self.soak = d;
         self
     }
+    /// Capture every checkpoint in full, even those no undo path needs (by default a
+    /// checkpoint whose changes are all undone by compensations is only fingerprinted, so a
+    /// backfill of a new column does not copy a big table). A full snapshot is then there
+    /// to fall back on should a compensation fail, at the price of the copy.
+    pub fn capture_all_checkpoints(mut self) -> Self {
+        self.capture_all = true;
+        self
+    }
     /// Explicitly approve an irreversible step that no checkpoint covers, with the reason
     /// (kept in the plan digest and the report).
     pub fn approve_irreversible(mut self, step: &str, reason: &str) -> Self {
@@ -724,6 +853,8 @@ impl PlanBuilder {
                 });
             }
         }
+        let read_baselines: BTreeSet<String> =
+            verifiers.clone().flat_map(|v| v.baselines()).collect();
         let mut vids = BTreeSet::new();
         for v in verifiers {
             if !vids.insert(v.id().to_string()) {
@@ -773,34 +904,21 @@ impl PlanBuilder {
         }
         for s in &self.steps {
             let touches = s.step.touches();
-            let missing: Vec<String> = touches
+            if let Some(e) = s
+                .step
+                .effects()
                 .iter()
-                .filter(|t| !resources.contains(*t))
-                .cloned()
-                .collect();
-            match s.step.reversibility() {
-                Reversibility::Compensable => {}
-                Reversibility::RestoreOnly => {
-                    if touches.is_empty() || !missing.is_empty() {
-                        return Err(PlanError::Uncovered {
-                            plan,
-                            step: s.id().into(),
-                            resources: missing,
-                        });
-                    }
-                }
-                Reversibility::Irreversible => {
-                    let covered = !touches.is_empty() && missing.is_empty();
-                    if !covered && !self.approvals.contains_key(s.id()) {
-                        return Err(PlanError::UnapprovedIrreversible {
-                            plan,
-                            step: s.id().into(),
-                        });
-                    }
-                }
+                .find(|e| !touches.iter().any(|t| t == e.resource()))
+            {
+                return Err(PlanError::EffectOutsideTouches {
+                    plan,
+                    step: s.id().into(),
+                    resource: e.resource().into(),
+                });
             }
         }
         let order = topo_order(&plan, &self.steps)?;
+        let undo = undo_paths(&plan, &self.steps, &order, &resources, &self.approvals)?;
         let mut by_id: HashMap<String, PlannedStep> = self
             .steps
             .into_iter()
@@ -826,17 +944,31 @@ impl PlanBuilder {
             finals: Vec<&'a str>,
             triggers: Vec<&'a str>,
             approvals: &'a BTreeMap<String, String>,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            capture_all: bool,
         }
         let spec = Spec {
             name: &plan,
             steps: steps
                 .iter()
                 .map(|s| {
-                    serde_json::json!({
+                    let mut v = serde_json::json!({
                         "id": s.id(), "component": s.component, "deps": s.deps,
                         "reversibility": s.step.reversibility(), "touches": s.step.touches(),
                         "spec": s.step.spec(),
-                    })
+                    });
+                    // Declared effects decide the undo path: they belong in the digest
+                    // (left out when they say no more than `touches`, so digests of
+                    // plans whose steps declare none stay as they were).
+                    let effects = s.step.effects();
+                    let plain = effects
+                        .iter()
+                        .all(|e| matches!(e, Effect::Writes { part: None, .. }))
+                        && effects.len() == s.step.touches().len();
+                    if !plain {
+                        v["effects"] = serde_json::json!(effects);
+                    }
+                    v
                 })
                 .collect(),
             checkpoints: self
@@ -853,6 +985,7 @@ impl PlanBuilder {
             finals: self.finals.iter().map(|v| v.id()).collect(),
             triggers: self.triggers.iter().map(|t| t.id()).collect(),
             approvals: &self.approvals,
+            capture_all: self.capture_all,
         };
         let digest = Digest::of_json(&spec);
         Ok(Plan {
@@ -867,9 +1000,104 @@ impl PlanBuilder {
             approvals: self.approvals,
             objectives: self.objectives,
             owners: self.owners,
+            undo,
+            read_baselines,
+            capture_all: self.capture_all,
             digest,
         })
     }
+}
+
+/// How each step is undone: its own revert; the reverts of earlier compensable steps
+/// (its ancestors) that create everything it writes; a restore of the checkpoints of what
+/// it touches; or nothing (approved irreversible). Refuses restore-only steps no
+/// compensation and no checkpoint covers, and unapproved irreversible ones.
+fn undo_paths(
+    plan: &str,
+    steps: &[PlannedStep],
+    order: &[String],
+    checkpoints: &BTreeSet<String>,
+    approvals: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Undo>, PlanError> {
+    let by_id: HashMap<&str, &PlannedStep> = steps.iter().map(|s| (s.id(), s)).collect();
+    // Ancestors, in topological order (dependencies first).
+    let mut ancestors: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    for id in order {
+        let s = by_id[id.as_str()];
+        let mut a = BTreeSet::new();
+        for d in &s.deps {
+            a.insert(d.as_str());
+            a.extend(ancestors[d.as_str()].iter().copied());
+        }
+        ancestors.insert(s.id(), a);
+    }
+    let mut out = BTreeMap::new();
+    for id in order {
+        let s = by_id[id.as_str()];
+        let undo = match s.step.reversibility() {
+            Reversibility::Compensable => Undo::Compensation,
+            r => {
+                let effects = s.step.effects();
+                let creators: Vec<(&str, Vec<Effect>)> = ancestors[s.id()]
+                    .iter()
+                    .map(|a| by_id[a])
+                    .filter(|a| a.step.reversibility() == Reversibility::Compensable)
+                    .map(|a| {
+                        let created = a
+                            .step
+                            .effects()
+                            .into_iter()
+                            .filter(|e| matches!(e, Effect::Creates { .. }))
+                            .collect();
+                        (a.id(), created)
+                    })
+                    .collect();
+                let mut by: BTreeSet<&str> = BTreeSet::new();
+                let all_covered = !effects.is_empty()
+                    && effects.iter().all(|e| {
+                        match creators
+                            .iter()
+                            .find(|(_, cs)| cs.iter().any(|c| e.is_within(c)))
+                        {
+                            Some((id, _)) => {
+                                by.insert(id);
+                                true
+                            }
+                            None => false,
+                        }
+                    });
+                let touches = s.step.touches();
+                let missing: Vec<String> = touches
+                    .iter()
+                    .filter(|t| !checkpoints.contains(*t))
+                    .cloned()
+                    .collect();
+                let restorable = !touches.is_empty() && missing.is_empty();
+                if all_covered {
+                    Undo::CompensationOf {
+                        steps: by.into_iter().map(str::to_string).collect(),
+                    }
+                } else if restorable {
+                    Undo::Restore { resources: touches }
+                } else if r == Reversibility::RestoreOnly {
+                    return Err(PlanError::Uncovered {
+                        plan: plan.into(),
+                        step: s.id().into(),
+                        resources: missing,
+                    });
+                } else if approvals.contains_key(s.id()) {
+                    Undo::Stays
+                } else {
+                    return Err(PlanError::UnapprovedIrreversible {
+                        plan: plan.into(),
+                        step: s.id().into(),
+                    });
+                }
+            }
+        };
+        out.insert(s.id().to_string(), undo);
+    }
+    Ok(out)
 }
 
 /// Kahn's algorithm, stable in insertion order; on a cycle, names one.
@@ -939,6 +1167,10 @@ pub struct DryStep {
     pub description: String,
     /// Resources it may change.
     pub touches: Vec<String>,
+    /// What it changes, as it declares.
+    pub effects: Vec<Effect>,
+    /// How a rollback undoes it.
+    pub undo: Undo,
     /// Verifiers run after it.
     pub verifiers_after: Vec<String>,
 }
@@ -1033,6 +1265,10 @@ impl fmt::Display for DryRun {
         }
         Ok(())
     }
+}
+
+fn list_refs(v: &[&String]) -> String {
+    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 fn list(v: &[String]) -> String {

@@ -52,6 +52,9 @@ pub enum StepState {
     Reverted,
     /// Undone by restoring the checkpoints of what it touches.
     UndoneByRestore,
+    /// Undone by the reverts of the steps that created what it wrote (see
+    /// [`Undo::CompensationOf`](crate::Undo::CompensationOf)).
+    UndoneByCompensation,
     /// Irreversible and approved: it stays applied after rollback.
     IrreversibleKept,
     /// Applied (or possibly applied) and not yet undone: rollback is unfinished.
@@ -79,6 +82,10 @@ pub struct StepReport {
     pub revert_ms: Option<u64>,
     /// Last error seen.
     pub last_error: Option<String>,
+    /// What the report found beyond the step's own account (e.g. it said it did not
+    /// apply, yet the restore of what it touches rewrote items).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// One checkpoint in the report.
@@ -118,6 +125,27 @@ pub struct CheckpointReport {
     /// Why releasing the snapshot failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discard_error: Option<String>,
+    /// Only the baseline fingerprint was taken (no snapshot): no undo path of the plan
+    /// restores this resource.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fingerprint_only: bool,
+    /// How many times it was restored in this run (more than once: each restore
+    /// discarded the writes made since the one before).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restores: u32,
+    /// Writes by others than the run that the restores discarded (summed), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discarded_writes: Option<crate::Discarded>,
+    /// Items of the application's the restore kept and set aside for its parity proof.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_writes: Option<u64>,
+    /// Why it was left as it is after the compensations (parity not proven).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_restored: Option<String>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// A verdict with when and where it was given.
@@ -173,6 +201,20 @@ pub struct RunReport {
     /// Recovery point: the largest window of writes lost to a checkpoint restore (0 when
     /// every change was undone by compensation).
     pub rpo_ms: Option<u64>,
+    /// Items written by others (the application) since capture that restores discarded,
+    /// summed over checkpoints: the recovery point by items. `None` when no restore
+    /// discarded anything it could count; see `discarded_exact`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items_discarded: Option<u64>,
+    /// Whether `items_discarded` is exact (every restore counted exactly).
+    #[serde(default)]
+    pub discarded_exact: bool,
+    /// What the rollback does not prove back at its baseline, each with the reason: a
+    /// resource changed by an undone step that has no checkpoint, a step naming no
+    /// resource, a checkpoint left as it is after the compensations. Empty when parity is
+    /// proven for everything the rollback undid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unproven: Vec<String>,
     /// What is left when the rollback could not finish.
     pub remaining: Vec<String>,
     /// The checkpoints the rollback restores and proves parity for.
@@ -216,6 +258,13 @@ impl RunReport {
         let mut resumes = 0;
         let mut takeovers = Vec::new();
         let mut journal_repairs = Vec::new();
+        let mut restored_at: BTreeMap<String, u64> = BTreeMap::new();
+        let mut unknown_discards = false;
+        // When a resumed run went straight to rollback, the outage began when the run was
+        // interrupted (its last record before the resume), not at the resume.
+        let mut interrupted_at: Option<u64> = None;
+        let mut last_at = started;
+        let mut applying_since_resume = false;
         let mut verdicts = Vec::new();
         let mut steps: BTreeMap<String, StepReport> = plan
             .steps()
@@ -233,6 +282,7 @@ impl RunReport {
                         revert_attempts: 0,
                         revert_ms: None,
                         last_error: None,
+                        note: None,
                     },
                 )
             })
@@ -259,6 +309,11 @@ impl RunReport {
                         rpo_ms: None,
                         discarded: None,
                         discard_error: None,
+                        fingerprint_only: false,
+                        restores: 0,
+                        discarded_writes: None,
+                        kept_writes: None,
+                        not_restored: None,
                     },
                 )
             })
@@ -311,9 +366,35 @@ impl RunReport {
                 }
                 Entry::Resumed { holder } => {
                     resumes += 1;
+                    if rollback_at.is_none() {
+                        interrupted_at = Some(last_at);
+                        applying_since_resume = false;
+                    }
                     format!("resumed by {holder}")
                 }
                 Entry::CaptureIntent { checkpoint } => format!("capturing {checkpoint}"),
+                Entry::Fingerprinted {
+                    checkpoint,
+                    fingerprint,
+                    duration_ms,
+                } => {
+                    if let Some(c) = cps.get_mut(checkpoint) {
+                        c.fingerprint = Some(*fingerprint);
+                        c.captured_at_ms = Some(r.at_ms);
+                        c.capture_ms = Some(*duration_ms);
+                        c.fingerprint_only = true;
+                    }
+                    format!(
+                        "fingerprinted {checkpoint} ({}) in {duration_ms} ms; no snapshot: no undo path restores it",
+                        fingerprint.short()
+                    )
+                }
+                Entry::NotRestored { checkpoint, reason } => {
+                    if let Some(c) = cps.get_mut(checkpoint) {
+                        c.not_restored = Some(reason.clone());
+                    }
+                    format!("{checkpoint} left as it is: {reason}")
+                }
                 Entry::Captured {
                     checkpoint,
                     snapshot,
@@ -333,6 +414,7 @@ impl RunReport {
                     )
                 }
                 Entry::ApplyIntent { step, attempt } => {
+                    applying_since_resume = true;
                     if let Some(s) = steps.get_mut(step) {
                         s.apply_attempts = *attempt;
                     }
@@ -386,6 +468,9 @@ impl RunReport {
                     steps: scope,
                     ..
                 } => {
+                    if rollback_at.is_none() && applying_since_resume {
+                        interrupted_at = None; // the resumed run applied, then failed
+                    }
                     rollback_at.get_or_insert(r.at_ms);
                     format!("ROLLBACK started: {reason} (scope: {})", scope.join(", "))
                 }
@@ -413,14 +498,47 @@ impl RunReport {
                     method,
                     items_changed,
                     duration_ms,
+                    discarded,
+                    proof,
                 } => {
+                    restored_at.entry(checkpoint.clone()).or_insert(r.at_ms);
                     if let Some(c) = cps.get_mut(checkpoint) {
                         c.restore_method = Some(method.clone());
                         c.restored_items = *items_changed;
                         c.restore_ms = Some(*duration_ms);
                         c.rpo_ms = c.captured_at_ms.map(|t| r.at_ms.saturating_sub(t));
+                        c.restores += 1;
+                        if let Some(d) = discarded {
+                            let sum = c.discarded_writes.get_or_insert_with(|| crate::Discarded {
+                                exact: true,
+                                ..Default::default()
+                            });
+                            sum.items += d.items;
+                            sum.exact &= d.exact;
+                            sum.keys.extend(d.keys.iter().cloned());
+                            sum.conflicts.extend(d.conflicts.iter().cloned());
+                        } else if !method.eq_ignore_ascii_case("noop") {
+                            unknown_discards = true;
+                        }
+                        if let Some(p) = proof {
+                            c.kept_writes = Some(p.set_aside);
+                        }
                     }
-                    format!("restored {checkpoint} by {method} in {duration_ms} ms")
+                    let lost = match discarded {
+                        Some(d) if d.items > 0 => format!(
+                            "; discarded {}{} write(s) made since capture",
+                            if d.exact { "" } else { "at least " },
+                            d.items
+                        ),
+                        Some(_) => "; discarded no write made since capture".into(),
+                        None => String::new(),
+                    };
+                    let again = if cps.get(checkpoint).is_some_and(|c| c.restores > 1) {
+                        " AGAIN"
+                    } else {
+                        ""
+                    };
+                    format!("restored{again} {checkpoint} by {method} in {duration_ms} ms{lost}")
                 }
                 Entry::RestoreFailed { checkpoint, error } => {
                     format!("restore of {checkpoint} failed: {error}")
@@ -448,10 +566,12 @@ impl RunReport {
                 Entry::RolledBack { partial: p } => {
                     partial = *p;
                     rolled_back_at = Some(r.at_ms);
+                    // What parity covers is in the parity records and the summary; this
+                    // line claims only the outcome.
                     if *p {
-                        "partially rolled back, parity proven".into()
+                        "partially rolled back".into()
                     } else {
-                        "rolled back, parity proven".into()
+                        "rolled back".into()
                     }
                 }
                 Entry::Discarded { checkpoint, error } => {
@@ -479,6 +599,7 @@ impl RunReport {
                 kind: r.entry.kind().into(),
                 detail,
             });
+            last_at = r.at_ms;
         }
 
         let (reason, scope, scope_cps) = match &state.rollback {
@@ -498,8 +619,53 @@ impl RunReport {
                 continue;
             };
             let applied = state.applied.contains_key(ps.id());
+            let touches = ps.step.touches();
             sr.state = if !applied {
-                StepState::NotApplied
+                // A step that said it did not apply, yet whose resources a restore had to
+                // rewrite while no applied step touches them: it had effects.
+                let rewrote: Vec<String> = touches
+                    .iter()
+                    .filter(|t| {
+                        cps.get(*t).and_then(|c| c.restored_items).unwrap_or(0) > 0
+                            && !plan.steps().iter().any(|o| {
+                                state.applied.contains_key(o.id()) && o.step.touches().contains(t)
+                            })
+                    })
+                    .map(|t| {
+                        format!(
+                            "{t} ({} items)",
+                            cps.get(t).and_then(|c| c.restored_items).unwrap_or(0)
+                        )
+                    })
+                    .collect();
+                let restored: Vec<String> = touches
+                    .iter()
+                    .filter(|t| cps.get(*t).and_then(|c| c.restored_items).unwrap_or(0) > 0)
+                    .map(|t| {
+                        format!(
+                            "{t} ({} items)",
+                            cps.get(t).and_then(|c| c.restored_items).unwrap_or(0)
+                        )
+                    })
+                    .collect();
+                if sr.apply_attempts > 0
+                    && !rewrote.is_empty()
+                    && touches.iter().all(|t| restored_ok.contains(t))
+                {
+                    sr.note = Some(format!(
+                        "reported that it did not apply, yet restoring {} had to rewrite them: its apply had effects",
+                        rewrote.join(", ")
+                    ));
+                    StepState::UndoneByRestore
+                } else {
+                    if sr.apply_attempts > 0 && !restored.is_empty() {
+                        sr.note = Some(format!(
+                            "reported that it did not apply; the restore of {} would also have undone any effect it had",
+                            restored.join(", ")
+                        ));
+                    }
+                    StepState::NotApplied
+                }
             } else if state.reverted.contains(ps.id()) {
                 StepState::Reverted
             } else if reason.is_none() {
@@ -507,17 +673,71 @@ impl RunReport {
             } else if !scope.contains(ps.id()) {
                 StepState::Kept
             } else {
-                let touches = ps.step.touches();
                 let by_restore =
                     !touches.is_empty() && touches.iter().all(|t| restored_ok.contains(t));
-                if by_restore {
-                    StepState::UndoneByRestore
-                } else if ps.step.reversibility() == Reversibility::Irreversible {
-                    StepState::IrreversibleKept
-                } else {
-                    StepState::NotUndone
+                match plan.undo(ps.id()) {
+                    Some(crate::Undo::CompensationOf { steps: by })
+                        if by.iter().all(|b| state.reverted.contains(b)) =>
+                    {
+                        StepState::UndoneByCompensation
+                    }
+                    _ if by_restore => StepState::UndoneByRestore,
+                    _ if ps.step.reversibility() == Reversibility::Irreversible => {
+                        StepState::IrreversibleKept
+                    }
+                    _ => StepState::NotUndone,
                 }
             };
+        }
+        // What the rollback cannot claim back at its baseline.
+        let mut unproven = Vec::new();
+        if reason.is_some() {
+            for c in &scope_cps {
+                let Some(cr) = cps.get(c) else { continue };
+                if cr.fingerprint.is_none() || cr.parity == Some(true) {
+                    continue;
+                }
+                unproven.push(match (&cr.not_restored, cr.parity) {
+                    (Some(why), _) => format!("{c}: {why}"),
+                    (None, Some(false)) => format!("{c}: differs from its baseline"),
+                    _ => format!("{c}: parity not checked"),
+                });
+            }
+            let with_checkpoint: Vec<&str> =
+                plan.checkpoints().iter().map(|c| c.resource()).collect();
+            // A resource is checked when a checkpoint is of it or of something containing
+            // it (`a/b` is inside `a`). A step may also name a container beside the part of
+            // it that it changes (a flag and its provider scope): the container is then
+            // checked through that part.
+            let direct = |t: &str| with_checkpoint.iter().any(|c| *c == t || inside(t, c));
+            let mut unchecked: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for ps in plan.steps() {
+                if !scope.contains(ps.id()) || !state.applied.contains_key(ps.id()) {
+                    continue;
+                }
+                let touches = ps.step.touches();
+                if touches.is_empty() {
+                    unproven.push(format!(
+                        "step {}: names no resource it changes, so what it changed is not checked",
+                        ps.id()
+                    ));
+                }
+                for t in &touches {
+                    let through_part = touches.iter().any(|part| inside(part, t) && direct(part));
+                    if !direct(t) && !through_part {
+                        unchecked
+                            .entry(t.clone())
+                            .or_default()
+                            .push(ps.id().to_string());
+                    }
+                }
+            }
+            for (t, by) in unchecked {
+                unproven.push(format!(
+                    "{t}: changed by {} and has no checkpoint, so its state after the rollback is not checked",
+                    by.join(", ")
+                ));
+            }
         }
 
         let outcome = if state.committed {
@@ -538,15 +758,27 @@ impl RunReport {
         } else {
             Vec::new()
         };
-        let rto_ms = match (rollback_at, rolled_back_at) {
+        let rto_start = match (rollback_at, interrupted_at) {
+            (Some(a), Some(i)) => Some(a.min(i)),
+            (a, _) => a,
+        };
+        let rto_ms = match (rto_start, rolled_back_at) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         };
-        let rpo_ms = if state.rolled_back {
+        // A restore discarded writes whenever it ran, whether or not the rollback finished.
+        let rpo_ms = if state.rolled_back || !restored_at.is_empty() {
             Some(cps.values().filter_map(|c| c.rpo_ms).max().unwrap_or(0))
         } else {
             None
         };
+        let counted: Vec<&crate::Discarded> = cps
+            .values()
+            .filter_map(|c| c.discarded_writes.as_ref())
+            .collect();
+        let items_discarded = (!counted.is_empty()).then(|| counted.iter().map(|d| d.items).sum());
+        let discarded_exact =
+            !counted.is_empty() && !unknown_discards && counted.iter().all(|d| d.exact);
         RunReport {
             run_id: run_id.into(),
             plan: plan.name().into(),
@@ -568,6 +800,9 @@ impl RunReport {
             verdicts,
             rto_ms,
             rpo_ms,
+            items_discarded,
+            discarded_exact,
+            unproven,
             remaining,
             rollback_checkpoints: scope_cps,
             resumes,
@@ -586,10 +821,14 @@ impl RunReport {
         }
     }
 
-    /// Whether every checkpoint in the rollback's scope that had a baseline shows parity
-    /// with it (false when no rollback happened).
+    /// Whether the rollback proved everything it undid back at its baseline: every
+    /// checkpoint in its scope that had a baseline shows parity, and nothing it undid is
+    /// unchecked ([`RunReport::unproven`] is empty: no resource changed without a
+    /// checkpoint, no step naming no resource, no checkpoint left differing). False when
+    /// no rollback happened.
     pub fn parity_proven(&self) -> bool {
         self.rollback_reason.is_some()
+            && self.unproven.is_empty()
             && self
                 .checkpoints
                 .iter()
@@ -673,6 +912,17 @@ impl RunReport {
                 target_note(self.objectives.rpo_ms, self.rpo_met)
             );
         }
+        if let Some(n) = self.items_discarded {
+            let _ = writeln!(
+                m,
+                "| writes by others discarded by restores | {}{n} |",
+                if self.discarded_exact {
+                    ""
+                } else {
+                    "at least "
+                }
+            );
+        }
         for (role, who) in &self.owners {
             let _ = writeln!(m, "| {} | {} |", md(role), md(who));
         }
@@ -685,6 +935,23 @@ impl RunReport {
         for t in &self.journal_repairs {
             let _ = writeln!(m, "| **journal** | {} |", md(t));
         }
+        if self.rollback_reason.is_some() {
+            let _ = writeln!(
+                m,
+                "| parity with the baseline | {} |",
+                if self.parity_proven() {
+                    "proven for everything undone"
+                } else {
+                    "**NOT proven** (see below)"
+                }
+            );
+        }
+        if !self.unproven.is_empty() {
+            let _ = writeln!(m, "\n## Not proven back at the baseline\n");
+            for u in &self.unproven {
+                let _ = writeln!(m, "- {}", md(u));
+            }
+        }
         if !self.remaining.is_empty() {
             let _ = writeln!(m, "\n## Left undone (resume to continue)\n");
             for r in &self.remaining {
@@ -693,13 +960,17 @@ impl RunReport {
         }
         let _ = writeln!(m, "\n## Steps\n\n| step | component | reversibility | state | apply | revert | last error |\n|---|---|---|---|---|---|---|");
         for s in &self.steps {
+            let state = match &s.note {
+                Some(n) => format!("{:?} ({})", s.state, md(n)),
+                None => format!("{:?}", s.state),
+            };
             let _ = writeln!(
                 m,
-                "| {} | {} | {} | {:?} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 md(&s.id),
                 md(&s.component),
                 s.reversibility,
-                s.state,
+                state,
                 s.apply_ms
                     .map(|v| format!("{v} ms ({}x)", s.apply_attempts))
                     .unwrap_or_else(|| "-".into()),
@@ -729,17 +1000,44 @@ impl RunReport {
                     .unwrap_or_else(|| "-".into()),
                 match (&c.restore_method, c.restore_ms) {
                     (Some(meth), Some(ms)) => format!(
-                        "{meth}, {ms} ms{}",
+                        "{meth}, {ms} ms{}{}{}{}",
                         c.restored_items
                             .map(|n| format!(", {n} items"))
-                            .unwrap_or_default()
+                            .unwrap_or_default(),
+                        if c.restores > 1 {
+                            format!(", **restored {} times**", c.restores)
+                        } else {
+                            String::new()
+                        },
+                        c.discarded_writes
+                            .as_ref()
+                            .map(|d| format!(
+                                ", discarded {}{} write(s) of others{}",
+                                if d.exact { "" } else { "at least " },
+                                d.items,
+                                if d.keys.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(
+                                        " ({})",
+                                        crate::digest::truncate(&d.keys.join(", "), 200)
+                                    )
+                                }
+                            ))
+                            .unwrap_or_default(),
+                        c.kept_writes
+                            .filter(|n| *n > 0)
+                            .map(|n| format!(", kept {n} write(s) of others"))
+                            .unwrap_or_default(),
                     ),
+                    _ if c.fingerprint_only => "no snapshot (compensations undo it)".into(),
                     _ => "-".into(),
                 },
-                match c.parity {
-                    Some(true) => "proven",
-                    Some(false) => "**FAILED**",
-                    None => "-",
+                match (c.parity, &c.not_restored) {
+                    (Some(true), _) => "proven",
+                    (Some(false), Some(_)) => "**not proven: differs, not restored**",
+                    (Some(false), None) => "**FAILED**",
+                    (None, _) => "-",
                 },
                 c.rpo_ms
                     .map(|v| format!("{v} ms"))
@@ -811,7 +1109,7 @@ impl RunReport {
             .collect();
         let _ = writeln!(
             m,
-            "\n**Impact.** Components touched: {}. RTO {}; RPO {}.",
+            "\n**Impact.** Components touched: {}. RTO {}; RPO {}{}.",
             if components.is_empty() {
                 "none".to_string()
             } else {
@@ -828,7 +1126,18 @@ impl RunReport {
                     "{v} ms{}",
                     target_note(self.objectives.rpo_ms, self.rpo_met)
                 ))
-                .unwrap_or_else(|| "n/a".into())
+                .unwrap_or_else(|| "n/a".into()),
+            match self.items_discarded {
+                Some(n) => format!(
+                    " ({}{n} write(s) by others discarded by restores)",
+                    if self.discarded_exact {
+                        ""
+                    } else {
+                        "at least "
+                    }
+                ),
+                None => String::new(),
+            }
         );
         let failing: Vec<&VerdictReport> = self
             .verdicts
@@ -873,9 +1182,11 @@ impl RunReport {
                 None => "",
             },
             if self.parity_proven() {
-                "proven"
+                "proven".to_string()
+            } else if self.unproven.is_empty() {
+                "NOT proven".to_string()
             } else {
-                "NOT proven"
+                format!("NOT proven ({})", md(&self.unproven.join("; ")))
             }
         );
         if !self.owners.is_empty() {
@@ -895,6 +1206,11 @@ impl RunReport {
         let _ = writeln!(m, "\n**Root cause.** _to be written by {reviewer}_\n\n**What went well.** _…_\n\n**What went wrong.** _…_\n\n**Action items.**\n\n| action | owner | due |\n|---|---|---|\n| _…_ | _…_ | _…_ |");
         m
     }
+}
+
+/// Whether resource id `part` lies inside `container`: see [`crate::resource_contains`].
+fn inside(part: &str, container: &str) -> bool {
+    part != container && crate::resource_contains(container, part)
 }
 
 /// " (target X ms: met)" / " (target X ms: **missed**)", or nothing without a target.
@@ -918,27 +1234,139 @@ fn md(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
-/// The status-page message for a notice.
+/// What a notice may claim, derived from the plan and the journal (never fixed text).
+pub(crate) struct NoticeFacts {
+    /// Resources whose restore discards others' writes, with the time since which.
+    pub(crate) may_discard: Vec<(String, u64)>,
+    /// Counted writes by others that restores discarded (after the rollback).
+    pub(crate) items_discarded: Option<u64>,
+    /// Whether every restore counted what it discarded, exactly.
+    pub(crate) discarded_exact: bool,
+    /// Whether parity is proven for everything the rollback undid.
+    pub(crate) proven: bool,
+    /// How many parts are not proven.
+    pub(crate) unproven: usize,
+}
+
+impl NoticeFacts {
+    pub(crate) fn of(kind: NoticeKind, plan: &Plan, state: &State, report: &RunReport) -> Self {
+        let captured = |r: &str| {
+            report
+                .checkpoints
+                .iter()
+                .find(|c| c.resource == r)
+                .and_then(|c| c.captured_at_ms)
+                .unwrap_or(report.started_at_ms)
+        };
+        let selective = |r: &str| {
+            plan.checkpoints()
+                .iter()
+                .any(|c| c.resource() == r && c.checkpoint.selective())
+        };
+        let may_discard: Vec<(String, u64)> = match kind {
+            NoticeKind::RollbackStarted => {
+                let scope: BTreeSet<&String> = state
+                    .rollback
+                    .as_ref()
+                    .map(|(_, s, _)| s.iter().collect())
+                    .unwrap_or_default();
+                report
+                    .rollback_checkpoints
+                    .iter()
+                    .filter(|r| state.baseline.contains_key(*r) && !selective(r))
+                    .filter(|r| state.restore_needed(plan, &scope, r))
+                    .map(|r| (r.clone(), captured(r)))
+                    .collect()
+            }
+            _ => report
+                .checkpoints
+                .iter()
+                .filter(|c| c.restores > 0 && c.restore_method.as_deref() != Some("noop"))
+                .filter(|c| !selective(&c.resource))
+                .map(|c| (c.resource.clone(), captured(&c.resource)))
+                .collect(),
+        };
+        NoticeFacts {
+            may_discard,
+            items_discarded: report.items_discarded,
+            discarded_exact: report.discarded_exact,
+            proven: report.parity_proven(),
+            unproven: report.unproven.len(),
+        }
+    }
+}
+
+/// `HH:MM UTC` of an epoch-ms time.
+fn hhmm(ms: u64) -> String {
+    let mins = (ms / 60_000) % (24 * 60);
+    format!("{:02}:{:02} UTC", mins / 60, mins % 60)
+}
+
+/// The status-page message for a notice: every claim in it follows from `facts`.
 pub(crate) fn status_message(
     kind: NoticeKind,
     plan: &str,
     components: &[String],
     detail: &str,
+    facts: &NoticeFacts,
 ) -> String {
     let what = if components.is_empty() {
         "the affected services".to_string()
     } else {
         components.join(", ")
     };
+    let since = facts.may_discard.iter().map(|(_, t)| *t).min().unwrap_or(0);
+    let where_ = facts
+        .may_discard
+        .iter()
+        .map(|(r, _)| r.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
     match kind {
-        NoticeKind::RollbackStarted => format!(
-            "Investigating: a maintenance change ({plan}) hit a problem and is being reverted automatically. \
-             {what} may be briefly degraded. No data is being deleted. Next update when the revert is verified."
-        ),
-        NoticeKind::RollbackFinished => format!(
-            "Resolved: the change ({plan}) was reverted ({detail}) and {what} verified back to the state before it. \
-             A full incident report will follow."
-        ),
+        NoticeKind::RollbackStarted => {
+            let data = if facts.may_discard.is_empty() {
+                "The revert undoes only the change's own effects: no data written by customers is being deleted.".to_string()
+            } else {
+                format!(
+                    "Changes made since {} to {where_} may be reverted; we will contact affected customers.",
+                    hhmm(since)
+                )
+            };
+            format!(
+                "Investigating: a maintenance change ({plan}) hit a problem and is being reverted automatically. \
+                 {what} may be briefly degraded. {data} Next update when the revert is verified."
+            )
+        }
+        NoticeKind::RollbackFinished => {
+            let verified = if facts.proven {
+                format!("and {what} verified back to the state before it")
+            } else {
+                format!(
+                    "; {} part(s) of {what} could not be verified back to the state before it and are being checked by the team",
+                    facts.unproven.max(1)
+                )
+            };
+            let data = match (facts.may_discard.is_empty(), facts.items_discarded) {
+                (true, _) => "No data written by customers was deleted.".to_string(),
+                (false, Some(0)) if facts.discarded_exact => {
+                    "No data written by customers was deleted.".to_string()
+                }
+                (false, Some(n)) => format!(
+                    "{}{n} change(s) made since {} to {where_} were reverted; we will contact affected customers.",
+                    if facts.discarded_exact { "" } else { "At least " },
+                    hhmm(since)
+                ),
+                (false, None) => format!(
+                    "Changes made since {} to {where_} may have been reverted; we will contact affected customers.",
+                    hhmm(since)
+                ),
+            };
+            format!(
+                "Resolved: the change ({plan}) was reverted ({detail}) {verified}. {data} \
+                 A full incident report will follow."
+            )
+            .replace(" ;", ";")
+        }
         NoticeKind::RollbackFailed => format!(
             "Identified: reverting the change ({plan}) needs manual action by the on-call team ({what}). \
              We are working on it and will update within 30 minutes."

@@ -416,9 +416,26 @@ pub struct SetKey {
     key: String,
     value: Option<String>,
     reversibility: Reversibility,
+    effects: Option<Vec<crate::Effect>>,
 }
 
 impl SetKey {
+    /// Declare what the step changes (see [`Step::effects`]) instead of "writes anywhere
+    /// in its resource": e.g. a step that creates a key its revert removes, and a
+    /// restore-only step writing only inside it, so the plan undoes the latter by the
+    /// former's revert.
+    pub fn with_effects(mut self, effects: Vec<crate::Effect>) -> Self {
+        self.effects = Some(effects);
+        self
+    }
+
+    /// Make this step restore-only: its revert does nothing, and a checkpoint (or the
+    /// revert of the step that created what it writes) undoes it — like a backfill.
+    pub fn restore_only(mut self) -> Self {
+        self.reversibility = Reversibility::RestoreOnly;
+        self
+    }
+
     /// A compensable step setting `resource[key] = value`.
     pub fn new(id: &str, world: &SimWorld, resource: &str, key: &str, value: &str) -> Self {
         SetKey {
@@ -428,6 +445,7 @@ impl SetKey {
             key: key.into(),
             value: Some(value.into()),
             reversibility: Reversibility::Compensable,
+            effects: None,
         }
     }
 
@@ -440,6 +458,7 @@ impl SetKey {
             key: key.into(),
             value: None,
             reversibility: Reversibility::RestoreOnly,
+            effects: None,
         }
     }
 
@@ -476,6 +495,12 @@ impl Step for SetKey {
     }
     fn touches(&self) -> Vec<String> {
         vec![self.resource.clone()]
+    }
+    fn effects(&self) -> Vec<crate::Effect> {
+        match &self.effects {
+            Some(e) => e.clone(),
+            None => vec![crate::Effect::writes(&self.resource, None)],
+        }
     }
     fn spec(&self) -> serde_json::Value {
         serde_json::json!({ "resource": self.resource, "key": self.key, "value": self.value })

@@ -26,6 +26,95 @@ impl std::fmt::Display for Reversibility {
     }
 }
 
+/// One thing a step changes, precisely enough for a plan to tell which compensation
+/// already undoes which effect (see [`Step::effects`]).
+///
+/// A `part` names something inside a resource — a column of a table, a key prefix of a
+/// bucket — in the adapter's own terms; `None` means the whole resource.
+///
+/// ```
+/// use rollback_core::Effect;
+/// let add = Effect::creates("postgres:shop/public.customers", Some("tier"));
+/// let fill = Effect::writes("postgres:shop/public.customers", Some("tier"));
+/// let other = Effect::writes("postgres:shop/public.customers", Some("name"));
+/// assert!(fill.is_within(&add)); // dropping the column removes what the backfill wrote
+/// assert!(!other.is_within(&add));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+pub enum Effect {
+    /// Creates `part` of `resource` (a column, an index), or the whole resource when `part`
+    /// is `None` (a table the step creates). The step's own revert removes it entirely,
+    /// with everything any step wrote into it.
+    Creates {
+        /// The resource (as [`Checkpoint::resource`](crate::Checkpoint::resource)).
+        resource: String,
+        /// What inside it; `None`: all of it.
+        part: Option<String>,
+    },
+    /// Writes data in `part` of `resource` (`None`: anywhere in it).
+    Writes {
+        /// The resource.
+        resource: String,
+        /// What inside it; `None`: anywhere.
+        part: Option<String>,
+    },
+}
+
+impl Effect {
+    /// An [`Effect::Creates`].
+    pub fn creates(resource: impl Into<String>, part: Option<&str>) -> Self {
+        Effect::Creates {
+            resource: resource.into(),
+            part: part.map(str::to_string),
+        }
+    }
+    /// An [`Effect::Writes`].
+    pub fn writes(resource: impl Into<String>, part: Option<&str>) -> Self {
+        Effect::Writes {
+            resource: resource.into(),
+            part: part.map(str::to_string),
+        }
+    }
+    /// The resource.
+    pub fn resource(&self) -> &str {
+        match self {
+            Effect::Creates { resource, .. } | Effect::Writes { resource, .. } => resource,
+        }
+    }
+    /// What inside the resource (`None`: all of it).
+    pub fn part(&self) -> Option<&str> {
+        match self {
+            Effect::Creates { part, .. } | Effect::Writes { part, .. } => part.as_deref(),
+        }
+    }
+    /// Whether removing what `creator` creates removes this effect too: `creator` creates
+    /// the whole resource, or exactly the part this effect is confined to.
+    pub fn is_within(&self, creator: &Effect) -> bool {
+        let Effect::Creates { resource, part } = creator else {
+            return false;
+        };
+        self.resource() == resource
+            && match part {
+                None => true,
+                Some(p) => self.part() == Some(p.as_str()),
+            }
+    }
+}
+
+impl std::fmt::Display for Effect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (verb, r, p) = match self {
+            Effect::Creates { resource, part } => ("creates", resource, part),
+            Effect::Writes { resource, part } => ("writes", resource, part),
+        };
+        match p {
+            Some(p) => write!(f, "{verb} {p} of {r}"),
+            None => write!(f, "{verb} {r}"),
+        }
+    }
+}
+
 /// Everything needed to undo an applied step; journaled before the executor moves on.
 ///
 /// ```
@@ -79,7 +168,10 @@ impl Receipt {
 /// 7. **Restore-only steps** may return `Ok(())` from `revert` without doing anything; the
 ///    covering checkpoint undoes them. **Irreversible steps** return
 ///    [`Error::Irreversible`](crate::Error::Irreversible) from `revert`.
-/// 8. **Fenced writes** (where the backend can check them atomically with the write): a
+/// 8. **Honest effects.** [`effects`](Step::effects) covers everything the step may
+///    change; an [`Effect::Creates`] is removed entirely (with whatever was written into
+///    it) by this step's own `revert`, so the plan relies on it to undo later steps.
+/// 9. **Fenced writes** (where the backend can check them atomically with the write): a
 ///    change made under [`Context::fence`] is refused with
 ///    [`Error::Fenced`](crate::Error::Fenced) when a newer epoch of the same key already
 ///    wrote, and every apply or revert raises the key's epoch — even one that has nothing
@@ -97,6 +189,19 @@ pub trait Step: Send + Sync {
     /// may change.
     fn touches(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// What the step changes (contract clause 8). By default it writes anywhere in each
+    /// resource of [`touches`](Step::touches). A step that adds a column or creates a table
+    /// says so ([`Effect::Creates`]), and one that writes only some columns says which:
+    /// then a plan sees that the revert of an earlier step already undoes a restore-only
+    /// step (a backfill of a column that an earlier step adds and its revert drops) and
+    /// needs no restore for it — a restore would discard the application's writes.
+    fn effects(&self) -> Vec<Effect> {
+        self.touches()
+            .into_iter()
+            .map(|r| Effect::writes(r, None))
+            .collect()
     }
 
     /// The declared specification (SQL text, object layout, flag state), hashed into the
@@ -126,3 +231,38 @@ pub trait Step: Send + Sync {
     /// Any; the executor retries transient ones and falls back to a covering checkpoint.
     async fn revert(&self, receipt: Option<&Receipt>, ctx: &Context) -> Result<()>;
 }
+
+/// A shared or boxed step is a step: every method forwards (a wrapper that forgot one
+/// would silently fall back to its default).
+macro_rules! forward_step {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: Step + ?Sized> Step for $ptr {
+            fn id(&self) -> &str {
+                (**self).id()
+            }
+            fn reversibility(&self) -> Reversibility {
+                (**self).reversibility()
+            }
+            fn touches(&self) -> Vec<String> {
+                (**self).touches()
+            }
+            fn effects(&self) -> Vec<Effect> {
+                (**self).effects()
+            }
+            fn spec(&self) -> serde_json::Value {
+                (**self).spec()
+            }
+            fn describe(&self) -> String {
+                (**self).describe()
+            }
+            async fn apply(&self, ctx: &Context) -> Result<Receipt> {
+                (**self).apply(ctx).await
+            }
+            async fn revert(&self, receipt: Option<&Receipt>, ctx: &Context) -> Result<()> {
+                (**self).revert(receipt, ctx).await
+            }
+        }
+    )*};
+}
+forward_step!(std::sync::Arc<T>, Box<T>);

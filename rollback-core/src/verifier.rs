@@ -97,9 +97,36 @@ pub trait Verifier: Send + Sync {
     /// Stable id, unique in its plan.
     fn id(&self) -> &str;
 
+    /// Resources whose baseline snapshot this verifier reads through
+    /// [`Context::baseline`]: the plan captures their snapshots in full (a checkpoint no
+    /// undo path restores is otherwise only fingerprinted). Default: none.
+    fn baselines(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Run the check. [`Context::baseline`] gives the baseline snapshots for parity checks.
     ///
     /// # Errors
     /// When the check cannot run.
     async fn verify(&self, ctx: &Context) -> Result<Verdict>;
 }
+
+/// A shared or boxed verifier is a verifier: every method forwards, so a wrapper never
+/// drops one.
+macro_rules! forward_verifier {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: Verifier + ?Sized> Verifier for $ptr {
+            fn id(&self) -> &str {
+                (**self).id()
+            }
+            fn baselines(&self) -> Vec<String> {
+                (**self).baselines()
+            }
+            async fn verify(&self, ctx: &Context) -> Result<Verdict> {
+                (**self).verify(ctx).await
+            }
+        }
+    )*};
+}
+forward_verifier!(std::sync::Arc<T>, Box<T>);

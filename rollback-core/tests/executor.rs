@@ -24,6 +24,19 @@ fn world() -> SimWorld {
 
 /// db: two steps; store: one step after db; flags: one step after store.
 fn cutover(w: &SimWorld) -> Plan {
+    cutover_builder(w).build().unwrap()
+}
+
+/// The same plan with every checkpoint captured in full: compensations alone undo its
+/// steps, so by default its checkpoints are only fingerprinted.
+fn cutover_full(w: &SimWorld) -> Plan {
+    cutover_builder(w)
+        .capture_all_checkpoints()
+        .build()
+        .unwrap()
+}
+
+fn cutover_builder(w: &SimWorld) -> rollback_core::PlanBuilder {
     Plan::builder("cutover")
         .checkpoint("database", w.checkpoint("db"))
         .checkpoint("storage", w.checkpoint("store"))
@@ -48,8 +61,6 @@ fn cutover(w: &SimWorld) -> Plan {
             SetKey::new("flag-on", w, "flags", "new_ui", "on"),
             &["store-move"],
         )
-        .build()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -251,7 +262,7 @@ async fn uncertain_apply_is_treated_as_applied_and_reverted() {
 async fn revert_failures_are_retried_then_fall_back_to_the_checkpoint() {
     let w = world();
     let baseline = w.snapshot_state();
-    let plan = cutover(&w);
+    let plan = cutover_full(&w);
     w.faults()
         .fail_apply("flag-on", 1)
         .fail_revert("store-move", 100);
@@ -811,7 +822,7 @@ async fn a_new_run_is_refused_while_an_interrupted_run_of_the_plan_is_unfinished
 async fn snapshots_are_released_after_commit_and_after_a_proven_rollback() {
     // Committed: every captured snapshot released, journaled and reported.
     let w = world();
-    let plan = cutover(&w);
+    let plan = cutover_full(&w);
     let report = Executor::new(MemoryJournal::new())
         .run(&plan)
         .await
@@ -823,7 +834,7 @@ async fn snapshots_are_released_after_commit_and_after_a_proven_rollback() {
 
     // Rolled back with parity proven: released too.
     let w = world();
-    let plan = cutover(&w);
+    let plan = cutover_full(&w);
     w.faults().fail_apply("flag-on", 1);
     let report = Executor::new(MemoryJournal::new())
         .run(&plan)
@@ -844,7 +855,7 @@ async fn snapshots_are_released_after_commit_and_after_a_proven_rollback() {
 #[tokio::test]
 async fn keep_snapshots_leaves_them_restorable_after_the_run() {
     let w = world();
-    let plan = cutover(&w);
+    let plan = cutover_full(&w);
     let report = Executor::new(MemoryJournal::new())
         .retain_snapshots(SnapshotRetention::KeepAll)
         .run(&plan)
@@ -860,7 +871,7 @@ async fn keep_snapshots_leaves_them_restorable_after_the_run() {
 async fn keep_migrated_releases_only_what_a_rollback_proved_back_at_baseline() {
     // Partial rollback: flags rolled back (released), database and storage kept migrated.
     let w = world();
-    let plan = cutover(&w);
+    let plan = cutover_full(&w);
     w.faults().fail_apply("flag-on", 1);
     let report = Executor::new(MemoryJournal::new())
         .scope(RollbackScope::Component)
@@ -880,7 +891,7 @@ async fn keep_migrated_releases_only_what_a_rollback_proved_back_at_baseline() {
 
     // Committed: everything stays migrated, so every snapshot is kept.
     let w = world();
-    let plan = cutover(&w);
+    let plan = cutover_full(&w);
     let report = Executor::new(MemoryJournal::new())
         .retain_snapshots(SnapshotRetention::KeepMigrated)
         .run(&plan)
@@ -893,7 +904,7 @@ async fn keep_migrated_releases_only_what_a_rollback_proved_back_at_baseline() {
 #[tokio::test]
 async fn a_failed_release_is_reported_and_does_not_change_the_outcome() {
     let w = world();
-    let plan = cutover(&w);
+    let plan = cutover_full(&w);
     w.faults().fail_discard("store", 1);
     let report = Executor::new(MemoryJournal::new())
         .run(&plan)
@@ -927,6 +938,7 @@ async fn a_stopped_rollback_keeps_its_snapshots_for_resume() {
         .step("db", SetKey::new("a", &w, "db", "schema", "v2"), &[])
         .step("other", SetKey::new("b", &w, "elsewhere", "k", "v"), &["a"])
         .step("db", SetKey::new("c", &w, "db", "x", "y"), &["b"])
+        .capture_all_checkpoints()
         .build()
         .unwrap();
     // b touches an uncovered resource: its failing revert stops the rollback.
@@ -945,12 +957,12 @@ async fn a_stopped_rollback_keeps_its_snapshots_for_resume() {
 #[tokio::test]
 async fn a_crash_after_commit_releases_the_snapshots_on_resume() {
     let w = world();
-    let plan = cutover(&w);
+    let plan = cutover_full(&w);
     let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
     // Find how many records a committed run writes before its first release.
     let probe = Executor::with_journal(Arc::new(MemoryJournal::new()))
         .retain_snapshots(SnapshotRetention::KeepAll)
-        .run(&cutover(&world()))
+        .run(&cutover_full(&world()))
         .await
         .unwrap();
     let until_commit = probe.timeline.len() as u64;

@@ -106,6 +106,7 @@ fn plan(w: &SimWorld) -> Plan {
         .step("db", SetKey::new("s1", w, "db", "k1", "v2"), &[])
         .step("db", SetKey::new("s2", w, "db", "k2", "v2"), &["s1"])
         .step("flags", SetKey::new("s3", w, "flags", "f", "on"), &["s2"])
+        .capture_all_checkpoints()
         .build()
         .expect("plan")
 }
@@ -228,7 +229,17 @@ async fn pause_at_every_record_boundary(journal: impl Fn() -> Arc<dyn Journal>) 
         match report.outcome {
             Outcome::RolledBack => {
                 assert_eq!(w.snapshot_state(), baseline, "{what}");
-                assert!(report.parity_proven(), "{what}");
+                // The checkpointed resource is proven; `flags` has no checkpoint, and the
+                // report says so whenever s3 was undone.
+                assert!(
+                    report.checkpoints.iter().all(|c| c.parity != Some(false)),
+                    "{what}"
+                );
+                assert!(
+                    report.unproven.iter().all(|u| u.starts_with("flags:")),
+                    "{what}: {:?}",
+                    report.unproven
+                );
                 tally.rolled_back += 1;
             }
             Outcome::Committed => {

@@ -75,7 +75,7 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
     if transient {
         Error::transient(msg, false)
     } else {
-        Error::backend("flags-file", msg)
+        Error::backend_not_applied("flags-file", msg)
     }
 }
 

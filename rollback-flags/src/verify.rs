@@ -77,6 +77,13 @@ impl Verifier for FlagsMatchSnapshot {
     fn id(&self) -> &str {
         &self.id
     }
+
+    fn baselines(&self) -> Vec<String> {
+        match self.snapshot {
+            Some(_) => Vec::new(),
+            None => vec![self.checkpoint.resource().to_string()],
+        }
+    }
     async fn verify(&self, ctx: &Context) -> Result<Verdict> {
         let resource = self.checkpoint.resource();
         let snap = match self.snapshot.as_ref().or_else(|| ctx.baseline(resource)) {

@@ -171,6 +171,8 @@ async fn staged_rollout_resumes_from_its_journaled_stage_after_a_crash() {
                     .health_check(health),
                 &[],
             )
+            // The record count below assumes a captured snapshot (capture intent, captured).
+            .capture_all_checkpoints()
             .build()
             .unwrap()
     };

@@ -173,5 +173,5 @@ pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
 
 /// A backend error with a message of ours.
 pub(crate) fn backend_msg(message: impl Into<String>) -> Error {
-    Error::backend(BACKEND, message.into())
+    Error::backend_not_applied(BACKEND, message.into())
 }

@@ -1099,6 +1099,10 @@ impl Verifier for UndoLogParity {
         &self.id
     }
 
+    fn baselines(&self) -> Vec<String> {
+        vec![self.checkpoint.resource.clone()]
+    }
+
     async fn verify(&self, ctx: &Context) -> Result<Verdict> {
         let Some(snap) = ctx.baseline(&self.checkpoint.resource) else {
             return Ok(Verdict::inconclusive(format!(

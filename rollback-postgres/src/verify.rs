@@ -82,6 +82,13 @@ impl Verifier for RowCountParity {
         &self.id
     }
 
+    fn baselines(&self) -> Vec<String> {
+        match self.other {
+            Some(_) => Vec::new(),
+            None => vec![self.baseline_resource.clone()],
+        }
+    }
+
     async fn verify(&self, ctx: &Context) -> Result<Verdict> {
         let c = self.db.lib_client().await?;
         let count = |t: &Table| format!("SELECT count(*) FROM {}", t.quoted());
@@ -189,6 +196,13 @@ impl TableHashParity {
 impl Verifier for TableHashParity {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn baselines(&self) -> Vec<String> {
+        match self.other {
+            Some(_) => Vec::new(),
+            None => vec![self.baseline_resource.clone()],
+        }
     }
 
     async fn verify(&self, ctx: &Context) -> Result<Verdict> {
@@ -524,6 +538,13 @@ impl SchemaMatches {
 impl Verifier for SchemaMatches {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    fn baselines(&self) -> Vec<String> {
+        match self.expected {
+            Some(_) => Vec::new(),
+            None => vec![self.checkpoint.resource().to_string()],
+        }
     }
 
     async fn verify(&self, ctx: &Context) -> Result<Verdict> {

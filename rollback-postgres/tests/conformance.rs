@@ -32,6 +32,8 @@ async fn run_suite_with(
 ) {
     let cp = TableSnapshot::new(&db.db, Table::public("items")).restore_method(method);
     let other = TableSnapshot::new(&db.db, Table::public("other"));
+    // Step contract 2: the step names what it changes (its parity is checked by it).
+    let step = step.touching(rollback_core::Checkpoint::resource(&cp));
     rollback_core::conformance::run_all(Subject {
         checkpoint: Arc::new(cp),
         other_checkpoint: Arc::new(other),

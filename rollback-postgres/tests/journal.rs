@@ -135,7 +135,9 @@ async fn a_run_journaled_in_postgres_is_resumed_by_another_executor() {
         .checkpoint("db", TableSnapshot::new(&db.db, Table::public("t")))
         .step(
             "db",
-            SqlStep::new(&db.db, "bump", "UPDATE t SET v = v + 1").down("UPDATE t SET v = v - 1"),
+            SqlStep::new(&db.db, "bump", "UPDATE t SET v = v + 1")
+                .down("UPDATE t SET v = v - 1")
+                .touches_table(&Table::public("t")),
             &[],
         )
         .build()

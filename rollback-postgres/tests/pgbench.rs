@@ -59,9 +59,11 @@ fn plan(db: &Database, failure: Failure, throttle_ms: u64) -> Plan {
         ],
     );
     let covered = rollback_core::Checkpoint::resource(&tables).to_string();
+    let schema = SchemaSnapshot::new(db, ["public"]);
+    let structure = rollback_core::Checkpoint::resource(&schema).to_string();
     let mut b = Plan::builder(format!("split-owner-{failure:?}"))
         .precondition(RecoveryPoint::new(db, "pre-split"))
-        .checkpoint("database", SchemaSnapshot::new(db, ["public"]))
+        .checkpoint("database", schema)
         .checkpoint("database", tables)
         .step(
             "database",
@@ -70,7 +72,8 @@ fn plan(db: &Database, failure: Failure, throttle_ms: u64) -> Plan {
                 "add-name-columns",
                 "ALTER TABLE pgbench_accounts ADD COLUMN first_name text, ADD COLUMN last_name text",
             )
-            .down("ALTER TABLE pgbench_accounts DROP COLUMN IF EXISTS first_name, DROP COLUMN IF EXISTS last_name"),
+            .down("ALTER TABLE pgbench_accounts DROP COLUMN IF EXISTS first_name, DROP COLUMN IF EXISTS last_name")
+            .touching(structure.clone()),
             &[],
         )
         .step(
@@ -96,7 +99,8 @@ fn plan(db: &Database, failure: Failure, throttle_ms: u64) -> Plan {
                    CHECK (first_name IS NOT NULL AND last_name <> '') NOT VALID; \
                  ALTER TABLE pgbench_accounts VALIDATE CONSTRAINT names_present",
             )
-            .down("ALTER TABLE pgbench_accounts DROP CONSTRAINT IF EXISTS names_present"),
+            .down("ALTER TABLE pgbench_accounts DROP CONSTRAINT IF EXISTS names_present")
+            .touching(structure.clone()),
             &["backfill-names"],
         )
         .default_step_options(StepOptions::default().retries(2).backoff(Duration::from_millis(100)))

@@ -37,8 +37,10 @@ async fn schema_snapshot_and_ddl_step_pass_the_conformance_suite() {
         "ALTER TABLE accounts ADD COLUMN phone text; CREATE INDEX accounts_email ON accounts (email)",
     )
     .down("DROP INDEX IF EXISTS accounts_email; ALTER TABLE accounts DROP COLUMN IF EXISTS phone");
+    let cp = SchemaSnapshot::new(&db.db, ["public"]);
+    let step = step.touching(rollback_core::Checkpoint::resource(&cp));
     rollback_core::conformance::run_all(Subject {
-        checkpoint: Arc::new(SchemaSnapshot::new(&db.db, ["public"])),
+        checkpoint: Arc::new(cp),
         other_checkpoint: Arc::new(SchemaSnapshot::new(&db.db, ["other"])),
         step: Arc::new(step),
         journal: Arc::new(MemoryJournal::new()),

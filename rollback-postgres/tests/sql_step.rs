@@ -25,6 +25,7 @@ async fn counter(db: &TestDb) {
 fn bump(db: &TestDb) -> SqlStep {
     SqlStep::new(&db.db, "bump", "UPDATE counter SET n = n + 1")
         .down("UPDATE counter SET n = n - 1")
+        .touches_table(&Table::public("counter"))
 }
 
 #[tokio::test]
@@ -318,7 +319,8 @@ async fn a_backend_terminated_mid_step_is_retried_and_nothing_is_lost_or_doubled
         "bump-slowly",
         "UPDATE counter SET n = n + 1; SELECT pg_sleep(0.5), 'kill-me-apply'",
     )
-    .down("UPDATE counter SET n = n - 1; SELECT pg_sleep(0.5), 'kill-me-revert'");
+    .down("UPDATE counter SET n = n - 1; SELECT pg_sleep(0.5), 'kill-me-revert'")
+    .touches_table(&Table::public("counter"));
     let plan = Plan::builder("kill-apply")
         .checkpoint("db", TableSnapshot::new(&db.db, Table::public("counter")))
         .step("db", step, &[])
@@ -425,7 +427,8 @@ async fn steps_verifiers_and_journal_work_with_quoted_mixed_case_and_unicode_nam
             "db",
             SqlStep::new(&db.db, "constrain", r#"ALTER TABLE "Sales ""EU"""."Kundén Liste" ADD CONSTRAINT "First Set" CHECK ("First" IS NOT NULL)"#)
                 .down(r#"ALTER TABLE "Sales ""EU"""."Kundén Liste" DROP CONSTRAINT IF EXISTS "First Set""#)
-                .marker_schema("Märker"),
+                .marker_schema("Märker")
+                .touches_table(&t),
             &["fill"],
         )
         .verify_final(rollback_postgres::RowCountParity::new(&db.db, t.clone()))

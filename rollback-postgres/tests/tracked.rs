@@ -64,7 +64,8 @@ async fn undo_log_and_compensable_step_pass_the_suite_with_the_pg_journal() {
         "bump-qty",
         "UPDATE items SET qty = qty + 1 WHERE id <= 50",
     )
-    .down("UPDATE items SET qty = qty - 1 WHERE id <= 50");
+    .down("UPDATE items SET qty = qty - 1 WHERE id <= 50")
+    .touches_table(&Table::public("items"));
     rollback_core::conformance::run_all(Subject {
         checkpoint: Arc::new(TableUndoLog::new(&db.db, Table::public("items"))),
         other_checkpoint: Arc::new(TableUndoLog::new(&db.db, Table::public("other"))),

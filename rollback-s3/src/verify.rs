@@ -164,6 +164,13 @@ impl Verifier for ManifestParity {
         &self.id
     }
 
+    fn baselines(&self) -> Vec<String> {
+        match &self.against {
+            Against::Baseline(r) => vec![r.clone()],
+            Against::Snapshot(_) => Vec::new(),
+        }
+    }
+
     async fn verify(&self, ctx: &Context) -> Result<Verdict> {
         let snap = self.snapshot(ctx)?;
         let mref = ManifestRef::from_descriptor(&snap.descriptor)?;

@@ -382,7 +382,7 @@ pub async fn interrupted_step_resumes(
     cp.discard(&guard, &ctx).await.expect("discard failed");
 }
 
-/// Step clause 8, for adapters whose backend can fence (`rollback-postgres` does): a
+/// Step clause 9, for adapters whose backend can fence (`rollback-postgres` does): a
 /// write under an older [`Fence`](crate::Fence) than the newest seen for its key is
 /// refused with [`Error::Fenced`] and changes nothing, and a newer runner's revert raises
 /// the fence even when it has nothing to undo.
@@ -409,13 +409,13 @@ pub async fn step_writes_are_fenced(step: &dyn Step, cp: &dyn Checkpoint) {
     match step.apply(&older).await {
         Err(Error::Fenced { .. }) => {}
         other => panic!(
-            "Step contract 8: an apply by an older runner after a newer one's revert was not fenced: {other:?}"
+            "Step contract 9: an apply by an older runner after a newer one's revert was not fenced: {other:?}"
         ),
     }
     assert_eq!(
         fp(cp).await,
         before,
-        "Step contract 8: a fenced apply changed the resource"
+        "Step contract 9: a fenced apply changed the resource"
     );
     // The newer runner is not held back.
     let receipt = step
@@ -429,7 +429,7 @@ pub async fn step_writes_are_fenced(step: &dyn Step, cp: &dyn Checkpoint) {
     );
     match step.revert(Some(&receipt), &older).await {
         Err(Error::Fenced { .. }) => {}
-        other => panic!("Step contract 8: a revert by an older runner was not fenced: {other:?}"),
+        other => panic!("Step contract 9: a revert by an older runner was not fenced: {other:?}"),
     }
     step.revert(Some(&receipt), &newer)
         .await

@@ -14,7 +14,7 @@ pub use file::FileJournal;
 pub use memory::MemoryJournal;
 
 use crate::executor::RunPolicy;
-use crate::{Digest, Receipt, Result, Snapshot, Verdict};
+use crate::{Digest, Discarded, Proof, Receipt, Result, Snapshot, Verdict};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -44,6 +44,18 @@ pub enum Entry {
     Resumed { holder: String },
     /// A baseline capture is about to start.
     CaptureIntent { checkpoint: String },
+    /// A checkpoint's baseline was fingerprinted without a snapshot: no undo path of the
+    /// plan restores it (compensations undo every change to it), so only parity is
+    /// checked against this fingerprint after a rollback.
+    Fingerprinted {
+        checkpoint: String,
+        fingerprint: Digest,
+        duration_ms: u64,
+    },
+    /// After the compensations, a checkpoint differs from its baseline and is not
+    /// restored: no step left to undo needs it, and its restore would discard the writes
+    /// others made since capture. Parity is not proven for it; `reason` says why.
+    NotRestored { checkpoint: String, reason: String },
     /// A baseline was captured.
     Captured {
         checkpoint: String,
@@ -101,6 +113,12 @@ pub enum Entry {
         method: String,
         items_changed: Option<u64>,
         duration_ms: u64,
+        /// Writes by others than the run that the restore discarded, where known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        discarded: Option<Discarded>,
+        /// The parity proof the restore took under its own lock, if it could.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        proof: Option<Proof>,
     },
     /// A restore failed.
     RestoreFailed { checkpoint: String, error: String },
@@ -154,6 +172,8 @@ impl Entry {
             Entry::Resumed { .. } => "resumed",
             Entry::CaptureIntent { .. } => "capture_intent",
             Entry::Captured { .. } => "captured",
+            Entry::Fingerprinted { .. } => "fingerprinted",
+            Entry::NotRestored { .. } => "not_restored",
             Entry::ApplyIntent { .. } => "apply_intent",
             Entry::Applied { .. } => "applied",
             Entry::ApplyFailed { .. } => "apply_failed",
@@ -569,6 +589,35 @@ pub trait Journal: Send + Sync {
         Ok(None)
     }
 }
+
+/// A shared or boxed journal is a journal: every method forwards (a wrapper that forgot
+/// `lost_tail` would hide a lost outcome).
+macro_rules! forward_journal {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: Journal + ?Sized> Journal for $ptr {
+            async fn append(&self, run_id: &str, entry: &Entry, epoch: u64) -> Result<Record> {
+                (**self).append(run_id, entry, epoch).await
+            }
+            async fn records(&self, run_id: &str) -> Result<Vec<Record>> {
+                (**self).records(run_id).await
+            }
+            async fn runs(&self) -> Result<Vec<String>> {
+                (**self).runs().await
+            }
+            async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Lease> {
+                (**self).acquire_lease(key, holder, ttl).await
+            }
+            async fn release_lease(&self, key: &str, holder: &str) -> Result<()> {
+                (**self).release_lease(key, holder).await
+            }
+            async fn lost_tail(&self, run_id: &str) -> Result<Option<LostTail>> {
+                (**self).lost_tail(run_id).await
+            }
+        }
+    )*};
+}
+forward_journal!(std::sync::Arc<T>, Box<T>);
 
 /// Refuse an append of `epoch` to `run_id` whose last record has `head_epoch`
 /// (contract clause 6). For journal implementations.
