@@ -101,8 +101,10 @@ pub struct Restored {
     pub proof: Option<Proof>,
 }
 
-/// Items written since capture by others than the run that a restore discarded: the
-/// restore's recovery point, by items rather than by time.
+/// Items written since capture by others than the run that a restore discarded — or,
+/// where the checkpoint cannot tell writers apart, every item written since capture that
+/// it reverted (`includes_run`): the restore's recovery point, by items rather than by
+/// time.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Discarded {
     /// How many (rows, objects, flags): exactly, or at least (see `exact`).
@@ -116,6 +118,10 @@ pub struct Discarded {
     /// Items both the run and the application wrote, and how each was resolved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<String>,
+    /// The checkpoint cannot tell the run's writes from others': `items` counts every
+    /// item written since capture that the restore reverted, the run's own included.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub includes_run: bool,
 }
 
 /// A fingerprint a restore took under its own lock, to be compared with the snapshot's

@@ -112,6 +112,17 @@ impl Context {
         &self.run_id
     }
 
+    /// Whether this call is made by the executor for a run (`false` for a detached or
+    /// standalone context: a tool, a test). A selective checkpoint undoes only the run's
+    /// own writes in a run, and everything outside one.
+    ///
+    /// ```
+    /// assert!(!rollback_core::Context::standalone("r").in_run());
+    /// ```
+    pub fn in_run(&self) -> bool {
+        self.lease.is_some()
+    }
+
     /// The step being applied or reverted, if any.
     pub fn step_id(&self) -> Option<&str> {
         self.step.as_deref()

@@ -515,6 +515,7 @@ impl RunReport {
                             });
                             sum.items += d.items;
                             sum.exact &= d.exact;
+                            sum.includes_run |= d.includes_run;
                             sum.keys.extend(d.keys.iter().cloned());
                             sum.conflicts.extend(d.conflicts.iter().cloned());
                         } else if !method.eq_ignore_ascii_case("noop") {
@@ -1242,6 +1243,8 @@ pub(crate) struct NoticeFacts {
     pub(crate) items_discarded: Option<u64>,
     /// Whether every restore counted what it discarded, exactly.
     pub(crate) discarded_exact: bool,
+    /// Whether a count includes the run's own writes (a checkpoint that cannot tell).
+    pub(crate) includes_run: bool,
     /// Whether parity is proven for everything the rollback undid.
     pub(crate) proven: bool,
     /// How many parts are not proven.
@@ -1290,6 +1293,11 @@ impl NoticeFacts {
             may_discard,
             items_discarded: report.items_discarded,
             discarded_exact: report.discarded_exact,
+            includes_run: report
+                .checkpoints
+                .iter()
+                .filter_map(|c| c.discarded_writes.as_ref())
+                .any(|d| d.includes_run),
             proven: report.parity_proven(),
             unproven: report.unproven.len(),
         }
@@ -1352,9 +1360,14 @@ pub(crate) fn status_message(
                     "No data written by customers was deleted.".to_string()
                 }
                 (false, Some(n)) => format!(
-                    "{}{n} change(s) made since {} to {where_} were reverted; we will contact affected customers.",
+                    "{}{n} change(s) made since {} to {where_}{} were reverted; we will contact affected customers.",
                     if facts.discarded_exact { "" } else { "At least " },
-                    hhmm(since)
+                    hhmm(since),
+                    if facts.includes_run {
+                        " (the change's own included)"
+                    } else {
+                        ""
+                    }
                 ),
                 (false, None) => format!(
                     "Changes made since {} to {where_} may have been reverted; we will contact affected customers.",
