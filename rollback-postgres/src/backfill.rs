@@ -7,7 +7,7 @@ use crate::markers::{self, DEFAULT_MARKER_SCHEMA};
 use crate::sqlscan;
 use crate::step::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 use async_trait::async_trait;
-use rollback_core::{Context, Error, Receipt, Result, Reversibility, Step};
+use rollback_core::{Context, Effect, Error, Receipt, Result, Reversibility, Step};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
@@ -359,6 +359,9 @@ impl Backfill {
         markers::abort_if_idle(&tx, ctx)
             .await
             .map_err(BatchError::Refused)?;
+        markers::attribute(&tx, ctx, true)
+            .await
+            .map_err(BatchError::Refused)?;
         let k = quote_ident(&self.key);
         let t = self.table.quoted();
         let hi: Option<i64> = tx
@@ -444,6 +447,26 @@ impl Step for Backfill {
 
     fn touches(&self) -> Vec<String> {
         self.touches.clone()
+    }
+
+    /// The columns `set` assigns, in the table's own resource: a backfill updates rows
+    /// and neither inserts nor deletes any. A plan then sees that a backfill of a column
+    /// an earlier step creates (see [`crate::SqlStep::creates_column`]) is undone by that
+    /// step's revert. When the columns cannot be named exactly (a quoted target) or the
+    /// backfill touches another resource, it writes anywhere in it.
+    fn effects(&self) -> Vec<Effect> {
+        let own = self.db.table_resource(&self.table);
+        match sqlscan::assignment_targets(&self.set) {
+            Some(cols) if self.touches == [own.clone()] => cols
+                .iter()
+                .map(|c| Effect::writes(own.clone(), Some(c)))
+                .collect(),
+            _ => self
+                .touches
+                .iter()
+                .map(|t| Effect::writes(t.clone(), None))
+                .collect(),
+        }
     }
 
     fn spec(&self) -> serde_json::Value {

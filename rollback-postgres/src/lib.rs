@@ -96,13 +96,16 @@
 //! | Type | Database | Schemas | Tables and other objects |
 //! |---|---|---|---|
 //! | [`TableSnapshot`] | `CREATE` only while the snapshot schema (`_rollback_snapshots`) does not exist | `USAGE`, `CREATE` on the snapshot schema; a swap also `CREATE` on the table's schema (the copy moves there) | capture: `SELECT`; restore: owner of the tables (member of the owning role) — a swap drops and renames them, copy and merge disable their triggers — and `REFERENCES` on what their foreign keys reference; discard: owner of the copies (the capturing role) |
-//! | [`TableUndoLog`] | `CREATE` only while `_rollback` does not exist | `USAGE`, `CREATE` on `_rollback` | owner of the tables: capture creates triggers on them, restore disables their user triggers, discard drops the triggers. Writers of the tables need nothing more: the trigger function is `SECURITY DEFINER` of the capturing role, which owns the logs |
+//! | [`TableUndoLog`] | `CREATE` only while `_rollback` does not exist; `TEMP` (granted to `PUBLIC` by default) for a selective restore, which classifies the logged keys in temporary tables | `USAGE`, `CREATE` on `_rollback` | owner of the tables: capture creates triggers on them, restore disables their user triggers, discard drops the triggers. Writers of the tables need nothing more: the trigger function is `SECURITY DEFINER` of the capturing role, which owns the logs |
 //! | [`SchemaSnapshot`] | — | `USAGE` on the schemas; restore: `CREATE` on them | capture: `SELECT` on their sequences (their values are read); restore: owner of what it changes |
-//! | [`SqlStep`] | `CREATE` only while `_rollback` does not exist | `USAGE` on `_rollback`; `CREATE` until its tables exist | `SELECT`, `INSERT`, `UPDATE`, `DELETE` on `_rollback.applied_steps` (its owner when the crate created it); whatever `up` and `down` need |
+//! | [`SqlStep`] | `CREATE` only while `_rollback` does not exist | `USAGE` on `_rollback`; `CREATE` until its tables exist | `SELECT`, `INSERT`, `UPDATE`, `DELETE` on `_rollback.applied_steps` and `SELECT`, `INSERT`, `UPDATE` on `_rollback.fences` (their owner when the crate created them); whatever `up` and `down` need |
 //! | [`Backfill`] | as [`SqlStep`] | as [`SqlStep`] | `SELECT`, `UPDATE` on the table; as [`SqlStep`] on `_rollback.applied_steps` and `_rollback.backfill_progress` |
 //! | Verifiers | — | — | [`RowCountParity`], [`TableHashParity`]: `SELECT` on the table (and on the snapshot copy: its owner can); [`ForeignKeyIntegrity`]: `SELECT` on child and parent tables; [`SchemaMatches`]: as a [`SchemaSnapshot`] capture; [`SqlAssertion`]: what its query reads; [`UndoLogParity`]: the logs (their owner) |
 //! | [`PgJournal`] | `CREATE` only while `_rollback` does not exist | `USAGE` on `_rollback`; `CREATE` until `journal` and `leases` exist | `SELECT`, `INSERT` on `_rollback.journal`; `SELECT`, `INSERT`, `UPDATE`, `DELETE` on `_rollback.leases` |
 //! | [`RecoveryPoint`] | — | — | `EXECUTE` on `pg_create_restore_point(text)` (superuser only unless granted: without it the verdict fails, or passes with the LSN alone under [`RecoveryPoint::lsn_is_enough`]); `pg_control_checkpoint()` for the timeline (optional) |
+//!
+//! Inside a run, restores of both table checkpoints also raise the run's fencing epoch in
+//! `_rollback.fences` (as [`SqlStep`] does).
 //!
 //! The crate's statements run with `row_security = off`: a table that row-level security
 //! would filter for the role (a non-owner, or `FORCE ROW LEVEL SECURITY`) makes them fail
@@ -157,7 +160,34 @@ pub use recovery::{RecoveryPoint, RecoveryPointInfo};
 pub use schema::{SchemaSnapshot, SCHEMA_KIND};
 pub use snapshot::{RestoreMethod, TableSnapshot, DEFAULT_SNAPSHOT_SCHEMA, TABLE_COPY_KIND};
 pub use step::{SqlReceipt, SqlStep, TxMode, DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
-pub use tracked::{LoggedChanges, TableUndoLog, UndoLogParity, UNDO_LOG_KIND};
+pub use tracked::{ConflictPolicy, LoggedChanges, TableUndoLog, UndoLogParity, UNDO_LOG_KIND};
+
+/// Attribute the writes of the transaction `client` is in to the run of `ctx`, as this
+/// crate's steps do: a [`TableUndoLog`] records who wrote each change, and its selective
+/// restore undoes the run's changes only — a custom step's writes that are not
+/// attributed count as someone else's and are kept. The mark lasts until the
+/// transaction ends, so it takes a transaction (a pooled one derefs to it).
+///
+/// ```no_run
+/// # async fn demo(db: rollback_postgres::Database, ctx: rollback_core::Context) -> rollback_core::Result<()> {
+/// let mut c = db.client().await?;
+/// let tx = c.transaction().await.map_err(|e| rollback_core::Error::backend("postgres", e))?;
+/// rollback_postgres::mark_run_writes(&tx, &ctx).await?;
+/// tx.execute("UPDATE customers SET tier = 'gold' WHERE id = 7", &[])
+///     .await
+///     .map_err(|e| rollback_core::Error::backend("postgres", e))?;
+/// tx.commit().await.map_err(|e| rollback_core::Error::backend("postgres", e))?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// Backend errors.
+pub async fn mark_run_writes(
+    client: &tokio_postgres::Transaction<'_>,
+    ctx: &rollback_core::Context,
+) -> rollback_core::Result<()> {
+    markers::attribute(client, ctx, true).await
+}
 pub use verify::{
     ForeignKeyIntegrity, RowCountParity, SchemaMatches, SqlAssertion, TableHashParity,
 };

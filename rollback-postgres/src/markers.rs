@@ -169,3 +169,16 @@ pub(crate) async fn abort_if_idle<C: GenericClient>(c: &C, ctx: &Context) -> Res
     .await
     .ctx("limiting the transaction's idle time")
 }
+
+/// Attribute the writes of the transaction `c` is in (or of its session, with `local`
+/// false) to the run of `ctx`: a [`crate::TableUndoLog`] records the writer with each
+/// change, and its selective restore undoes the run's changes only.
+pub(crate) async fn attribute<C: GenericClient>(c: &C, ctx: &Context, local: bool) -> Result<()> {
+    c.execute(
+        "SELECT pg_catalog.set_config($1, $2, $3)",
+        &[&crate::tracked::WRITER_SETTING, &ctx.run_id(), &local],
+    )
+    .await
+    .ctx("attributing the step's writes to its run")?;
+    Ok(())
+}

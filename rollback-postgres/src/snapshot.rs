@@ -7,7 +7,9 @@ use crate::hash::{self, Shape, TableHash};
 use crate::ident::{column_list, column_list_with, quote_ident, Table};
 use crate::reconcile::{self, Reconcile};
 use async_trait::async_trait;
-use rollback_core::{Checkpoint, Context, Digest, Error, Hasher, Restored, Result, Snapshot};
+use rollback_core::{
+    Checkpoint, Context, Digest, Discarded, Error, Hasher, Proof, Restored, Result, Snapshot,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -952,6 +954,8 @@ impl Checkpoint for TableSnapshot {
             let mut dh = Hasher::new();
             dh.field(b"rollback-postgres/table-copy/v1");
             let mut copy_models: Vec<(Table, TableModel)> = Vec::new();
+            // The verified content root of each copy: after a swap, the live table's.
+            let mut verified: Vec<Option<Digest>> = Vec::new();
             for e in &d.tables {
                 let mut actual = e.clone();
                 if let (Some(copy), Some(def)) = (&e.copy, &e.definition) {
@@ -979,6 +983,9 @@ impl Checkpoint for TableSnapshot {
                     if let Some(hh) = actual.hash.as_mut() {
                         hh.root = root;
                     }
+                    verified.push(Some(root));
+                } else {
+                    verified.push(None);
                 }
                 actual.digest_part(&mut dh);
             }
@@ -998,11 +1005,21 @@ impl Checkpoint for TableSnapshot {
                     duplicates.push((dup, copy.clone(), model.clone()));
                 }
             }
-            // 3. Lock the live tables.
+            // 3. Count the live rows (before locking them, not to hold writers up), then
+            //    lock the live tables. The restore reverts at least the difference to the
+            //    copy's row count: its recovery point by rows (a lower bound).
             let mut live = Vec::new();
-            for t in &self.tables {
+            let mut reverted_at_least = 0u64;
+            for (t, e) in self.tables.iter().zip(&d.tables) {
                 if relation_exists(&tx, t).await? {
                     live.push(t.quoted());
+                    let now: i64 = tx
+                        .query_one(&format!("SELECT count(*) FROM {}", t.quoted()), &[])
+                        .await
+                        .ctx("counting rows before restore")?
+                        .get(0);
+                    let then = e.hash.as_ref().map_or(0, |h| h.rows);
+                    reverted_at_least += (now.max(0) as u64).abs_diff(then);
                 }
             }
             if !live.is_empty() {
@@ -1087,6 +1104,25 @@ impl Checkpoint for TableSnapshot {
                 tx.rollback().await.ctx("rolling back restore attempt")?;
                 continue;
             }
+            // 6. The parity proof, under the lock that keeps writers out: a swapped-in
+            //    table is its copy, whose content was verified above; a copied or merged
+            //    one is hashed here, in this transaction.
+            let proof = match m {
+                Method::Swap => combine(
+                    &d.tables
+                        .iter()
+                        .zip(&verified)
+                        .map(|(e, root)| table_fingerprint(&e.table, e.definition.as_ref(), *root))
+                        .collect::<Vec<_>>(),
+                ),
+                Method::Copy | Method::Merge => combine(
+                    &fingerprint_tables(&tx, &self.tables)
+                        .await?
+                        .iter()
+                        .map(|f| f.0)
+                        .collect::<Vec<_>>(),
+                ),
+            };
             tx.commit().await.ctx("committing restore")?;
             ctx.progress(
                 &format!("restore {}", self.resource),
@@ -1095,7 +1131,15 @@ impl Checkpoint for TableSnapshot {
                 "rows",
             );
             notes.extend(reasons);
-            let mut r = Restored::by(m.name()).changed(items);
+            let mut r = Restored::by(m.name())
+                .changed(items)
+                .proof(Proof::of(proof))
+                .discarded(Discarded {
+                    items: reverted_at_least,
+                    exact: false,
+                    includes_run: true,
+                    ..Default::default()
+                });
             if !notes.is_empty() {
                 r = r.note(notes.join("; "));
             }

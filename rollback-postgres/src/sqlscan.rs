@@ -430,6 +430,64 @@ pub(crate) fn fragment_problem(sql: &str, kind: Fragment) -> Option<String> {
     None
 }
 
+/// The columns an assignment list (`a = 1, b = f(x, y), (c, d) = (…)`) sets, folded as
+/// the server folds unquoted names; `None` when the scanner cannot name them all exactly
+/// (a quoted identifier among the targets, a shape it does not know).
+pub(crate) fn assignment_targets(sql: &str) -> Option<Vec<String>> {
+    if fragment_problem(sql, Fragment::Assignments).is_some() {
+        return None;
+    }
+    let st = split(sql).into_iter().next()?;
+    let mut out = Vec::new();
+    let mut depth = 0usize;
+    let mut at_start = true;
+    let mut w = st.words.iter().peekable();
+    while let Some(word) = w.next() {
+        if at_start {
+            at_start = false;
+            if word == "(" {
+                // (a, b) = (…): names up to the closing parenthesis.
+                depth += 1;
+                for t in w.by_ref() {
+                    match t.as_str() {
+                        ")" => break,
+                        "," => {}
+                        t => out.push(column_name(t)?),
+                    }
+                }
+                depth -= 1;
+            } else {
+                out.push(column_name(word)?);
+            }
+            continue;
+        }
+        match word.as_str() {
+            "(" => depth += 1,
+            ")" => depth = depth.saturating_sub(1),
+            "," if depth == 0 => at_start = true,
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        None
+    } else {
+        Some(out)
+    }
+}
+
+/// An unquoted target word as the server names the column (`tier`, `tier.field` → `tier`).
+fn column_name(word: &str) -> Option<String> {
+    let name = word.split('.').next()?;
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '$');
+    ok.then(|| name.to_lowercase())
+}
+
 /// `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name` → the index name as written
 /// (unquoted identifiers folded to lower case), to clean up an invalid leftover.
 pub(crate) fn concurrent_index_name(s: &Statement) -> Option<String> {
@@ -471,6 +529,27 @@ mod tests {
         assert!(s[0].text.contains("SELECT 1;"));
         assert!(s[1].text.starts_with("INSERT"));
         assert_eq!(s[2].words, vec!["SELECT", "\"…\""]);
+    }
+
+    #[test]
+    fn names_the_columns_an_assignment_list_sets() {
+        let t = |s: &str| assignment_targets(s);
+        assert_eq!(t("tier = 'basic'"), Some(vec!["tier".into()]));
+        assert_eq!(
+            t("Tier = lower(name), score = coalesce(a, b, 0)"),
+            Some(vec!["tier".into(), "score".into()])
+        );
+        assert_eq!(
+            t("(a, b) = (1, 2), c = (SELECT x FROM y WHERE z = 1)"),
+            Some(vec!["a".into(), "b".into(), "c".into()])
+        );
+        assert_eq!(t("addr.city = 'x'"), Some(vec!["addr".into()]));
+        assert_eq!(t("note = 'a, b = c'"), Some(vec!["note".into()]));
+        // Quoted targets, odd shapes and bad fragments are not guessed.
+        assert_eq!(t("\"Tier\" = 1"), None);
+        assert_eq!(t("a = 1, \"b\" = 2"), None);
+        assert_eq!(t("a = 1 WHERE true"), None);
+        assert_eq!(t(""), None);
     }
 
     #[test]

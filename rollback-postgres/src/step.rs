@@ -6,7 +6,7 @@ use crate::ident::{quote_ident, Table};
 use crate::markers::{self, DEFAULT_MARKER_SCHEMA};
 use crate::sqlscan::{self, Statement};
 use async_trait::async_trait;
-use rollback_core::{Context, Digest, Error, Receipt, Result, Reversibility, Step};
+use rollback_core::{Context, Digest, Effect, Error, Receipt, Result, Reversibility, Step};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -137,7 +137,25 @@ pub struct SqlStep {
     approved: Option<String>,
     marker_schema: String,
     settings: Vec<(String, String)>,
+    creates: Vec<Created>,
+    writes: Vec<(Table, String)>,
     ready: OnceCell<()>,
+}
+
+/// An object a step declares it creates (and its `down` removes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Created {
+    Column(Table, String),
+    Table(Table),
+}
+
+impl std::fmt::Display for Created {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Created::Column(t, c) => write!(f, "column {} of {t}", quote_ident(c)),
+            Created::Table(t) => write!(f, "table {t}"),
+        }
+    }
 }
 
 impl SqlStep {
@@ -155,8 +173,108 @@ impl SqlStep {
             approved: None,
             marker_schema: DEFAULT_MARKER_SCHEMA.into(),
             settings: Vec::new(),
+            creates: Vec::new(),
+            writes: Vec::new(),
             ready: OnceCell::new(),
         }
+    }
+
+    fn touch_table(&mut self, table: &Table) -> String {
+        let r = self.db.table_resource(table);
+        if !self.touches.contains(&r) {
+            self.touches.push(r.clone());
+        }
+        r
+    }
+
+    /// Declare that `up` adds `column` to `table` and `down` drops it (an
+    /// [`Effect::Creates`]): a later restore-only step that writes only that column — a
+    /// [`crate::Backfill`] of it — is then undone by this step's revert, with no restore
+    /// that would discard the application's writes to the table (see
+    /// [`Plan::undo`](rollback_core::Plan::undo)). The step checks the declaration: after
+    /// `up` the column must exist and after `down` it must not, or the step fails (inside
+    /// its transaction, when it has one).
+    ///
+    /// ```no_run
+    /// # fn demo(db: rollback_postgres::Database) {
+    /// use rollback_postgres::{Backfill, SqlStep, Table};
+    /// let customers = Table::public("customers");
+    /// let add = SqlStep::new(&db, "add-tier", "ALTER TABLE customers ADD COLUMN tier text")
+    ///     .down("ALTER TABLE customers DROP COLUMN tier")
+    ///     .creates_column(&customers, "tier");
+    /// let fill = Backfill::new(&db, "fill-tier", customers, "id", "tier = 'basic'");
+    /// // A plan with `fill` after `add` undoes `fill` by `add`'s revert: the dry run says
+    /// // "undone by compensation of add-tier", and no checkpoint of customers is needed.
+    /// # }
+    /// ```
+    pub fn creates_column(mut self, table: &Table, column: impl Into<String>) -> Self {
+        self.touch_table(table);
+        self.creates
+            .push(Created::Column(table.clone(), column.into()));
+        self
+    }
+
+    /// Declare that `up` creates `table` and `down` drops it: everything later steps
+    /// write into it is undone by this step's revert. Checked like
+    /// [`SqlStep::creates_column`].
+    pub fn creates_table(mut self, table: &Table) -> Self {
+        self.touch_table(table);
+        self.creates.push(Created::Table(table.clone()));
+        self
+    }
+
+    /// Declare that `up` writes only these columns of `table` (rows it updates; it inserts
+    /// and deletes none). Without a declaration a step writes anywhere in what it touches.
+    pub fn writes_columns<S: AsRef<str>>(mut self, table: &Table, columns: &[S]) -> Self {
+        self.touch_table(table);
+        for c in columns {
+            self.writes.push((table.clone(), c.as_ref().to_string()));
+        }
+        self
+    }
+
+    /// Check that every object this step declares it creates exists (`present`) or does
+    /// not (after `down`).
+    async fn check_created<C: tokio_postgres::GenericClient>(
+        &self,
+        c: &C,
+        present: bool,
+    ) -> Result<()> {
+        for obj in &self.creates {
+            let exists: bool = match obj {
+                Created::Column(t, col) => c
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute \
+                         WHERE attrelid = pg_catalog.to_regclass($1) AND attname = $2 \
+                           AND attnum > 0 AND NOT attisdropped)",
+                        &[&t.quoted(), col],
+                    )
+                    .await
+                    .ctx("checking a declared column")?
+                    .get(0),
+                Created::Table(t) => c
+                    .query_one(
+                        "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+                        &[&t.quoted()],
+                    )
+                    .await
+                    .ctx("checking a declared table")?
+                    .get(0),
+            };
+            if exists != present {
+                let found = if present {
+                    "it does not exist after `up`"
+                } else {
+                    "it still exists after `down`"
+                };
+                return Err(Error::invalid(format!(
+                    "step {}: declares that it creates {obj}, but {found} (the plan relies on \
+                     the declaration to undo later steps without a restore)",
+                    self.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Run `up` and `down` with a setting, e.g. `("maintenance_work_mem", "2GB")` before a
@@ -360,6 +478,7 @@ impl SqlStep {
             .ctx("locking the step marker")?;
         markers::fence(&tx, &self.marker_schema, ctx).await?;
         markers::abort_if_idle(&tx, ctx).await?;
+        markers::attribute(&tx, ctx, true).await?;
         if let Some((_, r)) = markers::read(&tx, &self.marker_schema, run, &self.id)
             .await
             .ctx("reading the step marker")?
@@ -381,6 +500,7 @@ impl SqlStep {
         tx.batch_execute(&crate::db::library_settings_sql(true))
             .await
             .ctx("setting the library's search path")?;
+        self.check_created(&tx, true).await?;
         let receipt = Receipt::new(&self.receipt(ctx));
         let json = receipt.0.to_string();
         tx.execute(
@@ -425,6 +545,7 @@ impl SqlStep {
             .ctx("locking the step marker")?;
         markers::fence(&tx, &self.marker_schema, ctx).await?;
         markers::abort_if_idle(&tx, ctx).await?;
+        markers::attribute(&tx, ctx, true).await?;
         if markers::read(&tx, &self.marker_schema, run, &self.id)
             .await
             .ctx("reading the step marker")?
@@ -449,6 +570,7 @@ impl SqlStep {
                 tx.batch_execute(&crate::db::library_settings_sql(true))
                     .await
                     .ctx("setting the library's search path")?;
+                self.check_created(&tx, false).await?;
             }
         }
         tx.execute(
@@ -479,6 +601,7 @@ impl SqlStep {
         // or check the fence just before them (a takeover after this point can still race
         // them; the takeover's revert then undoes them).
         markers::fence(c, &self.marker_schema, ctx).await?;
+        markers::attribute(c, ctx, false).await?;
         if let Some((state, r)) = markers::read(c, &self.marker_schema, run, &self.id)
             .await
             .ctx("reading the step marker")?
@@ -502,6 +625,10 @@ impl SqlStep {
         let res = self.run_statements(&session, &self.up).await;
         session.reset().await;
         res.map_err(|e| e.into_core(true))?;
+        // `up` ran outside a transaction: a failed declaration check leaves it applied.
+        self.check_created(c, true)
+            .await
+            .map_err(|e| Error::backend("postgres", e))?;
         c.execute(
             &format!(
                 "UPDATE {} SET state = 'applied', applied_at = now() WHERE run_id = $1 AND step_id = $2",
@@ -519,6 +646,7 @@ impl SqlStep {
         let session = self.session().await?;
         let c = session.client();
         markers::fence(c, &self.marker_schema, ctx).await?;
+        markers::attribute(c, ctx, false).await?;
         if markers::read(c, &self.marker_schema, run, &self.id)
             .await
             .ctx("reading the step marker")?
@@ -531,6 +659,7 @@ impl SqlStep {
                 let res = self.run_statements(&session, down).await;
                 session.reset().await;
                 res.map_err(|e| e.into_core(true))?;
+                self.check_created(c, false).await?;
             }
         }
         c.execute(
@@ -642,7 +771,10 @@ impl Session {
         if let Session::Pooled(o) = self {
             // Defence in depth: the pool resets the whole session before its next use.
             let _ = o
-                .batch_execute("RESET lock_timeout; RESET statement_timeout")
+                .batch_execute(&format!(
+                    "RESET lock_timeout; RESET statement_timeout; RESET \"{}\"",
+                    crate::tracked::WRITER_SETTING.replace('.', "\".\"")
+                ))
                 .await;
         }
     }
@@ -664,6 +796,28 @@ impl Step for SqlStep {
 
     fn touches(&self) -> Vec<String> {
         self.touches.clone()
+    }
+
+    fn effects(&self) -> Vec<Effect> {
+        let mut out: Vec<Effect> = self
+            .creates
+            .iter()
+            .map(|c| match c {
+                Created::Column(t, col) => Effect::creates(self.db.table_resource(t), Some(col)),
+                Created::Table(t) => Effect::creates(self.db.table_resource(t), None),
+            })
+            .collect();
+        out.extend(
+            self.writes
+                .iter()
+                .map(|(t, col)| Effect::writes(self.db.table_resource(t), Some(col))),
+        );
+        for t in &self.touches {
+            if !out.iter().any(|e| e.resource() == t) {
+                out.push(Effect::writes(t.clone(), None));
+            }
+        }
+        out
     }
 
     fn spec(&self) -> serde_json::Value {

@@ -9,7 +9,8 @@ use crate::markers::DEFAULT_MARKER_SCHEMA;
 use crate::snapshot::SnapshotHasher;
 use async_trait::async_trait;
 use rollback_core::{
-    Checkpoint, Context, Digest, Error, Hasher, Restored, Result, Snapshot, Verdict, Verifier,
+    Checkpoint, Context, Digest, Discarded, Error, Hasher, Proof, Restored, Result, Snapshot,
+    Verdict, Verifier,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -27,6 +28,39 @@ const TRIGGER_PREFIX: &str = "_rollback_undo_";
 const SEQ: &str = "_rollback_seq";
 const XID: &str = "_rollback_xid";
 const PRESENT: &str = "_rollback_present";
+const WRITER: &str = "_rollback_writer";
+
+/// The session setting that attributes writes to a run (see [`crate::mark_run_writes`]);
+/// the undo log records it with every prior image.
+pub(crate) const WRITER_SETTING: &str = "rollback.writer";
+
+/// The writer value of a restore's own writes (followed by the snapshot's function
+/// prefix): the log of the snapshot being restored does not record them; every other
+/// live log does.
+const RESTORE_WRITER: &str = "rollback:restore:";
+
+/// The writer value a restore of the snapshot whose functions are named `function` sets.
+fn restore_tag(function: &str) -> String {
+    let id = function.rsplit_once('_').map_or(function, |(id, _)| id);
+    format!("{RESTORE_WRITER}{id}")
+}
+
+/// What a selective [`TableUndoLog`] restore does with a row that both the run and
+/// someone else (the application) changed since capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictPolicy {
+    /// Keep the application's changes: undo only the columns the run changed and the
+    /// application did not; a column both changed, or a row whose existence both
+    /// changed, keeps its current value. Every such row is listed in the report.
+    #[default]
+    KeepApplication,
+    /// Put the row back as it was at capture, discarding the application's changes to
+    /// it (counted and listed in the report).
+    KeepBaseline,
+    /// Change nothing and fail the restore with [`Error::Conflict`] listing the rows.
+    Refuse,
+}
 
 /// A checkpoint of one table or a set of tables that copies nothing: it keeps an **undo
 /// log** inside the database.
@@ -120,6 +154,8 @@ pub struct TableUndoLog {
     schema: String,
     lock_timeout: Duration,
     parallelism: usize,
+    selective: bool,
+    conflicts: ConflictPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +167,10 @@ struct Descriptor {
     /// `pg_current_snapshot()` of the fingerprint's transaction.
     mvcc_snapshot: String,
     tables: Vec<Entry>,
+    /// The logs record who wrote each change (version 2 on): a restore can undo the
+    /// run's own writes only.
+    #[serde(default)]
+    writers: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,7 +284,24 @@ impl TableUndoLog {
             schema: DEFAULT_MARKER_SCHEMA.into(),
             lock_timeout: Duration::from_secs(5),
             parallelism: 2,
+            selective: true,
+            conflicts: ConflictPolicy::default(),
         }
+    }
+
+    /// Whether a restore undoes only the run's own writes and keeps everyone else's
+    /// (default `true`; see the type's docs). `false`: every change since capture is
+    /// undone, the application's included — each one counted and named in the report.
+    pub fn selective(mut self, on: bool) -> Self {
+        self.selective = on;
+        self
+    }
+
+    /// What a selective restore does with rows both the run and the application changed
+    /// (default [`ConflictPolicy::KeepApplication`]).
+    pub fn on_conflict(mut self, policy: ConflictPolicy) -> Self {
+        self.conflicts = policy;
+        self
     }
 
     /// Keep the logs and the trigger function in another schema (default
@@ -513,14 +570,15 @@ fn function_sql(
 ) -> String {
     let cols = def.column_names();
     let into = format!(
-        "INSERT INTO {} ({}, {})",
+        "INSERT INTO {} ({}, {}, {})",
         log.quoted(),
         quote_ident(PRESENT),
+        quote_ident(WRITER),
         column_list(&cols)
     );
     let values = |rec: &str, present: bool| {
         format!(
-            "{into} VALUES ({present}, {});",
+            "{into} VALUES ({present}, writer, {});",
             cols.iter()
                 .map(|c| format!("{rec}.{}", quote_ident(c)))
                 .collect::<Vec<_>>()
@@ -540,7 +598,11 @@ fn function_sql(
     // dollar-quoted with a tag that occurs nowhere in it, so no name can end it.
     let body = format!(
         "\n\
+         DECLARE writer text := NULLIF(pg_catalog.current_setting('{setting}', true), '');\n\
          BEGIN\n\
+           IF writer = '{restore}' THEN\n\
+             RETURN NULL;\n\
+           END IF;\n\
            IF TG_OP = 'UPDATE' THEN\n\
              {upd_old}\n\
              IF {new_key} IS DISTINCT FROM {old_key} THEN\n\
@@ -551,7 +613,7 @@ fn function_sql(
            ELSIF TG_OP = 'INSERT' THEN\n\
              {ins}\n\
            ELSIF TG_OP = 'TRUNCATE' THEN\n\
-             {into} SELECT true, {cols} FROM ONLY {t};\n\
+             {into} SELECT true, writer, {cols} FROM ONLY {t};\n\
            END IF;\n\
            RETURN NULL;\n\
          END\n",
@@ -563,6 +625,8 @@ fn function_sql(
         ins = values("NEW", false),
         cols = column_list(&cols),
         t = t.quoted(),
+        setting = WRITER_SETTING,
+        restore = restore_tag(function),
     );
     format!(
         "CREATE FUNCTION {schema}.{function}() RETURNS trigger LANGUAGE plpgsql \
@@ -705,6 +769,422 @@ fn trigger_mode_sql(t: &Table, name: &str, mode: &str) -> String {
     )
 }
 
+/// The columns a restore may set (not the key, not generated, not identity-always).
+fn settable_columns(e: &Entry) -> Vec<String> {
+    e.definition
+        .columns
+        .iter()
+        .filter(|c| c.generated.is_empty() && c.identity != "a")
+        .map(|c| c.name.clone())
+        .filter(|c| !e.key.contains(c))
+        .collect()
+}
+
+/// An extra `WHERE` condition keeping the keys `chosen` selects from a classification
+/// table (alias `a`), for statements whose earliest log entry has alias `e`.
+fn restrict(e: &Entry, chosen: Option<(Table, &str)>) -> String {
+    match chosen {
+        None => String::new(),
+        Some((sel, cond)) => format!(
+            " AND EXISTS (SELECT 1 FROM {} a WHERE {} AND {cond})",
+            sel.quoted(),
+            key_match(e, "a", "e")
+        ),
+    }
+}
+
+/// Classify every key logged since capture in a temporary table (dropped at commit): its
+/// image at capture, whether the run (`run`, by the writer recorded with each entry) and
+/// whether others changed it, its existence, and each column. Each log entry's change is
+/// its prior image against the next entry's (the current row for the last).
+async fn classify(
+    tx: &Transaction<'_>,
+    d: &Descriptor,
+    e: &Entry,
+    i: usize,
+    run: &str,
+) -> Result<Table> {
+    let cols = e.definition.column_names();
+    let tmp = Table::new("pg_temp", format!("rollback_sel_{i}"));
+    let k = |alias: &str| column_list_with(alias, &e.key);
+    let lead: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(n, c)| format!("LEAD(l.{}) OVER w AS \"_rollback_n{n}\"", quote_ident(c)))
+        .collect();
+    let cur: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(n, c)| format!("x.{} AS \"_rollback_c{n}\"", quote_ident(c)))
+        .collect();
+    let changed: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            format!(
+                "(s.{p} AND s._rollback_after AND pg_catalog.record_image_ne(ROW(s.{c}), \
+                 ROW(CASE WHEN s._rollback_next IS NULL THEN s.\"_rollback_c{n}\" ELSE s.\"_rollback_n{n}\" END))) AS \"_rollback_ch{n}\"",
+                p = quote_ident(PRESENT),
+                c = quote_ident(c)
+            )
+        })
+        .collect();
+    let any_change = |who: &str| {
+        let mut parts = vec![format!(
+            "(st.{} IS DISTINCT FROM st._rollback_after)",
+            quote_ident(PRESENT)
+        )];
+        parts.extend((0..cols.len()).map(|n| format!("st.\"_rollback_ch{n}\"")));
+        format!("bool_or({who} AND ({}))", parts.join(" OR "))
+    };
+    let per_col: Vec<String> = (0..cols.len())
+        .map(|n| {
+            format!(
+                "bool_or(mine AND st.\"_rollback_ch{n}\") AS \"_rollback_m{n}\", \
+                 bool_or(NOT mine AND st.\"_rollback_ch{n}\") AS \"_rollback_a{n}\", \
+                 bool_or(NOT mine AND (st.\"_rollback_ch{n}\" OR (NOT st.{p} AND st._rollback_after))) AS \"_rollback_s{n}\"",
+                p = quote_ident(PRESENT)
+            )
+        })
+        .collect();
+    // The value each column had right after the application's last change to it — an
+    // insert sets every column — (its next entry's prior image, or the current row): what
+    // a conflict resolved for the application keeps, even where the run changed the
+    // column again after it.
+    let inserted = format!("(NOT st0.{} AND st0._rollback_after)", quote_ident(PRESENT));
+    let left: Vec<String> = (0..cols.len())
+        .map(|n| {
+            format!(
+                "first_value(CASE WHEN st0._rollback_next IS NULL THEN st0.\"_rollback_c{n}\" ELSE st0.\"_rollback_n{n}\" END) \
+                 OVER (PARTITION BY {pk} ORDER BY (NOT st0.mine AND (st0.\"_rollback_ch{n}\" OR {inserted})) DESC, st0.{seq} DESC) AS \"_rollback_av{n}\"",
+                pk = k("st0"),
+                seq = quote_ident(SEQ),
+            )
+        })
+        .collect();
+    let sql = format!(
+        "CREATE TEMP TABLE {tmp} ON COMMIT DROP AS \
+         WITH l AS MATERIALIZED (SELECT * FROM {log} l WHERE NOT pg_catalog.pg_visible_in_snapshot(l.{xid}, $1::text::pg_catalog.pg_snapshot)), \
+         e AS (SELECT l.*, LEAD(l.{seq}) OVER w AS _rollback_next, LEAD(l.{present}) OVER w AS _rollback_npresent, {lead} \
+               FROM l WINDOW w AS (PARTITION BY {lk} ORDER BY l.{seq})), \
+         s AS (SELECT e.*, x.ctid IS NOT NULL AS _rollback_cpresent, {cur}, \
+                      CASE WHEN e._rollback_next IS NULL THEN x.ctid IS NOT NULL ELSE e._rollback_npresent END AS _rollback_after \
+               FROM e LEFT JOIN {t} x ON {xm}), \
+         st0 AS (SELECT s.*, {changed}, (s.{writer} IS NOT DISTINCT FROM $2) AS mine FROM s s), \
+         st AS (SELECT st0.*, {left} FROM st0 st0), \
+         flags AS (SELECT {sk}, {mig} AS _rollback_mig, {app} AS _rollback_app, \
+                          bool_or(mine AND st.{present} IS DISTINCT FROM st._rollback_after) AS _rollback_mig_exist, \
+                          bool_or(NOT mine AND st.{present} IS DISTINCT FROM st._rollback_after) AS _rollback_app_exist, \
+                          {per_col} \
+                   FROM st GROUP BY {sk}), \
+         base AS (SELECT DISTINCT ON ({bk}) st.{present} AS _rollback_base_present, {bcols}, {avs} FROM st ORDER BY {bk}, st.{seq}) \
+         SELECT base.*, flags.* FROM base JOIN flags ON {fm}",
+        log = e.log.quoted(),
+        xid = quote_ident(XID),
+        seq = quote_ident(SEQ),
+        present = quote_ident(PRESENT),
+        writer = quote_ident(WRITER),
+        lead = lead.join(", "),
+        lk = k("l"),
+        cur = cur.join(", "),
+        t = e.table.quoted(),
+        xm = key_match(e, "x", "e"),
+        changed = changed.join(", "),
+        sk = k("st"),
+        mig = any_change("mine"),
+        app = any_change("NOT mine"),
+        per_col = per_col.join(", "),
+        left = left.join(", "),
+        avs = (0..cols.len())
+            .map(|n| format!("st.\"_rollback_av{n}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        bk = k("st"),
+        bcols = column_list_with("st", &cols),
+        fm = e
+            .key
+            .iter()
+            // Key columns are never NULL: `=` lets the join hash.
+            .map(|c| format!("base.{q} = flags.{q}", q = quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(" AND "),
+    );
+    // `flags` repeats the key columns: keep base's.
+    let sql = sql.replace(
+        "SELECT base.*, flags.* FROM",
+        &format!(
+            "SELECT base.*, {} FROM",
+            [
+                "_rollback_mig",
+                "_rollback_app",
+                "_rollback_mig_exist",
+                "_rollback_app_exist",
+            ]
+            .iter()
+            .map(|c| format!("flags.{c}"))
+            .chain((0..cols.len()).flat_map(|n| {
+                [
+                    format!("flags.\"_rollback_m{n}\""),
+                    format!("flags.\"_rollback_a{n}\""),
+                    format!("flags.\"_rollback_s{n}\""),
+                ]
+            }))
+            .collect::<Vec<_>>()
+            .join(", ")
+        ),
+    );
+    tx.execute(sql.as_str(), &[&d.mvcc_snapshot, &run])
+        .await
+        .ctx(&format!("reading who changed {} since capture", e.table))?;
+    // Temporary tables get no statistics otherwise: the joins below need them.
+    tx.batch_execute(&format!("ANALYZE {}", tmp.quoted()))
+        .await
+        .ctx("analyzing the classification")?;
+    Ok(tmp)
+}
+
+/// How many keys of the classification match `cond`, and up to `cap` of them (text).
+async fn keyed(
+    tx: &Transaction<'_>,
+    e: &Entry,
+    sel: &Table,
+    cond: &str,
+    cap: i64,
+) -> Result<(u64, Vec<String>)> {
+    let key_text = e
+        .key
+        .iter()
+        .map(|k| format!("a.{}::text", quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let n: i64 = tx
+        .query_one(
+            &format!("SELECT count(*) FROM {} a WHERE {cond}", sel.quoted()),
+            &[],
+        )
+        .await
+        .ctx("counting classified rows")?
+        .get(0);
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT concat_ws(', ', {key_text}) FROM {} a WHERE {cond} ORDER BY {} LIMIT $1",
+                sel.quoted(),
+                column_list_with("a", &e.key)
+            ),
+            &[&cap],
+        )
+        .await
+        .ctx("listing classified rows")?;
+    Ok((
+        n.max(0) as u64,
+        rows.iter()
+            .map(|r| format!("{} key ({})", e.table, r.get::<_, String>(0)))
+            .collect(),
+    ))
+}
+
+/// Rows both the run and others changed: how many, and up to `cap` described (key, and
+/// the columns both changed or that both changed the row's existence).
+async fn conflict_list(
+    tx: &Transaction<'_>,
+    e: &Entry,
+    sel: &Table,
+    cap: i64,
+) -> Result<(u64, Vec<String>)> {
+    let cols = e.definition.column_names();
+    let both: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            format!(
+                "CASE WHEN a.\"_rollback_m{n}\" AND a.\"_rollback_a{n}\" THEN {} END",
+                crate::ident::quote_literal(c)
+            )
+        })
+        .collect();
+    let key_text = e
+        .key
+        .iter()
+        .map(|k| format!("a.{}::text", quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let n: i64 = tx
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {} a WHERE a._rollback_mig AND a._rollback_app",
+                sel.quoted()
+            ),
+            &[],
+        )
+        .await
+        .ctx("counting conflicts")?
+        .get(0);
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT concat_ws(', ', {key_text}), concat_ws(', ', {both}), \
+                        a._rollback_mig_exist OR a._rollback_app_exist \
+                 FROM {} a WHERE a._rollback_mig AND a._rollback_app ORDER BY {} LIMIT $1",
+                sel.quoted(),
+                column_list_with("a", &e.key),
+                both = if both.is_empty() {
+                    "NULL".into()
+                } else {
+                    both.join(", ")
+                },
+            ),
+            &[&cap],
+        )
+        .await
+        .ctx("listing conflicts")?;
+    Ok((
+        n.max(0) as u64,
+        rows.iter()
+            .map(|r| {
+                let key: String = r.get(0);
+                let cols: String = r.get(1);
+                let existence: bool = r.get(2);
+                let what = match (existence, cols.is_empty()) {
+                    (true, _) => "its existence".to_string(),
+                    (false, false) => format!("column(s) {cols}"),
+                    (false, true) => "different columns".to_string(),
+                };
+                format!("{} key ({key}): both changed {what}", e.table)
+            })
+            .collect(),
+    ))
+}
+
+/// Rows both changed, keeping the application's, where the run did not change the row's
+/// existence (the application may have: a row it inserted and the run then updated): set
+/// back to the capture image the columns only the run changed, and the columns both
+/// changed to the value the application left in them (an insert sets every column), so
+/// the run's later change on top of the application's is undone too. Rows the
+/// application deleted are gone from the table and stay so.
+async fn merge_columns(tx: &Transaction<'_>, e: &Entry, sel: &Table) -> Result<u64> {
+    let cols = e.definition.column_names();
+    let settable = settable_columns(e);
+    let sets: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| settable.contains(c))
+        .map(|(n, c)| {
+            let q = quote_ident(c);
+            format!(
+                "{q} = CASE WHEN a.\"_rollback_m{n}\" AND NOT a.\"_rollback_s{n}\" THEN a.{q} \
+                 WHEN a.\"_rollback_m{n}\" THEN a.\"_rollback_av{n}\" ELSE x.{q} END"
+            )
+        })
+        .collect();
+    if sets.is_empty() {
+        return Ok(0);
+    }
+    tx.execute(
+        &format!(
+            "UPDATE {} x SET {} FROM {} a WHERE {} AND a._rollback_mig AND a._rollback_app \
+             AND NOT a._rollback_mig_exist",
+            e.table.quoted(),
+            sets.join(", "),
+            sel.quoted(),
+            key_match(e, "x", "a"),
+        ),
+        &[],
+    )
+    .await
+    .map_err(|err| restore_error(err, &e.table))
+}
+
+/// Rows the application changed and the run then deleted, keeping the application's:
+/// put back, each column as the application left it (the capture image where it never
+/// changed it).
+async fn reinsert_changed_by_others(tx: &Transaction<'_>, e: &Entry, sel: &Table) -> Result<u64> {
+    let all = e.definition.column_names();
+    let cols = e.definition.insertable_columns();
+    let values: Vec<String> = cols
+        .iter()
+        .map(|c| {
+            let n = all.iter().position(|x| x == c).unwrap_or(0);
+            let q = quote_ident(c);
+            format!("CASE WHEN a.\"_rollback_s{n}\" THEN a.\"_rollback_av{n}\" ELSE a.{q} END")
+        })
+        .collect();
+    let overriding = if e.definition.columns.iter().any(|c| c.identity == "a") {
+        "OVERRIDING SYSTEM VALUE"
+    } else {
+        ""
+    };
+    tx.execute(
+        &format!(
+            "INSERT INTO {t} ({}) {overriding} SELECT {} FROM {} a \
+             WHERE a._rollback_mig_exist AND a._rollback_app AND NOT a._rollback_app_exist \
+               AND a._rollback_base_present AND NOT EXISTS (SELECT 1 FROM {t} x WHERE {})",
+            column_list(&cols),
+            values.join(", "),
+            sel.quoted(),
+            key_match(e, "x", "a"),
+            t = e.table.quoted(),
+        ),
+        &[],
+    )
+    .await
+    .map_err(|err| restore_error(err, &e.table))
+}
+
+/// The fingerprint of one table as the restore left it, taken in its transaction under
+/// its lock. With `aside` (a classification table and a condition on it), the rows it
+/// selects are set aside: each is replaced by its image at capture (absent rows left
+/// out), so the result equals the baseline exactly when every other row is back at it.
+/// Returns the fingerprint and how many rows were set aside.
+async fn proof_fingerprint(
+    tx: &Transaction<'_>,
+    e: &Entry,
+    aside: Option<(Table, String)>,
+    sequences_aside: bool,
+) -> Result<(Digest, u64)> {
+    let Some(oid) = catalog::table_oid(tx, &e.table).await? else {
+        return Ok((absent_fingerprint(&e.table), 0));
+    };
+    let mut model = model_without_logs(tx, oid).await?;
+    if sequences_aside {
+        // Others' inserts moved the sequences on: their position at capture stands in.
+        model.sequences = e.definition.sequences.clone();
+    }
+    let cols = model.column_names();
+    let (rel, n) = match aside {
+        None => (e.table.quoted(), 0),
+        Some((sel, cond)) => {
+            let n: i64 = tx
+                .query_one(
+                    &format!("SELECT count(*) FROM {} a WHERE {cond}", sel.quoted()),
+                    &[],
+                )
+                .await
+                .ctx("counting rows set aside")?
+                .get(0);
+            (
+                format!(
+                    "(SELECT {xc} FROM {t} x WHERE NOT EXISTS (SELECT 1 FROM {s} a WHERE {m} AND {cond}) \
+                     UNION ALL SELECT {ac} FROM {s} a WHERE {cond} AND a._rollback_base_present)",
+                    xc = column_list_with("x", &cols),
+                    t = e.table.quoted(),
+                    s = sel.quoted(),
+                    m = key_match(e, "x", "a"),
+                    ac = column_list_with("a", &cols),
+                ),
+                n.max(0) as u64,
+            )
+        }
+    };
+    let shape = crate::hash::Shape {
+        rel,
+        columns: cols,
+        key: e.key.clone(),
+    };
+    let h = crate::hash::hash_relation(tx.client(), &shape, u64::MAX).await?;
+    Ok((table_fingerprint(&e.table, &model, h.root), n))
+}
+
 impl TableUndoLog {
     /// Create the logs, function and triggers (committed), returning the entries without
     /// definitions and fingerprints.
@@ -737,7 +1217,7 @@ impl TableUndoLog {
             let cols = def.column_names();
             if let Some(c) = cols
                 .iter()
-                .find(|c| [SEQ, XID, PRESENT].contains(&c.as_str()))
+                .find(|c| [SEQ, XID, PRESENT, WRITER].contains(&c.as_str()))
             {
                 return Err(Error::invalid(format!(
                     "{t} has a column named {c}, which the undo log uses itself"
@@ -750,7 +1230,7 @@ impl TableUndoLog {
             let s = quote_ident(&self.schema);
             tx.batch_execute(&format!(
                 "CREATE TABLE {log} ({seq} bigserial, {xid} pg_catalog.xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(), \
-                   {present} boolean NOT NULL, LIKE {t}); \
+                   {present} boolean NOT NULL, {writer} text, LIKE {t}); \
                  {function_sql}; \
                  REVOKE ALL ON FUNCTION {s}.{f}() FROM PUBLIC; \
                  CREATE TRIGGER {rt} AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION {s}.{f}(); \
@@ -759,6 +1239,7 @@ impl TableUndoLog {
                 seq = quote_ident(SEQ),
                 xid = quote_ident(XID),
                 present = quote_ident(PRESENT),
+                writer = quote_ident(WRITER),
                 t = t.quoted(),
                 function_sql = function_sql(&self.schema, &function, t, &log, &def, &key),
                 f = quote_ident(&function),
@@ -867,7 +1348,8 @@ impl Checkpoint for TableUndoLog {
             ctx.progress(&format!("capture {}", e.table), 1, Some(1), "tables");
         }
         let descriptor = Descriptor {
-            version: 1,
+            version: 2,
+            writers: true,
             database: self.db.name().to_string(),
             schema: self.schema.clone(),
             mvcc_snapshot: mvcc,
@@ -899,6 +1381,18 @@ impl Checkpoint for TableUndoLog {
             .ctx("setting lock_timeout")?;
         // Only the newest runner's restore commits.
         crate::markers::fence(&tx, &self.schema, ctx).await?;
+        // The restore's own writes are not logged (the log keeps what it undoes).
+        let tag = d
+            .tables
+            .first()
+            .map(|e| restore_tag(&e.function))
+            .unwrap_or_default();
+        tx.execute(
+            "SELECT pg_catalog.set_config($1, $2, true)",
+            &[&WRITER_SETTING, &tag],
+        )
+        .await
+        .ctx("marking the restore's writes")?;
         // 1. Refusal, before anything changes.
         self.check_tracking(&tx, &d).await?;
         let mut locked: Vec<String> = d.tables.iter().map(|e| e.table.quoted()).collect();
@@ -934,7 +1428,48 @@ impl Checkpoint for TableUndoLog {
                 )));
             }
         }
-        // 2. Put the rows back: deletes children first, then parents first.
+        // 2. Who changed what since capture, per key (logs that record writers only).
+        // Selective in a run (the run's own writes are undone, everyone else's kept);
+        // outside one (a tool, a guard snapshot) every change since capture is undone.
+        let selective = self.selective && d.writers && ctx.in_run();
+        let mut sel: Vec<Option<Table>> = Vec::new();
+        for (i, e) in d.tables.iter().enumerate() {
+            sel.push(if d.writers {
+                Some(classify(&tx, &d, e, i, ctx.run_id()).await?)
+            } else {
+                None
+            });
+        }
+        let sel_of = |t: &Table| {
+            d.tables
+                .iter()
+                .position(|e| &e.table == t)
+                .and_then(|i| sel[i].clone())
+        };
+        let policy = self.conflicts;
+        let mut conflicts: Vec<String> = Vec::new();
+        let mut conflict_rows = 0u64;
+        let mut others = 0u64;
+        let mut other_keys: Vec<String> = Vec::new();
+        for (e, s) in d.tables.iter().zip(&sel) {
+            let Some(s) = s else { continue };
+            let (n, keys) = keyed(&tx, e, s, "a._rollback_app", 50).await?;
+            others += n;
+            other_keys.extend(keys);
+            if selective {
+                let (n, list) = conflict_list(&tx, e, s, 50).await?;
+                conflict_rows += n;
+                conflicts.extend(list);
+            }
+        }
+        if selective && policy == ConflictPolicy::Refuse && conflict_rows > 0 {
+            return Err(Error::conflict(format!(
+                "{conflict_rows} row(s) of {} were changed by this run and by others since capture; nothing was restored (policy: refuse): {}",
+                self.resource,
+                conflicts.join("; ")
+            )));
+        }
+        // 3. Put the rows back: deletes children first, then parents first.
         let order = parents_first(&tx, &self.tables).await?;
         let entry = |t: &Table| d.tables.iter().find(|e| &e.table == t);
         let mut disabled = Vec::new();
@@ -947,13 +1482,29 @@ impl Checkpoint for TableUndoLog {
             }
         }
         refuse_cascades(&tx, &d, &self.tables).await?;
+        // Which keys go back to their image at capture: all of them (a full restore),
+        // or the run's own changes (and, keeping the baseline, rows both changed).
+        let chosen = |t: &Table| -> Option<(Table, &'static str)> {
+            if !selective {
+                return None;
+            }
+            sel_of(t).map(|s| {
+                let cond = if policy == ConflictPolicy::KeepBaseline {
+                    "a._rollback_mig"
+                } else {
+                    "a._rollback_mig AND NOT a._rollback_app"
+                };
+                (s, cond)
+            })
+        };
         let mut items = 0u64;
         for t in order.iter().rev() {
             let Some(e) = entry(t) else { continue };
+            let filter = restrict(e, chosen(t));
             items += tx
                 .execute(
                     &format!(
-                        "WITH e AS MATERIALIZED ({}) DELETE FROM {} x USING e WHERE NOT e.{} AND {}",
+                        "WITH e AS MATERIALIZED ({}) DELETE FROM {} x USING e WHERE NOT e.{} AND {}{filter}",
                         earliest_sql(e),
                         t.quoted(),
                         quote_ident(PRESENT),
@@ -966,21 +1517,16 @@ impl Checkpoint for TableUndoLog {
         }
         for t in &order {
             let Some(e) = entry(t) else { continue };
+            let filter = restrict(e, chosen(t));
             let def = &e.definition;
             let all = def.column_names();
-            let settable: Vec<String> = def
-                .columns
-                .iter()
-                .filter(|c| c.generated.is_empty() && c.identity != "a")
-                .map(|c| c.name.clone())
-                .filter(|c| !e.key.contains(c))
-                .collect();
+            let settable = settable_columns(e);
             if !settable.is_empty() {
                 items += tx
                     .execute(
                         &format!(
                             "WITH e AS MATERIALIZED ({}) UPDATE {} x SET ({}) = ROW({}) FROM e \
-                             WHERE e.{} AND {} AND pg_catalog.record_image_ne(ROW({}), ROW({}))",
+                             WHERE e.{} AND {} AND pg_catalog.record_image_ne(ROW({}), ROW({})){filter}",
                             earliest_sql(e),
                             t.quoted(),
                             column_list(&settable),
@@ -1005,7 +1551,7 @@ impl Checkpoint for TableUndoLog {
                 .execute(
                     &format!(
                         "WITH e AS MATERIALIZED ({}) INSERT INTO {} ({}) {overriding} SELECT {} FROM e \
-                         WHERE e.{} AND NOT EXISTS (SELECT 1 FROM {} x WHERE {})",
+                         WHERE e.{} AND NOT EXISTS (SELECT 1 FROM {} x WHERE {}){filter}",
                         earliest_sql(e),
                         t.quoted(),
                         column_list(&cols),
@@ -1018,25 +1564,72 @@ impl Checkpoint for TableUndoLog {
                 )
                 .await
                 .map_err(|err| restore_error(err, t))?;
+            // Rows both changed, keeping the application's: undo the columns only the run
+            // changed.
+            if selective && policy == ConflictPolicy::KeepApplication {
+                if let Some(s) = sel_of(t) {
+                    items += merge_columns(&tx, e, &s).await?;
+                    items += reinsert_changed_by_others(&tx, e, &s).await?;
+                }
+            }
         }
         for (t, name, mode) in &disabled {
             tx.batch_execute(&trigger_mode_sql(t, name, mode))
                 .await
                 .ctx("re-enabling trigger")?;
         }
-        for e in &d.tables {
-            for s in &e.definition.sequences {
-                tx.batch_execute(&s.setval_sql())
-                    .await
-                    .ctx("restoring sequence value")?;
+        // Tables others wrote to in a selective restore: their sequences stay where they
+        // are (rows the application inserted keep their ids, and the sequence must stay
+        // past them), and the proof sets the sequences' position aside with those rows.
+        let mut others_wrote: Vec<bool> = Vec::new();
+        for (e, s) in d.tables.iter().zip(&sel) {
+            let wrote = match (selective, s) {
+                (true, Some(s)) => keyed(&tx, e, s, "a._rollback_app", 0).await?.0 > 0,
+                _ => false,
+            };
+            others_wrote.push(wrote);
+            if !wrote {
+                for s in &e.definition.sequences {
+                    tx.batch_execute(&s.setval_sql())
+                        .await
+                        .ctx("restoring sequence value")?;
+                }
             }
             crate::reconcile::table_properties(&tx, &e.table, &e.definition).await?;
         }
-        // 3. The restore's own writes were logged too: the log starts afresh.
-        let logs: Vec<String> = d.tables.iter().map(|e| e.log.quoted()).collect();
-        tx.batch_execute(&format!("TRUNCATE {}", logs.join(", ")))
-            .await
-            .ctx("emptying the undo logs")?;
+        // 4. The proof, under the lock that keeps writers out: the tables' fingerprint —
+        //    with the rows others changed set aside (each replaced by its image at
+        //    capture) in a selective restore — must equal the baseline's.
+        let mut fps = Vec::new();
+        let mut set_aside = 0u64;
+        for ((e, s), wrote) in d.tables.iter().zip(&sel).zip(&others_wrote) {
+            let aside = match (selective, s) {
+                (true, Some(s)) => {
+                    let both = if policy == ConflictPolicy::KeepBaseline {
+                        " AND NOT a._rollback_mig"
+                    } else {
+                        ""
+                    };
+                    Some((s.clone(), format!("a._rollback_app{both}")))
+                }
+                _ => None,
+            };
+            let (fp, n) = proof_fingerprint(&tx, e, aside, *wrote).await?;
+            fps.push(fp);
+            set_aside += n;
+        }
+        let proof = Proof {
+            fingerprint: combine(&fps),
+            set_aside,
+        };
+        // 5. A full restore's own writes are not logged, and the log starts afresh; a
+        //    selective one keeps the log (a second restore is then a no-op).
+        if !selective {
+            let logs: Vec<String> = d.tables.iter().map(|e| e.log.quoted()).collect();
+            tx.batch_execute(&format!("TRUNCATE {}", logs.join(", ")))
+                .await
+                .ctx("emptying the undo logs")?;
+        }
         tx.commit().await.ctx("committing restore")?;
         ctx.progress(
             &format!("restore {}", self.resource),
@@ -1044,7 +1637,49 @@ impl Checkpoint for TableUndoLog {
             Some(items),
             "rows",
         );
-        Ok(Restored::by("undo-log").changed(items))
+        let discarded = if !d.writers {
+            None
+        } else if selective {
+            let lost = if policy == ConflictPolicy::KeepBaseline {
+                conflict_rows
+            } else {
+                0
+            };
+            Some(Discarded {
+                items: lost,
+                exact: true,
+                keys: if policy == ConflictPolicy::KeepBaseline {
+                    conflicts.clone()
+                } else {
+                    Vec::new()
+                },
+                conflicts,
+                includes_run: false,
+            })
+        } else {
+            Some(Discarded {
+                items: others,
+                exact: true,
+                keys: other_keys,
+                conflicts: Vec::new(),
+                includes_run: false,
+            })
+        };
+        let mut r = Restored::by(if selective {
+            "undo-log (selective)"
+        } else {
+            "undo-log"
+        })
+        .changed(items)
+        .proof(proof);
+        if let Some(dd) = discarded {
+            r = r.discarded(dd);
+        }
+        Ok(r)
+    }
+
+    fn selective(&self) -> bool {
+        self.selective
     }
 
     async fn fingerprint(&self, _ctx: &Context) -> Result<Digest> {

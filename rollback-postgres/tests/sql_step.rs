@@ -550,3 +550,108 @@ async fn a_step_setting_holds_for_the_steps_own_session_only() {
     non_tx.revert(None, &ctx).await.unwrap();
     assert_eq!(db.count("SELECT count(*) FROM seen").await, 0);
 }
+
+/// A step's declared effects decide the plan's undo path, so they are checked where the
+/// SQL runs: a column it says it creates must exist after `up` and be gone after `down`.
+#[tokio::test]
+async fn declared_created_columns_are_checked_after_up_and_after_down() {
+    let db = TestDb::new("sql_declared").await;
+    counter(&db).await;
+    let t = Table::public("t");
+    let cols = |db: &TestDb| {
+        let db = db.db.clone();
+        async move {
+            let c = db.client().await.unwrap();
+            c.query(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = 'public.t'::regclass \
+                 AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+        }
+    };
+
+    // Honest: adds and drops `tier`.
+    let ok = SqlStep::new(&db.db, "add-tier", "ALTER TABLE t ADD COLUMN tier text")
+        .down("ALTER TABLE t DROP COLUMN tier")
+        .creates_column(&t, "tier");
+    assert_eq!(ok.touches(), vec![db.db.table_resource(&t)]);
+    let run = Context::standalone("declared-ok");
+    ok.apply(&run).await.unwrap();
+    assert!(cols(&db).await.contains(&"tier".to_string()));
+    ok.revert(None, &run).await.unwrap();
+    assert!(!cols(&db).await.contains(&"tier".to_string()));
+
+    // A misspelt declaration: refused inside the step's transaction, nothing applied.
+    let typo = SqlStep::new(&db.db, "add-tier", "ALTER TABLE t ADD COLUMN tier text")
+        .down("ALTER TABLE t DROP COLUMN tier")
+        .creates_column(&t, "teir");
+    let err = typo
+        .apply(&Context::standalone("declared-typo"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Invalid { message } if message.contains("teir") && message.contains("does not exist after `up`")),
+        "{err}"
+    );
+    assert!(!err.maybe_applied());
+    assert!(!cols(&db).await.contains(&"tier".to_string()));
+
+    // A `down` that does not remove what the plan relies on it to remove: the revert
+    // fails (and rolls back) instead of reporting success.
+    let keeps = SqlStep::new(&db.db, "add-tier", "ALTER TABLE t ADD COLUMN tier text")
+        .down("UPDATE t SET tier = NULL")
+        .creates_column(&t, "tier");
+    let run = Context::standalone("declared-keeps");
+    keeps.apply(&run).await.unwrap();
+    let err = keeps.revert(None, &run).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Invalid { message } if message.contains("still exists after `down`")),
+        "{err}"
+    );
+    assert!(cols(&db).await.contains(&"tier".to_string()));
+}
+
+/// The plan decides at `build()` that a backfill of a column an earlier step creates
+/// needs no restore, from the effects both steps declare, and that one of another column
+/// does.
+#[tokio::test]
+async fn a_backfill_of_a_created_column_needs_no_checkpoint_and_one_of_another_column_does() {
+    let db = TestDb::new("sql_effects").await;
+    let t = Table::public("t");
+    let add = || {
+        SqlStep::new(&db.db, "add-tier", "ALTER TABLE t ADD COLUMN tier text")
+            .down("ALTER TABLE t DROP COLUMN tier")
+            .creates_column(&t, "tier")
+    };
+    let plan = Plan::builder("fill-new")
+        .step("database", add(), &[])
+        .step(
+            "database",
+            Backfill::new(&db.db, "fill-tier", t.clone(), "id", "tier = 'basic'"),
+            &["add-tier"],
+        )
+        .build()
+        .expect("no checkpoint needed");
+    assert_eq!(
+        plan.undo("fill-tier"),
+        Some(&rollback_core::Undo::CompensationOf {
+            steps: vec!["add-tier".into()]
+        })
+    );
+    let err = Plan::builder("fill-old")
+        .step("database", add(), &[])
+        .step(
+            "database",
+            Backfill::new(&db.db, "fill-label", t.clone(), "id", "tier = 'basic', label = 'x'"),
+            &["add-tier"],
+        )
+        .build()
+        .err()
+        .expect("label is not created by add-tier: a checkpoint is needed");
+    assert!(matches!(err, PlanError::Uncovered { .. }), "{err}");
+}
