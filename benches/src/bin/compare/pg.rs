@@ -20,6 +20,31 @@ const MEM_TABLE: &str = "rb_accounts_10m";
 const RAW_COPY: &str = "COPY pgbench_accounts TO STDOUT (FORMAT binary)";
 const ORDERED_COPY: &str =
     "COPY (SELECT aid, bid, abalance, filler FROM pgbench_accounts ORDER BY aid) TO STDOUT (FORMAT binary)";
+/// The undo log's trigger as it was before it recorded the writer (no `_rollback_writer`
+/// column, no setting read), on `pgbench_accounts`: the baseline of the writer's cost.
+const LEGACY_UNDO_LOG: &str = "\
+CREATE TABLE bench_legacy_log (seq bigserial, xid pg_catalog.xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(), \
+  present boolean NOT NULL, LIKE pgbench_accounts); \
+CREATE FUNCTION bench_legacy_undo() RETURNS trigger LANGUAGE plpgsql \
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$ \
+BEGIN \
+  IF TG_OP = 'UPDATE' THEN \
+    INSERT INTO public.bench_legacy_log (present, aid, bid, abalance, filler) VALUES (true, OLD.aid, OLD.bid, OLD.abalance, OLD.filler); \
+    IF ROW(NEW.aid) IS DISTINCT FROM ROW(OLD.aid) THEN \
+      INSERT INTO public.bench_legacy_log (present, aid, bid, abalance, filler) VALUES (false, NEW.aid, NEW.bid, NEW.abalance, NEW.filler); \
+    END IF; \
+  ELSIF TG_OP = 'DELETE' THEN \
+    INSERT INTO public.bench_legacy_log (present, aid, bid, abalance, filler) VALUES (true, OLD.aid, OLD.bid, OLD.abalance, OLD.filler); \
+  ELSIF TG_OP = 'INSERT' THEN \
+    INSERT INTO public.bench_legacy_log (present, aid, bid, abalance, filler) VALUES (false, NEW.aid, NEW.bid, NEW.abalance, NEW.filler); \
+  END IF; \
+  RETURN NULL; \
+END $body$; \
+CREATE TRIGGER bench_legacy_undo AFTER INSERT OR UPDATE OR DELETE ON pgbench_accounts \
+  FOR EACH ROW EXECUTE FUNCTION bench_legacy_undo();";
+const LEGACY_UNDO_LOG_DROP: &str = "DROP TRIGGER bench_legacy_undo ON pgbench_accounts; \
+  DROP FUNCTION bench_legacy_undo(); DROP TABLE bench_legacy_log;";
+
 /// Rows changed in the copy that the differs compare.
 const DIFF_CHANGES: u64 = 10;
 
@@ -799,6 +824,53 @@ impl Bench {
             .rollback(fmt_secs(logged_t))
             .reference(format!("without the trigger: {}", fmt_secs(plain_t)))
             .ratio(format!("{} the time", fmt_ratio(logged_t / plain_t))),
+        );
+        // What recording the writer costs (the log's `_rollback_writer` column, read from
+        // the `rollback.writer` setting): the same 1% update, marked as the run's, under
+        // the library's trigger and under the same trigger without the writer (the undo
+        // log before it recorded writers, re-created here as a baseline).
+        // 10% of the rows per update, each variant first in every other repetition, so
+        // that noise and the table's growth weigh on both alike.
+        let (mut without, mut with) = (Vec::new(), Vec::new());
+        let marked = format!(
+            "BEGIN; SELECT set_config('rollback.writer', '{}', true); \
+             UPDATE {ACCOUNTS} SET abalance = abalance + 1 WHERE aid % 10 = 7; COMMIT",
+            uuid::Uuid::new_v4()
+        );
+        for rep in 0..args.reps.max(5) {
+            for legacy in [rep % 2 == 0, rep % 2 == 1] {
+                if legacy {
+                    self.client.batch_execute(LEGACY_UNDO_LOG).await?;
+                    let t = Instant::now();
+                    self.client.batch_execute(&marked).await?;
+                    without.push(secs(t));
+                    self.client.batch_execute(LEGACY_UNDO_LOG_DROP).await?;
+                } else {
+                    let snap = cp.capture(&ctx).await?;
+                    let t = Instant::now();
+                    self.client.batch_execute(&marked).await?;
+                    with.push(secs(t));
+                    cp.discard(&snap, &ctx).await?;
+                }
+            }
+        }
+        let (without_t, with_t) = (median(&without), median(&with));
+        let over = with_t / without_t - 1.0;
+        r.push(
+            Row::new(
+                "",
+                format!(
+                    "writers' cost of recording who wrote (a run id): `UPDATE` of 10% of the rows ({}) under the undo log's trigger",
+                    fmt_count(self.rows / 10)
+                ),
+            )
+            .rollback(fmt_secs(with_t))
+            .reference(format!(
+                "the same trigger without the writer: {}",
+                fmt_secs(without_t)
+            ))
+            .ratio(format!("{:+.1}%", over * 100.0))
+            .target("< 10% over the trigger without it", Some(over < 0.10)),
         );
         r.push(
             Row::new(
