@@ -26,7 +26,10 @@ use tokio_postgres::NoTls;
 /// is opened ([`PINNED_SETTINGS`]): `standard_conforming_strings = on` (how literals and
 /// the SQL scanner read backslashes), `check_function_bodies = on`,
 /// `escape_string_warning = on`, `quote_all_identifiers = off` and
-/// `extra_float_digits = 3` (catalog text and key literals read back exactly), and
+/// `extra_float_digits = 3` (catalog text and key literals read back exactly),
+/// `default_transaction_isolation = 'read committed'` (a restore reads, after taking its
+/// lock, every write committed before the lock was granted; transactions that need a
+/// snapshot, such as a capture, ask for `REPEATABLE READ` themselves), and
 /// `session_replication_role = origin` (triggers — an undo log's among them — and
 /// foreign keys fire). A role that defaults to another replication role and may not set
 /// it (only superusers and roles granted `SET` on it may) cannot use this crate: getting
@@ -93,6 +96,7 @@ pub const DEFAULT_POOL_SIZE: usize = 8;
 /// the same under any `search_path` and `standard_conforming_strings`.
 pub const PINNED_SETTINGS: &str = "SET standard_conforming_strings = on; \
      SET check_function_bodies = on; \
+     SET default_transaction_isolation = 'read committed'; \
      SET escape_string_warning = on; \
      SET quote_all_identifiers = off; \
      SET extra_float_digits = 3; \

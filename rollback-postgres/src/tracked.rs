@@ -29,20 +29,29 @@ const SEQ: &str = "_rollback_seq";
 const XID: &str = "_rollback_xid";
 const PRESENT: &str = "_rollback_present";
 const WRITER: &str = "_rollback_writer";
+/// What made each log entry: `u` update, `d` delete, `i` insert, `t` truncate, `k` either
+/// half of an update that changed the row's key (its old key's image and its new key).
+const OP: &str = "_rollback_op";
+/// Column names a tracked table may not use: the log's and the restore's own.
+const RESERVED_PREFIX: &str = "_rollback_";
+/// The widest table (in columns) a selective restore classifies: its working tables hold
+/// about five columns per column, and PostgreSQL allows 1600. Wider tables restore every
+/// change since capture (counted and named).
+const MAX_SELECTIVE_COLUMNS: usize = 300;
 
 /// The session setting that attributes writes to a run (see [`crate::mark_run_writes`]);
 /// the undo log records it with every prior image.
 pub(crate) const WRITER_SETTING: &str = "rollback.writer";
 
-/// The writer value of a restore's own writes (followed by the snapshot's function
-/// prefix): the log of the snapshot being restored does not record them; every other
-/// live log does.
+/// The writer value of a restore's own writes starts with this, followed by a secret
+/// drawn at capture and kept in the snapshot's descriptor: the log of the snapshot being
+/// restored does not record them (every other live log does). The trigger holds only the
+/// secret's md5, so no other session can write unlogged by claiming to be the restore.
 const RESTORE_WRITER: &str = "rollback:restore:";
 
-/// The writer value a restore of the snapshot whose functions are named `function` sets.
-fn restore_tag(function: &str) -> String {
-    let id = function.rsplit_once('_').map_or(function, |(id, _)| id);
-    format!("{RESTORE_WRITER}{id}")
+/// A new restore tag (see [`RESTORE_WRITER`]).
+fn new_restore_tag() -> String {
+    format!("{RESTORE_WRITER}{}", uuid::Uuid::new_v4().simple())
 }
 
 /// What a selective [`TableUndoLog`] restore does with a row that both the run and
@@ -50,9 +59,11 @@ fn restore_tag(function: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConflictPolicy {
-    /// Keep the application's changes: undo only the columns the run changed and the
-    /// application did not; a column both changed, or a row whose existence both
-    /// changed, keeps its current value. Every such row is listed in the report.
+    /// Keep the application's version of the row: each column holds what the
+    /// application left in it (its capture value where the application never set it),
+    /// so the run's changes — before or after the application's — are undone; the row
+    /// exists as the application's last change to its existence left it (a row it only
+    /// updated, and the run deleted, comes back). Every such row is listed in the report.
     #[default]
     KeepApplication,
     /// Put the row back as it was at capture, discarding the application's changes to
@@ -101,6 +112,24 @@ pub enum ConflictPolicy {
 /// removed, changed — a row changed and changed back is not a difference) from the log
 /// alone, in O(rows changed); [`UndoLogParity`] is the same as a verifier.
 ///
+/// **Selective restore.** The trigger also records who wrote each change (the
+/// `rollback.writer` setting, which this crate's steps set to the run id inside their
+/// transactions, and [`crate::mark_run_writes`] sets for a custom step's). Inside a run
+/// (a [`Context`] holding a lease) the restore undoes only the run's writes: rows only
+/// others (the application) changed are left as they are — and checked, after the
+/// restore's changes and before commit, to be exactly as they were (a foreign key
+/// cascading from a row the run added would otherwise take one away: the restore then
+/// refuses with [`Error::Conflict`]); rows both changed are conflicts, resolved by the
+/// [`ConflictPolicy`] and listed in [`Restored::discarded`]. Its proof, taken under the
+/// restore's lock, is the tables' fingerprint with every row others changed replaced by
+/// its image at capture: equal to the baseline exactly when nothing of the run's is
+/// left. [`Restored::method`] is then `undo-log (selective)` and the log is kept.
+/// Refused, with nothing changed: a row whose key changed and that both sides wrote (the
+/// log names rows by key, so their changes cannot be told apart — resolve by hand, or
+/// restore with [`TableUndoLog::selective`]`(false)`). Tables of more than 300 columns
+/// are restored in full. Outside a run, or with `selective(false)`, every change since
+/// capture is undone and each one counted.
+///
 /// **Discard** drops the triggers, their function and the log tables (idempotent). The
 /// triggers stay until then: call [`Checkpoint::discard`] once the run is over.
 ///
@@ -117,8 +146,14 @@ pub enum ConflictPolicy {
 /// full fingerprint compared with the snapshot's, which the executor checks after every
 /// restore — catches anything the log missed.
 ///
-/// Tables need a primary key or a `NOT NULL` unique key, must be plain tables (not
-/// partitioned) and exist at capture.
+/// Writers are trusted to say who they are: a session that sets `rollback.writer` to the
+/// run's id has its writes undone as the run's. The restore's own tag is a secret of the
+/// snapshot (the trigger holds only its md5), so no session can write past the log by
+/// claiming to be the restore.
+///
+/// Tables need a primary key or a `NOT NULL` unique key that is not `DEFERRABLE` (two rows
+/// may hold a deferred key at once), must be plain tables (not partitioned), exist at
+/// capture, and have no column named `_rollback_…` (the log's own names).
 ///
 /// # When to choose [`crate::TableSnapshot`] instead
 ///
@@ -167,10 +202,14 @@ struct Descriptor {
     /// `pg_current_snapshot()` of the fingerprint's transaction.
     mvcc_snapshot: String,
     tables: Vec<Entry>,
-    /// The logs record who wrote each change (version 2 on): a restore can undo the
-    /// run's own writes only.
+    /// The logs record who wrote each change and how (version 2 on): a restore can undo
+    /// the run's own writes only.
     #[serde(default)]
     writers: bool,
+    /// The value a restore sets as its writer so that its own writes are not logged
+    /// (the trigger knows only its md5).
+    #[serde(default)]
+    restore_tag: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -567,18 +606,20 @@ fn function_sql(
     log: &Table,
     def: &TableModel,
     key: &[String],
+    restore_md5: &str,
 ) -> String {
     let cols = def.column_names();
     let into = format!(
-        "INSERT INTO {} ({}, {}, {})",
+        "INSERT INTO {} ({}, {}, {}, {})",
         log.quoted(),
         quote_ident(PRESENT),
         quote_ident(WRITER),
+        quote_ident(OP),
         column_list(&cols)
     );
-    let values = |rec: &str, present: bool| {
+    let values = |rec: &str, present: bool, op: char| {
         format!(
-            "{into} VALUES ({present}, writer, {});",
+            "{into} VALUES ({present}, writer, '{op}', {});",
             cols.iter()
                 .map(|c| format!("{rec}.{}", quote_ident(c)))
                 .collect::<Vec<_>>()
@@ -600,33 +641,37 @@ fn function_sql(
         "\n\
          DECLARE writer text := NULLIF(pg_catalog.current_setting('{setting}', true), '');\n\
          BEGIN\n\
-           IF writer = '{restore}' THEN\n\
+           IF writer LIKE '{prefix}%' AND pg_catalog.md5(writer) = '{restore_md5}' THEN\n\
              RETURN NULL;\n\
            END IF;\n\
            IF TG_OP = 'UPDATE' THEN\n\
-             {upd_old}\n\
              IF {new_key} IS DISTINCT FROM {old_key} THEN\n\
-               {upd_new}\n\
+               {moved_old}\n\
+               {moved_new}\n\
+             ELSE\n\
+               {upd_old}\n\
              END IF;\n\
            ELSIF TG_OP = 'DELETE' THEN\n\
              {del}\n\
            ELSIF TG_OP = 'INSERT' THEN\n\
              {ins}\n\
            ELSIF TG_OP = 'TRUNCATE' THEN\n\
-             {into} SELECT true, writer, {cols} FROM ONLY {t};\n\
+             {into} SELECT true, writer, 't', {cols} FROM ONLY {t};\n\
            END IF;\n\
            RETURN NULL;\n\
          END\n",
-        upd_old = values("OLD", true),
-        upd_new = values("NEW", false),
+        upd_old = values("OLD", true, 'u'),
+        moved_old = values("OLD", true, 'k'),
+        moved_new = values("NEW", false, 'k'),
         new_key = key_of("NEW"),
         old_key = key_of("OLD"),
-        del = values("OLD", true),
-        ins = values("NEW", false),
+        del = values("OLD", true, 'd'),
+        ins = values("NEW", false, 'i'),
         cols = column_list(&cols),
         t = t.quoted(),
         setting = WRITER_SETTING,
-        restore = restore_tag(function),
+        prefix = RESTORE_WRITER,
+        restore_md5 = restore_md5.replace(|c: char| !c.is_ascii_hexdigit(), ""),
     );
     format!(
         "CREATE FUNCTION {schema}.{function}() RETURNS trigger LANGUAGE plpgsql \
@@ -793,10 +838,22 @@ fn restrict(e: &Entry, chosen: Option<(Table, &str)>) -> String {
     }
 }
 
-/// Classify every key logged since capture in a temporary table (dropped at commit): its
-/// image at capture, whether the run (`run`, by the writer recorded with each entry) and
-/// whether others changed it, its existence, and each column. Each log entry's change is
-/// its prior image against the next entry's (the current row for the last).
+/// Classify every key logged since capture in a temporary table (dropped at commit), one
+/// row per key:
+/// - the key's image at capture (its table's columns, `_rollback_base_present`);
+/// - `_rollback_mig` / `_rollback_app`: whether the run (`run`, the writer recorded with
+///   each entry) / anyone else changed it, `_rollback_mig_exist` / `_rollback_app_exist`:
+///   its existence;
+/// - per column `n`: `_rollback_m{n}` / `_rollback_a{n}` the run / others changed it,
+///   `_rollback_s{n}` others set it (an insert sets every column), `_rollback_av{n}` the
+///   value others left in it (right after their last change to it);
+/// - `_rollback_ae`: whether the row existed right after others' last change to its
+///   existence; `_rollback_moved`: the run changed its key, or others moved it away
+///   after the run wrote it (either way part of the row's history is under another key,
+///   with the other side's writes).
+///
+/// Each log entry's change is its prior image against the next entry's (the current row
+/// for the last).
 async fn classify(
     tx: &Transaction<'_>,
     d: &Descriptor,
@@ -807,61 +864,94 @@ async fn classify(
     let cols = e.definition.column_names();
     let tmp = Table::new("pg_temp", format!("rollback_sel_{i}"));
     let k = |alias: &str| column_list_with(alias, &e.key);
-    let lead: Vec<String> = cols
+    let present = quote_ident(PRESENT);
+    let seq = quote_ident(SEQ);
+    let nc = cols.len();
+    let lead = cols
         .iter()
         .enumerate()
         .map(|(n, c)| format!("LEAD(l.{}) OVER w AS \"_rollback_n{n}\"", quote_ident(c)))
-        .collect();
-    let cur: Vec<String> = cols
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cur = cols
         .iter()
         .enumerate()
         .map(|(n, c)| format!("x.{} AS \"_rollback_c{n}\"", quote_ident(c)))
-        .collect();
-    let changed: Vec<String> = cols
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The value of column n right after entry s's change.
+    let after = |a: &str, n: usize| {
+        format!(
+            "CASE WHEN {a}._rollback_next IS NULL THEN {a}.\"_rollback_c{n}\" ELSE {a}.\"_rollback_n{n}\" END"
+        )
+    };
+    let changed = cols
         .iter()
         .enumerate()
         .map(|(n, c)| {
             format!(
-                "(s.{p} AND s._rollback_after AND pg_catalog.record_image_ne(ROW(s.{c}), \
-                 ROW(CASE WHEN s._rollback_next IS NULL THEN s.\"_rollback_c{n}\" ELSE s.\"_rollback_n{n}\" END))) AS \"_rollback_ch{n}\"",
-                p = quote_ident(PRESENT),
-                c = quote_ident(c)
+                "(s.{present} AND s._rollback_after AND pg_catalog.record_image_ne(ROW(s.{c}), ROW({a}))) AS \"_rollback_ch{n}\"",
+                c = quote_ident(c),
+                a = after("s", n),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let inserted = format!("(NOT st0.{present} AND st0._rollback_after)");
+    let exist_changed = |a: &str| format!("({a}.{present} IS DISTINCT FROM {a}._rollback_after)");
+    // Window values (the same on every entry of a key): what others left in each column,
+    // and whether their last change to its existence left the row there.
+    let mut left: Vec<String> = (0..nc)
+        .map(|n| {
+            format!(
+                "first_value({a}) OVER (PARTITION BY {pk} ORDER BY (NOT st0._rollback_mine AND (st0.\"_rollback_ch{n}\" OR {inserted})) DESC, st0.{seq} DESC) AS \"_rollback_av{n}\"",
+                a = after("st0", n),
+                pk = k("st0"),
             )
         })
         .collect();
+    left.push(format!(
+        "first_value(st0._rollback_after) OVER (PARTITION BY {pk} ORDER BY (NOT st0._rollback_mine AND {ec}) DESC, st0.{seq} DESC) AS _rollback_ae",
+        pk = k("st0"),
+        ec = exist_changed("st0"),
+    ));
     let any_change = |who: &str| {
-        let mut parts = vec![format!(
-            "(st.{} IS DISTINCT FROM st._rollback_after)",
-            quote_ident(PRESENT)
-        )];
-        parts.extend((0..cols.len()).map(|n| format!("st.\"_rollback_ch{n}\"")));
+        let mut parts = vec![exist_changed("st")];
+        parts.extend((0..nc).map(|n| format!("st.\"_rollback_ch{n}\"")));
         format!("bool_or({who} AND ({}))", parts.join(" OR "))
     };
-    let per_col: Vec<String> = (0..cols.len())
+    let per_col = (0..nc)
         .map(|n| {
             format!(
-                "bool_or(mine AND st.\"_rollback_ch{n}\") AS \"_rollback_m{n}\", \
-                 bool_or(NOT mine AND st.\"_rollback_ch{n}\") AS \"_rollback_a{n}\", \
-                 bool_or(NOT mine AND (st.\"_rollback_ch{n}\" OR (NOT st.{p} AND st._rollback_after))) AS \"_rollback_s{n}\"",
-                p = quote_ident(PRESENT)
+                "bool_or(st._rollback_mine AND st.\"_rollback_ch{n}\") AS \"_rollback_m{n}\", \
+                 bool_or(NOT st._rollback_mine AND st.\"_rollback_ch{n}\") AS \"_rollback_a{n}\", \
+                 bool_or(NOT st._rollback_mine AND (st.\"_rollback_ch{n}\" OR (NOT st.{present} AND st._rollback_after))) AS \"_rollback_s{n}\""
             )
         })
-        .collect();
-    // The value each column had right after the application's last change to it — an
-    // insert sets every column — (its next entry's prior image, or the current row): what
-    // a conflict resolved for the application keeps, even where the run changed the
-    // column again after it.
-    let inserted = format!("(NOT st0.{} AND st0._rollback_after)", quote_ident(PRESENT));
-    let left: Vec<String> = (0..cols.len())
-        .map(|n| {
-            format!(
-                "first_value(CASE WHEN st0._rollback_next IS NULL THEN st0.\"_rollback_c{n}\" ELSE st0.\"_rollback_n{n}\" END) \
-                 OVER (PARTITION BY {pk} ORDER BY (NOT st0.mine AND (st0.\"_rollback_ch{n}\" OR {inserted})) DESC, st0.{seq} DESC) AS \"_rollback_av{n}\"",
-                pk = k("st0"),
-                seq = quote_ident(SEQ),
-            )
-        })
-        .collect();
+        .collect::<Vec<_>>()
+        .join(", ");
+    let flag_cols = [
+        "_rollback_mig",
+        "_rollback_app",
+        "_rollback_mig_exist",
+        "_rollback_app_exist",
+        "_rollback_moved",
+    ]
+    .iter()
+    .map(|c| format!("flags.{c}"))
+    .chain((0..nc).flat_map(|n| {
+        [
+            format!("flags.\"_rollback_m{n}\""),
+            format!("flags.\"_rollback_a{n}\""),
+            format!("flags.\"_rollback_s{n}\""),
+        ]
+    }))
+    .collect::<Vec<_>>()
+    .join(", ");
+    let avs = (0..nc)
+        .map(|n| format!("st.\"_rollback_av{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let sql = format!(
         "CREATE TEMP TABLE {tmp} ON COMMIT DROP AS \
          WITH l AS MATERIALIZED (SELECT * FROM {log} l WHERE NOT pg_catalog.pg_visible_in_snapshot(l.{xid}, $1::text::pg_catalog.pg_snapshot)), \
@@ -870,68 +960,39 @@ async fn classify(
          s AS (SELECT e.*, x.ctid IS NOT NULL AS _rollback_cpresent, {cur}, \
                       CASE WHEN e._rollback_next IS NULL THEN x.ctid IS NOT NULL ELSE e._rollback_npresent END AS _rollback_after \
                FROM e LEFT JOIN {t} x ON {xm}), \
-         st0 AS (SELECT s.*, {changed}, (s.{writer} IS NOT DISTINCT FROM $2) AS mine FROM s s), \
+         st0 AS (SELECT s.*, {changed}, (s.{writer} IS NOT DISTINCT FROM $2) AS _rollback_mine FROM s s), \
          st AS (SELECT st0.*, {left} FROM st0 st0), \
          flags AS (SELECT {sk}, {mig} AS _rollback_mig, {app} AS _rollback_app, \
-                          bool_or(mine AND st.{present} IS DISTINCT FROM st._rollback_after) AS _rollback_mig_exist, \
-                          bool_or(NOT mine AND st.{present} IS DISTINCT FROM st._rollback_after) AS _rollback_app_exist, \
+                          bool_or(st._rollback_mine AND {ecst}) AS _rollback_mig_exist, \
+                          bool_or(NOT st._rollback_mine AND {ecst}) AS _rollback_app_exist, \
+                          (bool_or(st.{op} = 'k' AND st._rollback_mine) \
+                           OR coalesce(max(st.{seq}) FILTER (WHERE st.{op} = 'k' AND NOT st._rollback_mine) \
+                                       > min(st.{seq}) FILTER (WHERE st._rollback_mine), false)) AS _rollback_moved, \
                           {per_col} \
                    FROM st GROUP BY {sk}), \
-         base AS (SELECT DISTINCT ON ({bk}) st.{present} AS _rollback_base_present, {bcols}, {avs} FROM st ORDER BY {bk}, st.{seq}) \
-         SELECT base.*, flags.* FROM base JOIN flags ON {fm}",
+         base AS (SELECT DISTINCT ON ({sk}) st.{present} AS _rollback_base_present, st._rollback_ae, {bcols}, {avs} \
+                  FROM st ORDER BY {sk}, st.{seq}) \
+         SELECT base.*, {flag_cols} FROM base JOIN flags ON {fm}",
         log = e.log.quoted(),
         xid = quote_ident(XID),
-        seq = quote_ident(SEQ),
-        present = quote_ident(PRESENT),
-        writer = quote_ident(WRITER),
-        lead = lead.join(", "),
         lk = k("l"),
-        cur = cur.join(", "),
         t = e.table.quoted(),
         xm = key_match(e, "x", "e"),
-        changed = changed.join(", "),
-        sk = k("st"),
-        mig = any_change("mine"),
-        app = any_change("NOT mine"),
-        per_col = per_col.join(", "),
+        writer = quote_ident(WRITER),
+        op = quote_ident(OP),
         left = left.join(", "),
-        avs = (0..cols.len())
-            .map(|n| format!("st.\"_rollback_av{n}\""))
-            .collect::<Vec<_>>()
-            .join(", "),
-        bk = k("st"),
+        sk = k("st"),
+        mig = any_change("st._rollback_mine"),
+        app = any_change("NOT st._rollback_mine"),
+        ecst = exist_changed("st"),
         bcols = column_list_with("st", &cols),
+        // Key columns are never NULL: `=` lets the join hash.
         fm = e
             .key
             .iter()
-            // Key columns are never NULL: `=` lets the join hash.
             .map(|c| format!("base.{q} = flags.{q}", q = quote_ident(c)))
             .collect::<Vec<_>>()
             .join(" AND "),
-    );
-    // `flags` repeats the key columns: keep base's.
-    let sql = sql.replace(
-        "SELECT base.*, flags.* FROM",
-        &format!(
-            "SELECT base.*, {} FROM",
-            [
-                "_rollback_mig",
-                "_rollback_app",
-                "_rollback_mig_exist",
-                "_rollback_app_exist",
-            ]
-            .iter()
-            .map(|c| format!("flags.{c}"))
-            .chain((0..cols.len()).flat_map(|n| {
-                [
-                    format!("flags.\"_rollback_m{n}\""),
-                    format!("flags.\"_rollback_a{n}\""),
-                    format!("flags.\"_rollback_s{n}\""),
-                ]
-            }))
-            .collect::<Vec<_>>()
-            .join(", ")
-        ),
     );
     tx.execute(sql.as_str(), &[&d.mvcc_snapshot, &run])
         .await
@@ -1056,79 +1117,208 @@ async fn conflict_list(
     ))
 }
 
-/// Rows both changed, keeping the application's, where the run did not change the row's
-/// existence (the application may have: a row it inserted and the run then updated): set
-/// back to the capture image the columns only the run changed, and the columns both
-/// changed to the value the application left in them (an insert sets every column), so
-/// the run's later change on top of the application's is undone too. Rows the
-/// application deleted are gone from the table and stay so.
-async fn merge_columns(tx: &Transaction<'_>, e: &Entry, sel: &Table) -> Result<u64> {
-    let cols = e.definition.column_names();
-    let settable = settable_columns(e);
-    let sets: Vec<String> = cols
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| settable.contains(c))
-        .map(|(n, c)| {
-            let q = quote_ident(c);
-            format!(
-                "{q} = CASE WHEN a.\"_rollback_m{n}\" AND NOT a.\"_rollback_s{n}\" THEN a.{q} \
-                 WHEN a.\"_rollback_m{n}\" THEN a.\"_rollback_av{n}\" ELSE x.{q} END"
-            )
-        })
-        .collect();
-    if sets.is_empty() {
-        return Ok(0);
-    }
-    tx.execute(
-        &format!(
-            "UPDATE {} x SET {} FROM {} a WHERE {} AND a._rollback_mig AND a._rollback_app \
-             AND NOT a._rollback_mig_exist",
-            e.table.quoted(),
-            sets.join(", "),
-            sel.quoted(),
-            key_match(e, "x", "a"),
-        ),
-        &[],
-    )
-    .await
-    .map_err(|err| restore_error(err, &e.table))
+/// The part of keeping the application's version of rows both changed (see
+/// [`resolve_for_others`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolve {
+    Delete,
+    Update,
+    Insert,
 }
 
-/// Rows the application changed and the run then deleted, keeping the application's:
-/// put back, each column as the application left it (the capture image where it never
-/// changed it).
-async fn reinsert_changed_by_others(tx: &Transaction<'_>, e: &Entry, sel: &Table) -> Result<u64> {
+/// Rows both the run and others changed, resolved for the others: a row exists as it did
+/// right after their last change to its existence, or — if they only changed its columns
+/// — it exists (their writes need it); each column holds what they left in it, or where
+/// they never set it its capture value (the run's, for a row the run added). So the run's
+/// changes, before or after theirs, are undone and theirs kept. `Delete`, `Update` and
+/// `Insert` do the three parts (deletes children first, the others parents first); a row
+/// the run added, others changed and the run deleted again is not brought back.
+async fn resolve_for_others(
+    tx: &Transaction<'_>,
+    e: &Entry,
+    sel: &Table,
+    part: Resolve,
+) -> Result<u64> {
     let all = e.definition.column_names();
-    let cols = e.definition.insertable_columns();
-    let values: Vec<String> = cols
+    // `cur`: the column's current value, for a row the run added (no capture image).
+    let value = |c: &String, cur: Option<&str>| {
+        let n = all.iter().position(|x| x == c).unwrap_or(0);
+        let q = quote_ident(c);
+        match cur {
+            Some(x) => format!(
+                "CASE WHEN a.\"_rollback_s{n}\" THEN a.\"_rollback_av{n}\" WHEN a._rollback_base_present THEN a.{q} ELSE {x}.{q} END"
+            ),
+            None => format!("CASE WHEN a.\"_rollback_s{n}\" THEN a.\"_rollback_av{n}\" ELSE a.{q} END"),
+        }
+    };
+    let exists = "(NOT a._rollback_app_exist OR a._rollback_ae)";
+    let both = "a._rollback_mig AND a._rollback_app";
+    let t = e.table.quoted();
+    let sql = match part {
+        Resolve::Delete => format!(
+            "DELETE FROM {t} x USING {s} a WHERE {m} AND {both} AND NOT {exists}",
+            s = sel.quoted(),
+            m = key_match(e, "x", "a"),
+        ),
+        Resolve::Update => {
+            let settable = settable_columns(e);
+            if settable.is_empty() {
+                return Ok(0);
+            }
+            format!(
+                "UPDATE {t} x SET ({cols}) = ROW({vals}) FROM {s} a WHERE {m} AND {both} AND {exists} \
+                 AND pg_catalog.record_image_ne(ROW({cur}), ROW({want}))",
+                cols = column_list(&settable),
+                vals = settable
+                    .iter()
+                    .map(|c| value(c, Some("x")))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                s = sel.quoted(),
+                m = key_match(e, "x", "a"),
+                cur = column_list_with("x", &settable),
+                want = settable
+                    .iter()
+                    .map(|c| value(c, Some("x")))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        }
+        Resolve::Insert => {
+            let cols = e.definition.insertable_columns();
+            let overriding = if e.definition.columns.iter().any(|c| c.identity == "a") {
+                "OVERRIDING SYSTEM VALUE"
+            } else {
+                ""
+            };
+            format!(
+                "INSERT INTO {t} ({}) {overriding} SELECT {} FROM {s} a WHERE {both} AND {exists} \
+                 AND (a._rollback_base_present OR a._rollback_app_exist) \
+                 AND NOT EXISTS (SELECT 1 FROM {t} x WHERE {m})",
+                column_list(&cols),
+                cols.iter()
+                    .map(|c| value(c, None))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                s = sel.quoted(),
+                m = key_match(e, "x", "a"),
+            )
+        }
+    };
+    tx.execute(sql.as_str(), &[])
+        .await
+        .map_err(|err| restore_error(err, &e.table))
+}
+
+/// A copy (temporary, dropped at commit) of the rows only others changed since capture,
+/// as they are before the restore.
+async fn keep_others_rows(tx: &Transaction<'_>, e: &Entry, sel: &Table, i: usize) -> Result<Table> {
+    let copy = Table::new("pg_temp", format!("rollback_kept_{i}"));
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE {c} ON COMMIT DROP AS SELECT {xc} FROM {t} x JOIN {s} a ON {m} \
+         WHERE a._rollback_app AND NOT a._rollback_mig",
+        c = copy.quoted(),
+        xc = column_list_with("x", &e.definition.column_names()),
+        t = e.table.quoted(),
+        s = sel.quoted(),
+        m = key_match(e, "x", "a"),
+    ))
+    .await
+    .ctx("keeping the rows only others changed")?;
+    Ok(copy)
+}
+
+/// Rows only others changed that the restore changed after all (compared with their copy
+/// by binary image): how many, and up to 20 keys.
+async fn others_rows_changed(
+    tx: &Transaction<'_>,
+    e: &Entry,
+    sel: &Table,
+    copy: &Table,
+) -> Result<(u64, Vec<String>)> {
+    let cols = e.definition.column_names();
+    let first = quote_ident(&e.key[0]);
+    let key_text = |a: &str| {
+        e.key
+            .iter()
+            .map(|k| format!("{a}.{}::text", quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rows = tx
+        .query(
+            &format!(
+                "WITH now AS (SELECT {xc} FROM {t} x JOIN {s} a ON {m} WHERE a._rollback_app AND NOT a._rollback_mig) \
+                 SELECT concat_ws(', ', {kk}), concat_ws(', ', {kn}) FROM {c} k FULL JOIN now n ON {kn_match} \
+                 WHERE k.{first} IS NULL OR n.{first} IS NULL OR pg_catalog.record_image_ne(ROW({kc}), ROW({nc}))",
+                xc = column_list_with("x", &cols),
+                t = e.table.quoted(),
+                s = sel.quoted(),
+                m = key_match(e, "x", "a"),
+                kk = key_text("k"),
+                kn = key_text("n"),
+                c = copy.quoted(),
+                kn_match = key_match(e, "k", "n"),
+                kc = column_list_with("k", &cols),
+                nc = column_list_with("n", &cols),
+            ),
+            &[],
+        )
+        .await
+        .ctx("checking the rows only others changed")?;
+    let keys = rows
         .iter()
-        .map(|c| {
-            let n = all.iter().position(|x| x == c).unwrap_or(0);
-            let q = quote_ident(c);
-            format!("CASE WHEN a.\"_rollback_s{n}\" THEN a.\"_rollback_av{n}\" ELSE a.{q} END")
+        .take(20)
+        .map(|r| {
+            let k: String = r.get(0);
+            let n: String = r.get(1);
+            format!("{} key ({})", e.table, if k.is_empty() { n } else { k })
         })
         .collect();
-    let overriding = if e.definition.columns.iter().any(|c| c.identity == "a") {
-        "OVERRIDING SYSTEM VALUE"
-    } else {
-        ""
-    };
-    tx.execute(
-        &format!(
-            "INSERT INTO {t} ({}) {overriding} SELECT {} FROM {} a \
-             WHERE a._rollback_mig_exist AND a._rollback_app AND NOT a._rollback_app_exist \
-               AND a._rollback_base_present AND NOT EXISTS (SELECT 1 FROM {t} x WHERE {})",
-            column_list(&cols),
-            values.join(", "),
-            sel.quoted(),
-            key_match(e, "x", "a"),
-            t = e.table.quoted(),
-        ),
-        &[],
-    )
-    .await
-    .map_err(|err| restore_error(err, &e.table))
+    Ok((rows.len() as u64, keys))
+}
+
+/// Keys others (any writer but `run`) logged since capture, for a restore that undoes
+/// them all: how many, and up to `cap` of them. Needs no temporary table.
+async fn logged_by_others(
+    tx: &Transaction<'_>,
+    d: &Descriptor,
+    e: &Entry,
+    run: &str,
+    cap: i64,
+) -> Result<(u64, Vec<String>)> {
+    let key_text = e
+        .key
+        .iter()
+        .map(|k| format!("l.{}::text", quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = tx
+        .query(
+            &format!(
+                "WITH k AS (SELECT DISTINCT {kl} FROM {log} l \
+                   WHERE NOT pg_catalog.pg_visible_in_snapshot(l.{xid}, $1::text::pg_catalog.pg_snapshot) \
+                     AND l.{w} IS DISTINCT FROM $2) \
+                 SELECT (SELECT count(*) FROM k), \
+                        array(SELECT concat_ws(', ', {key_text}) FROM k l ORDER BY {kl} LIMIT $3)",
+                kl = column_list_with("l", &e.key),
+                log = e.log.quoted(),
+                xid = quote_ident(XID),
+                w = quote_ident(WRITER),
+            ),
+            &[&d.mvcc_snapshot, &run, &cap],
+        )
+        .await
+        .ctx("reading whose changes the restore undoes")?;
+    let r = &rows[0];
+    let n: i64 = r.get(0);
+    let keys: Vec<String> = r.get(1);
+    Ok((
+        n.max(0) as u64,
+        keys.into_iter()
+            .map(|k| format!("{} key ({k})", e.table))
+            .collect(),
+    ))
 }
 
 /// The fingerprint of one table as the restore left it, taken in its transaction under
@@ -1188,13 +1378,18 @@ async fn proof_fingerprint(
 impl TableUndoLog {
     /// Create the logs, function and triggers (committed), returning the entries without
     /// definitions and fingerprints.
-    async fn install(&self, id: &str) -> Result<Vec<Entry>> {
+    async fn install(&self, id: &str, restore_tag: &str) -> Result<Vec<Entry>> {
         let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting capture")?;
         tx.batch_execute(&self.lock_timeout_sql())
             .await
             .ctx("setting lock_timeout")?;
+        let restore_md5: String = tx
+            .query_one("SELECT pg_catalog.md5($1)", &[&restore_tag])
+            .await
+            .ctx("hashing the restore tag")?
+            .get(0);
         let mut entries = Vec::new();
         for (i, t) in self.tables.iter().enumerate() {
             let Some(oid) = catalog::table_oid(&tx, t).await? else {
@@ -1215,12 +1410,29 @@ impl TableUndoLog {
                 )));
             }
             let cols = def.column_names();
-            if let Some(c) = cols
-                .iter()
-                .find(|c| [SEQ, XID, PRESENT, WRITER].contains(&c.as_str()))
-            {
+            if let Some(c) = cols.iter().find(|c| c.starts_with(RESERVED_PREFIX)) {
                 return Err(Error::invalid(format!(
-                    "{t} has a column named {c}, which the undo log uses itself"
+                    "{t} has a column named {c}: names starting with {RESERVED_PREFIX} are the undo log's own (use TableSnapshot)"
+                )));
+            }
+            // A deferred key may be held by two rows at once inside a transaction (a key
+            // swap): the log, which names rows by key, would mix them up.
+            let immediate: Option<bool> = tx
+                .query_one(
+                    "SELECT bool_or(i.indimmediate) FROM pg_catalog.pg_index i \
+                     WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid \
+                       AND array(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord) \
+                                 JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                                 ORDER BY k.ord) = $2::text[]",
+                    &[&oid, &key],
+                )
+                .await
+                .ctx("reading whether the key is deferrable")?
+                .get(0);
+            if immediate != Some(true) {
+                return Err(Error::invalid(format!(
+                    "the key of {t} ({}) is DEFERRABLE: two rows may hold one key inside a transaction, which an undo log cannot tell apart (use TableSnapshot, or make the key NOT DEFERRABLE)",
+                    key.join(", ")
                 )));
             }
             let log = Table::new(&self.schema, format!("undo_{id}_{i}"));
@@ -1230,7 +1442,7 @@ impl TableUndoLog {
             let s = quote_ident(&self.schema);
             tx.batch_execute(&format!(
                 "CREATE TABLE {log} ({seq} bigserial, {xid} pg_catalog.xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(), \
-                   {present} boolean NOT NULL, {writer} text, LIKE {t}); \
+                   {present} boolean NOT NULL, {writer} text, {op} \"char\" NOT NULL, LIKE {t}); \
                  {function_sql}; \
                  REVOKE ALL ON FUNCTION {s}.{f}() FROM PUBLIC; \
                  CREATE TRIGGER {rt} AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION {s}.{f}(); \
@@ -1240,8 +1452,10 @@ impl TableUndoLog {
                 xid = quote_ident(XID),
                 present = quote_ident(PRESENT),
                 writer = quote_ident(WRITER),
+                op = quote_ident(OP),
                 t = t.quoted(),
-                function_sql = function_sql(&self.schema, &function, t, &log, &def, &key),
+                function_sql =
+                    function_sql(&self.schema, &function, t, &log, &def, &key, &restore_md5),
                 f = quote_ident(&function),
                 rt = quote_ident(&row_trigger),
                 tt = quote_ident(&truncate_trigger),
@@ -1315,7 +1529,8 @@ impl Checkpoint for TableUndoLog {
         check_ident("schema", &self.schema)?;
         crate::snapshot::ensure_schema(&self.db, &self.schema).await?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let mut entries = self.install(&id).await?;
+        let restore_tag = new_restore_tag();
+        let mut entries = self.install(&id, &restore_tag).await?;
         let (seen, mvcc) = match self.fingerprint_all().await {
             Ok(x) => x,
             Err(e) => {
@@ -1350,6 +1565,7 @@ impl Checkpoint for TableUndoLog {
         let descriptor = Descriptor {
             version: 2,
             writers: true,
+            restore_tag,
             database: self.db.name().to_string(),
             schema: self.schema.clone(),
             mvcc_snapshot: mvcc,
@@ -1375,18 +1591,21 @@ impl Checkpoint for TableUndoLog {
         crate::markers::ensure_for_fence(&self.db, &self.schema, ctx).await?;
         let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
-        let tx = client.transaction().await.ctx("starting restore")?;
+        // READ COMMITTED whatever the database's default: each statement after the lock
+        // must see every write committed before the lock was granted.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .ctx("starting restore")?;
         tx.batch_execute(&self.lock_timeout_sql())
             .await
             .ctx("setting lock_timeout")?;
         // Only the newest runner's restore commits.
         crate::markers::fence(&tx, &self.schema, ctx).await?;
         // The restore's own writes are not logged (the log keeps what it undoes).
-        let tag = d
-            .tables
-            .first()
-            .map(|e| restore_tag(&e.function))
-            .unwrap_or_default();
+        let tag = d.restore_tag.clone();
         tx.execute(
             "SELECT pg_catalog.set_config($1, $2, true)",
             &[&WRITER_SETTING, &tag],
@@ -1431,10 +1650,21 @@ impl Checkpoint for TableUndoLog {
         // 2. Who changed what since capture, per key (logs that record writers only).
         // Selective in a run (the run's own writes are undone, everyone else's kept);
         // outside one (a tool, a guard snapshot) every change since capture is undone.
-        let selective = self.selective && d.writers && ctx.in_run();
+        let narrow = d
+            .tables
+            .iter()
+            .all(|e| e.definition.columns.len() <= MAX_SELECTIVE_COLUMNS);
+        let can_select = self.selective && d.writers && !d.restore_tag.is_empty() && ctx.in_run();
+        let selective = can_select && narrow;
+        if can_select && !narrow {
+            tracing::warn!(
+                resource = %self.resource,
+                "a table has more than {MAX_SELECTIVE_COLUMNS} columns: restoring every change since capture, the application's included (each one counted)"
+            );
+        }
         let mut sel: Vec<Option<Table>> = Vec::new();
         for (i, e) in d.tables.iter().enumerate() {
-            sel.push(if d.writers {
+            sel.push(if selective {
                 Some(classify(&tx, &d, e, i, ctx.run_id()).await?)
             } else {
                 None
@@ -1452,14 +1682,38 @@ impl Checkpoint for TableUndoLog {
         let mut others = 0u64;
         let mut other_keys: Vec<String> = Vec::new();
         for (e, s) in d.tables.iter().zip(&sel) {
-            let Some(s) = s else { continue };
-            let (n, keys) = keyed(&tx, e, s, "a._rollback_app", 50).await?;
-            others += n;
-            other_keys.extend(keys);
-            if selective {
-                let (n, list) = conflict_list(&tx, e, s, 50).await?;
-                conflict_rows += n;
-                conflicts.extend(list);
+            match s {
+                Some(s) => {
+                    let (n, keys) = keyed(&tx, e, s, "a._rollback_app", 50).await?;
+                    others += n;
+                    other_keys.extend(keys);
+                    let (n, list) = conflict_list(&tx, e, s, 50).await?;
+                    conflict_rows += n;
+                    conflicts.extend(list);
+                    // A row whose key changed, written by both: the log names rows by
+                    // key, so whose change is whose cannot be told.
+                    let (moved, keys) = keyed(
+                        &tx,
+                        e,
+                        s,
+                        "a._rollback_mig AND a._rollback_app AND a._rollback_moved",
+                        20,
+                    )
+                    .await?;
+                    if moved > 0 {
+                        return Err(Error::conflict(format!(
+                            "{moved} row(s) of {} changed key since capture and were written by both this run and others, so the undo log cannot tell their changes apart; nothing was restored. Resolve them by hand, or restore with TableUndoLog::selective(false) (which discards the others' changes): {}",
+                            e.table,
+                            keys.join("; ")
+                        )));
+                    }
+                }
+                None if d.writers => {
+                    let (n, keys) = logged_by_others(&tx, &d, e, ctx.run_id(), 50).await?;
+                    others += n;
+                    other_keys.extend(keys);
+                }
+                None => {}
             }
         }
         if selective && policy == ConflictPolicy::Refuse && conflict_rows > 0 {
@@ -1468,6 +1722,16 @@ impl Checkpoint for TableUndoLog {
                 self.resource,
                 conflicts.join("; ")
             )));
+        }
+        // What others alone wrote must come out of the restore as it went in (a cascade
+        // inside the set would take it away unseen): keep a copy to compare.
+        let mut kept_copies = Vec::new();
+        for (i, (e, s)) in d.tables.iter().zip(&sel).enumerate() {
+            if let Some(s) = s {
+                kept_copies.push(Some(keep_others_rows(&tx, e, s, i).await?));
+            } else {
+                kept_copies.push(None);
+            }
         }
         // 3. Put the rows back: deletes children first, then parents first.
         let order = parents_first(&tx, &self.tables).await?;
@@ -1485,9 +1749,6 @@ impl Checkpoint for TableUndoLog {
         // Which keys go back to their image at capture: all of them (a full restore),
         // or the run's own changes (and, keeping the baseline, rows both changed).
         let chosen = |t: &Table| -> Option<(Table, &'static str)> {
-            if !selective {
-                return None;
-            }
             sel_of(t).map(|s| {
                 let cond = if policy == ConflictPolicy::KeepBaseline {
                     "a._rollback_mig"
@@ -1497,6 +1758,7 @@ impl Checkpoint for TableUndoLog {
                 (s, cond)
             })
         };
+        let keep_application = selective && policy == ConflictPolicy::KeepApplication;
         let mut items = 0u64;
         for t in order.iter().rev() {
             let Some(e) = entry(t) else { continue };
@@ -1514,6 +1776,11 @@ impl Checkpoint for TableUndoLog {
                 )
                 .await
                 .map_err(|err| restore_error(err, t))?;
+            if keep_application {
+                if let Some(s) = sel_of(t) {
+                    items += resolve_for_others(&tx, e, &s, Resolve::Delete).await?;
+                }
+            }
         }
         for t in &order {
             let Some(e) = entry(t) else { continue };
@@ -1564,12 +1831,11 @@ impl Checkpoint for TableUndoLog {
                 )
                 .await
                 .map_err(|err| restore_error(err, t))?;
-            // Rows both changed, keeping the application's: undo the columns only the run
-            // changed.
-            if selective && policy == ConflictPolicy::KeepApplication {
+            // Rows both changed, keeping the application's version of each.
+            if keep_application {
                 if let Some(s) = sel_of(t) {
-                    items += merge_columns(&tx, e, &s).await?;
-                    items += reinsert_changed_by_others(&tx, e, &s).await?;
+                    items += resolve_for_others(&tx, e, &s, Resolve::Update).await?;
+                    items += resolve_for_others(&tx, e, &s, Resolve::Insert).await?;
                 }
             }
         }
@@ -1578,14 +1844,27 @@ impl Checkpoint for TableUndoLog {
                 .await
                 .ctx("re-enabling trigger")?;
         }
+        // Rows others alone wrote: untouched by all of the above, or nothing is restored.
+        for ((e, s), copy) in d.tables.iter().zip(&sel).zip(&kept_copies) {
+            if let (Some(s), Some(copy)) = (s, copy) {
+                let (n, keys) = others_rows_changed(&tx, e, s, copy).await?;
+                if n > 0 {
+                    return Err(Error::conflict(format!(
+                        "restoring {} would change {n} row(s) only others wrote since capture (a foreign key cascading from a row the run added or changed?); nothing was restored: {}",
+                        e.table,
+                        keys.join("; ")
+                    )));
+                }
+            }
+        }
         // Tables others wrote to in a selective restore: their sequences stay where they
         // are (rows the application inserted keep their ids, and the sequence must stay
         // past them), and the proof sets the sequences' position aside with those rows.
         let mut others_wrote: Vec<bool> = Vec::new();
         for (e, s) in d.tables.iter().zip(&sel) {
-            let wrote = match (selective, s) {
-                (true, Some(s)) => keyed(&tx, e, s, "a._rollback_app", 0).await?.0 > 0,
-                _ => false,
+            let wrote = match s {
+                Some(s) => keyed(&tx, e, s, "a._rollback_app", 0).await?.0 > 0,
+                None => false,
             };
             others_wrote.push(wrote);
             if !wrote {
@@ -1603,17 +1882,14 @@ impl Checkpoint for TableUndoLog {
         let mut fps = Vec::new();
         let mut set_aside = 0u64;
         for ((e, s), wrote) in d.tables.iter().zip(&sel).zip(&others_wrote) {
-            let aside = match (selective, s) {
-                (true, Some(s)) => {
-                    let both = if policy == ConflictPolicy::KeepBaseline {
-                        " AND NOT a._rollback_mig"
-                    } else {
-                        ""
-                    };
-                    Some((s.clone(), format!("a._rollback_app{both}")))
-                }
-                _ => None,
-            };
+            let aside = s.as_ref().map(|s| {
+                let both = if policy == ConflictPolicy::KeepBaseline {
+                    " AND NOT a._rollback_mig"
+                } else {
+                    ""
+                };
+                (s.clone(), format!("a._rollback_app{both}"))
+            });
             let (fp, n) = proof_fingerprint(&tx, e, aside, *wrote).await?;
             fps.push(fp);
             set_aside += n;

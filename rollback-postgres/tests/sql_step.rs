@@ -647,11 +647,16 @@ async fn a_backfill_of_a_created_column_needs_no_checkpoint_and_one_of_another_c
         .step("database", add(), &[])
         .step(
             "database",
-            Backfill::new(&db.db, "fill-label", t.clone(), "id", "tier = 'basic', label = 'x'"),
+            Backfill::new(
+                &db.db,
+                "fill-label",
+                t.clone(),
+                "id",
+                "tier = 'basic', label = 'x'",
+            ),
             &["add-tier"],
         )
         .build()
-        .err()
-        .expect("label is not created by add-tier: a checkpoint is needed");
+        .expect_err("label is not created by add-tier: a checkpoint is needed");
     assert!(matches!(err, PlanError::Uncovered { .. }), "{err}");
 }
