@@ -79,11 +79,12 @@ pub enum ConflictPolicy {
 /// **Capture** (one transaction, committed before anything is hashed): per table, a log
 /// table in the bookkeeping schema ([`DEFAULT_MARKER_SCHEMA`]) with the table's columns in
 /// their own types (`CREATE TABLE … (LIKE …)`, no defaults, indexes or constraints but
-/// `NOT NULL`) plus a sequence number, the writing transaction's id and whether the row
-/// existed; a row-level `AFTER INSERT OR UPDATE OR DELETE` trigger that logs the old image
-/// of an updated or deleted row and the key of an inserted one (and of an update's new key
-/// when the key changes); a `BEFORE TRUNCATE` trigger that logs every row before it goes
-/// (correct, but as costly as a copy). Then, in a `REPEATABLE READ` transaction, the tables
+/// `NOT NULL`) plus a sequence number, the writing transaction's id, whether the row
+/// existed, who wrote and how; statement-level `AFTER INSERT`, `AFTER UPDATE` and `AFTER
+/// DELETE` triggers that log, from the statement's transition tables in one `INSERT …
+/// SELECT`, the old image of every updated or deleted row and the key of every inserted
+/// one (and an update's new keys when keys change); a `BEFORE TRUNCATE` trigger that logs
+/// every row before it goes (correct, but as costly as a copy). Then, in a `REPEATABLE READ` transaction, the tables
 /// are fingerprinted exactly as [`crate::TableSnapshot`] does (same digest: the table hash
 /// and definition; the triggers of this type are left out of the definition) and that
 /// transaction's MVCC snapshot is recorded. A change committed before that snapshot is in
@@ -157,8 +158,8 @@ pub enum ConflictPolicy {
 ///
 /// # When to choose [`crate::TableSnapshot`] instead
 ///
-/// Writes during the migration pay for the trigger (one extra row insert per changed row,
-/// in the writer's transaction), and a step that rewrites every row (a backfill) makes the
+/// Writes during the migration pay for the trigger (one extra row in the log per changed
+/// row, written by one statement per writing statement, in the writer's transaction), and a step that rewrites every row (a backfill) makes the
 /// log as large as a copy — then a copy is cheaper, restores by an O(1) swap, and survives
 /// column drops and type changes. The undo log fits migrations that change few rows of a
 /// big table, or none (the common case of a rollback that never happens), and plans whose
@@ -497,12 +498,12 @@ impl TableUndoLog {
                          WHERE tgrelid = {}::regclass AND tgname = ANY($1)",
                         e.table.regclass_literal()
                     ),
-                    &[&vec![e.row_trigger.clone(), e.truncate_trigger.clone()]],
+                    &[&trigger_names(e)],
                 )
                 .await
                 .ctx("reading the undo log's triggers")?;
             let enabled = rows.iter().filter(|r| r.get::<_, String>(1) != "D").count();
-            if enabled != 2 {
+            if enabled != trigger_names(e).len() {
                 return Err(Error::conflict(format!(
                     "the triggers logging changes of {} are missing or disabled: changes may have escaped the undo log; restore from another checkpoint",
                     e.table
@@ -598,7 +599,10 @@ async fn logged_changes<C: GenericClient>(
     Ok(out)
 }
 
-/// The trigger function of one tracked table: log old images (and new keys).
+/// The trigger function of one tracked table: log old images (and new keys). It runs
+/// once per statement, over the statement's transition tables (`o`: the rows as they
+/// were, `n`: as they are), not once per row — so a writer pays one `INSERT … SELECT`
+/// per statement into the log.
 fn function_sql(
     schema: &str,
     function: &str,
@@ -617,22 +621,20 @@ fn function_sql(
         quote_ident(OP),
         column_list(&cols)
     );
-    let values = |rec: &str, present: bool, op: char| {
+    let from = |rel: &str, present: bool, op: &str, filter: &str| {
         format!(
-            "{into} VALUES ({present}, writer, '{op}', {});",
-            cols.iter()
-                .map(|c| format!("{rec}.{}", quote_ident(c)))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "{into} SELECT {present}, writer, {op}, {} FROM {rel} r{filter};",
+            column_list_with("r", &cols)
         )
     };
-    let key_of = |rec: &str| {
+    let keys = |rel: &str| format!("SELECT {} FROM {rel} r", column_list_with("r", key));
+    let in_other = |other: &str| {
         format!(
-            "ROW({})",
+            "EXISTS (SELECT 1 FROM {other} x WHERE {})",
             key.iter()
-                .map(|k| format!("{rec}.{}", quote_ident(k)))
+                .map(|k| format!("x.{q} = r.{q}", q = quote_ident(k)))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(" AND ")
         )
     };
     // The body names the table, its log and its columns (double-quoted); it is
@@ -645,11 +647,11 @@ fn function_sql(
              RETURN NULL;\n\
            END IF;\n\
            IF TG_OP = 'UPDATE' THEN\n\
-             IF {new_key} IS DISTINCT FROM {old_key} THEN\n\
-               {moved_old}\n\
-               {moved_new}\n\
+             IF NOT EXISTS ({new_keys} EXCEPT {old_keys}) THEN\n\
+               {upd}\n\
              ELSE\n\
-               {upd_old}\n\
+               {upd_moved_old}\n\
+               {upd_moved_new}\n\
              END IF;\n\
            ELSIF TG_OP = 'DELETE' THEN\n\
              {del}\n\
@@ -660,13 +662,18 @@ fn function_sql(
            END IF;\n\
            RETURN NULL;\n\
          END\n",
-        upd_old = values("OLD", true, 'u'),
-        moved_old = values("OLD", true, 'k'),
-        moved_new = values("NEW", false, 'k'),
-        new_key = key_of("NEW"),
-        old_key = key_of("OLD"),
-        del = values("OLD", true, 'd'),
-        ins = values("NEW", false, 'i'),
+        new_keys = keys("n"),
+        old_keys = keys("o"),
+        upd = from("o", true, "'u'", ""),
+        upd_moved_old = from(
+            "o",
+            true,
+            &format!("CASE WHEN {} THEN 'u' ELSE 'k' END", in_other("n")),
+            ""
+        ),
+        upd_moved_new = from("n", false, "'k'", &format!(" WHERE NOT {}", in_other("o"))),
+        del = from("o", true, "'d'", ""),
+        ins = from("n", false, "'i'", ""),
         cols = column_list(&cols),
         t = t.quoted(),
         setting = WRITER_SETTING,
@@ -680,6 +687,18 @@ fn function_sql(
         function = quote_ident(function),
         body = dollar_quote(&body),
     )
+}
+
+/// The names of the triggers of one tracked table: per statement, after updates (the
+/// entry's `row_trigger`), inserts and deletes (with their transition tables), and
+/// before `TRUNCATE`.
+fn trigger_names(e: &Entry) -> Vec<String> {
+    vec![
+        e.row_trigger.clone(),
+        format!("{}_ins", e.row_trigger),
+        format!("{}_del", e.row_trigger),
+        e.truncate_trigger.clone(),
+    ]
 }
 
 /// Foreign keys among `tables`: a topological order (parents first).
@@ -1445,7 +1464,9 @@ impl TableUndoLog {
                    {present} boolean NOT NULL, {writer} text, {op} \"char\" NOT NULL, LIKE {t}); \
                  {function_sql}; \
                  REVOKE ALL ON FUNCTION {s}.{f}() FROM PUBLIC; \
-                 CREATE TRIGGER {rt} AFTER INSERT OR UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION {s}.{f}(); \
+                 CREATE TRIGGER {rt} AFTER UPDATE ON {t} REFERENCING OLD TABLE AS o NEW TABLE AS n FOR EACH STATEMENT EXECUTE FUNCTION {s}.{f}(); \
+                 CREATE TRIGGER {rti} AFTER INSERT ON {t} REFERENCING NEW TABLE AS n FOR EACH STATEMENT EXECUTE FUNCTION {s}.{f}(); \
+                 CREATE TRIGGER {rtd} AFTER DELETE ON {t} REFERENCING OLD TABLE AS o FOR EACH STATEMENT EXECUTE FUNCTION {s}.{f}(); \
                  CREATE TRIGGER {tt} BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {s}.{f}();",
                 log = log.quoted(),
                 seq = quote_ident(SEQ),
@@ -1458,6 +1479,8 @@ impl TableUndoLog {
                     function_sql(&self.schema, &function, t, &log, &def, &key, &restore_md5),
                 f = quote_ident(&function),
                 rt = quote_ident(&row_trigger),
+                rti = quote_ident(&format!("{row_trigger}_ins")),
+                rtd = quote_ident(&format!("{row_trigger}_del")),
                 tt = quote_ident(&truncate_trigger),
             ))
             .await
@@ -1487,13 +1510,18 @@ impl TableUndoLog {
             .ctx("setting lock_timeout")?;
         for e in entries {
             if catalog::table_oid(&tx, &e.table).await?.is_some() {
-                tx.batch_execute(&format!(
-                    "DROP TRIGGER IF EXISTS {} ON {}; DROP TRIGGER IF EXISTS {} ON {}",
-                    quote_ident(&e.row_trigger),
-                    e.table.quoted(),
-                    quote_ident(&e.truncate_trigger),
-                    e.table.quoted()
-                ))
+                tx.batch_execute(
+                    &trigger_names(e)
+                        .iter()
+                        .map(|n| {
+                            format!(
+                                "DROP TRIGGER IF EXISTS {} ON {};",
+                                quote_ident(n),
+                                e.table.quoted()
+                            )
+                        })
+                        .collect::<String>(),
+                )
                 .await
                 .ctx(&format!("dropping the undo log triggers of {}", e.table))?;
             }
