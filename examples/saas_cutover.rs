@@ -19,7 +19,9 @@
 //!
 //! Options: `--fail-at backfill|relayout|soak|none` (default `none`), `--scope
 //! plan|component` (default `plan`), `--customers N` (2000), `--attachments N` (200),
-//! `--soak-ms N` (1500), `--quiet` (no progress lines).
+//! `--soak-ms N` (1500), `--prometheus URL QUERY` (the health trigger from your
+//! Prometheus: a PromQL query giving the error rate, breaching above 1%, two bad
+//! measurements in a row), `--quiet` (no progress lines).
 //!
 //! Backends (each chosen on its own; see `examples::setup`): `DATABASE_URL`; `S3_ENDPOINT`,
 //! `S3_ACCESS_KEY` and `S3_SECRET_KEY` (or `ROLLBACK_TEST_S3_*`); `UNLEASH_URL` and
@@ -35,7 +37,7 @@ use std::time::Duration;
 
 fn usage() -> &'static str {
     "usage: saas_cutover [--fail-at backfill|relayout|soak|none] [--scope plan|component] \
-     [--customers N] [--attachments N] [--soak-ms N] [--quiet]"
+     [--customers N] [--attachments N] [--soak-ms N] [--prometheus URL QUERY] [--quiet]"
 }
 
 fn parse() -> Result<(Options, bool), String> {
@@ -57,6 +59,11 @@ fn parse() -> Result<(Options, bool), String> {
             }
             "--soak-ms" => {
                 o.soak = Duration::from_millis(number("--soak-ms", value("--soak-ms")?)?)
+            }
+            "--prometheus" => {
+                let url = value("--prometheus")?;
+                let query = value("--prometheus")?;
+                o.prometheus = Some((url, query));
             }
             "--quiet" => quiet = true,
             "-h" | "--help" => return Err(usage().into()),

@@ -40,6 +40,7 @@ use rollback_postgres::{
     quote_ident, quote_literal, Backfill, Database, ForeignKeyIntegrity, RowCountParity,
     SqlAssertion, SqlStep, Table, TableSnapshot,
 };
+use rollback_probes::{Analysis, Condition, PrometheusProbe};
 use rollback_s3::{ManifestParity, MovePrefix, S3Bucket, S3Checkpoint};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -160,6 +161,10 @@ pub struct Options {
     /// Release baseline snapshots once a rollback proved their resource back at its
     /// baseline (snapshots of resources left migrated are kept).
     pub discard_proven_snapshots: bool,
+    /// Take the health trigger from a Prometheus instead of the built-in read-path probe:
+    /// its URL and a PromQL query giving the error rate (compared with
+    /// `max_error_rate`).
+    pub prometheus: Option<(String, String)>,
 }
 
 impl Default for Options {
@@ -177,6 +182,7 @@ impl Default for Options {
             poll: Duration::from_millis(200),
             max_error_rate: 0.01,
             discard_proven_snapshots: true,
+            prometheus: None,
         }
     }
 }
@@ -706,12 +712,24 @@ impl Backends {
                     .id("foreign-keys"),
             )
             .verify_final(self.probe("read-path-final", opts))
-            .trigger(
-                Trigger::new(error_rate)
+            .trigger(match &opts.prometheus {
+                // The team's own monitoring: two bad measurements in a row breach.
+                Some((url, query)) => Analysis::new(
+                    PrometheusProbe::new(
+                        url,
+                        "prometheus-error-rate",
+                        query.clone(),
+                        Condition::lt(opts.max_error_rate),
+                    )?,
+                )
+                .interval(opts.poll)
+                .failure_limit(1)
+                .trigger(),
+                None => Trigger::new(error_rate)
                     .every(opts.poll)
                     .threshold(2, 3)
                     .max_value(opts.max_error_rate),
-            )
+            })
             .soak(if fail == FailAt::Soak {
                 // The breach ends the window early; a long window only makes sure it
                 // comes however slow each poll is on a loaded machine.

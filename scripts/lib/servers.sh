@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Real servers for the rollback test suite and benchmarks: a throwaway PostgreSQL
-# cluster, a moto S3 server and Unleash 6. Sourced by scripts/test, scripts/servers-up
+# cluster, a moto S3 server and Unleash 6 (and Prometheus' binary, which the probe tests
+# start themselves). Sourced by scripts/test, scripts/servers-up
 # and scripts/servers-down (and by any benchmark runner that wants the same servers).
 #
 # Usage:
@@ -9,6 +10,7 @@
 #   rb_start_postgres        # exports ROLLBACK_TEST_PG_URL, ROLLBACK_PG_BIN
 #   rb_start_moto            # exports ROLLBACK_TEST_S3_*
 #   rb_start_unleash         # exports ROLLBACK_TEST_UNLEASH_* (needs PostgreSQL first)
+#   rb_ensure_prometheus     # installs Prometheus if missing, exports ROLLBACK_PROMETHEUS_BIN
 #   rb_print_exports         # the export lines, ready to `source`
 #   rb_stop_all [STATE_DIR]  # stops what the state dir recorded, removes the dir
 #
@@ -473,6 +475,27 @@ PY
 }
 
 # ---------------------------------------------------------------------------
+# Prometheus (Debian's package): the probe tests start their own instances, on
+# loopback, scraping an exporter they serve; here it is only installed and found.
+# ---------------------------------------------------------------------------
+
+rb_ensure_prometheus() {
+  local bin=${ROLLBACK_PROMETHEUS_BIN:-}
+  [ -n "$bin" ] && [ -x "$bin" ] || bin=$(command -v prometheus 2>/dev/null || true)
+  if [ -z "$bin" ]; then
+    [ "$(id -u)" = 0 ] || { rb_die "Prometheus is not installed (run: apt-get install -y --no-install-recommends prometheus)"; return 1; }
+    rb_log "installing Prometheus (Debian package)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2 ||
+      { DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >&2; } ||
+      { rb_die "apt-get install prometheus failed"; return 1; }
+    bin=$(command -v prometheus)
+  fi
+  export ROLLBACK_PROMETHEUS_BIN=$bin
+  rb_log "Prometheus: $("$bin" --version 2>&1 | head -n 1)"
+}
+
+# ---------------------------------------------------------------------------
 # All together
 # ---------------------------------------------------------------------------
 
@@ -480,6 +503,7 @@ RB_EXPORT_VARS=(
   ROLLBACK_TEST_PG_URL ROLLBACK_PG_BIN
   ROLLBACK_TEST_S3_ENDPOINT ROLLBACK_TEST_S3_ACCESS_KEY ROLLBACK_TEST_S3_SECRET_KEY ROLLBACK_TEST_S3_REGION
   ROLLBACK_TEST_UNLEASH_URL ROLLBACK_TEST_UNLEASH_ADMIN_TOKEN ROLLBACK_TEST_UNLEASH_CLIENT_TOKEN
+  ROLLBACK_PROMETHEUS_BIN
 )
 
 rb_start_all() {
@@ -487,6 +511,7 @@ rb_start_all() {
   rb_start_postgres || return 1
   rb_start_moto || return 1
   rb_start_unleash || return 1
+  rb_ensure_prometheus || return 1
 }
 
 rb_print_exports() {
