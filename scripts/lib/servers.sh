@@ -11,6 +11,7 @@
 #   rb_start_moto            # exports ROLLBACK_TEST_S3_*
 #   rb_start_unleash         # exports ROLLBACK_TEST_UNLEASH_* (needs PostgreSQL first)
 #   rb_ensure_prometheus     # installs Prometheus if missing, exports ROLLBACK_PROMETHEUS_BIN
+#   rb_make_tls              # a throwaway CA and server certificate, exports ROLLBACK_TEST_TLS_DIR
 #   rb_print_exports         # the export lines, ready to `source`
 #   rb_stop_all [STATE_DIR]  # stops what the state dir recorded, removes the dir
 #
@@ -503,8 +504,40 @@ RB_EXPORT_VARS=(
   ROLLBACK_TEST_PG_URL ROLLBACK_PG_BIN
   ROLLBACK_TEST_S3_ENDPOINT ROLLBACK_TEST_S3_ACCESS_KEY ROLLBACK_TEST_S3_SECRET_KEY ROLLBACK_TEST_S3_REGION
   ROLLBACK_TEST_UNLEASH_URL ROLLBACK_TEST_UNLEASH_ADMIN_TOKEN ROLLBACK_TEST_UNLEASH_CLIENT_TOKEN
-  ROLLBACK_PROMETHEUS_BIN
+  ROLLBACK_PROMETHEUS_BIN ROLLBACK_TEST_TLS_DIR
 )
+
+# ---------------------------------------------------------------------------
+# TLS: a throwaway certificate authority for the TLS tests
+# ---------------------------------------------------------------------------
+
+# Makes $RB_STATE/tls with a throwaway CA (ca.pem), a server certificate signed by it
+# (server.pem, key server.key, mode 0644 so the postgres user can copy it) whose only
+# name is DNS:localhost — so connecting to 127.0.0.1 with hostname verification is a
+# wrong-hostname case — and a second, unrelated CA (other-ca.pem) for wrong-CA cases.
+# Exports ROLLBACK_TEST_TLS_DIR. Idempotent.
+rb_make_tls() {
+  local d=$RB_STATE/tls
+  export ROLLBACK_TEST_TLS_DIR=$d
+  [ -f "$d/server.pem" ] && return 0
+  mkdir -p "$d"
+  (
+    cd "$d" || exit 1
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 \
+      -subj "/CN=rollback test CA" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null &&
+      openssl req -x509 -newkey rsa:2048 -nodes -keyout other-ca.key -out other-ca.pem -days 2 \
+        -subj "/CN=rollback unrelated CA" -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null &&
+      openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr \
+        -subj "/CN=localhost" 2>/dev/null &&
+      printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' >server.ext &&
+      openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+        -out server.pem -days 2 -extfile server.ext 2>/dev/null &&
+      chmod 644 server.key ca.pem other-ca.pem server.pem
+  ) || rb_die "could not make the test certificates in $d (openssl)" || return 1
+  rb_log "test CA and server certificate (DNS:localhost) in $d"
+}
 
 rb_start_all() {
   rb_check_dev_null
