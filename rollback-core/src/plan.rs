@@ -163,13 +163,12 @@ pub struct Trigger {
 
 impl Trigger {
     /// A trigger on `verifier`: polled every second, breached by 1 failure in 1 poll.
+    ///
+    /// A shared verifier (`Arc<V>`, `Arc<dyn Verifier>`) or a boxed one is a verifier too,
+    /// so the caller can keep a handle on it.
     pub fn new(verifier: impl Verifier + 'static) -> Self {
-        Self::from_arc(Arc::new(verifier))
-    }
-    /// Same as [`Trigger::new`] for a shared verifier.
-    pub fn from_arc(verifier: Arc<dyn Verifier>) -> Self {
         Trigger {
-            verifier,
+            verifier: Arc::new(verifier),
             every: Duration::from_secs(1),
             window: 1,
             max_failures: 1,
@@ -699,26 +698,20 @@ impl Plan {
 }
 
 impl PlanBuilder {
-    /// Add a checkpoint of a resource, tagged with `component`.
-    pub fn checkpoint(self, component: &str, cp: impl Checkpoint + 'static) -> Self {
-        self.checkpoint_arc(component, Arc::new(cp))
-    }
-    /// Same as [`PlanBuilder::checkpoint`] for a shared checkpoint.
-    pub fn checkpoint_arc(mut self, component: &str, cp: Arc<dyn Checkpoint>) -> Self {
+    /// Add a checkpoint of a resource, tagged with `component`. A shared checkpoint
+    /// (`Arc<C>`, `Arc<dyn Checkpoint>`) or a boxed one is a checkpoint too.
+    pub fn checkpoint(mut self, component: &str, cp: impl Checkpoint + 'static) -> Self {
         self.checkpoints.push(PlannedCheckpoint {
-            checkpoint: cp,
+            checkpoint: Arc::new(cp),
             component: component.into(),
         });
         self
     }
-    /// Add a step of `component` that runs after the steps `deps`.
-    pub fn step(self, component: &str, step: impl Step + 'static, deps: &[&str]) -> Self {
-        self.step_arc(component, Arc::new(step), deps)
-    }
-    /// Same as [`PlanBuilder::step`] for a shared step.
-    pub fn step_arc(mut self, component: &str, step: Arc<dyn Step>, deps: &[&str]) -> Self {
+    /// Add a step of `component` that runs after the steps `deps`. A shared step
+    /// (`Arc<S>`, `Arc<dyn Step>`) or a boxed one is a step too.
+    pub fn step(mut self, component: &str, step: impl Step + 'static, deps: &[&str]) -> Self {
         self.steps.push(PlannedStep {
-            step,
+            step: Arc::new(step),
             component: component.into(),
             deps: deps.iter().map(|d| d.to_string()).collect(),
             options: StepOptions::default(),
@@ -746,12 +739,8 @@ impl PlanBuilder {
         self
     }
     /// A verifier run after every step is applied; failing it rolls back.
-    pub fn verify_final(self, v: impl Verifier + 'static) -> Self {
-        self.verify_final_arc(Arc::new(v))
-    }
-    /// Same as [`PlanBuilder::verify_final`] for a shared verifier.
-    pub fn verify_final_arc(mut self, v: Arc<dyn Verifier>) -> Self {
-        self.finals.push(v);
+    pub fn verify_final(mut self, v: impl Verifier + 'static) -> Self {
+        self.finals.push(Arc::new(v));
         self
     }
     /// A health trigger polled during the soak window.

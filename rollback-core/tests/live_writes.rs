@@ -75,7 +75,7 @@ fn tier_plan(w: &SimWorld, traffic: Arc<Traffic>) -> Plan {
             &["add-tier"],
         )
         .trigger(
-            Trigger::from_arc(traffic)
+            Trigger::new(traffic)
                 .every(Duration::from_millis(20))
                 .threshold(1, 1),
         )
@@ -219,7 +219,7 @@ async fn a_notice_never_promises_no_data_loss_when_a_restore_will_discard_writes
     let plan = Plan::builder("drop-plan")
         .checkpoint("db", w.checkpoint("db"))
         .step("db", SetKey::delete("drop-plan", &w, "db", "plan"), &[])
-        .trigger(Trigger::from_arc(traffic).every(Duration::from_millis(20)))
+        .trigger(Trigger::new(traffic).every(Duration::from_millis(20)))
         .soak(Duration::from_secs(5))
         .build()
         .unwrap();
