@@ -32,9 +32,11 @@
 //! ```
 //!
 //! The three traits are [`Checkpoint`], [`Step`] and [`Verifier`]; a [`Plan`] ties them
-//! into a DAG; the [`Executor`] runs it against a [`journal::Journal`]. The [`sim`]
-//! module simulates resources and faults; the `conformance` feature exposes the checks
-//! every adapter runs on its real backend.
+//! into a DAG; the [`Executor`] runs it against a [`journal::Journal`]. The `sim`
+//! feature's [`sim`] module simulates resources and faults; the `conformance` feature
+//! exposes the checks every adapter runs on its real backend. No feature is on by default.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod checkpoint;
 mod context;
@@ -50,9 +52,11 @@ mod step;
 mod verifier;
 
 #[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 
 #[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
 pub use checkpoint::{Checkpoint, Discarded, Proof, Restored, Snapshot};
