@@ -70,7 +70,7 @@ pub use executor::{
 pub use journal::TailAssumption;
 pub use lease::Fence;
 pub use plan::{
-    Objectives, Plan, PlanBuilder, PlanError, StepOptions, Trigger, Undo, ROLLBACK_LEAD,
+    Objectives, Plan, PlanBuilder, PlanError, Risk, StepOptions, Trigger, Undo, ROLLBACK_LEAD,
 };
 pub use report::{Outcome, RunReport};
 pub use step::{Effect, Receipt, Reversibility, Step};
