@@ -46,6 +46,7 @@ pub mod journal;
 mod lease;
 pub mod plan;
 pub mod report;
+mod state;
 mod step;
 mod verifier;
 

@@ -2,8 +2,8 @@
 //! journal, rendered as JSON or Markdown, with an incident-report skeleton.
 
 use crate::events::NoticeKind;
-use crate::executor::State;
 use crate::journal::{Entry, Record};
+use crate::state::State;
 use crate::{Digest, Plan, Reversibility, Status, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
