@@ -630,7 +630,7 @@ impl<'a> Run<'a> {
                     self.lease.mark_lost();
                 }
             })?;
-        self.state.fold(&rec.entry);
+        self.state.fold(&rec);
         Ok(())
     }
 

@@ -3,8 +3,9 @@
 //! records of an earlier process, and the report reads the same fold.
 
 use crate::executor::{RunPolicy, SnapshotRetention};
-use crate::journal::{Entry, LostTail, Record};
-use crate::{Plan, Receipt, Snapshot};
+use crate::journal::{Entry, LostTail, Record, TailAssumption};
+use crate::report::VerdictReport;
+use crate::{Discarded, Plan, Receipt, Snapshot};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What the journal says about a run, folded from its records.
@@ -30,18 +31,267 @@ pub(crate) struct State {
     pub(crate) not_restored: BTreeSet<String>,
     /// Steps whose revert failed and that are not reverted since.
     pub(crate) revert_failed: BTreeSet<String>,
+
+    // What the report reads: when each thing happened and how long it took.
+    /// Time of the first record (epoch ms).
+    pub(crate) started_at_ms: Option<u64>,
+    /// Time of the last record folded (epoch ms).
+    pub(crate) last_at_ms: u64,
+    /// Per step: attempts, durations, last error.
+    pub(crate) steps: BTreeMap<String, StepLog>,
+    /// Per checkpoint: capture, restores, parity, release.
+    pub(crate) checkpoints: BTreeMap<String, CheckpointLog>,
+    /// Every verdict, with its phase and the time of its record.
+    pub(crate) verdicts: Vec<VerdictReport>,
+    /// Time of the first `rollback_started`.
+    pub(crate) rollback_started_at_ms: Option<u64>,
+    /// Time of the last `rolled_back`, and whether it was partial.
+    pub(crate) rolled_back_at_ms: Option<u64>,
+    pub(crate) partial: bool,
+    /// The last `rollback_failed`: what remained and why.
+    pub(crate) rollback_failed: Option<(Vec<String>, String)>,
+    /// How many times the run was resumed.
+    pub(crate) resumes: u32,
+    /// Lease takeovers from expired holders: (holder, previous holder, epoch).
+    pub(crate) takeovers: Vec<(String, String, u64)>,
+    /// What the journal lost or repaired at the end of the run.
+    pub(crate) journal_repairs: Vec<JournalRepair>,
+    /// When a resumed run went straight to rollback, the outage began when the run was
+    /// interrupted (its last record before the resume), not at the resume.
+    pub(crate) interrupted_at_ms: Option<u64>,
+    /// A step was applied since the last resume.
+    applying_since_resume: bool,
+}
+
+/// A step's attempts as its records tell them.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct StepLog {
+    /// The attempt number of the last `apply_intent`.
+    pub(crate) apply_attempts: u32,
+    /// Duration of the last successful apply.
+    pub(crate) apply_ms: Option<u64>,
+    /// The attempt number of the last `revert_intent`.
+    pub(crate) revert_attempts: u32,
+    /// Duration of the last successful revert.
+    pub(crate) revert_ms: Option<u64>,
+    /// The last apply or revert error.
+    pub(crate) last_error: Option<String>,
+}
+
+/// A checkpoint's capture, restores and release as its records tell them.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct CheckpointLog {
+    /// Capture time (the snapshot's, or the fingerprint record's).
+    pub(crate) captured_at_ms: Option<u64>,
+    /// Capture (or fingerprint) duration.
+    pub(crate) capture_ms: Option<u64>,
+    /// Only a baseline fingerprint was taken.
+    pub(crate) fingerprint_only: bool,
+    /// Why it was left as it is after the compensations.
+    pub(crate) not_restored: Option<String>,
+    /// The last restore: method, items written back, duration, record time.
+    pub(crate) last_restore: Option<RestoreLog>,
+    /// How many restores were recorded.
+    pub(crate) restores: u32,
+    /// Writes of others that the restores discarded, summed over the restores that
+    /// counted them.
+    pub(crate) discarded_writes: Option<Discarded>,
+    /// A restore other than a no-op did not count what it discarded.
+    pub(crate) uncounted_discards: bool,
+    /// Items the last restore with a proof set aside.
+    pub(crate) kept_writes: Option<u64>,
+    /// The snapshot's release: `Ok(())` released, `Err(why)` failed.
+    pub(crate) released: Option<std::result::Result<(), String>>,
+}
+
+/// One restore of a checkpoint.
+#[derive(Debug, Clone)]
+pub(crate) struct RestoreLog {
+    pub(crate) method: String,
+    pub(crate) items: Option<u64>,
+    pub(crate) duration_ms: u64,
+    pub(crate) at_ms: u64,
+}
+
+/// What the journal repaired at the end of a run.
+#[derive(Debug, Clone)]
+pub(crate) enum JournalRepair {
+    /// A record cut short was dropped.
+    Truncated { bytes: u64, kind: Option<String> },
+    /// A lost tail was resolved by an explicit assumption.
+    LossResolved {
+        lost: String,
+        assumed: TailAssumption,
+    },
 }
 
 impl State {
     pub(crate) fn from_records(records: &[Record]) -> Self {
         let mut s = State::default();
         for r in records {
-            s.fold(&r.entry);
+            s.fold(r);
         }
         s
     }
 
-    pub(crate) fn fold(&mut self, e: &Entry) {
+    /// Fold one record into the state. The executor calls it with every record it
+    /// appends; [`State::from_records`] with every record of the run.
+    pub(crate) fn fold(&mut self, r: &Record) {
+        self.fold_timing(r);
+        self.fold_entry(&r.entry);
+        self.last_at_ms = r.at_ms;
+    }
+
+    /// What the report needs beyond what the executor decides with: times, durations,
+    /// attempts, verdicts, restores, releases.
+    fn fold_timing(&mut self, r: &Record) {
+        let at = r.at_ms;
+        let first = self.started_at_ms.is_none();
+        let started = *self.started_at_ms.get_or_insert(at);
+        if first {
+            self.last_at_ms = started;
+        }
+        match &r.entry {
+            Entry::LeaseTaken {
+                holder,
+                taken_over_from: Some(prev),
+                epoch,
+            } => self.takeovers.push((holder.clone(), prev.clone(), *epoch)),
+            Entry::TailTruncated { bytes, kind } => {
+                self.journal_repairs.push(JournalRepair::Truncated {
+                    bytes: *bytes,
+                    kind: kind.clone(),
+                })
+            }
+            Entry::TailLossResolved { lost, assumed } => {
+                self.journal_repairs.push(JournalRepair::LossResolved {
+                    lost: lost.clone(),
+                    assumed: *assumed,
+                })
+            }
+            Entry::Resumed { .. } => {
+                self.resumes += 1;
+                if self.rollback_started_at_ms.is_none() {
+                    self.interrupted_at_ms = Some(self.last_at_ms);
+                    self.applying_since_resume = false;
+                }
+            }
+            Entry::Fingerprinted {
+                checkpoint,
+                duration_ms,
+                ..
+            } => {
+                let c = self.checkpoints.entry(checkpoint.clone()).or_default();
+                c.captured_at_ms = Some(at);
+                c.capture_ms = Some(*duration_ms);
+                c.fingerprint_only = true;
+            }
+            Entry::NotRestored { checkpoint, reason } => {
+                self.checkpoints
+                    .entry(checkpoint.clone())
+                    .or_default()
+                    .not_restored = Some(reason.clone());
+            }
+            Entry::Captured {
+                checkpoint,
+                snapshot,
+                duration_ms,
+            } => {
+                let c = self.checkpoints.entry(checkpoint.clone()).or_default();
+                c.captured_at_ms = Some(snapshot.captured_at_ms);
+                c.capture_ms = Some(*duration_ms);
+            }
+            Entry::ApplyIntent { step, attempt } => {
+                self.applying_since_resume = true;
+                self.steps.entry(step.clone()).or_default().apply_attempts = *attempt;
+            }
+            Entry::Applied {
+                step, duration_ms, ..
+            } => {
+                self.steps.entry(step.clone()).or_default().apply_ms = Some(*duration_ms);
+            }
+            Entry::ApplyFailed { step, error, .. } | Entry::RevertFailed { step, error, .. } => {
+                self.steps.entry(step.clone()).or_default().last_error = Some(error.clone());
+            }
+            Entry::Verdict {
+                verifier,
+                phase,
+                verdict,
+            } => {
+                self.verdicts.push(VerdictReport {
+                    verifier: verifier.clone(),
+                    phase: phase.clone(),
+                    at_ms: at,
+                    verdict: verdict.clone(),
+                });
+            }
+            Entry::RollbackStarted { .. } => {
+                if self.rollback_started_at_ms.is_none() && self.applying_since_resume {
+                    self.interrupted_at_ms = None; // the resumed run applied, then failed
+                }
+                self.rollback_started_at_ms.get_or_insert(at);
+            }
+            Entry::RevertIntent { step, attempt } => {
+                self.steps.entry(step.clone()).or_default().revert_attempts = *attempt;
+            }
+            Entry::Reverted { step, duration_ms } => {
+                self.steps.entry(step.clone()).or_default().revert_ms = Some(*duration_ms);
+            }
+            Entry::Restored {
+                checkpoint,
+                method,
+                items_changed,
+                duration_ms,
+                discarded,
+                proof,
+            } => {
+                let c = self.checkpoints.entry(checkpoint.clone()).or_default();
+                c.last_restore = Some(RestoreLog {
+                    method: method.clone(),
+                    items: *items_changed,
+                    duration_ms: *duration_ms,
+                    at_ms: at,
+                });
+                c.restores += 1;
+                if let Some(d) = discarded {
+                    let sum = c.discarded_writes.get_or_insert_with(|| Discarded {
+                        exact: true,
+                        ..Default::default()
+                    });
+                    sum.items += d.items;
+                    sum.exact &= d.exact;
+                    sum.includes_run |= d.includes_run;
+                    sum.keys.extend(d.keys.iter().cloned());
+                    sum.conflicts.extend(d.conflicts.iter().cloned());
+                } else if !method.eq_ignore_ascii_case("noop") {
+                    c.uncounted_discards = true;
+                }
+                if let Some(p) = proof {
+                    c.kept_writes = Some(p.set_aside);
+                }
+            }
+            Entry::RolledBack { partial } => {
+                self.partial = *partial;
+                self.rolled_back_at_ms = Some(at);
+            }
+            Entry::Discarded { checkpoint, error } => {
+                self.checkpoints
+                    .entry(checkpoint.clone())
+                    .or_default()
+                    .released = Some(match error {
+                    None => Ok(()),
+                    Some(e) => Err(e.clone()),
+                });
+            }
+            Entry::RollbackFailed { remaining, error } => {
+                self.rollback_failed = Some((remaining.clone(), error.clone()));
+            }
+            _ => {}
+        }
+    }
+
+    /// What the executor decides with.
+    fn fold_entry(&mut self, e: &Entry) {
         match e {
             Entry::CaptureIntent { .. } => self.capture_started = true,
             Entry::Captured {

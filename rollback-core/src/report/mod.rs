@@ -3,14 +3,16 @@
 
 mod markdown;
 mod notice;
+mod sections;
+mod timeline;
 
 pub(crate) use notice::{status_message, NoticeFacts};
 
-use crate::journal::{Entry, Record};
+use crate::journal::Record;
 use crate::state::State;
 use crate::{Digest, Plan, Reversibility, Verdict};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// How a run ended.
@@ -250,579 +252,68 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// Rebuild the report of `run_id` from its records.
+    /// Rebuild the report of `run_id` from its records: the records are folded once
+    /// into the run's state (the same fold the executor runs as it appends them), and
+    /// each section of the report reads that state; the timeline renders each record.
     pub fn from_records(plan: &Plan, run_id: &str, records: &[Record]) -> RunReport {
         let state = State::from_records(records);
-        let started = records.first().map(|r| r.at_ms).unwrap_or(0);
-        let finished = records.last().map(|r| r.at_ms).unwrap_or(started);
-        let mut rollback_at = None;
-        let mut rolled_back_at = None;
-        let mut partial = false;
-        let mut rollback_failed: Option<(Vec<String>, String)> = None;
-        let mut resumes = 0;
-        let mut takeovers = Vec::new();
-        let mut journal_repairs = Vec::new();
-        let mut restored_at: BTreeMap<String, u64> = BTreeMap::new();
-        let mut unknown_discards = false;
-        // When a resumed run went straight to rollback, the outage began when the run was
-        // interrupted (its last record before the resume), not at the resume.
-        let mut interrupted_at: Option<u64> = None;
-        let mut last_at = started;
-        let mut applying_since_resume = false;
-        let mut verdicts = Vec::new();
-        let mut steps: BTreeMap<String, StepReport> = plan
-            .steps()
-            .iter()
-            .map(|s| {
-                (
-                    s.id().to_string(),
-                    StepReport {
-                        id: s.id().into(),
-                        component: s.component.clone(),
-                        reversibility: s.step.reversibility(),
-                        state: StepState::NotApplied,
-                        apply_attempts: 0,
-                        apply_ms: None,
-                        revert_attempts: 0,
-                        revert_ms: None,
-                        last_error: None,
-                        note: None,
-                    },
-                )
-            })
-            .collect();
-        let mut cps: BTreeMap<String, CheckpointReport> = plan
-            .checkpoints()
-            .iter()
-            .map(|c| {
-                (
-                    c.resource().to_string(),
-                    CheckpointReport {
-                        resource: c.resource().into(),
-                        component: c.component.clone(),
-                        snapshot_id: None,
-                        digest: None,
-                        fingerprint: None,
-                        size_bytes: None,
-                        captured_at_ms: None,
-                        capture_ms: None,
-                        restore_method: None,
-                        restored_items: None,
-                        restore_ms: None,
-                        parity: None,
-                        rpo_ms: None,
-                        discarded: None,
-                        discard_error: None,
-                        fingerprint_only: false,
-                        restores: 0,
-                        discarded_writes: None,
-                        kept_writes: None,
-                        not_restored: None,
-                    },
-                )
-            })
-            .collect();
-        let mut timeline = Vec::new();
-        for r in records {
-            let detail = match &r.entry {
-                Entry::RunStarted {
-                    plan,
-                    plan_digest,
-                    holder,
-                    policy,
-                } => {
-                    format!(
-                        "plan {plan} ({}) by {holder}, scope {:?}, on resume {:?}",
-                        plan_digest.short(),
-                        policy.scope,
-                        policy.on_resume
-                    )
-                }
-                Entry::LeaseTaken {
-                    holder,
-                    taken_over_from,
-                    epoch,
-                } => {
-                    if let Some(prev) = taken_over_from {
-                        takeovers.push(format!("{holder} took over from {prev} (epoch {epoch})"));
-                    }
-                    match taken_over_from {
-                        Some(p) => {
-                            format!("lease taken by {holder} over expired {p}, epoch {epoch}")
-                        }
-                        None => format!("lease taken by {holder}, epoch {epoch}"),
-                    }
-                }
-                Entry::TailTruncated { bytes, kind } => {
-                    let what = format!(
-                        "the journal dropped {bytes} bytes of a record cut short ({})",
-                        kind.as_deref().unwrap_or("type unreadable")
-                    );
-                    journal_repairs.push(what.clone());
-                    what
-                }
-                Entry::TailLossResolved { lost, assumed } => {
-                    let what = format!(
-                        "the journal lost {lost}; resumed on the explicit assumption: {assumed}"
-                    );
-                    journal_repairs.push(what.clone());
-                    what
-                }
-                Entry::Resumed { holder } => {
-                    resumes += 1;
-                    if rollback_at.is_none() {
-                        interrupted_at = Some(last_at);
-                        applying_since_resume = false;
-                    }
-                    format!("resumed by {holder}")
-                }
-                Entry::CaptureIntent { checkpoint } => format!("capturing {checkpoint}"),
-                Entry::Fingerprinted {
-                    checkpoint,
-                    fingerprint,
-                    duration_ms,
-                } => {
-                    if let Some(c) = cps.get_mut(checkpoint) {
-                        c.fingerprint = Some(*fingerprint);
-                        c.captured_at_ms = Some(r.at_ms);
-                        c.capture_ms = Some(*duration_ms);
-                        c.fingerprint_only = true;
-                    }
-                    format!(
-                        "fingerprinted {checkpoint} ({}) in {duration_ms} ms; no snapshot: no undo path restores it",
-                        fingerprint.short()
-                    )
-                }
-                Entry::NotRestored { checkpoint, reason } => {
-                    if let Some(c) = cps.get_mut(checkpoint) {
-                        c.not_restored = Some(reason.clone());
-                    }
-                    format!("{checkpoint} left as it is: {reason}")
-                }
-                Entry::Captured {
-                    checkpoint,
-                    snapshot,
-                    duration_ms,
-                } => {
-                    if let Some(c) = cps.get_mut(checkpoint) {
-                        c.snapshot_id = Some(snapshot.id.clone());
-                        c.digest = Some(snapshot.digest);
-                        c.fingerprint = Some(snapshot.fingerprint);
-                        c.size_bytes = snapshot.size_bytes;
-                        c.captured_at_ms = Some(snapshot.captured_at_ms);
-                        c.capture_ms = Some(*duration_ms);
-                    }
-                    format!(
-                        "captured {checkpoint} digest {} in {duration_ms} ms",
-                        snapshot.digest.short()
-                    )
-                }
-                Entry::ApplyIntent { step, attempt } => {
-                    applying_since_resume = true;
-                    if let Some(s) = steps.get_mut(step) {
-                        s.apply_attempts = *attempt;
-                    }
-                    format!("applying {step} (attempt {attempt})")
-                }
-                Entry::Applied {
-                    step, duration_ms, ..
-                } => {
-                    if let Some(s) = steps.get_mut(step) {
-                        s.apply_ms = Some(*duration_ms);
-                    }
-                    format!("applied {step} in {duration_ms} ms")
-                }
-                Entry::ApplyFailed {
-                    step,
-                    error,
-                    maybe_applied,
-                    ..
-                } => {
-                    if let Some(s) = steps.get_mut(step) {
-                        s.last_error = Some(error.clone());
-                    }
-                    format!(
-                        "apply of {step} failed{}: {error}",
-                        if *maybe_applied {
-                            " (may have applied)"
-                        } else {
-                            ""
-                        }
-                    )
-                }
-                Entry::Progress { step, cursor } => format!("{step} saved cursor {cursor}"),
-                Entry::Verdict {
-                    verifier,
-                    phase,
-                    verdict,
-                } => {
-                    verdicts.push(VerdictReport {
-                        verifier: verifier.clone(),
-                        phase: phase.clone(),
-                        at_ms: r.at_ms,
-                        verdict: verdict.clone(),
-                    });
-                    format!(
-                        "{verifier} [{phase}]: {:?} — {}",
-                        verdict.status, verdict.summary
-                    )
-                }
-                Entry::RollbackStarted {
-                    reason,
-                    steps: scope,
-                    ..
-                } => {
-                    if rollback_at.is_none() && applying_since_resume {
-                        interrupted_at = None; // the resumed run applied, then failed
-                    }
-                    rollback_at.get_or_insert(r.at_ms);
-                    format!("ROLLBACK started: {reason} (scope: {})", scope.join(", "))
-                }
-                Entry::RevertIntent { step, attempt } => {
-                    if let Some(s) = steps.get_mut(step) {
-                        s.revert_attempts = *attempt;
-                    }
-                    format!("reverting {step} (attempt {attempt})")
-                }
-                Entry::Reverted { step, duration_ms } => {
-                    if let Some(s) = steps.get_mut(step) {
-                        s.revert_ms = Some(*duration_ms);
-                    }
-                    format!("reverted {step} in {duration_ms} ms")
-                }
-                Entry::RevertFailed { step, error, .. } => {
-                    if let Some(s) = steps.get_mut(step) {
-                        s.last_error = Some(error.clone());
-                    }
-                    format!("revert of {step} failed: {error}")
-                }
-                Entry::RestoreIntent { checkpoint } => format!("restoring {checkpoint}"),
-                Entry::Restored {
-                    checkpoint,
-                    method,
-                    items_changed,
-                    duration_ms,
-                    discarded,
-                    proof,
-                } => {
-                    restored_at.entry(checkpoint.clone()).or_insert(r.at_ms);
-                    if let Some(c) = cps.get_mut(checkpoint) {
-                        c.restore_method = Some(method.clone());
-                        c.restored_items = *items_changed;
-                        c.restore_ms = Some(*duration_ms);
-                        c.rpo_ms = c.captured_at_ms.map(|t| r.at_ms.saturating_sub(t));
-                        c.restores += 1;
-                        if let Some(d) = discarded {
-                            let sum = c.discarded_writes.get_or_insert_with(|| crate::Discarded {
-                                exact: true,
-                                ..Default::default()
-                            });
-                            sum.items += d.items;
-                            sum.exact &= d.exact;
-                            sum.includes_run |= d.includes_run;
-                            sum.keys.extend(d.keys.iter().cloned());
-                            sum.conflicts.extend(d.conflicts.iter().cloned());
-                        } else if !method.eq_ignore_ascii_case("noop") {
-                            unknown_discards = true;
-                        }
-                        if let Some(p) = proof {
-                            c.kept_writes = Some(p.set_aside);
-                        }
-                    }
-                    let lost = match discarded {
-                        Some(d) if d.items > 0 => format!(
-                            "; discarded {}{} write(s) made since capture",
-                            if d.exact { "" } else { "at least " },
-                            d.items
-                        ),
-                        Some(_) => "; discarded no write made since capture".into(),
-                        None => String::new(),
-                    };
-                    let again = if cps.get(checkpoint).is_some_and(|c| c.restores > 1) {
-                        " AGAIN"
-                    } else {
-                        ""
-                    };
-                    format!("restored{again} {checkpoint} by {method} in {duration_ms} ms{lost}")
-                }
-                Entry::RestoreFailed { checkpoint, error } => {
-                    format!("restore of {checkpoint} failed: {error}")
-                }
-                Entry::Parity {
-                    checkpoint,
-                    expected,
-                    actual,
-                } => {
-                    if let Some(c) = cps.get_mut(checkpoint) {
-                        c.parity = Some(expected == actual);
-                    }
-                    format!(
-                        "parity of {checkpoint}: {} (baseline {}, now {})",
-                        if expected == actual {
-                            "proven"
-                        } else {
-                            "FAILED"
-                        },
-                        expected.short(),
-                        actual.short()
-                    )
-                }
-                Entry::Committed => "committed".to_string(),
-                Entry::RolledBack { partial: p } => {
-                    partial = *p;
-                    rolled_back_at = Some(r.at_ms);
-                    // What parity covers is in the parity records and the summary; this
-                    // line claims only the outcome.
-                    if *p {
-                        "partially rolled back".into()
-                    } else {
-                        "rolled back".into()
-                    }
-                }
-                Entry::Discarded { checkpoint, error } => {
-                    if let Some(c) = cps.get_mut(checkpoint) {
-                        c.discarded = Some(error.is_none());
-                        c.discard_error = error.clone();
-                    }
-                    match error {
-                        None => format!("released the snapshot of {checkpoint}"),
-                        Some(e) => format!(
-                            "releasing the snapshot of {checkpoint} failed (left in place): {e}"
-                        ),
-                    }
-                }
-                Entry::RollbackFailed { remaining, error } => {
-                    rollback_failed = Some((remaining.clone(), error.clone()));
-                    format!(
-                        "ROLLBACK FAILED: {error}; remaining: {}",
-                        remaining.join("; ")
-                    )
-                }
-            };
-            timeline.push(TimelineEntry {
-                offset_ms: r.at_ms.saturating_sub(started),
-                kind: r.entry.kind().into(),
-                detail,
-            });
-            last_at = r.at_ms;
-        }
+        Self::from_state(plan, run_id, &state, records)
+    }
 
-        let (reason, scope, scope_cps) = match &state.rollback {
-            Some((reason, s, c)) => (
-                Some(reason.clone()),
-                s.iter().cloned().collect::<BTreeSet<_>>(),
-                c.clone(),
-            ),
-            None => (None, BTreeSet::new(), Vec::new()),
+    /// The report of a run whose records fold into `state`.
+    fn from_state(plan: &Plan, run_id: &str, state: &State, records: &[Record]) -> RunReport {
+        let started = state.started_at_ms.unwrap_or(0);
+        let checkpoints = sections::checkpoints(plan, state);
+        let steps = sections::steps(plan, state, &checkpoints);
+        let unproven = sections::unproven(plan, state, &checkpoints);
+        let outcome = sections::outcome(state);
+        let recovery = sections::recovery(plan, state, &checkpoints);
+        let (rollback_reason, rollback_checkpoints) = match &state.rollback {
+            Some((reason, _, cps)) => (Some(reason.clone()), cps.clone()),
+            None => (None, Vec::new()),
         };
-        let restored_ok: BTreeSet<&String> = scope_cps
-            .iter()
-            .filter(|c| state.parity.get(*c) == Some(&true))
-            .collect();
-        for ps in plan.steps() {
-            let Some(sr) = steps.get_mut(ps.id()) else {
-                continue;
-            };
-            let applied = state.applied.contains_key(ps.id());
-            let touches = ps.step.touches();
-            sr.state = if !applied {
-                // A step that said it did not apply, yet whose resources a restore had to
-                // rewrite while no applied step touches them: it had effects.
-                let rewrote: Vec<String> = touches
-                    .iter()
-                    .filter(|t| {
-                        cps.get(*t).and_then(|c| c.restored_items).unwrap_or(0) > 0
-                            && !plan.steps().iter().any(|o| {
-                                state.applied.contains_key(o.id()) && o.step.touches().contains(t)
-                            })
-                    })
-                    .map(|t| {
-                        format!(
-                            "{t} ({} items)",
-                            cps.get(t).and_then(|c| c.restored_items).unwrap_or(0)
-                        )
-                    })
-                    .collect();
-                let restored: Vec<String> = touches
-                    .iter()
-                    .filter(|t| cps.get(*t).and_then(|c| c.restored_items).unwrap_or(0) > 0)
-                    .map(|t| {
-                        format!(
-                            "{t} ({} items)",
-                            cps.get(t).and_then(|c| c.restored_items).unwrap_or(0)
-                        )
-                    })
-                    .collect();
-                if sr.apply_attempts > 0
-                    && !rewrote.is_empty()
-                    && touches.iter().all(|t| restored_ok.contains(t))
-                {
-                    sr.note = Some(format!(
-                        "reported that it did not apply, yet restoring {} had to rewrite them: its apply had effects",
-                        rewrote.join(", ")
-                    ));
-                    StepState::UndoneByRestore
-                } else {
-                    if sr.apply_attempts > 0 && !restored.is_empty() {
-                        sr.note = Some(format!(
-                            "reported that it did not apply; the restore of {} would also have undone any effect it had",
-                            restored.join(", ")
-                        ));
-                    }
-                    StepState::NotApplied
-                }
-            } else if state.reverted.contains(ps.id()) {
-                StepState::Reverted
-            } else if reason.is_none() {
-                StepState::Applied
-            } else if !scope.contains(ps.id()) {
-                StepState::Kept
-            } else {
-                let by_restore =
-                    !touches.is_empty() && touches.iter().all(|t| restored_ok.contains(t));
-                match plan.undo(ps.id()) {
-                    Some(crate::Undo::CompensationOf { steps: by })
-                        if by.iter().all(|b| state.reverted.contains(b)) =>
-                    {
-                        StepState::UndoneByCompensation
-                    }
-                    _ if by_restore => StepState::UndoneByRestore,
-                    _ if ps.step.reversibility() == Reversibility::Irreversible => {
-                        StepState::IrreversibleKept
-                    }
-                    _ => StepState::NotUndone,
-                }
-            };
-        }
-        // What the rollback cannot claim back at its baseline.
-        let mut unproven = Vec::new();
-        if reason.is_some() {
-            for c in &scope_cps {
-                let Some(cr) = cps.get(c) else { continue };
-                if cr.fingerprint.is_none() || cr.parity == Some(true) {
-                    continue;
-                }
-                unproven.push(match (&cr.not_restored, cr.parity) {
-                    (Some(why), _) => format!("{c}: {why}"),
-                    (None, Some(false)) => format!("{c}: differs from its baseline"),
-                    _ => format!("{c}: parity not checked"),
-                });
-            }
-            let with_checkpoint: Vec<&str> =
-                plan.checkpoints().iter().map(|c| c.resource()).collect();
-            // A resource is checked when a checkpoint is of it or of something containing
-            // it (`a/b` is inside `a`). A step may also name a container beside the part of
-            // it that it changes (a flag and its provider scope): the container is then
-            // checked through that part.
-            let direct = |t: &str| with_checkpoint.iter().any(|c| *c == t || inside(t, c));
-            let mut unchecked: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for ps in plan.steps() {
-                if !scope.contains(ps.id()) || !state.applied.contains_key(ps.id()) {
-                    continue;
-                }
-                let touches = ps.step.touches();
-                if touches.is_empty() {
-                    unproven.push(format!(
-                        "step {}: names no resource it changes, so what it changed is not checked",
-                        ps.id()
-                    ));
-                }
-                for t in &touches {
-                    let through_part = touches.iter().any(|part| inside(part, t) && direct(part));
-                    if !direct(t) && !through_part {
-                        unchecked
-                            .entry(t.clone())
-                            .or_default()
-                            .push(ps.id().to_string());
-                    }
-                }
-            }
-            for (t, by) in unchecked {
-                unproven.push(format!(
-                    "{t}: changed by {} and has no checkpoint, so its state after the rollback is not checked",
-                    by.join(", ")
-                ));
-            }
-        }
-
-        let outcome = if state.committed {
-            Outcome::Committed
-        } else if state.rolled_back {
-            if partial {
-                Outcome::PartiallyRolledBack
-            } else {
-                Outcome::RolledBack
-            }
-        } else if rollback_failed.is_some() {
-            Outcome::RollbackFailed
-        } else {
-            Outcome::InProgress
-        };
-        let remaining = if outcome == Outcome::RollbackFailed {
-            rollback_failed.map(|(r, _)| r).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let rto_start = match (rollback_at, interrupted_at) {
-            (Some(a), Some(i)) => Some(a.min(i)),
-            (a, _) => a,
-        };
-        let rto_ms = match (rto_start, rolled_back_at) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-            _ => None,
-        };
-        // A restore discarded writes whenever it ran, whether or not the rollback finished.
-        let rpo_ms = if state.rolled_back || !restored_at.is_empty() {
-            Some(cps.values().filter_map(|c| c.rpo_ms).max().unwrap_or(0))
-        } else {
-            None
-        };
-        let counted: Vec<&crate::Discarded> = cps
-            .values()
-            .filter_map(|c| c.discarded_writes.as_ref())
-            .collect();
-        let items_discarded = (!counted.is_empty()).then(|| counted.iter().map(|d| d.items).sum());
-        let discarded_exact =
-            !counted.is_empty() && !unknown_discards && counted.iter().all(|d| d.exact);
         RunReport {
             run_id: run_id.into(),
             plan: plan.name().into(),
             plan_digest: plan.digest(),
             outcome,
-            rollback_reason: reason,
+            rollback_reason,
             started_at_ms: started,
-            finished_at_ms: finished,
-            steps: plan
-                .steps()
-                .iter()
-                .filter_map(|s| steps.remove(s.id()))
-                .collect(),
-            checkpoints: plan
-                .checkpoints()
-                .iter()
-                .filter_map(|c| cps.remove(c.resource()))
-                .collect(),
-            verdicts,
-            rto_ms,
-            rpo_ms,
-            items_discarded,
-            discarded_exact,
+            finished_at_ms: state.last_at_ms,
+            steps,
+            checkpoints,
+            verdicts: state.verdicts.clone(),
+            rto_ms: recovery.rto_ms,
+            rpo_ms: recovery.rpo_ms,
+            items_discarded: recovery.items_discarded,
+            discarded_exact: recovery.discarded_exact,
             unproven,
-            remaining,
-            rollback_checkpoints: scope_cps,
-            resumes,
-            lease_takeovers: takeovers,
-            journal_repairs,
+            remaining: match (&state.rollback_failed, outcome) {
+                (Some((remaining, _)), Outcome::RollbackFailed) => remaining.clone(),
+                _ => Vec::new(),
+            },
+            rollback_checkpoints,
+            resumes: state.resumes,
+            lease_takeovers: state
+                .takeovers
+                .iter()
+                .map(|(holder, prev, epoch)| {
+                    format!("{holder} took over from {prev} (epoch {epoch})")
+                })
+                .collect(),
+            journal_repairs: state.journal_repairs.iter().map(timeline::repair).collect(),
             approvals: plan.approvals.clone(),
             objectives: plan.objectives(),
-            rto_met: rto_ms
+            rto_met: recovery
+                .rto_ms
                 .zip(plan.objectives().rto_ms)
                 .map(|(got, target)| got <= target),
-            rpo_met: rpo_ms
+            rpo_met: recovery
+                .rpo_ms
                 .zip(plan.objectives().rpo_ms)
                 .map(|(got, target)| got <= target),
             owners: plan.owners().clone(),
-            timeline,
+            timeline: timeline::timeline(plan, started, records),
         }
     }
 
