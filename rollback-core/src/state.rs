@@ -4,8 +4,8 @@
 
 use crate::executor::{RunPolicy, SnapshotRetention};
 use crate::journal::{Entry, LostTail, Record, TailAssumption};
-use crate::report::VerdictReport;
-use crate::{Discarded, Plan, Receipt, Snapshot};
+use crate::report::{Detection, VerdictReport};
+use crate::{Discarded, Plan, Receipt, Snapshot, Status};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What the journal says about a run, folded from its records.
@@ -37,12 +37,16 @@ pub(crate) struct State {
     pub(crate) started_at_ms: Option<u64>,
     /// Time of the last record folded (epoch ms).
     pub(crate) last_at_ms: u64,
+    /// The run is a rehearsal (from `run_started`).
+    pub(crate) rehearsal: bool,
     /// Per step: attempts, durations, last error.
     pub(crate) steps: BTreeMap<String, StepLog>,
     /// Per checkpoint: capture, restores, parity, release.
     pub(crate) checkpoints: BTreeMap<String, CheckpointLog>,
     /// Every verdict, with its phase and the time of its record.
     pub(crate) verdicts: Vec<VerdictReport>,
+    /// The failing verdict that started the rollback, when one did.
+    pub(crate) detection: Option<Detection>,
     /// Time of the first `rollback_started`.
     pub(crate) rollback_started_at_ms: Option<u64>,
     /// Time of the last `rolled_back`, and whether it was partial.
@@ -61,6 +65,8 @@ pub(crate) struct State {
     pub(crate) interrupted_at_ms: Option<u64>,
     /// A step was applied since the last resume.
     applying_since_resume: bool,
+    /// The last record folded was this verdict (index into `verdicts`).
+    last_verdict: Option<usize>,
 }
 
 /// A step's attempts as its records tell them.
@@ -151,7 +157,9 @@ impl State {
         if first {
             self.last_at_ms = started;
         }
+        let last_verdict = self.last_verdict.take();
         match &r.entry {
+            Entry::RunStarted { policy, .. } => self.rehearsal |= policy.rehearsal,
             Entry::LeaseTaken {
                 holder,
                 taken_over_from: Some(prev),
@@ -224,10 +232,24 @@ impl State {
                     at_ms: at,
                     verdict: verdict.clone(),
                 });
+                self.last_verdict = Some(self.verdicts.len() - 1);
             }
-            Entry::RollbackStarted { .. } => {
-                if self.rollback_started_at_ms.is_none() && self.applying_since_resume {
-                    self.interrupted_at_ms = None; // the resumed run applied, then failed
+            Entry::RollbackStarted { reason, .. } => {
+                if self.rollback_started_at_ms.is_none() {
+                    if self.applying_since_resume {
+                        self.interrupted_at_ms = None; // the resumed run applied, then failed
+                    }
+                    self.detection = last_verdict
+                        .and_then(|i| self.verdicts.get(i))
+                        .filter(|v| !self.rehearsal && started_by(v, reason))
+                        .map(|v| Detection {
+                            verifier: v.verifier.clone(),
+                            phase: v.phase.clone(),
+                            detected_at_ms: v.at_ms,
+                            rollback_started_at_ms: at,
+                            latency_ms: at.saturating_sub(v.at_ms),
+                            summary: v.verdict.summary.clone(),
+                        });
                 }
                 self.rollback_started_at_ms.get_or_insert(at);
             }
@@ -461,4 +483,12 @@ impl State {
     pub(crate) fn discard_pending(&self, retention: SnapshotRetention) -> bool {
         self.baseline.keys().any(|k| self.to_release(k, retention))
     }
+}
+
+/// Whether the verdict `v`, recorded right before `rollback_started` with `reason`, is
+/// what started the rollback: it did not pass, or it is the soak poll that breached its
+/// trigger's threshold (a passing verdict whose value is over the trigger's limit).
+fn started_by(v: &VerdictReport, reason: &str) -> bool {
+    v.verdict.status != Status::Pass
+        || (v.phase == "soak" && reason.starts_with(&format!("trigger {} breached", v.verifier)))
 }

@@ -1,6 +1,6 @@
 //! The report rendered as Markdown, with the incident-report skeleton.
 
-use super::{RunReport, StepState, VerdictReport};
+use super::{Detection, RunReport, StepState, VerdictReport};
 use crate::Status;
 use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};
@@ -17,6 +17,9 @@ impl RunReport {
         let _ = writeln!(m, "| outcome | **{}** |", self.outcome);
         if let Some(r) = &self.rollback_reason {
             let _ = writeln!(m, "| rollback reason | {} |", md(r));
+        }
+        if let Some(d) = &self.detection {
+            let _ = writeln!(m, "| detection | {} |", md(&d.sentence()));
         }
         let _ = writeln!(
             m,
@@ -271,7 +274,11 @@ impl RunReport {
             .collect();
         let _ = writeln!(
             m,
-            "\n**Detection.** {}",
+            "\n**Detection.** {}{}",
+            self.detection
+                .as_ref()
+                .map(|d| format!("{} ", md(&d.sentence())))
+                .unwrap_or_default(),
             if failing.is_empty() {
                 "No failing verdict; see the rollback reason.".to_string()
             } else {
@@ -333,6 +340,42 @@ impl RunReport {
     }
 }
 
+impl Detection {
+    /// "Breach detected at <T> by <verifier> (<summary>); rollback started at T+<x> ms."
+    pub fn sentence(&self) -> String {
+        format!(
+            "Breach detected at {} by {} ({}); rollback started at T+{} ms.",
+            utc(self.detected_at_ms),
+            self.verifier,
+            self.summary,
+            self.latency_ms
+        )
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm UTC` of an epoch-ms time.
+pub(super) fn utc(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    let in_day = ms % 86_400_000;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03} UTC",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000
+    )
+}
+
 /// " (target X ms: met)" / " (target X ms: **missed**)", or nothing without a target.
 fn target_note(target: Option<u64>, met: Option<bool>) -> String {
     match (target, met) {
@@ -357,5 +400,19 @@ fn md(s: &str) -> String {
 impl fmt::Display for RunReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_markdown())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn utc_renders_epoch_milliseconds_as_a_calendar_time() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00.000 UTC");
+        // 2000-02-29 23:59:59.999 (a leap day)
+        assert_eq!(utc(951_868_799_999), "2000-02-29 23:59:59.999 UTC");
+        // 2026-12-07 08:34:10.123
+        assert_eq!(utc(1_796_632_450_123), "2026-12-07 08:34:10.123 UTC");
     }
 }

@@ -161,10 +161,30 @@ pub struct VerdictReport {
     pub verifier: String,
     /// Phase: `precondition`, `after:<step>`, `final`, `soak`.
     pub phase: String,
-    /// Epoch ms.
+    /// When the verdict's journal record was written (epoch ms).
     pub at_ms: u64,
     /// The verdict with its evidence.
     pub verdict: Verdict,
+}
+
+/// The breach that started a rollback: which verifier saw it, when its verdict was
+/// recorded, and when the rollback started. Both times are the journal records'
+/// (`verdict` and `rollback_started`), so `latency_ms` is what the run took from the
+/// recorded detection to the recorded start of the rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detection {
+    /// The verifier whose verdict started the rollback (a trigger's verifier in `soak`).
+    pub verifier: String,
+    /// Its phase: `precondition`, `after:<step>`, `final`, `soak`.
+    pub phase: String,
+    /// When its verdict was recorded (epoch ms).
+    pub detected_at_ms: u64,
+    /// When `rollback_started` was recorded (epoch ms).
+    pub rollback_started_at_ms: u64,
+    /// `rollback_started_at_ms − detected_at_ms`.
+    pub latency_ms: u64,
+    /// The verdict's summary.
+    pub summary: String,
 }
 
 /// One line of the timeline.
@@ -202,6 +222,12 @@ pub struct RunReport {
     pub checkpoints: Vec<CheckpointReport>,
     /// Every verdict.
     pub verdicts: Vec<VerdictReport>,
+    /// When the breach that started the rollback was detected and how long the rollback
+    /// took to start: the failing verdict recorded right before `rollback_started`.
+    /// `None` when no verdict started the rollback (a failed step, a failed capture, a
+    /// cancellation, a resume that rolls back, a rehearsal) or when there was no rollback.
+    #[serde(default)]
+    pub detection: Option<Detection>,
     /// Recovery time: from the trigger (rollback start) to verified restored.
     pub rto_ms: Option<u64>,
     /// Recovery point: the largest window of writes lost to a checkpoint restore (0 when
@@ -283,6 +309,7 @@ impl RunReport {
             steps,
             checkpoints,
             verdicts: state.verdicts.clone(),
+            detection: state.detection.clone(),
             rto_ms: recovery.rto_ms,
             rpo_ms: recovery.rpo_ms,
             items_discarded: recovery.items_discarded,
