@@ -48,6 +48,7 @@ pub mod journal;
 mod lease;
 pub mod plan;
 pub mod report;
+mod state;
 mod step;
 mod verifier;
 
