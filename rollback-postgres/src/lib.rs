@@ -128,17 +128,17 @@
 
 mod backfill;
 mod catalog;
+mod checkpoint;
 mod db;
 mod diff;
 mod error;
+mod fingerprint;
 mod hash;
 mod ident;
 mod journal;
 mod markers;
-mod reconcile;
 mod recovery;
 mod schema;
-mod snapshot;
 mod sqlscan;
 mod step;
 mod tracked;
@@ -150,6 +150,9 @@ pub use catalog::{
     PublicationModel, RuleModel, SchemaChange, SchemaModel, SecurityLabelModel, SequenceModel,
     StatisticsModel, TableModel, TriggerModel, ViewModel,
 };
+pub use checkpoint::copy::{
+    RestoreMethod, TableSnapshot, DEFAULT_SNAPSHOT_SCHEMA, TABLE_COPY_KIND,
+};
 pub use db::{Database, DEFAULT_POOL_SIZE, PINNED_SETTINGS, RESET_SESSION_SQL};
 pub use diff::{RangeDiff, TableDiff};
 pub use hash::{ChunkDigest, KeyValue, TableHash, LEAF_ROWS};
@@ -158,7 +161,6 @@ pub use journal::PgJournal;
 pub use markers::DEFAULT_MARKER_SCHEMA;
 pub use recovery::{RecoveryPoint, RecoveryPointInfo};
 pub use schema::{SchemaSnapshot, SCHEMA_KIND};
-pub use snapshot::{RestoreMethod, TableSnapshot, DEFAULT_SNAPSHOT_SCHEMA, TABLE_COPY_KIND};
 pub use step::{SqlReceipt, SqlStep, TxMode, DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 pub use tracked::{ConflictPolicy, LoggedChanges, TableUndoLog, UndoLogParity, UNDO_LOG_KIND};
 

@@ -1,10 +1,10 @@
 //! [`SchemaSnapshot`]: a checkpoint of the catalog of some schemas.
 
 use crate::catalog::{self, SchemaModel};
+use crate::checkpoint::reconcile;
 use crate::db::Database;
 use crate::error::PgResultExt;
 use crate::ident::{quote_ident, quote_literal, Table};
-use crate::reconcile;
 use async_trait::async_trait;
 use rollback_core::{Checkpoint, Context, Digest, Error, Restored, Result, Snapshot};
 use serde::{Deserialize, Serialize};

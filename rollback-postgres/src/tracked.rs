@@ -4,9 +4,9 @@
 use crate::catalog::{self, diff_tables, TableModel};
 use crate::db::Database;
 use crate::error::{PgError, PgResultExt};
+use crate::fingerprint::SnapshotHasher;
 use crate::ident::{check_ident, column_list, column_list_with, dollar_quote, quote_ident, Table};
 use crate::markers::DEFAULT_MARKER_SCHEMA;
-use crate::snapshot::SnapshotHasher;
 use async_trait::async_trait;
 use rollback_core::{
     Checkpoint, Context, Digest, Discarded, Error, Hasher, Proof, Restored, Result, Snapshot,
@@ -1555,7 +1555,7 @@ impl Checkpoint for TableUndoLog {
             t.check()?;
         }
         check_ident("schema", &self.schema)?;
-        crate::snapshot::ensure_schema(&self.db, &self.schema).await?;
+        crate::checkpoint::ensure_schema(&self.db, &self.schema).await?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let restore_tag = new_restore_tag();
         let mut entries = self.install(&id, &restore_tag).await?;
@@ -1902,7 +1902,7 @@ impl Checkpoint for TableUndoLog {
                         .ctx("restoring sequence value")?;
                 }
             }
-            crate::reconcile::table_properties(&tx, &e.table, &e.definition).await?;
+            crate::checkpoint::reconcile::table_properties(&tx, &e.table, &e.definition).await?;
         }
         // 4. The proof, under the lock that keeps writers out: the tables' fingerprint —
         //    with the rows others changed set aside (each replaced by its image at
