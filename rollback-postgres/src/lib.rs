@@ -141,7 +141,7 @@ mod recovery;
 mod schema;
 mod sqlscan;
 mod step;
-mod tracked;
+
 mod verify;
 
 pub use backfill::{Backfill, BackfillCursor, BackfillReceipt};
@@ -153,6 +153,9 @@ pub use catalog::{
 pub use checkpoint::copy::{
     RestoreMethod, TableSnapshot, DEFAULT_SNAPSHOT_SCHEMA, TABLE_COPY_KIND,
 };
+pub use checkpoint::undo_log::{
+    ConflictPolicy, LoggedChanges, TableUndoLog, UndoLogParity, UNDO_LOG_KIND,
+};
 pub use db::{Database, DEFAULT_POOL_SIZE, PINNED_SETTINGS, RESET_SESSION_SQL};
 pub use diff::{RangeDiff, TableDiff};
 pub use hash::{ChunkDigest, KeyValue, TableHash, LEAF_ROWS};
@@ -162,7 +165,6 @@ pub use markers::DEFAULT_MARKER_SCHEMA;
 pub use recovery::{RecoveryPoint, RecoveryPointInfo};
 pub use schema::{SchemaSnapshot, SCHEMA_KIND};
 pub use step::{SqlReceipt, SqlStep, TxMode, DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
-pub use tracked::{ConflictPolicy, LoggedChanges, TableUndoLog, UndoLogParity, UNDO_LOG_KIND};
 
 /// Attribute the writes of the transaction `client` is in to the run of `ctx`, as this
 /// crate's steps do: a [`TableUndoLog`] records who wrote each change, and its selective

@@ -176,7 +176,11 @@ pub(crate) async fn abort_if_idle<C: GenericClient>(c: &C, ctx: &Context) -> Res
 pub(crate) async fn attribute<C: GenericClient>(c: &C, ctx: &Context, local: bool) -> Result<()> {
     c.execute(
         "SELECT pg_catalog.set_config($1, $2, $3)",
-        &[&crate::tracked::WRITER_SETTING, &ctx.run_id(), &local],
+        &[
+            &crate::checkpoint::undo_log::WRITER_SETTING,
+            &ctx.run_id(),
+            &local,
+        ],
     )
     .await
     .ctx("attributing the step's writes to its run")?;

@@ -773,7 +773,7 @@ impl Session {
             let _ = o
                 .batch_execute(&format!(
                     "RESET lock_timeout; RESET statement_timeout; RESET \"{}\"",
-                    crate::tracked::WRITER_SETTING.replace('.', "\".\"")
+                    crate::checkpoint::undo_log::WRITER_SETTING.replace('.', "\".\"")
                 ))
                 .await;
         }

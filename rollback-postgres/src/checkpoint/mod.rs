@@ -4,6 +4,7 @@
 
 pub(crate) mod copy;
 pub(crate) mod reconcile;
+pub(crate) mod undo_log;
 
 use crate::db::Database;
 use crate::error::PgResultExt;
