@@ -126,7 +126,6 @@
 //! hashed in large spans; big tables are hashed by parallel COPY streams over key ranges
 //! of one exported snapshot.
 
-mod backfill;
 mod catalog;
 mod checkpoint;
 mod db;
@@ -138,13 +137,11 @@ mod ident;
 mod journal;
 mod markers;
 mod recovery;
-mod schema;
 mod sqlscan;
-mod step;
+mod steps;
 
 mod verify;
 
-pub use backfill::{Backfill, BackfillCursor, BackfillReceipt};
 pub use catalog::{
     Change, ColumnModel, ConstraintModel, EnumModel, FunctionModel, IndexModel, PolicyModel,
     PublicationModel, RuleModel, SchemaChange, SchemaModel, SecurityLabelModel, SequenceModel,
@@ -153,6 +150,7 @@ pub use catalog::{
 pub use checkpoint::copy::{
     RestoreMethod, TableSnapshot, DEFAULT_SNAPSHOT_SCHEMA, TABLE_COPY_KIND,
 };
+pub use checkpoint::schema::{SchemaSnapshot, SCHEMA_KIND};
 pub use checkpoint::undo_log::{
     ConflictPolicy, LoggedChanges, TableUndoLog, UndoLogParity, UNDO_LOG_KIND,
 };
@@ -163,8 +161,9 @@ pub use ident::{quote_ident, quote_literal, Table};
 pub use journal::PgJournal;
 pub use markers::DEFAULT_MARKER_SCHEMA;
 pub use recovery::{RecoveryPoint, RecoveryPointInfo};
-pub use schema::{SchemaSnapshot, SCHEMA_KIND};
-pub use step::{SqlReceipt, SqlStep, TxMode, DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
+pub use steps::backfill::{Backfill, BackfillCursor, BackfillReceipt};
+pub use steps::sql::{SqlReceipt, SqlStep, TxMode};
+pub use steps::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 
 /// Attribute the writes of the transaction `client` is in to the run of `ctx`, as this
 /// crate's steps do: a [`TableUndoLog`] records who wrote each change, and its selective

@@ -2,12 +2,12 @@
 
 use crate::catalog::{self, SchemaModel};
 use crate::checkpoint::copy::table_entry;
+use crate::checkpoint::schema::SchemaSnapshot;
 use crate::db::Database;
 use crate::diff::Differ;
 use crate::error::PgResultExt;
 use crate::hash::{self, Shape};
 use crate::ident::{quote_ident, Table};
-use crate::schema::SchemaSnapshot;
 use async_trait::async_trait;
 use rollback_core::{Checkpoint, Context, Result, Verdict, Verifier};
 use serde_json::json;

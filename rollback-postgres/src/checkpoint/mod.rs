@@ -1,9 +1,12 @@
 //! Checkpoints of PostgreSQL state: [`copy`] ([`crate::TableSnapshot`], table copies
-//! inside the database), and [`reconcile`], the DDL that brings a table's definition back
-//! to a captured one, which restores share.
+//! inside the database), [`undo_log`] ([`crate::TableUndoLog`], triggers that log prior
+//! images), [`schema`] ([`crate::SchemaSnapshot`], the catalog of schemas), and
+//! [`reconcile`], the DDL that brings a table's definition back to a captured one, which
+//! their restores share.
 
 pub(crate) mod copy;
 pub(crate) mod reconcile;
+pub(crate) mod schema;
 pub(crate) mod undo_log;
 
 use crate::db::Database;

@@ -1,5 +1,6 @@
 //! [`SqlStep`]: a migration step of `up` and `down` SQL, applied exactly once per run.
 
+use super::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 use crate::db::Database;
 use crate::error::{Class, PgError, PgResultExt};
 use crate::ident::{quote_ident, Table};
@@ -10,12 +11,6 @@ use rollback_core::{Context, Digest, Effect, Error, Receipt, Result, Reversibili
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::sync::OnceCell;
-
-/// Default `lock_timeout` of a step: a migration waits at most this long for a lock, so it
-/// never queues traffic behind it for longer.
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default `statement_timeout` of a step.
-pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a [`SqlStep`] runs its SQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

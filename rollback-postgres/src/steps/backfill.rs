@@ -1,11 +1,11 @@
 //! [`Backfill`]: a batched, throttled, resumable `UPDATE` by primary-key ranges.
 
+use super::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 use crate::db::Database;
 use crate::error::{Class, PgError, PgResultExt};
 use crate::ident::{quote_ident, Table};
 use crate::markers::{self, DEFAULT_MARKER_SCHEMA};
 use crate::sqlscan;
-use crate::step::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 use async_trait::async_trait;
 use rollback_core::{Context, Effect, Error, Receipt, Result, Reversibility, Step};
 use serde::{Deserialize, Serialize};
