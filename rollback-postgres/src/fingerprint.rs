@@ -13,6 +13,8 @@ use crate::ident::Table;
 use rollback_core::{Digest, Hasher, Result};
 use tokio_postgres::{GenericClient, Transaction};
 
+/// The fingerprint of one table: its name, the digest of its definition and the root of
+/// its content hash — or `absent` when it does not exist (no definition or no root).
 pub(crate) fn table_fingerprint(
     t: &Table,
     def: Option<&TableModel>,
@@ -33,6 +35,7 @@ pub(crate) fn table_fingerprint(
     h.finish()
 }
 
+/// The fingerprint of a set of tables, from theirs in table order.
 pub(crate) fn combine(parts: &[Digest]) -> Digest {
     let mut h = Hasher::new();
     h.field(b"rollback-postgres/tables/v1");

@@ -14,11 +14,11 @@ pub use changes::{LoggedChanges, UndoLogParity};
 use crate::catalog::{self, TableModel};
 use crate::db::Database;
 use crate::error::PgResultExt;
-use crate::fingerprint::SnapshotHasher;
+use crate::fingerprint::{combine, table_fingerprint, SnapshotHasher};
 use crate::ident::{check_ident, column_list_with, quote_ident, Table};
 use crate::markers::DEFAULT_MARKER_SCHEMA;
 use async_trait::async_trait;
-use rollback_core::{Checkpoint, Context, Digest, Error, Hasher, Restored, Result, Snapshot};
+use rollback_core::{Checkpoint, Context, Digest, Error, Restored, Result, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio_postgres::{GenericClient, IsolationLevel};
@@ -232,34 +232,6 @@ struct Entry {
     fingerprint: Digest,
 }
 
-/// The fingerprint of one table (the same as [`crate::TableSnapshot`]'s).
-fn table_fingerprint(t: &Table, def: &TableModel, root: Digest) -> Digest {
-    let mut h = Hasher::new();
-    h.field(b"rollback-postgres/table/v1");
-    h.field(t.quoted().as_bytes());
-    h.field(&def.digest().0);
-    h.field(&root.0);
-    h.finish()
-}
-
-fn absent_fingerprint(t: &Table) -> Digest {
-    let mut h = Hasher::new();
-    h.field(b"rollback-postgres/table/v1");
-    h.field(t.quoted().as_bytes());
-    h.field(b"absent");
-    h.finish()
-}
-
-/// The fingerprint of a set of tables (the same as [`crate::TableSnapshot`]'s).
-fn combine(parts: &[Digest]) -> Digest {
-    let mut h = Hasher::new();
-    h.field(b"rollback-postgres/tables/v1");
-    for p in parts {
-        h.field(&p.0);
-    }
-    h.finish()
-}
-
 /// A table's model without the triggers of undo logs.
 async fn model_without_logs<C: GenericClient>(c: &C, oid: u32) -> Result<TableModel> {
     let mut m = catalog::table_model_by_oid(c, oid).await?;
@@ -404,7 +376,7 @@ impl TableUndoLog {
             for t in &self.tables {
                 let Some(oid) = catalog::table_oid(&tx, t).await? else {
                     out.push(Seen {
-                        fingerprint: absent_fingerprint(t),
+                        fingerprint: table_fingerprint(t, None, None),
                         model: None,
                         attnums: vec![],
                         key: vec![],
@@ -418,7 +390,7 @@ impl TableUndoLog {
                     .root(&self.db, &tx, t, oid, &model, key.clone())
                     .await?;
                 out.push(Seen {
-                    fingerprint: table_fingerprint(t, &model, root),
+                    fingerprint: table_fingerprint(t, Some(&model), Some(root)),
                     model: Some(model),
                     attnums: cols,
                     key,

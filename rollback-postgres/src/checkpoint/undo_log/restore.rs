@@ -8,12 +8,12 @@ use super::selective::{
     resolve_for_others, Resolve,
 };
 use super::{
-    absent_fingerprint, attnums, combine, earliest_sql, key_match, model_without_logs,
-    table_fingerprint, ConflictPolicy, Descriptor, Entry, TableUndoLog, MAX_SELECTIVE_COLUMNS,
-    PRESENT, TRIGGER_PREFIX, WRITER_SETTING,
+    attnums, earliest_sql, key_match, model_without_logs, ConflictPolicy, Descriptor, Entry,
+    TableUndoLog, MAX_SELECTIVE_COLUMNS, PRESENT, TRIGGER_PREFIX, WRITER_SETTING,
 };
 use crate::catalog::{self, diff_tables};
 use crate::error::{PgError, PgResultExt};
+use crate::fingerprint::{combine, table_fingerprint};
 use crate::ident::{column_list, column_list_with, quote_ident, Table};
 use rollback_core::{Context, Digest, Discarded, Error, Proof, Restored, Result, Snapshot};
 use std::collections::BTreeSet;
@@ -187,7 +187,7 @@ async fn proof_fingerprint(
     sequences_aside: bool,
 ) -> Result<(Digest, u64)> {
     let Some(oid) = catalog::table_oid(tx, &e.table).await? else {
-        return Ok((absent_fingerprint(&e.table), 0));
+        return Ok((table_fingerprint(&e.table, None, None), 0));
     };
     let mut model = model_without_logs(tx, oid).await?;
     if sequences_aside {
@@ -226,7 +226,7 @@ async fn proof_fingerprint(
         key: e.key.clone(),
     };
     let h = crate::hash::hash_relation(tx.client(), &shape, u64::MAX).await?;
-    Ok((table_fingerprint(&e.table, &model, h.root), n))
+    Ok((table_fingerprint(&e.table, Some(&model), Some(h.root)), n))
 }
 
 impl TableUndoLog {
