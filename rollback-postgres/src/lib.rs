@@ -139,6 +139,7 @@ mod markers;
 mod recovery;
 mod sqlscan;
 mod steps;
+mod triggers;
 
 mod verify;
 

@@ -15,6 +15,7 @@ use crate::catalog::{self, diff_tables};
 use crate::error::{PgError, PgResultExt};
 use crate::fingerprint::{combine, table_fingerprint};
 use crate::ident::{column_list, column_list_with, quote_ident, Table};
+use crate::triggers;
 use rollback_core::{Context, Digest, Discarded, Error, Proof, Restored, Result, Snapshot};
 use std::collections::BTreeSet;
 use tokio_postgres::{GenericClient, Transaction};
@@ -118,37 +119,6 @@ pub(super) fn restore_error(err: tokio_postgres::Error, t: &Table) -> Error {
         ));
     }
     e.into_core(false)
-}
-
-/// User triggers enabled on `t` other than the undo logs': (name, mode).
-async fn user_triggers(tx: &Transaction<'_>, t: &Table) -> Result<Vec<(String, String)>> {
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT tgname::text, tgenabled::text FROM pg_catalog.pg_trigger \
-                 WHERE tgrelid = {}::regclass AND NOT tgisinternal AND tgenabled <> 'D' \
-                   AND NOT starts_with(tgname::text, $1) ORDER BY tgname",
-                t.regclass_literal()
-            ),
-            &[&TRIGGER_PREFIX],
-        )
-        .await
-        .ctx("reading triggers")?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-fn trigger_mode_sql(t: &Table, name: &str, mode: &str) -> String {
-    let how = match mode {
-        "R" => "ENABLE REPLICA",
-        "A" => "ENABLE ALWAYS",
-        "D" => "DISABLE",
-        _ => "ENABLE",
-    };
-    format!(
-        "ALTER TABLE {} {how} TRIGGER {}",
-        t.quoted(),
-        quote_ident(name)
-    )
 }
 
 /// The columns a restore may set (not the key, not generated, not identity-always).
@@ -383,15 +353,12 @@ impl TableUndoLog {
         // 3. Put the rows back: deletes children first, then parents first.
         let order = parents_first(&tx, &self.tables).await?;
         let entry = |t: &Table| d.tables.iter().find(|e| &e.table == t);
-        let mut disabled = Vec::new();
-        for e in &d.tables {
-            for (name, mode) in user_triggers(&tx, &e.table).await? {
-                tx.batch_execute(&trigger_mode_sql(&e.table, &name, "D"))
-                    .await
-                    .ctx("disabling trigger for restore")?;
-                disabled.push((e.table.clone(), name, mode));
-            }
-        }
+        let disabled = triggers::disable_for_restore(
+            &tx,
+            &d.tables.iter().map(|e| &e.table).collect::<Vec<_>>(),
+            Some(TRIGGER_PREFIX),
+        )
+        .await?;
         refuse_cascades(&tx, &d, &self.tables).await?;
         // Which keys go back to their image at capture: all of them (a full restore),
         // or the run's own changes (and, keeping the baseline, rows both changed).
@@ -486,11 +453,7 @@ impl TableUndoLog {
                 }
             }
         }
-        for (t, name, mode) in &disabled {
-            tx.batch_execute(&trigger_mode_sql(t, name, mode))
-                .await
-                .ctx("re-enabling trigger")?;
-        }
+        triggers::reenable(&tx, &disabled).await?;
         // Rows others alone wrote: untouched by all of the above, or nothing is restored.
         for ((e, s), copy) in d.tables.iter().zip(&sel).zip(&kept_copies) {
             if let (Some(s), Some(copy)) = (s, copy) {

@@ -6,6 +6,7 @@ use super::super::{Descriptor, Entry, TableSnapshot};
 use super::{fk_info, overriding, Attempt};
 use crate::error::PgResultExt;
 use crate::ident::column_list;
+use crate::triggers;
 use rollback_core::Result;
 use tokio_postgres::Transaction;
 
@@ -43,7 +44,12 @@ impl TableSnapshot {
         for (_, p, _) in &plans {
             Self::run_all(tx, &p.pre, "restoring table definition").await?;
         }
-        let disabled = self.disable_triggers(tx, &present).await?;
+        let disabled = triggers::disable_for_restore(
+            tx,
+            &present.iter().map(|e| &e.table).collect::<Vec<_>>(),
+            None,
+        )
+        .await?;
         for t in &fks.order {
             let Some(e) = present.iter().find(|e| &e.table == t) else {
                 continue;
@@ -68,7 +74,7 @@ impl TableSnapshot {
                 .ctx(&format!("copying rows back into {t}"))?;
             items += n;
         }
-        self.enable_triggers(tx, &disabled).await?;
+        triggers::reenable(tx, &disabled).await?;
         let notes = self.finish_structure(tx, &plans, d).await?;
         self.set_sequences(tx, d).await?;
         Ok(Attempt::Done(items, notes))

@@ -7,6 +7,7 @@ use super::super::{Descriptor, Entry, TableSnapshot};
 use super::{fk_info, overriding, Attempt};
 use crate::error::PgResultExt;
 use crate::ident::{column_list, column_list_with, quote_ident, Table};
+use crate::triggers;
 use rollback_core::{Error, Result};
 use tokio_postgres::Transaction;
 
@@ -84,7 +85,12 @@ impl TableSnapshot {
         for (_, p, _) in &plans {
             Self::run_all(tx, &p.pre, "restoring table definition").await?;
         }
-        let disabled = self.disable_triggers(tx, &present).await?;
+        let disabled = triggers::disable_for_restore(
+            tx,
+            &present.iter().map(|e| &e.table).collect::<Vec<_>>(),
+            None,
+        )
+        .await?;
         for t in fks.order.iter().rev() {
             let Some(e) = present.iter().find(|e| &e.table == t) else {
                 continue;
@@ -151,7 +157,7 @@ impl TableSnapshot {
                 .await
                 .map_err(|err| fk_conflict(err, t))?;
         }
-        self.enable_triggers(tx, &disabled).await?;
+        triggers::reenable(tx, &disabled).await?;
         let notes = self.finish_structure(tx, &plans, d).await?;
         self.set_sequences(tx, d).await?;
         Ok(Attempt::Done(items, notes))

@@ -8,7 +8,7 @@ mod merge;
 mod swap;
 
 use super::capture::copy_table;
-use super::{relation_exists, Descriptor, Entry, RestoreMethod, TableSnapshot};
+use super::{relation_exists, Descriptor, RestoreMethod, TableSnapshot};
 use crate::catalog::{self, diff_tables, TableModel};
 use crate::checkpoint::reconcile::{self, Reconcile};
 use crate::error::{backend_msg, PgResultExt};
@@ -388,36 +388,6 @@ async fn fk_info(tx: &Transaction<'_>, tables: &[Table]) -> Result<FkInfo> {
     Ok(FkInfo { order, incoming })
 }
 
-/// User triggers currently enabled on `t`: (name, enabled mode).
-async fn enabled_triggers(tx: &Transaction<'_>, t: &Table) -> Result<Vec<(String, String)>> {
-    let rows = tx
-        .query(
-            &format!(
-                "SELECT tgname::text, tgenabled::text FROM pg_catalog.pg_trigger \
-                 WHERE tgrelid = {}::regclass AND NOT tgisinternal AND tgenabled <> 'D' ORDER BY tgname",
-                t.regclass_literal()
-            ),
-            &[],
-        )
-        .await
-        .ctx("reading triggers")?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-fn enable_trigger_sql(t: &Table, name: &str, mode: &str) -> String {
-    let how = match mode {
-        "R" => "ENABLE REPLICA",
-        "A" => "ENABLE ALWAYS",
-        "D" => "DISABLE",
-        _ => "ENABLE",
-    };
-    format!(
-        "ALTER TABLE {} {how} TRIGGER {}",
-        t.quoted(),
-        quote_ident(name)
-    )
-}
-
 impl TableSnapshot {
     async fn drop_absent(&self, tx: &Transaction<'_>, d: &Descriptor) -> Result<u64> {
         let mut n = 0;
@@ -497,35 +467,6 @@ impl TableSnapshot {
             }
         }
         Ok(notes)
-    }
-    async fn disable_triggers(
-        &self,
-        tx: &Transaction<'_>,
-        present: &[&Entry],
-    ) -> Result<Vec<(Table, String, String)>> {
-        let mut disabled = Vec::new();
-        for e in present {
-            for (name, mode) in enabled_triggers(tx, &e.table).await? {
-                tx.batch_execute(&enable_trigger_sql(&e.table, &name, "D"))
-                    .await
-                    .ctx("disabling trigger for restore")?;
-                disabled.push((e.table.clone(), name, mode));
-            }
-        }
-        Ok(disabled)
-    }
-
-    async fn enable_triggers(
-        &self,
-        tx: &Transaction<'_>,
-        disabled: &[(Table, String, String)],
-    ) -> Result<()> {
-        for (t, name, mode) in disabled {
-            tx.batch_execute(&enable_trigger_sql(t, name, mode))
-                .await
-                .ctx("re-enabling trigger")?;
-        }
-        Ok(())
     }
 }
 

@@ -3,11 +3,12 @@
 //! only where nothing else depends on the table ([`swap_unsafe`]).
 
 use super::super::{Descriptor, TableSnapshot};
-use super::{enable_trigger_sql, Attempt};
+use super::Attempt;
 use crate::catalog::{self, TableModel};
 use crate::checkpoint::reconcile::{self};
 use crate::error::{backend_msg, PgResultExt};
 use crate::ident::{quote_ident, Table};
+use crate::triggers::trigger_mode_sql;
 use rollback_core::Result;
 use std::collections::BTreeMap;
 use tokio_postgres::Transaction;
@@ -98,7 +99,7 @@ impl TableSnapshot {
                     .await
                     .ctx("re-creating trigger")?;
                 if tr.enabled != "O" {
-                    tx.batch_execute(&enable_trigger_sql(t, &tr.name, &tr.enabled))
+                    tx.batch_execute(&trigger_mode_sql(t, &tr.name, &tr.enabled))
                         .await
                         .ctx("restoring trigger state")?;
                 }
