@@ -443,10 +443,6 @@ impl SqlStep {
             .map(|_| ())
     }
 
-    fn marker_table(&self) -> String {
-        format!("{}.applied_steps", quote_ident(&self.marker_schema))
-    }
-
     /// After a broken connection during COMMIT: did the apply commit?
     async fn committed(&self, ctx: &Context) -> Result<Option<Receipt>> {
         let c = self.db.lib_client().await?;
@@ -498,12 +494,13 @@ impl SqlStep {
         self.check_created(&tx, true).await?;
         let receipt = Receipt::new(&self.receipt(ctx));
         let json = receipt.0.to_string();
-        tx.execute(
-            &format!(
-                "INSERT INTO {} (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, 'applied')",
-                self.marker_table()
-            ),
-            &[&run, &self.id, &json],
+        markers::insert(
+            &tx,
+            &self.marker_schema,
+            run,
+            &self.id,
+            &json,
+            markers::State::Applied,
         )
         .await
         .ctx("writing the step marker")?;
@@ -568,15 +565,9 @@ impl SqlStep {
                 self.check_created(&tx, false).await?;
             }
         }
-        tx.execute(
-            &format!(
-                "DELETE FROM {} WHERE run_id = $1 AND step_id = $2",
-                self.marker_table()
-            ),
-            &[&run, &self.id],
-        )
-        .await
-        .ctx("deleting the step marker")?;
+        markers::delete(&tx, &self.marker_schema, run, &self.id)
+            .await
+            .ctx("deleting the step marker")?;
         tx.commit().await.ctx("committing revert")
     }
 
@@ -607,13 +598,13 @@ impl SqlStep {
         }
         let receipt = Receipt::new(&self.receipt(ctx));
         let json = receipt.0.to_string();
-        c.execute(
-            &format!(
-                "INSERT INTO {} (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, 'applying') \
-                 ON CONFLICT (run_id, step_id) DO NOTHING",
-                self.marker_table()
-            ),
-            &[&run, &self.id, &json],
+        markers::insert_if_absent(
+            c,
+            &self.marker_schema,
+            run,
+            &self.id,
+            &json,
+            markers::State::Applying,
         )
         .await
         .ctx("writing the step marker")?;
@@ -624,15 +615,9 @@ impl SqlStep {
         self.check_created(c, true)
             .await
             .map_err(|e| Error::backend("postgres", e))?;
-        c.execute(
-            &format!(
-                "UPDATE {} SET state = 'applied', applied_at = now() WHERE run_id = $1 AND step_id = $2",
-                self.marker_table()
-            ),
-            &[&run, &self.id],
-        )
-        .await
-        .map_err(|e| PgError::new("marking the step applied", &e).into_core(true))?;
+        markers::mark_applied(c, &self.marker_schema, run, &self.id)
+            .await
+            .map_err(|e| PgError::new("marking the step applied", &e).into_core(true))?;
         Ok(receipt)
     }
 
@@ -657,15 +642,9 @@ impl SqlStep {
                 self.check_created(c, false).await?;
             }
         }
-        c.execute(
-            &format!(
-                "DELETE FROM {} WHERE run_id = $1 AND step_id = $2",
-                self.marker_table()
-            ),
-            &[&run, &self.id],
-        )
-        .await
-        .ctx("deleting the step marker")?;
+        markers::delete(c, &self.marker_schema, run, &self.id)
+            .await
+            .ctx("deleting the step marker")?;
         Ok(())
     }
 
