@@ -8,20 +8,44 @@ use crate::ident::{quote_ident, quote_literal, Table};
 use rollback_core::{Error, Result};
 use tokio_postgres::Transaction;
 
+/// Run one statement of the restore, counting it in `n`.
 async fn exec(tx: &Transaction<'_>, sql: &str, n: &mut usize) -> Result<()> {
     tracing::debug!(sql, "schema restore");
     *n += 1;
     tx.batch_execute(sql).await.ctx("schema restore")
 }
 
-/// Run DDL turning `live` into `target`; returns the number of statements.
+/// Run DDL turning `live` into `target`; returns the number of statements. The order
+/// matters: what depends on an object is dropped before it and created after it.
 pub(super) async fn undo(
     tx: &Transaction<'_>,
     live: &SchemaModel,
     target: &SchemaModel,
 ) -> Result<usize> {
+    refuse_dropped_tables(live, target)?;
     let mut n = 0;
-    // Tables dropped since capture hold data this checkpoint does not have.
+    // a. Views added or changed since: drop (re-created below).
+    drop_changed_views(tx, live, target, &mut n).await?;
+    // b. Tables and sequences added since.
+    drop_added_relations(tx, live, target, &mut n).await?;
+    // c. Schemas, enum types, functions and sequences that went away or changed.
+    create_missing_schemas(tx, live, target, &mut n).await?;
+    restore_enums(tx, live, target, &mut n).await?;
+    restore_functions(tx, live, target, &mut n).await?;
+    restore_sequences(tx, live, target, &mut n).await?;
+    // d. Tables.
+    restore_tables(tx, live, target, &mut n).await?;
+    // e. Views back, in an order that satisfies their dependencies.
+    recreate_views(tx, live, target, &mut n).await?;
+    // f. Functions, enum types and schemas created since.
+    drop_added_functions(tx, live, target, &mut n).await?;
+    drop_added_enums(tx, live, target, &mut n).await?;
+    drop_added_schemas(tx, live, target, &mut n).await?;
+    Ok(n)
+}
+
+/// Refuse when a table was dropped since capture: its data is not in a schema snapshot.
+fn refuse_dropped_tables(live: &SchemaModel, target: &SchemaModel) -> Result<()> {
     for k in target.tables.keys() {
         if !live.tables.contains_key(k) {
             return Err(Error::conflict(format!(
@@ -29,7 +53,16 @@ pub(super) async fn undo(
             )));
         }
     }
-    // a. Views added or changed since: drop (re-created below).
+    Ok(())
+}
+
+/// Drop the views added or changed since capture (re-created by [`recreate_views`]).
+async fn drop_changed_views(
+    tx: &Transaction<'_>,
+    live: &SchemaModel,
+    target: &SchemaModel,
+    n: &mut usize,
+) -> Result<()> {
     for (k, v) in &live.views {
         if target.views.get(k) != Some(v) {
             let kind = if v.materialized {
@@ -44,33 +77,62 @@ pub(super) async fn undo(
                     quote_ident(&v.schema),
                     quote_ident(&v.name)
                 ),
-                &mut n,
+                n,
             )
             .await?;
         }
     }
-    // b. Tables and sequences added since.
+    Ok(())
+}
+
+/// Drop the tables and sequences added since capture.
+async fn drop_added_relations(
+    tx: &Transaction<'_>,
+    live: &SchemaModel,
+    target: &SchemaModel,
+    n: &mut usize,
+) -> Result<()> {
     for (k, t) in &live.tables {
         if !target.tables.contains_key(k) {
             exec(
                 tx,
                 &format!("DROP TABLE {}", Table::new(&t.schema, &t.name).quoted()),
-                &mut n,
+                n,
             )
             .await?;
         }
     }
     for (k, s) in &live.sequences {
         if !target.sequences.contains_key(k) {
-            exec(tx, &format!("DROP SEQUENCE {}", s.quoted()), &mut n).await?;
+            exec(tx, &format!("DROP SEQUENCE {}", s.quoted()), n).await?;
         }
     }
-    // c. Schemas, enum types, functions and sequences that went away or changed.
+    Ok(())
+}
+
+/// Create the schemas dropped since capture.
+async fn create_missing_schemas(
+    tx: &Transaction<'_>,
+    live: &SchemaModel,
+    target: &SchemaModel,
+    n: &mut usize,
+) -> Result<()> {
     for s in &target.schemas {
         if !live.schemas.contains(s) {
-            exec(tx, &format!("CREATE SCHEMA {}", quote_ident(s)), &mut n).await?;
+            exec(tx, &format!("CREATE SCHEMA {}", quote_ident(s)), n).await?;
         }
     }
+    Ok(())
+}
+
+/// Create the enum types dropped since capture, and add back the labels of changed ones
+/// (labels can be added, never removed).
+async fn restore_enums(
+    tx: &Transaction<'_>,
+    live: &SchemaModel,
+    target: &SchemaModel,
+    n: &mut usize,
+) -> Result<()> {
     for (k, e) in &target.enums {
         match live.enums.get(k) {
             None => {
@@ -83,7 +145,7 @@ pub(super) async fn undo(
                         quote_ident(&e.name),
                         labels.join(", ")
                     ),
-                    &mut n,
+                    n,
                 )
                 .await?;
             }
@@ -104,7 +166,7 @@ pub(super) async fn undo(
                                 quote_ident(&e.name),
                                 quote_literal(lab)
                             ),
-                            &mut n,
+                            n,
                         )
                         .await?;
                     }
@@ -114,6 +176,16 @@ pub(super) async fn undo(
             _ => {}
         }
     }
+    Ok(())
+}
+
+/// Re-create the functions dropped or changed since capture.
+async fn restore_functions(
+    tx: &Transaction<'_>,
+    live: &SchemaModel,
+    target: &SchemaModel,
+    n: &mut usize,
+) -> Result<()> {
     for (k, f) in &target.functions {
         if live.functions.get(k) != Some(f) {
             // As pg_dump does: a body valid at capture may name objects put back later.
@@ -123,16 +195,26 @@ pub(super) async fn undo(
                     "SET LOCAL check_function_bodies = off; {}; SET LOCAL check_function_bodies = on",
                     f.definition
                 ),
-                &mut n,
+                n,
             )
             .await?;
         }
     }
+    Ok(())
+}
+
+/// Create the sequences dropped since capture and alter the changed ones, with their values.
+async fn restore_sequences(
+    tx: &Transaction<'_>,
+    live: &SchemaModel,
+    target: &SchemaModel,
+    n: &mut usize,
+) -> Result<()> {
     for (k, s) in &target.sequences {
         match live.sequences.get(k) {
             None => {
-                exec(tx, &s.create_sql(), &mut n).await?;
-                exec(tx, &s.setval_sql(), &mut n).await?;
+                exec(tx, &s.create_sql(), n).await?;
+                exec(tx, &s.setval_sql(), n).await?;
             }
             Some(l) if l != s => {
                 exec(
@@ -148,15 +230,25 @@ pub(super) async fn undo(
                         s.cache,
                         if s.cycle { "CYCLE" } else { "NO CYCLE" }
                     ),
-                    &mut n,
+                    n,
                 )
                 .await?;
-                exec(tx, &s.setval_sql(), &mut n).await?;
+                exec(tx, &s.setval_sql(), n).await?;
             }
             _ => {}
         }
     }
-    // d. Tables.
+    Ok(())
+}
+
+/// Reconcile the tables changed since capture (see [`reconcile::plan`]), with their
+/// properties and owned sequences' values.
+async fn restore_tables(
+    tx: &Transaction<'_>,
+    live: &SchemaModel,
+    target: &SchemaModel,
+    n: &mut usize,
+) -> Result<()> {
     for (k, t) in &target.tables {
         let Some(l) = live.tables.get(k) else {
             continue;
@@ -167,14 +259,24 @@ pub(super) async fn undo(
         let table = Table::new(&t.schema, &t.name);
         let plan = reconcile::plan(&table, l, t, false).map_err(Error::conflict)?;
         for s in plan.pre.iter().chain(plan.post.iter()) {
-            exec(tx, s, &mut n).await?;
+            exec(tx, s, n).await?;
         }
         reconcile::table_properties(tx, &table, t).await?;
         for s in &t.sequences {
-            exec(tx, &s.setval_sql(), &mut n).await?;
+            exec(tx, &s.setval_sql(), n).await?;
         }
     }
-    // e. Views back, in an order that satisfies their dependencies.
+    Ok(())
+}
+
+/// Re-create the views dropped by [`drop_changed_views`] or since capture, retrying in
+/// rounds until their dependencies are satisfied.
+async fn recreate_views(
+    tx: &Transaction<'_>,
+    live: &SchemaModel,
+    target: &SchemaModel,
+    n: &mut usize,
+) -> Result<()> {
     let mut pending: Vec<&catalog::ViewModel> = target
         .views
         .iter()
@@ -202,7 +304,7 @@ pub(super) async fn undo(
                     tx.batch_execute("RELEASE SAVEPOINT rb_view")
                         .await
                         .ctx("schema restore")?;
-                    n += 1;
+                    *n += 1;
                     progress = true;
                 }
                 Err(e) => {
@@ -221,7 +323,16 @@ pub(super) async fn undo(
         }
         pending = still;
     }
-    // f. Functions, enum types and schemas created since.
+    Ok(())
+}
+
+/// Drop the functions created since capture.
+async fn drop_added_functions(
+    tx: &Transaction<'_>,
+    live: &SchemaModel,
+    target: &SchemaModel,
+    n: &mut usize,
+) -> Result<()> {
     for (k, f) in &live.functions {
         if !target.functions.contains_key(k) {
             exec(
@@ -231,11 +342,21 @@ pub(super) async fn undo(
                     quote_ident(&f.schema),
                     f.signature_sql()
                 ),
-                &mut n,
+                n,
             )
             .await?;
         }
     }
+    Ok(())
+}
+
+/// Drop the enum types created since capture.
+async fn drop_added_enums(
+    tx: &Transaction<'_>,
+    live: &SchemaModel,
+    target: &SchemaModel,
+    n: &mut usize,
+) -> Result<()> {
     for (k, e) in &live.enums {
         if !target.enums.contains_key(k) {
             exec(
@@ -245,15 +366,25 @@ pub(super) async fn undo(
                     quote_ident(&e.schema),
                     quote_ident(&e.name)
                 ),
-                &mut n,
+                n,
             )
             .await?;
         }
     }
+    Ok(())
+}
+
+/// Drop the schemas created since capture.
+async fn drop_added_schemas(
+    tx: &Transaction<'_>,
+    live: &SchemaModel,
+    target: &SchemaModel,
+    n: &mut usize,
+) -> Result<()> {
     for s in &live.schemas {
         if !target.schemas.contains(s) {
-            exec(tx, &format!("DROP SCHEMA {}", quote_ident(s)), &mut n).await?;
+            exec(tx, &format!("DROP SCHEMA {}", quote_ident(s)), n).await?;
         }
     }
-    Ok(n)
+    Ok(())
 }
