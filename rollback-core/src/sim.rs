@@ -336,16 +336,15 @@ impl Checkpoint for SimCheckpoint {
         let size = state.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         g.snapshots.insert(id.clone(), state);
         ctx.progress(&self.resource, 1, Some(1), "snapshots");
-        Ok(Snapshot {
-            id: id.clone(),
-            resource: self.resource.clone(),
-            kind: "sim.kv".into(),
+        Ok(Snapshot::new(
+            id.clone(),
+            self.resource.clone(),
+            "sim.kv",
             digest,
-            fingerprint: digest,
-            captured_at_ms: crate::now_ms(),
-            size_bytes: Some(size),
-            descriptor: serde_json::json!({ "stored_as": id }),
-        })
+            digest,
+            serde_json::json!({ "stored_as": id }),
+        )
+        .with_size(size))
     }
 
     async fn restore(&self, snapshot: &Snapshot, ctx: &Context) -> Result<Restored> {

@@ -292,16 +292,15 @@ impl TableSnapshot {
             snapshot_schema: self.snapshot_schema.clone(),
             tables: entries,
         };
-        Ok(Snapshot {
-            id: format!("pg-{id}"),
-            resource: self.resource.clone(),
-            kind: TABLE_COPY_KIND.into(),
-            digest: dh.finish(),
-            fingerprint: combine(&fps),
-            captured_at_ms: rollback_core::now_ms(),
-            size_bytes: Some(size),
-            descriptor: serde_json::to_value(&descriptor)
+        Ok(Snapshot::new(
+            format!("pg-{id}"),
+            self.resource.clone(),
+            TABLE_COPY_KIND,
+            dh.finish(),
+            combine(&fps),
+            serde_json::to_value(&descriptor)
                 .map_err(|e| Error::invalid(format!("encoding descriptor: {e}")))?,
-        })
+        )
+        .with_size(size))
     }
 }

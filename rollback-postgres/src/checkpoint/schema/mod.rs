@@ -126,23 +126,25 @@ impl Checkpoint for SchemaSnapshot {
     async fn capture(&self, _ctx: &Context) -> Result<Snapshot> {
         let model = self.model().await?;
         let fp = model.fingerprint();
-        let size = serde_json::to_vec(&model).map(|v| v.len() as u64).ok();
-        Ok(Snapshot {
-            id: format!(
+        let size = serde_json::to_vec(&model).map(|v| v.len() as u64);
+        let snapshot = Snapshot::new(
+            format!(
                 "pg-schema-{}",
                 &uuid::Uuid::new_v4().simple().to_string()[..12]
             ),
-            resource: self.resource.clone(),
-            kind: SCHEMA_KIND.into(),
-            digest: fp,
-            fingerprint: fp,
-            captured_at_ms: rollback_core::now_ms(),
-            size_bytes: size,
-            descriptor: serde_json::to_value(Descriptor {
+            self.resource.clone(),
+            SCHEMA_KIND,
+            fp,
+            fp,
+            serde_json::to_value(Descriptor {
                 schemas: self.schemas.clone(),
                 model,
             })
             .map_err(|e| Error::invalid(format!("encoding descriptor: {e}")))?,
+        );
+        Ok(match size {
+            Ok(n) => snapshot.with_size(n),
+            Err(_) => snapshot,
         })
     }
 

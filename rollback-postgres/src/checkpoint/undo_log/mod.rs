@@ -490,17 +490,16 @@ impl Checkpoint for TableUndoLog {
             tables: entries,
         };
         let fps: Vec<Digest> = seen.iter().map(|s| s.fingerprint).collect();
-        Ok(Snapshot {
-            id: format!("pg-undo-{id}"),
-            resource: self.resource.clone(),
-            kind: UNDO_LOG_KIND.into(),
-            digest: Digest::of_json(&descriptor),
-            fingerprint: combine(&fps),
-            captured_at_ms: rollback_core::now_ms(),
-            size_bytes: Some(0),
-            descriptor: serde_json::to_value(&descriptor)
+        Ok(Snapshot::new(
+            format!("pg-undo-{id}"),
+            self.resource.clone(),
+            UNDO_LOG_KIND,
+            Digest::of_json(&descriptor),
+            combine(&fps),
+            serde_json::to_value(&descriptor)
                 .map_err(|e| Error::invalid(format!("encoding descriptor: {e}")))?,
-        })
+        )
+        .with_size(0))
     }
     async fn restore(&self, snap: &Snapshot, ctx: &Context) -> Result<Restored> {
         self.restore_logged(snap, ctx).await
