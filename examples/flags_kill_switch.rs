@@ -17,9 +17,8 @@
 //! (or `UNLEASH_ADMIN_TOKEN`) set, they live in Unleash (project `default`, environment
 //! `development`).
 
-use rollback_core::events::RunEvent;
 use rollback_core::journal::FileJournal;
-use rollback_core::{Context, Executor, Plan, Trigger, Verdict, Verifier};
+use rollback_core::{ConsoleProgress, Context, Executor, Plan, Trigger, Verdict, Verifier};
 use rollback_flags::open_feature::{EvaluationContext, OpenFeature};
 use rollback_flags::{
     Expect, FileProvider, FlagCheckpoint, FlagProvider, FlagState, FlagsMatch, OpenFeatureBridge,
@@ -106,56 +105,6 @@ impl Verifier for BreakAfterCutover {
     }
 }
 
-fn line(e: &RunEvent) -> Option<String> {
-    Some(match e {
-        RunEvent::CheckpointCaptured {
-            resource, digest, ..
-        } => {
-            format!("captured {resource} ({digest})")
-        }
-        RunEvent::StepStarted { step, action, .. } => format!("{action:?} {step} ..."),
-        RunEvent::StepFinished {
-            step,
-            ok,
-            millis,
-            error,
-            ..
-        } => format!(
-            "  {step}: {} in {millis} ms{}",
-            if *ok { "ok" } else { "FAILED" },
-            error
-                .as_ref()
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default()
-        ),
-        RunEvent::Progress {
-            source,
-            done,
-            total,
-            unit,
-        } => {
-            format!("  {source}: {done}/{} {unit}", total.unwrap_or(0))
-        }
-        RunEvent::Verdict {
-            verifier,
-            phase,
-            status,
-            summary,
-        } => {
-            format!("  verdict {verifier} [{phase}]: {status:?}: {summary}")
-        }
-        RunEvent::RollbackStarted { reason, .. } => format!("ROLLBACK: {reason}"),
-        RunEvent::CheckpointRestored {
-            resource, method, ..
-        } => {
-            format!("restored {resource} by {method}")
-        }
-        RunEvent::Parity { resource, ok } => format!("parity of {resource}: {ok}"),
-        RunEvent::RunFinished { outcome } => format!("finished: {outcome}"),
-        _ => return None,
-    })
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -234,17 +183,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\n{}", plan.dry_run());
 
     let executor = Executor::new(FileJournal::open(dir.join("journal"))?);
-    let mut events = executor.subscribe();
-    let printer = tokio::spawn(async move {
-        while let Ok(e) = events.recv().await {
-            if let Some(l) = line(&e) {
-                println!("{l}");
-            }
-            if matches!(e, RunEvent::RunFinished { .. }) {
-                break;
-            }
-        }
-    });
+    // Progress, as it happens: one line per step, verdict, restore and proof.
+    let printer = ConsoleProgress::stdout()
+        .without_run_ids()
+        .follow(executor.subscribe());
     let report = executor.run(&plan).await?;
     let _ = printer.await;
 

@@ -15,8 +15,7 @@
 //! 20000), `--reset` (drop and re-create the demo table), `--contract` (also drop the old
 //! `name` column), `--fail` (add a final check that fails, forcing a rollback).
 
-use rollback_core::events::RunEvent;
-use rollback_core::{Executor, Outcome, Plan, StepOptions};
+use rollback_core::{ConsoleProgress, Executor, Outcome, Plan, StepOptions};
 use rollback_postgres::{
     Backfill, Database, ForeignKeyIntegrity, PgJournal, RecoveryPoint, RowCountParity,
     SqlAssertion, SqlStep, Table, TableSnapshot,
@@ -208,59 +207,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 3. Run it, journaled in the database, printing progress as it goes.
     let executor = Executor::new(PgJournal::new(&db));
-    let mut events = executor.subscribe();
-    let printer = tokio::spawn(async move {
-        while let Ok(e) = events.recv().await {
-            match e {
-                RunEvent::Progress {
-                    source,
-                    done,
-                    total,
-                    unit,
-                } => {
-                    let pct = total
-                        .filter(|t| *t > 0)
-                        .map(|t| format!(" ({:.0}%)", 100.0 * done as f64 / t as f64))
-                        .unwrap_or_default();
-                    println!("  progress {source}: {done} {unit}{pct}");
-                }
-                RunEvent::StepFinished {
-                    step,
-                    action,
-                    ok,
-                    millis,
-                    error,
-                } => println!(
-                    "  {action:?} {step}: {} in {millis} ms{}",
-                    if ok { "ok" } else { "FAILED" },
-                    error.map(|e| format!(" — {e}")).unwrap_or_default()
-                ),
-                RunEvent::Verdict {
-                    verifier,
-                    status,
-                    summary,
-                    ..
-                } => println!("  verdict {verifier}: {status:?} — {summary}"),
-                RunEvent::RollbackStarted { reason, .. } => println!("\n  ROLLBACK: {reason}\n"),
-                RunEvent::CheckpointRestored {
-                    resource,
-                    method,
-                    millis,
-                } => println!("  restored {resource} by {method} in {millis} ms"),
-                RunEvent::Parity { resource, ok } => {
-                    println!(
-                        "  parity {resource}: {}",
-                        if ok { "proven" } else { "NOT proven" }
-                    )
-                }
-                RunEvent::RunFinished { outcome } => {
-                    println!("  finished: {outcome}");
-                    break;
-                }
-                _ => {}
-            }
-        }
-    });
+    // Progress, as it happens: one line per step, verdict, restore and proof.
+    let printer = ConsoleProgress::stdout()
+        .without_run_ids()
+        .follow(executor.subscribe());
     let report = executor.run(&plan).await?;
     let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
     println!("\n{}", report.to_markdown());

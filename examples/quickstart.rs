@@ -7,10 +7,10 @@
 //! cargo run --example quickstart -- --ok    # the same plan, committed
 //! ```
 
-use rollback_core::events::{Notice, Notifier, RunEvent};
+use rollback_core::events::{Notice, Notifier};
 use rollback_core::journal::FileJournal;
 use rollback_core::sim::{HealthProbe, KeyEquals, SetKey, SimWorld};
-use rollback_core::{Executor, Plan, Trigger, ROLLBACK_LEAD};
+use rollback_core::{ConsoleProgress, Executor, Plan, Trigger, ROLLBACK_LEAD};
 use std::time::Duration;
 
 /// Prints what a status page would show.
@@ -118,77 +118,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("finished interrupted run {run_id}: {}", report.outcome);
     }
 
-    // Progress, as it happens.
-    let mut events = executor.subscribe();
-    let printer = tokio::spawn(async move {
-        while let Ok(e) = events.recv().await {
-            let line = match e {
-                RunEvent::RunStarted { run_id, .. } => format!("run {run_id} started"),
-                RunEvent::CheckpointCaptured {
-                    resource,
-                    digest,
-                    millis,
-                } => format!("captured {resource} ({digest}) in {millis} ms"),
-                RunEvent::StepStarted {
-                    step,
-                    action,
-                    attempt,
-                    ..
-                } => format!("{action:?} {step} (attempt {attempt})"),
-                RunEvent::StepFinished {
-                    step,
-                    ok,
-                    millis,
-                    error,
-                    ..
-                } => match error {
-                    None => format!("  ok {step} in {millis} ms"),
-                    Some(e) => format!("  FAILED {step}: {e} (ok={ok})"),
-                },
-                RunEvent::Verdict {
-                    verifier,
-                    phase,
-                    status,
-                    summary,
-                } => format!("verdict {verifier} [{phase}]: {status:?} — {summary}"),
-                RunEvent::SoakPoll {
-                    trigger,
-                    failures_in_window,
-                    breached,
-                } => format!(
-                    "soak {trigger}: {failures_in_window} failing in window{}",
-                    if breached { " → BREACHED" } else { "" }
-                ),
-                RunEvent::RollbackStarted { reason, .. } => format!("ROLLBACK: {reason}"),
-                RunEvent::CheckpointRestored {
-                    resource,
-                    method,
-                    millis,
-                } => format!("restored {resource} by {method} in {millis} ms"),
-                RunEvent::Parity { resource, ok } => format!(
-                    "parity {resource}: {}",
-                    if ok { "proven" } else { "FAILED" }
-                ),
-                RunEvent::RunFinished { outcome } => {
-                    println!("run finished: {outcome}");
-                    break;
-                }
-                RunEvent::Progress {
-                    source,
-                    done,
-                    total,
-                    unit,
-                } => {
-                    format!(
-                        "  {source}: {done}/{} {unit}",
-                        total.map(|t| t.to_string()).unwrap_or("?".into())
-                    )
-                }
-                other => format!("{other:?}"),
-            };
-            println!("{line}");
-        }
-    });
+    // Progress, as it happens: one line per step, verdict, restore and proof.
+    let printer = ConsoleProgress::stdout()
+        .without_run_ids()
+        .follow(executor.subscribe());
 
     let report = executor.run(&plan).await?;
     printer.await?;

@@ -20,9 +20,8 @@
 //! bucket first), `--measure` (time capture and restore of N objects, versioned and
 //! copy-based, and count their requests).
 
-use rollback_core::events::RunEvent;
 use rollback_core::journal::FileJournal;
-use rollback_core::{Checkpoint, Context, Executor, Outcome, Plan, Step};
+use rollback_core::{Checkpoint, ConsoleProgress, Context, Executor, Outcome, Plan, Step};
 use rollback_s3::{
     ManifestParity, MovePrefix, ObjectAbsent, RequestCounter, S3Bucket, S3Checkpoint, S3Settings,
     SDK_LOG_FILTER,
@@ -177,24 +176,10 @@ async fn main() -> Result<(), BoxError> {
 
     let journal_dir = std::env::temp_dir().join(format!("rollback-s3-relayout-{}", args.bucket));
     let executor = Executor::new(FileJournal::open(&journal_dir)?);
-    let mut events = executor.subscribe();
-    let printer = tokio::spawn(async move {
-        while let Ok(e) = events.recv().await {
-            match e {
-                RunEvent::Progress {
-                    source,
-                    done,
-                    total,
-                    unit,
-                } => match total {
-                    Some(t) => println!("  {source}: {done}/{t} {unit}"),
-                    None => println!("  {source}: {done} {unit}"),
-                },
-                RunEvent::RunFinished { .. } => break,
-                other => println!("  {other:?}"),
-            }
-        }
-    });
+    // Progress, as it happens: one line per step, verdict, restore and proof.
+    let printer = ConsoleProgress::stdout()
+        .without_run_ids()
+        .follow(executor.subscribe());
     counter.reset();
     let t = Instant::now();
     let report = executor.run(&plan).await?;

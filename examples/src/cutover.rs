@@ -32,8 +32,8 @@ use rollback_core::events::{Notice, Notifier, RunEvent};
 use rollback_core::journal::Journal;
 use rollback_core::report::StepState;
 use rollback_core::{
-    Checkpoint, Context, Error, Executor, Outcome, Plan, Result, RollbackScope, RunReport,
-    SnapshotRetention, Step, StepOptions, Trigger, Verdict, Verifier,
+    Checkpoint, ConsoleProgress, Context, Error, Executor, Outcome, Plan, Result, RollbackScope,
+    RunReport, SnapshotRetention, Step, StepOptions, Trigger, Verdict, Verifier,
 };
 use rollback_flags::{Expect, FlagCheckpoint, FlagProvider, FlagState, FlagsMatch, StagedRollout};
 use rollback_postgres::{
@@ -770,15 +770,14 @@ impl Backends {
             .notifier(status.clone());
         let mut events = executor.subscribe();
         let printer = tokio::spawn(async move {
+            let mut console = ConsoleProgress::stdout().without_run_ids();
             loop {
                 match events.recv().await {
                     Ok(e) => {
                         if print_events {
-                            if let Some(line) = describe_event(&e) {
-                                println!("{line}");
-                            }
+                            let _ = console.render(&e);
                         }
-                        if matches!(e, RunEvent::RunFinished { .. }) {
+                        if matches!(e.event, RunEvent::RunFinished { .. }) {
                             break;
                         }
                     }
@@ -1293,68 +1292,4 @@ impl Verifier for AttachmentsResolve {
         }))
         .with_value(bad as f64))
     }
-}
-
-/// One line for a progress event (`None` for events not worth a line).
-pub fn describe_event(e: &RunEvent) -> Option<String> {
-    Some(match e {
-        RunEvent::RunStarted { run_id, plan, .. } => format!("run {run_id} of {plan} started"),
-        RunEvent::CheckpointCaptured {
-            resource,
-            digest,
-            millis,
-        } => format!("  captured {resource} (digest {digest}) in {millis} ms"),
-        RunEvent::StepStarted { step, action, .. } => format!("  {action:?} {step} …"),
-        RunEvent::StepFinished {
-            step,
-            action,
-            ok,
-            millis,
-            error,
-        } => format!(
-            "  {action:?} {step}: {} in {millis} ms{}",
-            if *ok { "ok" } else { "FAILED" },
-            error
-                .as_ref()
-                .map(|e| format!(" — {e}"))
-                .unwrap_or_default()
-        ),
-        RunEvent::Progress {
-            source,
-            done,
-            total,
-            unit,
-        } => format!(
-            "    {source}: {done}{} {unit}",
-            total.map(|t| format!("/{t}")).unwrap_or_default()
-        ),
-        RunEvent::Verdict {
-            verifier,
-            phase,
-            status,
-            summary,
-        } => format!("    verdict {verifier} [{phase}]: {status:?} — {summary}"),
-        RunEvent::SoakPoll {
-            trigger,
-            failures_in_window,
-            breached,
-        } => format!(
-            "    soak {trigger}: {failures_in_window} failing poll(s) in the window{}",
-            if *breached { " → BREACHED" } else { "" }
-        ),
-        RunEvent::RollbackStarted { reason, steps } => {
-            format!("\nROLLBACK: {reason}\n  scope: {}", steps.join(", "))
-        }
-        RunEvent::CheckpointRestored {
-            resource,
-            method,
-            millis,
-        } => format!("  restored {resource} by {method} in {millis} ms"),
-        RunEvent::Parity { resource, ok } => format!(
-            "  parity of {resource} with its baseline: {}",
-            if *ok { "proven" } else { "FAILED" }
-        ),
-        RunEvent::RunFinished { outcome } => format!("run finished: {outcome}"),
-        _ => return None,
-    })
 }

@@ -1,6 +1,6 @@
 //! The [`Context`] handed to every checkpoint, step and verifier call.
 
-use crate::events::RunEvent;
+use crate::events::{Event, RunEvent};
 use crate::journal::{Entry, Journal};
 use crate::lease::{Fence, LeaseKeeper};
 use crate::{Result, Snapshot};
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub struct Context {
     run_id: String,
     step: Option<String>,
-    events: Option<broadcast::Sender<RunEvent>>,
+    events: Option<broadcast::Sender<Event>>,
     cancel: CancellationToken,
     cursor: Option<serde_json::Value>,
     journal: Option<Arc<dyn Journal>>,
@@ -74,7 +74,7 @@ impl Context {
 
     pub(crate) fn for_run(
         run_id: &str,
-        events: broadcast::Sender<RunEvent>,
+        events: broadcast::Sender<Event>,
         cancel: CancellationToken,
         journal: Arc<dyn Journal>,
         baseline: Arc<BTreeMap<String, Snapshot>>,
@@ -220,7 +220,7 @@ impl Context {
     /// Send an event to the run's subscribers (if any).
     pub fn emit(&self, event: RunEvent) {
         if let Some(tx) = &self.events {
-            let _ = tx.send(event);
+            let _ = tx.send(Event::new(self.run_id.clone(), event));
         }
     }
 

@@ -3,6 +3,7 @@
 use crate::{Reversibility, Status};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 /// Apply or revert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +130,164 @@ pub enum RunEvent {
         /// Outcome, e.g. `committed`, `rolled_back`.
         outcome: String,
     },
+}
+
+/// A [`RunEvent`] of one run: what [`Executor::subscribe`](crate::Executor::subscribe)
+/// delivers. Every event names its run, so one subscriber can follow several runs (a
+/// fleet, a resumed run beside a new one). `Display` is one line a person reads, prefixed
+/// with the run id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The run the event belongs to.
+    pub run_id: String,
+    /// When it happened, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: RunEvent,
+}
+
+impl Event {
+    /// An event of `run_id`, now.
+    pub fn new(run_id: impl Into<String>, event: RunEvent) -> Self {
+        Event {
+            run_id: run_id.into(),
+            at_ms: crate::now_ms(),
+            event,
+        }
+    }
+}
+
+impl std::ops::Deref for Event {
+    type Target = RunEvent;
+    fn deref(&self) -> &RunEvent {
+        &self.event
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] {}", self.run_id, self.event)
+    }
+}
+
+fn verb(action: Action) -> &'static str {
+    match action {
+        Action::Apply => "apply",
+        Action::Revert => "revert",
+    }
+}
+
+/// One line a person reads (no debug formatting).
+impl fmt::Display for RunEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunEvent::RunStarted {
+                run_id,
+                plan,
+                resumed,
+            } => write!(
+                f,
+                "run {run_id} of plan {plan} {}",
+                if *resumed { "resumed" } else { "started" }
+            ),
+            RunEvent::CheckpointCaptured {
+                resource,
+                digest,
+                millis,
+            } => write!(f, "captured {resource} (digest {digest}) in {millis} ms"),
+            RunEvent::StepStarted {
+                step,
+                action,
+                attempt,
+                ..
+            } => {
+                write!(f, "{} {step}", verb(*action))?;
+                if *attempt > 1 {
+                    write!(f, " (attempt {attempt})")?;
+                }
+                Ok(())
+            }
+            RunEvent::StepFinished {
+                step,
+                action,
+                ok,
+                millis,
+                error,
+            } => {
+                let what = verb(*action);
+                match (ok, error) {
+                    (true, _) => write!(f, "{what} {step}: ok in {millis} ms"),
+                    (false, Some(e)) => write!(f, "{what} {step}: FAILED after {millis} ms: {e}"),
+                    (false, None) => write!(f, "{what} {step}: FAILED after {millis} ms"),
+                }
+            }
+            RunEvent::Progress {
+                source,
+                done,
+                total,
+                unit,
+            } => match total {
+                Some(t) if *t > 0 => write!(
+                    f,
+                    "{source}: {done}/{t} {unit} ({:.0}%)",
+                    100.0 * *done as f64 / *t as f64
+                ),
+                _ => write!(f, "{source}: {done} {unit}"),
+            },
+            RunEvent::Verdict {
+                verifier,
+                phase,
+                status,
+                summary,
+            } => {
+                let s = match status {
+                    Status::Pass => "pass",
+                    Status::Fail => "FAIL",
+                    Status::Inconclusive => "inconclusive",
+                };
+                write!(f, "verifier {verifier} ({phase}): {s}: {summary}")
+            }
+            RunEvent::SoakPoll {
+                trigger,
+                failures_in_window,
+                breached,
+            } => write!(
+                f,
+                "soak: trigger {trigger}, {failures_in_window} failing poll(s) in the window{}",
+                if *breached { ": BREACHED" } else { "" }
+            ),
+            RunEvent::RollbackStarted { reason, steps } => write!(
+                f,
+                "ROLLBACK started: {reason} (undoing {})",
+                if steps.is_empty() {
+                    "no step".to_string()
+                } else {
+                    steps.join(", ")
+                }
+            ),
+            RunEvent::CheckpointRestored {
+                resource,
+                method,
+                millis,
+            } => write!(f, "restored {resource} by {method} in {millis} ms"),
+            RunEvent::Parity { resource, ok } => write!(
+                f,
+                "parity of {resource} with its baseline: {}",
+                if *ok { "proven" } else { "NOT proven" }
+            ),
+            RunEvent::SnapshotDiscarded { resource, ok } => write!(
+                f,
+                "snapshot of {resource} {}",
+                if *ok {
+                    "released"
+                } else {
+                    "could not be released (kept)"
+                }
+            ),
+            RunEvent::RunFinished { outcome } => write!(f, "run finished: {outcome}"),
+        }
+    }
 }
 
 /// What the notifier is told.

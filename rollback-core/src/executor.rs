@@ -1,6 +1,6 @@
 //! The [`Executor`]: runs a [`Plan`] transactionally, journaled, with automatic rollback.
 
-use crate::events::{Action, Notice, NoticeKind, Notifier, RunEvent};
+use crate::events::{Action, Event, Notice, NoticeKind, Notifier, RunEvent};
 use crate::journal::{Entry, Journal, Record, TailAssumption};
 use crate::lease::LeaseKeeper;
 use crate::plan::{PlannedStep, StepOptions};
@@ -97,7 +97,7 @@ pub enum SnapshotRetention {
 #[derive(Clone)]
 pub struct Executor {
     journal: Arc<dyn Journal>,
-    events: broadcast::Sender<RunEvent>,
+    events: broadcast::Sender<Event>,
     notifier: Option<Arc<dyn Notifier>>,
     holder: String,
     lease_ttl: Duration,
@@ -294,7 +294,9 @@ impl Executor {
         &self.journal
     }
     /// Subscribe to the typed event stream of every run of this executor.
-    pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
+    /// Every [`Event`] names its run; [`ConsoleProgress`](crate::ConsoleProgress) renders
+    /// them for a person.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
 
@@ -426,6 +428,21 @@ impl Executor {
     /// # Cancel safety
     /// As [`Executor::run`]: resume again.
     pub async fn resume(&self, plan: &Plan, run_id: &str) -> Result<RunReport> {
+        self.resume_with_cancel(plan, run_id, CancellationToken::new())
+            .await
+    }
+
+    /// [`Executor::resume`], cancellable like [`Executor::run_with_cancel`]: cancelling
+    /// rolls the resumed run back (applied steps are never abandoned).
+    ///
+    /// # Errors
+    /// As [`Executor::resume`].
+    pub async fn resume_with_cancel(
+        &self,
+        plan: &Plan,
+        run_id: &str,
+        cancel: CancellationToken,
+    ) -> Result<RunReport> {
         let records = self.journal.records(run_id).await?;
         let Some(Record {
             entry:
@@ -484,7 +501,7 @@ impl Executor {
         let span =
             tracing::info_span!("resume", run = %run_id, plan = %plan.name(), epoch = lease.epoch);
         async {
-            let mut run = Run::new(self, plan, run_id, CancellationToken::new(), true, keeper);
+            let mut run = Run::new(self, plan, run_id, cancel, true, keeper);
             run.policy = policy;
             if let Some(p) = self.resume_override {
                 run.policy.on_resume = p;
@@ -562,9 +579,12 @@ impl Executor {
                 tracing::warn!(error = %e, "could not release lease (it will expire)");
             }
         }
-        let _ = self.events.send(RunEvent::RunFinished {
-            outcome: report.outcome.to_string(),
-        });
+        let _ = self.events.send(Event::new(
+            report.run_id.clone(),
+            RunEvent::RunFinished {
+                outcome: report.outcome.to_string(),
+            },
+        ));
         tracing::info!(outcome = %report.outcome, "run finished");
         Ok(report)
     }
@@ -752,7 +772,7 @@ impl<'a> Run<'a> {
     }
 
     fn emit(&self, e: RunEvent) {
-        let _ = self.ex.events.send(e);
+        let _ = self.ex.events.send(Event::new(self.run_id.clone(), e));
     }
 
     fn ctx(&self) -> Context {

@@ -47,6 +47,7 @@ mod executor;
 pub mod journal;
 mod lease;
 pub mod plan;
+mod progress;
 pub mod report;
 mod state;
 mod step;
@@ -64,7 +65,7 @@ pub use checkpoint::{Checkpoint, Discarded, Proof, Restored, Snapshot};
 pub use context::Context;
 pub use digest::{Digest, Hasher};
 pub use error::{Error, Result};
-pub use events::{Notice, Notifier, RunEvent};
+pub use events::{Event, Notice, Notifier, RunEvent};
 pub use executor::{
     Executor, Rehearsal, ResumePolicy, RollbackScope, RunPolicy, SnapshotRetention,
 };
@@ -73,6 +74,7 @@ pub use lease::Fence;
 pub use plan::{
     Objectives, Plan, PlanBuilder, PlanError, Risk, StepOptions, Trigger, Undo, ROLLBACK_LEAD,
 };
+pub use progress::ConsoleProgress;
 pub use report::{Outcome, RunReport};
 pub use step::{Effect, Receipt, Reversibility, Step};
 pub use tokio_util::sync::CancellationToken;

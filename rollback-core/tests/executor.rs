@@ -6,8 +6,8 @@ use rollback_core::journal::{FileJournal, Journal, MemoryJournal};
 use rollback_core::report::StepState;
 use rollback_core::sim::{CrashAfter, HealthProbe, KeyEquals, SendMessage, SetKey, SimWorld};
 use rollback_core::{
-    Error, Executor, Outcome, Plan, PlanError, Risk, RollbackScope, SnapshotRetention, StepOptions,
-    Trigger,
+    ConsoleProgress, Error, Executor, Outcome, Plan, PlanError, Risk, RollbackScope,
+    SnapshotRetention, StepOptions, Trigger,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -714,13 +714,35 @@ async fn notifier_and_event_stream_see_the_rollback() {
     while let Ok(e) = events.try_recv() {
         seen.push(e);
     }
+    // Every event names its run, not only the first.
+    assert!(seen.len() > 5, "{seen:?}");
+    assert!(seen.iter().all(|e| e.run_id == report.run_id), "{seen:?}");
     assert!(seen
         .iter()
-        .any(|e| matches!(e, RunEvent::RollbackStarted { .. })));
+        .any(|e| matches!(e.event, RunEvent::RollbackStarted { .. })));
     assert!(seen
         .iter()
-        .any(|e| matches!(e, RunEvent::Parity { ok: true, .. })));
-    assert!(matches!(seen.last(), Some(RunEvent::RunFinished { .. })));
+        .any(|e| matches!(e.event, RunEvent::Parity { ok: true, .. })));
+    assert!(matches!(
+        seen.last().map(|e| &e.event),
+        Some(RunEvent::RunFinished { .. })
+    ));
+    // The console renderer turns them into lines a person reads: no debug formatting.
+    let mut console = ConsoleProgress::new(Vec::new()).without_run_ids();
+    for e in &seen {
+        console.render(e).unwrap();
+    }
+    let text = String::from_utf8(console.into_inner()).unwrap();
+    assert!(
+        text.contains("ROLLBACK started: step store-move failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("parity of db with its baseline: proven"),
+        "{text}"
+    );
+    assert!(text.ends_with("run finished: rolled_back\n"), "{text}");
+    assert!(!text.contains('{') && !text.contains("Some("), "{text}");
 }
 
 #[tokio::test]
@@ -769,7 +791,7 @@ async fn restore_refuses_a_corrupted_snapshot_and_rollback_fails_explicitly() {
     let j2 = journal.clone();
     let watcher = tokio::spawn(async move {
         while let Ok(e) = events.recv().await {
-            if matches!(e, RunEvent::StepStarted { ref step, .. } if step == "fail") {
+            if matches!(e.event, RunEvent::StepStarted { ref step, .. } if step == "fail") {
                 let run = j2.runs().await.unwrap().remove(0);
                 for r in j2.records(&run).await.unwrap() {
                     if let rollback_core::journal::Entry::Captured { snapshot, .. } = r.entry {
@@ -1241,4 +1263,38 @@ fn plan_refuses_empty_names() {
         matches!(&err, PlanError::EmptyName { what, .. } if what == "a checkpoint resource"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_resume_is_cancellable_like_a_run_and_cancelling_it_rolls_back() {
+    let w = world();
+    let baseline = w.snapshot_state();
+    let journal = Arc::new(MemoryJournal::new());
+    let plan = cutover(&w);
+    let crashing =
+        Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 8))).holder("h");
+    assert!(crashing.run(&plan).await.is_err());
+    let run_id = journal.runs().await.unwrap().remove(0);
+    // The policy would continue the run; the cancellation rolls it back instead.
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let report = Executor::with_journal(journal.clone())
+        .holder("h")
+        .on_resume(rollback_core::ResumePolicy::RollForward)
+        .resume_with_cancel(&plan, &run_id, cancel)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    assert_eq!(
+        report.rollback_reason.as_deref(),
+        Some("cancelled"),
+        "{}",
+        report.to_markdown()
+    );
+    assert_eq!(w.snapshot_state(), baseline);
 }

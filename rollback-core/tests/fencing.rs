@@ -300,7 +300,7 @@ async fn a_runner_paused_inside_a_step_cannot_write_after_the_takeover() {
             tokio::spawn(async move { a.run_as(&a_plan, RUN, CancellationToken::new()).await });
         // A enters s2: freeze it there (no renewal, no journal) until B is done.
         loop {
-            match events.recv().await.expect("events") {
+            match events.recv().await.expect("events").event {
                 RunEvent::StepStarted { step, .. } if step == "s2" => break,
                 _ => {}
             }

@@ -259,7 +259,7 @@ async fn staged_rollout_failing_at_ten_percent_rolls_fifty_flags_back_to_the_exa
     // Progress reached every stage of the first two flags and stage 2 of the third.
     let mut progress: BTreeMap<String, u64> = BTreeMap::new();
     while let Ok(e) = events.try_recv() {
-        if let RunEvent::Progress { source, done, .. } = e {
+        if let RunEvent::Progress { source, done, .. } = e.event {
             let d = progress.entry(source).or_default();
             *d = (*d).max(done);
         }

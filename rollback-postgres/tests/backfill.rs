@@ -70,7 +70,7 @@ async fn backfill_reports_progress_and_journals_its_cursor() {
             done,
             total,
             unit,
-        } = e
+        } = e.event
         {
             if source == "split-names" {
                 assert_eq!(unit, "rows");

@@ -333,7 +333,7 @@ async fn run_under_traffic(
         let gate = app.gate.clone();
         tokio::spawn(async move {
             while let Ok(e) = events.recv().await {
-                match e {
+                match e.event {
                     RunEvent::StepFinished { ok: true, .. }
                         if moments.lock().unwrap().rollback_started.is_none() =>
                     {

@@ -230,7 +230,7 @@ async fn run(
         tokio::spawn(async move {
             let mut applied = None;
             while let Ok(e) = events.recv().await {
-                match e {
+                match e.event {
                     RunEvent::StepFinished { ok: true, .. } if applied.is_none() => {
                         applied = Some(app.scrapes.load(Ordering::SeqCst));
                     }

@@ -306,7 +306,7 @@ async fn cancelled_run_stops_the_move_at_a_batch_boundary_and_rolls_back() {
                 done,
                 total,
                 ..
-            } = &e
+            } = &e.event
             {
                 if source == "mv" {
                     seen.push((*done, *total));
@@ -315,7 +315,7 @@ async fn cancelled_run_stops_the_move_at_a_batch_boundary_and_rolls_back() {
                     }
                 }
             }
-            if matches!(e, RunEvent::RunFinished { .. }) {
+            if matches!(e.event, RunEvent::RunFinished { .. }) {
                 break;
             }
         }
