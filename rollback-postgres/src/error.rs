@@ -107,12 +107,7 @@ fn tls_cause(e: &tokio_postgres::Error) -> Option<TlsFailure> {
         if s.to_string() == "server does not support TLS" {
             return Some(TlsFailure::ServerRefusedSsl);
         }
-        let rustls_error = s.downcast_ref::<rustls::Error>().or_else(|| {
-            s.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(r) = rustls_error {
+        if let Some(r) = find_rustls(s) {
             use rustls::CertificateError as C;
             return Some(match r {
                 rustls::Error::InvalidCertificate(C::UnknownIssuer) => TlsFailure::UnknownCa,
@@ -294,4 +289,15 @@ pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
 /// A backend error with a message of ours.
 pub(crate) fn backend_msg(message: impl Into<String>) -> Error {
     Error::backend_not_applied(BACKEND, message.into())
+}
+
+/// The rustls error in `e`, looking through `io::Error`s wrapped in one another (whose
+/// `source` skips the error they wrap).
+fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(r) = e.downcast_ref::<rustls::Error>() {
+        return Some(r);
+    }
+    let io = e.downcast_ref::<std::io::Error>()?;
+    let inner: &(dyn std::error::Error + 'static) = io.get_ref()?;
+    find_rustls(inner)
 }
