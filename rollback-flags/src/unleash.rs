@@ -86,13 +86,21 @@ struct HttpError {
 /// exponential backoff (3 retries from 100 ms by default); then they fail with
 /// [`Error::Transient`] whose `maybe_applied` is true only for a write that may have
 /// reached the server. Other answers fail with [`Error::Backend`] (`backend: "unleash"`),
-/// 409 with [`Error::Conflict`]. The token is sent only in the `Authorization` header
+/// 409 with [`Error::Conflict`]; so do, at once and without retry, TLS failures (a
+/// certificate from an unknown CA or for another host), a bad token (401, 403) and a
+/// project that does not exist.
+///
+/// `https://` URLs use rustls with the platform's roots; add a private CA with
+/// [`UnleashProvider::with_root_certificate_pem`], or give your own configured client
+/// with [`UnleashProvider::with_client`]. The token is sent only in the `Authorization` header
 /// (marked sensitive) and never appears in `Debug`, errors or logs.
 ///
 /// Unleash cannot hold an *enabled* flag without strategies (enabling one adds a 100 %
-/// `flexibleRollout`): `put` refuses that state with [`Error::Invalid`]. Environment
-/// variants are deprecated in Unleash 6 and answered with an error when written; strategy
-/// variants are kept with their strategies.
+/// `flexibleRollout`): `put` refuses that state with [`Error::Invalid`]. Flag-level
+/// (environment) variants are legacy in Unleash 6, which answers them with 403 unless its
+/// `enableLegacyVariants` flag is on: `put` then refuses them with [`Error::Invalid`]
+/// before writing anything ([`UnleashProvider::server_facts`]); strategy variants are kept
+/// with their strategies.
 ///
 /// ```no_run
 /// # async fn demo() -> rollback_core::Result<()> {
