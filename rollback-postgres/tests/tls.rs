@@ -339,3 +339,113 @@ async fn bad_tls_options_are_refused_before_connecting() {
         .expect_err("no certificate in PEM");
     assert!(err.to_string().contains("no certificate"), "{err}");
 }
+
+/// A client certificate for `CN=postgres` signed by the CA whose key is `ca_key` (the test
+/// CA's, or the unrelated one's), made with openssl in `dir`: (cert, key) paths.
+fn client_cert(dir: &std::path::Path, ca: &str, ca_key: &str) -> (String, String) {
+    let key = dir.join("client.key");
+    let csr = dir.join("client.csr");
+    let cert = dir.join("client.pem");
+    let ext = dir.join("client.ext");
+    std::fs::write(&ext, "extendedKeyUsage=clientAuth\n").unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        csr.to_str().unwrap(),
+        "-subj",
+        "/CN=postgres",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        csr.to_str().unwrap(),
+        "-CA",
+        ca,
+        "-CAkey",
+        ca_key,
+        "-CAcreateserial",
+        "-out",
+        cert.to_str().unwrap(),
+        "-days",
+        "1",
+        "-extfile",
+        ext.to_str().unwrap(),
+    ]);
+    (
+        cert.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn sslcert_and_sslkey_present_a_client_certificate() {
+    let Some((url, dir)) = tls_server() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = client_cert(
+        tmp.path(),
+        &format!("{dir}/ca.pem"),
+        &format!("{dir}/ca.key"),
+    );
+    let db = Database::connect(&with_params(
+        &url,
+        &format!("sslmode=verify-full&sslrootcert={dir}/ca.pem&sslcert={cert}&sslkey={key}"),
+    ))
+    .unwrap();
+    let c = db
+        .client()
+        .await
+        .expect("connect with a client certificate");
+    let dn: Option<String> = c
+        .query_one(
+            "SELECT client_dn FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        dn.as_deref(),
+        Some("/CN=postgres"),
+        "the server saw the client certificate"
+    );
+
+    // One from a CA the server does not trust is refused by the server.
+    let other = tempfile::tempdir().unwrap();
+    let (cert, key) = client_cert(
+        other.path(),
+        &format!("{dir}/other-ca.pem"),
+        &format!("{dir}/other-ca.key"),
+    );
+    let db = Database::builder(&with_params(
+        &url,
+        &format!("sslmode=verify-full&sslrootcert={dir}/ca.pem"),
+    ))
+    .ssl_client_cert(cert, key)
+    .build()
+    .unwrap();
+    expect_refused(
+        &db,
+        TlsFailure::RejectedByServer,
+        "refused the TLS handshake",
+    )
+    .await;
+}
