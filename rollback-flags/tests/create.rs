@@ -187,3 +187,50 @@ async fn flag_level_variants_are_refused_before_anything_is_written() {
     assert!(report.to_markdown().contains("flag-level variants"));
     assert_eq!(p.get(&flag).await.unwrap(), None);
 }
+
+/// A rollback removing the flags a migration created takes the removal path that used to
+/// crash Unleash 6 (purge racing its asynchronous archive handling): twenty created flags
+/// rolled back in one run leave the server healthy and the flags gone.
+#[tokio::test]
+async fn rolling_back_twenty_created_flags_leaves_unleash_healthy() {
+    let prefix = common::prefix("create-many");
+    let p: Arc<dyn FlagProvider> = Arc::new(common::unleash());
+    let names: Vec<String> = (0..20).map(|i| format!("{prefix}{i}")).collect();
+    let mut plan = Plan::builder(format!("{prefix}plan"));
+    for (i, n) in names.iter().enumerate() {
+        plan = plan.step(
+            "flags",
+            SetFlag::create(
+                &format!("add-{i}"),
+                p.clone(),
+                n,
+                FlagChange::new().rollout(10).enabled(true),
+            ),
+            &[],
+        );
+    }
+    let plan = plan.verify_final(Failing).build().unwrap();
+    let t0 = std::time::Instant::now();
+    let report = Executor::new(MemoryJournal::new())
+        .run(&plan)
+        .await
+        .unwrap();
+    eprintln!("20 flags created and rolled back in {:?}", t0.elapsed());
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    let health = common::http()
+        .get(format!("{}/health", common::unleash_url()))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    assert_eq!(health.ok(), Some(200), "Unleash is down after the rollback");
+    let left = p.list().await.unwrap();
+    for n in &names {
+        assert!(!left.contains(n), "{n} is left after the rollback");
+        assert_eq!(p.get(n).await.unwrap(), None);
+    }
+}
