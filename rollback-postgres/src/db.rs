@@ -1056,9 +1056,16 @@ pub(crate) mod tls {
             &mut self,
             domain: &str,
         ) -> std::result::Result<RustlsConnect, Self::Error> {
+            // A Unix socket has no host name (""): the server answers SSLRequest with 'N'
+            // there, and tokio-postgres never calls `connect` without a host name.
+            let name = if domain.is_empty() {
+                None
+            } else {
+                Some(ServerName::try_from(domain.to_string())?)
+            };
             Ok(RustlsConnect {
                 config: self.config.clone(),
-                name: ServerName::try_from(domain.to_string())?,
+                name,
             })
         }
     }
@@ -1066,7 +1073,7 @@ pub(crate) mod tls {
     /// One connection's TLS handshake.
     pub(crate) struct RustlsConnect {
         config: Arc<ClientConfig>,
-        name: ServerName<'static>,
+        name: Option<ServerName<'static>>,
     }
 
     impl TlsConnect<Socket> for RustlsConnect {
@@ -1076,8 +1083,14 @@ pub(crate) mod tls {
 
         fn connect(self, stream: Socket) -> Self::Future {
             Box::pin(async move {
+                let name = self.name.ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "no host name to check the server's certificate against",
+                    )
+                })?;
                 tokio_rustls::TlsConnector::from(self.config)
-                    .connect(self.name, stream)
+                    .connect(name, stream)
                     .await
                     .map(RustlsStream)
             })

@@ -449,3 +449,29 @@ async fn sslcert_and_sslkey_present_a_client_certificate() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_unix_socket_under_the_default_prefer_connects_plain() {
+    let Some((url, _)) = tls_server() else { return };
+    let Ok(sock) = std::env::var("ROLLBACK_TEST_PG_TLS_SOCKET_DIR") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "ROLLBACK_TEST_PG_TLS_SOCKET_DIR is not set"
+        );
+        eprintln!("skipped: ROLLBACK_TEST_PG_TLS_SOCKET_DIR is not set (run through scripts/test)");
+        return;
+    };
+    let port = url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    // As libpq: no TLS on a Unix socket; prefer (the default) connects plain.
+    let db = Database::connect(&format!(
+        "host={sock} port={port} user=postgres dbname=postgres"
+    ))
+    .unwrap();
+    assert_eq!(db.ssl_mode(), SslMode::Prefer);
+    assert!(!encrypted(&db).await);
+    db.dedicated().await.expect("dedicated over the socket");
+}

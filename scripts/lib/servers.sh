@@ -250,7 +250,8 @@ rb_stop_postgres() {
 # A second, small cluster that accepts only TLS from the network (ssl = on, hostssl-only
 # pg_hba.conf), with the test CA's server certificate (DNS:localhost). Needs
 # rb_make_tls and ROLLBACK_PG_BIN (rb_start_postgres). Exports ROLLBACK_TEST_PG_TLS_URL
-# (postgres://postgres@localhost:PORT/postgres, without sslmode: tests add it).
+# (postgres://postgres@localhost:PORT/postgres, without sslmode: tests add it) and
+# ROLLBACK_TEST_PG_TLS_SOCKET_DIR (its Unix socket's folder, where TLS does not apply).
 rb_start_postgres_tls() {
   local t0 bin port data log sock attempt ver tls
   t0=$(rb_now)
@@ -306,6 +307,7 @@ rb_start_postgres_tls() {
   done
   rb_state_set RB_PG_TLS_PORT "$port"
   export ROLLBACK_TEST_PG_TLS_URL="postgres://postgres@localhost:$port/postgres"
+  export ROLLBACK_TEST_PG_TLS_SOCKET_DIR=$sock
   if ! "$bin/psql" "host=localhost hostaddr=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=verify-full sslrootcert=$tls/ca.pem" \
     -XAtqc 'select 1' >/dev/null 2>>"$log"; then
     rb_tail_log "$log"
@@ -638,7 +640,7 @@ RB_EXPORT_VARS=(
   ROLLBACK_TEST_S3_ENDPOINT ROLLBACK_TEST_S3_ACCESS_KEY ROLLBACK_TEST_S3_SECRET_KEY ROLLBACK_TEST_S3_REGION
   ROLLBACK_TEST_UNLEASH_URL ROLLBACK_TEST_UNLEASH_ADMIN_TOKEN ROLLBACK_TEST_UNLEASH_CLIENT_TOKEN
   ROLLBACK_PROMETHEUS_BIN ROLLBACK_TEST_TLS_DIR
-  ROLLBACK_TEST_PG_TLS_URL ROLLBACK_TEST_UNLEASH_TLS_URL
+  ROLLBACK_TEST_PG_TLS_URL ROLLBACK_TEST_PG_TLS_SOCKET_DIR ROLLBACK_TEST_UNLEASH_TLS_URL
 )
 
 # ---------------------------------------------------------------------------
