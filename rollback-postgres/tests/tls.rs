@@ -475,3 +475,12 @@ async fn a_unix_socket_under_the_default_prefer_connects_plain() {
     assert!(!encrypted(&db).await);
     db.dedicated().await.expect("dedicated over the socket");
 }
+
+#[tokio::test]
+async fn sslrootcert_system_means_verify_full_against_the_platform_roots() {
+    let Some((url, _)) = tls_server() else { return };
+    // As libpq 16: `system` implies verify-full; the platform does not trust the test CA.
+    let db = Database::connect(&with_params(&url, "sslrootcert=system")).unwrap();
+    assert_eq!(db.ssl_mode(), SslMode::VerifyFull);
+    expect_refused(&db, TlsFailure::UnknownCa, "not signed by a trusted CA").await;
+}
