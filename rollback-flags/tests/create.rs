@@ -234,3 +234,79 @@ async fn rolling_back_twenty_created_flags_leaves_unleash_healthy() {
         assert_eq!(p.get(n).await.unwrap(), None);
     }
 }
+
+#[tokio::test]
+async fn the_ready_check_refuses_a_plan_before_anything_changes() {
+    use rollback_flags::UnleashProvider;
+    let prefix = common::prefix("ready");
+    let ok = common::unleash();
+    let ctx = Context::standalone(&format!("{prefix}run"));
+    let v = ok.ready_check().verify(&ctx).await.unwrap();
+    assert!(v.passed(), "{v:?}");
+    assert_eq!(v.evidence["project"], "default");
+
+    let facts = ok.server_facts().await.unwrap();
+    let v = ok
+        .ready_check()
+        .needs_flag_variants()
+        .verify(&ctx)
+        .await
+        .unwrap();
+    assert_eq!(v.passed(), facts.flag_variants, "{v:?}");
+
+    let url = common::unleash_url();
+    let cases = [
+        (
+            UnleashProvider::new(&url, "*:*.not-a-token", "default", "development").unwrap(),
+            "401",
+        ),
+        (
+            UnleashProvider::new(&url, common::client_token(), "default", "development").unwrap(),
+            "403",
+        ),
+        (
+            UnleashProvider::new(
+                &url,
+                common::admin_token(),
+                "no-such-project",
+                "development",
+            )
+            .unwrap(),
+            "does not exist",
+        ),
+        (
+            UnleashProvider::new(&url, common::admin_token(), "default", "no-such-env").unwrap(),
+            "not enabled",
+        ),
+    ];
+    for (p, says) in cases {
+        let v = p.ready_check().verify(&ctx).await.unwrap();
+        assert!(!v.passed() && v.summary.contains(says), "{says}: {v:?}");
+    }
+
+    // As a plan precondition: the run stops before the step writes anything.
+    let p: Arc<dyn FlagProvider> = Arc::new(
+        UnleashProvider::new(&url, common::admin_token(), "default", "no-such-env").unwrap(),
+    );
+    let flag = format!("{prefix}f");
+    let bad = UnleashProvider::new(&url, common::admin_token(), "default", "no-such-env").unwrap();
+    let plan = Plan::builder(format!("{prefix}plan"))
+        .precondition(bad.ready_check())
+        .step(
+            "flags",
+            SetFlag::create("add", p, &flag, FlagChange::new().enabled(false)),
+            &[],
+        )
+        .build()
+        .unwrap();
+    let report = Executor::new(MemoryJournal::new()).run(&plan).await;
+    let text = match &report {
+        Ok(r) => r.to_markdown(),
+        Err(e) => e.to_string(),
+    };
+    if let Ok(r) = &report {
+        assert_ne!(r.outcome, Outcome::Committed, "{text}");
+    }
+    assert!(text.contains("not enabled"), "{text}");
+    assert_eq!(ok.get(&flag).await.unwrap(), None, "nothing was written");
+}
