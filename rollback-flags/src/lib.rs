@@ -50,7 +50,8 @@
 //!   check between stages; all compensable, with the prior state in the receipt and in the
 //!   journaled cursor (see [`steps`]).
 //! - Verifiers: [`FlagsMatchSnapshot`] (the run's baseline, evidence per differing flag)
-//!   and [`FlagsMatch`] (expected states).
+//!   and [`FlagsMatch`] (expected states); [`UnleashReady`], a precondition that the
+//!   server, token, project and environment can take the plan's changes.
 //! - [`OpenFeatureBridge`]: an `open-feature` `FeatureProvider` over any provider.
 //!
 //! ## Unleash over HTTPS
