@@ -46,12 +46,39 @@
 //! - [`FlagCheckpoint`]: a snapshot of all flags, a prefix, a set or one flag of a scope,
 //!   carried inline with a blake3 digest over a canonical encoding; restore writes back
 //!   exactly and verifies by reading back. Resource ids `flags:<kind>:<scope>[/<flag>]`.
-//! - Steps: [`SetFlag`] (and [`SetFlag::kill_switch`]), [`StagedRollout`] with a health
+//! - Steps: [`SetFlag`] (and [`SetFlag::kill_switch`], [`SetFlag::create`]), [`StagedRollout`] with a health
 //!   check between stages; all compensable, with the prior state in the receipt and in the
 //!   journaled cursor (see [`steps`]).
 //! - Verifiers: [`FlagsMatchSnapshot`] (the run's baseline, evidence per differing flag)
-//!   and [`FlagsMatch`] (expected states).
+//!   and [`FlagsMatch`] (expected states); [`UnleashReady`], a precondition that the
+//!   server, token, project and environment can take the plan's changes.
 //! - [`OpenFeatureBridge`]: an `open-feature` `FeatureProvider` over any provider.
+//!
+//! ## Unleash over HTTPS
+//!
+//! An `https://` URL works with the platform's roots; a private CA is added with
+//! [`UnleashProvider::with_root_certificate_pem`], and a team's own configured client
+//! (proxies, client certificates) is used with [`UnleashProvider::with_client`]. A
+//! certificate from an unknown CA or for another host, a bad token (401/403) and a
+//! missing project are permanent errors, not retried:
+//!
+//! ```no_run
+//! # async fn demo() -> rollback_core::Result<()> {
+//! use rollback_flags::{FlagProvider, UnleashProvider};
+//! let ca = std::fs::read("/etc/ssl/internal-ca.pem").expect("CA file");
+//! let unleash = UnleashProvider::new("https://unleash.internal", "*:*.admin-token", "default", "production")?
+//!     .with_root_certificate_pem(&ca)?;
+//! println!("{:?}", unleash.get("new-checkout").await?);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Creating and removing flags
+//!
+//! [`SetFlag::create`] creates a flag a migration introduces and removes it on rollback.
+//! On Unleash, removing is archiving, waiting until Unleash has recorded the archive in
+//! its flag lifecycle, then deleting from the archive (deleting at once races Unleash's
+//! own asynchronous archive handling, which crashes Unleash 6); a flag whose archive is
+//! not recorded in time is left archived, where clients no longer see it.
 //!
 //! Credentials (the Unleash admin token) are held in a [`Secret`] and never appear in
 //! `Debug`, errors, logs or reports.
@@ -74,7 +101,7 @@ pub use model::{
 pub use openfeature::{bucket, evaluate_bool, select_variant, BoolEvaluation, OpenFeatureBridge};
 pub use provider::{flag_resource, scope_resource, FlagProvider, MemoryProvider};
 pub use steps::{kill_switch, FlagReceipt, HealthCheckFailed, SetFlag, StagedRollout};
-pub use unleash::{Secret, UnleashProvider};
+pub use unleash::{Secret, ServerFacts, UnleashProvider, UnleashReady};
 pub use verify::{Expect, FlagsMatch, FlagsMatchSnapshot};
 
 /// Re-exported for programs that use the OpenFeature bridge without depending on

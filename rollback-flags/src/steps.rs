@@ -40,6 +40,14 @@ pub struct FlagReceipt {
     pub prior: FlagState,
     /// The state the apply left it in.
     pub applied: FlagState,
+    /// Whether the apply created the flag (then revert removes it, and `prior` is
+    /// [`FlagState::off`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub created: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The journaled resume cursor of a flag step.
@@ -49,6 +57,9 @@ struct Cursor {
     /// Index of the last stage set and checked (staged rollouts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     stage: Option<usize>,
+    /// The flag did not exist: the apply creates it, the revert removes it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    created: bool,
 }
 
 /// Per-run cursors of one step in this process.
@@ -105,19 +116,32 @@ impl Core {
 
     /// The cursor to apply from: known (an earlier attempt of this run may have changed
     /// the flag: `true`), or read now and journaled before any change (`false`).
-    async fn start(&self, ctx: &Context) -> Result<(Cursor, bool)> {
+    /// `create`: a missing flag is created (from [`FlagState::off`]) rather than refused.
+    async fn start(&self, ctx: &Context, create: bool) -> Result<(Cursor, bool)> {
         if let Some(c) = self.known(ctx) {
             self.memo.set(ctx.run_id(), c.clone());
             return Ok((c, true));
         }
-        let prior = self.provider.get(&self.flag).await?.ok_or_else(|| {
-            Error::conflict(format!(
-                "flag {} does not exist in {}",
-                self.flag,
-                scope_resource(self.provider.as_ref())
-            ))
-        })?;
-        let c = Cursor { prior, stage: None };
+        let c = match self.provider.get(&self.flag).await? {
+            Some(prior) => Cursor {
+                prior,
+                stage: None,
+                created: false,
+            },
+            None if create => Cursor {
+                prior: FlagState::off(),
+                stage: None,
+                created: true,
+            },
+            None => {
+                return Err(Error::conflict(format!(
+                    "flag {} does not exist in {} (SetFlag::create makes a step that creates it \
+                     and removes it on revert)",
+                    self.flag,
+                    scope_resource(self.provider.as_ref())
+                )))
+            }
+        };
         self.save(ctx, &c).await?;
         Ok((c, false))
     }
@@ -140,23 +164,34 @@ impl Core {
 
     async fn revert(&self, receipt: Option<&Receipt>, ctx: &Context) -> Result<()> {
         let prior = match receipt {
-            Some(r) if !r.0.is_null() => Some(r.parse::<FlagReceipt>()?.prior),
-            _ => self.known(ctx).map(|c| c.prior),
+            Some(r) if !r.0.is_null() => {
+                let r = r.parse::<FlagReceipt>()?;
+                Some((r.prior, r.created))
+            }
+            _ => self.known(ctx).map(|c| (c.prior, c.created)),
         };
-        let Some(prior) = prior else {
+        let Some((prior, created)) = prior else {
             tracing::info!(step = %self.id, flag = %self.flag, "revert: the apply never changed the flag; nothing to do");
             return Ok(());
         };
+        if created {
+            // The flag did not exist before the apply: remove it (a no-op when the apply
+            // never got as far as creating it).
+            self.provider.delete(&self.flag).await?;
+            tracing::info!(step = %self.id, flag = %self.flag, "flag created by the step removed");
+            return Ok(());
+        }
         self.write(&prior).await?;
         tracing::info!(step = %self.id, flag = %self.flag, enabled = prior.enabled, rollout = ?prior.rollout_percent(), "flag reverted to its prior state");
         Ok(())
     }
 
-    fn receipt(&self, prior: FlagState, applied: FlagState) -> Receipt {
+    fn receipt(&self, cursor: Cursor, applied: FlagState) -> Receipt {
         Receipt::new(&FlagReceipt {
             flag: self.flag.clone(),
-            prior,
+            prior: cursor.prior,
             applied,
+            created: cursor.created,
         })
     }
 }
@@ -175,7 +210,9 @@ impl fmt::Debug for Core {
 /// [`SetFlag::kill_switch`], turn it off at once.
 ///
 /// Compensable: revert writes back the prior state (see the [module docs](self) for how
-/// it is known without a receipt). The flag must exist ([`Error::Conflict`] otherwise).
+/// it is known without a receipt). The flag must exist ([`Error::Conflict`] otherwise),
+/// unless the step is made by [`SetFlag::create`], which creates it and removes it on
+/// revert.
 /// [`touches`](Step::touches) lists the flag's resource (`flags:<kind>:<scope>/<flag>`)
 /// and the scope's (`flags:<kind>:<scope>`); add others with [`SetFlag::touching`].
 ///
@@ -200,6 +237,7 @@ pub struct SetFlag {
     core: Core,
     change: FlagChange,
     kill: bool,
+    create: bool,
 }
 
 impl SetFlag {
@@ -209,6 +247,44 @@ impl SetFlag {
             core: Core::new(id, provider, flag),
             change,
             kill: false,
+            create: false,
+        }
+    }
+
+    /// A step `id` that creates `flag` with `change` applied to [`FlagState::off`] when
+    /// the flag does not exist — a normal migration step — and whose revert removes the
+    /// flag it created. When the flag exists, it behaves as [`SetFlag::new`] (revert
+    /// writes the prior state back). Whether it created the flag is journaled before the
+    /// flag is written, so a resumed run after a crash removes it too.
+    ///
+    /// With [`UnleashProvider`](crate::UnleashProvider), removing is archiving and then
+    /// deleting from the archive once Unleash has recorded the archive (see
+    /// [`FlagProvider::delete`]).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use std::sync::Arc;
+    /// use rollback_core::{Context, Step};
+    /// use rollback_flags::{FlagChange, FlagProvider, MemoryProvider, SetFlag};
+    /// let p = MemoryProvider::new("sim");
+    /// let step = SetFlag::create("add-checkout", Arc::new(p.clone()), "checkout", FlagChange::new().rollout(5));
+    /// let ctx = Context::standalone("demo");
+    /// let receipt = step.apply(&ctx).await?;
+    /// assert_eq!(p.get("checkout").await?.unwrap().rollout_percent(), Some(5));
+    /// step.revert(Some(&receipt), &ctx).await?;
+    /// assert_eq!(p.get("checkout").await?, None);
+    /// # Ok::<(), rollback_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn create(
+        id: &str,
+        provider: Arc<dyn FlagProvider>,
+        flag: &str,
+        change: FlagChange,
+    ) -> Self {
+        SetFlag {
+            create: true,
+            ..Self::new(id, provider, flag, change)
         }
     }
 
@@ -241,7 +317,7 @@ impl Step for SetFlag {
     }
     fn spec(&self) -> serde_json::Value {
         serde_json::json!({
-            "kind": if self.kill { "flags.kill_switch" } else { "flags.set" },
+            "kind": if self.kill { "flags.kill_switch" } else if self.create { "flags.create_or_set" } else { "flags.set" },
             "resource": flag_resource(self.core.provider.as_ref(), &self.core.flag),
             "change": self.change,
         })
@@ -254,12 +330,12 @@ impl Step for SetFlag {
         }
     }
     async fn apply(&self, ctx: &Context) -> Result<Receipt> {
-        let (cursor, _) = self.core.start(ctx).await?;
+        let (cursor, _) = self.core.start(ctx, self.create).await?;
         let target = self.change.apply_to(&self.core.flag, cursor.prior.clone());
         self.core.write(&target).await?;
         tracing::info!(step = %self.core.id, flag = %self.core.flag, change = %self.change.describe(), "flag set");
         ctx.progress(&self.core.id, 1, Some(1), "flags");
-        Ok(self.core.receipt(cursor.prior, target))
+        Ok(self.core.receipt(cursor, target))
     }
     async fn revert(&self, receipt: Option<&Receipt>, ctx: &Context) -> Result<()> {
         self.core.revert(receipt, ctx).await
@@ -458,7 +534,7 @@ impl Step for StagedRollout {
                 self.core.id
             )));
         }
-        let (mut cursor, resumed) = self.core.start(ctx).await?;
+        let (mut cursor, resumed) = self.core.start(ctx, false).await?;
         let first = cursor.stage.map_or(0, |s| s + 1);
         let source = format!("rollout:{}", self.core.flag);
         let n = self.stages.len();
@@ -489,7 +565,7 @@ impl Step for StagedRollout {
                 .map_err(|e| mark(e, true))?;
         }
         let applied = self.target(&cursor.prior, n - 1);
-        Ok(self.core.receipt(cursor.prior, applied))
+        Ok(self.core.receipt(cursor, applied))
     }
     async fn revert(&self, receipt: Option<&Receipt>, ctx: &Context) -> Result<()> {
         self.core.revert(receipt, ctx).await

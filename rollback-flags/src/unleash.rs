@@ -4,15 +4,39 @@ use crate::provider::{check_flag_name, mark_maybe_applied};
 use crate::{FlagProvider, FlagState, Strategy, Variant};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::Method;
 use rollback_core::{Error, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::OnceCell;
 
 const BACKEND: &str = "unleash";
+
+/// What an Unleash server supports, read once per provider (see
+/// [`UnleashProvider::server_facts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerFacts {
+    /// The server's version (`ui-config`), empty when it does not say.
+    pub version: String,
+    /// Whether flag-level (environment) variants may be written. Unleash 6 refuses them
+    /// (HTTP 403) unless its `enableLegacyVariants` flag is on; strategy variants work
+    /// everywhere.
+    pub flag_variants: bool,
+}
+
+/// A TLS failure talking to Unleash: permanent (the certificate or the configuration must
+/// change), never retried.
+#[derive(Debug, thiserror::Error)]
+#[error("unleash at {url}: TLS: {cause}")]
+struct TlsError {
+    url: String,
+    cause: String,
+}
 
 /// A credential: its `Debug` and `Display` never show it.
 ///
@@ -62,13 +86,21 @@ struct HttpError {
 /// exponential backoff (3 retries from 100 ms by default); then they fail with
 /// [`Error::Transient`] whose `maybe_applied` is true only for a write that may have
 /// reached the server. Other answers fail with [`Error::Backend`] (`backend: "unleash"`),
-/// 409 with [`Error::Conflict`]. The token is sent only in the `Authorization` header
+/// 409 with [`Error::Conflict`]; so do, at once and without retry, TLS failures (a
+/// certificate from an unknown CA or for another host), a bad token (401, 403) and a
+/// project that does not exist.
+///
+/// `https://` URLs use rustls with the platform's roots; add a private CA with
+/// [`UnleashProvider::with_root_certificate_pem`], or give your own configured client
+/// with [`UnleashProvider::with_client`]. The token is sent only in the `Authorization` header
 /// (marked sensitive) and never appears in `Debug`, errors or logs.
 ///
 /// Unleash cannot hold an *enabled* flag without strategies (enabling one adds a 100 %
-/// `flexibleRollout`): `put` refuses that state with [`Error::Invalid`]. Environment
-/// variants are deprecated in Unleash 6 and answered with an error when written; strategy
-/// variants are kept with their strategies.
+/// `flexibleRollout`): `put` refuses that state with [`Error::Invalid`]. Flag-level
+/// (environment) variants are legacy in Unleash 6, which answers them with 403 unless its
+/// `enableLegacyVariants` flag is on: `put` then refuses them with [`Error::Invalid`]
+/// before writing anything ([`UnleashProvider::server_facts`]); strategy variants are kept
+/// with their strategies.
 ///
 /// ```no_run
 /// # async fn demo() -> rollback_core::Result<()> {
@@ -80,6 +112,14 @@ struct HttpError {
 #[derive(Clone)]
 pub struct UnleashProvider {
     client: reqwest::Client,
+    /// The `Authorization` header (sensitive), sent with every request.
+    auth: HeaderValue,
+    /// Roots trusted beyond the platform's, for the provider's own client.
+    extra_roots: Vec<reqwest::Certificate>,
+    /// Facts about the server, read once when first needed.
+    facts: Arc<OnceCell<ServerFacts>>,
+    /// Set once the project is known to exist.
+    project_found: Arc<OnceCell<()>>,
     base: String,
     /// `base` with any user info replaced by `***`: what Debug, errors and logs show.
     shown: String,
@@ -147,18 +187,12 @@ impl UnleashProvider {
         let mut auth = HeaderValue::from_str(token.dangerous_expose())
             .map_err(|_| Error::invalid("unleash admin token is not a valid header value"))?;
         auth.set_sensitive(true);
-        let mut headers = HeaderMap::new();
-        headers.insert(AUTHORIZATION, auth);
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(15))
-            .build()
-            .map_err(|e| {
-                Error::backend_not_applied(BACKEND, format!("building the HTTP client: {e}"))
-            })?;
         Ok(UnleashProvider {
-            client,
+            client: Self::own_client(&[])?,
+            auth,
+            extra_roots: Vec::new(),
+            facts: Arc::new(OnceCell::new()),
+            project_found: Arc::new(OnceCell::new()),
             shown: redact_userinfo(&base),
             base,
             token,
@@ -169,6 +203,69 @@ impl UnleashProvider {
             backoff: Duration::from_millis(100),
             concurrency: 8,
         })
+    }
+
+    /// The provider's own HTTP client: rustls, the platform's roots plus `extra_roots`.
+    fn own_client(extra_roots: &[reqwest::Certificate]) -> Result<reqwest::Client> {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(15));
+        for c in extra_roots {
+            b = b.add_root_certificate(c.clone());
+        }
+        b.build().map_err(|e| {
+            Error::backend_not_applied(BACKEND, format!("building the HTTP client: {e}"))
+        })
+    }
+
+    /// Also trust the root certificates in `pem` (a private CA in front of Unleash), on
+    /// the provider's own client; the platform's roots stay trusted. Replaces a client
+    /// given with [`UnleashProvider::with_client`].
+    ///
+    /// ```no_run
+    /// # fn demo() -> rollback_core::Result<()> {
+    /// use rollback_flags::UnleashProvider;
+    /// let ca = std::fs::read("/etc/ssl/internal-ca.pem").expect("CA file");
+    /// let unleash = UnleashProvider::new("https://unleash.internal", "*:*.admin-token", "default", "production")?
+    ///     .with_root_certificate_pem(&ca)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when `pem` holds no certificate or a malformed one.
+    pub fn with_root_certificate_pem(mut self, pem: &[u8]) -> Result<Self> {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| Error::invalid(format!("unleash root certificate PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(Error::invalid(
+                "unleash root certificate PEM holds no certificate",
+            ));
+        }
+        self.extra_roots.extend(certs);
+        self.client = Self::own_client(&self.extra_roots)?;
+        Ok(self)
+    }
+
+    /// Send requests through `client`, configured as your team's (proxies, client
+    /// certificates for mTLS, roots, timeouts). The admin token is still added to each
+    /// request by the provider (in a sensitive header), so the client need not carry it.
+    /// Errors are classified as with the provider's own client: a TLS failure
+    /// (certificate, host name) is permanent, a refused connection or a timeout is
+    /// transient.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use rollback_flags::UnleashProvider;
+    /// let client = reqwest::Client::builder()
+    ///     .proxy(reqwest::Proxy::https("http://proxy.internal:3128")?)
+    ///     .build()?;
+    /// let unleash = UnleashProvider::new("https://unleash.example.com", "*:*.admin-token", "default", "production")?
+    ///     .with_client(client);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_client(mut self, client: reqwest::Client) -> Self {
+        self.client = client;
+        self
     }
 
     /// From the environment: `ROLLBACK_TEST_UNLEASH_URL` or `UNLEASH_URL`, and
@@ -211,6 +308,69 @@ impl UnleashProvider {
         &self.environment
     }
 
+    /// What the server supports (version, whether flag-level variants may be written),
+    /// read once from `/api/admin/ui-config` and kept.
+    ///
+    /// # Errors
+    /// Transient and backend errors of the request.
+    pub async fn server_facts(&self) -> Result<ServerFacts> {
+        self.facts
+            .get_or_try_init(|| async {
+                let path = "/api/admin/ui-config";
+                let body = self
+                    .expect_ok(Method::GET, path, None, false, false)
+                    .await?;
+                let version = body
+                    .get("version")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let major: u32 = version
+                    .split('.')
+                    .next()
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(0);
+                let legacy = body
+                    .pointer("/flags/enableLegacyVariants")
+                    .and_then(Value::as_bool);
+                // Before 6, environment variants were the normal kind; from 6 on they
+                // are legacy, written only while the server's flag allows it.
+                let flag_variants = match legacy {
+                    Some(on) => on,
+                    None => (1..6).contains(&major),
+                };
+                Ok(ServerFacts {
+                    version,
+                    flag_variants,
+                })
+            })
+            .await
+            .cloned()
+    }
+
+    /// Check that the project exists (once; kept): a missing project is a permanent
+    /// error, not an empty project.
+    async fn ensure_project(&self) -> Result<()> {
+        self.project_found
+            .get_or_try_init(|| async {
+                let path = format!("/api/admin/projects/{}", self.project);
+                let a = self.call(Method::GET, &path, None, false).await?;
+                match a.status {
+                    200..=299 => Ok(()),
+                    404 => Err(Error::backend_not_applied(
+                        BACKEND,
+                        format!(
+                            "unleash at {}: project {} does not exist",
+                            self.shown, self.project
+                        ),
+                    )),
+                    _ => Err(Self::http_error(&Method::GET, &path, &a, false)),
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
     fn features_path(&self) -> String {
         format!("/api/admin/projects/{}/features", self.project)
     }
@@ -236,16 +396,19 @@ impl UnleashProvider {
         let mut reached = false;
         loop {
             attempt += 1;
-            let mut req = self.client.request(method.clone(), &url);
+            let mut req = self
+                .client
+                .request(method.clone(), &url)
+                .header(AUTHORIZATION, self.auth.clone());
             if let Some(b) = body {
                 req = req.json(b);
             }
-            let failure = match req.send().await {
+            let (failure, detail) = match req.send().await {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     if status >= 500 || status == 429 {
                         reached = true;
-                        format!("HTTP {status}")
+                        (format!("HTTP {status}"), String::new())
                     } else {
                         let text = resp.text().await.unwrap_or_default();
                         let body = if text.trim().is_empty() {
@@ -257,24 +420,58 @@ impl UnleashProvider {
                     }
                 }
                 Err(e) => {
+                    if let Some(cause) = tls_cause(&e) {
+                        // Permanent: retrying cannot fix a certificate.
+                        return Err(Error::Backend {
+                            backend: BACKEND,
+                            source: Box::new(TlsError {
+                                url: self.shown.clone(),
+                                cause,
+                            }),
+                            maybe_applied: false,
+                        });
+                    }
+                    if e.is_builder() {
+                        return Err(Error::invalid(format!(
+                            "unleash at {}: {method} {path}: the request cannot be made: {}",
+                            self.shown,
+                            error_chain(&e.without_url())
+                        )));
+                    }
                     if !e.is_connect() {
                         reached = true;
                     }
-                    if e.is_connect() {
-                        "connection failed".to_string()
-                    } else if e.is_timeout() {
-                        "timed out".to_string()
+                    let (connect, timeout) = (e.is_connect(), e.is_timeout());
+                    // Without the URL: it may hold user info.
+                    let detail = error_chain(&e.without_url());
+                    if connect {
+                        ("connection failed".to_string(), detail)
+                    } else if timeout {
+                        ("timed out".to_string(), detail)
+                    } else if self.base.starts_with("http://") {
+                        (
+                            "request failed".to_string(),
+                            format!(
+                                "{detail}; a server that speaks only TLS answers plain HTTP \
+                                 like this: use https://"
+                            ),
+                        )
                     } else {
-                        "request failed".to_string()
+                        ("request failed".to_string(), detail)
                     }
                 }
             };
-            tracing::warn!(backend = BACKEND, %method, path, attempt, failure = %failure, "unleash request failed");
+            tracing::warn!(backend = BACKEND, %method, path, attempt, failure = %failure, detail = %detail, "unleash request failed");
             if attempt > self.retries {
                 return Err(Error::transient(
                     format!(
-                        "unleash at {}: {method} {path}: {failure} (after {attempt} attempts)",
-                        self.shown
+                        "unleash at {}: {method} {path}: {failure} (after {attempt} attempts){}",
+                        self.shown,
+                        if detail.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {detail}")
+                        }
                     ),
                     write && reached,
                 ));
@@ -338,6 +535,8 @@ impl UnleashProvider {
         let path = format!("{}/{flag}?variantEnvironments=true", self.features_path());
         let a = self.call(Method::GET, &path, None, false).await?;
         if a.status == 404 {
+            // No such flag — or no such project, which must not read as "absent".
+            self.ensure_project().await?;
             return Ok(None);
         }
         if !(200..300).contains(&a.status) {
@@ -444,6 +643,45 @@ impl UnleashProvider {
     }
 }
 
+/// The TLS cause of a request error, in words, when it is one.
+fn tls_cause(e: &reqwest::Error) -> Option<String> {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(r) = find_rustls(s) {
+            use rustls::CertificateError as C;
+            return Some(match r {
+                rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+                    "the server's certificate is not signed by a trusted CA (add the CA with \
+                     with_root_certificate_pem, or give a configured client with with_client)"
+                        .to_string()
+                }
+                rustls::Error::InvalidCertificate(
+                    C::NotValidForName | C::NotValidForNameContext { .. },
+                ) => "the server's certificate does not name the host in the URL (use a \
+                      host name the certificate holds)"
+                    .to_string(),
+                other => format!("handshake failed: {other}"),
+            });
+        }
+        src = s.source();
+    }
+    None
+}
+
+/// An error and its sources, in one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut m = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !m.contains(&t) {
+            m.push_str(&format!(": {t}"));
+        }
+        src = s.source();
+    }
+    m
+}
+
 /// `http://user:pass@host` → `http://***@host`.
 fn redact_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -493,6 +731,10 @@ impl FlagProvider for UnleashProvider {
                     .collect()
             })
             .unwrap_or_default();
+        if names.is_empty() {
+            // Unleash lists no flags for a project that does not exist.
+            self.ensure_project().await?;
+        }
         names.sort();
         Ok(names)
     }
@@ -519,6 +761,17 @@ impl FlagProvider for UnleashProvider {
             return Err(Error::invalid(format!(
                 "unleash cannot hold flag {flag} enabled without strategies (enabling adds a 100% rollout); give it a strategy"
             )));
+        }
+        if !target.variants.is_empty() {
+            let facts = self.server_facts().await?;
+            if !facts.flag_variants {
+                return Err(Error::invalid(format!(
+                    "unleash {} does not accept flag-level variants (its enableLegacyVariants \
+                     flag is off; it answers them with 403): give flag {flag} its variants on a \
+                     strategy (Strategy::variants) instead",
+                    facts.version
+                )));
+            }
         }
         let mut written = false;
         let (current, with_ids) = match self.read(flag).await? {
@@ -686,6 +939,148 @@ impl UnleashProvider {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A plan precondition: the Unleash a plan writes to can take its changes — the token is
+/// an admin one (no 401/403), the project exists, the environment is enabled in it, and,
+/// with [`UnleashReady::needs_flag_variants`], the server accepts flag-level variants
+/// (Unleash 6 answers them with 403 unless `enableLegacyVariants` is on). A failing
+/// check fails the run's preflight, before anything changes, with what to fix; an
+/// unreachable server is an error (transient), as for any call.
+///
+/// ```no_run
+/// # fn demo(unleash: rollback_flags::UnleashProvider) -> rollback_core::Result<()> {
+/// use rollback_core::Plan;
+/// let plan = Plan::builder("checkout")
+///     .precondition(unleash.ready_check())
+///     // … steps on `unleash` …
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct UnleashReady {
+    provider: UnleashProvider,
+    id: String,
+    flag_variants: bool,
+}
+
+impl UnleashReady {
+    /// Also require that flag-level (environment) variants may be written.
+    pub fn needs_flag_variants(mut self) -> Self {
+        self.flag_variants = true;
+        self
+    }
+}
+
+impl UnleashProvider {
+    /// The precondition [`UnleashReady`] for this provider's server, project and
+    /// environment.
+    pub fn ready_check(&self) -> UnleashReady {
+        UnleashReady {
+            id: format!("unleash-ready:{}", self.scope),
+            provider: self.clone(),
+            flag_variants: false,
+        }
+    }
+}
+
+#[async_trait]
+impl rollback_core::Verifier for UnleashReady {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn verify(&self, _ctx: &rollback_core::Context) -> Result<rollback_core::Verdict> {
+        use rollback_core::Verdict;
+        let p = &self.provider;
+        // Permanent failures (token, project) are the verdict; transient ones are errors.
+        let permanent = |e: Error| match e {
+            Error::Transient { .. } => Err(e),
+            other => Ok(Verdict::fail(other.to_string())),
+        };
+        let facts = match p.server_facts().await {
+            Ok(f) => f,
+            Err(e) => return permanent(e),
+        };
+        let path = format!("/api/admin/projects/{}", p.project);
+        let a = p.call(Method::GET, &path, None, false).await?;
+        if a.status == 404 {
+            return Ok(Verdict::fail(format!(
+                "unleash at {}: project {} does not exist",
+                p.shown, p.project
+            )));
+        }
+        if !(200..300).contains(&a.status) {
+            return permanent(Self::http_error_of(&path, &a));
+        }
+        let environments: Vec<String> = a
+            .body
+            .get("environments")
+            .and_then(Value::as_array)
+            .map(|envs| {
+                envs.iter()
+                    .filter_map(|e| {
+                        e.get("environment")
+                            .or_else(|| e.get("name"))
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let evidence = json!({
+            "version": facts.version,
+            "flag_variants": facts.flag_variants,
+            "project": p.project,
+            "environments": environments,
+        });
+        if !environments.iter().any(|e| e == &p.environment) {
+            return Ok(Verdict::fail(format!(
+                "unleash: environment {} is not enabled in project {} (enabled: {})",
+                p.environment,
+                p.project,
+                environments.join(", ")
+            ))
+            .with_evidence(evidence));
+        }
+        if self.flag_variants && !facts.flag_variants {
+            return Ok(Verdict::fail(format!(
+                "unleash {} does not accept flag-level variants (enableLegacyVariants is off): \
+                 put variants on a strategy instead",
+                facts.version
+            ))
+            .with_evidence(evidence));
+        }
+        Ok(Verdict::pass(format!(
+            "unleash {} ready: project {}, environment {}{}",
+            facts.version,
+            p.project,
+            p.environment,
+            if self.flag_variants {
+                ", flag-level variants accepted"
+            } else {
+                ""
+            }
+        ))
+        .with_evidence(evidence))
+    }
+}
+
+impl UnleashReady {
+    fn http_error_of(path: &str, a: &Answer) -> Error {
+        UnleashProvider::http_error(&Method::GET, path, a, false)
+    }
+}
+
+/// The rustls error in `e`, looking through `io::Error`s wrapped in one another (whose
+/// `source` skips the error they wrap).
+fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(r) = e.downcast_ref::<rustls::Error>() {
+        return Some(r);
+    }
+    let io = e.downcast_ref::<std::io::Error>()?;
+    let inner: &(dyn std::error::Error + 'static) = io.get_ref()?;
+    find_rustls(inner)
 }
 
 #[cfg(test)]

@@ -74,3 +74,21 @@ async fn conformance_suite_passes_on_unleash() {
     suite(Arc::new(common::unleash()), &prefix).await;
     common::cleanup(&prefix).await;
 }
+
+/// Unleash behind TLS (`ROLLBACK_TEST_UNLEASH_TLS_URL`, a certificate for `localhost`
+/// signed by the test CA): the same suite over HTTPS, certificate and host name checked.
+#[tokio::test]
+async fn conformance_suite_passes_on_unleash_over_https() {
+    let Some((url, dir)) = common::unleash_tls() else {
+        return;
+    };
+    let ca = std::fs::read(format!("{dir}/ca.pem")).unwrap();
+    let p =
+        rollback_flags::UnleashProvider::new(&url, common::admin_token(), "default", "development")
+            .unwrap()
+            .with_root_certificate_pem(&ca)
+            .unwrap();
+    let prefix = common::prefix("conf-tls");
+    suite(Arc::new(p), &prefix).await;
+    common::cleanup(&prefix).await;
+}

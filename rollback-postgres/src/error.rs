@@ -15,6 +15,113 @@ pub(crate) struct PgError {
     message: String,
     code: Option<String>,
     class: Class,
+    tls: Option<TlsFailure>,
+}
+
+/// Why a connection's TLS failed, as [`tls_failure`] reads it from an error of this
+/// crate. Each of these is permanent (retrying cannot help: the configuration or the
+/// server's certificate must change), and the error's message names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The server does not do SSL, and the `sslmode` (`require`, `verify-ca`,
+    /// `verify-full`) needs it.
+    ServerRefusedSsl,
+    /// The server accepts only encrypted connections from here (`hostssl` lines in
+    /// `pg_hba.conf`) and this one was plain (`sslmode=disable`).
+    ServerRequiresSsl,
+    /// The server's certificate is not signed by a trusted root (`sslrootcert`).
+    UnknownCa,
+    /// The server's certificate is not issued for the host connected to
+    /// (`verify-full`).
+    WrongHostname,
+    /// The server's certificate is invalid otherwise (expired, not yet valid, revoked,
+    /// not for server authentication…).
+    BadCertificate,
+    /// The server ended the handshake with an alert (e.g. it refused the client
+    /// certificate, or wanted one).
+    RejectedByServer,
+    /// Another TLS failure (protocol, no common cipher…).
+    Handshake,
+}
+
+impl TlsFailure {
+    /// What to do about it, for the error message.
+    fn hint(self) -> &'static str {
+        match self {
+            TlsFailure::ServerRefusedSsl => {
+                "the server does not support SSL; enable ssl on the server, or lower sslmode \
+                 (prefer falls back to plain)"
+            }
+            TlsFailure::ServerRequiresSsl => {
+                "the server accepts only SSL connections here; use sslmode=require or stronger"
+            }
+            TlsFailure::UnknownCa => {
+                "the server's certificate is not signed by a trusted CA; set sslrootcert to the \
+                 CA that issued it"
+            }
+            TlsFailure::WrongHostname => {
+                "the server's certificate does not name the host connected to (sslmode=verify-full); \
+                 connect with a name the certificate holds"
+            }
+            TlsFailure::BadCertificate => "the server's certificate is not valid",
+            TlsFailure::RejectedByServer => {
+                "the server refused the TLS handshake (check sslcert/sslkey and the server's \
+                 ssl_ca_file)"
+            }
+            TlsFailure::Handshake => "the TLS handshake failed",
+        }
+    }
+}
+
+/// The TLS cause of an error returned by this crate, if it is one: a connection refused
+/// for a certificate, a hostname, or SSL refused or required by the server.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use rollback_postgres::{tls_failure, Database, TlsFailure};
+/// let db = Database::connect("postgres://app@127.0.0.1/shop?sslmode=verify-full&sslrootcert=ca.pem")?;
+/// if let Err(e) = db.client().await {
+///     assert_eq!(tls_failure(&e), Some(TlsFailure::WrongHostname)); // the cert names `localhost`
+/// }
+/// # Ok(()) }
+/// ```
+pub fn tls_failure(error: &Error) -> Option<TlsFailure> {
+    match error {
+        Error::Backend { source, .. } => source.downcast_ref::<PgError>().and_then(|e| e.tls),
+        _ => None,
+    }
+}
+
+/// The TLS cause of a tokio-postgres error, if any.
+fn tls_cause(e: &tokio_postgres::Error) -> Option<TlsFailure> {
+    if let Some(db) = e.as_db_error() {
+        // pg_hba.conf has no line for a plain connection, only hostssl ones.
+        let plain_refused = db.code() == &SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            && db.message().contains("no encryption");
+        return plain_refused.then_some(TlsFailure::ServerRequiresSsl);
+    }
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        // tokio-postgres' own error when the server answers 'N' to SSLRequest.
+        if s.to_string() == "server does not support TLS" {
+            return Some(TlsFailure::ServerRefusedSsl);
+        }
+        if let Some(r) = find_rustls(s) {
+            use rustls::CertificateError as C;
+            return Some(match r {
+                rustls::Error::InvalidCertificate(C::UnknownIssuer) => TlsFailure::UnknownCa,
+                rustls::Error::InvalidCertificate(
+                    C::NotValidForName | C::NotValidForNameContext { .. },
+                ) => TlsFailure::WrongHostname,
+                rustls::Error::InvalidCertificate(_) => TlsFailure::BadCertificate,
+                rustls::Error::AlertReceived(_) => TlsFailure::RejectedByServer,
+                _ => TlsFailure::Handshake,
+            });
+        }
+        src = s.source();
+    }
+    None
 }
 
 /// How an error can be acted on.
@@ -63,11 +170,18 @@ impl PgError {
                 (m, None)
             }
         };
+        let tls = tls_cause(e);
+        let (message, class) = match tls {
+            // Permanent: the configuration or the certificate must change.
+            Some(t) => (format!("{message}; {}", t.hint()), Class::Permanent),
+            None => (message, classify(e)),
+        };
         PgError {
             context: context.into(),
             message,
             code,
-            class: classify(e),
+            class,
+            tls,
         }
     }
 
@@ -78,6 +192,7 @@ impl PgError {
             message,
             code: None,
             class,
+            tls: None,
         }
     }
 
@@ -174,4 +289,15 @@ pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
 /// A backend error with a message of ours.
 pub(crate) fn backend_msg(message: impl Into<String>) -> Error {
     Error::backend_not_applied(BACKEND, message.into())
+}
+
+/// The rustls error in `e`, looking through `io::Error`s wrapped in one another (whose
+/// `source` skips the error they wrap).
+fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(r) = e.downcast_ref::<rustls::Error>() {
+        return Some(r);
+    }
+    let io = e.downcast_ref::<std::io::Error>()?;
+    let inner: &(dyn std::error::Error + 'static) = io.get_ref()?;
+    find_rustls(inner)
 }

@@ -64,6 +64,38 @@
 //! - **Journal.** [`PgJournal`] implements [`rollback_core::journal::Journal`] in
 //!   `_rollback.journal` with chained records and leases decided by the server's clock.
 //!
+//! ## TLS
+//!
+//! [`Database::connect`] speaks TLS as libpq does, with rustls: `sslmode` (`disable`,
+//! `prefer` — the default: TLS when the server offers it, else plain —, `require`,
+//! `verify-ca`, `verify-full`), `sslrootcert` (a PEM file, or `system`), `sslcert` and
+//! `sslkey` are read from the connection string, or set with [`Database::builder`]:
+//!
+//! ```no_run
+//! # async fn demo() -> rollback_core::Result<()> {
+//! use rollback_postgres::{tls_failure, Database, SslMode, TlsFailure};
+//! let db = Database::connect(
+//!     "postgres://app@db.internal:5432/shop?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem",
+//! )?;
+//! // or in code:
+//! let db = Database::builder("postgres://app@db.internal:5432/shop")
+//!     .ssl_mode(SslMode::VerifyFull)
+//!     .ssl_root_cert("/etc/ssl/db-ca.pem")
+//!     .build()?;
+//! match db.client().await {
+//!     Ok(_) => {}
+//!     // Permanent, and the message says what to change; no password in it.
+//!     Err(e) if tls_failure(&e) == Some(TlsFailure::WrongHostname) => eprintln!("{e}"),
+//!     Err(e) => return Err(e),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! A wrong host name under `verify-full`, a certificate from an unknown CA, a server
+//! without SSL under `require` or stronger, and a plain connection to a server that takes
+//! only SSL are permanent errors ([`rollback_core::Error::Backend`]) whose cause
+//! [`tls_failure`] names ([`TlsFailure`]).
+//!
 //! ## Resource ids
 //!
 //! `postgres:<database>/<schema>.<table>` for a table ([`Database::table_resource`]),
@@ -155,8 +187,11 @@ pub use checkpoint::schema::{SchemaSnapshot, SCHEMA_KIND};
 pub use checkpoint::undo_log::{
     ConflictPolicy, LoggedChanges, TableUndoLog, UndoLogParity, UNDO_LOG_KIND,
 };
-pub use db::{Database, DEFAULT_POOL_SIZE, PINNED_SETTINGS, RESET_SESSION_SQL};
+pub use db::{
+    Database, DatabaseBuilder, SslMode, DEFAULT_POOL_SIZE, PINNED_SETTINGS, RESET_SESSION_SQL,
+};
 pub use diff::{RangeDiff, TableDiff};
+pub use error::{tls_failure, TlsFailure};
 pub use hash::{ChunkDigest, KeyValue, TableHash, LEAF_ROWS};
 pub use ident::{quote_ident, quote_literal, Table};
 pub use journal::PgJournal;

@@ -13,6 +13,8 @@
 #   rb_start_unleash         # exports ROLLBACK_TEST_UNLEASH_* (needs PostgreSQL first)
 #   rb_ensure_prometheus     # installs Prometheus if missing, exports ROLLBACK_PROMETHEUS_BIN
 #   rb_make_tls              # a throwaway CA and server certificate, exports ROLLBACK_TEST_TLS_DIR
+#   rb_start_postgres_tls    # a TLS-only cluster, exports ROLLBACK_TEST_PG_TLS_URL (needs rb_make_tls)
+#   rb_start_unleash_tls     # Unleash behind stunnel, exports ROLLBACK_TEST_UNLEASH_TLS_URL
 #   rb_print_exports         # the export lines, ready to `source`
 #   rb_stop_all [STATE_DIR]  # stops what the state dir recorded, removes the dir
 #
@@ -25,6 +27,8 @@
 #   S3_PORT_TEST         first port tried for moto (default 59000)
 #   RGW_PORT_TEST        first port tried for radosgw (default 59100; TLS on the next free one)
 #   UNLEASH_PORT_TEST    first port tried for Unleash (default 54242)
+#   PGPORT_TLS_TEST      first port tried for the TLS-only PostgreSQL (default 55532)
+#   UNLEASH_TLS_PORT_TEST first port tried for Unleash's TLS front (default 54443)
 #   ROLLBACK_TEST_CACHE  where Unleash is installed (default $XDG_CACHE_HOME/rollback-test
 #                        or ~/.cache/rollback-test)
 #   ROLLBACK_TEST_UNLEASH_DB  name of Unleash's database (default unleash)
@@ -243,6 +247,85 @@ rb_stop_postgres() {
   rb_as_pg "$RB_PG_BIN/pg_ctl" -D "$RB_PG_DATA" -m fast -w -t 60 -s stop >/dev/null 2>&1 ||
     rb_as_pg "$RB_PG_BIN/pg_ctl" -D "$RB_PG_DATA" -m immediate -w -t 30 -s stop >/dev/null 2>&1 ||
     rb_log "warning: could not stop PostgreSQL in $RB_PG_DATA"
+}
+
+# A second, small cluster that accepts only TLS from the network (ssl = on, hostssl-only
+# pg_hba.conf), with the test CA's server certificate (DNS:localhost). Needs
+# rb_make_tls and ROLLBACK_PG_BIN (rb_start_postgres). Exports ROLLBACK_TEST_PG_TLS_URL
+# (postgres://postgres@localhost:PORT/postgres, without sslmode: tests add it) and
+# ROLLBACK_TEST_PG_TLS_SOCKET_DIR (its Unix socket's folder, where TLS does not apply).
+rb_start_postgres_tls() {
+  local t0 bin port data log sock attempt ver tls
+  t0=$(rb_now)
+  bin=${ROLLBACK_PG_BIN:-}
+  [ -n "$bin" ] || bin=$(rb_pg_bin) || return 1
+  tls=${ROLLBACK_TEST_TLS_DIR:-}
+  [ -n "$tls" ] && [ -f "$tls/server.pem" ] || { rb_die "run rb_make_tls before rb_start_postgres_tls"; return 1; }
+  rb_ensure_pg_user || return 1
+  data=$RB_STATE/pg-tls
+  sock=$RB_STATE/run-tls
+  log=$RB_STATE/logs/postgres-tls.log
+  mkdir -p "$data" "$sock"
+  chmod 700 "$data"
+  : >"$log"
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$data" "$sock" "$log"; fi
+  if ! rb_as_pg "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 \
+    --no-sync >"$RB_STATE/logs/initdb-tls.log" 2>&1; then
+    rb_tail_log "$RB_STATE/logs/initdb-tls.log"
+    rb_die "initdb (TLS cluster) failed"
+    return 1
+  fi
+  rb_state_set RB_PG_TLS_DATA "$data"
+  rb_state_set RB_PG_BIN "$bin"
+  # The key must belong to the server's user and be private to it.
+  cp "$tls/server.pem" "$data/server.crt" && cp "$tls/server.key" "$data/server.key" &&
+    cp "$tls/ca.pem" "$data/root.crt" && chmod 600 "$data/server.key" ||
+    { rb_die "cannot copy the test certificates into $data"; return 1; }
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$data/server.crt" "$data/server.key" "$data/root.crt"; fi
+  printf '%s\n' \
+    '# Unix socket for the test scripts; from the network, TLS only.' \
+    'local   all all              trust' \
+    'hostssl all all 127.0.0.1/32 trust' \
+    'hostssl all all ::1/128      trust' >"$data/pg_hba.conf"
+  printf '%s\n' "ssl = on" "ssl_cert_file = 'server.crt'" "ssl_key_file = 'server.key'" \
+    "ssl_ca_file = 'root.crt'" >>"$data/postgresql.conf"
+
+  port=${PGPORT_TLS_TEST:-55532}
+  for attempt in 1 2 3; do
+    port=$(rb_free_port "$port") || return 1
+    if rb_as_pg "$bin/pg_ctl" -D "$data" -l "$log" -w -t 60 -s \
+      -o "-p $port -k $sock -c listen_addresses=127.0.0.1 -c max_connections=100 -c fsync=off" \
+      start >>"$RB_STATE/logs/pg_ctl-tls.log" 2>&1; then
+      break
+    fi
+    if grep -qiE 'could not (bind|create listen)|address already in use' "$log" && [ $attempt -lt 3 ]; then
+      rb_log "PostgreSQL (TLS): port $port taken meanwhile, trying the next one"
+      port=$((port + 1))
+      continue
+    fi
+    rb_tail_log "$log"
+    rb_die "PostgreSQL (TLS) did not start"
+    return 1
+  done
+  rb_state_set RB_PG_TLS_PORT "$port"
+  export ROLLBACK_TEST_PG_TLS_URL="postgres://postgres@localhost:$port/postgres"
+  export ROLLBACK_TEST_PG_TLS_SOCKET_DIR=$sock
+  if ! "$bin/psql" "host=localhost hostaddr=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=verify-full sslrootcert=$tls/ca.pem" \
+    -XAtqc 'select 1' >/dev/null 2>>"$log"; then
+    rb_tail_log "$log"
+    rb_die "PostgreSQL (TLS) started but does not answer over TLS on 127.0.0.1:$port"
+    return 1
+  fi
+  ver=$("$bin/psql" "host=127.0.0.1 port=$port user=postgres dbname=postgres sslmode=require" -XAtqc 'show server_version' 2>/dev/null)
+  rb_log "PostgreSQL $ver with TLS only started on 127.0.0.1:$port (certificate for localhost; data $data, log $log, $(($(rb_now) - t0))s)"
+}
+
+rb_stop_postgres_tls() {
+  [ -n "${RB_PG_TLS_DATA:-}" ] && [ -n "${RB_PG_BIN:-}" ] || return 0
+  [ -f "$RB_PG_TLS_DATA/postmaster.pid" ] || return 0
+  rb_as_pg "$RB_PG_BIN/pg_ctl" -D "$RB_PG_TLS_DATA" -m fast -w -t 60 -s stop >/dev/null 2>&1 ||
+    rb_as_pg "$RB_PG_BIN/pg_ctl" -D "$RB_PG_TLS_DATA" -m immediate -w -t 30 -s stop >/dev/null 2>&1 ||
+    rb_log "warning: could not stop PostgreSQL in $RB_PG_TLS_DATA"
 }
 
 # ---------------------------------------------------------------------------
@@ -595,6 +678,58 @@ PY
   rb_log "Unleash $(node -p 'require(process.argv[1]).version' "$dir/node_modules/unleash-server/package.json") started on 127.0.0.1:$port (pid $pid, database $db, log $log, $(($(rb_now) - t0))s)"
 }
 
+# A TLS front (stunnel, Debian's stunnel4) for the running Unleash, with the test CA's
+# server certificate (DNS:localhost). Needs rb_make_tls and rb_start_unleash. Exports
+# ROLLBACK_TEST_UNLEASH_TLS_URL (https://localhost:PORT).
+rb_start_unleash_tls() {
+  local t0 bin port log pid attempt tls conf i code
+  t0=$(rb_now)
+  tls=${ROLLBACK_TEST_TLS_DIR:-}
+  [ -n "$tls" ] && [ -f "$tls/server.pem" ] || { rb_die "run rb_make_tls before rb_start_unleash_tls"; return 1; }
+  [ -n "${ROLLBACK_TEST_UNLEASH_URL:-}" ] || { rb_die "start Unleash before its TLS front"; return 1; }
+  bin=$(command -v stunnel4 || command -v stunnel || true)
+  if [ -z "$bin" ]; then
+    [ "$(id -u)" = 0 ] || { rb_die "stunnel is not installed (run: apt-get install -y stunnel4)"; return 1; }
+    rb_log "installing stunnel4 (Debian package)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 >&2 ||
+      { DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 >&2; } ||
+      { rb_die "apt-get install stunnel4 failed"; return 1; }
+    bin=$(command -v stunnel4 || command -v stunnel)
+  fi
+  log=$RB_STATE/logs/unleash-tls.log
+  conf=$RB_STATE/unleash-tls.conf
+  port=${UNLEASH_TLS_PORT_TEST:-54443}
+  for attempt in 1 2 3; do
+    port=$(rb_free_port "$port") || return 1
+    : >"$log"
+    printf '%s\n' 'foreground = yes' 'pid =' "output = $log" 'debug = warning' '[unleash]' \
+      "accept = 127.0.0.1:$port" "connect = ${ROLLBACK_TEST_UNLEASH_URL#http://}" \
+      "cert = $tls/server.pem" "key = $tls/server.key" >"$conf"
+    pid=$(rb_spawn RB_UNLEASH_TLS_PID "$log" "$bin" "$conf")
+    code=000
+    for ((i = 0; i < 100; i++)); do
+      rb_alive "$pid" || break
+      code=$(rb_http_status --cacert "$tls/ca.pem" --resolve "localhost:$port:127.0.0.1" "https://localhost:$port/health")
+      [ "$code" = 200 ] && rb_pid_listens "$pid" "$port" && break
+      sleep 0.1
+    done
+    [ "$code" = 200 ] && rb_alive "$pid" && break
+    rb_kill "$pid" unleash-tls.conf
+    if { grep -qi 'address already in use' "$log" || ! rb_port_free "$port"; } && [ $attempt -lt 3 ]; then
+      rb_log "Unleash TLS front: port $port taken meanwhile, trying the next one"
+      port=$((port + 1))
+      continue
+    fi
+    rb_tail_log "$log"
+    rb_die "the TLS front of Unleash did not answer 200 on https://localhost:$port/health (status $code)"
+    return 1
+  done
+  rb_state_set RB_UNLEASH_TLS_PORT "$port"
+  export ROLLBACK_TEST_UNLEASH_TLS_URL="https://localhost:$port"
+  rb_log "Unleash over TLS (stunnel) on 127.0.0.1:$port -> ${ROLLBACK_TEST_UNLEASH_URL} (certificate for localhost; pid $pid, log $log, $(($(rb_now) - t0))s)"
+}
+
 # ---------------------------------------------------------------------------
 # Prometheus (Debian's package): the probe tests start their own instances, on
 # loopback, scraping an exporter they serve; here it is only installed and found.
@@ -627,6 +762,7 @@ RB_EXPORT_VARS=(
   ROLLBACK_PROMETHEUS_BIN ROLLBACK_TEST_TLS_DIR
   ROLLBACK_TEST_RGW_ENDPOINT ROLLBACK_TEST_RGW_TLS_ENDPOINT ROLLBACK_TEST_RGW_ACCESS_KEY
   ROLLBACK_TEST_RGW_SECRET_KEY ROLLBACK_TEST_RGW_REGION
+  ROLLBACK_TEST_PG_TLS_URL ROLLBACK_TEST_PG_TLS_SOCKET_DIR ROLLBACK_TEST_UNLEASH_TLS_URL
 )
 
 # ---------------------------------------------------------------------------
@@ -667,6 +803,9 @@ rb_start_all() {
   rb_start_moto || return 1
   rb_start_radosgw || return 1
   rb_start_unleash || return 1
+  rb_make_tls || return 1
+  rb_start_postgres_tls || return 1
+  rb_start_unleash_tls || return 1
   rb_ensure_prometheus || return 1
 }
 
@@ -685,9 +824,11 @@ rb_stop_all() {
   (
     # shellcheck disable=SC1091
     . "$dir/state"
+    rb_kill "${RB_UNLEASH_TLS_PID:-}" unleash-tls.conf
     rb_kill "${RB_UNLEASH_PID:-}" unleash-server.js
     rb_kill "${RB_MOTO_PID:-}" moto.server
     rb_stop_radosgw
+    rb_stop_postgres_tls
     rb_stop_postgres
   )
   if [ -z "${ROLLBACK_TEST_KEEP_TMP:-}" ]; then

@@ -22,6 +22,29 @@ pub fn unleash_url() -> String {
     url
 }
 
+/// Unleash behind TLS and the test CA's folder (`ROLLBACK_TEST_UNLEASH_TLS_URL`,
+/// `ROLLBACK_TEST_TLS_DIR`); `None`, with the reason printed, when they are not set
+/// outside CI. Under `CI=true` a missing server fails the test.
+pub fn unleash_tls() -> Option<(String, String)> {
+    match (
+        std::env::var("ROLLBACK_TEST_UNLEASH_TLS_URL"),
+        std::env::var("ROLLBACK_TEST_TLS_DIR"),
+    ) {
+        (Ok(url), Ok(dir)) => Some((url, dir)),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "ROLLBACK_TEST_UNLEASH_TLS_URL / ROLLBACK_TEST_TLS_DIR are not set: scripts/test \
+                 starts Unleash's TLS front (rb_start_unleash_tls) and exports them"
+            );
+            eprintln!(
+                "skipped: ROLLBACK_TEST_UNLEASH_TLS_URL or ROLLBACK_TEST_TLS_DIR is not set (run through scripts/test)"
+            );
+            None
+        }
+    }
+}
+
 pub fn admin_token() -> String {
     env("ROLLBACK_TEST_UNLEASH_ADMIN_TOKEN")
 }
