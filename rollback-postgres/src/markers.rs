@@ -109,8 +109,16 @@ impl State {
     }
 }
 
-/// Record the marker of (run, step) with its receipt (JSON text) in `state`; an existing
-/// marker is an error.
+/// What [`insert`] does when (run, step) already has a marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Existing {
+    /// Fail (unique violation).
+    Fail,
+    /// Keep it as it is.
+    Keep,
+}
+
+/// Record the marker of (run, step) with its receipt (JSON text) in `state`.
 pub(crate) async fn insert<C: GenericClient>(
     c: &C,
     schema: &str,
@@ -118,31 +126,15 @@ pub(crate) async fn insert<C: GenericClient>(
     step_id: &str,
     receipt: &str,
     state: State,
+    existing: Existing,
 ) -> std::result::Result<u64, tokio_postgres::Error> {
+    let on_conflict = match existing {
+        Existing::Fail => "",
+        Existing::Keep => " ON CONFLICT (run_id, step_id) DO NOTHING",
+    };
     c.execute(
         &format!(
-            "INSERT INTO {}.applied_steps (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, {})",
-            quote_ident(schema),
-            state.as_sql()
-        ),
-        &[&run_id, &step_id, &receipt],
-    )
-    .await
-}
-
-/// As [`insert`], keeping an existing marker as it is.
-pub(crate) async fn insert_if_absent<C: GenericClient>(
-    c: &C,
-    schema: &str,
-    run_id: &str,
-    step_id: &str,
-    receipt: &str,
-    state: State,
-) -> std::result::Result<u64, tokio_postgres::Error> {
-    c.execute(
-        &format!(
-            "INSERT INTO {}.applied_steps (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, {}) \
-             ON CONFLICT (run_id, step_id) DO NOTHING",
+            "INSERT INTO {}.applied_steps (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, {}){on_conflict}",
             quote_ident(schema),
             state.as_sql()
         ),

@@ -566,13 +566,14 @@ impl Step for Backfill {
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("finishing backfill")?;
         markers::fence(&tx, &self.marker_schema, ctx).await?;
-        markers::insert_if_absent(
+        markers::insert(
             &tx,
             &self.marker_schema,
             run,
             &self.id,
             &json,
             markers::State::Applied,
+            markers::Existing::Keep,
         )
         .await
         .ctx("writing the step marker")?;

@@ -501,6 +501,7 @@ impl SqlStep {
             &self.id,
             &json,
             markers::State::Applied,
+            markers::Existing::Fail,
         )
         .await
         .ctx("writing the step marker")?;
@@ -598,13 +599,14 @@ impl SqlStep {
         }
         let receipt = Receipt::new(&self.receipt(ctx));
         let json = receipt.0.to_string();
-        markers::insert_if_absent(
+        markers::insert(
             c,
             &self.marker_schema,
             run,
             &self.id,
             &json,
             markers::State::Applying,
+            markers::Existing::Keep,
         )
         .await
         .ctx("writing the step marker")?;
