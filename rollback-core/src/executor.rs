@@ -1,10 +1,11 @@
 //! The [`Executor`]: runs a [`Plan`] transactionally, journaled, with automatic rollback.
 
 use crate::events::{Action, Notice, NoticeKind, Notifier, RunEvent};
-use crate::journal::{Entry, Journal, LostTail, Record, TailAssumption};
+use crate::journal::{Entry, Journal, Record, TailAssumption};
 use crate::lease::LeaseKeeper;
 use crate::plan::{PlannedStep, StepOptions};
 use crate::report::{Outcome, RunReport};
+use crate::state::State;
 use crate::{Context, Error, Plan, Receipt, Result, Reversibility, Snapshot, Verdict, Verifier};
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -569,212 +570,6 @@ impl Executor {
     }
 }
 
-/// What the journal says about a run, folded from its records.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct State {
-    pub(crate) baseline: BTreeMap<String, Snapshot>,
-    pub(crate) capture_started: bool,
-    /// Applied steps: `Some(receipt)`, or `None` when the outcome is uncertain.
-    pub(crate) applied: BTreeMap<String, Option<Receipt>>,
-    pub(crate) maybe_applied: BTreeSet<String>,
-    pub(crate) cursors: BTreeMap<String, serde_json::Value>,
-    pub(crate) reverted: BTreeSet<String>,
-    pub(crate) restored: BTreeSet<String>,
-    pub(crate) parity: BTreeMap<String, bool>,
-    pub(crate) rollback: Option<(String, Vec<String>, Vec<String>)>,
-    pub(crate) committed: bool,
-    pub(crate) rolled_back: bool,
-    /// Snapshots whose discard was attempted (successfully or not).
-    pub(crate) discarded: BTreeSet<String>,
-    /// Baseline fingerprints of checkpoints fingerprinted without a snapshot.
-    pub(crate) fingerprinted: BTreeMap<String, crate::Digest>,
-    /// Checkpoints left as they are after the compensations (see `Entry::NotRestored`).
-    pub(crate) not_restored: BTreeSet<String>,
-    /// Steps whose revert failed and that are not reverted since.
-    pub(crate) revert_failed: BTreeSet<String>,
-}
-
-impl State {
-    pub(crate) fn from_records(records: &[Record]) -> Self {
-        let mut s = State::default();
-        for r in records {
-            s.fold(&r.entry);
-        }
-        s
-    }
-
-    fn fold(&mut self, e: &Entry) {
-        match e {
-            Entry::CaptureIntent { .. } => self.capture_started = true,
-            Entry::Captured {
-                checkpoint,
-                snapshot,
-                ..
-            } => {
-                self.baseline.insert(checkpoint.clone(), snapshot.clone());
-            }
-            Entry::ApplyIntent { step, .. } => {
-                if let Some(None) = self.applied.get(step) {
-                    // An earlier attempt ended without an outcome: it may have applied.
-                    self.maybe_applied.insert(step.clone());
-                }
-                self.applied.insert(step.clone(), None);
-            }
-            Entry::Applied { step, receipt, .. } => {
-                self.applied.insert(step.clone(), Some(receipt.clone()));
-            }
-            Entry::ApplyFailed {
-                step,
-                maybe_applied,
-                ..
-            } => {
-                if *maybe_applied {
-                    self.maybe_applied.insert(step.clone());
-                } else if !self.maybe_applied.contains(step) {
-                    self.applied.remove(step);
-                }
-            }
-            Entry::Progress { step, cursor } => {
-                self.cursors.insert(step.clone(), cursor.clone());
-            }
-            Entry::RollbackStarted {
-                reason,
-                steps,
-                checkpoints,
-            } => {
-                self.rollback = Some((reason.clone(), steps.clone(), checkpoints.clone()));
-            }
-            Entry::Reverted { step, .. } => {
-                self.reverted.insert(step.clone());
-                self.revert_failed.remove(step);
-            }
-            Entry::RevertFailed { step, .. } => {
-                self.revert_failed.insert(step.clone());
-            }
-            Entry::Fingerprinted {
-                checkpoint,
-                fingerprint,
-                ..
-            } => {
-                self.fingerprinted.insert(checkpoint.clone(), *fingerprint);
-            }
-            Entry::NotRestored { checkpoint, .. } => {
-                self.not_restored.insert(checkpoint.clone());
-            }
-            Entry::Restored { checkpoint, .. } => {
-                self.restored.insert(checkpoint.clone());
-            }
-            Entry::Parity {
-                checkpoint,
-                expected,
-                actual,
-            } => {
-                self.parity.insert(checkpoint.clone(), expected == actual);
-            }
-            Entry::Committed => self.committed = true,
-            Entry::RolledBack { .. } => self.rolled_back = true,
-            Entry::Discarded { checkpoint, .. } => {
-                self.discarded.insert(checkpoint.clone());
-            }
-            _ => {}
-        }
-    }
-
-    pub(crate) fn finished(&self) -> bool {
-        self.committed || self.rolled_back
-    }
-
-    /// The baseline fingerprint of a checkpoint: its snapshot's, or the one taken alone.
-    pub(crate) fn baseline_fingerprint(&self, resource: &str) -> Option<crate::Digest> {
-        self.baseline
-            .get(resource)
-            .map(|s| s.fingerprint)
-            .or_else(|| self.fingerprinted.get(resource).copied())
-    }
-
-    /// Whether undoing the steps in `scope` needs `resource` restored from its snapshot:
-    /// an applied step undone by a restore of it is not yet undone, or a compensation
-    /// touching it failed (the snapshot is its fallback).
-    pub(crate) fn restore_needed(
-        &self,
-        plan: &Plan,
-        scope: &BTreeSet<&String>,
-        resource: &str,
-    ) -> bool {
-        plan.steps().iter().any(|ps| {
-            let id = ps.id().to_string();
-            if !scope.contains(&id)
-                || !self.applied.contains_key(&id)
-                || self.reverted.contains(&id)
-            {
-                return false;
-            }
-            match plan.undo(&id) {
-                Some(crate::Undo::Restore { resources }) => resources.iter().any(|r| r == resource),
-                Some(crate::Undo::Compensation) => {
-                    self.revert_failed.contains(&id)
-                        && ps.step.touches().iter().any(|r| r == resource)
-                }
-                _ => false,
-            }
-        })
-    }
-
-    /// Whether the run, as its records leave it, would write `committed` next (every step
-    /// applied with a receipt, verified, no rollback started, not a rehearsal).
-    fn commit_may_be_next(&self, plan: &Plan, policy: &RunPolicy) -> bool {
-        !self.finished()
-            && self.rollback.is_none()
-            && !policy.rehearsal
-            && plan
-                .steps()
-                .iter()
-                .all(|s| matches!(self.applied.get(s.id()), Some(Some(_))))
-    }
-
-    /// The outcome that records lost at the end of the run may have held, which resuming
-    /// on the surviving records would contradict: `committed` (resume would roll a
-    /// committed run back) or `rolled_back` (resume would restore again over writes made
-    /// since). `None` when the loss cannot have hidden an outcome.
-    fn outcome_maybe_lost(
-        &self,
-        plan: &Plan,
-        policy: &RunPolicy,
-        lost: &LostTail,
-    ) -> Option<&'static str> {
-        if !self.committed && lost.names_outcome("committed") {
-            return Some("committed");
-        }
-        if !self.rolled_back && lost.names_outcome("rolled_back") {
-            return Some("rolled_back");
-        }
-        let unknown_record = lost.torn_bytes > 0 && lost.torn_kind.is_none();
-        if unknown_record && self.commit_may_be_next(plan, policy) {
-            return Some("committed");
-        }
-        None
-    }
-
-    /// Whether the snapshot of `resource` is to be released now under `retention`.
-    fn to_release(&self, resource: &str, retention: SnapshotRetention) -> bool {
-        self.finished()
-            && self.baseline.contains_key(resource)
-            && !self.discarded.contains(resource)
-            && match retention {
-                SnapshotRetention::Release => true,
-                SnapshotRetention::KeepMigrated => {
-                    self.rolled_back && self.parity.get(resource) == Some(&true)
-                }
-                SnapshotRetention::KeepAll => false,
-            }
-    }
-
-    /// A finished run with snapshots to release under `retention`.
-    fn discard_pending(&self, retention: SnapshotRetention) -> bool {
-        self.baseline.keys().any(|k| self.to_release(k, retention))
-    }
-}
-
 /// One run in progress.
 struct Run<'a> {
     ex: &'a Executor,
@@ -789,6 +584,9 @@ struct Run<'a> {
     lease: Arc<LeaseKeeper>,
     /// Resume cursors: from the journal, plus those saved by steps in this process.
     cursors: Arc<std::sync::Mutex<BTreeMap<String, serde_json::Value>>>,
+    /// A step's outcome waiting to be journaled in one write with the next record (see
+    /// [`Run::defer`]).
+    pending: Vec<Entry>,
 }
 
 enum Flow {
@@ -818,24 +616,73 @@ impl<'a> Run<'a> {
             state: State::default(),
             lease,
             cursors: Arc::default(),
+            pending: Vec::new(),
         }
     }
 
     /// Journal `entry` under this runner's epoch. A refusal ([`Error::Fenced`]) stops the
     /// runner: the caller returns it at once.
+    ///
+    /// A deferred outcome ([`Run::defer`]) goes first, in the same durable write.
     async fn append(&mut self, entry: Entry) -> Result<()> {
         tracing::debug!(kind = entry.kind(), "journal");
-        let rec = self
+        let epoch = self.lease.fence().epoch;
+        let res = if self.pending.is_empty() {
+            self.ex
+                .journal
+                .append(&self.run_id, &entry, epoch)
+                .await
+                .map(|r| vec![r])
+        } else {
+            let mut batch = std::mem::take(&mut self.pending);
+            batch.push(entry);
+            self.ex
+                .journal
+                .append_all(&self.run_id, &batch, epoch)
+                .await
+        };
+        let recs = res.inspect_err(|e| {
+            if matches!(e, Error::Fenced { .. }) {
+                self.lease.mark_lost();
+            }
+        })?;
+        for rec in &recs {
+            self.state.fold(rec);
+        }
+        Ok(())
+    }
+
+    /// Journal `entry` — a step's outcome — together with the next record instead of on
+    /// its own: one fsync per step instead of two. Safe because nothing acts on a resource
+    /// between an outcome and the next record (every action is preceded by its own
+    /// intent, which carries the outcome with it), and a crash in between is a crash
+    /// during the apply: the step has an intent and no outcome, and is treated as maybe
+    /// applied (step contract, clause 5). Until then the state does not show it:
+    /// [`Run::flush`] before reading the state for a decision.
+    fn defer(&mut self, entry: Entry) {
+        self.pending.push(entry);
+    }
+
+    /// Journal a deferred outcome now.
+    async fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let epoch = self.lease.fence().epoch;
+        let batch = std::mem::take(&mut self.pending);
+        let recs = self
             .ex
             .journal
-            .append(&self.run_id, &entry, self.lease.fence().epoch)
+            .append_all(&self.run_id, &batch, epoch)
             .await
             .inspect_err(|e| {
                 if matches!(e, Error::Fenced { .. }) {
                     self.lease.mark_lost();
                 }
             })?;
-        self.state.fold(&rec.entry);
+        for rec in &recs {
+            self.state.fold(rec);
+        }
         Ok(())
     }
 
@@ -1152,12 +999,11 @@ impl<'a> Run<'a> {
             let ms = t.elapsed().as_millis() as u64;
             match res {
                 Ok(receipt) => {
-                    self.append(Entry::Applied {
+                    self.defer(Entry::Applied {
                         step: id.clone(),
                         receipt,
                         duration_ms: ms,
-                    })
-                    .await?;
+                    });
                     self.emit(RunEvent::StepFinished {
                         step: id,
                         action: Action::Apply,
@@ -1297,6 +1143,8 @@ impl<'a> Run<'a> {
     }
 
     async fn begin_rollback(&mut self, reason: String, failed_step: Option<String>) -> Result<()> {
+        // The scope is decided from the state: it must show every applied step.
+        self.flush().await?;
         let plan = self.plan;
         let all: BTreeSet<String> = plan.steps().iter().map(|s| s.id().to_string()).collect();
         let (steps, checkpoints) = match (&failed_step, self.policy.scope) {

@@ -1,0 +1,411 @@
+//! [`RunReport`]: what a run did and undid, with evidence, RTO and RPO — rebuilt from the
+//! journal, rendered as JSON or Markdown, with an incident-report skeleton.
+
+mod markdown;
+mod notice;
+mod sections;
+mod timeline;
+
+pub(crate) use notice::{status_message, NoticeFacts};
+
+use crate::journal::Record;
+use crate::state::State;
+use crate::{Digest, Plan, Reversibility, Verdict};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every step applied and verified.
+    Committed,
+    /// Every applied step undone; parity with the baseline proven.
+    RolledBack,
+    /// The failed component and its dependents undone, parity proven for them; the rest
+    /// kept applied.
+    PartiallyRolledBack,
+    /// Rollback could not finish: see [`RunReport::remaining`]; `resume` continues it.
+    RollbackFailed,
+    /// Not finished (interrupted): `resume` brings it to an end.
+    InProgress,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Committed => "committed",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::PartiallyRolledBack => "partially_rolled_back",
+            Outcome::RollbackFailed => "rollback_failed",
+            Outcome::InProgress => "in_progress",
+        })
+    }
+}
+
+/// Where a step ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Never applied.
+    NotApplied,
+    /// Applied (and kept).
+    Applied,
+    /// Applied, outside the rollback scope: kept on purpose by a partial rollback.
+    Kept,
+    /// Undone by its own compensation.
+    Reverted,
+    /// Undone by restoring the checkpoints of what it touches.
+    UndoneByRestore,
+    /// Undone by the reverts of the steps that created what it wrote (see
+    /// [`Undo::CompensationOf`](crate::Undo::CompensationOf)).
+    UndoneByCompensation,
+    /// Irreversible and approved: it stays applied after rollback.
+    IrreversibleKept,
+    /// Applied (or possibly applied) and not yet undone: rollback is unfinished.
+    NotUndone,
+}
+
+/// One step in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Step id.
+    pub id: String,
+    /// Component.
+    pub component: String,
+    /// Reversibility.
+    pub reversibility: Reversibility,
+    /// Final state.
+    pub state: StepState,
+    /// Apply attempts.
+    pub apply_attempts: u32,
+    /// Duration of the successful apply.
+    pub apply_ms: Option<u64>,
+    /// Revert attempts.
+    pub revert_attempts: u32,
+    /// Duration of the successful revert.
+    pub revert_ms: Option<u64>,
+    /// Last error seen.
+    pub last_error: Option<String>,
+    /// What the report found beyond the step's own account (e.g. it said it did not
+    /// apply, yet the restore of what it touches rewrote items).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One checkpoint in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointReport {
+    /// Resource.
+    pub resource: String,
+    /// Component.
+    pub component: String,
+    /// Snapshot id, digest and fingerprint, if captured.
+    pub snapshot_id: Option<String>,
+    /// Content digest.
+    pub digest: Option<Digest>,
+    /// Baseline fingerprint.
+    pub fingerprint: Option<Digest>,
+    /// Size of the captured content.
+    pub size_bytes: Option<u64>,
+    /// Capture time (epoch ms) and duration.
+    pub captured_at_ms: Option<u64>,
+    /// Capture duration.
+    pub capture_ms: Option<u64>,
+    /// How it was restored, if it was.
+    pub restore_method: Option<String>,
+    /// Items written back by the restore.
+    pub restored_items: Option<u64>,
+    /// Restore duration.
+    pub restore_ms: Option<u64>,
+    /// Whether parity with the baseline fingerprint was proven (None: not checked).
+    pub parity: Option<bool>,
+    /// Writes made between capture and restore are lost: restore time − capture time.
+    pub rpo_ms: Option<u64>,
+    /// After the run ended: `Some(true)` the snapshot was released, `Some(false)` releasing
+    /// it failed (see `discard_error`; it is left in place), `None` it is kept (run
+    /// unfinished, never captured, or kept by [`Executor::retain_snapshots`](crate::Executor::retain_snapshots)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discarded: Option<bool>,
+    /// Why releasing the snapshot failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discard_error: Option<String>,
+    /// Only the baseline fingerprint was taken (no snapshot): no undo path of the plan
+    /// restores this resource.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fingerprint_only: bool,
+    /// How many times it was restored in this run (more than once: each restore
+    /// discarded the writes made since the one before).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restores: u32,
+    /// Writes by others than the run that the restores discarded (summed), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discarded_writes: Option<crate::Discarded>,
+    /// Items of the application's the restore kept and set aside for its parity proof.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_writes: Option<u64>,
+    /// Why it was left as it is after the compensations (parity not proven).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_restored: Option<String>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// A verdict with when and where it was given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerdictReport {
+    /// Verifier id.
+    pub verifier: String,
+    /// Phase: `precondition`, `after:<step>`, `final`, `soak`.
+    pub phase: String,
+    /// When the verdict's journal record was written (epoch ms).
+    pub at_ms: u64,
+    /// The verdict with its evidence.
+    pub verdict: Verdict,
+}
+
+/// The breach that started a rollback: which verifier saw it, when its verdict was
+/// recorded, and when the rollback started. Both times are the journal records'
+/// (`verdict` and `rollback_started`), so `latency_ms` is what the run took from the
+/// recorded detection to the recorded start of the rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detection {
+    /// The verifier whose verdict started the rollback (a trigger's verifier in `soak`).
+    pub verifier: String,
+    /// Its phase: `precondition`, `after:<step>`, `final`, `soak`.
+    pub phase: String,
+    /// When its verdict was recorded (epoch ms).
+    pub detected_at_ms: u64,
+    /// When `rollback_started` was recorded (epoch ms).
+    pub rollback_started_at_ms: u64,
+    /// `rollback_started_at_ms − detected_at_ms`.
+    pub latency_ms: u64,
+    /// The verdict's summary.
+    pub summary: String,
+}
+
+/// One line of the timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// Milliseconds since the run started.
+    pub offset_ms: u64,
+    /// The record kind (`apply_intent`, `restored`...).
+    pub kind: String,
+    /// Human-readable detail.
+    pub detail: String,
+}
+
+/// The report of a run. Built from the journal, so a resumed run's report covers every
+/// process that worked on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Run id.
+    pub run_id: String,
+    /// Plan name.
+    pub plan: String,
+    /// Plan digest.
+    pub plan_digest: Digest,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why rollback started, if it did.
+    pub rollback_reason: Option<String>,
+    /// Start, epoch ms.
+    pub started_at_ms: u64,
+    /// Last record, epoch ms.
+    pub finished_at_ms: u64,
+    /// Steps in plan order.
+    pub steps: Vec<StepReport>,
+    /// Checkpoints.
+    pub checkpoints: Vec<CheckpointReport>,
+    /// Every verdict.
+    pub verdicts: Vec<VerdictReport>,
+    /// When the breach that started the rollback was detected and how long the rollback
+    /// took to start: the failing verdict recorded right before `rollback_started`.
+    /// `None` when no verdict started the rollback (a failed step, a failed capture, a
+    /// cancellation, a resume that rolls back, a rehearsal) or when there was no rollback.
+    #[serde(default)]
+    pub detection: Option<Detection>,
+    /// Recovery time: from the trigger (rollback start) to verified restored.
+    pub rto_ms: Option<u64>,
+    /// Recovery point: the largest window of writes lost to a checkpoint restore (0 when
+    /// every change was undone by compensation).
+    pub rpo_ms: Option<u64>,
+    /// Items written by others (the application) since capture that restores discarded,
+    /// summed over checkpoints: the recovery point by items. `None` when no restore
+    /// discarded anything it could count; see `discarded_exact`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items_discarded: Option<u64>,
+    /// Whether `items_discarded` is exact (every restore counted exactly).
+    #[serde(default)]
+    pub discarded_exact: bool,
+    /// What the rollback does not prove back at its baseline, each with the reason: a
+    /// resource changed by an undone step that has no checkpoint, a step naming no
+    /// resource, a checkpoint left as it is after the compensations. Empty when parity is
+    /// proven for everything the rollback undid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unproven: Vec<String>,
+    /// What is left when the rollback could not finish.
+    pub remaining: Vec<String>,
+    /// The checkpoints the rollback restores and proves parity for.
+    pub rollback_checkpoints: Vec<String>,
+    /// How many times the run was resumed.
+    pub resumes: u32,
+    /// Lease takeovers from expired holders.
+    pub lease_takeovers: Vec<String>,
+    /// What the journal lost or repaired at the end of the run (a torn record dropped, a
+    /// lost tail and the assumption resume was told to make).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub journal_repairs: Vec<String>,
+    /// Irreversible steps approved to stay, with the reasons given.
+    pub approvals: BTreeMap<String, String>,
+    /// The plan's declared recovery objectives.
+    #[serde(default)]
+    pub objectives: crate::Objectives,
+    /// Whether the rollback met the RTO target (None: no target, or no finished rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_met: Option<bool>,
+    /// Whether the rollback met the RPO target (None: no target, or no finished rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_met: Option<bool>,
+    /// The plan's declared owners (role → who).
+    #[serde(default)]
+    pub owners: BTreeMap<String, String>,
+    /// Timeline.
+    pub timeline: Vec<TimelineEntry>,
+}
+
+impl RunReport {
+    /// Rebuild the report of `run_id` from its records: the records are folded once
+    /// into the run's state (the same fold the executor runs as it appends them), and
+    /// each section of the report reads that state; the timeline renders each record.
+    pub fn from_records(plan: &Plan, run_id: &str, records: &[Record]) -> RunReport {
+        let state = State::from_records(records);
+        Self::from_state(plan, run_id, &state, records)
+    }
+
+    /// The report of a run whose records fold into `state`.
+    fn from_state(plan: &Plan, run_id: &str, state: &State, records: &[Record]) -> RunReport {
+        let started = state.started_at_ms.unwrap_or(0);
+        let checkpoints = sections::checkpoints(plan, state);
+        let steps = sections::steps(plan, state, &checkpoints);
+        let unproven = sections::unproven(plan, state, &checkpoints);
+        let outcome = sections::outcome(state);
+        let recovery = sections::recovery(plan, state, &checkpoints);
+        let (rollback_reason, rollback_checkpoints) = match &state.rollback {
+            Some((reason, _, cps)) => (Some(reason.clone()), cps.clone()),
+            None => (None, Vec::new()),
+        };
+        RunReport {
+            run_id: run_id.into(),
+            plan: plan.name().into(),
+            plan_digest: plan.digest(),
+            outcome,
+            rollback_reason,
+            started_at_ms: started,
+            finished_at_ms: state.last_at_ms,
+            steps,
+            checkpoints,
+            verdicts: state.verdicts.clone(),
+            detection: state.detection.clone(),
+            rto_ms: recovery.rto_ms,
+            rpo_ms: recovery.rpo_ms,
+            items_discarded: recovery.items_discarded,
+            discarded_exact: recovery.discarded_exact,
+            unproven,
+            remaining: match (&state.rollback_failed, outcome) {
+                (Some((remaining, _)), Outcome::RollbackFailed) => remaining.clone(),
+                _ => Vec::new(),
+            },
+            rollback_checkpoints,
+            resumes: state.resumes,
+            lease_takeovers: state
+                .takeovers
+                .iter()
+                .map(|(holder, prev, epoch)| {
+                    format!("{holder} took over from {prev} (epoch {epoch})")
+                })
+                .collect(),
+            journal_repairs: state.journal_repairs.iter().map(timeline::repair).collect(),
+            approvals: plan.approvals.clone(),
+            objectives: plan.objectives(),
+            rto_met: recovery
+                .rto_ms
+                .zip(plan.objectives().rto_ms)
+                .map(|(got, target)| got <= target),
+            rpo_met: recovery
+                .rpo_ms
+                .zip(plan.objectives().rpo_ms)
+                .map(|(got, target)| got <= target),
+            owners: plan.owners().clone(),
+            timeline: timeline::timeline(plan, started, records),
+        }
+    }
+
+    /// Whether the rollback proved everything it undid back at its baseline: every
+    /// checkpoint in its scope that had a baseline shows parity, and nothing it undid is
+    /// unchecked ([`RunReport::unproven`] is empty: no resource changed without a
+    /// checkpoint, no step naming no resource, no checkpoint left differing). False when
+    /// no rollback happened.
+    pub fn parity_proven(&self) -> bool {
+        self.rollback_reason.is_some()
+            && self.unproven.is_empty()
+            && self
+                .checkpoints
+                .iter()
+                .filter(|c| {
+                    self.rollback_checkpoints.contains(&c.resource) && c.fingerprint.is_some()
+                })
+                .all(|c| c.parity == Some(true))
+    }
+
+    /// After a partial rollback: whether every verifier re-run on the kept steps passed
+    /// (`None` when none was re-run).
+    pub fn kept_verified(&self) -> Option<bool> {
+        let kept: Vec<&VerdictReport> = self
+            .verdicts
+            .iter()
+            .filter(|v| v.phase.starts_with("kept:"))
+            .collect();
+        if kept.is_empty() {
+            None
+        } else {
+            Some(kept.iter().all(|v| v.verdict.passed()))
+        }
+    }
+
+    /// Whether the run committed.
+    pub fn is_committed(&self) -> bool {
+        self.outcome == Outcome::Committed
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Steps kept applied by a partial rollback.
+    pub fn kept(&self) -> Vec<&str> {
+        self.steps
+            .iter()
+            .filter(|s| s.state == StepState::Kept)
+            .map(|s| s.id.as_str())
+            .collect()
+    }
+
+    /// Steps undone (reverted or undone by restore).
+    pub fn undone(&self) -> Vec<&str> {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s.state, StepState::Reverted | StepState::UndoneByRestore))
+            .map(|s| s.id.as_str())
+            .collect()
+    }
+}
+
+/// Whether resource id `part` lies inside `container`: see [`crate::resource_contains`].
+fn inside(part: &str, container: &str) -> bool {
+    part != container && crate::resource_contains(container, part)
+}
