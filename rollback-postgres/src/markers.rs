@@ -143,38 +143,27 @@ pub(crate) async fn insert<C: GenericClient>(
     .await
 }
 
-/// Mark (run, step) applied (its `up` ran outside a transaction).
-pub(crate) async fn mark_applied<C: GenericClient>(
-    c: &C,
-    schema: &str,
-    run_id: &str,
-    step_id: &str,
-) -> std::result::Result<u64, tokio_postgres::Error> {
-    c.execute(
-        &format!(
-            "UPDATE {}.applied_steps SET state = 'applied', applied_at = now() WHERE run_id = $1 AND step_id = $2",
-            quote_ident(schema)
-        ),
-        &[&run_id, &step_id],
-    )
-    .await
-}
+/// Mark (run, step) applied (its `up` ran outside a transaction): a statement for
+/// [`execute`].
+pub(crate) const MARK_APPLIED: &str = "UPDATE {schema}.applied_steps SET state = 'applied', applied_at = now() WHERE run_id = $1 AND step_id = $2";
+/// Delete the marker of (run, step): a statement for [`execute`].
+pub(crate) const DELETE_MARKER: &str =
+    "DELETE FROM {schema}.applied_steps WHERE run_id = $1 AND step_id = $2";
+/// Forget the backfill cursor of (run, step): a statement for [`execute`].
+pub(crate) const CLEAR_PROGRESS: &str =
+    "DELETE FROM {schema}.backfill_progress WHERE run_id = $1 AND step_id = $2";
 
-/// Delete the marker of (run, step).
-pub(crate) async fn delete<C: GenericClient>(
+/// Run `statement` ([`MARK_APPLIED`], [`DELETE_MARKER`] or [`CLEAR_PROGRESS`]) on the
+/// bookkeeping rows of (run, step) in `schema`.
+pub(crate) async fn execute<C: GenericClient>(
     c: &C,
     schema: &str,
+    statement: &str,
     run_id: &str,
     step_id: &str,
 ) -> std::result::Result<u64, tokio_postgres::Error> {
-    c.execute(
-        &format!(
-            "DELETE FROM {}.applied_steps WHERE run_id = $1 AND step_id = $2",
-            quote_ident(schema)
-        ),
-        &[&run_id, &step_id],
-    )
-    .await
+    let sql = statement.replace("{schema}", &quote_ident(schema));
+    c.execute(&sql, &[&run_id, &step_id]).await
 }
 
 /// The backfill cursor of (run, step): (next key, rows done).
@@ -212,23 +201,6 @@ pub(crate) async fn record_progress<C: GenericClient>(
             quote_ident(schema)
         ),
         &[&run_id, &step_id, &next_key, &rows_done],
-    )
-    .await
-}
-
-/// Forget the backfill cursor of (run, step).
-pub(crate) async fn clear_progress<C: GenericClient>(
-    c: &C,
-    schema: &str,
-    run_id: &str,
-    step_id: &str,
-) -> std::result::Result<u64, tokio_postgres::Error> {
-    c.execute(
-        &format!(
-            "DELETE FROM {}.backfill_progress WHERE run_id = $1 AND step_id = $2",
-            quote_ident(schema)
-        ),
-        &[&run_id, &step_id],
     )
     .await
 }
