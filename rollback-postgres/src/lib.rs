@@ -136,6 +136,7 @@ mod hash;
 mod ident;
 mod journal;
 mod markers;
+mod reads;
 mod recovery;
 mod sqlscan;
 mod steps;
