@@ -168,6 +168,7 @@ mod hash;
 mod ident;
 mod journal;
 mod markers;
+mod reads;
 mod recovery;
 mod sqlscan;
 mod steps;

@@ -109,8 +109,16 @@ impl State {
     }
 }
 
-/// Record the marker of (run, step) with its receipt (JSON text) in `state`; an existing
-/// marker is an error.
+/// What [`insert`] does when (run, step) already has a marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Existing {
+    /// Fail (unique violation).
+    Fail,
+    /// Keep it as it is.
+    Keep,
+}
+
+/// Record the marker of (run, step) with its receipt (JSON text) in `state`.
 pub(crate) async fn insert<C: GenericClient>(
     c: &C,
     schema: &str,
@@ -118,10 +126,15 @@ pub(crate) async fn insert<C: GenericClient>(
     step_id: &str,
     receipt: &str,
     state: State,
+    existing: Existing,
 ) -> std::result::Result<u64, tokio_postgres::Error> {
+    let on_conflict = match existing {
+        Existing::Fail => "",
+        Existing::Keep => " ON CONFLICT (run_id, step_id) DO NOTHING",
+    };
     c.execute(
         &format!(
-            "INSERT INTO {}.applied_steps (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, {})",
+            "INSERT INTO {}.applied_steps (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, {}){on_conflict}",
             quote_ident(schema),
             state.as_sql()
         ),
@@ -130,59 +143,27 @@ pub(crate) async fn insert<C: GenericClient>(
     .await
 }
 
-/// As [`insert`], keeping an existing marker as it is.
-pub(crate) async fn insert_if_absent<C: GenericClient>(
-    c: &C,
-    schema: &str,
-    run_id: &str,
-    step_id: &str,
-    receipt: &str,
-    state: State,
-) -> std::result::Result<u64, tokio_postgres::Error> {
-    c.execute(
-        &format!(
-            "INSERT INTO {}.applied_steps (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, {}) \
-             ON CONFLICT (run_id, step_id) DO NOTHING",
-            quote_ident(schema),
-            state.as_sql()
-        ),
-        &[&run_id, &step_id, &receipt],
-    )
-    .await
-}
+/// Mark (run, step) applied (its `up` ran outside a transaction): a statement for
+/// [`execute`].
+pub(crate) const MARK_APPLIED: &str = "UPDATE {schema}.applied_steps SET state = 'applied', applied_at = now() WHERE run_id = $1 AND step_id = $2";
+/// Delete the marker of (run, step): a statement for [`execute`].
+pub(crate) const DELETE_MARKER: &str =
+    "DELETE FROM {schema}.applied_steps WHERE run_id = $1 AND step_id = $2";
+/// Forget the backfill cursor of (run, step): a statement for [`execute`].
+pub(crate) const CLEAR_PROGRESS: &str =
+    "DELETE FROM {schema}.backfill_progress WHERE run_id = $1 AND step_id = $2";
 
-/// Mark (run, step) applied (its `up` ran outside a transaction).
-pub(crate) async fn mark_applied<C: GenericClient>(
+/// Run `statement` ([`MARK_APPLIED`], [`DELETE_MARKER`] or [`CLEAR_PROGRESS`]) on the
+/// bookkeeping rows of (run, step) in `schema`.
+pub(crate) async fn execute<C: GenericClient>(
     c: &C,
     schema: &str,
+    statement: &str,
     run_id: &str,
     step_id: &str,
 ) -> std::result::Result<u64, tokio_postgres::Error> {
-    c.execute(
-        &format!(
-            "UPDATE {}.applied_steps SET state = 'applied', applied_at = now() WHERE run_id = $1 AND step_id = $2",
-            quote_ident(schema)
-        ),
-        &[&run_id, &step_id],
-    )
-    .await
-}
-
-/// Delete the marker of (run, step).
-pub(crate) async fn delete<C: GenericClient>(
-    c: &C,
-    schema: &str,
-    run_id: &str,
-    step_id: &str,
-) -> std::result::Result<u64, tokio_postgres::Error> {
-    c.execute(
-        &format!(
-            "DELETE FROM {}.applied_steps WHERE run_id = $1 AND step_id = $2",
-            quote_ident(schema)
-        ),
-        &[&run_id, &step_id],
-    )
-    .await
+    let sql = statement.replace("{schema}", &quote_ident(schema));
+    c.execute(&sql, &[&run_id, &step_id]).await
 }
 
 /// The backfill cursor of (run, step): (next key, rows done).
@@ -220,23 +201,6 @@ pub(crate) async fn record_progress<C: GenericClient>(
             quote_ident(schema)
         ),
         &[&run_id, &step_id, &next_key, &rows_done],
-    )
-    .await
-}
-
-/// Forget the backfill cursor of (run, step).
-pub(crate) async fn clear_progress<C: GenericClient>(
-    c: &C,
-    schema: &str,
-    run_id: &str,
-    step_id: &str,
-) -> std::result::Result<u64, tokio_postgres::Error> {
-    c.execute(
-        &format!(
-            "DELETE FROM {}.backfill_progress WHERE run_id = $1 AND step_id = $2",
-            quote_ident(schema)
-        ),
-        &[&run_id, &step_id],
     )
     .await
 }

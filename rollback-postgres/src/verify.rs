@@ -8,21 +8,10 @@ use crate::diff::Differ;
 use crate::error::PgResultExt;
 use crate::hash::{self, Shape};
 use crate::ident::{quote_ident, Table};
+use crate::reads::read_tx;
 use async_trait::async_trait;
 use rollback_core::{Checkpoint, Context, Result, Verdict, Verifier};
 use serde_json::json;
-use tokio_postgres::IsolationLevel;
-
-async fn read_tx(obj: &mut deadpool_postgres::Object) -> Result<tokio_postgres::Transaction<'_>> {
-    let client: &mut tokio_postgres::Client = obj;
-    client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .ctx("starting a read-only transaction")
-}
 
 /// Row count of `table` equals its count in the baseline snapshot (a
 /// [`crate::TableSnapshot`] captured by the run), or the count of another table.
@@ -207,7 +196,7 @@ impl Verifier for TableHashParity {
 
     async fn verify(&self, ctx: &Context) -> Result<Verdict> {
         let mut obj = self.db.lib_client().await?;
-        let tx = read_tx(&mut obj).await?;
+        let tx = read_tx(&mut obj, "starting a read-only transaction").await?;
         let Some(oid) = catalog::table_oid(&tx, &self.table).await? else {
             return Ok(Verdict::fail(format!("{} does not exist", self.table)));
         };
@@ -390,7 +379,7 @@ impl Verifier for ForeignKeyIntegrity {
 
     async fn verify(&self, _ctx: &Context) -> Result<Verdict> {
         let mut obj = self.db.lib_client().await?;
-        let tx = read_tx(&mut obj).await?;
+        let tx = read_tx(&mut obj, "starting a read-only transaction").await?;
         let fks = tx
             .query(
                 "SELECT k.conname::text, cn.nspname::text, c.relname::text, pn.nspname::text, p.relname::text, \
@@ -652,7 +641,7 @@ impl Verifier for SqlAssertion {
             )));
         }
         let mut obj = self.db.lib_client().await?;
-        let tx = read_tx(&mut obj).await?;
+        let tx = read_tx(&mut obj, "starting a read-only transaction").await?;
         tx.batch_execute(&crate::db::user_settings_sql(true))
             .await
             .ctx("setting the database's search path")?;

@@ -4,7 +4,7 @@ use super::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 use crate::db::Database;
 use crate::error::{Class, PgError, PgResultExt};
 use crate::ident::{quote_ident, Table};
-use crate::markers::{self, DEFAULT_MARKER_SCHEMA};
+use crate::markers::{self, CLEAR_PROGRESS, DEFAULT_MARKER_SCHEMA, DELETE_MARKER};
 use crate::sqlscan;
 use async_trait::async_trait;
 use rollback_core::{Context, Effect, Error, Receipt, Result, Reversibility, Step};
@@ -566,13 +566,14 @@ impl Step for Backfill {
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("finishing backfill")?;
         markers::fence(&tx, &self.marker_schema, ctx).await?;
-        markers::insert_if_absent(
+        markers::insert(
             &tx,
             &self.marker_schema,
             run,
             &self.id,
             &json,
             markers::State::Applied,
+            markers::Existing::Keep,
         )
         .await
         .ctx("writing the step marker")?;
@@ -585,16 +586,17 @@ impl Step for Backfill {
 
     async fn revert(&self, _receipt: Option<&Receipt>, ctx: &Context) -> Result<()> {
         self.ready().await?;
+        let run = ctx.run_id();
         let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let c = client.transaction().await.ctx("starting backfill revert")?;
         // The rows are the checkpoint's to restore; this forgets the run's bookkeeping, and
         // raises the fence so a paused older runner's next batch cannot commit.
         markers::fence(&c, &self.marker_schema, ctx).await?;
-        markers::clear_progress(&c, &self.marker_schema, ctx.run_id(), &self.id)
+        markers::execute(&c, &self.marker_schema, CLEAR_PROGRESS, run, &self.id)
             .await
             .ctx("clearing backfill progress")?;
-        markers::delete(&c, &self.marker_schema, ctx.run_id(), &self.id)
+        markers::execute(&c, &self.marker_schema, DELETE_MARKER, run, &self.id)
             .await
             .ctx("clearing the step marker")?;
         c.commit().await.ctx("committing backfill revert")

@@ -4,7 +4,7 @@ use super::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 use crate::db::Database;
 use crate::error::{Class, PgError, PgResultExt};
 use crate::ident::{quote_ident, Table};
-use crate::markers::{self, DEFAULT_MARKER_SCHEMA};
+use crate::markers::{self, DEFAULT_MARKER_SCHEMA, DELETE_MARKER, MARK_APPLIED};
 use crate::sqlscan::{self, Statement};
 use async_trait::async_trait;
 use rollback_core::{Context, Digest, Effect, Error, Receipt, Result, Reversibility, Step};
@@ -501,6 +501,7 @@ impl SqlStep {
             &self.id,
             &json,
             markers::State::Applied,
+            markers::Existing::Fail,
         )
         .await
         .ctx("writing the step marker")?;
@@ -565,7 +566,7 @@ impl SqlStep {
                 self.check_created(&tx, false).await?;
             }
         }
-        markers::delete(&tx, &self.marker_schema, run, &self.id)
+        markers::execute(&tx, &self.marker_schema, DELETE_MARKER, run, &self.id)
             .await
             .ctx("deleting the step marker")?;
         tx.commit().await.ctx("committing revert")
@@ -598,13 +599,14 @@ impl SqlStep {
         }
         let receipt = Receipt::new(&self.receipt(ctx));
         let json = receipt.0.to_string();
-        markers::insert_if_absent(
+        markers::insert(
             c,
             &self.marker_schema,
             run,
             &self.id,
             &json,
             markers::State::Applying,
+            markers::Existing::Keep,
         )
         .await
         .ctx("writing the step marker")?;
@@ -615,7 +617,7 @@ impl SqlStep {
         self.check_created(c, true)
             .await
             .map_err(|e| Error::backend("postgres", e))?;
-        markers::mark_applied(c, &self.marker_schema, run, &self.id)
+        markers::execute(c, &self.marker_schema, MARK_APPLIED, run, &self.id)
             .await
             .map_err(|e| PgError::new("marking the step applied", &e).into_core(true))?;
         Ok(receipt)
@@ -642,7 +644,7 @@ impl SqlStep {
                 self.check_created(c, false).await?;
             }
         }
-        markers::delete(c, &self.marker_schema, run, &self.id)
+        markers::execute(c, &self.marker_schema, DELETE_MARKER, run, &self.id)
             .await
             .ctx("deleting the step marker")?;
         Ok(())

@@ -2,7 +2,7 @@
 //! `REPEATABLE READ` transaction, its rows hashed while they are copied.
 
 use super::{relation_exists, Descriptor, Entry, TableSnapshot, TABLE_COPY_KIND};
-use crate::catalog::{self};
+use crate::catalog;
 use crate::checkpoint::ensure_schema;
 use crate::db::Database;
 use crate::error::{backend_msg, PgResultExt};

@@ -10,11 +10,12 @@ use crate::error::PgResultExt;
 use crate::fingerprint::{combine, table_fingerprint, SnapshotHasher};
 use crate::hash::TableHash;
 use crate::ident::Table;
+use crate::reads::read_tx;
 use async_trait::async_trait;
 use rollback_core::{Checkpoint, Context, Digest, Error, Hasher, Restored, Result, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use tokio_postgres::{GenericClient, IsolationLevel, Transaction};
+use tokio_postgres::{GenericClient, Transaction};
 
 /// The default schema holding snapshot copies.
 pub const DEFAULT_SNAPSHOT_SCHEMA: &str = "_rollback_snapshots";
@@ -324,14 +325,7 @@ impl Checkpoint for TableSnapshot {
 
     async fn fingerprint(&self, _ctx: &Context) -> Result<Digest> {
         let mut obj = self.db.lib_client().await?;
-        let client: &mut tokio_postgres::Client = &mut obj;
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .ctx("starting fingerprint")?;
+        let tx = read_tx(&mut obj, "starting fingerprint").await?;
         let mut hasher = SnapshotHasher::begin(&tx, self.parallelism).await;
         let mut fps = Vec::new();
         let result = async {

@@ -5,11 +5,11 @@ mod undo;
 use crate::catalog::{self, SchemaModel};
 use crate::db::Database;
 use crate::error::PgResultExt;
+use crate::reads::read_tx;
 use async_trait::async_trait;
 use rollback_core::{Checkpoint, Context, Digest, Error, Restored, Result, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use tokio_postgres::IsolationLevel;
 
 /// The snapshot kind of a [`SchemaSnapshot`].
 pub const SCHEMA_KIND: &str = "pg.schema";
@@ -91,14 +91,7 @@ impl SchemaSnapshot {
     /// Backend errors.
     pub async fn model(&self) -> Result<SchemaModel> {
         let mut obj = self.db.lib_client().await?;
-        let client: &mut tokio_postgres::Client = &mut obj;
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .ctx("starting catalog read")?;
+        let tx = read_tx(&mut obj, "starting catalog read").await?;
         let m = catalog::schema_model(&tx, &self.schemas).await?;
         tx.commit().await.ctx("ending catalog read")?;
         Ok(m)

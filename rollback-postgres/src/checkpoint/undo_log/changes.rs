@@ -6,11 +6,12 @@ use super::{
 };
 use crate::error::PgResultExt;
 use crate::ident::{column_list_with, quote_ident, Table};
+use crate::reads::read_tx;
 use async_trait::async_trait;
 use rollback_core::{Context, Digest, Result, Snapshot, Verdict, Verifier};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio_postgres::{GenericClient, IsolationLevel};
+use tokio_postgres::GenericClient;
 
 /// What changed in one table since capture, from its undo log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,14 +50,7 @@ impl TableUndoLog {
         let d = self.descriptor(snap)?;
         snap.ensure_digest(Digest::of_json(&d))?;
         let mut obj = self.db.lib_client().await?;
-        let client: &mut tokio_postgres::Client = &mut obj;
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .ctx("starting diff")?;
+        let tx = read_tx(&mut obj, "starting diff").await?;
         self.check_tracking(&tx, &d).await?;
         let mut out = Vec::new();
         for e in &d.tables {

@@ -17,11 +17,12 @@ use crate::error::PgResultExt;
 use crate::fingerprint::{combine, table_fingerprint, SnapshotHasher};
 use crate::ident::{check_ident, column_list_with, quote_ident, Table};
 use crate::markers::DEFAULT_MARKER_SCHEMA;
+use crate::reads::read_tx;
 use async_trait::async_trait;
 use rollback_core::{Checkpoint, Context, Digest, Error, Restored, Result, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use tokio_postgres::{GenericClient, IsolationLevel};
+use tokio_postgres::GenericClient;
 
 /// The snapshot kind of a [`TableUndoLog`].
 pub const UNDO_LOG_KIND: &str = "pg.undo-log";
@@ -357,14 +358,7 @@ impl TableUndoLog {
     /// snapshot (`pg_current_snapshot()`), taken by the transaction's first statement.
     async fn fingerprint_all(&self) -> Result<(Vec<Seen>, String)> {
         let mut obj = self.db.lib_client().await?;
-        let client: &mut tokio_postgres::Client = &mut obj;
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .ctx("starting fingerprint")?;
+        let tx = read_tx(&mut obj, "starting fingerprint").await?;
         let mvcc: String = tx
             .query_one("SELECT pg_catalog.pg_current_snapshot()::text", &[])
             .await

@@ -3,7 +3,7 @@
 //! references one of them.
 
 use super::super::{Descriptor, Entry, TableSnapshot};
-use super::{fk_info, overriding, Attempt};
+use super::{fk_info, overriding, tables_of, Attempt};
 use crate::error::PgResultExt;
 use crate::ident::column_list;
 use crate::triggers;
@@ -44,12 +44,7 @@ impl TableSnapshot {
         for (_, p, _) in &plans {
             Self::run_all(tx, &p.pre, "restoring table definition").await?;
         }
-        let disabled = triggers::disable_for_restore(
-            tx,
-            &present.iter().map(|e| &e.table).collect::<Vec<_>>(),
-            None,
-        )
-        .await?;
+        let disabled = triggers::disable_for_restore(tx, &tables_of(&present), None).await?;
         for t in &fks.order {
             let Some(e) = present.iter().find(|e| &e.table == t) else {
                 continue;

@@ -4,7 +4,7 @@
 //! the checkpoint.
 
 use super::super::{Descriptor, Entry, TableSnapshot};
-use super::{fk_info, overriding, Attempt};
+use super::{fk_info, overriding, tables_of, Attempt};
 use crate::error::PgResultExt;
 use crate::ident::{column_list, column_list_with, quote_ident, Table};
 use crate::triggers;
@@ -85,12 +85,7 @@ impl TableSnapshot {
         for (_, p, _) in &plans {
             Self::run_all(tx, &p.pre, "restoring table definition").await?;
         }
-        let disabled = triggers::disable_for_restore(
-            tx,
-            &present.iter().map(|e| &e.table).collect::<Vec<_>>(),
-            None,
-        )
-        .await?;
+        let disabled = triggers::disable_for_restore(tx, &tables_of(&present), None).await?;
         for t in fks.order.iter().rev() {
             let Some(e) = present.iter().find(|e| &e.table == t) else {
                 continue;

@@ -8,7 +8,7 @@ mod merge;
 mod swap;
 
 use super::capture::copy_table;
-use super::{relation_exists, Descriptor, RestoreMethod, TableSnapshot};
+use super::{relation_exists, Descriptor, Entry, RestoreMethod, TableSnapshot};
 use crate::catalog::{self, diff_tables, TableModel};
 use crate::checkpoint::reconcile::{self, Reconcile};
 use crate::error::{backend_msg, PgResultExt};
@@ -476,4 +476,9 @@ fn overriding(def: &TableModel) -> &'static str {
     } else {
         ""
     }
+}
+
+/// The tables of `entries`.
+fn tables_of<'a>(entries: &[&'a Entry]) -> Vec<&'a Table> {
+    entries.iter().map(|e| &e.table).collect()
 }

@@ -5,7 +5,7 @@
 use super::super::{Descriptor, TableSnapshot};
 use super::Attempt;
 use crate::catalog::{self, TableModel};
-use crate::checkpoint::reconcile::{self};
+use crate::checkpoint::reconcile;
 use crate::error::{backend_msg, PgResultExt};
 use crate::ident::{quote_ident, Table};
 use crate::triggers::trigger_mode_sql;
