@@ -706,20 +706,7 @@ impl FolderMovePrefix {
             blocking(move || write_atomic(&started, &spec)).await?;
         }
         // From here on, any failure may leave the move partly done.
-        let mark = |e: Error| match e {
-            Error::Backend {
-                backend, source, ..
-            } => Error::Backend {
-                backend,
-                source,
-                maybe_applied: true,
-            },
-            Error::Transient { message, .. } => Error::Transient {
-                message,
-                maybe_applied: true,
-            },
-            other => other,
-        };
+        let mark = |e: Error| e.after_writes("folder");
         let mut cursor: MoveCursor = ctx
             .cursor()
             .and_then(|c| serde_json::from_value(c.clone()).ok())

@@ -53,12 +53,18 @@ pub enum Error {
         message: String,
     },
     /// A transient failure (dropped connection, throttling, 5xx): retrying may succeed.
+    /// Built with [`Error::transient`] or [`Error::transient_from`] (which keeps the
+    /// backend's error — its SQLSTATE, HTTP status — as the [`source`](std::error::Error::source)).
     #[error("transient failure: {message}")]
+    #[non_exhaustive]
     Transient {
         /// What failed.
         message: String,
         /// Whether the effect may have happened despite the error.
         maybe_applied: bool,
+        /// The backend's own error, when there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// An operation did not finish in time. Its effect may have happened.
     #[error("{operation} timed out after {after:?}")]
@@ -239,6 +245,68 @@ impl Error {
         Error::Transient {
             message: message.into(),
             maybe_applied,
+            source: None,
+        }
+    }
+
+    /// A transient error caused by `source` (kept for [`std::error::Error::source`], so a
+    /// caller can still read the SQLSTATE or HTTP status behind it).
+    ///
+    /// ```
+    /// use rollback_core::Error;
+    /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+    /// let e = Error::transient_from("connection lost", io, false);
+    /// assert!(e.is_transient());
+    /// let source = std::error::Error::source(&e).unwrap();
+    /// assert!(source.downcast_ref::<std::io::Error>().is_some());
+    /// ```
+    pub fn transient_from(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+        maybe_applied: bool,
+    ) -> Self {
+        Error::Transient {
+            message: message.into(),
+            maybe_applied,
+            source: Some(source.into()),
+        }
+    }
+
+    /// The same failure, raised after some of the operation's writes may already have
+    /// reached `backend`: it now says so ([`Error::maybe_applied`] is true), so the executor
+    /// treats the step as applied and reverts it. Transient and backend errors keep their
+    /// variant (a transient one is still retried); any other error is wrapped as an
+    /// [`Error::Backend`] of `backend` with it as the source. The one way adapters mark it.
+    ///
+    /// ```
+    /// use rollback_core::Error;
+    /// let e = Error::transient("timeout", false).after_writes("s3");
+    /// assert!(e.is_transient() && e.maybe_applied());
+    /// let e = Error::conflict("precondition failed").after_writes("s3");
+    /// assert!(e.maybe_applied());
+    /// ```
+    pub fn after_writes(self, backend: &'static str) -> Self {
+        match self {
+            Error::Transient {
+                message, source, ..
+            } => Error::Transient {
+                message,
+                maybe_applied: true,
+                source,
+            },
+            Error::Backend {
+                backend, source, ..
+            } => Error::Backend {
+                backend,
+                source,
+                maybe_applied: true,
+            },
+            e if e.maybe_applied() => e,
+            other => Error::Backend {
+                backend,
+                source: Box::new(other),
+                maybe_applied: true,
+            },
         }
     }
 }

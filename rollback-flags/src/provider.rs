@@ -125,25 +125,6 @@ pub fn flag_resource(provider: &dyn FlagProvider, flag: &str) -> String {
     format!("{}/{flag}", scope_resource(provider))
 }
 
-/// The same error, saying the failed action may have taken effect (a write before it
-/// succeeded).
-pub(crate) fn mark_maybe_applied(e: Error) -> Error {
-    match e {
-        Error::Transient { message, .. } => Error::Transient {
-            message,
-            maybe_applied: true,
-        },
-        Error::Backend {
-            backend, source, ..
-        } => Error::Backend {
-            backend,
-            source,
-            maybe_applied: true,
-        },
-        other => other,
-    }
-}
-
 pub(crate) fn check_flag_name(flag: &str) -> Result<()> {
     let ok = !flag.is_empty()
         && flag.len() <= 100

@@ -20,7 +20,7 @@
 //! first one's prior state).
 
 use crate::checkpoint::FlagSnapshot;
-use crate::provider::{flag_resource, mark_maybe_applied, scope_resource};
+use crate::provider::{flag_resource, scope_resource};
 use crate::{FlagChange, FlagProvider, FlagState};
 use async_trait::async_trait;
 use rollback_core::events::RunEvent;
@@ -541,7 +541,7 @@ impl Step for StagedRollout {
         // Once a stage may have been written, every error says the change may have
         // happened (the executor then reverts).
         let mut touched = resumed;
-        let mark = |e: Error, touched: bool| if touched { mark_maybe_applied(e) } else { e };
+        let mark = |e: Error, touched: bool| if touched { e.after_writes("flags") } else { e };
         for stage in first..n {
             if ctx.is_cancelled() {
                 return Err(Error::Cancelled);

@@ -1,6 +1,6 @@
 //! The Unleash provider: flag state through Unleash's Admin API.
 
-use crate::provider::{check_flag_name, mark_maybe_applied};
+use crate::provider::check_flag_name;
 use crate::{FlagProvider, FlagState, Strategy, Variant};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
@@ -517,7 +517,7 @@ impl UnleashProvider {
             .await
             .map_err(|e| {
                 if any_written {
-                    mark_maybe_applied(e)
+                    e.after_writes("unleash")
                 } else {
                     e
                 }
@@ -779,7 +779,11 @@ impl FlagProvider for UnleashProvider {
             None => {
                 self.create(flag).await?;
                 written = true;
-                match self.read(flag).await.map_err(mark_maybe_applied)? {
+                match self
+                    .read(flag)
+                    .await
+                    .map_err(|e| e.after_writes("unleash"))?
+                {
                     Some(r) => r,
                     None => {
                         return Err(Error::conflict(format!(
@@ -855,7 +859,13 @@ impl FlagProvider for UnleashProvider {
             let a = self
                 .call(Method::DELETE, &path, None, true)
                 .await
-                .map_err(|e| if written { mark_maybe_applied(e) } else { e })?;
+                .map_err(|e| {
+                    if written {
+                        e.after_writes("unleash")
+                    } else {
+                        e
+                    }
+                })?;
             if !(200..300).contains(&a.status) && a.status != 404 {
                 return Err(Self::http_error(&Method::DELETE, &path, &a, written));
             }
@@ -906,7 +916,13 @@ impl FlagProvider for UnleashProvider {
         let a = self
             .call(Method::DELETE, &purge, None, true)
             .await
-            .map_err(|e| if written { mark_maybe_applied(e) } else { e })?;
+            .map_err(|e| {
+                if written {
+                    e.after_writes("unleash")
+                } else {
+                    e
+                }
+            })?;
         if !(200..300).contains(&a.status) && a.status != 404 {
             return Err(Self::http_error(&Method::DELETE, &purge, &a, written));
         }

@@ -204,10 +204,9 @@ impl PgError {
     /// have taken effect (decided by the caller, who knows whether a commit was in flight).
     pub(crate) fn into_core(self, maybe_applied: bool) -> Error {
         match self.class {
-            Class::Transient | Class::Connection => Error::Transient {
-                message: self.to_string(),
-                maybe_applied,
-            },
+            Class::Transient | Class::Connection => {
+                Error::transient_from(self.to_string(), self, maybe_applied)
+            }
             Class::Permanent => Error::Backend {
                 backend: BACKEND,
                 source: Box::new(self),
@@ -277,10 +276,7 @@ pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> Error {
             PgError::new("connecting", pg).into_core(false)
         }
         deadpool_postgres::PoolError::Timeout(_) | deadpool_postgres::PoolError::Closed => {
-            Error::Transient {
-                message: format!("connecting: {e}"),
-                maybe_applied: false,
-            }
+            Error::transient_from(format!("connecting: {e}"), e, false)
         }
         other => backend_msg(format!("connecting: {other}")),
     }

@@ -286,27 +286,10 @@ pub(crate) fn service_status<E, R: HasStatus>(err: &SdkError<E, R>) -> Option<u1
     }
 }
 
-/// Turn an error raised after some writes already happened into one that says so.
+/// Turn an error raised after some writes already happened into one that says so
+/// ([`Error::after_writes`]).
 pub(crate) fn after_writes(e: Error) -> Error {
-    match e {
-        Error::Transient { message, .. } => Error::Transient {
-            message,
-            maybe_applied: true,
-        },
-        Error::Backend {
-            backend, source, ..
-        } => Error::Backend {
-            backend,
-            source,
-            maybe_applied: true,
-        },
-        e if e.maybe_applied() => e,
-        other => Error::Backend {
-            backend: "s3",
-            source: Box::new(other),
-            maybe_applied: true,
-        },
-    }
+    e.after_writes("s3")
 }
 
 /// A plain backend error with a message (no SDK error behind it).
