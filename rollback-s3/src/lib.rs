@@ -51,7 +51,9 @@
 //! ```
 //!
 //! A client you built yourself (from an `SdkConfig` with `aws_sdk_s3::Client::new`, or
-//! any `aws_sdk_s3::Config`) goes to [`S3Bucket::new`].
+//! any `aws_sdk_s3::Config`) goes to [`S3Bucket::new`]. Its config must carry an HTTP
+//! client: `aws_config::load_from_env` gives one when aws-config's default features are
+//! on; this crate compiles the SDK without them (no second TLS stack).
 //!
 //! Failures to connect are typed: a certificate refused (unknown CA, a host name the
 //! certificate does not name) or an endpoint that does not speak TLS, missing
