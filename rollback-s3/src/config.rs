@@ -353,8 +353,16 @@ impl S3Settings {
     /// The HTTP client: rustls (ring) with the platform's roots or the custom bundle;
     /// `http://` URLs in plain HTTP.
     fn http_client(&self) -> aws_sdk_s3::config::SharedHttpClient {
+        // A plain-HTTP endpoint needs no roots: do not load (or require) the
+        // platform's, which a minimal container may not have.
+        let plain = self
+            .endpoint
+            .as_deref()
+            .and_then(|e| e.get(..7))
+            .is_some_and(|s| s.eq_ignore_ascii_case("http://"));
         let trust = match &self.ca_bundle {
             Some(pem) => TrustStore::empty().with_pem_certificate(pem.as_slice()),
+            None if plain => TrustStore::empty(),
             None => TrustStore::default(),
         };
         let context = TlsContext::builder()
