@@ -109,6 +109,11 @@ pub(crate) fn unquote(etag: &str) -> String {
     etag.trim_matches('"').to_string()
 }
 
+/// Whether an (unquoted) ETag is a plain MD5 (32 hex digits), not a multipart one.
+fn is_md5(etag: &str) -> bool {
+    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn quote(etag: &str) -> String {
     format!("\"{}\"", etag.trim_matches('"'))
 }
@@ -534,11 +539,26 @@ impl S3Bucket {
             .send()
             .await
             .map_err(|e| self.err(e, "CopyObject", dst_key, Op::Write))?;
-        Ok(out
+        let etag = out
             .copy_object_result()
             .and_then(|r| r.e_tag())
             .map(unquote)
-            .unwrap_or_default())
+            .unwrap_or_default();
+        // moto and radosgw ignore `x-amz-copy-source-if-match`: check the copy itself.
+        // A copy's ETag is the MD5 of its content, as the source's is when the source
+        // was written in one part and not with SSE-KMS; only then can they be compared.
+        let kms = out
+            .server_side_encryption()
+            .is_some_and(|s| s.as_str().starts_with("aws:kms"));
+        if let Some(expected) = if_match.map(unquote) {
+            if !kms && is_md5(&expected) && is_md5(&etag) && etag != expected {
+                return Err(Error::conflict(format!(
+                    "{src_bucket}/{src_key} changed after it was listed (ETag {expected}, \
+                     now {etag}): a concurrent writer; {dst_key} holds the newer content"
+                )));
+            }
+        }
+        Ok(etag)
     }
 
     /// Delete keys (optionally specific versions) with `DeleteObjects`, 1000 per request,

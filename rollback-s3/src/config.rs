@@ -353,8 +353,16 @@ impl S3Settings {
     /// The HTTP client: rustls (ring) with the platform's roots or the custom bundle;
     /// `http://` URLs in plain HTTP.
     fn http_client(&self) -> aws_sdk_s3::config::SharedHttpClient {
+        // A plain-HTTP endpoint needs no roots: do not load (or require) the
+        // platform's, which a minimal container may not have.
+        let plain = self
+            .endpoint
+            .as_deref()
+            .and_then(|e| e.get(..7))
+            .is_some_and(|s| s.eq_ignore_ascii_case("http://"));
         let trust = match &self.ca_bundle {
             Some(pem) => TrustStore::empty().with_pem_certificate(pem.as_slice()),
+            None if plain => TrustStore::empty(),
             None => TrustStore::default(),
         };
         let context = TlsContext::builder()
@@ -549,5 +557,43 @@ impl Intercept for RequestCounter {
             *g.entry(name).or_default() += 1;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_custom_endpoint_is_path_style_and_aws_is_virtual_hosted() {
+        assert!(S3Settings::custom("https://s3.internal:8443").path_style_effective());
+        assert!(!S3Settings::aws().path_style_effective());
+        assert!(!S3Settings::custom("https://s3.internal:8443")
+            .path_style(false)
+            .path_style_effective());
+    }
+
+    #[test]
+    fn credentials_come_from_the_chain_unless_keys_are_given() {
+        let chain = S3Settings::custom("https://s3.internal:8443").profile("ops");
+        assert!(!chain.has_static_credentials());
+        assert!(chain.redactions().is_empty());
+        assert!(format!("{chain:?}").contains("default chain, profile ops"));
+        let fixed = chain.static_credentials("AKIDEXAMPLE", "secret-key-example");
+        assert!(fixed.has_static_credentials());
+        let debug = format!("{fixed:?}");
+        assert!(!debug.contains("AKIDEXAMPLE") && !debug.contains("secret-key-example"));
+        assert_eq!(fixed.redactions().len(), 2);
+    }
+
+    #[test]
+    fn the_documentation_ca_is_a_valid_bundle_and_garbage_is_not() {
+        let pem = include_bytes!("../tests/data/ca.pem");
+        assert!(validate_ca_bundle(pem).is_ok());
+        assert!(validate_ca_bundle(b"").is_err());
+        assert!(validate_ca_bundle(
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+        )
+        .is_err());
     }
 }

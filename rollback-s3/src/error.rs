@@ -129,7 +129,11 @@ where
                     },
                 };
             }
-            if d.is_user() || endpoint {
+            // A client built without an HTTP client: the SDK says so in words only.
+            let no_client = DisplayErrorContext(&err)
+                .to_string()
+                .contains("No HTTP client was available");
+            if d.is_user() || endpoint || no_client {
                 // Nothing was sent, and sending again cannot help (a malformed endpoint).
                 (Class::Construction, None, None)
             } else {

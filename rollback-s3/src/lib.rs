@@ -51,7 +51,9 @@
 //! ```
 //!
 //! A client you built yourself (from an `SdkConfig` with `aws_sdk_s3::Client::new`, or
-//! any `aws_sdk_s3::Config`) goes to [`S3Bucket::new`].
+//! any `aws_sdk_s3::Config`) goes to [`S3Bucket::new`]. Its config must carry an HTTP
+//! client: `aws_config::load_from_env` gives one when aws-config's default features are
+//! on; this crate compiles the SDK without them (no second TLS stack).
 //!
 //! Failures to connect are typed: a certificate refused (unknown CA, a host name the
 //! certificate does not name) or an endpoint that does not speak TLS, missing
@@ -87,11 +89,15 @@
 //! - **Signatures**: moto accepts any key and signature; radosgw checks them and
 //!   answers `403 SignatureDoesNotMatch` / `403 InvalidAccessKeyId`, which this crate
 //!   reports as permanent errors (never retried as transient).
-//! - **Conditional PUT**: radosgw honours `If-None-Match: *` only on unversioned buckets
-//!   and matches `If-Match` only against an unquoted ETag; moto honours both as S3 does.
-//!   This crate sends neither on PUT: its writes are made idempotent by its own
-//!   bookkeeping, and its one conditional request, `CopyObject` with
-//!   `x-amz-copy-source-if-match` (a quoted ETag), behaves the same on both.
+//! - **Conditional copy**: neither moto nor radosgw 16 enforces
+//!   `x-amz-copy-source-if-match` (both copy whatever the source holds). This crate's
+//!   copies (backups before a put or rewrite, restores) carry it, and also compare the
+//!   copy's ETag with the expected one when both are plain MD5s, so a write that lands
+//!   between a listing and the copy is a `Conflict` on every server.
+//! - **Conditional PUT** (seen, not used by this crate): radosgw honours
+//!   `If-None-Match: *` only on unversioned buckets and, on a PUT with `If-Match`,
+//!   matches only an unquoted ETag on unversioned buckets and no ETag at all on
+//!   versioned ones; moto honours both, quoted or not, as S3 does.
 //! - **A plain-HTTP request to radosgw's TLS port** is answered by closing the
 //!   connection: to the client, a dropped connection (transient; the message names the
 //!   likely cause).

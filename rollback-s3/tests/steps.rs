@@ -341,3 +341,57 @@ async fn cancelled_run_stops_the_move_at_a_batch_boundary_and_rolls_back() {
     );
     b.dangerous_delete_bucket().await.unwrap();
 }
+
+/// A write that lands between the listing and the backup copy is a conflict on every
+/// server: S3 refuses the copy (412), and where the server ignores
+/// `x-amz-copy-source-if-match` (moto, radosgw) the copy's ETag gives it away. The
+/// other writer's content is kept, and the revert undoes only the step's own rewrite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrite_reports_a_write_between_listing_and_backup_as_a_conflict() {
+    require_server!();
+    let b = common::fresh_bucket("rewrite-race", false)
+        .await
+        .concurrency(1);
+    b.put("data/a", b"a0".to_vec()).await.unwrap();
+    b.put("data/b", b"b0".to_vec()).await.unwrap();
+    let writer = b.clone();
+    let step = RewriteObjects::new("rw", &b, "data/", "race/1", move |key, body| {
+        if key == "data/a" {
+            // Another writer changes data/b after the listing, before its backup.
+            let w = writer.clone();
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(w.put("data/b", b"b1 from another writer".to_vec()))
+            })
+            .unwrap();
+        }
+        let mut v = body.to_vec();
+        v.extend_from_slice(b"+");
+        Ok(Some(v.into()))
+    });
+    let ctx = run_ctx();
+    let err = step.apply(&ctx).await.unwrap_err();
+    // data/a was rewritten already: the conflict comes as "maybe applied".
+    fn is_conflict(e: &Error) -> bool {
+        match e {
+            Error::Conflict { .. } => true,
+            Error::Backend { source, .. } => {
+                source.downcast_ref::<Error>().is_some_and(is_conflict)
+            }
+            _ => false,
+        }
+    }
+    assert!(is_conflict(&err) && err.maybe_applied(), "{err:?}");
+    assert!(err.to_string().contains("data/b"), "{err}");
+    assert_eq!(
+        b.get("data/b").await.unwrap().unwrap().as_ref(),
+        b"b1 from another writer"
+    );
+    step.revert(None, &ctx).await.unwrap();
+    assert_eq!(b.get("data/a").await.unwrap().unwrap().as_ref(), b"a0");
+    assert_eq!(
+        b.get("data/b").await.unwrap().unwrap().as_ref(),
+        b"b1 from another writer"
+    );
+    b.dangerous_delete_bucket().await.unwrap();
+}

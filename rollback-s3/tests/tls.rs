@@ -319,3 +319,68 @@ fn a_ca_bundle_that_is_not_a_certificate_is_invalid_input() {
         "{err:?}"
     );
 }
+
+/// A client built by the caller from an `SdkConfig` goes straight to `S3Bucket::new`
+/// (the config names its HTTP client, as `aws_config::load_from_env` does when
+/// aws-config's default features are on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_from_an_existing_sdk_config_works() {
+    use rollback_s3::aws_sdk_s3;
+    let Some(rgw) = Rgw::get() else { return };
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&rgw.plain)
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                ))
+                .build_https(),
+        )
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_credential_types::Credentials::new(
+                    &rgw.access_key,
+                    &rgw.secret_key,
+                    None,
+                    None,
+                    "test",
+                ),
+            ),
+        )
+        .build();
+    let conf = aws_sdk_s3::config::Builder::from(&sdk)
+        .force_path_style(true)
+        .build();
+    let b = S3Bucket::new(
+        aws_sdk_s3::Client::from_conf(conf),
+        bucket_name("sdkconfig"),
+    );
+    b.create(false).await.unwrap();
+    b.put("k", b"v".to_vec()).await.unwrap();
+    assert_eq!(b.get("k").await.unwrap().unwrap().as_ref(), b"v");
+    b.dangerous_delete_bucket().await.unwrap();
+}
+
+/// Without an HTTP client in the config, the first request fails at once with a
+/// permanent error that says so (nothing was sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_without_an_http_client_is_a_permanent_error() {
+    use rollback_s3::aws_sdk_s3;
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .endpoint_url("http://127.0.0.1:9")
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "a", "b", None, None, "t",
+        ))
+        .force_path_style(true)
+        .build();
+    let err = S3Bucket::new(aws_sdk_s3::Client::from_conf(conf), "b")
+        .put("k", b"v".to_vec())
+        .await
+        .unwrap_err();
+    assert_permanent(&err);
+    assert!(err.to_string().contains("No HTTP client"), "{err}");
+}
