@@ -49,6 +49,7 @@ mod lease;
 pub mod plan;
 mod progress;
 pub mod report;
+mod secret;
 mod state;
 mod step;
 mod verifier;
@@ -76,6 +77,7 @@ pub use plan::{
 };
 pub use progress::ConsoleProgress;
 pub use report::{Outcome, RunReport};
+pub use secret::Secret;
 pub use step::{Effect, Receipt, Reversibility, Step};
 pub use tokio_util::sync::CancellationToken;
 pub use verifier::{Status, Verdict, Verifier};

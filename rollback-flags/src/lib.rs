@@ -100,8 +100,9 @@ pub use model::{
 };
 pub use openfeature::{bucket, evaluate_bool, select_variant, BoolEvaluation, OpenFeatureBridge};
 pub use provider::{flag_resource, scope_resource, FlagProvider, MemoryProvider};
+pub use rollback_core::Secret;
 pub use steps::{kill_switch, FlagReceipt, HealthCheckFailed, SetFlag, StagedRollout};
-pub use unleash::{Secret, ServerFacts, UnleashProvider, UnleashReady};
+pub use unleash::{ServerFacts, UnleashProvider, UnleashReady};
 pub use verify::{Expect, FlagsMatch, FlagsMatchSnapshot};
 
 /// Re-exported for programs that use the OpenFeature bridge without depending on

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::Method;
-use rollback_core::{Error, Result};
+use rollback_core::{Error, Result, Secret};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,37 +36,6 @@ pub struct ServerFacts {
 struct TlsError {
     url: String,
     cause: String,
-}
-
-/// A credential: its `Debug` and `Display` never show it.
-///
-/// ```
-/// let s = rollback_flags::Secret::new("*:*.very-secret");
-/// assert_eq!(format!("{s:?} {s}"), "Secret(***) ***");
-/// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wrap a credential.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The credential itself: pass it only to the backend.
-    pub fn dangerous_expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
 }
 
 /// An HTTP failure from Unleash, safe to show (no credentials, body truncated).
@@ -184,7 +153,7 @@ impl UnleashProvider {
         check_id("project", project)?;
         check_id("environment", environment)?;
         let token = Secret::new(admin_token);
-        let mut auth = HeaderValue::from_str(token.dangerous_expose())
+        let mut auth = HeaderValue::from_str(token.expose())
             .map_err(|_| Error::invalid("unleash admin token is not a valid header value"))?;
         auth.set_sensitive(true);
         Ok(UnleashProvider {

@@ -12,6 +12,7 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+use rollback_core::Secret;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
@@ -24,40 +25,6 @@ use std::time::Duration;
 /// `EnvFilter::new(format!("debug,{SDK_LOG_FILTER}"))`. This crate's own events never
 /// carry credentials.
 pub const SDK_LOG_FILTER: &str = "aws_smithy_runtime=info,aws_sigv4=info";
-
-/// A secret string (a secret access key): never printed by `Debug` or `Display`.
-///
-/// ```
-/// use rollback_s3::Secret;
-/// let s = Secret::new("wJalrXUtnFEMI");
-/// assert_eq!(format!("{s:?}"), "Secret(***)");
-/// assert_eq!(s.expose(), "wJalrXUtnFEMI");
-/// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wrap a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The secret itself (to hand to the SDK; never log it).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
 
 /// Where the credentials come from.
 #[derive(Clone)]

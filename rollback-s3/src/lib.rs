@@ -117,8 +117,9 @@ mod verify;
 pub use aws_sdk_s3;
 pub use bucket::{ObjectInfo, S3Bucket, Store, DEFAULT_CONCURRENCY, DEFAULT_STORE_PREFIX};
 pub use checkpoint::{CheckpointMode, S3Checkpoint};
-pub use config::{RequestCounter, S3Settings, Secret, SDK_LOG_FILTER};
+pub use config::{RequestCounter, S3Settings, SDK_LOG_FILTER};
 pub use manifest::{ManifestEntry, ManifestHeader, ManifestRef, FORMAT, PART_ENTRIES};
+pub use rollback_core::Secret;
 pub use steps::{
     CopyPrefix, DeleteObjects, MovePrefix, PutObjects, RelayoutReceipt, RewriteFn, RewriteObjects,
 };
