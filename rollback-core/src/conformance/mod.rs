@@ -1,8 +1,9 @@
 //! The conformance suite: the checks every [`Checkpoint`] and [`Step`] implementation
 //! runs against its real backend (and the in-memory reference implementations run
 //! against memory), and in [`journal`] those of every [`Journal`]. Each check panics
-//! with the contract clause it found broken, and leaves the resource as it found it when
-//! it passes.
+//! with the contract clause it found broken, and leaves the resource as it found it.
+//! [`Suite`] and [`check`] run every check to the end and return a [`ConformanceReport`]
+//! of every clause; [`run_all`] prints that report and panics when a clause failed.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
