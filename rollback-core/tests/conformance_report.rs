@@ -371,3 +371,61 @@ async fn run_all_runs_every_clause_then_panics_naming_the_failed_ones() {
     );
     assert!(msg.contains("executor.interrupted_step_resumes"), "{msg}");
 }
+
+/// A journal that drops the writer's epoch from every append: it cannot fence.
+struct IgnoresEpochs(MemoryJournal);
+
+#[async_trait]
+impl rollback_core::journal::Journal for IgnoresEpochs {
+    async fn append(
+        &self,
+        run_id: &str,
+        entry: &rollback_core::journal::Entry,
+        _epoch: u64,
+    ) -> Result<rollback_core::journal::Record> {
+        self.0.append(run_id, entry, 0).await
+    }
+    async fn records(&self, run_id: &str) -> Result<Vec<rollback_core::journal::Record>> {
+        self.0.records(run_id).await
+    }
+    async fn runs(&self) -> Result<Vec<String>> {
+        self.0.runs().await
+    }
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<rollback_core::journal::Lease> {
+        self.0.acquire_lease(key, holder, ttl).await
+    }
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<()> {
+        self.0.release_lease(key, holder).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_journal_suite_reports_every_clause() {
+    let good = conformance::journal::check(Arc::new(MemoryJournal::new())).await;
+    assert_eq!(good.clauses.len(), 5, "{good}");
+    assert!(
+        good.clauses
+            .iter()
+            .all(|c| c.status == ClauseStatus::Passed),
+        "{good}"
+    );
+
+    let bad = conformance::journal::check(Arc::new(IgnoresEpochs(MemoryJournal::new()))).await;
+    assert_eq!(bad.clauses.len(), 5, "every clause ran: {bad}");
+    assert_eq!(
+        status(&bad, "journal.fenced_appends"),
+        ClauseStatus::Failed,
+        "{bad}"
+    );
+    assert!(message(&bad, "journal.fenced_appends").contains("Journal contract 6"));
+    assert_eq!(
+        status(&bad, "journal.chain_and_reads"),
+        ClauseStatus::Passed,
+        "{bad}"
+    );
+}

@@ -64,6 +64,25 @@ impl ConformanceReport {
         self.clauses.iter().find(|c| c.id == id)
     }
 
+    /// Print the report; panic naming the failed clauses, with the report, if any failed.
+    ///
+    /// # Panics
+    /// When a clause failed.
+    pub fn print_or_panic(&self) {
+        println!("{self}");
+        if !self.passed() {
+            let failed: Vec<String> = self
+                .failures()
+                .map(|c| format!("{}: {}", c.id, c.message))
+                .collect();
+            panic!(
+                "conformance: {} clause(s) failed:\n{}\n\n{self}",
+                failed.len(),
+                failed.join("\n")
+            );
+        }
+    }
+
     fn count(&self, status: ClauseStatus) -> usize {
         self.clauses.iter().filter(|c| c.status == status).count()
     }
@@ -173,7 +192,7 @@ impl Suite {
         let cp = s.checkpoint.as_ref();
         let other = s.other_checkpoint.as_ref();
         let step = s.step.as_ref();
-        let mut run = Runner::new(cp).await;
+        let mut run = Runner::new(Some(cp)).await;
 
         run.clause(
             "checkpoint.capture_mutate_restore",
@@ -303,35 +322,28 @@ impl Suite {
     /// # Panics
     /// When a clause failed.
     pub async fn run(self) {
-        let report = self.check().await;
-        println!("{report}");
-        if !report.passed() {
-            let failed: Vec<String> = report
-                .failures()
-                .map(|c| format!("{}: {}", c.id, c.message))
-                .collect();
-            panic!(
-                "conformance: {} clause(s) failed:\n{}\n\n{report}",
-                failed.len(),
-                failed.join("\n")
-            );
-        }
+        self.check().await.print_or_panic()
     }
 }
 
 /// Runs clauses, catching the panic a broken clause raises, and puts the resource back
 /// from a guard snapshot after each failure.
-struct Runner<'a> {
-    cp: &'a dyn Checkpoint,
+pub(super) struct Runner<'a> {
+    cp: Option<&'a dyn Checkpoint>,
     ctx: Context,
     guard: Option<crate::Snapshot>,
     report: ConformanceReport,
 }
 
 impl<'a> Runner<'a> {
-    async fn new(cp: &'a dyn Checkpoint) -> Runner<'a> {
+    /// A runner that puts `cp`'s resource back from a guard snapshot after each failed
+    /// clause (none without a checkpoint).
+    pub(super) async fn new(cp: Option<&'a dyn Checkpoint>) -> Runner<'a> {
         let ctx = Context::standalone(&super::unique("guard"));
-        let guard = cp.capture(&ctx).await.ok();
+        let guard = match cp {
+            Some(cp) => cp.capture(&ctx).await.ok(),
+            None => None,
+        };
         Runner {
             cp,
             ctx,
@@ -340,14 +352,15 @@ impl<'a> Runner<'a> {
         }
     }
 
-    async fn clause(&mut self, id: &str, title: &str, check: impl Future<Output = ()>) {
+    /// Run one clause to its end: passed, or failed with the message it panicked with.
+    pub(super) async fn clause(&mut self, id: &str, title: &str, check: impl Future<Output = ()>) {
         let (status, message) = match AssertUnwindSafe(check).catch_unwind().await {
             Ok(()) => (ClauseStatus::Passed, "held".to_string()),
             Err(panic) => (ClauseStatus::Failed, panic_message(panic.as_ref())),
         };
         if status == ClauseStatus::Failed {
-            if let Some(g) = &self.guard {
-                let _ = self.cp.restore(g, &self.ctx).await;
+            if let (Some(cp), Some(g)) = (self.cp, &self.guard) {
+                let _ = cp.restore(g, &self.ctx).await;
             }
         }
         self.report.clauses.push(ClauseResult {
@@ -367,9 +380,9 @@ impl<'a> Runner<'a> {
         });
     }
 
-    async fn finish(self) -> ConformanceReport {
-        if let Some(g) = &self.guard {
-            let _ = self.cp.discard(g, &self.ctx).await;
+    pub(super) async fn finish(self) -> ConformanceReport {
+        if let (Some(cp), Some(g)) = (self.cp, &self.guard) {
+            let _ = cp.discard(g, &self.ctx).await;
         }
         self.report
     }
