@@ -134,6 +134,12 @@ async fn run(opts: Options, verbose: bool) -> Result<bool, Box<dyn std::error::E
                 rep.kept().join(", ")
             },
         );
+        if let Some(d) = &rep.detection {
+            println!(
+                "  breach detected by {} ({}); rollback started {} ms later",
+                d.verifier, d.summary, d.latency_ms
+            );
+        }
         for n in &r.cutover.notices {
             println!("  [status page] {}", n.message);
         }
@@ -155,7 +161,9 @@ async fn run(opts: Options, verbose: bool) -> Result<bool, Box<dyn std::error::E
     }
     println!();
     println!(
-        "RTO: from the rollback trigger (failed step, failed verifier or breached health threshold) to every resource in scope \
+        "Detection: from the verdict that breached (a failed verifier or a health trigger over its threshold) to \
+         the journaled start of the rollback; '-' where a failed step started it. \
+         RTO: from the rollback trigger (failed step, failed verifier or breached health threshold) to every resource in scope \
          verified back at its baseline fingerprint (and, after a partial rollback, the kept side re-verified). \
          RPO: the largest window of writes a checkpoint restore would discard (0 when compensations alone brought \
          every resource back and no restore was needed).\n"

@@ -222,7 +222,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .flag(LEGACY, Expect::off()),
         )
         .soak(Duration::from_secs(1))
-        .trigger(Trigger::from_arc(health).every(Duration::from_millis(250)));
+        .trigger(Trigger::new(health).every(Duration::from_millis(250)));
     if fail_late {
         // Breaks the new checkout once it serves everyone; the soak trigger sees it.
         plan = plan.verify_final(BreakAfterCutover {

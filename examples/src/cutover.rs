@@ -579,7 +579,7 @@ impl Backends {
 
         let plan = Plan::builder(&n.plan)
             .checkpoint("database", customers_cp)
-            .checkpoint_arc("storage", storage_cp)
+            .checkpoint("storage", storage_cp)
             .checkpoint("flags", names_flag_cp)
             .checkpoint("flags", storage_flag_cp)
             // database: expand, backfill, constrain
@@ -670,7 +670,7 @@ impl Backends {
                     .flag(&n.new_name_fields, Expect::rollout(100)),
             )
             // storage: the re-layout
-            .step_arc(
+            .step(
                 "storage",
                 self.storage
                     .move_step((fail == FailAt::Relayout).then(|| opts.relayout_fail_after())),

@@ -84,8 +84,8 @@ fn ms(v: Option<u64>) -> String {
 /// The RTO/RPO table (Markdown) of a drill.
 pub fn table(results: &[ScenarioResult]) -> String {
     let mut t = String::from(
-        "| # | failure injected | scope | outcome | undone | kept | RTO ms (trigger → verified restored) | RTO target met | RPO ms | parity proven | kept re-verified | run ms |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| # | failure injected | scope | outcome | undone | kept | detection ms (breach → rollback started) | RTO ms (trigger → verified restored) | RTO target met | RPO ms | parity proven | kept re-verified | run ms |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (i, r) in results.iter().enumerate() {
         let rep = &r.cutover.report;
@@ -97,13 +97,14 @@ pub fn table(results: &[ScenarioResult]) -> String {
             }
         };
         t.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             i + 1,
             r.scenario.fail_at,
             scope_name(r.scenario.scope),
             rep.outcome,
             list(rep.undone()),
             list(rep.kept()),
+            ms(rep.detection.as_ref().map(|d| d.latency_ms)),
             ms(rep.rto_ms),
             match (rep.rto_met, rep.objectives.rto_ms) {
                 (Some(true), Some(t)) => format!("yes (≤ {t})"),

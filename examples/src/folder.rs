@@ -466,17 +466,15 @@ impl FolderCheckpoint {
             .map_err(|e| Error::invalid(format!("manifest does not serialize: {e}")))?;
         write_atomic(&dir.join("manifest.json"), &bytes)?;
         let n = manifest.objects.len() as u64;
-        Ok(Snapshot {
+        Ok(Snapshot::new(
             id,
-            resource: self.resource.clone(),
-            kind: SNAPSHOT_KIND.into(),
-            digest: Digest::of(&bytes),
+            self.resource.clone(),
+            SNAPSHOT_KIND,
+            Digest::of(&bytes),
             fingerprint,
-            captured_at_ms: rollback_core::now_ms(),
-            size_bytes: Some(size),
-            descriptor: serde_json::to_value(Descriptor { dir, objects: n })
-                .unwrap_or(serde_json::Value::Null),
-        })
+            serde_json::to_value(Descriptor { dir, objects: n }).unwrap_or(serde_json::Value::Null),
+        )
+        .with_size(size))
     }
 
     fn restore_sync(&self, snapshot: &Snapshot, ctx: &Context) -> Result<Restored> {

@@ -91,7 +91,7 @@ pub async fn from_env(work_dir: &Path, label: &str) -> Result<Setup, SetupError>
             let bucket = S3Bucket::connect(&settings, &name).store(format!("{name}-rollback"), "");
             chosen.push(format!(
                 "objects: S3 at {}, bucket {name} (versioned), snapshots in bucket {name}-rollback",
-                settings.endpoint()
+                settings.endpoint().unwrap_or("Amazon S3")
             ));
             Storage::S3(bucket)
         }

@@ -562,6 +562,7 @@ async fn scenario(fail_at: FailAt, scope: RollbackScope) {
     }
     match fail_at {
         FailAt::Backfill => {
+            assert!(r.detection.is_none(), "a failed step is no breach: {md}");
             assert!(md.contains("drill: poisoned row"), "{md}");
             assert!(r.undone().contains(&cutover::steps::BACKFILL), "{md}");
         }
@@ -574,6 +575,16 @@ async fn scenario(fail_at: FailAt, scope: RollbackScope) {
         FailAt::Soak => {
             assert!(md.contains("trigger app-error-rate breached"), "{md}");
             assert_eq!(r.undone().len(), 6, "every step undone: {md}");
+            // The drill reports how long the breach took to start the rollback.
+            let d = r.detection.as_ref().expect("a breach started the rollback");
+            assert_eq!(d.verifier, "app-error-rate", "{d:?}");
+            assert_eq!(d.phase, "soak", "{d:?}");
+            assert_eq!(
+                d.latency_ms,
+                d.rollback_started_at_ms - d.detected_at_ms,
+                "{d:?}"
+            );
+            assert!(md.contains("Breach detected at"), "{md}");
         }
         FailAt::None => unreachable!(),
     }

@@ -12,7 +12,27 @@ use serde::{Deserialize, Serialize};
 ///   it from what it is about to restore and refuses on mismatch;
 /// - `fingerprint`: the resource's [`Checkpoint::fingerprint`] at capture time; after a
 ///   restore the resource's fingerprint must equal it again (parity).
+///
+/// Adapters build one with [`Snapshot::new`] (the type is `#[non_exhaustive]`, so a field
+/// added later breaks no adapter):
+///
+/// ```
+/// use rollback_core::{Digest, Snapshot};
+/// let content = b"id,name\n1,Ada\n";
+/// let snap = Snapshot::new(
+///     "snap-1",
+///     "postgres:public.customers",
+///     "example.csv",
+///     Digest::of(content),
+///     Digest::of(b"fingerprint of the table"),
+///     serde_json::json!({ "path": "/backups/snap-1.csv" }),
+/// )
+/// .with_size(content.len() as u64);
+/// assert_eq!(snap.size_bytes, Some(14));
+/// assert!(snap.captured_at_ms > 0);
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Snapshot {
     /// Unique id of this snapshot.
     pub id: String,
@@ -34,6 +54,42 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// A snapshot captured now: `digest` is blake3 of the captured content (what
+    /// `restore` re-checks), `fingerprint` the resource's fingerprint at capture,
+    /// `descriptor` where the adapter keeps the content.
+    pub fn new(
+        id: impl Into<String>,
+        resource: impl Into<String>,
+        kind: impl Into<String>,
+        digest: Digest,
+        fingerprint: Digest,
+        descriptor: serde_json::Value,
+    ) -> Self {
+        Snapshot {
+            id: id.into(),
+            resource: resource.into(),
+            kind: kind.into(),
+            digest,
+            fingerprint,
+            captured_at_ms: crate::now_ms(),
+            size_bytes: None,
+            descriptor,
+        }
+    }
+
+    /// The size of the captured content in bytes.
+    pub fn with_size(mut self, bytes: u64) -> Self {
+        self.size_bytes = Some(bytes);
+        self
+    }
+
+    /// Set the capture time (milliseconds since the Unix epoch), e.g. when the content was
+    /// read from a database snapshot taken earlier.
+    pub fn captured_at(mut self, ms: u64) -> Self {
+        self.captured_at_ms = ms;
+        self
+    }
+
     /// Parse a snapshot from JSON bytes.
     ///
     /// # Errors

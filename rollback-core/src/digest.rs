@@ -34,11 +34,7 @@ impl Digest {
 
     /// Lowercase hex form.
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
     }
 
     /// The first 12 hex characters, for logs and reports.
@@ -46,23 +42,16 @@ impl Digest {
         self.to_hex()[..12].to_string()
     }
 
-    /// Parse 64 hex characters.
+    /// Parse 64 hex characters (either case).
     ///
     /// # Errors
     /// [`crate::Error::Invalid`] when `s` is not 64 hex characters.
     pub fn from_hex(s: &str) -> crate::Result<Self> {
-        let bad = || crate::Error::Invalid {
-            message: format!("not a 64-character hex digest: {:?}", truncate(s, 80)),
-        };
-        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        let mut out = [0u8; 32];
-        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-            let hex = std::str::from_utf8(chunk).map_err(|_| bad())?;
-            out[i] = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
-        }
-        Ok(Digest(out))
+        blake3::Hash::from_hex(s)
+            .map(|h| Digest(*h.as_bytes()))
+            .map_err(|_| crate::Error::Invalid {
+                message: format!("not a 64-character hex digest: {:?}", truncate(s, 80)),
+            })
     }
 }
 

@@ -584,6 +584,9 @@ struct Run<'a> {
     lease: Arc<LeaseKeeper>,
     /// Resume cursors: from the journal, plus those saved by steps in this process.
     cursors: Arc<std::sync::Mutex<BTreeMap<String, serde_json::Value>>>,
+    /// A step's outcome waiting to be journaled in one write with the next record (see
+    /// [`Run::defer`]).
+    pending: Vec<Entry>,
 }
 
 enum Flow {
@@ -613,24 +616,73 @@ impl<'a> Run<'a> {
             state: State::default(),
             lease,
             cursors: Arc::default(),
+            pending: Vec::new(),
         }
     }
 
     /// Journal `entry` under this runner's epoch. A refusal ([`Error::Fenced`]) stops the
     /// runner: the caller returns it at once.
+    ///
+    /// A deferred outcome ([`Run::defer`]) goes first, in the same durable write.
     async fn append(&mut self, entry: Entry) -> Result<()> {
         tracing::debug!(kind = entry.kind(), "journal");
-        let rec = self
+        let epoch = self.lease.fence().epoch;
+        let res = if self.pending.is_empty() {
+            self.ex
+                .journal
+                .append(&self.run_id, &entry, epoch)
+                .await
+                .map(|r| vec![r])
+        } else {
+            let mut batch = std::mem::take(&mut self.pending);
+            batch.push(entry);
+            self.ex
+                .journal
+                .append_all(&self.run_id, &batch, epoch)
+                .await
+        };
+        let recs = res.inspect_err(|e| {
+            if matches!(e, Error::Fenced { .. }) {
+                self.lease.mark_lost();
+            }
+        })?;
+        for rec in &recs {
+            self.state.fold(rec);
+        }
+        Ok(())
+    }
+
+    /// Journal `entry` — a step's outcome — together with the next record instead of on
+    /// its own: one fsync per step instead of two. Safe because nothing acts on a resource
+    /// between an outcome and the next record (every action is preceded by its own
+    /// intent, which carries the outcome with it), and a crash in between is a crash
+    /// during the apply: the step has an intent and no outcome, and is treated as maybe
+    /// applied (step contract, clause 5). Until then the state does not show it:
+    /// [`Run::flush`] before reading the state for a decision.
+    fn defer(&mut self, entry: Entry) {
+        self.pending.push(entry);
+    }
+
+    /// Journal a deferred outcome now.
+    async fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let epoch = self.lease.fence().epoch;
+        let batch = std::mem::take(&mut self.pending);
+        let recs = self
             .ex
             .journal
-            .append(&self.run_id, &entry, self.lease.fence().epoch)
+            .append_all(&self.run_id, &batch, epoch)
             .await
             .inspect_err(|e| {
                 if matches!(e, Error::Fenced { .. }) {
                     self.lease.mark_lost();
                 }
             })?;
-        self.state.fold(&rec);
+        for rec in &recs {
+            self.state.fold(rec);
+        }
         Ok(())
     }
 
@@ -947,12 +999,11 @@ impl<'a> Run<'a> {
             let ms = t.elapsed().as_millis() as u64;
             match res {
                 Ok(receipt) => {
-                    self.append(Entry::Applied {
+                    self.defer(Entry::Applied {
                         step: id.clone(),
                         receipt,
                         duration_ms: ms,
-                    })
-                    .await?;
+                    });
                     self.emit(RunEvent::StepFinished {
                         step: id,
                         action: Action::Apply,
@@ -1092,6 +1143,8 @@ impl<'a> Run<'a> {
     }
 
     async fn begin_rollback(&mut self, reason: String, failed_step: Option<String>) -> Result<()> {
+        // The scope is decided from the state: it must show every applied step.
+        self.flush().await?;
         let plan = self.plan;
         let all: BTreeSet<String> = plan.steps().iter().map(|s| s.id().to_string()).collect();
         let (steps, checkpoints) = match (&failed_step, self.policy.scope) {

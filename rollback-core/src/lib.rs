@@ -32,9 +32,11 @@
 //! ```
 //!
 //! The three traits are [`Checkpoint`], [`Step`] and [`Verifier`]; a [`Plan`] ties them
-//! into a DAG; the [`Executor`] runs it against a [`journal::Journal`]. The [`sim`]
-//! module simulates resources and faults; the `conformance` feature exposes the checks
-//! every adapter runs on its real backend.
+//! into a DAG; the [`Executor`] runs it against a [`journal::Journal`]. The `sim`
+//! feature's [`sim`] module simulates resources and faults; the `conformance` feature
+//! exposes the checks every adapter runs on its real backend. No feature is on by default.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod checkpoint;
 mod context;
@@ -51,9 +53,11 @@ mod step;
 mod verifier;
 
 #[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 
 #[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
 pub use checkpoint::{Checkpoint, Discarded, Proof, Restored, Snapshot};
@@ -67,7 +71,7 @@ pub use executor::{
 pub use journal::TailAssumption;
 pub use lease::Fence;
 pub use plan::{
-    Objectives, Plan, PlanBuilder, PlanError, StepOptions, Trigger, Undo, ROLLBACK_LEAD,
+    Objectives, Plan, PlanBuilder, PlanError, Risk, StepOptions, Trigger, Undo, ROLLBACK_LEAD,
 };
 pub use report::{Outcome, RunReport};
 pub use step::{Effect, Receipt, Reversibility, Step};

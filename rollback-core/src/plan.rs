@@ -163,13 +163,12 @@ pub struct Trigger {
 
 impl Trigger {
     /// A trigger on `verifier`: polled every second, breached by 1 failure in 1 poll.
+    ///
+    /// A shared verifier (`Arc<V>`, `Arc<dyn Verifier>`) or a boxed one is a verifier too,
+    /// so the caller can keep a handle on it.
     pub fn new(verifier: impl Verifier + 'static) -> Self {
-        Self::from_arc(Arc::new(verifier))
-    }
-    /// Same as [`Trigger::new`] for a shared verifier.
-    pub fn from_arc(verifier: Arc<dyn Verifier>) -> Self {
         Trigger {
-            verifier,
+            verifier: Arc::new(verifier),
             every: Duration::from_secs(1),
             window: 1,
             max_failures: 1,
@@ -421,7 +420,7 @@ impl Plan {
     /// no rollback lead. Empty when none applies. Also part of [`Plan::dry_run`].
     ///
     /// ```
-    /// use rollback_core::{Plan, ROLLBACK_LEAD};
+    /// use rollback_core::{Plan, Risk, ROLLBACK_LEAD};
     /// use rollback_core::sim::{KeyEquals, SetKey, SimWorld};
     /// use std::time::Duration;
     ///
@@ -435,84 +434,72 @@ impl Plan {
     ///     .build()?;
     /// // Verified, covered, compensable, with a target and a lead: only the missing soak
     /// // window is left for the review.
-    /// assert_eq!(plan.risks().len(), 1, "{:?}", plan.risks());
-    /// assert!(plan.risks()[0].contains("no soak window"));
+    /// assert_eq!(plan.risks(), vec![Risk::NoSoakTrigger]);
+    /// assert!(plan.risks()[0].to_string().contains("no soak window"));
     /// # Ok::<(), rollback_core::PlanError>(())
     /// ```
-    pub fn risks(&self) -> Vec<String> {
+    pub fn risks(&self) -> Vec<Risk> {
         let covered: BTreeSet<&str> = self.checkpoints.iter().map(|c| c.resource()).collect();
         let mut out = Vec::new();
         for s in &self.steps {
+            let step = s.id().to_string();
             let touches = s.step.touches();
             match s.step.reversibility() {
                 Reversibility::RestoreOnly => {
                     if let Some(Undo::Restore { resources }) = self.undo.get(s.id()) {
-                        let (selective, full): (Vec<&String>, Vec<&String>) =
-                            resources.iter().partition(|r| self.is_selective(r));
+                        let (selective, full): (Vec<String>, Vec<String>) = resources
+                            .iter()
+                            .cloned()
+                            .partition(|r| self.is_selective(r));
                         if !full.is_empty() {
-                            out.push(format!(
-                                "{} is undone only by restoring {}: the application's writes to it since capture are discarded on rollback (RPO > 0)",
-                                s.id(),
-                                list_refs(&full)
-                            ));
+                            out.push(Risk::RestoreDiscardsWrites {
+                                step: step.clone(),
+                                resources: full,
+                            });
                         }
                         if !selective.is_empty() {
-                            out.push(format!(
-                                "{} is undone by the undo log of {}, which keeps the application's writes; rows both wrote are conflicts, resolved by its policy and listed in the report",
-                                s.id(),
-                                list_refs(&selective)
-                            ));
+                            out.push(Risk::UndoLogConflicts {
+                                step: step.clone(),
+                                resources: selective,
+                            });
                         }
                     }
                 }
-                Reversibility::Irreversible => {
-                    if let Some(why) = self.approvals.get(s.id()) {
-                        out.push(format!(
-                            "{} is irreversible and stays applied after a rollback (approved: {why})",
-                            s.id()
-                        ));
-                    } else {
-                        out.push(format!(
-                            "{} is irreversible; only restoring {} undoes it (RPO > 0)",
-                            s.id(),
-                            touches.join(", ")
-                        ));
-                    }
-                }
+                Reversibility::Irreversible => match self.approvals.get(s.id()) {
+                    Some(why) => out.push(Risk::IrreversibleApproved {
+                        step: step.clone(),
+                        approval: why.clone(),
+                    }),
+                    None => out.push(Risk::Irreversible {
+                        step: step.clone(),
+                        resources: touches.clone(),
+                    }),
+                },
                 Reversibility::Compensable => {}
             }
-            let uncovered: Vec<&str> = touches
+            let uncovered: Vec<String> = touches
                 .iter()
-                .map(String::as_str)
-                .filter(|t| !covered.contains(t))
+                .filter(|t| !covered.contains(t.as_str()))
+                .cloned()
                 .collect();
             if !uncovered.is_empty() {
-                out.push(format!(
-                    "{} changes {} with no checkpoint: parity there is not proven after a rollback",
-                    s.id(),
-                    uncovered.join(", ")
-                ));
+                out.push(Risk::NoCheckpoint {
+                    step: step.clone(),
+                    resources: uncovered,
+                });
             }
             if !self.post_step.iter().any(|(id, _)| id == s.id()) && self.finals.is_empty() {
-                out.push(format!(
-                    "{}: no verifier checks it (no post-step or final verifier)",
-                    s.id()
-                ));
+                out.push(Risk::Unverified { step });
             }
         }
         if self.triggers.is_empty() || self.soak.is_zero() {
-            out.push(
-                "no soak window with a health trigger: a regression that shows only under traffic commits"
-                    .into(),
-            );
+            out.push(Risk::NoSoakTrigger);
         }
         if self.objectives.rto_ms.is_none() {
-            out.push(
-                "no RTO target: the report cannot say whether recovery was fast enough".into(),
-            );
+            out.push(Risk::NoRtoTarget);
         }
         if !self.owners.keys().any(|r| r == ROLLBACK_LEAD) {
-            out.push(format!("no {ROLLBACK_LEAD} named (PlanBuilder::owner)"));
+            out.push(Risk::NoRollbackLead);
         }
         out
     }
@@ -699,26 +686,20 @@ impl Plan {
 }
 
 impl PlanBuilder {
-    /// Add a checkpoint of a resource, tagged with `component`.
-    pub fn checkpoint(self, component: &str, cp: impl Checkpoint + 'static) -> Self {
-        self.checkpoint_arc(component, Arc::new(cp))
-    }
-    /// Same as [`PlanBuilder::checkpoint`] for a shared checkpoint.
-    pub fn checkpoint_arc(mut self, component: &str, cp: Arc<dyn Checkpoint>) -> Self {
+    /// Add a checkpoint of a resource, tagged with `component`. A shared checkpoint
+    /// (`Arc<C>`, `Arc<dyn Checkpoint>`) or a boxed one is a checkpoint too.
+    pub fn checkpoint(mut self, component: &str, cp: impl Checkpoint + 'static) -> Self {
         self.checkpoints.push(PlannedCheckpoint {
-            checkpoint: cp,
+            checkpoint: Arc::new(cp),
             component: component.into(),
         });
         self
     }
-    /// Add a step of `component` that runs after the steps `deps`.
-    pub fn step(self, component: &str, step: impl Step + 'static, deps: &[&str]) -> Self {
-        self.step_arc(component, Arc::new(step), deps)
-    }
-    /// Same as [`PlanBuilder::step`] for a shared step.
-    pub fn step_arc(mut self, component: &str, step: Arc<dyn Step>, deps: &[&str]) -> Self {
+    /// Add a step of `component` that runs after the steps `deps`. A shared step
+    /// (`Arc<S>`, `Arc<dyn Step>`) or a boxed one is a step too.
+    pub fn step(mut self, component: &str, step: impl Step + 'static, deps: &[&str]) -> Self {
         self.steps.push(PlannedStep {
-            step,
+            step: Arc::new(step),
             component: component.into(),
             deps: deps.iter().map(|d| d.to_string()).collect(),
             options: StepOptions::default(),
@@ -746,12 +727,8 @@ impl PlanBuilder {
         self
     }
     /// A verifier run after every step is applied; failing it rolls back.
-    pub fn verify_final(self, v: impl Verifier + 'static) -> Self {
-        self.verify_final_arc(Arc::new(v))
-    }
-    /// Same as [`PlanBuilder::verify_final`] for a shared verifier.
-    pub fn verify_final_arc(mut self, v: Arc<dyn Verifier>) -> Self {
-        self.finals.push(v);
+    pub fn verify_final(mut self, v: impl Verifier + 'static) -> Self {
+        self.finals.push(Arc::new(v));
         self
     }
     /// A health trigger polled during the soak window.
@@ -1175,6 +1152,120 @@ pub struct DryStep {
     pub verifiers_after: Vec<String>,
 }
 
+/// Something a go/no-go review should weigh before a plan runs ([`Plan::risks`]).
+/// `Display` gives the sentence the dry run prints; the JSON form is tagged by `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Risk {
+    /// A restore-only step is undone by restoring full snapshots: the application's writes
+    /// to those resources since capture are discarded on rollback (RPO > 0).
+    RestoreDiscardsWrites {
+        /// The step.
+        step: String,
+        /// The resources restored.
+        resources: Vec<String>,
+    },
+    /// A restore-only step is undone by selective undo logs, which keep the application's
+    /// writes; rows both wrote are conflicts resolved by the log's policy.
+    UndoLogConflicts {
+        /// The step.
+        step: String,
+        /// The resources with an undo log.
+        resources: Vec<String>,
+    },
+    /// An approved irreversible step stays applied after a rollback.
+    IrreversibleApproved {
+        /// The step.
+        step: String,
+        /// The approval's reason.
+        approval: String,
+    },
+    /// An irreversible step that only a restore of what it touches undoes (RPO > 0).
+    Irreversible {
+        /// The step.
+        step: String,
+        /// What it touches.
+        resources: Vec<String>,
+    },
+    /// A step changes resources no checkpoint covers: parity there is not proven after a
+    /// rollback.
+    NoCheckpoint {
+        /// The step.
+        step: String,
+        /// The uncovered resources.
+        resources: Vec<String>,
+    },
+    /// No post-step or final verifier checks a step.
+    Unverified {
+        /// The step.
+        step: String,
+    },
+    /// No soak window with a health trigger: a regression that shows only under traffic
+    /// commits.
+    NoSoakTrigger,
+    /// No RTO target: the report cannot say whether recovery was fast enough.
+    NoRtoTarget,
+    /// No rollback lead named ([`PlanBuilder::owner`] with [`ROLLBACK_LEAD`]).
+    NoRollbackLead,
+}
+
+impl Risk {
+    /// The step the risk is about, if it is about one.
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            Risk::RestoreDiscardsWrites { step, .. }
+            | Risk::UndoLogConflicts { step, .. }
+            | Risk::IrreversibleApproved { step, .. }
+            | Risk::Irreversible { step, .. }
+            | Risk::NoCheckpoint { step, .. }
+            | Risk::Unverified { step } => Some(step),
+            Risk::NoSoakTrigger | Risk::NoRtoTarget | Risk::NoRollbackLead => None,
+        }
+    }
+}
+
+impl fmt::Display for Risk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Risk::RestoreDiscardsWrites { step, resources } => write!(
+                f,
+                "{step} is undone only by restoring {}: the application's writes to it since capture are discarded on rollback (RPO > 0)",
+                resources.join(", ")
+            ),
+            Risk::UndoLogConflicts { step, resources } => write!(
+                f,
+                "{step} is undone by the undo log of {}, which keeps the application's writes; rows both wrote are conflicts, resolved by its policy and listed in the report",
+                resources.join(", ")
+            ),
+            Risk::IrreversibleApproved { step, approval } => write!(
+                f,
+                "{step} is irreversible and stays applied after a rollback (approved: {approval})"
+            ),
+            Risk::Irreversible { step, resources } => write!(
+                f,
+                "{step} is irreversible; only restoring {} undoes it (RPO > 0)",
+                resources.join(", ")
+            ),
+            Risk::NoCheckpoint { step, resources } => write!(
+                f,
+                "{step} changes {} with no checkpoint: parity there is not proven after a rollback",
+                resources.join(", ")
+            ),
+            Risk::Unverified { step } => {
+                write!(f, "{step}: no verifier checks it (no post-step or final verifier)")
+            }
+            Risk::NoSoakTrigger => f.write_str(
+                "no soak window with a health trigger: a regression that shows only under traffic commits",
+            ),
+            Risk::NoRtoTarget => {
+                f.write_str("no RTO target: the report cannot say whether recovery was fast enough")
+            }
+            Risk::NoRollbackLead => write!(f, "no {ROLLBACK_LEAD} named (PlanBuilder::owner)"),
+        }
+    }
+}
+
 /// The exact sequence a run would follow and its rollback path. `Display` prints it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DryRun {
@@ -1201,7 +1292,7 @@ pub struct DryRun {
     /// Declared owners (role → who).
     pub owners: BTreeMap<String, String>,
     /// What a go/no-go review should weigh ([`Plan::risks`]).
-    pub risks: Vec<String>,
+    pub risks: Vec<Risk>,
 }
 
 impl fmt::Display for DryRun {
@@ -1265,10 +1356,6 @@ impl fmt::Display for DryRun {
         }
         Ok(())
     }
-}
-
-fn list_refs(v: &[&String]) -> String {
-    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 fn list(v: &[String]) -> String {

@@ -1,5 +1,6 @@
 //! Deterministic, serverless simulation: in-memory resources, steps and verifiers, fault
-//! injection, a crashing journal, and proptest strategies for plans and fault schedules.
+//! injection, a crashing journal, and (feature `proptest`) proptest strategies for plans and
+//! fault schedules.
 //!
 //! The invariant every simulation test asserts: after recovery each resource equals its
 //! baseline or the fully applied target, and the report says which.
@@ -35,6 +36,7 @@ use crate::{
     Step, Verdict, Verifier,
 };
 use async_trait::async_trait;
+#[cfg(feature = "proptest")]
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -334,16 +336,15 @@ impl Checkpoint for SimCheckpoint {
         let size = state.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
         g.snapshots.insert(id.clone(), state);
         ctx.progress(&self.resource, 1, Some(1), "snapshots");
-        Ok(Snapshot {
-            id: id.clone(),
-            resource: self.resource.clone(),
-            kind: "sim.kv".into(),
+        Ok(Snapshot::new(
+            id.clone(),
+            self.resource.clone(),
+            "sim.kv",
             digest,
-            fingerprint: digest,
-            captured_at_ms: crate::now_ms(),
-            size_bytes: Some(size),
-            descriptor: serde_json::json!({ "stored_as": id }),
-        })
+            digest,
+            serde_json::json!({ "stored_as": id }),
+        )
+        .with_size(size))
     }
 
     async fn restore(&self, snapshot: &Snapshot, ctx: &Context) -> Result<Restored> {
@@ -928,6 +929,8 @@ impl FaultSchedule {
 }
 
 /// Random plans: 1–3 resources, 1–8 steps, random acyclic dependencies.
+#[cfg(feature = "proptest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proptest")))]
 pub fn arb_plan() -> impl Strategy<Value = SimPlanSpec> {
     (1u8..=3, 0u8..=3, 1usize..=8).prop_flat_map(|(resources, initial_keys, n)| {
         let steps = (0..n)
@@ -960,6 +963,8 @@ pub fn arb_plan() -> impl Strategy<Value = SimPlanSpec> {
 }
 
 /// Random fault schedules for a plan of `n` steps.
+#[cfg(feature = "proptest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proptest")))]
 pub fn arb_faults(n: usize) -> impl Strategy<Value = FaultSchedule> {
     (
         prop::option::weighted(0.5, 0..n),

@@ -407,7 +407,7 @@ impl rollback_core::journal::Journal for IgnoresEpochs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_journal_suite_reports_every_clause() {
     let good = conformance::journal::check(Arc::new(MemoryJournal::new())).await;
-    assert_eq!(good.clauses.len(), 5, "{good}");
+    assert_eq!(good.clauses.len(), 6, "{good}");
     assert!(
         good.clauses
             .iter()
@@ -416,13 +416,19 @@ async fn the_journal_suite_reports_every_clause() {
     );
 
     let bad = conformance::journal::check(Arc::new(IgnoresEpochs(MemoryJournal::new()))).await;
-    assert_eq!(bad.clauses.len(), 5, "every clause ran: {bad}");
+    assert_eq!(bad.clauses.len(), 6, "every clause ran: {bad}");
     assert_eq!(
         status(&bad, "journal.fenced_appends"),
         ClauseStatus::Failed,
         "{bad}"
     );
     assert!(message(&bad, "journal.fenced_appends").contains("Journal contract 6"));
+    // Its batches go through the same appends: an old epoch's batch is not refused either.
+    assert_eq!(
+        status(&bad, "journal.batched_appends"),
+        ClauseStatus::Failed,
+        "{bad}"
+    );
     assert_eq!(
         status(&bad, "journal.chain_and_reads"),
         ClauseStatus::Passed,

@@ -124,8 +124,8 @@ async fn interrupted_step_resumes_under_the_journaled_policy(
     let before = fp(cp.clone()).await;
     let guard = cp.capture(&ctx).await.unwrap();
     let plan = Plan::builder(format!("plan-{}", uuid()))
-        .checkpoint_arc("subject", cp.clone())
-        .step_arc("subject", step.clone(), &[])
+        .checkpoint("subject", cp.clone())
+        .step("subject", step.clone(), &[])
         .build()
         .unwrap();
     let clean = Executor::with_journal(journal.clone())

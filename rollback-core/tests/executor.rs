@@ -6,7 +6,7 @@ use rollback_core::journal::{FileJournal, Journal, MemoryJournal};
 use rollback_core::report::StepState;
 use rollback_core::sim::{CrashAfter, HealthProbe, KeyEquals, SendMessage, SetKey, SimWorld};
 use rollback_core::{
-    Error, Executor, Outcome, Plan, PlanError, RollbackScope, SnapshotRetention, StepOptions,
+    Error, Executor, Outcome, Plan, PlanError, Risk, RollbackScope, SnapshotRetention, StepOptions,
     Trigger,
 };
 use std::sync::{Arc, Mutex};
@@ -1056,9 +1056,14 @@ async fn recovery_objectives_and_owners_reach_the_dry_run_report_and_notices() {
     assert!(plan
         .risks()
         .iter()
-        .any(|r| r.contains("no verifier checks it")));
-    assert!(plan.risks().iter().any(|r| r.contains("no soak window")));
-    assert!(!plan.risks().iter().any(|r| r.contains("no rollback lead")));
+        .any(|r| matches!(r, Risk::Unverified { .. })));
+    assert!(plan.risks().contains(&Risk::NoSoakTrigger));
+    assert!(!plan.risks().contains(&Risk::NoRollbackLead));
+    // The dry run prints each risk's sentence.
+    assert!(
+        text.contains("no soak window with a health trigger"),
+        "{text}"
+    );
 
     w.faults().fail_apply("first", 1);
     let seen = Seen::default();

@@ -222,16 +222,16 @@ fn journal_bytes(records: &[Record]) -> Vec<u8> {
 }
 
 fn valid_snapshot() -> Snapshot {
-    Snapshot {
-        id: "snap-1".into(),
-        resource: "postgres:public.customers".into(),
-        kind: "pg.table-copy".into(),
-        digest: Digest::of(b"content"),
-        fingerprint: Digest::of(b"fingerprint"),
-        captured_at_ms: 1_700_000_000_000,
-        size_bytes: Some(4096),
-        descriptor: serde_json::json!({ "schema": "rollback_snap", "rows": 12, "tables": ["a"] }),
-    }
+    Snapshot::new(
+        "snap-1",
+        "postgres:public.customers",
+        "pg.table-copy",
+        Digest::of(b"content"),
+        Digest::of(b"fingerprint"),
+        serde_json::json!({ "schema": "rollback_snap", "rows": 12, "tables": ["a"] }),
+    )
+    .with_size(4096)
+    .captured_at(1_700_000_000_000)
 }
 
 /// JSON trees whose keys and values come from the vocabulary of the real formats, so that

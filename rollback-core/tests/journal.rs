@@ -34,16 +34,16 @@ fn entries(n: usize) -> Vec<Entry> {
         },
         Entry::Captured {
             checkpoint: "db".into(),
-            snapshot: Snapshot {
-                id: "snap-1".into(),
-                resource: "db".into(),
-                kind: "test.kv".into(),
-                digest: Digest::of(b"content"),
-                fingerprint: Digest::of(b"fingerprint"),
-                captured_at_ms: 1_700_000_000_000,
-                size_bytes: Some(42),
-                descriptor: serde_json::json!({ "stored_as": "snap-1", "keys": ["a", "b"] }),
-            },
+            snapshot: Snapshot::new(
+                "snap-1",
+                "db",
+                "test.kv",
+                Digest::of(b"content"),
+                Digest::of(b"fingerprint"),
+                serde_json::json!({ "stored_as": "snap-1", "keys": ["a", "b"] }),
+            )
+            .with_size(42)
+            .captured_at(1_700_000_000_000),
             duration_ms: 3,
         },
         Entry::ApplyIntent {

@@ -228,16 +228,14 @@ impl Checkpoint for FileCheckpoint {
                 Ok((kv, true))
             })?;
         let digest = fingerprint_of(&kv);
-        Ok(Snapshot {
-            id: id.clone(),
-            resource: self.resource.clone(),
-            kind: "file.kv".into(),
+        Ok(Snapshot::new(
+            id.clone(),
+            self.resource.clone(),
+            "file.kv",
             digest,
-            fingerprint: digest,
-            captured_at_ms: rollback_core::now_ms(),
-            size_bytes: None,
-            descriptor: serde_json::json!({ "stored_as": id }),
-        })
+            digest,
+            serde_json::json!({ "stored_as": id }),
+        ))
     }
 
     async fn restore(&self, snapshot: &Snapshot, ctx: &Context) -> Result<Restored> {

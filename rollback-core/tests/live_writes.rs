@@ -10,8 +10,8 @@ use rollback_core::journal::{Journal, MemoryJournal};
 use rollback_core::report::StepState;
 use rollback_core::sim::{CrashAfter, SetKey, SimWorld};
 use rollback_core::{
-    Context, Effect, Error, Executor, Outcome, Plan, Receipt, Result, Reversibility, Step, Trigger,
-    Undo, Verdict, Verifier,
+    Context, Effect, Error, Executor, Outcome, Plan, Receipt, Result, Reversibility, Risk, Step,
+    Trigger, Undo, Verdict, Verifier,
 };
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,7 +75,7 @@ fn tier_plan(w: &SimWorld, traffic: Arc<Traffic>) -> Plan {
             &["add-tier"],
         )
         .trigger(
-            Trigger::from_arc(traffic)
+            Trigger::new(traffic)
                 .every(Duration::from_millis(20))
                 .threshold(1, 1),
         )
@@ -219,7 +219,7 @@ async fn a_notice_never_promises_no_data_loss_when_a_restore_will_discard_writes
     let plan = Plan::builder("drop-plan")
         .checkpoint("db", w.checkpoint("db"))
         .step("db", SetKey::delete("drop-plan", &w, "db", "plan"), &[])
-        .trigger(Trigger::from_arc(traffic).every(Duration::from_millis(20)))
+        .trigger(Trigger::new(traffic).every(Duration::from_millis(20)))
         .soak(Duration::from_secs(5))
         .build()
         .unwrap();
@@ -229,10 +229,10 @@ async fn a_notice_never_promises_no_data_loss_when_a_restore_will_discard_writes
             resources: vec!["db".into()]
         })
     );
-    assert!(plan
-        .risks()
-        .iter()
-        .any(|r| r.contains("drop-plan is undone only by restoring db")));
+    assert!(plan.risks().contains(&Risk::RestoreDiscardsWrites {
+        step: "drop-plan".into(),
+        resources: vec!["db".into()]
+    }));
     let notices = Notices::default();
     let report = Executor::new(MemoryJournal::new())
         .notifier(notices.clone())

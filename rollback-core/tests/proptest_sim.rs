@@ -41,11 +41,11 @@ fn rebuild(spec: &SimPlanSpec, world: &SimWorld, probe: Option<HealthProbe>) -> 
     let built = spec.build(world).unwrap();
     let mut b = Plan::builder("sim-plan");
     for c in built.checkpoints() {
-        b = b.checkpoint_arc(&c.component, c.checkpoint.clone());
+        b = b.checkpoint(&c.component, c.checkpoint.clone());
     }
     for s in built.steps() {
         let deps: Vec<&str> = s.deps.iter().map(String::as_str).collect();
-        b = b.step_arc(&s.component, s.step.clone(), &deps);
+        b = b.step(&s.component, s.step.clone(), &deps);
     }
     b = b.default_step_options(
         StepOptions::default()

@@ -222,16 +222,16 @@ impl Checkpoint for FlagCheckpoint {
         };
         let descriptor = serde_json::to_value(&descriptor)
             .map_err(|e| Error::invalid(format!("flag snapshot does not serialize: {e}")))?;
-        Ok(Snapshot {
-            id: uuid::Uuid::new_v4().to_string(),
-            resource: self.resource.clone(),
-            kind: SNAPSHOT_KIND.into(),
+        let size = descriptor.to_string().len() as u64;
+        Ok(Snapshot::new(
+            uuid::Uuid::new_v4().to_string(),
+            self.resource.clone(),
+            SNAPSHOT_KIND,
             digest,
-            fingerprint: digest,
-            captured_at_ms: rollback_core::now_ms(),
-            size_bytes: Some(descriptor.to_string().len() as u64),
+            digest,
             descriptor,
-        })
+        )
+        .with_size(size))
     }
 
     async fn restore(&self, snapshot: &Snapshot, ctx: &Context) -> Result<Restored> {

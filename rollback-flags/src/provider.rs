@@ -74,6 +74,41 @@ pub trait FlagProvider: Send + Sync + fmt::Debug {
     }
 }
 
+/// A shared or boxed provider is a provider: every method forwards (a wrapper that forgot
+/// `get_many` would silently lose its concurrent reads).
+macro_rules! forward_provider {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: FlagProvider + ?Sized> FlagProvider for $ptr {
+            fn kind(&self) -> &str {
+                (**self).kind()
+            }
+            fn scope(&self) -> &str {
+                (**self).scope()
+            }
+            async fn list(&self) -> Result<Vec<String>> {
+                (**self).list().await
+            }
+            async fn get(&self, flag: &str) -> Result<Option<FlagState>> {
+                (**self).get(flag).await
+            }
+            async fn put(&self, flag: &str, state: &FlagState) -> Result<()> {
+                (**self).put(flag, state).await
+            }
+            async fn delete(&self, flag: &str) -> Result<()> {
+                (**self).delete(flag).await
+            }
+            async fn get_many(
+                &self,
+                flags: &[String],
+            ) -> Result<BTreeMap<String, Option<FlagState>>> {
+                (**self).get_many(flags).await
+            }
+        }
+    )*};
+}
+forward_provider!(Arc<T>, Box<T>);
+
 /// The resource id of every flag in `provider`'s scope: `flags:<kind>:<scope>`.
 pub fn scope_resource(provider: &dyn FlagProvider) -> String {
     format!("flags:{}:{}", provider.kind(), provider.scope())

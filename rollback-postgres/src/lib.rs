@@ -126,29 +126,34 @@
 //! hashed in large spans; big tables are hashed by parallel COPY streams over key ranges
 //! of one exported snapshot.
 
-mod backfill;
 mod catalog;
+mod checkpoint;
 mod db;
 mod diff;
 mod error;
+mod fingerprint;
 mod hash;
 mod ident;
 mod journal;
 mod markers;
-mod reconcile;
 mod recovery;
-mod schema;
-mod snapshot;
 mod sqlscan;
-mod step;
-mod tracked;
+mod steps;
+mod triggers;
+
 mod verify;
 
-pub use backfill::{Backfill, BackfillCursor, BackfillReceipt};
 pub use catalog::{
     Change, ColumnModel, ConstraintModel, EnumModel, FunctionModel, IndexModel, PolicyModel,
     PublicationModel, RuleModel, SchemaChange, SchemaModel, SecurityLabelModel, SequenceModel,
     StatisticsModel, TableModel, TriggerModel, ViewModel,
+};
+pub use checkpoint::copy::{
+    RestoreMethod, TableSnapshot, DEFAULT_SNAPSHOT_SCHEMA, TABLE_COPY_KIND,
+};
+pub use checkpoint::schema::{SchemaSnapshot, SCHEMA_KIND};
+pub use checkpoint::undo_log::{
+    ConflictPolicy, LoggedChanges, TableUndoLog, UndoLogParity, UNDO_LOG_KIND,
 };
 pub use db::{Database, DEFAULT_POOL_SIZE, PINNED_SETTINGS, RESET_SESSION_SQL};
 pub use diff::{RangeDiff, TableDiff};
@@ -157,10 +162,9 @@ pub use ident::{quote_ident, quote_literal, Table};
 pub use journal::PgJournal;
 pub use markers::DEFAULT_MARKER_SCHEMA;
 pub use recovery::{RecoveryPoint, RecoveryPointInfo};
-pub use schema::{SchemaSnapshot, SCHEMA_KIND};
-pub use snapshot::{RestoreMethod, TableSnapshot, DEFAULT_SNAPSHOT_SCHEMA, TABLE_COPY_KIND};
-pub use step::{SqlReceipt, SqlStep, TxMode, DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
-pub use tracked::{ConflictPolicy, LoggedChanges, TableUndoLog, UndoLogParity, UNDO_LOG_KIND};
+pub use steps::backfill::{Backfill, BackfillCursor, BackfillReceipt};
+pub use steps::sql::{SqlReceipt, SqlStep, TxMode};
+pub use steps::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 
 /// Attribute the writes of the transaction `client` is in to the run of `ctx`, as this
 /// crate's steps do: a [`TableUndoLog`] records who wrote each change, and its selective

@@ -91,6 +91,156 @@ pub(crate) async fn read<C: GenericClient>(
     }))
 }
 
+/// What a step marker says of its step: being applied outside a transaction, or applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// `up` is running outside a transaction (or failed part-way there).
+    Applying,
+    /// The step is applied.
+    Applied,
+}
+
+impl State {
+    fn as_sql(self) -> &'static str {
+        match self {
+            State::Applying => "'applying'",
+            State::Applied => "'applied'",
+        }
+    }
+}
+
+/// Record the marker of (run, step) with its receipt (JSON text) in `state`; an existing
+/// marker is an error.
+pub(crate) async fn insert<C: GenericClient>(
+    c: &C,
+    schema: &str,
+    run_id: &str,
+    step_id: &str,
+    receipt: &str,
+    state: State,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    c.execute(
+        &format!(
+            "INSERT INTO {}.applied_steps (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, {})",
+            quote_ident(schema),
+            state.as_sql()
+        ),
+        &[&run_id, &step_id, &receipt],
+    )
+    .await
+}
+
+/// As [`insert`], keeping an existing marker as it is.
+pub(crate) async fn insert_if_absent<C: GenericClient>(
+    c: &C,
+    schema: &str,
+    run_id: &str,
+    step_id: &str,
+    receipt: &str,
+    state: State,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    c.execute(
+        &format!(
+            "INSERT INTO {}.applied_steps (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, {}) \
+             ON CONFLICT (run_id, step_id) DO NOTHING",
+            quote_ident(schema),
+            state.as_sql()
+        ),
+        &[&run_id, &step_id, &receipt],
+    )
+    .await
+}
+
+/// Mark (run, step) applied (its `up` ran outside a transaction).
+pub(crate) async fn mark_applied<C: GenericClient>(
+    c: &C,
+    schema: &str,
+    run_id: &str,
+    step_id: &str,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    c.execute(
+        &format!(
+            "UPDATE {}.applied_steps SET state = 'applied', applied_at = now() WHERE run_id = $1 AND step_id = $2",
+            quote_ident(schema)
+        ),
+        &[&run_id, &step_id],
+    )
+    .await
+}
+
+/// Delete the marker of (run, step).
+pub(crate) async fn delete<C: GenericClient>(
+    c: &C,
+    schema: &str,
+    run_id: &str,
+    step_id: &str,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    c.execute(
+        &format!(
+            "DELETE FROM {}.applied_steps WHERE run_id = $1 AND step_id = $2",
+            quote_ident(schema)
+        ),
+        &[&run_id, &step_id],
+    )
+    .await
+}
+
+/// The backfill cursor of (run, step): (next key, rows done).
+pub(crate) async fn progress<C: GenericClient>(
+    c: &C,
+    schema: &str,
+    run_id: &str,
+    step_id: &str,
+) -> std::result::Result<Option<(Option<i64>, i64)>, tokio_postgres::Error> {
+    let row = c
+        .query_opt(
+            &format!(
+                "SELECT next_key, rows_done FROM {}.backfill_progress WHERE run_id = $1 AND step_id = $2",
+                quote_ident(schema)
+            ),
+            &[&run_id, &step_id],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Record the backfill cursor of (run, step).
+pub(crate) async fn record_progress<C: GenericClient>(
+    c: &C,
+    schema: &str,
+    run_id: &str,
+    step_id: &str,
+    next_key: i64,
+    rows_done: i64,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    c.execute(
+        &format!(
+            "INSERT INTO {}.backfill_progress (run_id, step_id, next_key, rows_done, updated_at) VALUES ($1, $2, $3, $4, now()) \
+             ON CONFLICT (run_id, step_id) DO UPDATE SET next_key = EXCLUDED.next_key, rows_done = EXCLUDED.rows_done, updated_at = now()",
+            quote_ident(schema)
+        ),
+        &[&run_id, &step_id, &next_key, &rows_done],
+    )
+    .await
+}
+
+/// Forget the backfill cursor of (run, step).
+pub(crate) async fn clear_progress<C: GenericClient>(
+    c: &C,
+    schema: &str,
+    run_id: &str,
+    step_id: &str,
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    c.execute(
+        &format!(
+            "DELETE FROM {}.backfill_progress WHERE run_id = $1 AND step_id = $2",
+            quote_ident(schema)
+        ),
+        &[&run_id, &step_id],
+    )
+    .await
+}
+
 /// Serialize work on one (run, step) across processes for the rest of the transaction.
 pub(crate) async fn lock_xact<C: GenericClient>(
     c: &C,
@@ -176,7 +326,11 @@ pub(crate) async fn abort_if_idle<C: GenericClient>(c: &C, ctx: &Context) -> Res
 pub(crate) async fn attribute<C: GenericClient>(c: &C, ctx: &Context, local: bool) -> Result<()> {
     c.execute(
         "SELECT pg_catalog.set_config($1, $2, $3)",
-        &[&crate::tracked::WRITER_SETTING, &ctx.run_id(), &local],
+        &[
+            &crate::checkpoint::undo_log::WRITER_SETTING,
+            &ctx.run_id(),
+            &local,
+        ],
     )
     .await
     .ctx("attributing the step's writes to its run")?;

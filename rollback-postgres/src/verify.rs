@@ -1,13 +1,13 @@
 //! Verifiers: row counts, table hashes (bisected), referential integrity, schema, SQL.
 
 use crate::catalog::{self, SchemaModel};
+use crate::checkpoint::copy::table_entry;
+use crate::checkpoint::schema::SchemaSnapshot;
 use crate::db::Database;
 use crate::diff::Differ;
 use crate::error::PgResultExt;
 use crate::hash::{self, Shape};
 use crate::ident::{quote_ident, Table};
-use crate::schema::SchemaSnapshot;
-use crate::snapshot::table_entry;
 use async_trait::async_trait;
 use rollback_core::{Checkpoint, Context, Result, Verdict, Verifier};
 use serde_json::json;

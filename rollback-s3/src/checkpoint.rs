@@ -573,17 +573,15 @@ impl Checkpoint for S3Checkpoint {
             digest = %digest.short(),
             "captured"
         );
-        Ok(Snapshot {
+        Ok(Snapshot::new(
             id,
-            resource: self.resource.clone(),
-            kind: format!("s3.{}", mode.name()),
+            self.resource.clone(),
+            format!("s3.{}", mode.name()),
             digest,
             fingerprint,
-            captured_at_ms: rollback_core::now_ms(),
-            size_bytes: Some(mref.total_bytes),
-            descriptor: serde_json::to_value(&mref)
-                .map_err(|e| Error::invalid(format!("descriptor: {e}")))?,
-        })
+            serde_json::to_value(&mref).map_err(|e| Error::invalid(format!("descriptor: {e}")))?,
+        )
+        .with_size(mref.total_bytes))
     }
 
     async fn restore(&self, snapshot: &Snapshot, ctx: &Context) -> Result<Restored> {

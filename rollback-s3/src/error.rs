@@ -1,5 +1,6 @@
 //! Private S3 errors and their mapping onto [`rollback_core::Error`].
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use rollback_core::Error;
 use std::fmt;
@@ -87,9 +88,47 @@ where
         SdkError::ConstructionFailure(_) => (Class::Construction, None, None),
         SdkError::TimeoutError(_) => (Class::UncertainTransient, None, None),
         SdkError::DispatchFailure(d) => {
-            let endpoint = d
-                .as_connector_error()
-                .is_some_and(|c| unresolvable_endpoint(c));
+            let connector = d.as_connector_error();
+            let endpoint = connector.is_some_and(|c| unresolvable_endpoint(c));
+            if let Some(tls) = connector.and_then(|c| tls_failure(c)) {
+                // The TLS handshake failed: the same certificate fails the same way next
+                // time. Say why, in words an operator can act on.
+                let e = S3OpError {
+                    operation,
+                    target: target.to_string(),
+                    code: None,
+                    status: None,
+                    detail: scrub(&tls, redactions),
+                };
+                return Error::Backend {
+                    backend: "s3",
+                    source: Box::new(e),
+                    maybe_applied: false,
+                };
+            }
+            if let Some(c) = connector.and_then(|c| credentials_failure(c)) {
+                // Identity resolution runs before anything is sent.
+                let e = S3OpError {
+                    operation,
+                    target: target.to_string(),
+                    code: None,
+                    status: None,
+                    detail: scrub(
+                        &format!("no credentials to sign with: {}", DisplayErrorContext(c)),
+                        redactions,
+                    ),
+                };
+                return match c {
+                    CredentialsError::ProviderTimedOut(_) | CredentialsError::ProviderError(_) => {
+                        Error::transient(e.to_string(), false)
+                    }
+                    _ => Error::Backend {
+                        backend: "s3",
+                        source: Box::new(e),
+                        maybe_applied: false,
+                    },
+                };
+            }
             if d.is_user() || endpoint {
                 // Nothing was sent, and sending again cannot help (a malformed endpoint).
                 (Class::Construction, None, None)
@@ -106,7 +145,15 @@ where
         }
         _ => (Class::UncertainTransient, None, None),
     };
-    let detail = scrub(&DisplayErrorContext(&err).to_string(), redactions);
+    let mut detail = scrub(&DisplayErrorContext(&err).to_string(), redactions);
+    if detail.contains("connection closed before message completed") {
+        // What a TLS-only server does with a plain-HTTP request, too.
+        detail.insert_str(
+            0,
+            "the server closed the connection without answering (a dropped connection, \
+             or a plain-HTTP request to an HTTPS-only endpoint: then use https://): ",
+        );
+    }
     let e = S3OpError {
         operation,
         target: target.to_string(),
@@ -147,6 +194,50 @@ fn unresolvable_endpoint(err: &(dyn std::error::Error + 'static)) -> bool {
         cur = e.source();
     }
     false
+}
+
+/// The credential provider's error, when the request failed for want of credentials.
+fn credentials_failure<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a CredentialsError> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            return Some(c);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// When the request failed in the TLS handshake (rustls refused the server's
+/// certificate, or the server does not speak TLS), a sentence saying so.
+fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(match r {
+                rustls::Error::InvalidCertificate(c) => format!(
+                    "TLS handshake failed: the server's certificate was refused ({c:?}); \
+                     check the CA bundle and that the endpoint's host name is one the \
+                     certificate names"
+                ),
+                rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+                    format!(
+                        "TLS handshake failed: the endpoint does not speak TLS ({r}); \
+                         use an http:// endpoint for a plain-HTTP server"
+                    )
+                }
+                other => format!("TLS handshake failed: {other}"),
+            });
+        }
+        // hyper-rustls nests the rustls error inside io::Errors.
+        cur = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as _).or_else(|| e.source()),
+            None => e.source(),
+        };
+    }
+    None
 }
 
 fn classify(code: Option<&str>, status: Option<u16>) -> Class {

@@ -3,7 +3,7 @@
 //! The S3 adapter of [`rollback_core`]: checkpoints of bucket prefixes (versioned or
 //! copy-based, each with a stored, digest-checked manifest), object steps (put, copy or
 //! move a prefix to a new layout, rewrite through a function, delete) and manifest
-//! verifiers, on any S3-compatible API with path-style addressing.
+//! verifiers, on Amazon S3 or any S3-compatible API.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,11 +27,41 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Connecting
+//! [`S3Settings`] builds the [`aws_sdk_s3::Client`] the way the AWS SDK does by
+//! default: HTTPS through rustls with the server's certificate and host name verified,
+//! the standard credential chain (environment, shared config and credentials files and
+//! profiles, web identity, container and instance metadata) and region chain, path-style
+//! addressing for a custom endpoint and virtual-hosted for Amazon S3, and the SDK's
+//! standard retries. Static keys, a custom CA bundle for a private endpoint, a profile and
+//! the addressing style are options. A private endpoint over TLS, credentials from the
+//! chain:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), rollback_core::Error> {
+//! use rollback_s3::{S3Bucket, S3Settings};
+//!
+//! let settings = S3Settings::custom("https://s3.internal.example:8443")
+//!     .ca_bundle_file("/etc/ssl/private-ca.pem")? // trust this CA only
+//!     .resolve_region() // AWS_REGION, the profile's region, instance metadata
+//!     .await;
+//! let bucket = S3Bucket::connect(&settings, "media");
+//! bucket.put("hello.txt", b"over TLS".to_vec()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A client you built yourself (from an `SdkConfig` with `aws_sdk_s3::Client::new`, or
+//! any `aws_sdk_s3::Config`) goes to [`S3Bucket::new`].
+//!
+//! Failures to connect are typed: a certificate refused (unknown CA, a host name the
+//! certificate does not name) or an endpoint that does not speak TLS, missing
+//! credentials, a signature refused (403) and a missing bucket (404) are permanent
+//! [`Error::Backend`](rollback_core::Error::Backend) errors that applied nothing; an
+//! invalid CA bundle is [`Error::Invalid`](rollback_core::Error::Invalid) when the
+//! settings are built.
+//!
 //! ## Pieces
-//! - [`S3Settings`] builds an [`aws_sdk_s3::Client`] for an endpoint with path-style
-//!   addressing, a fixed region, static credentials, plain HTTP and the SDK's standard
-//!   retries (throttling and transient network errors are retried with backoff). Bring
-//!   your own client with [`S3Bucket::new`] (e.g. one with the SDK's default TLS stack).
+//! - [`S3Settings`]: endpoint, TLS, credentials, region, addressing and retries.
 //! - [`S3Bucket`] is the handle everything shares: client, bucket, concurrency, and the
 //!   *store* — where snapshots and step bookkeeping live (`.rollback/` in the bucket by
 //!   default; excluded from every listing and fingerprint of this crate).
@@ -49,6 +79,22 @@
 //! timeout or dropped connection during a write is `Transient` with
 //! `maybe_applied: true`. No error, `Debug` output or log event of this crate carries
 //! credentials (see [`SDK_LOG_FILTER`] for the SDK's own debug logs).
+//!
+//! ## Tested servers and their differences
+//! The whole test suite runs on moto and on Ceph radosgw 16 (a production S3
+//! implementation), in plain HTTP and, for the conformance suite, over verified HTTPS.
+//! What differs between them, and what this crate does about it:
+//! - **Signatures**: moto accepts any key and signature; radosgw checks them and
+//!   answers `403 SignatureDoesNotMatch` / `403 InvalidAccessKeyId`, which this crate
+//!   reports as permanent errors (never retried as transient).
+//! - **Conditional PUT**: radosgw honours `If-None-Match: *` only on unversioned buckets
+//!   and matches `If-Match` only against an unquoted ETag; moto honours both as S3 does.
+//!   This crate sends neither on PUT: its writes are made idempotent by its own
+//!   bookkeeping, and its one conditional request, `CopyObject` with
+//!   `x-amz-copy-source-if-match` (a quoted ETag), behaves the same on both.
+//! - **A plain-HTTP request to radosgw's TLS port** is answered by closing the
+//!   connection: to the client, a dropped connection (transient; the message names the
+//!   likely cause).
 //!
 //! Work is streamed page by page (1000 keys), with at most
 //! [`S3Bucket::concurrency`] requests in flight and batch deletes, so memory stays flat

@@ -1,5 +1,6 @@
 //! S3Checkpoint behaviour on the real S3 server, beyond the conformance suite.
 
+#[macro_use]
 mod common;
 
 use rollback_core::{Checkpoint, Context, Error, Hasher};
@@ -11,6 +12,7 @@ fn ctx() -> Context {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versioned_capture_copies_nothing_and_restore_brings_back_the_exact_versions() {
+    require_server!();
     let counter = RequestCounter::new();
     let b = common::fresh_counted("cp-versions", true, &counter).await;
     common::seed(&b, "data/", 2, 20).await;
@@ -83,6 +85,7 @@ async fn versioned_capture_copies_nothing_and_restore_brings_back_the_exact_vers
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_based_capture_copies_every_object_and_restore_copies_back_only_what_differs() {
+    require_server!();
     let counter = RequestCounter::new();
     let b = common::fresh_counted("cp-copy", false, &counter).await;
     common::seed(&b, "data/", 2, 20).await;
@@ -118,6 +121,7 @@ async fn copy_based_capture_copies_every_object_and_restore_copies_back_only_wha
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_refuses_a_tampered_stored_manifest_and_changes_nothing() {
+    require_server!();
     for versioned in [true, false] {
         let b = common::fresh_bucket("cp-tamper", versioned).await;
         common::seed(&b, "data/", 2, 10).await;
@@ -148,6 +152,7 @@ async fn restore_refuses_a_tampered_stored_manifest_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_refuses_when_a_snapshot_copy_was_altered() {
+    require_server!();
     let b = common::fresh_bucket("cp-copy-altered", false).await;
     common::seed(&b, "data/", 2, 10).await;
     let cp = S3Checkpoint::new(&b, "data/");
@@ -172,6 +177,7 @@ async fn restore_refuses_when_a_snapshot_copy_was_altered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_refuses_when_a_captured_version_was_purged() {
+    require_server!();
     let b = common::fresh_bucket("cp-version-purged", true).await;
     common::seed(&b, "data/", 2, 10).await;
     let key = "data/tenant-000/obj-000000.json";
@@ -198,6 +204,7 @@ async fn restore_refuses_when_a_captured_version_was_purged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_mode_is_refused_on_an_unversioned_bucket() {
+    require_server!();
     let b = common::fresh_bucket("cp-no-versioning", false).await;
     b.put("a", b"a".to_vec()).await.unwrap();
     let cp = S3Checkpoint::new(&b, "").mode(CheckpointMode::Versions);
@@ -210,6 +217,7 @@ async fn versions_mode_is_refused_on_an_unversioned_bucket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_is_stored_in_parts_and_the_snapshot_keeps_only_its_location_and_digest() {
+    require_server!();
     let b = common::fresh_bucket("cp-parts", false).await;
     common::seed(&b, "data/", 5, 250).await;
     let cp = S3Checkpoint::new(&b, "data/")
@@ -265,6 +273,7 @@ async fn manifest_is_stored_in_parts_and_the_snapshot_keeps_only_its_location_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fingerprint_is_blake3_over_key_size_and_etag_and_ignores_the_store() {
+    require_server!();
     let b = common::fresh_bucket("cp-fingerprint", false).await;
     common::seed(&b, "", 3, 15).await;
     let cp = S3Checkpoint::new(&b, "");
@@ -307,6 +316,7 @@ async fn fingerprint_is_blake3_over_key_size_and_etag_and_ignores_the_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discard_removes_the_snapshot_copies_and_manifest() {
+    require_server!();
     let b = common::fresh_bucket("cp-discard", false).await;
     common::seed(&b, "data/", 2, 10).await;
     let cp = S3Checkpoint::new(&b, "data/");
@@ -339,6 +349,7 @@ async fn discard_removes_the_snapshot_copies_and_manifest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restoring_a_prefix_leaves_other_prefixes_alone() {
+    require_server!();
     let b = common::fresh_bucket("cp-prefix-only", true).await;
     common::seed(&b, "v1/", 2, 10).await;
     let cp = S3Checkpoint::new(&b, "v1/");
@@ -354,6 +365,7 @@ async fn restoring_a_prefix_leaves_other_prefixes_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_with_more_work_than_its_buffer_computes_it_again_and_finishes() {
+    require_server!();
     for versioned in [true, false] {
         let b = common::fresh_bucket("cp-two-pass", versioned).await;
         common::seed(&b, "d/", 3, 30).await;
@@ -378,6 +390,7 @@ async fn a_restore_with_more_work_than_its_buffer_computes_it_again_and_finishes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_skip_a_store_holding_more_than_a_page_of_objects() {
+    require_server!();
     for versioned in [true, false] {
         let b = common::fresh_bucket("cp-big-store", versioned)
             .await

@@ -1,6 +1,7 @@
 //! The core conformance suite, against the real S3 server, for every checkpoint mode
 //! and every step, on a versioned and an unversioned bucket.
 
+#[macro_use]
 mod common;
 
 use rollback_core::conformance::{run_all, Subject};
@@ -85,6 +86,7 @@ macro_rules! conformance {
     ($($name:ident: $versioned:expr, $mode:expr, $step:expr;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
+            require_server!();
             conform(stringify!($name), $versioned, $mode, $step).await;
         }
     )*};

@@ -3,6 +3,7 @@
 //! bucket equal to its baseline with a listing and content hashes computed in this file
 //! (plain SDK calls + blake3), independently of the library.
 
+#[macro_use]
 mod common;
 
 use rollback_core::journal::FileJournal;
@@ -80,11 +81,13 @@ async fn fails_midway_and_rolls_back(versioned: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_failing_midway_rolls_back_to_baseline_on_versioned_bucket() {
+    require_server!();
     fails_midway_and_rolls_back(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_failing_midway_rolls_back_to_baseline_on_unversioned_bucket() {
+    require_server!();
     fails_midway_and_rolls_back(false).await;
 }
 
@@ -95,6 +98,7 @@ const CHILD: &str = "ROLLBACK_S3_KILL_CHILD";
 /// Without the variable it returns at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_process_for_kill_test() {
+    require_server!();
     if std::env::var(CHILD).is_err() {
         return;
     }
@@ -143,6 +147,7 @@ async fn count_under(b: &S3Bucket, prefix: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_killed_by_sigkill_is_resumed_and_rolled_back_by_a_fresh_executor() {
+    require_server!();
     let n = objects();
     let b = common::fresh_bucket("relayout-kill", false)
         .await

@@ -2,6 +2,7 @@
 //! S3 server (it answers `503 SlowDown` or hangs up instead of forwarding): retried with
 //! backoff by the SDK, then mapped to `Error::Transient` with `maybe_applied` right.
 
+#[macro_use]
 mod common;
 
 use rollback_core::{Context, Error, Step};
@@ -67,9 +68,13 @@ async fn read_request(c: &mut TcpStream) -> Option<Vec<u8>> {
 
 impl FaultProxy {
     async fn start(fault: Fault, faulty: u64) -> Self {
-        let upstream = common::settings()
+        let settings = common::settings();
+        let endpoint = settings
             .endpoint()
-            .trim_start_matches("http://")
+            .expect("the test server has an endpoint");
+        let upstream = endpoint
+            .strip_prefix("http://")
+            .expect("the fault proxy forwards plain HTTP only")
             .to_string();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -110,8 +115,8 @@ impl FaultProxy {
     }
 
     fn settings(&self, attempts: u32) -> S3Settings {
-        let s = common::settings();
-        S3Settings::new(&self.endpoint, s.region(), "AKIDPROXY", "proxy-secret")
+        common::settings()
+            .with_endpoint(&self.endpoint)
             .max_attempts(attempts)
             .initial_backoff(Duration::from_millis(10))
             .attempt_timeout(Some(Duration::from_secs(5)))
@@ -130,6 +135,7 @@ async fn bucket_behind(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_is_retried_with_backoff_until_it_succeeds() {
+    require_server!();
     let proxy = FaultProxy::start(Fault::SlowDown, 2).await;
     let counter = RequestCounter::new();
     let (direct, b) = bucket_behind(&proxy, 5, &counter).await;
@@ -146,6 +152,7 @@ async fn throttling_is_retried_with_backoff_until_it_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_throttling_becomes_a_transient_error_that_did_not_apply() {
+    require_server!();
     let proxy = FaultProxy::start(Fault::SlowDown, u64::MAX).await;
     let counter = RequestCounter::new();
     let (direct, b) = bucket_behind(&proxy, 3, &counter).await;
@@ -168,6 +175,7 @@ async fn persistent_throttling_becomes_a_transient_error_that_did_not_apply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_is_transient_and_a_write_may_have_applied() {
+    require_server!();
     let proxy = FaultProxy::start(Fault::HangUp, u64::MAX).await;
     let counter = RequestCounter::new();
     let (direct, b) = bucket_behind(&proxy, 2, &counter).await;
@@ -203,6 +211,7 @@ async fn a_dropped_connection_is_transient_and_a_write_may_have_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_rides_through_throttling() {
+    require_server!();
     let proxy = FaultProxy::start(Fault::SlowDown, 3).await;
     let counter = RequestCounter::new();
     let (direct, b) = bucket_behind(&proxy, 5, &counter).await;
@@ -222,6 +231,7 @@ async fn a_step_rides_through_throttling() {
 /// well-formed endpoint that refuses connections stays transient.
 #[tokio::test]
 async fn a_malformed_endpoint_is_a_permanent_error_not_a_transient_one() {
+    require_server!();
     for endpoint in [
         "not a url",
         "127.0.0.1:59000",

@@ -1,6 +1,7 @@
 //! Object steps on the real S3 server: refusals, partial applies undone without a
 //! receipt, conflicts, cancellation at batch boundaries.
 
+#[macro_use]
 mod common;
 
 use rollback_core::events::RunEvent;
@@ -18,6 +19,7 @@ fn run_ctx() -> Context {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_refuses_a_non_empty_destination_and_changes_nothing() {
+    require_server!();
     let b = common::fresh_bucket("move-dest-busy", false).await;
     common::seed(&b, "v1/", 2, 10).await;
     b.put("v2/already-here", b"x".to_vec()).await.unwrap();
@@ -35,6 +37,7 @@ async fn move_refuses_a_non_empty_destination_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_rejects_overlapping_prefixes() {
+    require_server!();
     let b = common::fresh_bucket("move-overlap", false).await;
     let err = MovePrefix::new("mv", &b, "a/", "a/b/")
         .apply(&run_ctx())
@@ -46,6 +49,7 @@ async fn move_rejects_overlapping_prefixes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_revert_without_receipt_undoes_a_partial_apply() {
+    require_server!();
     for versioned in [false, true] {
         let b = common::fresh_bucket("move-partial", versioned).await;
         common::seed(&b, "v1/", 5, 300).await;
@@ -78,6 +82,7 @@ async fn move_revert_without_receipt_undoes_a_partial_apply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_revert_leaves_a_rewritten_source_in_place_and_reports_a_conflict() {
+    require_server!();
     let b = common::fresh_bucket("move-conflict", false).await;
     common::seed(&b, "v1/", 2, 10).await;
     let step = MovePrefix::new("mv", &b, "v1/", "v2/");
@@ -114,6 +119,7 @@ async fn move_revert_leaves_a_rewritten_source_in_place_and_reports_a_conflict()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_prefix_revert_deletes_only_its_copies() {
+    require_server!();
     let b = common::fresh_bucket("copy-revert", false).await;
     common::seed(&b, "v1/", 2, 10).await;
     let before = common::independent_state(b.client(), b.name(), "").await;
@@ -132,6 +138,7 @@ async fn copy_prefix_revert_deletes_only_its_copies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_without_a_covering_checkpoint_is_refused_by_the_plan() {
+    require_server!();
     let b = common::fresh_bucket("delete-guard", false).await;
     let uncovered = Plan::builder("p")
         .step("s3", DeleteObjects::new("rm", &b, "v1/"), &[])
@@ -170,6 +177,7 @@ async fn delete_without_a_covering_checkpoint_is_refused_by_the_plan() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versioned_delete_refuses_an_unversioned_bucket_and_deletes_nothing() {
+    require_server!();
     let b = common::fresh_bucket("delete-not-versioned", false).await;
     common::seed(&b, "v1/", 2, 5).await;
     let err = DeleteObjects::new("rm", &b, "v1/")
@@ -187,6 +195,7 @@ async fn versioned_delete_refuses_an_unversioned_bucket_and_deletes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versioned_delete_revert_makes_the_same_versions_current_again() {
+    require_server!();
     let b = common::fresh_bucket("delete-versioned", true).await;
     common::seed(&b, "v1/", 2, 6).await;
     let mut versions = Vec::new();
@@ -209,6 +218,7 @@ async fn versioned_delete_revert_makes_the_same_versions_current_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_objects_revert_restores_overwritten_content_and_removes_new_keys() {
+    require_server!();
     let b = common::fresh_bucket("put-revert", false).await;
     b.put("cfg/a.json", b"old".to_vec()).await.unwrap();
     let step = PutObjects::new("put", &b)
@@ -228,6 +238,7 @@ async fn put_objects_revert_restores_overwritten_content_and_removes_new_keys() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrite_interrupted_and_applied_again_rewrites_every_object_once() {
+    require_server!();
     let b = common::fresh_bucket("rewrite-once", false).await;
     common::seed(&b, "docs/", 1, 30).await;
     let before = common::independent_state(b.client(), b.name(), "").await;
@@ -270,6 +281,7 @@ async fn rewrite_interrupted_and_applied_again_rewrites_every_object_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_run_stops_the_move_at_a_batch_boundary_and_rolls_back() {
+    require_server!();
     let b = common::fresh_bucket("move-cancel", true).await;
     common::seed(&b, "v1/", 5, 600).await;
     let before = common::independent_state(b.client(), b.name(), "").await;

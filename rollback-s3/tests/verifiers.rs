@@ -1,6 +1,7 @@
 //! Verifiers on the real S3 server: manifest parity (plain, mapped, by content), object
 //! exists / absent, predicates; and verifiers driving a plan's rollback.
 
+#[macro_use]
 mod common;
 
 use rollback_core::journal::MemoryJournal;
@@ -12,6 +13,7 @@ use rollback_s3::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parity_with_the_baseline_passes_then_lists_missing_extra_and_changed_keys() {
+    require_server!();
     let b = common::fresh_bucket("parity", false).await;
     common::seed(&b, "d/", 2, 30).await;
     let cp = S3Checkpoint::new(&b, "d/");
@@ -45,6 +47,7 @@ async fn parity_with_the_baseline_passes_then_lists_missing_extra_and_changed_ke
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parity_by_content_sees_a_same_size_change_and_needs_content_digests() {
+    require_server!();
     let b = common::fresh_bucket("parity-content", true).await;
     common::seed(&b, "d/", 1, 5).await;
     let key = "d/tenant-000/obj-000003.json";
@@ -78,6 +81,7 @@ async fn parity_by_content_sees_a_same_size_change_and_needs_content_digests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parity_refuses_to_judge_against_a_tampered_manifest() {
+    require_server!();
     let b = common::fresh_bucket("parity-tamper", false).await;
     common::seed(&b, "d/", 1, 5).await;
     let snap = S3Checkpoint::new(&b, "d/")
@@ -97,6 +101,7 @@ async fn parity_refuses_to_judge_against_a_tampered_manifest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn object_exists_absent_and_predicates_report_offenders() {
+    require_server!();
     let b = common::fresh_bucket("exists", false).await;
     let etag = b.put("a/one.json", b"{\"ok\":1}".to_vec()).await.unwrap();
     b.put("a/two.json", b"not json".to_vec()).await.unwrap();
@@ -199,6 +204,7 @@ async fn object_exists_absent_and_predicates_report_offenders() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mapped_parity_check_passes_after_the_move_and_a_failing_check_rolls_it_back() {
+    require_server!();
     let b = common::fresh_bucket("parity-plan", true).await;
     common::seed(&b, "v1/", 3, 40).await;
     let before = common::independent_state(b.client(), b.name(), "").await;

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Real servers for the rollback test suite and benchmarks: a throwaway PostgreSQL
-# cluster, a moto S3 server and Unleash 6 (and Prometheus' binary, which the probe tests
+# cluster, a moto S3 server, Ceph radosgw (S3 with signatures, plain and TLS), Unleash 6 (and Prometheus' binary, which the probe tests
 # start themselves). Sourced by scripts/test, scripts/servers-up
 # and scripts/servers-down (and by any benchmark runner that wants the same servers).
 #
@@ -9,6 +9,7 @@
 #   rb_state_init            # makes $RB_STATE (temp dir for data, sockets, logs, state)
 #   rb_start_postgres        # exports ROLLBACK_TEST_PG_URL, ROLLBACK_PG_BIN
 #   rb_start_moto            # exports ROLLBACK_TEST_S3_*
+#   rb_start_radosgw         # Ceph radosgw, plain and TLS: exports ROLLBACK_TEST_RGW_*
 #   rb_start_unleash         # exports ROLLBACK_TEST_UNLEASH_* (needs PostgreSQL first)
 #   rb_ensure_prometheus     # installs Prometheus if missing, exports ROLLBACK_PROMETHEUS_BIN
 #   rb_make_tls              # a throwaway CA and server certificate, exports ROLLBACK_TEST_TLS_DIR
@@ -22,6 +23,7 @@
 #   DATABASE_URL         use this PostgreSQL instead of starting a cluster
 #   PGPORT_TEST          first port tried for PostgreSQL (default 55432)
 #   S3_PORT_TEST         first port tried for moto (default 59000)
+#   RGW_PORT_TEST        first port tried for radosgw (default 59100; TLS on the next free one)
 #   UNLEASH_PORT_TEST    first port tried for Unleash (default 54242)
 #   ROLLBACK_TEST_CACHE  where Unleash is installed (default $XDG_CACHE_HOME/rollback-test
 #                        or ~/.cache/rollback-test)
@@ -371,6 +373,124 @@ rb_start_moto() {
 }
 
 # ---------------------------------------------------------------------------
+# Ceph radosgw (S3): a production S3 implementation that enforces request
+# signatures. One monitor, one OSD on memstore (in memory), and the gateway with a
+# plain and a TLS endpoint (the rb_make_tls certificate, valid for localhost only).
+# ---------------------------------------------------------------------------
+
+rb_ensure_ceph() {
+  local t0
+  command -v radosgw >/dev/null 2>&1 && command -v ceph-mon >/dev/null 2>&1 &&
+    command -v ceph-osd >/dev/null 2>&1 && command -v radosgw-admin >/dev/null 2>&1 && return 0
+  [ "$(id -u)" = 0 ] || { rb_die "Ceph is not installed (run: apt-get install -y --no-install-recommends radosgw ceph-mon ceph-osd ceph-common)"; return 1; }
+  t0=$(rb_now)
+  rb_log "installing Ceph's radosgw, ceph-mon, ceph-osd (Debian packages)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends radosgw ceph-mon ceph-osd ceph-common >&2 ||
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends radosgw ceph-mon ceph-osd ceph-common >&2; } ||
+    { rb_die "apt-get install radosgw ceph-mon ceph-osd ceph-common failed"; return 1; }
+  rb_log "installed Ceph ($(($(rb_now) - t0))s)"
+}
+
+# Starts the cluster and the gateway. Exports ROLLBACK_TEST_RGW_ENDPOINT (plain HTTP),
+# ROLLBACK_TEST_RGW_TLS_ENDPOINT (https://localhost:PORT), ROLLBACK_TEST_RGW_ACCESS_KEY,
+# ROLLBACK_TEST_RGW_SECRET_KEY, ROLLBACK_TEST_RGW_REGION and ROLLBACK_TEST_TLS_DIR.
+# Knob: RGW_PORT_TEST (first port tried, default 59100).
+rb_start_radosgw() {
+  local t0 d conf fsid mon_v2 mon_v1 port tls_port log osd_uuid osd_id pid i tls
+  t0=$(rb_now)
+  rb_ensure_ceph || return 1
+  rb_make_tls || return 1
+  tls=$ROLLBACK_TEST_TLS_DIR
+  d=$RB_STATE/ceph
+  log=$RB_STATE/logs/ceph.log
+  mkdir -p "$d"/{mon.a,osd.0,run,log,rgw}
+  : >"$log"
+  rb_state_set RB_CEPH_DIR "$d"
+  mon_v2=$(rb_free_port 59110) || return 1
+  mon_v1=$(rb_free_port $((mon_v2 + 1))) || return 1
+  port=$(rb_free_port "${RGW_PORT_TEST:-59100}") || return 1
+  tls_port=$(rb_free_port $((port + 1))) || return 1
+  fsid=$(cat /proc/sys/kernel/random/uuid)
+  conf=$d/ceph.conf
+  cat >"$conf" <<CONF
+[global]
+fsid = $fsid
+mon host = [v2:127.0.0.1:$mon_v2,v1:127.0.0.1:$mon_v1]
+public addr = 127.0.0.1
+cluster addr = 127.0.0.1
+ms bind ipv6 = false
+auth cluster required = none
+auth service required = none
+auth client required = none
+auth allow insecure global id reclaim = true
+osd pool default size = 1
+osd pool default min size = 1
+osd pool default pg num = 8
+osd pool default pgp num = 8
+osd pool default pg autoscale mode = off
+mon allow pool size one = true
+mon warn on pool no redundancy = false
+osd crush chooseleaf type = 0
+osd objectstore = memstore
+memstore device bytes = 2147483648
+run dir = $d/run
+admin socket = $d/run/\$name.asok
+log file = $d/log/\$name.log
+keyring = $d/keyring
+[mon.a]
+mon data = $d/mon.a
+[osd.0]
+osd data = $d/osd.0
+[client.rgw.a]
+rgw frontends = beast endpoint=127.0.0.1:$port ssl_endpoint=127.0.0.1:$tls_port ssl_certificate=$tls/server.pem ssl_private_key=$tls/server.key
+rgw data = $d/rgw
+ms mon client mode = crc secure
+CONF
+  {
+    ceph-authtool --create-keyring "$d/keyring" --gen-key -n mon. --cap mon 'allow *' &&
+      ceph-authtool "$d/keyring" --gen-key -n client.admin --cap mon 'allow *' --cap osd 'allow *' &&
+      monmaptool --create --addv a "[v2:127.0.0.1:$mon_v2,v1:127.0.0.1:$mon_v1]" --fsid "$fsid" "$d/monmap" &&
+      ceph-mon -c "$conf" --mkfs -i a --monmap "$d/monmap" --keyring "$d/keyring"
+  } >>"$log" 2>&1 || { rb_tail_log "$log"; rb_die "Ceph monitor set-up failed"; return 1; }
+  pid=$(rb_spawn RB_CEPH_MON_PID "$log" ceph-mon -c "$conf" -i a -f)
+  osd_uuid=$(cat /proc/sys/kernel/random/uuid)
+  osd_id=$(timeout 60 ceph -c "$conf" osd new "$osd_uuid" 2>>"$log") &&
+    ceph-osd -c "$conf" -i "$osd_id" --mkfs --osd-uuid "$osd_uuid" >>"$log" 2>&1 ||
+    { rb_tail_log "$log"; rb_tail_log "$d/log/mon.a.log"; rb_die "Ceph OSD set-up failed (monitor pid $pid)"; return 1; }
+  rb_spawn RB_CEPH_OSD_PID "$log" ceph-osd -c "$conf" -i "$osd_id" -f >/dev/null
+  pid=$(rb_spawn RB_RGW_PID "$log" radosgw -c "$conf" -n client.rgw.a -f)
+  if ! rb_wait_ready "$pid" "$port" "http://127.0.0.1:$port/" any 240 0.25; then # 60 s
+    rb_tail_log "$log"
+    rb_tail_log "$d/log/client.rgw.a.log"
+    rb_die "radosgw did not answer on 127.0.0.1:$port"
+    return 1
+  fi
+  export ROLLBACK_TEST_RGW_ACCESS_KEY=rollback-rgw-access
+  export ROLLBACK_TEST_RGW_SECRET_KEY=rollback-rgw-secret-$(cat /proc/sys/kernel/random/uuid)
+  export ROLLBACK_TEST_RGW_REGION=us-east-1
+  timeout 60 radosgw-admin -c "$conf" user create --uid=rollback-test --display-name=rollback-test \
+    --access-key="$ROLLBACK_TEST_RGW_ACCESS_KEY" --secret-key="$ROLLBACK_TEST_RGW_SECRET_KEY" >>"$log" 2>&1 ||
+    { rb_tail_log "$log"; rb_die "radosgw-admin user create failed"; return 1; }
+  for ((i = 0; i < 40; i++)); do
+    [ "$(curl -s -o /dev/null -m 5 -w '%{http_code}' --cacert "$tls/ca.pem" \
+      --resolve "localhost:$tls_port:127.0.0.1" "https://localhost:$tls_port/" 2>/dev/null)" != 000 ] && break
+    sleep 0.25
+  done
+  [ "$i" -lt 40 ] || { rb_tail_log "$d/log/client.rgw.a.log"; rb_die "radosgw's TLS endpoint does not answer on 127.0.0.1:$tls_port"; return 1; }
+  rb_state_set RB_RGW_PORT "$port"
+  export ROLLBACK_TEST_RGW_ENDPOINT="http://127.0.0.1:$port"
+  export ROLLBACK_TEST_RGW_TLS_ENDPOINT="https://localhost:$tls_port"
+  rb_log "Ceph radosgw $(radosgw --version 2>/dev/null | awk '{print $3}') started on 127.0.0.1:$port and TLS 127.0.0.1:$tls_port (pid $pid, logs $d/log, $(($(rb_now) - t0))s)"
+}
+
+rb_stop_radosgw() {
+  rb_kill "${RB_RGW_PID:-}" radosgw
+  rb_kill "${RB_CEPH_OSD_PID:-}" ceph-osd
+  rb_kill "${RB_CEPH_MON_PID:-}" ceph-mon
+}
+
+# ---------------------------------------------------------------------------
 # Unleash 6
 # ---------------------------------------------------------------------------
 
@@ -505,6 +625,8 @@ RB_EXPORT_VARS=(
   ROLLBACK_TEST_S3_ENDPOINT ROLLBACK_TEST_S3_ACCESS_KEY ROLLBACK_TEST_S3_SECRET_KEY ROLLBACK_TEST_S3_REGION
   ROLLBACK_TEST_UNLEASH_URL ROLLBACK_TEST_UNLEASH_ADMIN_TOKEN ROLLBACK_TEST_UNLEASH_CLIENT_TOKEN
   ROLLBACK_PROMETHEUS_BIN ROLLBACK_TEST_TLS_DIR
+  ROLLBACK_TEST_RGW_ENDPOINT ROLLBACK_TEST_RGW_TLS_ENDPOINT ROLLBACK_TEST_RGW_ACCESS_KEY
+  ROLLBACK_TEST_RGW_SECRET_KEY ROLLBACK_TEST_RGW_REGION
 )
 
 # ---------------------------------------------------------------------------
@@ -543,6 +665,7 @@ rb_start_all() {
   rb_check_dev_null
   rb_start_postgres || return 1
   rb_start_moto || return 1
+  rb_start_radosgw || return 1
   rb_start_unleash || return 1
   rb_ensure_prometheus || return 1
 }
@@ -564,6 +687,7 @@ rb_stop_all() {
     . "$dir/state"
     rb_kill "${RB_UNLEASH_PID:-}" unleash-server.js
     rb_kill "${RB_MOTO_PID:-}" moto.server
+    rb_stop_radosgw
     rb_stop_postgres
   )
   if [ -z "${ROLLBACK_TEST_KEEP_TMP:-}" ]; then

@@ -296,6 +296,54 @@ pub async fn concurrent_appenders(j: Arc<dyn Journal>) {
     );
 }
 
+/// Clauses 2 and 6 for [`Journal::append_all`]: a batch gets consecutive seqs after the
+/// run's last record, in the given order, chained like single appends, and read back as
+/// returned; a batch of an older epoch is refused as [`Error::Fenced`] and writes nothing.
+pub async fn batched_appends(j: &dyn Journal) {
+    let run = unique("batch");
+    let first = j.append(&run, &progress("a", 0), 2).await.expect("append");
+    let batch: Vec<Entry> = (1..4).map(|i| progress("a", i)).collect();
+    let recs = j.append_all(&run, &batch, 2).await.expect("append_all");
+    assert_eq!(
+        recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "Journal contract 2: a batch must take the next consecutive seqs"
+    );
+    assert_eq!(
+        recs.iter().map(|r| r.entry.clone()).collect::<Vec<_>>(),
+        batch,
+        "Journal contract 2: a batch must keep its order"
+    );
+    let read = j.records(&run).await.expect("records");
+    let mut expected = vec![first];
+    expected.extend(recs);
+    assert_eq!(
+        read, expected,
+        "Journal contract 2: records read back differ from what append_all returned"
+    );
+    verify_chain(&run, &read).expect("Journal contract 2: a batch breaks the chain");
+    match j
+        .append_all(&run, &[progress("b", 0), progress("b", 1)], 1)
+        .await
+    {
+        Err(Error::Fenced { .. }) => {}
+        other => panic!(
+            "Journal contract 6: a batch of epoch 1 after epoch 2 was not refused: {other:?}"
+        ),
+    }
+    assert_eq!(
+        j.records(&run).await.expect("records"),
+        read,
+        "Journal contract 6: a refused batch wrote something"
+    );
+    let after = j
+        .append_all(&run, &[progress("c", 0)], 2)
+        .await
+        .expect("append_all of one");
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].seq, 4);
+}
+
 /// Every journal check, each to the end: prints the [`ConformanceReport`] and panics
 /// naming the failed clauses, if any.
 pub async fn run_all(j: Arc<dyn Journal>) {
@@ -309,6 +357,12 @@ pub async fn check(j: Arc<dyn Journal>) -> ConformanceReport {
         "journal.chain_and_reads",
         "Journal 1-3, 7: appends chained by hash with consecutive seqs; reads verify, are stable and write nothing; runs lists the run; a clean run has no lost tail",
         chain_and_reads(j.as_ref()),
+    )
+    .await;
+    run.clause(
+        "journal.batched_appends",
+        "Journal 2, 6 for append_all: a batch takes the next consecutive seqs in order, chained like single appends; a batch of an older epoch is refused with Fenced and writes nothing",
+        batched_appends(j.as_ref()),
     )
     .await;
     run.clause(

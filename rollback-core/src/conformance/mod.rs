@@ -301,8 +301,8 @@ pub async fn interrupted_step_resumes(
     let before = fp(cp.as_ref()).await;
     let guard = cp.capture(&ctx).await.expect("capture failed");
     let plan = Plan::builder(unique("plan"))
-        .checkpoint_arc("subject", cp.clone())
-        .step_arc("subject", step.clone(), &[])
+        .checkpoint("subject", cp.clone())
+        .step("subject", step.clone(), &[])
         .build()
         .expect("plan builds");
 

@@ -271,7 +271,17 @@ fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl Inner {
-    fn append(&self, path: &Path, run_id: &str, entry: &Entry, epoch: u64) -> Result<Record> {
+    /// Appends `entries` (at least one) with one write and one `fdatasync`.
+    fn append(
+        &self,
+        path: &Path,
+        run_id: &str,
+        entries: &[Entry],
+        epoch: u64,
+    ) -> Result<Vec<Record>> {
+        let Some(first) = entries.first() else {
+            return Ok(Vec::new());
+        };
         let mut file = lock_for_write(path)?;
         let len = file.metadata().map_err(JournalError::Io)?.len();
         let cached = self
@@ -288,7 +298,7 @@ impl Inner {
             None => {
                 let parsed = parse(run_id, &read_all(&mut file)?)?;
                 if let Some(w) = unmet_witness(&parsed.records, read_witness(path)?) {
-                    if !matches!(entry, Entry::TailLossResolved { .. }) {
+                    if !matches!(first, Entry::TailLossResolved { .. }) {
                         return Err(JournalError::TailLost {
                             run_id: run_id.to_string(),
                             last_seq: parsed.records.last().map(|r| r.seq),
@@ -352,8 +362,15 @@ impl Inner {
             }
         };
         check_fence(run_id, head.epoch, epoch)?;
-        let rec = Record::seal(run_id, head.next, now_ms(), head.prev, epoch, entry.clone());
-        encode_line(&rec, &mut out)?;
+        let at = now_ms();
+        let mut recs: Vec<Record> = Vec::with_capacity(entries.len());
+        let (mut next, mut prev) = (head.next, head.prev);
+        for entry in entries {
+            let rec = Record::seal(run_id, next, at, prev, epoch, entry.clone());
+            encode_line(&rec, &mut out)?;
+            (next, prev) = (rec.seq + 1, rec.hash);
+            recs.push(rec);
+        }
         file.seek(SeekFrom::Start(head.len))
             .map_err(JournalError::Io)?;
         file.write_all(&out).map_err(JournalError::Io)?;
@@ -367,12 +384,20 @@ impl Inner {
         self.heads.lock().unwrap_or_else(|e| e.into_inner()).insert(
             run_id.to_string(),
             Head {
-                next: rec.seq + 1,
-                prev: rec.hash,
+                next,
+                prev,
                 epoch,
                 len: head.len + out.len() as u64,
             },
         );
+        for (rec, entry) in recs.iter().zip(entries) {
+            self.after_append(path, run_id, rec, entry);
+        }
+        Ok(recs)
+    }
+
+    /// The witness files a durable record calls for.
+    fn after_append(&self, path: &Path, run_id: &str, rec: &Record, entry: &Entry) {
         if matches!(entry, Entry::TailLossResolved { .. }) {
             // The decision is recorded: keep the witness for forensics, out of the way.
             let w = witness_path(path);
@@ -392,7 +417,6 @@ impl Inner {
                 tracing::warn!(run_id, error = %e, "could not write the outcome witness");
             }
         }
-        Ok(rec)
     }
 }
 
@@ -433,7 +457,17 @@ impl Journal for FileJournal {
     async fn append(&self, run_id: &str, entry: &Entry, epoch: u64) -> Result<Record> {
         let path = self.run_path(run_id)?;
         let (run_id, entry) = (run_id.to_string(), entry.clone());
-        self.blocking(move |inner| inner.append(&path, &run_id, &entry, epoch))
+        let mut recs = self
+            .blocking(move |inner| inner.append(&path, &run_id, &[entry], epoch))
+            .await?;
+        recs.pop()
+            .ok_or_else(|| JournalError::Backend("append wrote no record".into()).into())
+    }
+
+    async fn append_all(&self, run_id: &str, entries: &[Entry], epoch: u64) -> Result<Vec<Record>> {
+        let path = self.run_path(run_id)?;
+        let (run_id, entries) = (run_id.to_string(), entries.to_vec());
+        self.blocking(move |inner| inner.append(&path, &run_id, &entries, epoch))
             .await
     }
 

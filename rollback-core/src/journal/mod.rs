@@ -556,6 +556,23 @@ pub trait Journal: Send + Sync {
     /// newer epoch; I/O or backend errors; a concurrent writer.
     async fn append(&self, run_id: &str, entry: &Entry, epoch: u64) -> Result<Record>;
 
+    /// Append several entries in order, as one durable write where the journal can: all of
+    /// them are durable when it returns `Ok` (the executor uses it to write a step's
+    /// outcome together with the next intent — one fsync instead of two — without ever
+    /// acting before its intent is durable). On `Err` any prefix may have been appended,
+    /// exactly as with the same entries appended one by one; records are verified on read
+    /// either way. Default: one [`append`](Journal::append) per entry.
+    ///
+    /// # Errors
+    /// As [`append`](Journal::append).
+    async fn append_all(&self, run_id: &str, entries: &[Entry], epoch: u64) -> Result<Vec<Record>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            out.push(self.append(run_id, e, epoch).await?);
+        }
+        Ok(out)
+    }
+
     /// Every record of `run_id`, verified. Empty when the run does not exist.
     ///
     /// # Errors
@@ -598,6 +615,14 @@ macro_rules! forward_journal {
         impl<T: Journal + ?Sized> Journal for $ptr {
             async fn append(&self, run_id: &str, entry: &Entry, epoch: u64) -> Result<Record> {
                 (**self).append(run_id, entry, epoch).await
+            }
+            async fn append_all(
+                &self,
+                run_id: &str,
+                entries: &[Entry],
+                epoch: u64,
+            ) -> Result<Vec<Record>> {
+                (**self).append_all(run_id, entries, epoch).await
             }
             async fn records(&self, run_id: &str) -> Result<Vec<Record>> {
                 (**self).records(run_id).await

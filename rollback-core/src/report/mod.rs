@@ -125,7 +125,7 @@ pub struct CheckpointReport {
     pub rpo_ms: Option<u64>,
     /// After the run ended: `Some(true)` the snapshot was released, `Some(false)` releasing
     /// it failed (see `discard_error`; it is left in place), `None` it is kept (run
-    /// unfinished, never captured, or [`Executor::retain_snapshots`](crate::Executor::retain_snapshots)).
+    /// unfinished, never captured, or kept by [`Executor::retain_snapshots`](crate::Executor::retain_snapshots)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discarded: Option<bool>,
     /// Why releasing the snapshot failed.

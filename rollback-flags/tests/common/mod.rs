@@ -209,8 +209,8 @@ pub async fn interrupted_resumes(
     let guard = cp.capture(&ctx).await.unwrap();
     let plan_with = |step: Arc<dyn Step>| {
         Plan::builder("flags-interrupted")
-            .checkpoint_arc("flags", cp.clone())
-            .step_arc("flags", step, &[])
+            .checkpoint("flags", cp.clone())
+            .step("flags", step, &[])
             .build()
             .unwrap()
     };

@@ -1,16 +1,100 @@
-//! Shared helpers for the tests: real moto server from `ROLLBACK_TEST_S3_*`, a fresh
+//! Shared helpers for the tests: the real S3 server chosen by
+//! `ROLLBACK_TEST_S3_BACKEND` (`moto`, the default, from `ROLLBACK_TEST_S3_*`;
+//! `radosgw` from `ROLLBACK_TEST_RGW_*`; `radosgw-tls` from
+//! `ROLLBACK_TEST_RGW_TLS_ENDPOINT` with the CA of `ROLLBACK_TEST_TLS_DIR`), a fresh
 //! bucket per test, and a listing + content hash computed without the library.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_macros)]
 
 use rollback_s3::aws_sdk_s3::Client;
 use rollback_s3::{S3Bucket, S3Settings};
 use std::collections::BTreeMap;
 
+/// The S3 implementation the tests talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// moto: checks no signature, accepts any key.
+    Moto,
+    /// Ceph radosgw over plain HTTP: signatures enforced.
+    Radosgw,
+    /// Ceph radosgw over HTTPS, verified against the test CA by host name.
+    RadosgwTls,
+}
+
+/// The backend named by `ROLLBACK_TEST_S3_BACKEND` (default moto).
+pub fn backend() -> Backend {
+    match std::env::var("ROLLBACK_TEST_S3_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("moto") => Backend::Moto,
+        Ok("radosgw") => Backend::Radosgw,
+        Ok("radosgw-tls") => Backend::RadosgwTls,
+        Ok(other) => {
+            panic!("ROLLBACK_TEST_S3_BACKEND={other:?}: expected moto, radosgw or radosgw-tls")
+        }
+    }
+}
+
+/// Settings of the chosen backend, or the name of the variable that is missing.
+pub fn try_settings() -> Result<S3Settings, &'static str> {
+    match backend() {
+        Backend::Moto => {
+            S3Settings::from_env("ROLLBACK_TEST_S3").ok_or("ROLLBACK_TEST_S3_ENDPOINT")
+        }
+        Backend::Radosgw => {
+            S3Settings::from_env("ROLLBACK_TEST_RGW").ok_or("ROLLBACK_TEST_RGW_ENDPOINT")
+        }
+        Backend::RadosgwTls => {
+            let endpoint = std::env::var("ROLLBACK_TEST_RGW_TLS_ENDPOINT")
+                .map_err(|_| "ROLLBACK_TEST_RGW_TLS_ENDPOINT")?;
+            let dir =
+                std::env::var("ROLLBACK_TEST_TLS_DIR").map_err(|_| "ROLLBACK_TEST_TLS_DIR")?;
+            let base =
+                S3Settings::from_env("ROLLBACK_TEST_RGW").ok_or("ROLLBACK_TEST_RGW_ENDPOINT")?;
+            Ok(base
+                .with_endpoint(endpoint)
+                .ca_bundle_file(format!("{dir}/ca.pem"))
+                .expect("the test CA is a valid PEM bundle"))
+        }
+    }
+}
+
+/// Whether the backend's server is configured. When it is not: under `CI=true` this
+/// panics (a missing server is a failure there), else it prints why the test is
+/// skipped and returns false.
+pub fn server_available() -> bool {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_string();
+    match try_settings() {
+        Ok(_) => true,
+        Err(var) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{var} is not set and CI=true: run the tests through `scripts/test`")
+        }
+        Err(var) => {
+            eprintln!(
+                "skipping {test} on {:?}: {var} is not set (run the tests through \
+                 `scripts/test`, or `scripts/test --servers-only` and export what it prints)",
+                backend()
+            );
+            false
+        }
+    }
+}
+
+/// Return from the test (skipped, with the reason printed) unless the backend's server
+/// is configured; see [`server_available`].
+macro_rules! require_server {
+    () => {
+        if !common::server_available() {
+            return;
+        }
+    };
+}
+
 /// Settings of the test server; panics when the environment does not name one.
 pub fn settings() -> S3Settings {
-    S3Settings::from_env("ROLLBACK_TEST_S3").unwrap_or_else(|| {
+    try_settings().unwrap_or_else(|var| {
         panic!(
-            "ROLLBACK_TEST_S3_ENDPOINT is not set: run the tests through `scripts/test` \
+            "{var} is not set: run the tests through `scripts/test` \
              (or `scripts/test --servers-only` and export what it prints)"
         )
     })

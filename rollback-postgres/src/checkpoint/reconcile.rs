@@ -6,6 +6,7 @@ use crate::catalog::{
 };
 use crate::error::{backend_msg, PgResultExt};
 use crate::ident::{quote_ident, quote_literal, Table};
+use crate::triggers::{rule_mode_sql, trigger_mode_sql};
 use rollback_core::Result;
 use std::collections::{BTreeMap, BTreeSet};
 use tokio_postgres::GenericClient;
@@ -30,20 +31,6 @@ fn column_type(c: &ColumnModel) -> String {
         Some(co) => format!("{} COLLATE {}", c.data_type, quote_ident(co)),
         None => c.data_type.clone(),
     }
-}
-
-fn enable_sql(t: &Table, name: &str, mode: &str) -> String {
-    let how = match mode {
-        "R" => "ENABLE REPLICA",
-        "A" => "ENABLE ALWAYS",
-        "D" => "DISABLE",
-        _ => "ENABLE",
-    };
-    format!(
-        "ALTER TABLE {} {how} TRIGGER {}",
-        t.quoted(),
-        quote_ident(name)
-    )
 }
 
 /// The DDL turning `live` into `target` (same table). `empty`: the table is emptied before
@@ -286,7 +273,7 @@ pub(crate) fn plan(
             .find(|x| x.name == tr.name && x.definition == tr.definition)
             .map(|x| x.enabled.as_str());
         if live_state != Some(tr.enabled.as_str()) {
-            r.post.push(enable_sql(t, &tr.name, &tr.enabled));
+            r.post.push(trigger_mode_sql(t, &tr.name, &tr.enabled));
         }
     }
     for s in &target.sequences {
@@ -380,16 +367,6 @@ fn policy_sql(tq: &str, p: &PolicyModel) -> String {
             .map(|e| format!(" WITH CHECK ({e})"))
             .unwrap_or_default(),
     )
-}
-
-fn rule_state_sql(tq: &str, name: &str, mode: &str) -> String {
-    let how = match mode {
-        "R" => "ENABLE REPLICA",
-        "A" => "ENABLE ALWAYS",
-        "D" => "DISABLE",
-        _ => "ENABLE",
-    };
-    format!("ALTER TABLE {tq} {how} RULE {}", quote_ident(name))
 }
 
 /// Everything of `t`'s definition besides its columns' shape, constraints, indexes,
@@ -642,7 +619,7 @@ pub(crate) async fn table_properties<C: GenericClient>(
             sql.push(tr.definition.trim_end_matches(';').to_string());
         }
         if lr.map(|r| r.enabled.as_str()).unwrap_or("O") != tr.enabled {
-            sql.push(rule_state_sql(&tq, &tr.name, &tr.enabled));
+            sql.push(rule_mode_sql(&tq, &tr.name, &tr.enabled));
         }
         if lr.and_then(|r| r.comment.clone()) != tr.comment {
             sql.push(comment_sql(

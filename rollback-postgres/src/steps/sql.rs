@@ -1,5 +1,6 @@
 //! [`SqlStep`]: a migration step of `up` and `down` SQL, applied exactly once per run.
 
+use super::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 use crate::db::Database;
 use crate::error::{Class, PgError, PgResultExt};
 use crate::ident::{quote_ident, Table};
@@ -10,12 +11,6 @@ use rollback_core::{Context, Digest, Effect, Error, Receipt, Result, Reversibili
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::sync::OnceCell;
-
-/// Default `lock_timeout` of a step: a migration waits at most this long for a lock, so it
-/// never queues traffic behind it for longer.
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default `statement_timeout` of a step.
-pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a [`SqlStep`] runs its SQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -448,10 +443,6 @@ impl SqlStep {
             .map(|_| ())
     }
 
-    fn marker_table(&self) -> String {
-        format!("{}.applied_steps", quote_ident(&self.marker_schema))
-    }
-
     /// After a broken connection during COMMIT: did the apply commit?
     async fn committed(&self, ctx: &Context) -> Result<Option<Receipt>> {
         let c = self.db.lib_client().await?;
@@ -503,12 +494,13 @@ impl SqlStep {
         self.check_created(&tx, true).await?;
         let receipt = Receipt::new(&self.receipt(ctx));
         let json = receipt.0.to_string();
-        tx.execute(
-            &format!(
-                "INSERT INTO {} (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, 'applied')",
-                self.marker_table()
-            ),
-            &[&run, &self.id, &json],
+        markers::insert(
+            &tx,
+            &self.marker_schema,
+            run,
+            &self.id,
+            &json,
+            markers::State::Applied,
         )
         .await
         .ctx("writing the step marker")?;
@@ -573,15 +565,9 @@ impl SqlStep {
                 self.check_created(&tx, false).await?;
             }
         }
-        tx.execute(
-            &format!(
-                "DELETE FROM {} WHERE run_id = $1 AND step_id = $2",
-                self.marker_table()
-            ),
-            &[&run, &self.id],
-        )
-        .await
-        .ctx("deleting the step marker")?;
+        markers::delete(&tx, &self.marker_schema, run, &self.id)
+            .await
+            .ctx("deleting the step marker")?;
         tx.commit().await.ctx("committing revert")
     }
 
@@ -612,13 +598,13 @@ impl SqlStep {
         }
         let receipt = Receipt::new(&self.receipt(ctx));
         let json = receipt.0.to_string();
-        c.execute(
-            &format!(
-                "INSERT INTO {} (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, 'applying') \
-                 ON CONFLICT (run_id, step_id) DO NOTHING",
-                self.marker_table()
-            ),
-            &[&run, &self.id, &json],
+        markers::insert_if_absent(
+            c,
+            &self.marker_schema,
+            run,
+            &self.id,
+            &json,
+            markers::State::Applying,
         )
         .await
         .ctx("writing the step marker")?;
@@ -629,15 +615,9 @@ impl SqlStep {
         self.check_created(c, true)
             .await
             .map_err(|e| Error::backend("postgres", e))?;
-        c.execute(
-            &format!(
-                "UPDATE {} SET state = 'applied', applied_at = now() WHERE run_id = $1 AND step_id = $2",
-                self.marker_table()
-            ),
-            &[&run, &self.id],
-        )
-        .await
-        .map_err(|e| PgError::new("marking the step applied", &e).into_core(true))?;
+        markers::mark_applied(c, &self.marker_schema, run, &self.id)
+            .await
+            .map_err(|e| PgError::new("marking the step applied", &e).into_core(true))?;
         Ok(receipt)
     }
 
@@ -662,15 +642,9 @@ impl SqlStep {
                 self.check_created(c, false).await?;
             }
         }
-        c.execute(
-            &format!(
-                "DELETE FROM {} WHERE run_id = $1 AND step_id = $2",
-                self.marker_table()
-            ),
-            &[&run, &self.id],
-        )
-        .await
-        .ctx("deleting the step marker")?;
+        markers::delete(c, &self.marker_schema, run, &self.id)
+            .await
+            .ctx("deleting the step marker")?;
         Ok(())
     }
 
@@ -773,7 +747,7 @@ impl Session {
             let _ = o
                 .batch_execute(&format!(
                     "RESET lock_timeout; RESET statement_timeout; RESET \"{}\"",
-                    crate::tracked::WRITER_SETTING.replace('.', "\".\"")
+                    crate::checkpoint::undo_log::WRITER_SETTING.replace('.', "\".\"")
                 ))
                 .await;
         }

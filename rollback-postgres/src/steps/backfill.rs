@@ -1,11 +1,11 @@
 //! [`Backfill`]: a batched, throttled, resumable `UPDATE` by primary-key ranges.
 
+use super::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 use crate::db::Database;
 use crate::error::{Class, PgError, PgResultExt};
 use crate::ident::{quote_ident, Table};
 use crate::markers::{self, DEFAULT_MARKER_SCHEMA};
 use crate::sqlscan;
-use crate::step::{DEFAULT_LOCK_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 use async_trait::async_trait;
 use rollback_core::{Context, Effect, Error, Receipt, Result, Reversibility, Step};
 use serde::{Deserialize, Serialize};
@@ -295,31 +295,15 @@ impl Backfill {
         tx.rollback().await.ctx("ending the backfill check")
     }
 
-    fn progress_table(&self) -> String {
-        format!("{}.backfill_progress", quote_ident(&self.marker_schema))
-    }
-
-    fn marker_table(&self) -> String {
-        format!("{}.applied_steps", quote_ident(&self.marker_schema))
-    }
-
     async fn recorded(&self, run: &str) -> Result<Option<BackfillCursor>> {
         let c = self.db.lib_client().await?;
-        let row = c
-            .query_opt(
-                &format!(
-                    "SELECT next_key, rows_done FROM {} WHERE run_id = $1 AND step_id = $2",
-                    self.progress_table()
-                ),
-                &[&run, &self.id],
-            )
+        let row = markers::progress(&**c, &self.marker_schema, run, &self.id)
             .await
             .ctx("reading backfill progress")?;
-        Ok(row.and_then(|r| {
-            let next: Option<i64> = r.get(0);
+        Ok(row.and_then(|(next, rows)| {
             next.map(|next| BackfillCursor {
                 next,
-                rows: r.get::<_, i64>(1).max(0) as u64,
+                rows: rows.max(0) as u64,
             })
         }))
     }
@@ -391,16 +375,9 @@ impl Backfill {
             .map_err(|e| PgError::new("setting the library's search path", &e))?;
         let next = hi.saturating_add(1);
         let total = rows + n;
-        tx.execute(
-            &format!(
-                "INSERT INTO {} (run_id, step_id, next_key, rows_done, updated_at) VALUES ($1, $2, $3, $4, now()) \
-                 ON CONFLICT (run_id, step_id) DO UPDATE SET next_key = EXCLUDED.next_key, rows_done = EXCLUDED.rows_done, updated_at = now()",
-                self.progress_table()
-            ),
-            &[&run, &self.id, &next, &(total as i64)],
-        )
-        .await
-        .map_err(|e| PgError::new("recording backfill progress", &e))?;
+        markers::record_progress(&tx, &self.marker_schema, run, &self.id, next, total as i64)
+            .await
+            .map_err(|e| PgError::new("recording backfill progress", &e))?;
         tx.commit()
             .await
             .map_err(|e| PgError::new("committing batch", &e))?;
@@ -589,13 +566,13 @@ impl Step for Backfill {
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("finishing backfill")?;
         markers::fence(&tx, &self.marker_schema, ctx).await?;
-        tx.execute(
-            &format!(
-                "INSERT INTO {} (run_id, step_id, receipt, state) VALUES ($1, $2, $3::text::jsonb, 'applied') \
-                 ON CONFLICT (run_id, step_id) DO NOTHING",
-                self.marker_table()
-            ),
-            &[&run, &self.id, &json],
+        markers::insert_if_absent(
+            &tx,
+            &self.marker_schema,
+            run,
+            &self.id,
+            &json,
+            markers::State::Applied,
         )
         .await
         .ctx("writing the step marker")?;
@@ -614,24 +591,12 @@ impl Step for Backfill {
         // The rows are the checkpoint's to restore; this forgets the run's bookkeeping, and
         // raises the fence so a paused older runner's next batch cannot commit.
         markers::fence(&c, &self.marker_schema, ctx).await?;
-        c.execute(
-            &format!(
-                "DELETE FROM {} WHERE run_id = $1 AND step_id = $2",
-                self.progress_table()
-            ),
-            &[&ctx.run_id(), &self.id],
-        )
-        .await
-        .ctx("clearing backfill progress")?;
-        c.execute(
-            &format!(
-                "DELETE FROM {} WHERE run_id = $1 AND step_id = $2",
-                self.marker_table()
-            ),
-            &[&ctx.run_id(), &self.id],
-        )
-        .await
-        .ctx("clearing the step marker")?;
+        markers::clear_progress(&c, &self.marker_schema, ctx.run_id(), &self.id)
+            .await
+            .ctx("clearing backfill progress")?;
+        markers::delete(&c, &self.marker_schema, ctx.run_id(), &self.id)
+            .await
+            .ctx("clearing the step marker")?;
         c.commit().await.ctx("committing backfill revert")
     }
 }

@@ -1,0 +1,160 @@
+//! How many durable writes a run costs. Each journal write is one `fdatasync` in the file
+//! journal, so the count is the run's disk latency: a step's outcome goes out with the next
+//! step's intent in one write, never after the next action.
+
+use async_trait::async_trait;
+use rollback_core::journal::{Entry, FileJournal, Journal, Lease, LostTail, Record};
+use rollback_core::sim::{SetKey, SimWorld};
+use rollback_core::{CancellationToken, Executor, Outcome, Plan, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A journal that counts its durable writes and remembers each write's entries.
+struct Counting {
+    inner: FileJournal,
+    writes: AtomicUsize,
+    batches: Mutex<Vec<Vec<String>>>,
+}
+
+#[async_trait]
+impl Journal for Counting {
+    async fn append(&self, run_id: &str, entry: &Entry, epoch: u64) -> Result<Record> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.batches.lock().unwrap().push(vec![entry.kind().into()]);
+        self.inner.append(run_id, entry, epoch).await
+    }
+    async fn append_all(&self, run_id: &str, entries: &[Entry], epoch: u64) -> Result<Vec<Record>> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.batches
+            .lock()
+            .unwrap()
+            .push(entries.iter().map(|e| e.kind().to_string()).collect());
+        self.inner.append_all(run_id, entries, epoch).await
+    }
+    async fn records(&self, run_id: &str) -> Result<Vec<Record>> {
+        self.inner.records(run_id).await
+    }
+    async fn runs(&self) -> Result<Vec<String>> {
+        self.inner.runs().await
+    }
+    async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Lease> {
+        self.inner.acquire_lease(key, holder, ttl).await
+    }
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<()> {
+        self.inner.release_lease(key, holder).await
+    }
+    async fn lost_tail(&self, run_id: &str) -> Result<Option<LostTail>> {
+        self.inner.lost_tail(run_id).await
+    }
+}
+
+fn chain(w: &SimWorld, n: usize) -> Plan {
+    let mut b = Plan::builder("durable-writes").checkpoint("db", w.checkpoint("db"));
+    for i in 0..n {
+        let id = format!("s{i}");
+        let prev = format!("s{}", i.wrapping_sub(1));
+        let deps: Vec<&str> = if i == 0 { vec![] } else { vec![prev.as_str()] };
+        b = b.step(
+            "db",
+            SetKey::new(&id, w, "db", &format!("k{i}"), "v"),
+            &deps,
+        );
+    }
+    b.build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_costs_one_durable_write_and_its_intent_is_durable_before_it_acts() {
+    const STEPS: usize = 40;
+    let w = SimWorld::new();
+    let plan = chain(&w, STEPS);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(Counting {
+        inner: FileJournal::open(dir.path()).unwrap(),
+        writes: AtomicUsize::new(0),
+        batches: Mutex::new(Vec::new()),
+    });
+    let report = Executor::new(journal.clone())
+        .run_as(&plan, "r", CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Committed);
+
+    let writes = journal.writes.load(Ordering::SeqCst);
+    let records = journal.records("r").await.unwrap();
+    // Before outcomes rode with the next intent, every step took two writes (intent,
+    // outcome): 2 × 40 + the run's own records.
+    let per_step = writes as f64 / STEPS as f64;
+    eprintln!(
+        "{writes} durable writes for {STEPS} steps ({} records): {per_step:.2} per step",
+        records.len()
+    );
+    assert!(
+        per_step <= 1.2,
+        "{writes} durable writes for {STEPS} steps ({} records): {per_step:.2} per step",
+        records.len()
+    );
+    // Every step's outcome is journaled, in order, right before the next intent.
+    let applied = records
+        .iter()
+        .filter(|r| matches!(r.entry, Entry::Applied { .. }))
+        .count();
+    assert_eq!(applied, STEPS);
+    let batches = journal.batches.lock().unwrap();
+    for b in batches.iter().filter(|b| b.len() > 1) {
+        assert_eq!(b.len(), 2, "{b:?}");
+        assert_eq!(b[0], "applied", "only an outcome is deferred: {b:?}");
+    }
+    // The intent of each step is in a write made before that step's outcome was known:
+    // no write holds a step's intent together with its own outcome.
+    for b in batches.iter() {
+        assert!(
+            !(b.first().map(String::as_str) == Some("apply_intent")
+                && b.get(1).map(String::as_str) == Some("applied")),
+            "{b:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_step_still_journals_the_deferred_outcome_before_rolling_back() {
+    let w = SimWorld::new();
+    w.set("db", "k0", "old");
+    let plan = Plan::builder("deferred-then-fail")
+        .checkpoint("db", w.checkpoint("db"))
+        .step("db", SetKey::new("s0", &w, "db", "k0", "new"), &[])
+        .step("db", SetKey::new("s1", &w, "db", "k1", "new"), &["s0"])
+        .build()
+        .unwrap();
+    w.faults().fail_apply("s1", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = FileJournal::open(dir.path()).unwrap();
+    let report = Executor::new(journal.clone())
+        .run_as(&plan, "r", CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack);
+    assert_eq!(
+        w.resource_state("db").get("k0").map(String::as_str),
+        Some("old")
+    );
+    let kinds: Vec<&str> = journal
+        .records("r")
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.entry.kind())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect();
+    let applied = kinds
+        .iter()
+        .position(|k| *k == "applied")
+        .expect("s0's outcome");
+    let started = kinds
+        .iter()
+        .position(|k| *k == "rollback_started")
+        .expect("rollback");
+    assert!(applied < started, "{kinds:?}");
+}

@@ -1,0 +1,313 @@
+//! Hashing a big table in parallel: split keys chosen from a sample of the key, each key
+//! range hashed by a binary COPY on its own session in one exported snapshot, and the
+//! parts stitched into the same root a single pass gives.
+
+use super::copy::CopyParser;
+use super::{hash_relation, RowHasher, Shape, LEAF_ROWS, ROOT_DOMAIN};
+use crate::error::{backend_msg, PgResultExt};
+use crate::ident::quote_ident;
+use futures::{pin_mut, StreamExt};
+use rollback_core::{Digest, Result};
+use tokio_postgres::Client;
+
+/// Rows from which a relation is hashed in parallel parts.
+pub(crate) const PARALLEL_MIN_ROWS: u64 = 200_000;
+
+/// Where a parallel hash splits a relation: the first key of a part, as typed SQL literals
+/// of the key columns (the key need not exist as a row), and, when known, how many rows
+/// come before it.
+#[derive(Debug, Clone)]
+pub(crate) struct Split {
+    /// One `'…'::type` literal per key column.
+    pub lits: Vec<String>,
+    /// Rows with a smaller key (`None`: counted by the part's session before it hashes).
+    pub rank: Option<u64>,
+}
+
+/// One key range hashed on its own: its first `head_rows` rows set aside as bytes (they end
+/// the previous part's last leaf), then whole leaves, then a partial leaf.
+struct PartHash {
+    head: Vec<u8>,
+    head_rows: u64,
+    leaves: Vec<[u8; 32]>,
+    tail: blake3::Hasher,
+    tail_rows: u64,
+    rows: u64,
+}
+
+/// `lo <= key < hi`; a split with fewer literals than key columns bounds a key prefix (in
+/// key order, every row below the prefix comes before every row at or above it).
+fn range_sql(shape: &Shape, lo: Option<&Split>, hi: Option<&Split>) -> String {
+    let side = |s: &Split, op: &str| {
+        let n = s.lits.len().min(shape.key.len()).max(1);
+        let cols: Vec<String> = shape.key[..n]
+            .iter()
+            .map(|k| format!("t.{}", quote_ident(k)))
+            .collect();
+        if n == 1 {
+            format!("{} {op} {}", cols[0], s.lits[0])
+        } else {
+            format!(
+                "ROW({}) {op} ROW({})",
+                cols.join(", "),
+                s.lits[..n].join(", ")
+            )
+        }
+    };
+    match (lo, hi) {
+        (Some(a), Some(b)) => format!("{} AND {}", side(a, ">="), side(b, "<")),
+        (Some(a), None) => side(a, ">="),
+        (None, Some(b)) => side(b, "<"),
+        (None, None) => "TRUE".into(),
+    }
+}
+
+/// A typed SQL literal.
+fn typed_literal(text: &str, ty: &str) -> String {
+    format!("{}::{ty}", crate::ident::quote_literal(text))
+}
+
+/// Split keys for hashing a table of about `estimate` rows in `parts` parallel parts,
+/// found without reading the table: for a single integer key, evenly spaced values between
+/// its minimum and maximum (two index probes; when the key range matches the row estimate
+/// the keys are taken as dense, which gives each split's rank); otherwise the leading key
+/// column's `pg_stats` histogram bounds (ranks counted by the parts); without statistics,
+/// the key at row offsets `estimate / parts`… found by walking the key order.
+/// `(schema, name)` names the table for `pg_stats` (`None`: statistics are not used);
+/// `key_types` are the key columns' types.
+pub(crate) async fn choose_splits(
+    c: &Client,
+    table: Option<(&str, &str)>,
+    shape: &Shape,
+    key_types: &[String],
+    estimate: u64,
+    parts: usize,
+) -> Result<Vec<Split>> {
+    let parts = parts as u64;
+    if parts < 2 || shape.key.is_empty() || estimate < PARALLEL_MIN_ROWS {
+        return Ok(Vec::new());
+    }
+    let k0 = format!("t.{}", quote_ident(&shape.key[0]));
+    let ty0 = key_types.first().map(String::as_str).unwrap_or("text");
+    if shape.key.len() == 1 && matches!(ty0, "smallint" | "integer" | "bigint") {
+        let row = c
+            .query_one(
+                &format!(
+                    "SELECT (SELECT min({k0}) FROM {rel} t)::bigint, (SELECT max({k0}) FROM {rel} t)::bigint",
+                    rel = shape.rel
+                ),
+                &[],
+            )
+            .await
+            .ctx("reading key bounds")?;
+        let (Some(lo), Some(hi)): (Option<i64>, Option<i64>) = (row.get(0), row.get(1)) else {
+            return Ok(Vec::new());
+        };
+        let span = (hi as i128 - lo as i128 + 1) as u128;
+        let est = estimate as u128;
+        let dense = span >= est - est / 50 && span <= est + est / 50;
+        let mut out = Vec::new();
+        for i in 1..parts as u128 {
+            let mut off = span * i / parts as u128;
+            if dense {
+                off -= off % LEAF_ROWS as u128;
+            }
+            if off == 0 || off >= span {
+                continue;
+            }
+            let v = lo as i128 + off as i128;
+            out.push(Split {
+                lits: vec![typed_literal(&v.to_string(), ty0)],
+                rank: dense.then_some(off as u64),
+            });
+        }
+        out.dedup_by(|a, b| a.lits == b.lits);
+        return Ok(out);
+    }
+    let bounds: Option<Vec<String>> = match table {
+        Some((schema, name)) => c
+            .query_opt(
+                "SELECT histogram_bounds::text::text[] FROM pg_catalog.pg_stats \
+                 WHERE schemaname = $1 AND tablename = $2 AND attname = $3 AND histogram_bounds IS NOT NULL",
+                &[&schema, &name, &shape.key[0]],
+            )
+            .await
+            .ctx("reading key statistics")?
+            .and_then(|r| r.get(0)),
+        None => None,
+    };
+    if let Some(b) = bounds.filter(|b| b.len() >= 3) {
+        let mut out: Vec<Split> = (1..parts)
+            .map(|i| Split {
+                lits: vec![typed_literal(
+                    &b[(b.len() as u64 * i / parts) as usize],
+                    ty0,
+                )],
+                rank: None,
+            })
+            .collect();
+        out.dedup_by(|a, b| a.lits == b.lits);
+        return Ok(out);
+    }
+    // No statistics: walk the key order to the split rows (exact ranks).
+    let key_text: Vec<String> = shape
+        .key
+        .iter()
+        .map(|k| format!("t.{}::text", quote_ident(k)))
+        .collect();
+    let per = (estimate / parts / LEAF_ROWS) * LEAF_ROWS;
+    let mut out = Vec::new();
+    for i in 1..parts {
+        if per == 0 {
+            break;
+        }
+        let row = c
+            .query_opt(
+                &format!(
+                    "SELECT {} FROM {} t ORDER BY {} OFFSET $1 LIMIT 1",
+                    key_text.join(", "),
+                    shape.rel,
+                    shape.order_by("t")
+                ),
+                &[&((i * per) as i64)],
+            )
+            .await
+            .ctx("finding split keys")?;
+        let Some(row) = row else { break };
+        let lits = (0..shape.key.len())
+            .map(|j| {
+                typed_literal(
+                    &row.get::<_, String>(j),
+                    key_types.get(j).map(String::as_str).unwrap_or("text"),
+                )
+            })
+            .collect();
+        out.push(Split {
+            lits,
+            rank: Some(i * per),
+        });
+    }
+    Ok(out)
+}
+
+/// Rows set aside at the start of a part whose first row has `rank` rows before it.
+fn head_for(rank: u64) -> u64 {
+    (LEAF_ROWS - rank % LEAF_ROWS) % LEAF_ROWS
+}
+
+async fn hash_part(c: &Client, shape: &Shape, pred: &str, head: u64) -> Result<PartHash> {
+    let sql = format!(
+        "COPY (SELECT {} FROM {} t WHERE {pred} ORDER BY {}) TO STDOUT (FORMAT binary)",
+        shape.select_list("t"),
+        shape.rel,
+        shape.order_by("t")
+    );
+    let mut parser = CopyParser::new(u64::MAX, Vec::new());
+    parser.h = RowHasher::recording();
+    parser.head_left = head;
+    let stream = c.copy_out(sql.as_str()).await.ctx("hashing table (COPY)")?;
+    pin_mut!(stream);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.ctx("hashing table (COPY stream)")?;
+        parser.feed(&chunk)?;
+    }
+    parser.flush()?;
+    if !parser.done {
+        return Err(backend_msg("COPY stream ended without its trailer"));
+    }
+    Ok(PartHash {
+        head: std::mem::take(&mut parser.head),
+        head_rows: parser.head_rows,
+        leaves: parser.h.leaves.take().unwrap_or_default(),
+        tail: parser.h.leaf.clone(),
+        tail_rows: parser.h.leaf_rows,
+        rows: parser.head_rows + parser.h.rows,
+    })
+}
+
+/// The root of a relation hashed as key ranges in parallel, one binary COPY per client
+/// (`splits.len() + 1` parts, at most `clients.len()`); every client must see the same rows
+/// (one exported snapshot, or the relation locked against writes). The root is exactly that
+/// of a single pass whatever the splits: a part starting in the middle of a leaf sets its
+/// first rows aside and they complete the previous part's last leaf. A part's offset within
+/// its leaf comes from its split's rank; when the rank is unknown the part's session counts
+/// the rows before the split first, and when a rank proves wrong (the previous parts hold
+/// another number of rows) the part is hashed again with the right offset — slower, never a
+/// different root.
+pub(crate) async fn hash_relation_split(
+    clients: &[&Client],
+    shape: &Shape,
+    mut splits: Vec<Split>,
+) -> Result<Digest> {
+    splits.truncate(clients.len().saturating_sub(1));
+    if splits.is_empty() || shape.key.is_empty() {
+        return Ok(hash_relation(clients[0], shape, u64::MAX).await?.root);
+    }
+    let preds: Vec<String> = (0..=splits.len())
+        .map(|i| range_sql(shape, i.checked_sub(1).map(|j| &splits[j]), splits.get(i)))
+        .collect();
+    let jobs = preds.iter().enumerate().map(|(i, pred)| {
+        let c = clients[i];
+        let split = i.checked_sub(1).map(|j| &splits[j]);
+        async move {
+            let rank = match split {
+                None => 0,
+                Some(Split { rank: Some(r), .. }) => *r,
+                Some(s) => {
+                    let n: i64 = c
+                        .query_one(
+                            &format!(
+                                "SELECT count(*) FROM {} t WHERE {}",
+                                shape.rel,
+                                range_sql(shape, None, Some(s))
+                            ),
+                            &[],
+                        )
+                        .await
+                        .ctx("counting rows before a split key")?
+                        .get(0);
+                    n.max(0) as u64
+                }
+            };
+            hash_part(c, shape, pred, head_for(rank)).await
+        }
+    });
+    let parts = futures::future::try_join_all(jobs).await?;
+    let mut root = blake3::Hasher::new();
+    root.update(ROOT_DOMAIN);
+    let mut cur = blake3::Hasher::new();
+    let mut cur_rows = 0u64;
+    let mut rows = 0u64;
+    for (i, mut part) in parts.into_iter().enumerate() {
+        if cur_rows == LEAF_ROWS {
+            root.update(cur.finalize().as_bytes());
+            cur.reset();
+            cur_rows = 0;
+        }
+        let head = head_for(cur_rows);
+        let aligned =
+            part.head_rows == head || (part.head_rows < head && part.rows == part.head_rows);
+        if !aligned {
+            tracing::debug!(part = i, "split rank was off; hashing the part again");
+            part = hash_part(clients[i], shape, &preds[i], head).await?;
+        }
+        cur.update(&part.head);
+        cur_rows += part.head_rows;
+        rows += part.rows;
+        if part.rows > part.head_rows {
+            if cur_rows > 0 {
+                root.update(cur.finalize().as_bytes());
+            }
+            for l in &part.leaves {
+                root.update(l);
+            }
+            cur = part.tail;
+            cur_rows = part.tail_rows;
+        }
+    }
+    if cur_rows > 0 {
+        root.update(cur.finalize().as_bytes());
+    }
+    root.update(&rows.to_le_bytes());
+    Ok(Digest(*root.finalize().as_bytes()))
+}
