@@ -92,6 +92,10 @@ impl Verdict {
 ///    counts, digests), never secrets.
 /// 3. **Errors are not verdicts.** `Err` means the check could not run (the executor
 ///    retries transient errors and otherwise counts it as not passed).
+/// 4. **Sensitive and repeatable.** Over the same state it gives the same status; it
+///    passes where what it checks holds and does not pass where it does not — a
+///    verifier that passes whatever the state proves nothing. Checked, with clause 1, by
+///    `conformance::Suite::verifier`.
 #[async_trait]
 pub trait Verifier: Send + Sync {
     /// Stable id, unique in its plan.

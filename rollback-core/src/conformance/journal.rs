@@ -1,7 +1,8 @@
 //! The journal's contract ([`Journal`]'s `# Contract`) as checks any implementation runs:
 //! the in-memory and file journals here, the PostgreSQL journal of `rollback-postgres`,
 //! and a third-party journal on etcd or DynamoDB alike. Each check panics naming the
-//! clause it found broken (`Journal contract 6: …`).
+//! clause it found broken (`Journal contract 6: …`); [`check`] runs them all to the end
+//! and returns a [`ConformanceReport`], which [`run_all`] prints before it panics.
 //!
 //! Checks use fresh, random run ids and lease keys, so they can run against a journal
 //! that holds other runs.
@@ -15,6 +16,8 @@
 //! # });
 //! ```
 
+use super::suite::Runner;
+use super::ConformanceReport;
 use crate::journal::{verify_chain, Entry, Journal, MAX_LEASE_EXPIRY_MS};
 use crate::Error;
 use std::sync::Arc;
@@ -341,12 +344,50 @@ pub async fn batched_appends(j: &dyn Journal) {
     assert_eq!(after[0].seq, 4);
 }
 
-/// Every journal check, in order.
+/// Every journal check, each to the end: prints the [`ConformanceReport`] and panics
+/// naming the failed clauses, if any.
 pub async fn run_all(j: Arc<dyn Journal>) {
-    chain_and_reads(j.as_ref()).await;
-    batched_appends(j.as_ref()).await;
-    leases_and_epochs(j.as_ref()).await;
-    huge_ttl_saturates(j.as_ref()).await;
-    fenced_appends(j.as_ref()).await;
-    concurrent_appenders(j).await;
+    check(j).await.print_or_panic()
+}
+
+/// Every journal check, each to the end, as a [`ConformanceReport`] (nothing panics).
+pub async fn check(j: Arc<dyn Journal>) -> ConformanceReport {
+    let mut run = Runner::new(None).await;
+    run.clause(
+        "journal.chain_and_reads",
+        "Journal 1-3, 7: appends chained by hash with consecutive seqs; reads verify, are stable and write nothing; runs lists the run; a clean run has no lost tail",
+        chain_and_reads(j.as_ref()),
+    )
+    .await;
+    run.clause(
+        "journal.batched_appends",
+        "Journal 2, 6 for append_all: a batch takes the next consecutive seqs in order, chained like single appends; a batch of an older epoch is refused with Fenced and writes nothing",
+        batched_appends(j.as_ref()),
+    )
+    .await;
+    run.clause(
+        "journal.leases_and_epochs",
+        "Journal 4, 5: leases granted, refused, renewed, released and taken over from expired holders, each grant with a newer epoch",
+        leases_and_epochs(j.as_ref()),
+    )
+    .await;
+    run.clause(
+        "journal.huge_ttl_saturates",
+        "Journal 5: a lease duration too large to represent saturates and the lease stays held",
+        huge_ttl_saturates(j.as_ref()),
+    )
+    .await;
+    run.clause(
+        "journal.fenced_appends",
+        "Journal 6: an append of an older epoch is refused with Fenced and writes nothing",
+        fenced_appends(j.as_ref()),
+    )
+    .await;
+    run.clause(
+        "journal.concurrent_appenders",
+        "Journal 2, 6 under contention: one unbroken chain, no older epoch after a newer one",
+        concurrent_appenders(j),
+    )
+    .await;
+    run.finish().await
 }

@@ -1,8 +1,9 @@
 //! The conformance suite: the checks every [`Checkpoint`] and [`Step`] implementation
 //! runs against its real backend (and the in-memory reference implementations run
 //! against memory), and in [`journal`] those of every [`Journal`]. Each check panics
-//! with the contract clause it found broken, and leaves the resource as it found it when
-//! it passes.
+//! with the contract clause it found broken, and leaves the resource as it found it.
+//! [`Suite`] and [`check`] run every check to the end and return a [`ConformanceReport`]
+//! of every clause; [`run_all`] prints that report and panics when a clause failed.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -23,11 +24,15 @@
 //! ```
 
 pub mod journal;
+mod suite;
+
+pub use suite::{ClauseResult, ClauseStatus, ConformanceReport, Suite};
 
 use crate::journal::Journal;
 use crate::sim::CrashAfter;
 use crate::{
     Checkpoint, Context, Digest, Error, Executor, Outcome, Plan, ResumePolicy, Reversibility, Step,
+    Verifier,
 };
 use std::sync::Arc;
 
@@ -483,12 +488,209 @@ pub async fn restore_is_fenced(cp: &dyn Checkpoint, mutate: &dyn Step) {
     cp.discard(&snap, &newer).await.expect("discard failed");
 }
 
-/// Every check above, in order.
+/// Which kind of change a step makes to the checkpoint's resource, for
+/// [`restore_undoes_change`] and [`Suite::change`]: a restore must undo each kind, and a
+/// restore that only rewrites the captured items passes a modification yet leaves added
+/// items behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// Adds items (rows, objects, flags) that did not exist at capture.
+    Add,
+    /// Changes items that existed at capture.
+    Modify,
+    /// Deletes items that existed at capture.
+    Delete,
+}
+
+impl Change {
+    /// Every kind, in the order the suite checks them.
+    pub const ALL: [Change; 3] = [Change::Add, Change::Modify, Change::Delete];
+
+    /// `add`, `modify`, `delete`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Add => "add",
+            Change::Modify => "modify",
+            Change::Delete => "delete",
+        }
+    }
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Undo what `step` did to the checkpoints' resources, best effort: its own revert, then
+/// a restore of each snapshot whose resource differs from `before`; then release the
+/// snapshots. Used before asserting, so a failing check leaves the resources as found.
+async fn undo(
+    step: &dyn Step,
+    receipt: Option<&crate::Receipt>,
+    cps: &[(&dyn Checkpoint, crate::Snapshot, Digest)],
+    ctx: &Context,
+) {
+    let _ = step.revert(receipt, ctx).await;
+    for (cp, snap, before) in cps {
+        if cp.fingerprint(ctx).await.ok().as_ref() != Some(before) {
+            let _ = cp.restore(snap, ctx).await;
+        }
+        let _ = cp.discard(snap, ctx).await;
+    }
+}
+
+/// Step clause 2: [`Step::touches`] names every resource the step changes. The step is
+/// applied once; each of `checkpoints` whose fingerprint changed must be named by
+/// `touches()` (the resource itself, a part of it, or something containing it). Then the
+/// step is reverted and the resources restored.
+pub async fn step_touches_what_it_changes(step: &dyn Step, checkpoints: &[&dyn Checkpoint]) {
+    let ctx = Context::standalone(&unique("touches"));
+    let mut cps = Vec::new();
+    for cp in checkpoints {
+        let before = fp(*cp).await;
+        let snap = cp.capture(&ctx).await.expect("capture failed");
+        cps.push((*cp, snap, before));
+    }
+    let receipt = step.apply(&ctx).await.expect("apply failed");
+    let mut changed = Vec::new();
+    for (cp, _, before) in &cps {
+        if fp(*cp).await != *before {
+            changed.push(cp.resource().to_string());
+        }
+    }
+    undo(step, Some(&receipt), &cps, &ctx).await;
+    let touches = step.touches();
+    assert!(
+        !changed.is_empty(),
+        "the step `{}` changed none of {:?}: cannot check what it names",
+        step.id(),
+        checkpoints.iter().map(|c| c.resource()).collect::<Vec<_>>()
+    );
+    for r in &changed {
+        assert!(
+            touches
+                .iter()
+                .any(|t| crate::resource_contains(t, r) || crate::resource_contains(r, t)),
+            "Step contract 2: `{}` changed {r}, but touches() names {touches:?}",
+            step.id()
+        );
+    }
+}
+
+/// Checkpoint clauses 5 and 7 for one kind of change: `change` changes the fingerprint,
+/// and restoring the snapshot taken before it gives back the captured fingerprint — for
+/// an [`Change::Add`], the added items are gone.
+pub async fn restore_undoes_change(cp: &dyn Checkpoint, change: &dyn Step, kind: Change) {
+    let ctx = Context::standalone(&unique(kind.as_str()));
+    let before = fp(cp).await;
+    let snap = cp.capture(&ctx).await.expect("capture failed");
+    let receipt = change
+        .apply(&ctx)
+        .await
+        .expect("the change failed to apply");
+    let after = fp(cp).await;
+    let restored = cp.restore(&snap, &ctx).await.map(|_| ());
+    let now = fp(cp).await;
+    undo(change, Some(&receipt), &[(cp, snap, before)], &ctx).await;
+    assert_ne!(
+        after,
+        before,
+        "Checkpoint contract 7: a {kind} (`{}`) did not change the fingerprint",
+        change.id()
+    );
+    restored.expect("restore failed");
+    assert_eq!(
+        now,
+        before,
+        "Checkpoint contract 5: restore after a {kind} (`{}`) did not give back the captured state",
+        change.id()
+    );
+}
+
+/// Verifier clauses 1 and 4: verifying changes nothing, and verifying twice gives the same
+/// status.
+pub async fn verifier_is_read_only(v: &dyn Verifier, cp: &dyn Checkpoint) {
+    let ctx = Context::standalone(&unique("verify-ro"));
+    let before = fp(cp).await;
+    let first = v.verify(&ctx).await.expect("the verifier could not run");
+    let second = v.verify(&ctx).await.expect("the verifier could not run");
+    assert_eq!(
+        fp(cp).await,
+        before,
+        "Verifier contract 1: `{}` changed the resource it checks",
+        v.id()
+    );
+    assert_eq!(
+        first.status,
+        second.status,
+        "Verifier contract 4: `{}` gave two statuses over the same state ({} / {})",
+        v.id(),
+        first.summary,
+        second.summary
+    );
+}
+
+/// Verifier clause 4, first half: at the baseline (what it checks holds) it passes.
+pub async fn verifier_passes_at_baseline(v: &dyn Verifier) {
+    let ctx = Context::standalone(&unique("verify-base"));
+    let verdict = v.verify(&ctx).await.expect("the verifier could not run");
+    assert!(
+        verdict.passed(),
+        "Verifier contract 4: `{}` does not pass at the baseline: {:?} {}",
+        v.id(),
+        verdict.status,
+        verdict.summary
+    );
+}
+
+/// Verifier clause 4: after `breaks_it` is applied, the verifier does not pass; after the
+/// checkpoint is restored, it passes again. A verifier that passes whatever the state
+/// proves nothing.
+pub async fn verifier_fails_after_breaking_change(
+    v: &dyn Verifier,
+    cp: &dyn Checkpoint,
+    breaks_it: &dyn Step,
+) {
+    let ctx = Context::standalone(&unique("verify-broken"));
+    let before = fp(cp).await;
+    let snap = cp.capture(&ctx).await.expect("capture failed");
+    let receipt = breaks_it
+        .apply(&ctx)
+        .await
+        .expect("the breaking change failed");
+    let broken = v.verify(&ctx).await;
+    let restored = cp.restore(&snap, &ctx).await.map(|_| ());
+    let again = v.verify(&ctx).await;
+    undo(breaks_it, Some(&receipt), &[(cp, snap, before)], &ctx).await;
+    let broken = broken.expect("the verifier could not run");
+    assert!(
+        !broken.passed(),
+        "Verifier contract 4: `{}` still passes after `{}` broke what it checks: {}",
+        v.id(),
+        breaks_it.id(),
+        broken.summary
+    );
+    restored.expect("restore failed");
+    let again = again.expect("the verifier could not run");
+    assert!(
+        again.passed(),
+        "Verifier contract 4: `{}` does not pass again after the restore: {:?} {}",
+        v.id(),
+        again.status,
+        again.summary
+    );
+}
+
+/// Every check above on `s`, in order, each to the end: prints the
+/// [`ConformanceReport`] and panics when any clause failed. [`check`] returns the report
+/// instead; [`Suite`] adds changes of each kind and verifiers.
 pub async fn run_all(s: Subject) {
-    capture_mutate_restore(s.checkpoint.as_ref(), s.step.as_ref()).await;
-    restore_refuses_tampered_digest(s.checkpoint.as_ref(), s.step.as_ref()).await;
-    restore_refuses_other_resource(s.checkpoint.as_ref(), s.other_checkpoint.as_ref()).await;
-    apply_and_revert_are_idempotent(s.step.as_ref(), s.checkpoint.as_ref()).await;
-    revert_without_receipt(s.step.as_ref(), s.checkpoint.as_ref()).await;
-    interrupted_step_resumes(s.step.clone(), s.checkpoint.clone(), s.journal.clone()).await;
+    Suite::new(s).run().await
+}
+
+/// Every check on `s`, each to the end, as a [`ConformanceReport`] (nothing panics).
+pub async fn check(s: Subject) -> ConformanceReport {
+    Suite::new(s).check().await
 }

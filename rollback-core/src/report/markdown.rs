@@ -341,7 +341,25 @@ impl RunReport {
 }
 
 impl Detection {
-    /// "Breach detected at <T> by <verifier> (<summary>); rollback started at T+<x> ms."
+    /// The detection in one sentence, as the Markdown report shows it:
+    /// `Breach detected at <T> by <verifier> (<summary>); rollback started at T+<x> ms.`
+    ///
+    /// ```
+    /// use rollback_core::report::Detection;
+    /// let d = Detection {
+    ///     verifier: "error-rate".into(),
+    ///     phase: "soak".into(),
+    ///     detected_at_ms: 1_796_632_450_123,
+    ///     rollback_started_at_ms: 1_796_632_450_135,
+    ///     latency_ms: 12,
+    ///     summary: "error rate 30.0%".into(),
+    /// };
+    /// assert_eq!(
+    ///     d.sentence(),
+    ///     "Breach detected at 2026-12-07 08:34:10.123 UTC by error-rate (error rate 30.0%); \
+    ///      rollback started at T+12 ms."
+    /// );
+    /// ```
     pub fn sentence(&self) -> String {
         format!(
             "Breach detected at {} by {} ({}); rollback started at T+{} ms.",

@@ -283,11 +283,13 @@ impl RunReport {
     /// each section of the report reads that state; the timeline renders each record.
     pub fn from_records(plan: &Plan, run_id: &str, records: &[Record]) -> RunReport {
         let state = State::from_records(records);
-        Self::from_state(plan, run_id, &state, records)
+        Self::from_state(plan, run_id, state, records)
     }
 
     /// The report of a run whose records fold into `state`.
-    fn from_state(plan: &Plan, run_id: &str, state: &State, records: &[Record]) -> RunReport {
+    fn from_state(plan: &Plan, run_id: &str, mut state: State, records: &[Record]) -> RunReport {
+        let verdicts = std::mem::take(&mut state.verdicts);
+        let state = &state;
         let started = state.started_at_ms.unwrap_or(0);
         let checkpoints = sections::checkpoints(plan, state);
         let steps = sections::steps(plan, state, &checkpoints);
@@ -308,7 +310,7 @@ impl RunReport {
             finished_at_ms: state.last_at_ms,
             steps,
             checkpoints,
-            verdicts: state.verdicts.clone(),
+            verdicts,
             detection: state.detection.clone(),
             rto_ms: recovery.rto_ms,
             rpo_ms: recovery.rpo_ms,
