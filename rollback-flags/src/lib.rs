@@ -83,12 +83,16 @@
 //! Credentials (the Unleash admin token) are held in a [`Secret`] and never appear in
 //! `Debug`, errors, logs or reports.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod checkpoint;
 mod file;
 mod model;
+#[cfg(feature = "openfeature")]
 mod openfeature;
 mod provider;
 pub mod steps;
+#[cfg(feature = "unleash")]
 mod unleash;
 mod verify;
 
@@ -98,13 +102,19 @@ pub use model::{
     canonical_json, digest_flags, FlagChange, FlagState, Payload, Strategy, Variant,
     ROLLOUT_STRATEGY,
 };
+#[cfg(feature = "openfeature")]
+#[cfg_attr(docsrs, doc(cfg(feature = "openfeature")))]
 pub use openfeature::{bucket, evaluate_bool, select_variant, BoolEvaluation, OpenFeatureBridge};
 pub use provider::{flag_resource, scope_resource, FlagProvider, MemoryProvider};
 pub use rollback_core::Secret;
 pub use steps::{kill_switch, FlagReceipt, HealthCheckFailed, SetFlag, StagedRollout};
+#[cfg(feature = "unleash")]
+#[cfg_attr(docsrs, doc(cfg(feature = "unleash")))]
 pub use unleash::{ServerFacts, UnleashProvider, UnleashReady};
 pub use verify::{Expect, FlagsMatch, FlagsMatchSnapshot};
 
 /// Re-exported for programs that use the OpenFeature bridge without depending on
 /// `open-feature` themselves.
+#[cfg(feature = "openfeature")]
+#[cfg_attr(docsrs, doc(cfg(feature = "openfeature")))]
 pub use open_feature;
