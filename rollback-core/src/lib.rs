@@ -35,6 +35,36 @@
 //! into a DAG; the [`Executor`] runs it against a [`journal::Journal`]. The `sim`
 //! feature's [`sim`] module simulates resources and faults; the `conformance` feature
 //! exposes the checks every adapter runs on its real backend. No feature is on by default.
+//!
+//! ## Components and resources: two names, two jobs
+//!
+//! | | a **component** label | a **resource** id |
+//! |---|---|---|
+//! | written by | the plan's author: `.checkpoint("database", cp)`, `.step("database", s, &[])` | the adapter: [`Checkpoint::resource`], [`Step::touches`] |
+//! | looks like | any word: `database`, `storage`, `flags` | a stable id of what changes: `postgres:public.customers`, `s3:bucket/v1/`, `flags:unleash:default/production/new-checkout` |
+//! | used for | grouping: a component-scoped rollback ([`RollbackScope::Component`]) undoes the failed step's component and what depends on it; reports and notices name components | coverage: a step's `touches` must name the resources of the checkpoints that cover it (a step touching a resource no checkpoint names is a [`Risk::NoCheckpoint`]), and parity is proven per resource |
+//!
+//! A step's `touches()` must name exactly what it changes, with the same ids the
+//! checkpoints use: the conformance suite checks it against what the step changed.
+//!
+//! ## Writing an adapter: where the per-run idempotency marker lives
+//!
+//! The executor may call [`Step::apply`] again for the same step of the same run (a retry
+//! after a timeout, a resume after a crash), and [`Step::revert`] with no receipt when the
+//! outcome was never journaled. A step therefore keeps a marker keyed by
+//! ([`Context::run_id`], [`Step::id`]) **in the backend it changes, written atomically
+//! with the change** where the backend allows it, holding what the receipt holds:
+//!
+//! - `apply` finds the marker → returns the recorded receipt without changing anything;
+//! - `revert` with `None` reads the marker to learn what to undo (no marker: the apply
+//!   never happened, nothing to do), and removes it with the undo.
+//!
+//! Where the adapters here keep theirs: `rollback-postgres` in the table
+//! `_rollback.applied_steps (run_id, step_id, receipt)`, written in the step's own
+//! transaction (its `markers` module); `rollback-s3` in step-state objects under
+//! `<store prefix>steps/<run id>/<step id>/` of the store bucket; `rollback-flags` in the
+//! step's journaled resume cursor ([`Context::save_cursor`]), written before the flag;
+//! the simulation (`sim::SetKey`) in a map beside the simulated resources.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
