@@ -2,8 +2,12 @@
 //! low-level operations they use (paged listings, server-side copies, batch deletes),
 //! every error mapped onto [`rollback_core::Error`] without credentials.
 
+use crate::backend::{
+    ListPage, ObjectBackend, ObjectVersion, PutMode, Store, VersionPage, VersionedBackend,
+};
 use crate::config::S3Settings;
 use crate::error::{backend_msg, map_sdk, service_status, Op};
+use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketVersioningStatus, Delete, ObjectIdentifier, VersioningConfiguration,
@@ -42,15 +46,6 @@ pub struct ObjectInfo {
     /// The version id, where the listing gives one (versioned listings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_id: Option<String>,
-}
-
-/// Where snapshots (manifests, copies) and step state (markers, backups) are kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Store {
-    /// The bucket.
-    pub bucket: String,
-    /// The key prefix (ends with `/`).
-    pub prefix: String,
 }
 
 /// A handle on one bucket: the client, the bucket name, where snapshots and step state
@@ -352,17 +347,8 @@ impl S3Bucket {
     /// # Errors
     /// Backend errors (`maybe_applied` set when the outcome is uncertain).
     pub async fn put(&self, key: &str, body: impl Into<Bytes>) -> Result<String> {
-        let out = self
-            .inner
-            .client
-            .put_object()
-            .bucket(self.name())
-            .key(key)
-            .body(ByteStream::from(body.into()))
-            .send()
+        self.put_conditional(key, body.into(), PutMode::Overwrite)
             .await
-            .map_err(|e| self.err(e, "PutObject", key, Op::Write))?;
-        Ok(out.e_tag().map(unquote).unwrap_or_default())
     }
 
     /// The content of an object, `None` when it does not exist.
@@ -509,6 +495,123 @@ impl S3Bucket {
             .await
             .map_err(|e| self.err(e, "DeleteBucket", "", Op::Write))?;
         Ok(())
+    }
+
+    /// One `ListObjectsV2` request.
+    async fn list_raw(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<ListPage> {
+        let out = self
+            .inner
+            .client
+            .list_objects_v2()
+            .bucket(self.name())
+            .prefix(prefix)
+            .set_continuation_token(token.map(str::to_string))
+            .set_start_after(start_after.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| self.err(e, "ListObjectsV2", prefix, Op::Read))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ObjectInfo {
+                    key: o.key()?.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag().map(unquote).unwrap_or_default(),
+                    last_modified_ms: millis(o.last_modified()),
+                    version_id: None,
+                })
+            })
+            .collect();
+        let next = match (
+            out.is_truncated() == Some(true),
+            out.next_continuation_token(),
+        ) {
+            (true, Some(t)) => Some(t.to_string()),
+            _ => None,
+        };
+        Ok(ListPage { objects, next })
+    }
+
+    /// One `ListObjectVersions` request: versions first, then delete markers.
+    async fn list_versions_raw(
+        &self,
+        prefix: &str,
+        key_marker: Option<&str>,
+        version_marker: Option<&str>,
+    ) -> Result<VersionPage> {
+        let out = self
+            .inner
+            .client
+            .list_object_versions()
+            .bucket(self.name())
+            .prefix(prefix)
+            .set_key_marker(key_marker.map(str::to_string))
+            .set_version_id_marker(version_marker.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| self.err(e, "ListObjectVersions", prefix, Op::Read))?;
+        let mut versions: Vec<ObjectVersion> = out
+            .versions()
+            .iter()
+            .filter_map(|v| {
+                Some(ObjectVersion {
+                    key: v.key()?.to_string(),
+                    version_id: v.version_id().unwrap_or("null").to_string(),
+                    is_latest: v.is_latest() == Some(true),
+                    delete_marker: false,
+                    size: v.size().unwrap_or(0).max(0) as u64,
+                    etag: v.e_tag().map(unquote).unwrap_or_default(),
+                    last_modified_ms: millis(v.last_modified()),
+                })
+            })
+            .collect();
+        versions.extend(out.delete_markers().iter().filter_map(|m| {
+            Some(ObjectVersion {
+                key: m.key()?.to_string(),
+                version_id: m.version_id().unwrap_or("null").to_string(),
+                is_latest: m.is_latest() == Some(true),
+                delete_marker: true,
+                size: 0,
+                etag: String::new(),
+                last_modified_ms: millis(m.last_modified()),
+            })
+        }));
+        let next = match (out.is_truncated() == Some(true), out.next_key_marker()) {
+            (true, Some(k)) => Some((
+                k.to_string(),
+                out.next_version_id_marker().map(str::to_string),
+            )),
+            _ => None,
+        };
+        Ok(VersionPage { versions, next })
+    }
+
+    /// Put with a condition (`If-None-Match: *` or `If-Match`); none for an overwrite.
+    async fn put_conditional(&self, key: &str, body: Bytes, mode: PutMode) -> Result<String> {
+        let (if_none_match, if_match) = match mode {
+            PutMode::Overwrite => (None, None),
+            PutMode::Create => (Some("*".to_string()), None),
+            PutMode::IfMatch(e) => (None, Some(quote(&e))),
+        };
+        let out = self
+            .inner
+            .client
+            .put_object()
+            .bucket(self.name())
+            .key(key)
+            .set_if_none_match(if_none_match)
+            .set_if_match(if_match)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.err(e, "PutObject", key, Op::Write))?;
+        Ok(out.e_tag().map(unquote).unwrap_or_default())
     }
 
     // ---- crate-internal building blocks -------------------------------------------
@@ -659,46 +762,33 @@ impl Lister {
         if self.done {
             return Ok(None);
         }
-        let b = &self.bucket;
-        let out = b
-            .inner
-            .client
-            .list_objects_v2()
-            .bucket(b.name())
-            .prefix(&self.prefix)
-            .set_continuation_token(self.token.clone())
-            .set_start_after(if self.token.is_none() {
-                self.start_after.clone()
-            } else {
-                None
-            })
-            .send()
-            .await
-            .map_err(|e| b.err(e, "ListObjectsV2", &self.prefix, Op::Read))?;
-        let mut page = Vec::with_capacity(out.contents().len());
+        let out = self
+            .bucket
+            .list_raw(
+                &self.prefix,
+                if self.token.is_none() {
+                    self.start_after.as_deref()
+                } else {
+                    None
+                },
+                self.token.as_deref(),
+            )
+            .await?;
+        let mut page = Vec::with_capacity(out.objects.len());
         let mut hit_exclusion = false;
         let mut last = None;
-        for o in out.contents() {
-            let Some(key) = o.key() else { continue };
-            last = Some(key.to_string());
+        for o in out.objects {
+            last = Some(o.key.clone());
             if let Some(x) = &self.exclude {
-                if key.starts_with(x.as_str()) {
+                if o.key.starts_with(x.as_str()) {
                     hit_exclusion = true;
                     continue;
                 }
             }
-            page.push(ObjectInfo {
-                key: key.to_string(),
-                size: o.size().unwrap_or(0).max(0) as u64,
-                etag: o.e_tag().map(unquote).unwrap_or_default(),
-                last_modified_ms: millis(o.last_modified()),
-                version_id: None,
-            });
+            page.push(o);
         }
-        let truncated = out.is_truncated() == Some(true);
-        let next = out.next_continuation_token().map(str::to_string);
-        match (truncated, next) {
-            (true, Some(t)) => {
+        match out.next {
+            Some(t) => {
                 let in_exclusion = matches!((&self.exclude, &last), (Some(x), Some(l)) if l.starts_with(x.as_str()));
                 if hit_exclusion && in_exclusion {
                     // Jump over the excluded prefix instead of paging through it.
@@ -884,68 +974,46 @@ impl VersionLister {
             }
             return Ok(false);
         }
-        let b = &self.bucket;
-        let out = b
-            .inner
-            .client
-            .list_object_versions()
-            .bucket(b.name())
-            .prefix(&self.prefix)
-            .set_key_marker(self.key_marker.clone())
-            .set_version_id_marker(self.vid_marker.clone())
-            .send()
-            .await
-            .map_err(|e| b.err(e, "ListObjectVersions", &self.prefix, Op::Read))?;
+        let out = self
+            .bucket
+            .list_versions_raw(
+                &self.prefix,
+                self.key_marker.as_deref(),
+                self.vid_marker.as_deref(),
+            )
+            .await?;
         let mut page: BTreeMap<String, KeyVersions> = BTreeMap::new();
         let excluded = |k: &str| matches!(&self.exclude, Some(x) if k.starts_with(x.as_str()));
-        for v in out.versions() {
-            let Some(key) = v.key() else { continue };
-            if excluded(key) {
+        for v in out.versions {
+            if excluded(&v.key) {
                 continue;
             }
-            page.entry(key.to_string())
-                .or_insert_with(|| KeyVersions {
-                    key: key.to_string(),
-                    ..Default::default()
-                })
-                .versions
-                .push(VersionEntry {
-                    version_id: v.version_id().unwrap_or("null").to_string(),
-                    is_latest: v.is_latest() == Some(true),
-                    size: v.size().unwrap_or(0).max(0) as u64,
-                    etag: v.e_tag().map(unquote).unwrap_or_default(),
-                    last_modified_ms: millis(v.last_modified()),
-                });
-        }
-        for m in out.delete_markers() {
-            let Some(key) = m.key() else { continue };
-            if excluded(key) {
-                continue;
+            let kv = page.entry(v.key.clone()).or_insert_with(|| KeyVersions {
+                key: v.key.clone(),
+                ..Default::default()
+            });
+            let entry = VersionEntry {
+                version_id: v.version_id,
+                is_latest: v.is_latest,
+                size: v.size,
+                etag: v.etag,
+                last_modified_ms: v.last_modified_ms,
+            };
+            if v.delete_marker {
+                kv.markers.push(entry);
+            } else {
+                kv.versions.push(entry);
             }
-            page.entry(key.to_string())
-                .or_insert_with(|| KeyVersions {
-                    key: key.to_string(),
-                    ..Default::default()
-                })
-                .markers
-                .push(VersionEntry {
-                    version_id: m.version_id().unwrap_or("null").to_string(),
-                    is_latest: m.is_latest() == Some(true),
-                    size: 0,
-                    etag: String::new(),
-                    last_modified_ms: millis(m.last_modified()),
-                });
         }
-        let truncated = out.is_truncated() == Some(true);
-        let next_key = out.next_key_marker().map(str::to_string);
         // No jump over the excluded prefix here (unlike `Lister`): a `KeyMarker` that is not
         // the last key of a page is mishandled by some servers (moto drops the first
         // version after it), so the store's versions are paged through and skipped.
-        if truncated && next_key.is_some() {
-            self.key_marker = next_key;
-            self.vid_marker = out.next_version_id_marker().map(str::to_string);
-        } else {
-            self.done = true;
+        match out.next {
+            Some((key, vid)) => {
+                self.key_marker = Some(key);
+                self.vid_marker = vid;
+            }
+            None => self.done = true,
         }
         // Join the key carried from the previous page; keep the last key of this page
         // back (its versions may continue on the next page).
@@ -979,6 +1047,109 @@ impl VersionLister {
             }
         }
         Ok(self.buf.pop_front())
+    }
+}
+
+#[async_trait]
+impl ObjectBackend for S3Bucket {
+    fn scheme(&self) -> &str {
+        "s3"
+    }
+
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn store_location(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn store_backend(&self) -> Arc<dyn ObjectBackend> {
+        Arc::new(self.store_bucket())
+    }
+
+    fn concurrency_limit(&self) -> usize {
+        self.inner.concurrency
+    }
+
+    fn as_versioned(&self) -> Option<&dyn VersionedBackend> {
+        Some(self)
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<ListPage> {
+        self.list_raw(prefix, start_after, token).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        S3Bucket::get_version(self, key, None).await
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
+        S3Bucket::head(self, key).await
+    }
+
+    async fn put_object(&self, key: &str, body: Bytes, mode: PutMode) -> Result<String> {
+        self.put_conditional(key, body, mode).await
+    }
+
+    async fn copy(
+        &self,
+        src: &str,
+        src_key: &str,
+        dst_key: &str,
+        if_match: Option<&str>,
+    ) -> Result<String> {
+        self.copy_from(src, src_key, None, dst_key, if_match).await
+    }
+
+    async fn delete_keys(&self, keys: Vec<String>) -> Result<()> {
+        self.delete_batch(keys.into_iter().map(|k| (k, None)).collect())
+            .await
+    }
+
+    async fn dangerous_purge(&self, prefix: &str) -> Result<u64> {
+        S3Bucket::dangerous_purge(self, prefix).await
+    }
+}
+
+#[async_trait]
+impl VersionedBackend for S3Bucket {
+    async fn is_versioned(&self) -> Result<bool> {
+        S3Bucket::is_versioned(self).await
+    }
+
+    async fn list_versions_page(
+        &self,
+        prefix: &str,
+        key_marker: Option<&str>,
+        version_marker: Option<&str>,
+    ) -> Result<VersionPage> {
+        self.list_versions_raw(prefix, key_marker, version_marker)
+            .await
+    }
+
+    async fn get_version(&self, key: &str, version: Option<&str>) -> Result<Option<Bytes>> {
+        S3Bucket::get_version(self, key, version).await
+    }
+
+    async fn copy_version(
+        &self,
+        src: &str,
+        src_key: &str,
+        version: &str,
+        dst_key: &str,
+    ) -> Result<String> {
+        self.copy_from(src, src_key, Some(version), dst_key, None)
+            .await
+    }
+
+    async fn delete_versions(&self, keys: Vec<(String, Option<String>)>) -> Result<()> {
+        self.delete_batch(keys).await
     }
 }
 

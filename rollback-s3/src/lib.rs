@@ -100,6 +100,7 @@
 //! [`S3Bucket::concurrency`] requests in flight and batch deletes, so memory stays flat
 //! however many objects a prefix holds.
 
+mod backend;
 mod bucket;
 mod checkpoint;
 mod config;
@@ -109,7 +110,10 @@ mod steps;
 mod verify;
 
 pub use aws_sdk_s3;
-pub use bucket::{ObjectInfo, S3Bucket, Store, DEFAULT_CONCURRENCY, DEFAULT_STORE_PREFIX};
+pub use backend::{
+    ListPage, ObjectBackend, ObjectVersion, PutMode, Store, VersionPage, VersionedBackend,
+};
+pub use bucket::{ObjectInfo, S3Bucket, DEFAULT_CONCURRENCY, DEFAULT_STORE_PREFIX};
 pub use checkpoint::{CheckpointMode, S3Checkpoint};
 pub use config::{RequestCounter, S3Settings, Secret, SDK_LOG_FILTER};
 pub use manifest::{ManifestEntry, ManifestHeader, ManifestRef, FORMAT, PART_ENTRIES};
