@@ -14,13 +14,10 @@ use aws_sdk_s3::types::{
 };
 use aws_sdk_s3::Client;
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use rollback_core::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 
 /// Default number of requests in flight at once.
@@ -110,12 +107,6 @@ fn quote(etag: &str) -> String {
 
 fn millis(d: Option<&aws_smithy_types::DateTime>) -> i64 {
     d.and_then(|d| d.to_millis().ok()).unwrap_or(0)
-}
-
-/// The smallest string greater than every key starting with `prefix` (for skipping an
-/// excluded prefix in a listing).
-fn past(prefix: &str) -> String {
-    format!("{prefix}{}", "\u{10FFFF}".repeat(4))
 }
 
 impl S3Bucket {
@@ -217,14 +208,6 @@ impl S3Bucket {
     /// The resource id of a prefix of this bucket: `s3:<bucket>/<prefix>`.
     pub fn resource_id(&self, prefix: &str) -> String {
         format!("s3:{}/{}", self.inner.name, prefix)
-    }
-
-    /// The prefix to exclude from listings of `prefix` of this bucket (the store, when it
-    /// lies inside).
-    pub(crate) fn exclusion_for(&self, prefix: &str) -> Option<String> {
-        let s = &self.inner.store;
-        (s.bucket == self.inner.name && s.prefix.starts_with(prefix) && !s.prefix.is_empty())
-            .then(|| s.prefix.clone())
     }
 
     /// A handle on the store bucket (same client and settings).
@@ -419,7 +402,8 @@ impl S3Bucket {
     /// # Errors
     /// Backend errors.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        let mut l = self.lister(prefix);
+        let me: crate::listing::Objects = Arc::new(self.clone());
+        let mut l = crate::listing::lister(&me, prefix);
         let mut out = Vec::new();
         while let Some(page) = l.next_page().await? {
             out.extend(page);
@@ -652,7 +636,7 @@ impl S3Bucket {
         }
         let chunks: Vec<Vec<(String, Option<String>)>> =
             keys.chunks(DELETE_BATCH).map(|c| c.to_vec()).collect();
-        self.run_concurrent(chunks, |chunk| async move {
+        crate::listing::run_concurrent(self, chunks, |chunk| async move {
             let first = chunk[0].0.clone();
             let mut ids = Vec::with_capacity(chunk.len());
             for (k, v) in chunk {
@@ -698,355 +682,6 @@ impl S3Bucket {
         })
         .await?;
         Ok(())
-    }
-
-    /// Run `f` over `items` with at most `concurrency` in flight; results in input order.
-    pub(crate) async fn run_concurrent<T, R, F, Fut>(&self, items: Vec<T>, f: F) -> Result<Vec<R>>
-    where
-        F: Fn(T) -> Fut,
-        Fut: Future<Output = Result<R>>,
-    {
-        futures::stream::iter(items.into_iter().map(f))
-            .buffered(self.inner.concurrency)
-            .try_collect()
-            .await
-    }
-
-    /// A paged listing of `prefix` that skips the store.
-    pub(crate) fn lister(&self, prefix: &str) -> Lister {
-        Lister::new(self.clone(), prefix, self.exclusion_for(prefix))
-    }
-
-    /// A paged listing of `prefix` that skips nothing.
-    pub(crate) fn raw_lister(&self, prefix: &str) -> Lister {
-        Lister::new(self.clone(), prefix, None)
-    }
-
-    /// A paged listing of every version of `prefix`, grouped per key, skipping the store.
-    pub(crate) fn version_lister(&self, prefix: &str) -> VersionLister {
-        VersionLister::new(self.clone(), prefix, self.exclusion_for(prefix))
-    }
-}
-
-/// A paged, forward-only listing (`ListObjectsV2`), 1000 keys per request.
-pub(crate) struct Lister {
-    bucket: S3Bucket,
-    prefix: String,
-    exclude: Option<String>,
-    token: Option<String>,
-    start_after: Option<String>,
-    done: bool,
-    buf: VecDeque<ObjectInfo>,
-}
-
-impl Lister {
-    fn new(bucket: S3Bucket, prefix: &str, exclude: Option<String>) -> Self {
-        Lister {
-            bucket,
-            prefix: prefix.to_string(),
-            exclude,
-            token: None,
-            start_after: None,
-            done: false,
-            buf: VecDeque::new(),
-        }
-    }
-
-    /// Start after `key` (exclusive).
-    pub(crate) fn start_after(mut self, key: Option<String>) -> Self {
-        self.start_after = key;
-        self
-    }
-
-    async fn fetch(&mut self) -> Result<Option<Vec<ObjectInfo>>> {
-        if self.done {
-            return Ok(None);
-        }
-        let out = self
-            .bucket
-            .list_raw(
-                &self.prefix,
-                if self.token.is_none() {
-                    self.start_after.as_deref()
-                } else {
-                    None
-                },
-                self.token.as_deref(),
-            )
-            .await?;
-        let mut page = Vec::with_capacity(out.objects.len());
-        let mut hit_exclusion = false;
-        let mut last = None;
-        for o in out.objects {
-            last = Some(o.key.clone());
-            if let Some(x) = &self.exclude {
-                if o.key.starts_with(x.as_str()) {
-                    hit_exclusion = true;
-                    continue;
-                }
-            }
-            page.push(o);
-        }
-        match out.next {
-            Some(t) => {
-                let in_exclusion = matches!((&self.exclude, &last), (Some(x), Some(l)) if l.starts_with(x.as_str()));
-                if hit_exclusion && in_exclusion {
-                    // Jump over the excluded prefix instead of paging through it.
-                    self.token = None;
-                    self.start_after = self.exclude.as_deref().map(past);
-                } else {
-                    self.token = Some(t);
-                }
-            }
-            _ => self.done = true,
-        }
-        Ok(Some(page))
-    }
-
-    /// The next non-empty page, `None` at the end.
-    pub(crate) async fn next_page(&mut self) -> Result<Option<Vec<ObjectInfo>>> {
-        if !self.buf.is_empty() {
-            return Ok(Some(self.buf.drain(..).collect()));
-        }
-        loop {
-            match self.fetch().await? {
-                None => return Ok(None),
-                Some(p) if p.is_empty() => continue,
-                Some(p) => return Ok(Some(p)),
-            }
-        }
-    }
-
-    /// Count what is left of the listing.
-    pub(crate) async fn count(mut self) -> Result<u64> {
-        let mut n = self.buf.len() as u64;
-        self.buf.clear();
-        while let Some(p) = self.next_page().await? {
-            n += p.len() as u64;
-        }
-        Ok(n)
-    }
-
-    /// The next object, `None` at the end.
-    pub(crate) async fn next(&mut self) -> Result<Option<ObjectInfo>> {
-        if self.buf.is_empty() {
-            match self.next_page().await? {
-                None => return Ok(None),
-                Some(p) => self.buf.extend(p),
-            }
-        }
-        Ok(self.buf.pop_front())
-    }
-
-    /// The next object without consuming it.
-    pub(crate) async fn peek(&mut self) -> Result<Option<&ObjectInfo>> {
-        if self.buf.is_empty() {
-            if let Some(p) = self.next_page().await? {
-                self.buf.extend(p);
-            }
-        }
-        Ok(self.buf.front())
-    }
-}
-
-/// One version (or delete marker) of a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct VersionEntry {
-    pub(crate) version_id: String,
-    pub(crate) is_latest: bool,
-    pub(crate) size: u64,
-    pub(crate) etag: String,
-    pub(crate) last_modified_ms: i64,
-}
-
-/// Every version and delete marker of one key.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct KeyVersions {
-    pub(crate) key: String,
-    /// Versions holding data, newest first.
-    pub(crate) versions: Vec<VersionEntry>,
-    /// Delete markers, newest first.
-    pub(crate) markers: Vec<VersionEntry>,
-}
-
-impl KeyVersions {
-    /// The current version, `None` when the key is absent (no versions, or a delete
-    /// marker is the latest).
-    pub(crate) fn current(&self) -> Option<&VersionEntry> {
-        if self.markers.iter().any(|m| m.is_latest) {
-            return None;
-        }
-        self.versions
-            .iter()
-            .find(|v| v.is_latest)
-            .or_else(|| self.versions.first())
-    }
-
-    /// The latest delete marker, when one is the latest entry.
-    pub(crate) fn latest_marker(&self) -> Option<&VersionEntry> {
-        self.markers.iter().find(|m| m.is_latest)
-    }
-
-    fn merge(&mut self, other: KeyVersions) {
-        self.versions.extend(other.versions);
-        self.markers.extend(other.markers);
-    }
-}
-
-/// What to do to make `want` (a captured version of a key) current again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum VersionFix {
-    /// Nothing: the current version is `want`, or has its size and ETag.
-    None,
-    /// Remove these delete markers (laid over `want`, which is the newest data version).
-    RemoveMarkers(Vec<String>),
-    /// Copy `want` over the current state (a new version with the same content).
-    CopyBack,
-}
-
-/// Decide how to make version `want` (size, ETag, last-modified) of `kv.key` current.
-pub(crate) fn version_fix(
-    kv: &KeyVersions,
-    want: &str,
-    size: u64,
-    etag: &str,
-    last_modified_ms: i64,
-) -> VersionFix {
-    let restored = kv
-        .current()
-        .is_some_and(|v| v.version_id == want || (v.etag == etag && v.size == size));
-    if restored {
-        return VersionFix::None;
-    }
-    let newest = kv.versions.first();
-    let newest_ms = newest.map(|n| n.last_modified_ms).unwrap_or(0);
-    let only_markers_above = newest.is_some_and(|n| n.version_id == want)
-        && kv.latest_marker().is_some()
-        && kv
-            .versions
-            .iter()
-            .skip(1)
-            .all(|v| v.last_modified_ms <= newest_ms);
-    if only_markers_above {
-        VersionFix::RemoveMarkers(
-            kv.markers
-                .iter()
-                .filter(|m| m.is_latest || m.last_modified_ms >= last_modified_ms)
-                .map(|m| m.version_id.clone())
-                .collect(),
-        )
-    } else {
-        VersionFix::CopyBack
-    }
-}
-
-/// A paged listing of every version (`ListObjectVersions`), grouped per key, in key order.
-pub(crate) struct VersionLister {
-    bucket: S3Bucket,
-    prefix: String,
-    exclude: Option<String>,
-    key_marker: Option<String>,
-    vid_marker: Option<String>,
-    done: bool,
-    carry: Option<KeyVersions>,
-    buf: VecDeque<KeyVersions>,
-}
-
-impl VersionLister {
-    fn new(bucket: S3Bucket, prefix: &str, exclude: Option<String>) -> Self {
-        VersionLister {
-            bucket,
-            prefix: prefix.to_string(),
-            exclude,
-            key_marker: None,
-            vid_marker: None,
-            done: false,
-            carry: None,
-            buf: VecDeque::new(),
-        }
-    }
-
-    async fn fetch(&mut self) -> Result<bool> {
-        if self.done {
-            if let Some(c) = self.carry.take() {
-                self.buf.push_back(c);
-                return Ok(true);
-            }
-            return Ok(false);
-        }
-        let out = self
-            .bucket
-            .list_versions_raw(
-                &self.prefix,
-                self.key_marker.as_deref(),
-                self.vid_marker.as_deref(),
-            )
-            .await?;
-        let mut page: BTreeMap<String, KeyVersions> = BTreeMap::new();
-        let excluded = |k: &str| matches!(&self.exclude, Some(x) if k.starts_with(x.as_str()));
-        for v in out.versions {
-            if excluded(&v.key) {
-                continue;
-            }
-            let kv = page.entry(v.key.clone()).or_insert_with(|| KeyVersions {
-                key: v.key.clone(),
-                ..Default::default()
-            });
-            let entry = VersionEntry {
-                version_id: v.version_id,
-                is_latest: v.is_latest,
-                size: v.size,
-                etag: v.etag,
-                last_modified_ms: v.last_modified_ms,
-            };
-            if v.delete_marker {
-                kv.markers.push(entry);
-            } else {
-                kv.versions.push(entry);
-            }
-        }
-        // No jump over the excluded prefix here (unlike `Lister`): a `KeyMarker` that is not
-        // the last key of a page is mishandled by some servers (moto drops the first
-        // version after it), so the store's versions are paged through and skipped.
-        match out.next {
-            Some((key, vid)) => {
-                self.key_marker = Some(key);
-                self.vid_marker = vid;
-            }
-            None => self.done = true,
-        }
-        // Join the key carried from the previous page; keep the last key of this page
-        // back (its versions may continue on the next page).
-        if let Some(mut c) = self.carry.take() {
-            match page.remove(&c.key) {
-                Some(more) => {
-                    c.merge(more);
-                    page.insert(c.key.clone(), c);
-                }
-                None => self.buf.push_back(c),
-            }
-        }
-        let mut entries: Vec<KeyVersions> = page.into_values().collect();
-        if !self.done {
-            self.carry = entries.pop();
-        }
-        self.buf.extend(entries);
-        if self.done {
-            if let Some(c) = self.carry.take() {
-                self.buf.push_back(c);
-            }
-        }
-        Ok(true)
-    }
-
-    /// The next key with all its versions, `None` at the end.
-    pub(crate) async fn next(&mut self) -> Result<Option<KeyVersions>> {
-        while self.buf.is_empty() {
-            if !self.fetch().await? {
-                return Ok(None);
-            }
-        }
-        Ok(self.buf.pop_front())
     }
 }
 
@@ -1164,12 +799,5 @@ mod tests {
             copy_source("b", "k", Some("3/L4kq")),
             "b/k?versionId=3%2FL4kq"
         );
-    }
-
-    #[test]
-    fn past_sorts_after_every_key_of_the_prefix() {
-        let p = past(".rollback/");
-        assert!(p.as_str() > ".rollback/zzzz/\u{FFFF}");
-        assert!(p.as_str() < ".rollback0");
     }
 }

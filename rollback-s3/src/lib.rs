@@ -105,6 +105,7 @@ mod bucket;
 mod checkpoint;
 mod config;
 mod error;
+mod listing;
 mod manifest;
 mod steps;
 mod verify;
