@@ -105,6 +105,7 @@ mod bucket;
 mod checkpoint;
 mod config;
 mod error;
+mod folder;
 mod listing;
 mod manifest;
 mod steps;
@@ -117,6 +118,7 @@ pub use backend::{
 pub use bucket::{ObjectInfo, S3Bucket, DEFAULT_CONCURRENCY, DEFAULT_STORE_PREFIX};
 pub use checkpoint::{CheckpointMode, S3Checkpoint};
 pub use config::{RequestCounter, S3Settings, Secret, SDK_LOG_FILTER};
+pub use folder::FolderBackend;
 pub use manifest::{ManifestEntry, ManifestHeader, ManifestRef, FORMAT, PART_ENTRIES};
 pub use steps::{
     CopyPrefix, DeleteObjects, MovePrefix, PutObjects, RelayoutReceipt, RewriteFn, RewriteObjects,
