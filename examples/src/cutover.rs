@@ -25,6 +25,7 @@
 //! [`FlagProvider`], a journal); [`Backends::seed`] lays down the fixture,
 //! [`Backends::plan`] builds the plan, [`Backends::execute`] runs it.
 
+use crate::faults::FailAfterCopies;
 use async_trait::async_trait;
 use futures::StreamExt;
 use rollback_core::events::{Notice, Notifier, RunEvent};
@@ -249,13 +250,16 @@ pub fn move_batch(storage: &dyn ObjectBackend) -> usize {
     }
 }
 
-/// The move `v1/` → `v2/`, failing after `fail_after` objects when given.
+/// The move `v1/` → `v2/`; with `fail_after`, wrapped so that its apply fails (the
+/// backend lost midway) once that many objects were copied.
 pub fn move_step(storage: &Arc<dyn ObjectBackend>, fail_after: Option<u64>) -> Arc<dyn Step> {
-    let mut s = MovePrefix::new(steps::MOVE, storage, FROM, TO).batch_size(move_batch(&**storage));
-    if let Some(n) = fail_after {
-        s = s.fail_after(n);
+    let batch = move_batch(&**storage);
+    let build =
+        |b: &Arc<dyn ObjectBackend>| MovePrefix::new(steps::MOVE, b, FROM, TO).batch_size(batch);
+    match fail_after {
+        Some(n) => Arc::new(FailAfterCopies::new(storage, n, build)),
+        None => Arc::new(build(storage)),
     }
-    Arc::new(s)
 }
 
 /// `v2/` holds exactly what `v1/` held at the baseline.

@@ -4,7 +4,7 @@
 use super::{common_dir, Area};
 use crate::backend::ObjectBackend;
 use crate::bucket::DELETE_BATCH;
-use crate::error::{after_writes, backend_msg};
+use crate::error::after_writes;
 use crate::listing::{lister, resource_id, url, Objects, Work};
 use async_trait::async_trait;
 use rollback_core::{Context, Error, Receipt, Result, Reversibility, Step};
@@ -34,7 +34,6 @@ struct Relayout {
     to: String,
     delete_source: bool,
     touches: Vec<String>,
-    fail_after: Option<u64>,
     batch: usize,
 }
 
@@ -54,7 +53,6 @@ impl Relayout {
             from: from.into(),
             to: to.into(),
             delete_source,
-            fail_after: None,
             batch: DELETE_BATCH,
         }
     }
@@ -89,7 +87,6 @@ impl Relayout {
             "bucket": self.bucket.name(),
             "from": self.from,
             "to": self.to,
-            "fail_after": self.fail_after,
         })
     }
 
@@ -157,17 +154,6 @@ impl Relayout {
                 ctx.save_cursor(serde_json::json!(Cursor { done, bytes, last }))
                     .await?;
                 ctx.progress(&self.id, done, Some(total), "objects");
-                if let Some(k) = self.fail_after {
-                    if done >= k {
-                        return Err(backend_msg(
-                            format!(
-                                "step {}: drill: injected failure after {done} objects",
-                                self.id
-                            ),
-                            true,
-                        ));
-                    }
-                }
             }
         }
         let receipt = RelayoutReceipt {
@@ -276,13 +262,6 @@ macro_rules! relayout_step {
             /// reports, journaled cursors, cancellation checks and batch deletes.
             pub fn batch_size(mut self, n: usize) -> Self {
                 self.0.batch = n.clamp(1, DELETE_BATCH);
-                self
-            }
-
-            /// Drill: fail (as if the process lost the backend) once `n` objects are done,
-            /// with the change partly applied. For rehearsals and tests; part of the spec.
-            pub fn fail_after(mut self, n: u64) -> Self {
-                self.0.fail_after = Some(n);
                 self
             }
         }
