@@ -20,12 +20,14 @@
 //! bucket first), `--measure` (time capture and restore of N objects, versioned and
 //! copy-based, and count their requests).
 
+use examples::faults::FailAfterCopies;
 use rollback_core::journal::FileJournal;
 use rollback_core::{Checkpoint, ConsoleProgress, Context, Executor, Outcome, Plan, Step};
 use rollback_s3::{
     ManifestParity, MovePrefix, ObjectAbsent, RequestCounter, S3Bucket, S3Checkpoint, S3Settings,
     SDK_LOG_FILTER,
 };
+use std::sync::Arc;
 use std::time::Instant;
 
 type BoxError = Box<dyn std::error::Error>;
@@ -158,10 +160,16 @@ async fn main() -> Result<(), BoxError> {
     // bookkeeping live), one step, two checks.
     let checkpoint = S3Checkpoint::new(&bucket, "");
     // Batches of 100 keys: progress every 100 objects, and `--fail` lands mid-move.
-    let mut mv = MovePrefix::new("move-v1-to-v2", &bucket, "v1/", "v2/").batch_size(100);
-    if args.fail {
-        mv = mv.fail_after((v1.max(args.objects) / 2) as u64);
-    }
+    // `--fail` wraps the step so that its backend fails halfway (fault injection from
+    // outside: the production step has no knob for it).
+    let mv: Arc<dyn Step> = if args.fail {
+        let half = (v1.max(args.objects) / 2) as u64;
+        Arc::new(FailAfterCopies::new(&bucket, half, |b| {
+            MovePrefix::new("move-v1-to-v2", b, "v1/", "v2/").batch_size(100)
+        }))
+    } else {
+        Arc::new(MovePrefix::new("move-v1-to-v2", &bucket, "v1/", "v2/").batch_size(100))
+    };
     let plan = Plan::builder(format!("relayout-{}", args.bucket))
         .checkpoint("storage", checkpoint.clone())
         .step("storage", mv, &[])

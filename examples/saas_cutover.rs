@@ -143,13 +143,9 @@ async fn run(opts: Options, quiet: bool) -> Result<bool, Box<dyn std::error::Err
             opts.poisoned_customer()
         ),
         FailAt::Relayout => println!(
-            "drill: the move of attachments fails once {} objects are moved{}\n",
+            "drill: the move of attachments fails once {} objects are moved (the move checks after each batch of {} objects)\n",
             opts.relayout_fail_after(),
-            if matches!(b.storage, examples::cutover::Storage::S3(_)) {
-                " (the S3 move checks after each listing page of up to 1000 keys)"
-            } else {
-                ""
-            }
+            examples::cutover::move_batch(&*b.storage)
         ),
         FailAt::Soak => println!(
             "drill: from the 2nd poll of the soak window on, the application's error rate is 12% (injected); \

@@ -21,11 +21,11 @@
 //! reading the new columns or the new layout first. Each flag has its own checkpoint, so
 //! a partial rollback ([`RollbackScope::Component`]) can keep one and undo the other.
 //!
-//! [`Backends`] holds the four real backends (a [`Database`], a [`Storage`], a
+//! [`Backends`] holds the four real backends (a [`Database`], an [`ObjectBackend`], a
 //! [`FlagProvider`], a journal); [`Backends::seed`] lays down the fixture,
 //! [`Backends::plan`] builds the plan, [`Backends::execute`] runs it.
 
-use crate::folder::{FolderCheckpoint, FolderLayoutParity, FolderMovePrefix, FolderStore};
+use crate::faults::FailAfterCopies;
 use async_trait::async_trait;
 use futures::StreamExt;
 use rollback_core::events::{Notice, Notifier, RunEvent};
@@ -41,7 +41,7 @@ use rollback_postgres::{
     SqlAssertion, SqlStep, Table, TableSnapshot,
 };
 use rollback_probes::{Analysis, Condition, PrometheusProbe};
-use rollback_s3::{ManifestParity, MovePrefix, S3Bucket, S3Checkpoint};
+use rollback_s3::{ManifestParity, MovePrefix, ObjectBackend, PutMode, S3Checkpoint};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -235,139 +235,79 @@ impl Names {
     }
 }
 
-/// Where attachments live: an S3 bucket or a local folder.
-#[derive(Debug, Clone)]
-pub enum Storage {
-    /// A bucket (versioned), with snapshots and step state in a store bucket.
-    S3(S3Bucket),
-    /// A local folder (the embedded default).
-    Folder(FolderStore),
+/// The checkpoint of every object of `storage`.
+pub fn storage_checkpoint(storage: &Arc<dyn ObjectBackend>) -> Arc<dyn Checkpoint> {
+    Arc::new(S3Checkpoint::new(storage, ""))
 }
 
-impl Storage {
-    /// One line: what and where.
-    pub fn describe(&self) -> String {
-        match self {
-            Storage::S3(b) => format!(
-                "S3 bucket {} (snapshots and step state in s3://{}/{})",
-                b.name(),
-                b.store_location().bucket,
-                b.store_location().prefix
-            ),
-            Storage::Folder(f) => format!(
-                "local folder {} (snapshots and step state in {})",
-                f.root().display(),
-                f.state().display()
-            ),
-        }
+/// Objects per batch of the move on `storage`: a listing page (1000 keys) on S3, 25 on a
+/// local folder, so that the small embedded fixture fails midway in the drill.
+pub fn move_batch(storage: &dyn ObjectBackend) -> usize {
+    if storage.scheme() == "s3" {
+        1000
+    } else {
+        25
     }
+}
 
-    /// The checkpoint of every object.
-    pub fn checkpoint(&self) -> Arc<dyn Checkpoint> {
-        match self {
-            Storage::S3(b) => Arc::new(S3Checkpoint::new(b, "")),
-            Storage::Folder(f) => Arc::new(FolderCheckpoint::new(f, "")),
-        }
+/// The move `v1/` → `v2/`; with `fail_after`, wrapped so that its apply fails (the
+/// backend lost midway) once that many objects were copied.
+pub fn move_step(storage: &Arc<dyn ObjectBackend>, fail_after: Option<u64>) -> Arc<dyn Step> {
+    let batch = move_batch(&**storage);
+    let build =
+        |b: &Arc<dyn ObjectBackend>| MovePrefix::new(steps::MOVE, b, FROM, TO).batch_size(batch);
+    match fail_after {
+        Some(n) => Arc::new(FailAfterCopies::new(storage, n, build)),
+        None => Arc::new(build(storage)),
     }
+}
 
-    /// The move `v1/` → `v2/`, failing after `fail_after` objects when given.
-    pub fn move_step(&self, fail_after: Option<u64>) -> Arc<dyn Step> {
-        match self {
-            Storage::S3(b) => {
-                let mut s = MovePrefix::new(steps::MOVE, b, FROM, TO);
-                if let Some(n) = fail_after {
-                    s = s.fail_after(n);
-                }
-                Arc::new(s)
-            }
-            Storage::Folder(f) => {
-                let mut s = FolderMovePrefix::new(steps::MOVE, f, FROM, TO).batch(25);
-                if let Some(n) = fail_after {
-                    s = s.fail_after(n);
-                }
-                Arc::new(s)
-            }
-        }
-    }
+/// `v2/` holds exactly what `v1/` held at the baseline.
+pub fn layout_parity(storage: &Arc<dyn ObjectBackend>, id: &str) -> Arc<dyn Verifier> {
+    Arc::new(ManifestParity::against_baseline(id, &S3Checkpoint::new(storage, "")).mapped(FROM, TO))
+}
 
-    /// `v2/` holds exactly what `v1/` held at the baseline.
-    pub fn layout_parity(&self, id: &str) -> Arc<dyn Verifier> {
-        match self {
-            Storage::S3(b) => Arc::new(
-                ManifestParity::against_baseline(id, &S3Checkpoint::new(b, "")).mapped(FROM, TO),
-            ),
-            Storage::Folder(f) => Arc::new(FolderLayoutParity::new(
-                id,
-                &FolderCheckpoint::new(f, ""),
-                FROM,
-                TO,
-            )),
-        }
-    }
-
-    /// Write an object.
-    ///
-    /// # Errors
-    /// Backend errors.
-    pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
-        match self {
-            Storage::S3(b) => b.put(key, bytes).await.map(|_| ()),
-            Storage::Folder(f) => f.put(key, bytes).await,
-        }
-    }
-
-    /// The size of an object, `None` when absent.
-    ///
-    /// # Errors
-    /// Backend errors.
-    pub async fn size_of(&self, key: &str) -> Result<Option<u64>> {
-        match self {
-            Storage::S3(b) => Ok(b.head(key).await?.map(|o| o.size)),
-            Storage::Folder(f) => Ok(f.get(key).await?.map(|b| b.len() as u64)),
-        }
-    }
-
-    /// Every object under `prefix`: key → size.
-    ///
-    /// # Errors
-    /// Backend errors.
-    pub async fn list(&self, prefix: &str) -> Result<BTreeMap<String, u64>> {
-        Ok(match self {
-            Storage::S3(b) => b
-                .list(prefix)
-                .await?
+/// Every object under `prefix` of `storage` (its store excluded): key → size.
+///
+/// # Errors
+/// Backend errors.
+pub async fn list_objects(
+    storage: &dyn ObjectBackend,
+    prefix: &str,
+) -> Result<BTreeMap<String, u64>> {
+    let store = storage.store_location();
+    let excluded = |k: &str| {
+        store.bucket == storage.name() && !store.prefix.is_empty() && k.starts_with(&store.prefix)
+    };
+    let mut out = BTreeMap::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = storage.list_page(prefix, None, token.as_deref()).await?;
+        out.extend(
+            page.objects
                 .into_iter()
-                .map(|o| (o.key, o.size))
-                .collect(),
-            Storage::Folder(f) => f
-                .list(prefix)
-                .await?
-                .into_iter()
-                .map(|o| (o.key, o.size))
-                .collect(),
-        })
-    }
-
-    /// Make the storage exist and hold nothing (objects, snapshots, step state).
-    ///
-    /// # Errors
-    /// Backend errors.
-    pub async fn reset(&self) -> Result<()> {
-        match self {
-            Storage::S3(b) => {
-                b.create(true).await?;
-                b.dangerous_purge("").await?;
-                let store = b.store_location().clone();
-                if store.bucket != b.name() {
-                    let s = S3Bucket::new(b.client().clone(), store.bucket);
-                    s.create(false).await?;
-                    s.dangerous_purge("").await?;
-                }
-                Ok(())
-            }
-            Storage::Folder(f) => f.dangerous_clear().await,
+                .filter(|o| !excluded(&o.key))
+                .map(|o| (o.key, o.size)),
+        );
+        match page.next {
+            Some(t) => token = Some(t),
+            None => return Ok(out),
         }
     }
+}
+
+/// Make `storage` hold nothing: objects, snapshots, step state (the bucket or folder
+/// must exist, or be creatable on first write).
+///
+/// # Errors
+/// Backend errors.
+pub async fn reset_storage(storage: &dyn ObjectBackend) -> Result<()> {
+    storage.dangerous_purge("").await?;
+    let store = storage.store_backend();
+    if store.name() != storage.name() {
+        store.dangerous_purge("").await?;
+    }
+    Ok(())
 }
 
 /// The four backends a cutover runs on.
@@ -375,8 +315,8 @@ impl Storage {
 pub struct Backends {
     /// The database holding `<schema>.customers` and `<schema>.attachments`.
     pub db: Database,
-    /// Where attachments live.
-    pub storage: Storage,
+    /// Where attachments live: an S3 bucket, a local folder.
+    pub storage: Arc<dyn ObjectBackend>,
     /// Where the flags live.
     pub flags: Arc<dyn FlagProvider>,
     /// The run journal.
@@ -491,17 +431,23 @@ pub async fn seed_database(db: &Database, names: &Names, opts: &Options) -> Resu
 ///
 /// # Errors
 /// Backend errors.
-pub async fn seed_objects(storage: &Storage, opts: &Options) -> Result<()> {
-    storage.reset().await?;
-    let puts =
-        futures::stream::iter(fixture_files(opts).into_iter().map(
-            |(_, cid, name, body)| async move {
-                storage.put(&format!("{FROM}{cid}/{name}"), body).await
-            },
-        ))
-        .buffer_unordered(16)
-        .collect::<Vec<Result<()>>>()
-        .await;
+pub async fn seed_objects(storage: &dyn ObjectBackend, opts: &Options) -> Result<()> {
+    reset_storage(storage).await?;
+    let puts = futures::stream::iter(fixture_files(opts).into_iter().map(
+        |(_, cid, name, body)| async move {
+            storage
+                .put_object(
+                    &format!("{FROM}{cid}/{name}"),
+                    body.into(),
+                    PutMode::Overwrite,
+                )
+                .await
+                .map(|_| ())
+        },
+    ))
+    .buffer_unordered(16)
+    .collect::<Vec<Result<()>>>()
+    .await;
     puts.into_iter().collect()
 }
 
@@ -524,7 +470,7 @@ impl Backends {
     /// Backend errors.
     pub async fn seed(&self, opts: &Options) -> Result<()> {
         seed_database(&self.db, &self.names, opts).await?;
-        seed_objects(&self.storage, opts).await?;
+        seed_objects(&*self.storage, opts).await?;
         seed_flags(self.flags.as_ref(), &self.names).await
     }
 
@@ -554,7 +500,7 @@ impl Backends {
         let fail = opts.fail_at;
 
         let customers_cp = TableSnapshot::new(db, customers.clone());
-        let storage_cp = self.storage.checkpoint();
+        let storage_cp = storage_checkpoint(&self.storage);
         let names_flag_cp = FlagCheckpoint::flag(self.flags.clone(), &n.new_name_fields);
         let storage_flag_cp = FlagCheckpoint::flag(self.flags.clone(), &n.use_v2_storage);
 
@@ -672,13 +618,15 @@ impl Backends {
             // storage: the re-layout
             .step(
                 "storage",
-                self.storage
-                    .move_step((fail == FailAt::Relayout).then(|| opts.relayout_fail_after())),
+                move_step(
+                    &self.storage,
+                    (fail == FailAt::Relayout).then(|| opts.relayout_fail_after()),
+                ),
                 &[],
             )
             .verify_after(
                 steps::MOVE,
-                self.storage.layout_parity("attachments-moved-intact"),
+                layout_parity(&self.storage, "attachments-moved-intact"),
             )
             .verify_after(
                 steps::MOVE,
@@ -1141,7 +1089,7 @@ impl Verifier for ReadPathProbe {
                 let mut fell_back = false;
                 for layout in [first, second] {
                     let key = format!("{layout}{cid}/{file}");
-                    match storage.size_of(&key).await {
+                    match storage.head(&key).await.map(|o| o.map(|o| o.size)) {
                         Ok(Some(s)) if s == size => return (fell_back, None),
                         Ok(Some(s)) => {
                             return (fell_back, Some(format!("{key}: {s} B, expected {size} B")))
@@ -1249,7 +1197,7 @@ impl Verifier for AttachmentsResolve {
                 )
             })
             .collect();
-        let objects = b.storage.list(&self.layout).await?;
+        let objects = list_objects(&*b.storage, &self.layout).await?;
         let missing: Vec<&String> = expected
             .keys()
             .filter(|k| !objects.contains_key(*k))

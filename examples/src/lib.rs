@@ -5,9 +5,11 @@
 //!   verifiers and health probe, the fixture, failure injection) used by
 //!   `examples/saas_cutover.rs`, `examples/dr_drill.rs` and the drill test;
 //! - [`drill`]: the disaster-recovery drill (every failure in turn, RTO/RPO table);
-//! - [`setup`]: real servers from the environment, or the embedded default;
-//! - [`folder`]: a local-folder object store implementing the core traits (the embedded
-//!   default for objects), proven with the core's conformance suite;
+//! - [`faults`]: fault injection from outside the production steps (a step wrapper over a
+//!   backend that fails midway);
+//! - [`setup`]: real servers from the environment, or the embedded default (a throwaway
+//!   PostgreSQL cluster, a local folder as the object backend — `rollback_s3::FolderBackend`
+//!   — a flag file and a file journal);
 //! - [`pgcluster`]: a throwaway PostgreSQL cluster from the machine's binaries.
 //!
 //! ```text
@@ -33,6 +35,6 @@
 
 pub mod cutover;
 pub mod drill;
-pub mod folder;
+pub mod faults;
 pub mod pgcluster;
 pub mod setup;

@@ -4,19 +4,18 @@
 //! | component | from the environment | embedded default |
 //! |---|---|---|
 //! | database | `DATABASE_URL` (or `ROLLBACK_TEST_PG_URL`) | a [throwaway cluster](crate::pgcluster) from the local PostgreSQL binaries |
-//! | objects | `S3_ENDPOINT` + `S3_ACCESS_KEY` + `S3_SECRET_KEY` [+ `S3_REGION`] (or the `ROLLBACK_TEST_S3_*` ones) | a [local folder](crate::folder) |
+//! | objects | `S3_ENDPOINT` + `S3_ACCESS_KEY` + `S3_SECRET_KEY` [+ `S3_REGION`] (or the `ROLLBACK_TEST_S3_*` ones) | a local folder ([`FolderBackend`]) |
 //! | flags | `UNLEASH_URL` + `UNLEASH_ADMIN_TOKEN` (or the `ROLLBACK_TEST_UNLEASH_*` ones), project `default`, environment `development` | a flagd-format flag file |
 //! | journal | PostgreSQL (`_rollback` schema of the same database) when the database comes from the environment | a file journal |
 //!
 //! Each component is chosen on its own, so any mix works.
 
-use crate::cutover::{Backends, Names, Storage};
-use crate::folder::FolderStore;
+use crate::cutover::{Backends, Names};
 use crate::pgcluster::{ClusterError, ThrowawayCluster};
 use rollback_core::journal::{FileJournal, Journal};
 use rollback_flags::{FileProvider, FlagProvider, UnleashProvider};
 use rollback_postgres::{Database, PgJournal};
-use rollback_s3::{S3Bucket, S3Settings};
+use rollback_s3::{FolderBackend, ObjectBackend, S3Bucket, S3Settings};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -85,25 +84,28 @@ pub async fn from_env(work_dir: &Path, label: &str) -> Result<Setup, SetupError>
     };
 
     let s3 = S3Settings::from_env("S3").or_else(|| S3Settings::from_env("ROLLBACK_TEST_S3"));
-    let storage = match s3 {
+    let storage: Arc<dyn ObjectBackend> = match s3 {
         Some(settings) => {
             let name = format!("saas-cutover-{label}");
-            let bucket = S3Bucket::connect(&settings, &name).store(format!("{name}-rollback"), "");
+            let store = S3Bucket::connect(&settings, format!("{name}-rollback"));
+            store.create(false).await?;
+            let bucket = S3Bucket::connect(&settings, &name).store(store.name(), "");
+            bucket.create(true).await?;
             chosen.push(format!(
                 "objects: S3 at {}, bucket {name} (versioned), snapshots in bucket {name}-rollback",
                 settings.endpoint().unwrap_or("Amazon S3")
             ));
-            Storage::S3(bucket)
+            Arc::new(bucket)
         }
         None => {
-            let store = FolderStore::new(work_dir.join("objects"), work_dir.join("state"))
+            let store = FolderBackend::new(work_dir.join("objects"), work_dir.join("state"))
                 .named("attachments");
             chosen.push(format!(
                 "objects: local folder {} (snapshots and step state in {})",
                 store.root().display(),
                 store.state().display()
             ));
-            Storage::Folder(store)
+            Arc::new(store)
         }
     };
 

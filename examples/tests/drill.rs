@@ -13,7 +13,7 @@
 //!
 //! Run through `scripts/test` (it starts the servers and exports `ROLLBACK_TEST_*`).
 
-use examples::cutover::{self, Backends, Cutover, FailAt, Names, Options, Storage};
+use examples::cutover::{self, Backends, Cutover, FailAt, Names, Options};
 use examples::drill::{self, Scenario};
 use rollback_core::journal::Journal;
 use rollback_core::{Outcome, RollbackScope};
@@ -136,7 +136,7 @@ impl World {
         World {
             backends: Backends {
                 db,
-                storage: Storage::S3(bucket.clone()),
+                storage: Arc::new(bucket.clone()),
                 flags: Arc::new(flags),
                 journal,
                 journal_description: "PostgreSQL journal".into(),
@@ -428,8 +428,8 @@ async fn scenario(fail_at: FailAt, scope: RollbackScope) {
     let mut w = World::new(&label).await;
     let mut opts = options();
     if fail_at == FailAt::Relayout {
-        // More than one listing page (1000 keys), so that the move stops midway: after
-        // its first page, with the rest still under v1/.
+        // More than one listing page (1000 keys): the move stops midway, after half of
+        // the objects, with the rest still under v1/.
         opts.attachments = 1_200;
     }
     w.backends.seed(&opts).await.unwrap();

@@ -2,13 +2,13 @@
 //! binaries, a local folder for objects, a flag file, a file journal — as
 //! `cargo run -p examples --example saas_cutover` runs it on a fresh machine.
 
-use examples::cutover::{self, Backends, FailAt, Names, Options, Storage};
-use examples::folder::FolderStore;
+use examples::cutover::{self, Backends, FailAt, Names, Options};
 use examples::pgcluster::{find_binaries, ThrowawayCluster};
 use rollback_core::journal::FileJournal;
 use rollback_core::{Outcome, RollbackScope};
 use rollback_flags::{FileProvider, FlagProvider, FlagState};
 use rollback_postgres::Database;
+use rollback_s3::FolderBackend;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -43,12 +43,12 @@ async fn relayout_failure_on_the_embedded_default_keeps_the_database_and_restore
     let port = cluster.port();
     let dir = tempfile::tempdir().unwrap();
     let db = Database::connect(&cluster.url("postgres")).unwrap();
-    let store =
-        FolderStore::new(dir.path().join("objects"), dir.path().join("state")).named("attachments");
+    let store = FolderBackend::new(dir.path().join("objects"), dir.path().join("state"))
+        .named("attachments");
     let flags = Arc::new(FileProvider::new(dir.path().join("flags.json")).with_scope("saas"));
     let backends = Backends {
         db: db.clone(),
-        storage: Storage::Folder(store.clone()),
+        storage: Arc::new(store.clone()),
         flags: flags.clone(),
         journal: Arc::new(FileJournal::open(dir.path().join("journal")).unwrap()),
         journal_description: "file journal".into(),
@@ -75,7 +75,7 @@ async fn relayout_failure_on_the_embedded_default_keeps_the_database_and_restore
     assert_eq!(r.kept_verified(), Some(true), "{md}");
     assert_eq!(r.undone(), vec![cutover::steps::MOVE], "{md}");
     assert!(
-        md.contains("injected failure after 100 of 200 objects"),
+        md.contains("injected failure after 100 objects"),
         "the move must stop midway: {md}"
     );
 

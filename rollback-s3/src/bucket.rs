@@ -2,21 +2,22 @@
 //! low-level operations they use (paged listings, server-side copies, batch deletes),
 //! every error mapped onto [`rollback_core::Error`] without credentials.
 
+use crate::backend::{
+    ListPage, ObjectBackend, ObjectVersion, PutMode, Store, VersionPage, VersionedBackend,
+};
 use crate::config::S3Settings;
 use crate::error::{backend_msg, map_sdk, service_status, Op};
+use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketVersioningStatus, Delete, ObjectIdentifier, VersioningConfiguration,
 };
 use aws_sdk_s3::Client;
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use rollback_core::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 
 /// Default number of requests in flight at once.
@@ -42,15 +43,6 @@ pub struct ObjectInfo {
     /// The version id, where the listing gives one (versioned listings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_id: Option<String>,
-}
-
-/// Where snapshots (manifests, copies) and step state (markers, backups) are kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Store {
-    /// The bucket.
-    pub bucket: String,
-    /// The key prefix (ends with `/`).
-    pub prefix: String,
 }
 
 /// A handle on one bucket: the client, the bucket name, where snapshots and step state
@@ -120,12 +112,6 @@ fn quote(etag: &str) -> String {
 
 fn millis(d: Option<&aws_smithy_types::DateTime>) -> i64 {
     d.and_then(|d| d.to_millis().ok()).unwrap_or(0)
-}
-
-/// The smallest string greater than every key starting with `prefix` (for skipping an
-/// excluded prefix in a listing).
-fn past(prefix: &str) -> String {
-    format!("{prefix}{}", "\u{10FFFF}".repeat(4))
 }
 
 impl S3Bucket {
@@ -227,14 +213,6 @@ impl S3Bucket {
     /// The resource id of a prefix of this bucket: `s3:<bucket>/<prefix>`.
     pub fn resource_id(&self, prefix: &str) -> String {
         format!("s3:{}/{}", self.inner.name, prefix)
-    }
-
-    /// The prefix to exclude from listings of `prefix` of this bucket (the store, when it
-    /// lies inside).
-    pub(crate) fn exclusion_for(&self, prefix: &str) -> Option<String> {
-        let s = &self.inner.store;
-        (s.bucket == self.inner.name && s.prefix.starts_with(prefix) && !s.prefix.is_empty())
-            .then(|| s.prefix.clone())
     }
 
     /// A handle on the store bucket (same client and settings).
@@ -357,17 +335,8 @@ impl S3Bucket {
     /// # Errors
     /// Backend errors (`maybe_applied` set when the outcome is uncertain).
     pub async fn put(&self, key: &str, body: impl Into<Bytes>) -> Result<String> {
-        let out = self
-            .inner
-            .client
-            .put_object()
-            .bucket(self.name())
-            .key(key)
-            .body(ByteStream::from(body.into()))
-            .send()
+        self.put_conditional(key, body.into(), PutMode::Overwrite)
             .await
-            .map_err(|e| self.err(e, "PutObject", key, Op::Write))?;
-        Ok(out.e_tag().map(unquote).unwrap_or_default())
     }
 
     /// The content of an object, `None` when it does not exist.
@@ -438,7 +407,8 @@ impl S3Bucket {
     /// # Errors
     /// Backend errors.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        let mut l = self.lister(prefix);
+        let me: crate::listing::Objects = Arc::new(self.clone());
+        let mut l = crate::listing::lister(&me, prefix);
         let mut out = Vec::new();
         while let Some(page) = l.next_page().await? {
             out.extend(page);
@@ -516,6 +486,123 @@ impl S3Bucket {
         Ok(())
     }
 
+    /// One `ListObjectsV2` request.
+    async fn list_raw(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<ListPage> {
+        let out = self
+            .inner
+            .client
+            .list_objects_v2()
+            .bucket(self.name())
+            .prefix(prefix)
+            .set_continuation_token(token.map(str::to_string))
+            .set_start_after(start_after.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| self.err(e, "ListObjectsV2", prefix, Op::Read))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ObjectInfo {
+                    key: o.key()?.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: o.e_tag().map(unquote).unwrap_or_default(),
+                    last_modified_ms: millis(o.last_modified()),
+                    version_id: None,
+                })
+            })
+            .collect();
+        let next = match (
+            out.is_truncated() == Some(true),
+            out.next_continuation_token(),
+        ) {
+            (true, Some(t)) => Some(t.to_string()),
+            _ => None,
+        };
+        Ok(ListPage { objects, next })
+    }
+
+    /// One `ListObjectVersions` request: versions first, then delete markers.
+    async fn list_versions_raw(
+        &self,
+        prefix: &str,
+        key_marker: Option<&str>,
+        version_marker: Option<&str>,
+    ) -> Result<VersionPage> {
+        let out = self
+            .inner
+            .client
+            .list_object_versions()
+            .bucket(self.name())
+            .prefix(prefix)
+            .set_key_marker(key_marker.map(str::to_string))
+            .set_version_id_marker(version_marker.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| self.err(e, "ListObjectVersions", prefix, Op::Read))?;
+        let mut versions: Vec<ObjectVersion> = out
+            .versions()
+            .iter()
+            .filter_map(|v| {
+                Some(ObjectVersion {
+                    key: v.key()?.to_string(),
+                    version_id: v.version_id().unwrap_or("null").to_string(),
+                    is_latest: v.is_latest() == Some(true),
+                    delete_marker: false,
+                    size: v.size().unwrap_or(0).max(0) as u64,
+                    etag: v.e_tag().map(unquote).unwrap_or_default(),
+                    last_modified_ms: millis(v.last_modified()),
+                })
+            })
+            .collect();
+        versions.extend(out.delete_markers().iter().filter_map(|m| {
+            Some(ObjectVersion {
+                key: m.key()?.to_string(),
+                version_id: m.version_id().unwrap_or("null").to_string(),
+                is_latest: m.is_latest() == Some(true),
+                delete_marker: true,
+                size: 0,
+                etag: String::new(),
+                last_modified_ms: millis(m.last_modified()),
+            })
+        }));
+        let next = match (out.is_truncated() == Some(true), out.next_key_marker()) {
+            (true, Some(k)) => Some((
+                k.to_string(),
+                out.next_version_id_marker().map(str::to_string),
+            )),
+            _ => None,
+        };
+        Ok(VersionPage { versions, next })
+    }
+
+    /// Put with a condition (`If-None-Match: *` or `If-Match`); none for an overwrite.
+    async fn put_conditional(&self, key: &str, body: Bytes, mode: PutMode) -> Result<String> {
+        let (if_none_match, if_match) = match mode {
+            PutMode::Overwrite => (None, None),
+            PutMode::Create => (Some("*".to_string()), None),
+            PutMode::IfMatch(e) => (None, Some(quote(&e))),
+        };
+        let out = self
+            .inner
+            .client
+            .put_object()
+            .bucket(self.name())
+            .key(key)
+            .set_if_none_match(if_none_match)
+            .set_if_match(if_match)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.err(e, "PutObject", key, Op::Write))?;
+        Ok(out.e_tag().map(unquote).unwrap_or_default())
+    }
+
     // ---- crate-internal building blocks -------------------------------------------
 
     /// Server-side copy `src_bucket/src_key[@version]` → this bucket's `dst_key`, only if
@@ -569,7 +656,7 @@ impl S3Bucket {
         }
         let chunks: Vec<Vec<(String, Option<String>)>> =
             keys.chunks(DELETE_BATCH).map(|c| c.to_vec()).collect();
-        self.run_concurrent(chunks, |chunk| async move {
+        crate::listing::run_concurrent(self, chunks, |chunk| async move {
             let first = chunk[0].0.clone();
             let mut ids = Vec::with_capacity(chunk.len());
             for (k, v) in chunk {
@@ -616,389 +703,108 @@ impl S3Bucket {
         .await?;
         Ok(())
     }
+}
 
-    /// Run `f` over `items` with at most `concurrency` in flight; results in input order.
-    pub(crate) async fn run_concurrent<T, R, F, Fut>(&self, items: Vec<T>, f: F) -> Result<Vec<R>>
-    where
-        F: Fn(T) -> Fut,
-        Fut: Future<Output = Result<R>>,
-    {
-        futures::stream::iter(items.into_iter().map(f))
-            .buffered(self.inner.concurrency)
-            .try_collect()
+#[async_trait]
+impl ObjectBackend for S3Bucket {
+    fn scheme(&self) -> &str {
+        "s3"
+    }
+
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn store_location(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn store_backend(&self) -> Arc<dyn ObjectBackend> {
+        Arc::new(self.store_bucket())
+    }
+
+    fn concurrency_limit(&self) -> usize {
+        self.inner.concurrency
+    }
+
+    fn as_versioned(&self) -> Option<&dyn VersionedBackend> {
+        Some(self)
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<ListPage> {
+        self.list_raw(prefix, start_after, token).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        S3Bucket::get_version(self, key, None).await
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
+        S3Bucket::head(self, key).await
+    }
+
+    async fn put_object(&self, key: &str, body: Bytes, mode: PutMode) -> Result<String> {
+        self.put_conditional(key, body, mode).await
+    }
+
+    async fn copy(
+        &self,
+        src: &str,
+        src_key: &str,
+        dst_key: &str,
+        if_match: Option<&str>,
+    ) -> Result<String> {
+        self.copy_from(src, src_key, None, dst_key, if_match).await
+    }
+
+    async fn delete_keys(&self, keys: Vec<String>) -> Result<()> {
+        self.delete_batch(keys.into_iter().map(|k| (k, None)).collect())
             .await
     }
 
-    /// A paged listing of `prefix` that skips the store.
-    pub(crate) fn lister(&self, prefix: &str) -> Lister {
-        Lister::new(self.clone(), prefix, self.exclusion_for(prefix))
-    }
-
-    /// A paged listing of `prefix` that skips nothing.
-    pub(crate) fn raw_lister(&self, prefix: &str) -> Lister {
-        Lister::new(self.clone(), prefix, None)
-    }
-
-    /// A paged listing of every version of `prefix`, grouped per key, skipping the store.
-    pub(crate) fn version_lister(&self, prefix: &str) -> VersionLister {
-        VersionLister::new(self.clone(), prefix, self.exclusion_for(prefix))
+    async fn dangerous_purge(&self, prefix: &str) -> Result<u64> {
+        S3Bucket::dangerous_purge(self, prefix).await
     }
 }
 
-/// A paged, forward-only listing (`ListObjectsV2`), 1000 keys per request.
-pub(crate) struct Lister {
-    bucket: S3Bucket,
-    prefix: String,
-    exclude: Option<String>,
-    token: Option<String>,
-    start_after: Option<String>,
-    done: bool,
-    buf: VecDeque<ObjectInfo>,
-}
-
-impl Lister {
-    fn new(bucket: S3Bucket, prefix: &str, exclude: Option<String>) -> Self {
-        Lister {
-            bucket,
-            prefix: prefix.to_string(),
-            exclude,
-            token: None,
-            start_after: None,
-            done: false,
-            buf: VecDeque::new(),
-        }
+#[async_trait]
+impl VersionedBackend for S3Bucket {
+    async fn is_versioned(&self) -> Result<bool> {
+        S3Bucket::is_versioned(self).await
     }
 
-    /// Start after `key` (exclusive).
-    pub(crate) fn start_after(mut self, key: Option<String>) -> Self {
-        self.start_after = key;
-        self
-    }
-
-    async fn fetch(&mut self) -> Result<Option<Vec<ObjectInfo>>> {
-        if self.done {
-            return Ok(None);
-        }
-        let b = &self.bucket;
-        let out = b
-            .inner
-            .client
-            .list_objects_v2()
-            .bucket(b.name())
-            .prefix(&self.prefix)
-            .set_continuation_token(self.token.clone())
-            .set_start_after(if self.token.is_none() {
-                self.start_after.clone()
-            } else {
-                None
-            })
-            .send()
+    async fn list_versions_page(
+        &self,
+        prefix: &str,
+        key_marker: Option<&str>,
+        version_marker: Option<&str>,
+    ) -> Result<VersionPage> {
+        self.list_versions_raw(prefix, key_marker, version_marker)
             .await
-            .map_err(|e| b.err(e, "ListObjectsV2", &self.prefix, Op::Read))?;
-        let mut page = Vec::with_capacity(out.contents().len());
-        let mut hit_exclusion = false;
-        let mut last = None;
-        for o in out.contents() {
-            let Some(key) = o.key() else { continue };
-            last = Some(key.to_string());
-            if let Some(x) = &self.exclude {
-                if key.starts_with(x.as_str()) {
-                    hit_exclusion = true;
-                    continue;
-                }
-            }
-            page.push(ObjectInfo {
-                key: key.to_string(),
-                size: o.size().unwrap_or(0).max(0) as u64,
-                etag: o.e_tag().map(unquote).unwrap_or_default(),
-                last_modified_ms: millis(o.last_modified()),
-                version_id: None,
-            });
-        }
-        let truncated = out.is_truncated() == Some(true);
-        let next = out.next_continuation_token().map(str::to_string);
-        match (truncated, next) {
-            (true, Some(t)) => {
-                let in_exclusion = matches!((&self.exclude, &last), (Some(x), Some(l)) if l.starts_with(x.as_str()));
-                if hit_exclusion && in_exclusion {
-                    // Jump over the excluded prefix instead of paging through it.
-                    self.token = None;
-                    self.start_after = self.exclude.as_deref().map(past);
-                } else {
-                    self.token = Some(t);
-                }
-            }
-            _ => self.done = true,
-        }
-        Ok(Some(page))
     }
 
-    /// The next non-empty page, `None` at the end.
-    pub(crate) async fn next_page(&mut self) -> Result<Option<Vec<ObjectInfo>>> {
-        if !self.buf.is_empty() {
-            return Ok(Some(self.buf.drain(..).collect()));
-        }
-        loop {
-            match self.fetch().await? {
-                None => return Ok(None),
-                Some(p) if p.is_empty() => continue,
-                Some(p) => return Ok(Some(p)),
-            }
-        }
+    async fn get_version(&self, key: &str, version: Option<&str>) -> Result<Option<Bytes>> {
+        S3Bucket::get_version(self, key, version).await
     }
 
-    /// Count what is left of the listing.
-    pub(crate) async fn count(mut self) -> Result<u64> {
-        let mut n = self.buf.len() as u64;
-        self.buf.clear();
-        while let Some(p) = self.next_page().await? {
-            n += p.len() as u64;
-        }
-        Ok(n)
-    }
-
-    /// The next object, `None` at the end.
-    pub(crate) async fn next(&mut self) -> Result<Option<ObjectInfo>> {
-        if self.buf.is_empty() {
-            match self.next_page().await? {
-                None => return Ok(None),
-                Some(p) => self.buf.extend(p),
-            }
-        }
-        Ok(self.buf.pop_front())
-    }
-
-    /// The next object without consuming it.
-    pub(crate) async fn peek(&mut self) -> Result<Option<&ObjectInfo>> {
-        if self.buf.is_empty() {
-            if let Some(p) = self.next_page().await? {
-                self.buf.extend(p);
-            }
-        }
-        Ok(self.buf.front())
-    }
-}
-
-/// One version (or delete marker) of a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct VersionEntry {
-    pub(crate) version_id: String,
-    pub(crate) is_latest: bool,
-    pub(crate) size: u64,
-    pub(crate) etag: String,
-    pub(crate) last_modified_ms: i64,
-}
-
-/// Every version and delete marker of one key.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct KeyVersions {
-    pub(crate) key: String,
-    /// Versions holding data, newest first.
-    pub(crate) versions: Vec<VersionEntry>,
-    /// Delete markers, newest first.
-    pub(crate) markers: Vec<VersionEntry>,
-}
-
-impl KeyVersions {
-    /// The current version, `None` when the key is absent (no versions, or a delete
-    /// marker is the latest).
-    pub(crate) fn current(&self) -> Option<&VersionEntry> {
-        if self.markers.iter().any(|m| m.is_latest) {
-            return None;
-        }
-        self.versions
-            .iter()
-            .find(|v| v.is_latest)
-            .or_else(|| self.versions.first())
-    }
-
-    /// The latest delete marker, when one is the latest entry.
-    pub(crate) fn latest_marker(&self) -> Option<&VersionEntry> {
-        self.markers.iter().find(|m| m.is_latest)
-    }
-
-    fn merge(&mut self, other: KeyVersions) {
-        self.versions.extend(other.versions);
-        self.markers.extend(other.markers);
-    }
-}
-
-/// What to do to make `want` (a captured version of a key) current again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum VersionFix {
-    /// Nothing: the current version is `want`, or has its size and ETag.
-    None,
-    /// Remove these delete markers (laid over `want`, which is the newest data version).
-    RemoveMarkers(Vec<String>),
-    /// Copy `want` over the current state (a new version with the same content).
-    CopyBack,
-}
-
-/// Decide how to make version `want` (size, ETag, last-modified) of `kv.key` current.
-pub(crate) fn version_fix(
-    kv: &KeyVersions,
-    want: &str,
-    size: u64,
-    etag: &str,
-    last_modified_ms: i64,
-) -> VersionFix {
-    let restored = kv
-        .current()
-        .is_some_and(|v| v.version_id == want || (v.etag == etag && v.size == size));
-    if restored {
-        return VersionFix::None;
-    }
-    let newest = kv.versions.first();
-    let newest_ms = newest.map(|n| n.last_modified_ms).unwrap_or(0);
-    let only_markers_above = newest.is_some_and(|n| n.version_id == want)
-        && kv.latest_marker().is_some()
-        && kv
-            .versions
-            .iter()
-            .skip(1)
-            .all(|v| v.last_modified_ms <= newest_ms);
-    if only_markers_above {
-        VersionFix::RemoveMarkers(
-            kv.markers
-                .iter()
-                .filter(|m| m.is_latest || m.last_modified_ms >= last_modified_ms)
-                .map(|m| m.version_id.clone())
-                .collect(),
-        )
-    } else {
-        VersionFix::CopyBack
-    }
-}
-
-/// A paged listing of every version (`ListObjectVersions`), grouped per key, in key order.
-pub(crate) struct VersionLister {
-    bucket: S3Bucket,
-    prefix: String,
-    exclude: Option<String>,
-    key_marker: Option<String>,
-    vid_marker: Option<String>,
-    done: bool,
-    carry: Option<KeyVersions>,
-    buf: VecDeque<KeyVersions>,
-}
-
-impl VersionLister {
-    fn new(bucket: S3Bucket, prefix: &str, exclude: Option<String>) -> Self {
-        VersionLister {
-            bucket,
-            prefix: prefix.to_string(),
-            exclude,
-            key_marker: None,
-            vid_marker: None,
-            done: false,
-            carry: None,
-            buf: VecDeque::new(),
-        }
-    }
-
-    async fn fetch(&mut self) -> Result<bool> {
-        if self.done {
-            if let Some(c) = self.carry.take() {
-                self.buf.push_back(c);
-                return Ok(true);
-            }
-            return Ok(false);
-        }
-        let b = &self.bucket;
-        let out = b
-            .inner
-            .client
-            .list_object_versions()
-            .bucket(b.name())
-            .prefix(&self.prefix)
-            .set_key_marker(self.key_marker.clone())
-            .set_version_id_marker(self.vid_marker.clone())
-            .send()
+    async fn copy_version(
+        &self,
+        src: &str,
+        src_key: &str,
+        version: &str,
+        dst_key: &str,
+    ) -> Result<String> {
+        self.copy_from(src, src_key, Some(version), dst_key, None)
             .await
-            .map_err(|e| b.err(e, "ListObjectVersions", &self.prefix, Op::Read))?;
-        let mut page: BTreeMap<String, KeyVersions> = BTreeMap::new();
-        let excluded = |k: &str| matches!(&self.exclude, Some(x) if k.starts_with(x.as_str()));
-        for v in out.versions() {
-            let Some(key) = v.key() else { continue };
-            if excluded(key) {
-                continue;
-            }
-            page.entry(key.to_string())
-                .or_insert_with(|| KeyVersions {
-                    key: key.to_string(),
-                    ..Default::default()
-                })
-                .versions
-                .push(VersionEntry {
-                    version_id: v.version_id().unwrap_or("null").to_string(),
-                    is_latest: v.is_latest() == Some(true),
-                    size: v.size().unwrap_or(0).max(0) as u64,
-                    etag: v.e_tag().map(unquote).unwrap_or_default(),
-                    last_modified_ms: millis(v.last_modified()),
-                });
-        }
-        for m in out.delete_markers() {
-            let Some(key) = m.key() else { continue };
-            if excluded(key) {
-                continue;
-            }
-            page.entry(key.to_string())
-                .or_insert_with(|| KeyVersions {
-                    key: key.to_string(),
-                    ..Default::default()
-                })
-                .markers
-                .push(VersionEntry {
-                    version_id: m.version_id().unwrap_or("null").to_string(),
-                    is_latest: m.is_latest() == Some(true),
-                    size: 0,
-                    etag: String::new(),
-                    last_modified_ms: millis(m.last_modified()),
-                });
-        }
-        let truncated = out.is_truncated() == Some(true);
-        let next_key = out.next_key_marker().map(str::to_string);
-        // No jump over the excluded prefix here (unlike `Lister`): a `KeyMarker` that is not
-        // the last key of a page is mishandled by some servers (moto drops the first
-        // version after it), so the store's versions are paged through and skipped.
-        if truncated && next_key.is_some() {
-            self.key_marker = next_key;
-            self.vid_marker = out.next_version_id_marker().map(str::to_string);
-        } else {
-            self.done = true;
-        }
-        // Join the key carried from the previous page; keep the last key of this page
-        // back (its versions may continue on the next page).
-        if let Some(mut c) = self.carry.take() {
-            match page.remove(&c.key) {
-                Some(more) => {
-                    c.merge(more);
-                    page.insert(c.key.clone(), c);
-                }
-                None => self.buf.push_back(c),
-            }
-        }
-        let mut entries: Vec<KeyVersions> = page.into_values().collect();
-        if !self.done {
-            self.carry = entries.pop();
-        }
-        self.buf.extend(entries);
-        if self.done {
-            if let Some(c) = self.carry.take() {
-                self.buf.push_back(c);
-            }
-        }
-        Ok(true)
     }
 
-    /// The next key with all its versions, `None` at the end.
-    pub(crate) async fn next(&mut self) -> Result<Option<KeyVersions>> {
-        while self.buf.is_empty() {
-            if !self.fetch().await? {
-                return Ok(None);
-            }
-        }
-        Ok(self.buf.pop_front())
+    async fn delete_versions(&self, keys: Vec<(String, Option<String>)>) -> Result<()> {
+        self.delete_batch(keys).await
     }
 }
 
@@ -1013,12 +819,5 @@ mod tests {
             copy_source("b", "k", Some("3/L4kq")),
             "b/k?versionId=3%2FL4kq"
         );
-    }
-
-    #[test]
-    fn past_sorts_after_every_key_of_the_prefix() {
-        let p = past(".rollback/");
-        assert!(p.as_str() > ".rollback/zzzz/\u{FFFF}");
-        assert!(p.as_str() < ".rollback0");
     }
 }

@@ -1,7 +1,12 @@
 //! [`S3Checkpoint`]: manifest checkpoints of a bucket prefix, versioned or copy-based.
 
-use crate::bucket::{version_fix, ObjectInfo, S3Bucket, VersionFix, DELETE_BATCH};
+use crate::backend::ObjectBackend;
+use crate::bucket::{ObjectInfo, DELETE_BATCH};
 use crate::error::after_writes;
+use crate::listing::{
+    lister, raw_lister, resource_id, run_concurrent, version_fix, version_lister, versioned,
+    Objects, VersionFix, Work,
+};
 use crate::manifest::{
     fingerprint_field, ManifestEntry, ManifestHeader, ManifestReader, ManifestRef, ManifestWriter,
     FORMAT, PART_ENTRIES,
@@ -10,6 +15,7 @@ use async_trait::async_trait;
 use rollback_core::{Checkpoint, Context, Digest, Error, Hasher, Restored, Result, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 /// How a checkpoint keeps the captured state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -67,7 +73,7 @@ pub enum CheckpointMode {
 /// ```
 #[derive(Debug, Clone)]
 pub struct S3Checkpoint {
-    bucket: S3Bucket,
+    bucket: Objects,
     prefix: String,
     resource: String,
     mode: CheckpointMode,
@@ -92,50 +98,21 @@ impl Mode {
     }
 }
 
-/// One server-side copy: (source bucket, source key, source version, destination key,
-/// if-match ETag of the source).
-pub(crate) type CopyJob = (String, String, Option<String>, String, Option<String>);
-
-/// Batched copy and delete work, flushed every [`DELETE_BATCH`] items.
-#[derive(Default)]
-pub(crate) struct Work {
-    /// (source bucket, source key, source version, destination key, if-match)
-    pub(crate) copies: Vec<CopyJob>,
-    pub(crate) deletes: Vec<(String, Option<String>)>,
-    pub(crate) changed: u64,
-}
-
-impl Work {
-    pub(crate) fn len(&self) -> usize {
-        self.copies.len() + self.deletes.len()
-    }
-
-    pub(crate) async fn flush(&mut self, bucket: &S3Bucket) -> Result<()> {
-        let copies = std::mem::take(&mut self.copies);
-        let n = copies.len() as u64;
-        bucket
-            .run_concurrent(copies, |(sb, sk, sv, dk, m)| async move {
-                bucket
-                    .copy_from(&sb, &sk, sv.as_deref(), &dk, m.as_deref())
-                    .await
-            })
-            .await?;
-        let deletes = std::mem::take(&mut self.deletes);
-        let d = deletes.len() as u64;
-        bucket.delete_batch(deletes).await?;
-        self.changed += n + d;
-        Ok(())
-    }
-}
-
 impl S3Checkpoint {
     /// A checkpoint of every object of `bucket` under `prefix` (`""`: the whole bucket,
     /// minus the store prefix), in [`CheckpointMode::Auto`].
-    pub fn new(bucket: &S3Bucket, prefix: impl Into<String>) -> Self {
+    ///
+    /// `bucket` is any [`ObjectBackend`]: an [`S3Bucket`](crate::S3Bucket), or a shared
+    /// `Arc<dyn ObjectBackend>`. Versions need a [`VersionedBackend`](crate::VersionedBackend)
+    /// with versioning enabled.
+    pub fn new<B>(bucket: &B, prefix: impl Into<String>) -> Self
+    where
+        B: ObjectBackend + Clone + 'static,
+    {
         let prefix = prefix.into();
         S3Checkpoint {
-            resource: bucket.resource_id(&prefix),
-            bucket: bucket.clone(),
+            resource: resource_id(bucket, &prefix),
+            bucket: Arc::new(bucket.clone()),
             prefix,
             mode: CheckpointMode::Auto,
             content_digests: false,
@@ -178,16 +155,23 @@ impl S3Checkpoint {
         &self.prefix
     }
 
-    /// The bucket handle.
-    pub fn bucket(&self) -> &S3Bucket {
+    /// The backend handle.
+    pub fn bucket(&self) -> &Arc<dyn ObjectBackend> {
         &self.bucket
+    }
+
+    async fn is_versioned(&self) -> Result<bool> {
+        match self.bucket.as_versioned() {
+            Some(v) => v.is_versioned().await,
+            None => Ok(false),
+        }
     }
 
     async fn resolve(&self) -> Result<Mode> {
         match self.mode {
             CheckpointMode::Copy => Ok(Mode::Copy),
             CheckpointMode::Versions => {
-                if self.bucket.is_versioned().await? {
+                if self.is_versioned().await? {
                     Ok(Mode::Versions)
                 } else {
                     Err(Error::invalid(format!(
@@ -197,7 +181,7 @@ impl S3Checkpoint {
                     )))
                 }
             }
-            CheckpointMode::Auto => Ok(if self.bucket.is_versioned().await? {
+            CheckpointMode::Auto => Ok(if self.is_versioned().await? {
                 Mode::Versions
             } else {
                 Mode::Copy
@@ -209,20 +193,27 @@ impl S3Checkpoint {
         &self,
         entries: &mut [ManifestEntry],
         from: impl Fn(&ManifestEntry) -> (String, Option<String>),
-        source: &S3Bucket,
+        source: &Objects,
     ) -> Result<()> {
         if !self.content_digests {
             return Ok(());
         }
         let targets: Vec<(String, Option<String>)> = entries.iter().map(&from).collect();
-        let digests = source
-            .run_concurrent(targets, |(k, v)| async move {
-                let body = source.get_version(&k, v.as_deref()).await?.ok_or_else(|| {
-                    Error::conflict(format!("{k} disappeared while it was being captured"))
-                })?;
-                Ok(blake3::hash(&body).to_hex().to_string())
-            })
-            .await?;
+        let digests = run_concurrent(&**source, targets, |(k, v)| async move {
+            let body = match v {
+                Some(v) => {
+                    versioned(&**source, "reading a captured version")?
+                        .get_version(&k, Some(&v))
+                        .await?
+                }
+                None => source.get(&k).await?,
+            };
+            let body = body.ok_or_else(|| {
+                Error::conflict(format!("{k} disappeared while it was being captured"))
+            })?;
+            Ok(blake3::hash(&body).to_hex().to_string())
+        })
+        .await?;
         for (e, d) in entries.iter_mut().zip(digests) {
             e.blake3 = Some(d);
         }
@@ -239,7 +230,7 @@ impl S3Checkpoint {
         let mut done = 0u64;
         match mode {
             Mode::Versions => {
-                let mut vl = self.bucket.version_lister(&self.prefix);
+                let mut vl = version_lister(&self.bucket, &self.prefix);
                 let mut batch: Vec<ManifestEntry> = Vec::new();
                 loop {
                     let next = vl.next().await?;
@@ -274,37 +265,35 @@ impl S3Checkpoint {
                 }
             }
             Mode::Copy => {
-                let store = self.bucket.store_bucket();
+                let store = self.bucket.store_backend();
                 let src = self.bucket.name().to_string();
-                let mut l = self.bucket.lister(&self.prefix);
+                let mut l = lister(&self.bucket, &self.prefix);
                 while let Some(page) = l.next_page().await? {
-                    let copies = store
-                        .run_concurrent(page, |o| {
-                            let store = &store;
-                            let src = &src;
-                            async move {
-                                let etag = store
-                                    .copy_from(
-                                        src,
-                                        &o.key,
-                                        None,
-                                        &format!("{copies_prefix}{}", o.key),
-                                        Some(&o.etag),
-                                    )
-                                    .await
-                                    .map_err(|e| match e {
-                                        Error::Conflict { .. } => Error::conflict(format!(
-                                            "{} changed while it was being captured",
-                                            o.key
-                                        )),
-                                        e => e,
-                                    })?;
-                                let mut e = ManifestEntry::from_info(&o);
-                                e.copy_etag = Some(etag);
-                                Ok(e)
-                            }
-                        })
-                        .await?;
+                    let copies = run_concurrent(&*store, page, |o| {
+                        let store = &store;
+                        let src = &src;
+                        async move {
+                            let etag = store
+                                .copy(
+                                    src,
+                                    &o.key,
+                                    &format!("{copies_prefix}{}", o.key),
+                                    Some(&o.etag),
+                                )
+                                .await
+                                .map_err(|e| match e {
+                                    Error::Conflict { .. } => Error::conflict(format!(
+                                        "{} changed while it was being captured",
+                                        o.key
+                                    )),
+                                    e => e,
+                                })?;
+                            let mut e = ManifestEntry::from_info(&o);
+                            e.copy_etag = Some(etag);
+                            Ok(e)
+                        }
+                    })
+                    .await?;
                     let mut entries = copies;
                     self.digest_contents(
                         &mut entries,
@@ -365,13 +354,13 @@ impl S3Checkpoint {
             let store = if cb == b.name() {
                 b.clone()
             } else {
-                b.store_bucket()
+                b.store_backend()
             };
-            Some((cb.clone(), cp.clone(), store.raw_lister(cp)))
+            Some((cb.clone(), cp.clone(), raw_lister(&store, cp)))
         };
         let mut copies = copies;
-        let mut vl = versions.then(|| b.version_lister(&self.prefix));
-        let mut l = (!versions).then(|| b.lister(&self.prefix));
+        let mut vl = versions.then(|| version_lister(b, &self.prefix));
+        let mut l = (!versions).then(|| lister(b, &self.prefix));
         let mut m = reader.next().await?;
         let mut cur_v = match &mut vl {
             Some(vl) => vl.next().await?,
@@ -532,7 +521,7 @@ impl Checkpoint for S3Checkpoint {
     async fn capture(&self, ctx: &Context) -> Result<Snapshot> {
         let mode = self.resolve().await?;
         let id = format!("s3-{}", uuid::Uuid::new_v4().simple());
-        let store = self.bucket.store_bucket();
+        let store = self.bucket.store_backend();
         let base = format!("{}snapshots/{id}/", self.bucket.store_location().prefix);
         let parts_prefix = format!("{base}manifest/");
         let copies_prefix = format!("{base}objects/");
@@ -642,7 +631,7 @@ impl Checkpoint for S3Checkpoint {
 
     async fn fingerprint(&self, _ctx: &Context) -> Result<Digest> {
         let mut h = Hasher::new();
-        let mut l = self.bucket.lister(&self.prefix);
+        let mut l = lister(&self.bucket, &self.prefix);
         while let Some(page) = l.next_page().await? {
             for o in &page {
                 fingerprint_field(&mut h, &o.key, o.size, &o.etag);
@@ -653,7 +642,7 @@ impl Checkpoint for S3Checkpoint {
 
     async fn discard(&self, snapshot: &Snapshot, _ctx: &Context) -> Result<()> {
         let mref = ManifestRef::from_descriptor(&snapshot.descriptor)?;
-        let store = self.bucket.store_bucket();
+        let store = self.bucket.store_backend();
         // parts_prefix is `<store>/snapshots/<id>/manifest/`: purge `<store>/snapshots/<id>/`.
         let base = mref
             .parts_prefix

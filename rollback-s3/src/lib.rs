@@ -106,18 +106,25 @@
 //! [`S3Bucket::concurrency`] requests in flight and batch deletes, so memory stays flat
 //! however many objects a prefix holds.
 
+mod backend;
 mod bucket;
 mod checkpoint;
 mod config;
 mod error;
+mod folder;
+mod listing;
 mod manifest;
 mod steps;
 mod verify;
 
 pub use aws_sdk_s3;
-pub use bucket::{ObjectInfo, S3Bucket, Store, DEFAULT_CONCURRENCY, DEFAULT_STORE_PREFIX};
+pub use backend::{
+    ListPage, ObjectBackend, ObjectVersion, PutMode, Store, VersionPage, VersionedBackend,
+};
+pub use bucket::{ObjectInfo, S3Bucket, DEFAULT_CONCURRENCY, DEFAULT_STORE_PREFIX};
 pub use checkpoint::{CheckpointMode, S3Checkpoint};
 pub use config::{RequestCounter, S3Settings, SDK_LOG_FILTER};
+pub use folder::FolderBackend;
 pub use manifest::{ManifestEntry, ManifestHeader, ManifestRef, FORMAT, PART_ENTRIES};
 pub use rollback_core::Secret;
 pub use steps::{

@@ -2,8 +2,10 @@
 //! last-modified, version id, optional blake3 of content), stored as JSON-lines objects
 //! in parts of [`PART_ENTRIES`] entries, with a blake3 digest over all parts.
 
-use crate::bucket::{ObjectInfo, S3Bucket};
+use crate::backend::{ObjectBackend, PutMode};
+use crate::bucket::ObjectInfo;
 use crate::error::backend_msg;
+use crate::listing::{url, Objects};
 use rollback_core::{Digest, Error, Hasher, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -130,7 +132,7 @@ pub(crate) fn fingerprint_field(h: &mut Hasher, key: &str, size: u64, etag: &str
 
 /// Writes a manifest part by part while hashing it.
 pub(crate) struct ManifestWriter {
-    store: S3Bucket,
+    store: Objects,
     parts_prefix: String,
     header: ManifestHeader,
     part_entries: usize,
@@ -145,7 +147,7 @@ pub(crate) struct ManifestWriter {
 
 impl ManifestWriter {
     pub(crate) fn new(
-        store: S3Bucket,
+        store: Objects,
         parts_prefix: String,
         header: ManifestHeader,
         part_entries: usize,
@@ -190,7 +192,9 @@ impl ManifestWriter {
         let bytes = std::mem::take(&mut self.buf);
         self.digest.update(&bytes);
         let key = part_key(&self.parts_prefix, self.parts);
-        self.store.put(&key, bytes).await?;
+        self.store
+            .put_object(&key, bytes.into(), PutMode::Overwrite)
+            .await?;
         self.parts += 1;
         self.in_part = 0;
         Ok(())
@@ -229,7 +233,7 @@ impl ManifestWriter {
 
 /// Reads a stored manifest, part by part.
 pub(crate) struct ManifestReader {
-    store: S3Bucket,
+    store: Objects,
     mref: ManifestRef,
     next_part: u32,
     buf: VecDeque<ManifestEntry>,
@@ -238,11 +242,11 @@ pub(crate) struct ManifestReader {
 }
 
 impl ManifestReader {
-    pub(crate) fn new(bucket: &S3Bucket, mref: &ManifestRef) -> Self {
+    pub(crate) fn new(bucket: &Objects, mref: &ManifestRef) -> Self {
         let store = if mref.store_bucket == bucket.name() {
             bucket.clone()
         } else {
-            bucket.store_bucket()
+            bucket.store_backend()
         };
         ManifestReader {
             store,
@@ -257,7 +261,7 @@ impl ManifestReader {
         let key = self.mref.part_key(i);
         self.store.get(&key).await?.ok_or_else(|| {
             backend_msg(
-                format!("manifest part s3://{}/{key} is missing", self.store.name()),
+                format!("manifest part {} is missing", url(&*self.store, &key)),
                 false,
             )
         })

@@ -1,6 +1,8 @@
 //! Verifiers: manifest parity, object exists / absent, and predicates over objects.
 
-use crate::bucket::{ObjectInfo, S3Bucket, DELETE_BATCH};
+use crate::backend::ObjectBackend;
+use crate::bucket::{ObjectInfo, DELETE_BATCH};
+use crate::listing::{lister, run_concurrent, url, Objects};
 use crate::manifest::{ManifestEntry, ManifestReader, ManifestRef};
 use crate::S3Checkpoint;
 use async_trait::async_trait;
@@ -42,7 +44,7 @@ enum Against {
 #[derive(Debug, Clone)]
 pub struct ManifestParity {
     id: String,
-    bucket: S3Bucket,
+    bucket: Objects,
     prefix: String,
     against: Against,
     mapping: Option<(String, String)>,
@@ -83,10 +85,13 @@ impl ManifestParity {
     /// Parity of `prefix` of `bucket` with the manifest of `snapshot` (taken by an
     /// [`S3Checkpoint`], possibly of another prefix: combine with
     /// [`ManifestParity::mapped`]).
-    pub fn against_snapshot(id: &str, bucket: &S3Bucket, prefix: &str, snapshot: Snapshot) -> Self {
+    pub fn against_snapshot<B>(id: &str, bucket: &B, prefix: &str, snapshot: Snapshot) -> Self
+    where
+        B: ObjectBackend + Clone + 'static,
+    {
         ManifestParity {
             id: id.into(),
-            bucket: bucket.clone(),
+            bucket: Arc::new(bucket.clone()),
             prefix: prefix.into(),
             against: Against::Snapshot(Box::new(snapshot)),
             mapping: None,
@@ -139,13 +144,12 @@ impl ManifestParity {
             return Ok(());
         }
         let b = &self.bucket;
-        let results = b
-            .run_concurrent(pairs, |(e, o)| async move {
-                let body = b.get(&o.key).await?;
-                let actual = body.map(|x| blake3::hash(&x).to_hex().to_string());
-                Ok((e, o, actual))
-            })
-            .await?;
+        let results = run_concurrent(&**b, pairs, |(e, o)| async move {
+            let body = b.get(&o.key).await?;
+            let actual = body.map(|x| blake3::hash(&x).to_hex().to_string());
+            Ok((e, o, actual))
+        })
+        .await?;
         for (e, o, actual) in results {
             if e.blake3.is_none() || e.blake3 != actual || e.size != o.size {
                 note(
@@ -187,7 +191,7 @@ impl Verifier for ManifestParity {
             None => (self.prefix.clone(), self.prefix.clone()),
         };
         let mut reader = ManifestReader::new(&self.bucket, &mref);
-        let mut lister = self.bucket.lister(&to);
+        let mut lister = lister(&self.bucket, &to);
         let mut t = Tally::default();
         let mut m = next_mapped(&mut reader, &from, &to).await?;
         let mut c = lister.next().await?;
@@ -239,13 +243,8 @@ impl Verifier for ManifestParity {
             "size+ETag"
         };
         let target = match &self.mapping {
-            Some((f, to)) => format!("s3://{}/{to} vs {}@{f}", self.bucket.name(), snap.resource),
-            None => format!(
-                "s3://{}/{} vs {}",
-                self.bucket.name(),
-                self.prefix,
-                snap.resource
-            ),
+            Some((f, to)) => format!("{} vs {}@{f}", url(&*self.bucket, to), snap.resource),
+            None => format!("{} vs {}", url(&*self.bucket, &self.prefix), snap.resource),
         };
         let summary = if differences == 0 {
             format!(
@@ -292,17 +291,20 @@ async fn next_mapped(
 #[derive(Debug, Clone)]
 pub struct ObjectExists {
     id: String,
-    bucket: S3Bucket,
+    bucket: Objects,
     key: String,
     etag: Option<String>,
 }
 
 impl ObjectExists {
     /// Check that `key` exists in `bucket`.
-    pub fn new(id: &str, bucket: &S3Bucket, key: &str) -> Self {
+    pub fn new<B>(id: &str, bucket: &B, key: &str) -> Self
+    where
+        B: ObjectBackend + Clone + 'static,
+    {
         ObjectExists {
             id: id.into(),
-            bucket: bucket.clone(),
+            bucket: Arc::new(bucket.clone()),
             key: key.into(),
             etag: None,
         }
@@ -322,7 +324,7 @@ impl Verifier for ObjectExists {
     }
 
     async fn verify(&self, _ctx: &Context) -> Result<Verdict> {
-        let url = format!("s3://{}/{}", self.bucket.name(), self.key);
+        let url = url(&*self.bucket, &self.key);
         Ok(match self.bucket.head(&self.key).await? {
             None => Verdict::fail(format!("{url} does not exist"))
                 .with_evidence(json!({"key": self.key, "exists": false})),
@@ -346,27 +348,33 @@ impl Verifier for ObjectExists {
 #[derive(Debug, Clone)]
 pub struct ObjectAbsent {
     id: String,
-    bucket: S3Bucket,
+    bucket: Objects,
     key: String,
     prefix: bool,
 }
 
 impl ObjectAbsent {
     /// Check that `key` does not exist in `bucket`.
-    pub fn key(id: &str, bucket: &S3Bucket, key: &str) -> Self {
+    pub fn key<B>(id: &str, bucket: &B, key: &str) -> Self
+    where
+        B: ObjectBackend + Clone + 'static,
+    {
         ObjectAbsent {
             id: id.into(),
-            bucket: bucket.clone(),
+            bucket: Arc::new(bucket.clone()),
             key: key.into(),
             prefix: false,
         }
     }
 
     /// Check that nothing exists under `prefix` in `bucket` (the store excepted).
-    pub fn prefix(id: &str, bucket: &S3Bucket, prefix: &str) -> Self {
+    pub fn prefix<B>(id: &str, bucket: &B, prefix: &str) -> Self
+    where
+        B: ObjectBackend + Clone + 'static,
+    {
         ObjectAbsent {
             id: id.into(),
-            bucket: bucket.clone(),
+            bucket: Arc::new(bucket.clone()),
             key: prefix.into(),
             prefix: true,
         }
@@ -380,7 +388,7 @@ impl Verifier for ObjectAbsent {
     }
 
     async fn verify(&self, _ctx: &Context) -> Result<Verdict> {
-        let url = format!("s3://{}/{}", self.bucket.name(), self.key);
+        let url = url(&*self.bucket, &self.key);
         if !self.prefix {
             return Ok(match self.bucket.head(&self.key).await? {
                 None => Verdict::pass(format!("{url} is absent")),
@@ -388,7 +396,7 @@ impl Verifier for ObjectAbsent {
                     .with_evidence(json!({"key": o.key, "size": o.size, "etag": o.etag})),
             });
         }
-        let mut l = self.bucket.lister(&self.key);
+        let mut l = lister(&self.bucket, &self.key);
         let mut count = 0u64;
         let mut sample = Vec::new();
         while let Some(page) = l.next_page().await? {
@@ -438,7 +446,7 @@ enum Pred {
 #[derive(Clone)]
 pub struct ObjectPredicate {
     id: String,
-    bucket: S3Bucket,
+    bucket: Objects,
     prefix: String,
     label: String,
     pred: Pred,
@@ -457,13 +465,14 @@ impl fmt::Debug for ObjectPredicate {
 
 impl ObjectPredicate {
     /// A predicate over listing entries; `label` says what it checks.
-    pub fn metadata<F>(id: &str, bucket: &S3Bucket, prefix: &str, label: &str, f: F) -> Self
+    pub fn metadata<B, F>(id: &str, bucket: &B, prefix: &str, label: &str, f: F) -> Self
     where
+        B: ObjectBackend + Clone + 'static,
         F: Fn(&ObjectInfo) -> bool + Send + Sync + 'static,
     {
         ObjectPredicate {
             id: id.into(),
-            bucket: bucket.clone(),
+            bucket: Arc::new(bucket.clone()),
             prefix: prefix.into(),
             label: label.into(),
             pred: Pred::Meta(Arc::new(f)),
@@ -471,13 +480,14 @@ impl ObjectPredicate {
     }
 
     /// A predicate over content.
-    pub fn content<F>(id: &str, bucket: &S3Bucket, prefix: &str, label: &str, f: F) -> Self
+    pub fn content<B, F>(id: &str, bucket: &B, prefix: &str, label: &str, f: F) -> Self
     where
+        B: ObjectBackend + Clone + 'static,
         F: Fn(&ObjectInfo, &Bytes) -> bool + Send + Sync + 'static,
     {
         ObjectPredicate {
             id: id.into(),
-            bucket: bucket.clone(),
+            bucket: Arc::new(bucket.clone()),
             prefix: prefix.into(),
             label: label.into(),
             pred: Pred::Content(Arc::new(f)),
@@ -493,14 +503,14 @@ impl Verifier for ObjectPredicate {
 
     async fn verify(&self, _ctx: &Context) -> Result<Verdict> {
         let b = &self.bucket;
-        let mut l = b.lister(&self.prefix);
+        let mut l = lister(b, &self.prefix);
         let (mut checked, mut failed) = (0u64, (0u64, Vec::new()));
         while let Some(page) = l.next_page().await? {
             checked += page.len() as u64;
             let oks: Vec<(String, bool)> = match &self.pred {
                 Pred::Meta(f) => page.iter().map(|o| (o.key.clone(), f(o))).collect(),
                 Pred::Content(f) => {
-                    b.run_concurrent(page, |o| {
+                    run_concurrent(&**b, page, |o| {
                         let f = f.clone();
                         async move {
                             let ok = match b.get(&o.key).await? {
@@ -519,7 +529,7 @@ impl Verifier for ObjectPredicate {
                 }
             }
         }
-        let url = format!("s3://{}/{}", b.name(), self.prefix);
+        let url = url(&**b, &self.prefix);
         Ok(Verdict::check(
             failed.0 == 0,
             if failed.0 == 0 {

@@ -6,9 +6,11 @@
 #[macro_use]
 mod common;
 
+use common::faults::FailAfterCopies;
 use rollback_core::journal::FileJournal;
-use rollback_core::{Executor, Outcome, Plan, ResumePolicy};
-use rollback_s3::{ManifestParity, MovePrefix, S3Bucket, S3Checkpoint};
+use rollback_core::{Executor, Outcome, Plan, ResumePolicy, Step};
+use rollback_s3::{ManifestParity, MovePrefix, ObjectBackend, S3Bucket, S3Checkpoint};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Objects per scenario: 1,000 by default to keep the debug suite within minutes on
@@ -25,10 +27,13 @@ fn objects() -> usize {
 fn relayout_plan(bucket: &S3Bucket, fail_after: Option<u64>) -> Plan {
     let cp = S3Checkpoint::new(bucket, "");
     // Batches of 100: the failure and the kill land between batches, mid-move.
-    let mut mv = MovePrefix::new("move-v1-to-v2", bucket, "v1/", "v2/").batch_size(100);
-    if let Some(n) = fail_after {
-        mv = mv.fail_after(n);
-    }
+    let build = |b: &Arc<dyn ObjectBackend>| {
+        MovePrefix::new("move-v1-to-v2", b, "v1/", "v2/").batch_size(100)
+    };
+    let mv: Arc<dyn Step> = match fail_after {
+        Some(n) => Arc::new(FailAfterCopies::new(bucket, n, build)),
+        None => Arc::new(MovePrefix::new("move-v1-to-v2", bucket, "v1/", "v2/").batch_size(100)),
+    };
     Plan::builder(format!("relayout-{}", bucket.name()))
         .checkpoint("storage", cp.clone())
         .step("storage", mv, &[])

@@ -3,6 +3,7 @@
 #[macro_use]
 mod common;
 
+use common::faults::FailAfterCopies;
 use rollback_core::journal::MemoryJournal;
 use rollback_core::{Checkpoint, Context, Executor, Plan};
 use rollback_s3::{MovePrefix, S3Bucket, S3Checkpoint, S3Settings, Secret};
@@ -94,7 +95,9 @@ async fn exercise(filter: &str) -> (String, String, Vec<String>, String) {
         .checkpoint("storage", cp.clone())
         .step(
             "storage",
-            MovePrefix::new("mv", &b, "v1/", "v2/").fail_after(1),
+            FailAfterCopies::new(&b, 1, |b| {
+                MovePrefix::new("mv", b, "v1/", "v2/").batch_size(5)
+            }),
             &[],
         )
         .build()

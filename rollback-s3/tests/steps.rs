@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 
+use common::faults::FailAfterCopies;
 use rollback_core::events::RunEvent;
 use rollback_core::journal::MemoryJournal;
 use rollback_core::{Context, Error, Executor, Outcome, Plan, PlanError, Step};
@@ -54,9 +55,9 @@ async fn move_revert_without_receipt_undoes_a_partial_apply() {
         let b = common::fresh_bucket("move-partial", versioned).await;
         common::seed(&b, "v1/", 5, 300).await;
         let before = common::independent_state(b.client(), b.name(), "").await;
-        let step = MovePrefix::new("mv", &b, "v1/", "v2/")
-            .batch_size(100)
-            .fail_after(200);
+        let step = FailAfterCopies::new(&b, 200, |b| {
+            MovePrefix::new("mv", b, "v1/", "v2/").batch_size(100)
+        });
         let ctx = run_ctx();
         let err = step.apply(&ctx).await.unwrap_err();
         assert!(

@@ -1,12 +1,17 @@
 //! [`DeleteObjects`]: delete every object under a prefix.
 
 use super::Area;
-use crate::bucket::{version_fix, S3Bucket, VersionFix, DELETE_BATCH};
-use crate::checkpoint::Work;
+use crate::backend::ObjectBackend;
+use crate::bucket::DELETE_BATCH;
 use crate::error::after_writes;
+use crate::listing::{
+    lister, raw_lister, resource_id, url, version_fix, version_lister, versioned, Objects,
+    VersionFix, Work,
+};
 use async_trait::async_trait;
 use rollback_core::{Context, Error, Receipt, Result, Reversibility, Step};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Delete every object under a prefix.
 ///
@@ -36,7 +41,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone)]
 pub struct DeleteObjects {
     id: String,
-    bucket: S3Bucket,
+    bucket: Objects,
     prefix: String,
     reversibility: Reversibility,
     touches: Vec<String>,
@@ -61,11 +66,14 @@ struct Deleted {
 
 impl DeleteObjects {
     /// A restore-only step `id` deleting every object of `bucket` under `prefix`.
-    pub fn new(id: &str, bucket: &S3Bucket, prefix: &str) -> Self {
+    pub fn new<B>(id: &str, bucket: &B, prefix: &str) -> Self
+    where
+        B: ObjectBackend + Clone + 'static,
+    {
         DeleteObjects {
             id: id.into(),
-            touches: vec![bucket.resource_id(prefix)],
-            bucket: bucket.clone(),
+            touches: vec![resource_id(bucket, prefix)],
+            bucket: Arc::new(bucket.clone()),
             prefix: prefix.into(),
             reversibility: Reversibility::RestoreOnly,
         }
@@ -96,7 +104,7 @@ impl DeleteObjects {
     }
 
     async fn delete_unversioned(&self, ctx: &Context) -> Result<u64> {
-        let mut l = self.bucket.lister(&self.prefix);
+        let mut l = lister(&self.bucket, &self.prefix);
         let mut n = 0u64;
         while let Some(page) = l.next_page().await? {
             if ctx.is_cancelled() {
@@ -104,7 +112,7 @@ impl DeleteObjects {
             }
             n += page.len() as u64;
             self.bucket
-                .delete_batch(page.into_iter().map(|o| (o.key, None)).collect())
+                .delete_keys(page.into_iter().map(|o| o.key).collect())
                 .await?;
             ctx.progress(&self.id, n, None, "objects deleted");
         }
@@ -113,12 +121,10 @@ impl DeleteObjects {
 
     async fn delete_versioned(&self, area: &Area, ctx: &Context) -> Result<u64> {
         // Continue numbering batch records after those of an interrupted apply.
-        let mut batch_no = area
-            .store()
-            .raw_lister(&area.key("deleted/"))
+        let mut batch_no = raw_lister(area.store(), &area.key("deleted/"))
             .count()
             .await?;
-        let mut vl = self.bucket.version_lister(&self.prefix);
+        let mut vl = version_lister(&self.bucket, &self.prefix);
         let mut n = 0u64;
         let mut batch: Vec<Deleted> = Vec::new();
         loop {
@@ -144,8 +150,8 @@ impl DeleteObjects {
                     .await?;
                 batch_no += 1;
                 n += batch.len() as u64;
-                self.bucket
-                    .delete_batch(batch.drain(..).map(|d| (d.key, None)).collect())
+                versioned(&*self.bucket, "a versioned delete")?
+                    .delete_versions(batch.drain(..).map(|d| (d.key, None)).collect())
                     .await?;
                 ctx.progress(&self.id, n, None, "objects deleted");
             }
@@ -158,8 +164,8 @@ impl DeleteObjects {
     async fn revert_versioned(&self, area: &Area, ctx: &Context) -> Result<u64> {
         let b = &self.bucket;
         let name = b.name().to_string();
-        let mut records = area.store().raw_lister(&area.key("deleted/"));
-        let mut vl = b.version_lister(&self.prefix);
+        let mut records = raw_lister(area.store(), &area.key("deleted/"));
+        let mut vl = version_lister(b, &self.prefix);
         let mut cur = vl.next().await?;
         let mut work = Work::default();
         while let Some(rec) = records.next().await? {
@@ -229,12 +235,7 @@ impl Step for DeleteObjects {
     }
 
     fn describe(&self) -> String {
-        format!(
-            "{}: delete s3://{}/{}*",
-            self.id,
-            self.bucket.name(),
-            self.prefix
-        )
+        format!("{}: delete {}*", self.id, url(&*self.bucket, &self.prefix))
     }
 
     async fn apply(&self, ctx: &Context) -> Result<Receipt> {
@@ -243,7 +244,11 @@ impl Step for DeleteObjects {
             return Ok(Receipt::new(&r));
         }
         let versioned = self.reversibility == Reversibility::Compensable;
-        if versioned && !self.bucket.is_versioned().await? {
+        let on = match self.bucket.as_versioned() {
+            Some(v) => v.is_versioned().await?,
+            None => false,
+        };
+        if versioned && !on {
             return Err(Error::invalid(format!(
                 "step {}: declared versioned, but bucket {} does not have versioning enabled; \
                  refusing an irreversible delete",
@@ -274,9 +279,8 @@ impl Step for DeleteObjects {
             Reversibility::Irreversible => Err(Error::Irreversible {
                 step: self.id.clone(),
                 reason: format!(
-                    "objects under s3://{}/{} were deleted",
-                    self.bucket.name(),
-                    self.prefix
+                    "objects under {} were deleted",
+                    url(&*self.bucket, &self.prefix)
                 ),
             }),
             Reversibility::RestoreOnly => {

@@ -17,13 +17,14 @@ pub use put::PutObjects;
 pub use relayout::{CopyPrefix, MovePrefix, RelayoutReceipt};
 pub use rewrite::{RewriteFn, RewriteObjects};
 
-use crate::bucket::S3Bucket;
+use crate::backend::{ObjectBackend, PutMode};
+use crate::listing::Objects;
 use rollback_core::{Context, Error, Result};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// A step's bookkeeping area in the store.
 pub(crate) struct Area {
-    store: S3Bucket,
+    store: Objects,
     prefix: String,
 }
 
@@ -34,7 +35,7 @@ fn path_safe(s: &str) -> String {
 }
 
 impl Area {
-    pub(crate) fn new(bucket: &S3Bucket, ctx: &Context, step_id: &str) -> Self {
+    pub(crate) fn new(bucket: &Objects, ctx: &Context, step_id: &str) -> Self {
         let prefix = format!(
             "{}steps/{}/{}/",
             bucket.store_location().prefix,
@@ -42,12 +43,12 @@ impl Area {
             path_safe(step_id)
         );
         Area {
-            store: bucket.store_bucket(),
+            store: bucket.store_backend(),
             prefix,
         }
     }
 
-    pub(crate) fn store(&self) -> &S3Bucket {
+    pub(crate) fn store(&self) -> &Objects {
         &self.store
     }
 
@@ -67,7 +68,9 @@ impl Area {
     pub(crate) async fn put_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
         let bytes =
             serde_json::to_vec(value).map_err(|e| Error::invalid(format!("step marker: {e}")))?;
-        self.store.put(&self.key(name), bytes).await?;
+        self.store
+            .put_object(&self.key(name), bytes.into(), PutMode::Overwrite)
+            .await?;
         Ok(())
     }
 

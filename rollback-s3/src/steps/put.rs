@@ -1,12 +1,15 @@
 //! [`PutObjects`]: write objects, keeping what they overwrite.
 
 use super::{common_dir, Area};
-use crate::bucket::{S3Bucket, DELETE_BATCH};
+use crate::backend::{ObjectBackend, PutMode};
+use crate::bucket::DELETE_BATCH;
 use crate::error::after_writes;
+use crate::listing::{raw_lister, resource_id, run_concurrent, url, Objects};
 use async_trait::async_trait;
 use bytes::Bytes;
 use rollback_core::{Context, Error, Receipt, Result, Reversibility, Step};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Put objects (create or overwrite keys). Compensable.
 ///
@@ -26,7 +29,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone)]
 pub struct PutObjects {
     id: String,
-    bucket: S3Bucket,
+    bucket: Objects,
     objects: Vec<(String, Bytes)>,
     touches: Option<Vec<String>>,
 }
@@ -40,10 +43,13 @@ struct PutReceipt {
 
 impl PutObjects {
     /// A step `id` putting objects into `bucket` (add them with [`PutObjects::object`]).
-    pub fn new(id: &str, bucket: &S3Bucket) -> Self {
+    pub fn new<B>(id: &str, bucket: &B) -> Self
+    where
+        B: ObjectBackend + Clone + 'static,
+    {
         PutObjects {
             id: id.into(),
-            bucket: bucket.clone(),
+            bucket: Arc::new(bucket.clone()),
             objects: Vec::new(),
             touches: None,
         }
@@ -76,11 +82,13 @@ impl PutObjects {
         match self.bucket.head(key).await? {
             Some(o) => {
                 store
-                    .copy_from(self.bucket.name(), key, None, &prev, Some(&o.etag))
+                    .copy(self.bucket.name(), key, &prev, Some(&o.etag))
                     .await?;
             }
             None => {
-                store.put(&absent, Bytes::new()).await?;
+                store
+                    .put_object(&absent, Bytes::new(), PutMode::Overwrite)
+                    .await?;
             }
         }
         Ok(())
@@ -90,7 +98,7 @@ impl PutObjects {
 /// Undo puts and rewrites recorded in `area`: copy every `prev/` backup back over its
 /// key, delete every key with an `absent/` marker, then drop the area.
 pub(crate) async fn restore_backups(
-    bucket: &S3Bucket,
+    bucket: &Objects,
     area: &Area,
     ctx: &Context,
     step: &str,
@@ -99,33 +107,28 @@ pub(crate) async fn restore_backups(
     let prev_prefix = area.key("prev/");
     let absent_prefix = area.key("absent/");
     let mut n = 0u64;
-    let mut l = store.raw_lister(&prev_prefix);
+    let mut l = raw_lister(store, &prev_prefix);
     while let Some(page) = l.next_page().await? {
         let items: Vec<(String, String)> = page
             .iter()
             .map(|o| (o.key.clone(), o.etag.clone()))
             .collect();
-        bucket
-            .run_concurrent(items, |(backup, etag)| {
-                let key = backup[prev_prefix.len()..].to_string();
-                async move {
-                    bucket
-                        .copy_from(store.name(), &backup, None, &key, Some(&etag))
-                        .await
-                }
-            })
-            .await?;
+        run_concurrent(&**bucket, items, |(backup, etag)| {
+            let key = backup[prev_prefix.len()..].to_string();
+            async move { bucket.copy(store.name(), &backup, &key, Some(&etag)).await }
+        })
+        .await?;
         n += page.len() as u64;
         ctx.progress(step, n, None, "objects reverted");
     }
-    let mut l = store.raw_lister(&absent_prefix);
+    let mut l = raw_lister(store, &absent_prefix);
     while let Some(page) = l.next_page().await? {
-        let keys: Vec<(String, Option<String>)> = page
+        let keys: Vec<String> = page
             .iter()
-            .map(|o| (o.key[absent_prefix.len()..].to_string(), None))
+            .map(|o| o.key[absent_prefix.len()..].to_string())
             .collect();
         for chunk in keys.chunks(DELETE_BATCH) {
-            bucket.delete_batch(chunk.to_vec()).await?;
+            bucket.delete_keys(chunk.to_vec()).await?;
         }
         n += page.len() as u64;
         ctx.progress(step, n, None, "objects reverted");
@@ -153,7 +156,7 @@ impl Step for PutObjects {
             return Vec::new();
         };
         let dir = keys.fold(common_dir(first, first), |acc, k| common_dir(acc, k));
-        vec![self.bucket.resource_id(dir)]
+        vec![resource_id(&*self.bucket, dir)]
     }
 
     fn spec(&self) -> serde_json::Value {
@@ -168,10 +171,10 @@ impl Step for PutObjects {
 
     fn describe(&self) -> String {
         format!(
-            "{}: put {} objects into s3://{}",
+            "{}: put {} objects into {}",
             self.id,
             self.objects.len(),
-            self.bucket.name()
+            url(&*self.bucket, "")
         )
     }
 
@@ -187,15 +190,14 @@ impl Step for PutObjects {
                 if ctx.is_cancelled() {
                     return Err(Error::Cancelled);
                 }
-                self.bucket
-                    .run_concurrent(chunk.to_vec(), |(k, body)| {
-                        let area = &area;
-                        async move {
-                            self.backup(area, &k).await?;
-                            self.bucket.put(&k, body).await
-                        }
-                    })
-                    .await?;
+                run_concurrent(&*self.bucket, chunk.to_vec(), |(k, body)| {
+                    let area = &area;
+                    async move {
+                        self.backup(area, &k).await?;
+                        self.bucket.put_object(&k, body, PutMode::Overwrite).await
+                    }
+                })
+                .await?;
                 done += chunk.len() as u64;
                 ctx.progress(&self.id, done, Some(total), "objects");
             }

@@ -2,12 +2,14 @@
 //! `v2/{tenant}/…`).
 
 use super::{common_dir, Area};
-use crate::bucket::{S3Bucket, DELETE_BATCH};
-use crate::checkpoint::Work;
-use crate::error::{after_writes, backend_msg};
+use crate::backend::ObjectBackend;
+use crate::bucket::DELETE_BATCH;
+use crate::error::after_writes;
+use crate::listing::{lister, resource_id, url, Objects, Work};
 use async_trait::async_trait;
 use rollback_core::{Context, Error, Receipt, Result, Reversibility, Step};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// What a relayout did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,12 +29,11 @@ pub struct RelayoutReceipt {
 #[derive(Debug, Clone)]
 struct Relayout {
     id: String,
-    bucket: S3Bucket,
+    bucket: Objects,
     from: String,
     to: String,
     delete_source: bool,
     touches: Vec<String>,
-    fail_after: Option<u64>,
     batch: usize,
 }
 
@@ -44,15 +45,14 @@ struct Cursor {
 }
 
 impl Relayout {
-    fn new(id: &str, bucket: &S3Bucket, from: &str, to: &str, delete_source: bool) -> Self {
+    fn new(id: &str, bucket: Objects, from: &str, to: &str, delete_source: bool) -> Self {
         Relayout {
             id: id.into(),
-            touches: vec![bucket.resource_id(common_dir(from, to))],
-            bucket: bucket.clone(),
+            touches: vec![resource_id(&*bucket, common_dir(from, to))],
+            bucket,
             from: from.into(),
             to: to.into(),
             delete_source,
-            fail_after: None,
             batch: DELETE_BATCH,
         }
     }
@@ -87,7 +87,6 @@ impl Relayout {
             "bucket": self.bucket.name(),
             "from": self.from,
             "to": self.to,
-            "fail_after": self.fail_after,
         })
     }
 
@@ -99,12 +98,11 @@ impl Relayout {
         }
         let resumed = area.exists("started.json").await?;
         if !resumed {
-            if self.bucket.lister(&self.to).next().await?.is_some() {
+            if lister(&self.bucket, &self.to).next().await?.is_some() {
                 return Err(Error::conflict(format!(
-                    "step {}: destination s3://{}/{} is not empty; refusing to mix layouts",
+                    "step {}: destination {} is not empty; refusing to mix layouts",
                     self.id,
-                    self.bucket.name(),
-                    self.to
+                    url(&*self.bucket, &self.to)
                 )));
             }
             area.put_json("started.json", &self.spec()).await?;
@@ -122,13 +120,13 @@ impl Relayout {
             None
         };
         let (mut done, mut bytes) = cursor.as_ref().map(|c| (c.done, c.bytes)).unwrap_or((0, 0));
-        let total = b.lister(&self.from).count().await?
+        let total = lister(b, &self.from).count().await?
             + if self.delete_source {
-                b.lister(&self.to).count().await?
+                lister(b, &self.to).count().await?
             } else {
                 0
             };
-        let mut l = b.lister(&self.from).start_after(cursor.map(|c| c.last));
+        let mut l = lister(b, &self.from).start_after(cursor.map(|c| c.last));
         let name = b.name().to_string();
         ctx.progress(&self.id, done, Some(total), "objects");
         while let Some(page) = l.next_page().await? {
@@ -156,17 +154,6 @@ impl Relayout {
                 ctx.save_cursor(serde_json::json!(Cursor { done, bytes, last }))
                     .await?;
                 ctx.progress(&self.id, done, Some(total), "objects");
-                if let Some(k) = self.fail_after {
-                    if done >= k {
-                        return Err(backend_msg(
-                            format!(
-                                "step {}: drill: injected failure after {done} objects",
-                                self.id
-                            ),
-                            true,
-                        ));
-                    }
-                }
             }
         }
         let receipt = RelayoutReceipt {
@@ -189,8 +176,8 @@ impl Relayout {
         }
         let b = &self.bucket;
         let name = b.name().to_string();
-        let mut dst = b.lister(&self.to);
-        let mut src = b.lister(&self.from);
+        let mut dst = lister(b, &self.to);
+        let mut src = lister(b, &self.from);
         let mut work = Work::default();
         let mut conflicts: Vec<String> = Vec::new();
         let mut conflict_count = 0u64;
@@ -254,8 +241,11 @@ macro_rules! relayout_step {
             ///
             /// Touches `s3:<bucket>/<common parent of from and to>` unless told otherwise
             /// with `touching`.
-            pub fn new(id: &str, bucket: &S3Bucket, from: &str, to: &str) -> Self {
-                $name(Relayout::new(id, bucket, from, to, $move))
+            pub fn new<B>(id: &str, bucket: &B, from: &str, to: &str) -> Self
+            where
+                B: ObjectBackend + Clone + 'static,
+            {
+                $name(Relayout::new(id, Arc::new(bucket.clone()), from, to, $move))
             }
 
             /// Name the resources (checkpoint resource ids) this step changes.
@@ -272,13 +262,6 @@ macro_rules! relayout_step {
             /// reports, journaled cursors, cancellation checks and batch deletes.
             pub fn batch_size(mut self, n: usize) -> Self {
                 self.0.batch = n.clamp(1, DELETE_BATCH);
-                self
-            }
-
-            /// Drill: fail (as if the process lost the backend) once `n` objects are done,
-            /// with the change partly applied. For rehearsals and tests; part of the spec.
-            pub fn fail_after(mut self, n: u64) -> Self {
-                self.0.fail_after = Some(n);
                 self
             }
         }
@@ -299,8 +282,8 @@ macro_rules! relayout_step {
             }
             fn describe(&self) -> String {
                 format!(
-                    "{}: {} s3://{}/{}* to {}*",
-                    self.0.id, $verb, self.0.bucket.name(), self.0.from, self.0.to
+                    "{}: {} {}* to {}*",
+                    self.0.id, $verb, url(&*self.0.bucket, &self.0.from), self.0.to
                 )
             }
             async fn apply(&self, ctx: &Context) -> Result<Receipt> {

@@ -2,8 +2,10 @@
 
 use super::put::restore_backups;
 use super::Area;
-use crate::bucket::{ObjectInfo, S3Bucket};
+use crate::backend::{ObjectBackend, PutMode};
+use crate::bucket::ObjectInfo;
 use crate::error::after_writes;
+use crate::listing::{lister, raw_lister, resource_id, run_concurrent, url, Objects};
 use async_trait::async_trait;
 use bytes::Bytes;
 use rollback_core::{Context, Error, Receipt, Result, Reversibility, Step};
@@ -37,7 +39,7 @@ pub type RewriteFn = Arc<dyn Fn(&str, &Bytes) -> Result<Option<Bytes>> + Send + 
 #[derive(Clone)]
 pub struct RewriteObjects {
     id: String,
-    bucket: S3Bucket,
+    bucket: Objects,
     prefix: String,
     label: String,
     f: RewriteFn,
@@ -65,14 +67,15 @@ struct RewriteReceipt {
 impl RewriteObjects {
     /// A step `id` rewriting every object of `bucket` under `prefix` with `f`. `label`
     /// names the function's version in the plan's spec (change it when `f` changes).
-    pub fn new<F>(id: &str, bucket: &S3Bucket, prefix: &str, label: &str, f: F) -> Self
+    pub fn new<B, F>(id: &str, bucket: &B, prefix: &str, label: &str, f: F) -> Self
     where
+        B: ObjectBackend + Clone + 'static,
         F: Fn(&str, &Bytes) -> Result<Option<Bytes>> + Send + Sync + 'static,
     {
         RewriteObjects {
             id: id.into(),
-            touches: vec![bucket.resource_id(prefix)],
-            bucket: bucket.clone(),
+            touches: vec![resource_id(bucket, prefix)],
+            bucket: Arc::new(bucket.clone()),
             prefix: prefix.into(),
             label: label.into(),
             f: Arc::new(f),
@@ -103,10 +106,9 @@ impl RewriteObjects {
             Some(_) => {}
             None => {
                 area.store()
-                    .copy_from(
+                    .copy(
                         self.bucket.name(),
                         &o.key,
-                        None,
                         &area.key(&format!("prev/{}", o.key)),
                         Some(&o.etag),
                     )
@@ -121,7 +123,9 @@ impl RewriteObjects {
         };
         match (self.f)(&o.key, &body)? {
             Some(new) if new != body => {
-                self.bucket.put(&o.key, new).await?;
+                self.bucket
+                    .put_object(&o.key, new, PutMode::Overwrite)
+                    .await?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -154,10 +158,9 @@ impl Step for RewriteObjects {
 
     fn describe(&self) -> String {
         format!(
-            "{}: rewrite s3://{}/{}* with {}",
+            "{}: rewrite {}* with {}",
             self.id,
-            self.bucket.name(),
-            self.prefix,
+            url(&*self.bucket, &self.prefix),
             self.label
         )
     }
@@ -169,8 +172,8 @@ impl Step for RewriteObjects {
         }
         let run = async {
             let prev_prefix = area.key("prev/");
-            let mut backups = area.store().raw_lister(&prev_prefix);
-            let mut l = self.bucket.lister(&self.prefix);
+            let mut backups = raw_lister(area.store(), &prev_prefix);
+            let mut l = lister(&self.bucket, &self.prefix);
             let (mut rewritten, mut unchanged) = (0u64, 0u64);
             while let Some(page) = l.next_page().await? {
                 if ctx.is_cancelled() {
@@ -189,13 +192,11 @@ impl Step for RewriteObjects {
                         .map(|b| b.etag.clone());
                     items.push((o, backup));
                 }
-                let changed = self
-                    .bucket
-                    .run_concurrent(items, |(o, backup)| {
-                        let area = &area;
-                        async move { self.rewrite_one(area, o, backup).await }
-                    })
-                    .await?;
+                let changed = run_concurrent(&*self.bucket, items, |(o, backup)| {
+                    let area = &area;
+                    async move { self.rewrite_one(area, o, backup).await }
+                })
+                .await?;
                 let c = changed.iter().filter(|c| **c).count() as u64;
                 rewritten += c;
                 unchanged += changed.len() as u64 - c;
