@@ -113,7 +113,7 @@ mod verify;
 
 pub use aws_sdk_s3;
 pub use backend::{
-    ListPage, ObjectBackend, ObjectVersion, PutMode, Store, VersionPage, VersionedBackend,
+    ListPage, ObjectBackend, ObjectVersion, PutMode, StoreLocation, VersionPage, VersionedBackend,
 };
 pub use bucket::{ObjectInfo, S3Bucket, DEFAULT_CONCURRENCY, DEFAULT_STORE_PREFIX};
 pub use checkpoint::{CheckpointMode, S3Checkpoint};
