@@ -105,9 +105,7 @@ impl ObjectBackend for Faulty {
         if f.armed.load(Ordering::SeqCst) && f.tripped.load(Ordering::SeqCst) {
             return Err(Error::Backend {
                 backend: "drill",
-                source: Box::new(Injected(format!(
-                    "drill: injected failure after {done} objects"
-                ))),
+                source: Box::new(Injected(format!("injected failure after {done} objects"))),
                 maybe_applied: true,
             });
         }
