@@ -13,7 +13,7 @@ use std::sync::Arc;
 /// Where snapshots (manifests, copies) and step state (markers, backups) are kept: a
 /// namespace of the backend (a bucket, a folder) and a key prefix in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Store {
+pub struct StoreLocation {
     /// The namespace (the bucket of an S3 store).
     pub bucket: String,
     /// The key prefix (ends with `/`, or is empty).
@@ -44,7 +44,7 @@ pub enum PutMode {
 }
 
 /// A store of objects: keys (`/`-separated strings) to byte strings, in one namespace
-/// (a bucket, a folder), with a second place — the [`Store`] — for snapshots and step
+/// (a bucket, a folder), with a second place — the [`StoreLocation`] — for snapshots and step
 /// state.
 ///
 /// Keep it small: listings are paged, everything else is one object at a time except
@@ -80,7 +80,7 @@ pub trait ObjectBackend: Send + Sync + fmt::Debug {
     fn name(&self) -> &str;
 
     /// Where snapshots and step state are kept.
-    fn store_location(&self) -> &Store;
+    fn store_location(&self) -> &StoreLocation;
 
     /// A handle on the store's namespace (the same handle when the store lies in this
     /// namespace), with the same store location.
@@ -258,7 +258,7 @@ macro_rules! forward_backend {
             fn name(&self) -> &str {
                 (**self).name()
             }
-            fn store_location(&self) -> &Store {
+            fn store_location(&self) -> &StoreLocation {
                 (**self).store_location()
             }
             fn store_backend(&self) -> Arc<dyn ObjectBackend> {

@@ -3,7 +3,7 @@
 //! every error mapped onto [`rollback_core::Error`] without credentials.
 
 use crate::backend::{
-    ListPage, ObjectBackend, ObjectVersion, PutMode, Store, VersionPage, VersionedBackend,
+    ListPage, ObjectBackend, ObjectVersion, PutMode, StoreLocation, VersionPage, VersionedBackend,
 };
 use crate::config::S3Settings;
 use crate::error::{backend_msg, map_sdk, service_status, Op};
@@ -66,7 +66,7 @@ pub struct S3Bucket {
 struct Inner {
     client: Client,
     name: String,
-    store: Store,
+    store: StoreLocation,
     concurrency: usize,
     redactions: Vec<String>,
 }
@@ -122,7 +122,7 @@ impl S3Bucket {
         S3Bucket {
             inner: Arc::new(Inner {
                 client,
-                store: Store {
+                store: StoreLocation {
                     bucket: name.clone(),
                     prefix: DEFAULT_STORE_PREFIX.into(),
                 },
@@ -176,7 +176,7 @@ impl S3Bucket {
             prefix.push('/');
         }
         let bucket = bucket.into();
-        self.with(|i| i.store = Store { bucket, prefix })
+        self.with(|i| i.store = StoreLocation { bucket, prefix })
     }
 
     /// Keep snapshots and step state in this bucket under `prefix`.
@@ -201,7 +201,7 @@ impl S3Bucket {
     }
 
     /// Where snapshots and step state are kept.
-    pub fn store_location(&self) -> &Store {
+    pub fn store_location(&self) -> &StoreLocation {
         &self.inner.store
     }
 
@@ -715,7 +715,7 @@ impl ObjectBackend for S3Bucket {
         &self.inner.name
     }
 
-    fn store_location(&self) -> &Store {
+    fn store_location(&self) -> &StoreLocation {
         &self.inner.store
     }
 

@@ -2,7 +2,7 @@
 //! in a second folder — an [`ObjectBackend`] for the copy-based checkpoint, every step
 //! and every verifier of this crate, without an S3 server.
 
-use crate::backend::{ListPage, ObjectBackend, PutMode, Store};
+use crate::backend::{ListPage, ObjectBackend, PutMode, StoreLocation};
 use crate::bucket::ObjectInfo;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -200,7 +200,7 @@ fn keys_under(root: &Path, prefix: &str) -> Result<Vec<String>> {
 
 /// A local folder as an [`ObjectBackend`]: key `v1/42/invoice.pdf` is the file
 /// `<root>/v1/42/invoice.pdf`; snapshots and step state live in a separate *state* folder
-/// (the [`Store`]), so the object folder holds only objects. Cheap to clone.
+/// (the [`StoreLocation`]), so the object folder holds only objects. Cheap to clone.
 ///
 /// - The ETag of an object is the first 32 hex digits of the blake3 of its content, so
 ///   a copy keeps its source's ETag and a conditional write compares content.
@@ -246,7 +246,7 @@ struct Inner {
     /// The object folder and its name (copy sources of the store's handle).
     objects: (String, PathBuf),
     state_root: PathBuf,
-    store: Store,
+    store: StoreLocation,
     concurrency: usize,
     lock: Arc<Mutex<()>>,
 }
@@ -272,7 +272,7 @@ impl FolderBackend {
             inner: Arc::new(Inner {
                 name: root.display().to_string(),
                 objects: (root.display().to_string(), root.clone()),
-                store: Store {
+                store: StoreLocation {
                     bucket: state_root.display().to_string(),
                     prefix: String::new(),
                 },
@@ -287,7 +287,7 @@ impl FolderBackend {
     /// Use `name` instead of the root path in resource ids (stable across machines).
     pub fn named(self, name: impl Into<String>) -> Self {
         let name = name.into();
-        let store = Store {
+        let store = StoreLocation {
             bucket: format!("{name}.state"),
             prefix: String::new(),
         };
@@ -424,7 +424,7 @@ impl ObjectBackend for FolderBackend {
         &self.inner.name
     }
 
-    fn store_location(&self) -> &Store {
+    fn store_location(&self) -> &StoreLocation {
         &self.inner.store
     }
 

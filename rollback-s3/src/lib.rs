@@ -1,9 +1,14 @@
 //! # rollback-s3
 //!
-//! The S3 adapter of [`rollback_core`]: checkpoints of bucket prefixes (versioned or
+//! The object-storage adapter of [`rollback_core`]: checkpoints of prefixes (versioned or
 //! copy-based, each with a stored, digest-checked manifest), object steps (put, copy or
 //! move a prefix to a new layout, rewrite through a function, delete) and manifest
-//! verifiers, on Amazon S3 or any S3-compatible API.
+//! verifiers, on Amazon S3, any S3-compatible API, or a local folder.
+//!
+//! Everything is written once over [`ObjectBackend`]; the versioned checkpoint and the
+//! compensable delete also need [`VersionedBackend`]. [`S3Bucket`] implements both;
+//! [`FolderBackend`] (files in a folder) implements [`ObjectBackend`], so on it
+//! checkpoints are copy-based.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -63,6 +68,11 @@
 //! settings are built.
 //!
 //! ## Pieces
+//! - [`ObjectBackend`] and [`VersionedBackend`]: what the rest needs from a store of
+//!   objects, each with a numbered `# Contract`; shared (`Arc`) and boxed backends are
+//!   backends.
+//! - [`FolderBackend`]: a local folder (atomic writes, content-hash ETags, conditional
+//!   puts and copies), for the embedded case and tests without a server.
 //! - [`S3Settings`]: endpoint, TLS, credentials, region, addressing and retries.
 //! - [`S3Bucket`] is the handle everything shares: client, bucket, concurrency, and the
 //!   *store* — where snapshots and step bookkeeping live (`.rollback/` in the bucket by
@@ -119,7 +129,7 @@ mod verify;
 
 pub use aws_sdk_s3;
 pub use backend::{
-    ListPage, ObjectBackend, ObjectVersion, PutMode, Store, VersionPage, VersionedBackend,
+    ListPage, ObjectBackend, ObjectVersion, PutMode, StoreLocation, VersionPage, VersionedBackend,
 };
 pub use bucket::{ObjectInfo, S3Bucket, DEFAULT_CONCURRENCY, DEFAULT_STORE_PREFIX};
 pub use checkpoint::{CheckpointMode, S3Checkpoint};

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use rollback_core::{Context, Effect, Error, Receipt, Result, Reversibility, Step};
-use rollback_s3::{ListPage, ObjectBackend, ObjectInfo, PutMode, Store};
+use rollback_s3::{ListPage, ObjectBackend, ObjectInfo, PutMode, StoreLocation};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -47,7 +47,7 @@ impl ObjectBackend for Faulty {
     fn name(&self) -> &str {
         self.inner.name()
     }
-    fn store_location(&self) -> &Store {
+    fn store_location(&self) -> &StoreLocation {
         self.inner.store_location()
     }
     fn store_backend(&self) -> Arc<dyn ObjectBackend> {
@@ -85,9 +85,7 @@ impl ObjectBackend for Faulty {
         if f.armed.load(Ordering::SeqCst) && f.tripped.load(Ordering::SeqCst) {
             return Err(Error::Backend {
                 backend: "drill",
-                source: Box::new(Injected(format!(
-                    "drill: injected failure after {done} objects"
-                ))),
+                source: Box::new(Injected(format!("injected failure after {done} objects"))),
                 maybe_applied: true,
             });
         }
