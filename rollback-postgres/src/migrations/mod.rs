@@ -550,7 +550,8 @@ impl Pending {
             let m = &ms.all[i];
             let up = scan::unwrap_transaction(&m.file, &m.up, m.up_line)?;
             refuse_session_state(&m.file, &up, m.up_line)?;
-            let down = match &m.down {
+            // A down section with no statement (dbmate's empty `-- migrate:down`) is none.
+            let down = match m.down.as_ref().filter(|d| !sqlscan::split(d).is_empty()) {
                 Some(d) => {
                     let f = m.down_file.as_deref().unwrap_or(&m.file);
                     let d = scan::unwrap_transaction(f, d, m.down_line)?;
