@@ -334,3 +334,110 @@ async fn transaction_control_inside_a_file_is_refused_at_plan_time_with_file_and
         other => panic!("{other:?}"),
     }
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+async fn diesel_ledger(db: &TestDb) -> Vec<String> {
+    let c = db.db.client().await.unwrap();
+    c.query(
+        "SELECT version FROM __diesel_schema_migrations ORDER BY version",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[tokio::test]
+async fn diesel_folders_keep_diesels_table_and_roll_back_by_downs() {
+    let db = TestDb::new("mig_diesel").await;
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&fixture("diesel"), dir.path());
+    let fail = dir.path().join("2024-01-06-000000_duplicate_user");
+    std::fs::create_dir(&fail).unwrap();
+    std::fs::write(
+        fail.join("up.sql"),
+        "INSERT INTO users (id, email) VALUES (51, 'user1@example.com');\n",
+    )
+    .unwrap();
+    std::fs::write(fail.join("down.sql"), "DELETE FROM users WHERE id = 51;\n").unwrap();
+
+    let p = Migrations::diesel(dir.path())
+        .unwrap()
+        .target(20240102000000)
+        .pending(&db.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        run(&db, &p.plan().unwrap()).await.outcome,
+        Outcome::Committed
+    );
+    let half = diesel_ledger(&db).await;
+    assert_eq!(half, ["20240101000000", "20240102000000"]);
+    let before = db.dump();
+
+    let p = Migrations::diesel(dir.path())
+        .unwrap()
+        .pending(&db.db)
+        .await
+        .unwrap();
+    let ids: Vec<String> = p.migrations().iter().map(|m| m.id()).collect();
+    assert_eq!(
+        ids,
+        [
+            "20240103000000_index_email",
+            "20240104000000_rename_total",
+            "20240105000000_orders_note",
+            "20240106000000_duplicate_user"
+        ]
+    );
+    let plan = p.plan().unwrap();
+    assert!(
+        plan.dry_run().to_string().contains("non-transactional"),
+        "metadata.toml's run_in_transaction = false: {}",
+        plan.dry_run()
+    );
+    let report = run(&db, &plan).await;
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    assert_eq!(diesel_ledger(&db).await, half);
+    common::assert_same_dump(
+        &before,
+        &db.dump(),
+        "after rolling back the rest of a diesel folder",
+    );
+
+    std::fs::remove_dir_all(&fail).unwrap();
+    let p = Migrations::diesel(dir.path())
+        .unwrap()
+        .pending(&db.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        run(&db, &p.plan().unwrap()).await.outcome,
+        Outcome::Committed
+    );
+    assert_eq!(diesel_ledger(&db).await.len(), 5);
+    assert_eq!(
+        db.scalar("SELECT to_regclass('users_email_key')::text")
+            .await
+            .as_deref(),
+        Some("users_email_key")
+    );
+}

@@ -47,6 +47,7 @@ pub(super) fn load(format: Format, dir: &Path) -> Result<Vec<Migration>, Migrati
         Format::Sqlx => sqlx(dir)?,
         Format::GolangMigrate => golang_migrate(dir)?,
         Format::Dbmate => dbmate(dir)?,
+        Format::Diesel => diesel(dir)?,
     };
     out.sort_by_key(|m| m.number);
     for w in out.windows(2) {
@@ -246,6 +247,59 @@ fn dbmate_sections(path: &Path, text: &str) -> Result<Vec<Section>, MigrationErr
             s.sql.push_str(line);
             s.sql.push('\n');
         }
+    }
+    Ok(out)
+}
+
+/// diesel: `<version>_<name>/up.sql` + `down.sql` (+ `metadata.toml`), the version being the
+/// folder name before its first `_` without dashes.
+fn diesel(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
+    let mut out = Vec::new();
+    for (name, path) in entries(dir)? {
+        if !path.is_dir() {
+            continue;
+        }
+        let up_path = path.join("up.sql");
+        if !up_path.exists() {
+            continue;
+        }
+        let (raw, rest) = name.split_once('_').unwrap_or((name.as_str(), ""));
+        let v = raw.replace('-', "");
+        let down_path = path.join("down.sql");
+        let down = if down_path.exists() {
+            Some(read(&down_path)?)
+        } else {
+            None
+        };
+        let meta = path.join("metadata.toml");
+        let mut transaction = true;
+        if meta.exists() {
+            for (n, line) in read(&meta)?.lines().enumerate() {
+                let l: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+                if l == "run_in_transaction=false" {
+                    transaction = false;
+                } else if l.starts_with("run_in_transaction") && l != "run_in_transaction=true" {
+                    return Err(MigrationError::Parse {
+                        file: meta.clone(),
+                        line: n + 1,
+                        message: format!("cannot read {line:?} (true or false)"),
+                    });
+                }
+            }
+        }
+        out.push(Migration {
+            number: parse_version(&path, &v)?,
+            version: v,
+            name: rest.to_string(),
+            file: up_path.clone(),
+            checksum_source: Vec::new(),
+            up: read(&up_path)?,
+            up_line: 1,
+            down_file: down.as_ref().map(|_| down_path.clone()),
+            down,
+            down_line: 1,
+            transaction,
+        });
     }
     Ok(out)
 }

@@ -26,6 +26,7 @@ impl Ledger {
         match self.format {
             Format::Sqlx => "_sqlx_migrations",
             Format::GolangMigrate | Format::Dbmate => "schema_migrations",
+            Format::Diesel => "__diesel_schema_migrations",
         }
     }
 
@@ -52,6 +53,10 @@ impl Ledger {
             Format::Dbmate => format!(
                 "CREATE TABLE IF NOT EXISTS {t} (version character varying(128) NOT NULL PRIMARY KEY)"
             ),
+            Format::Diesel => format!(
+                "CREATE TABLE IF NOT EXISTS {t} (version VARCHAR(50) PRIMARY KEY NOT NULL, \
+                 run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+            ),
         }
     }
 
@@ -65,7 +70,7 @@ impl Ledger {
             Format::GolangMigrate => {
                 format!("SELECT version::text, NULL::text, dirty::text FROM {t}")
             }
-            Format::Dbmate => {
+            Format::Dbmate | Format::Diesel => {
                 format!("SELECT version::text, NULL::text, 'false' FROM {t} ORDER BY version")
             }
         }
@@ -88,7 +93,9 @@ impl Ledger {
                  INSERT INTO {t} (version, dirty) SELECT {v}, false \
                  WHERE NOT EXISTS (SELECT 1 FROM {t})"
             ),
-            Format::Dbmate => format!("INSERT INTO {t} (version) VALUES ({})", quote_literal(v)),
+            Format::Dbmate | Format::Diesel => {
+                format!("INSERT INTO {t} (version) VALUES ({})", quote_literal(v))
+            }
         }
     }
 
@@ -98,7 +105,7 @@ impl Ledger {
         let t = self.table();
         match self.format {
             Format::Sqlx => format!("DELETE FROM {t} WHERE version = {}", m.version),
-            Format::Dbmate => format!(
+            Format::Dbmate | Format::Diesel => format!(
                 "DELETE FROM {t} WHERE version = {}",
                 quote_literal(&m.version)
             ),
@@ -125,7 +132,7 @@ impl Ledger {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            Format::Dbmate => format!(
+            Format::Dbmate | Format::Diesel => format!(
                 "DELETE FROM {t} WHERE version IN ({})",
                 versions
                     .iter()

@@ -58,6 +58,19 @@
 //!   `transaction:false` on a section marker runs it outside a transaction (set it on
 //!   both sections: one step runs both alike). Ledger `schema_migrations(version
 //!   varchar(128))`, one row per applied version, written in the migration's transaction.
+//! - **diesel** ([`Migrations::diesel`]): one folder per migration,
+//!   `<version>_<name>/up.sql` + `down.sql` (diesel's generator always writes a
+//!   `down.sql`; an empty one counts as none), and an optional `metadata.toml` whose
+//!   `run_in_transaction = false` runs it outside a transaction. The version is the
+//!   folder name before its first `_` with the dashes removed
+//!   (`2024-01-01-000001_users` → `20240101000001`). Ledger
+//!   `__diesel_schema_migrations(version varchar(50), run_on timestamp)`, written in the
+//!   migration's transaction.
+//!
+//! Not read (yet): refinery (its checksum is a SipHash of in-memory values whose layout
+//! changed between releases, so a row written here could be called divergent by
+//! refinery), Flyway (dotted versions, CRC32 line checksums, `installed_rank`) and
+//! sqitch (a registry of several tables, and verify scripts as verifiers).
 //!
 //! Every ledger lives in `public` unless [`Migrations::ledger_schema`] says otherwise.
 
@@ -89,6 +102,8 @@ pub enum Format {
     GolangMigrate,
     /// dbmate (`schema_migrations`).
     Dbmate,
+    /// diesel (`__diesel_schema_migrations`).
+    Diesel,
 }
 
 impl Format {
@@ -98,6 +113,7 @@ impl Format {
             Format::Sqlx => "sqlx",
             Format::GolangMigrate => "golang-migrate",
             Format::Dbmate => "dbmate",
+            Format::Diesel => "diesel",
         }
     }
 }
@@ -109,8 +125,9 @@ impl std::str::FromStr for Format {
             "sqlx" => Ok(Format::Sqlx),
             "golang-migrate" | "migrate" => Ok(Format::GolangMigrate),
             "dbmate" => Ok(Format::Dbmate),
+            "diesel" => Ok(Format::Diesel),
             o => Err(format!(
-                "unknown migration format {o:?} (sqlx, golang-migrate, dbmate)"
+                "unknown migration format {o:?} (sqlx, golang-migrate, dbmate, diesel)"
             )),
         }
     }
@@ -321,6 +338,14 @@ impl Migrations {
     /// As [`Migrations::load`].
     pub fn dbmate(dir: impl AsRef<Path>) -> Result<Self, MigrationError> {
         Self::load(Format::Dbmate, dir)
+    }
+
+    /// A diesel folder.
+    ///
+    /// # Errors
+    /// As [`Migrations::load`].
+    pub fn diesel(dir: impl AsRef<Path>) -> Result<Self, MigrationError> {
+        Self::load(Format::Diesel, dir)
     }
 
     /// The migrations of the folder, in order.
