@@ -87,7 +87,7 @@ use crate::sqlscan;
 use crate::steps::sql::SqlStep;
 use async_trait::async_trait;
 use ledger::Ledger;
-use rollback_core::{Context, Plan, PlanError, Receipt, Reversibility, Step};
+use rollback_core::{Context, Effect, Plan, PlanError, Receipt, Reversibility, Step};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -744,7 +744,7 @@ impl Pending {
         let mut prev = ledger_id;
         for step in built.steps.drain(..) {
             let id = step.id().to_string();
-            b = b.step("db", step, &[prev.as_str()]);
+            b = b.step("db", Scanned::new(step), &[prev.as_str()]);
             prev = id;
         }
         Ok(b.build()?)
@@ -804,5 +804,59 @@ impl Step for LedgerStep {
         c.batch_execute(&self.restore)
             .await
             .map_err(|e| rollback_core::Error::backend("postgres", e))
+    }
+}
+
+/// A [`SqlStep`] whose scan-derived answers (reversibility, effects, spec) are computed
+/// once: building a plan asks them of every earlier step for every later one, and each
+/// answer scans the SQL again.
+#[derive(Debug)]
+struct Scanned {
+    inner: SqlStep,
+    reversibility: Reversibility,
+    touches: Vec<String>,
+    effects: Vec<Effect>,
+    spec: serde_json::Value,
+    describe: String,
+}
+
+impl Scanned {
+    fn new(inner: SqlStep) -> Self {
+        Scanned {
+            reversibility: inner.reversibility(),
+            touches: inner.touches(),
+            effects: inner.effects(),
+            spec: inner.spec(),
+            describe: inner.describe(),
+            inner,
+        }
+    }
+}
+
+#[async_trait]
+impl Step for Scanned {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+    fn reversibility(&self) -> Reversibility {
+        self.reversibility
+    }
+    fn touches(&self) -> Vec<String> {
+        self.touches.clone()
+    }
+    fn effects(&self) -> Vec<Effect> {
+        self.effects.clone()
+    }
+    fn spec(&self) -> serde_json::Value {
+        self.spec.clone()
+    }
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+    async fn apply(&self, ctx: &Context) -> rollback_core::Result<Receipt> {
+        self.inner.apply(ctx).await
+    }
+    async fn revert(&self, r: Option<&Receipt>, ctx: &Context) -> rollback_core::Result<()> {
+        self.inner.revert(r, ctx).await
     }
 }
