@@ -1,78 +1,4 @@
-//! [`Migrations`]: a migration folder of an existing tool, turned into a reversible
-//! [`Plan`] whose ledger is the tool's own history table.
-//!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use rollback_core::Executor;
-//! use rollback_postgres::{Database, Migrations, PgJournal};
-//! let db = Database::connect(&std::env::var("DATABASE_URL")?)?;
-//! let plan = Migrations::sqlx("migrations")?.pending(&db).await?.plan()?;
-//! let report = Executor::new(PgJournal::new(&db)).run(&plan).await?;
-//! # let _ = report; Ok(()) }
-//! ```
-//!
-//! **Pending** is what the tool's table does not list: [`Migrations::pending`] reads it
-//! once (creating it first, as the tool's first command does), so a folder half-applied
-//! by the tool itself continues where it is. A recorded checksum that differs from the
-//! file ([`MigrationError::ChecksumMismatch`]), a failed or dirty version
-//! ([`MigrationError::Dirty`], never cleaned here) and a recorded version with no file
-//! ([`MigrationError::MissingFile`]) are refused before anything runs.
-//!
-//! **Each migration is a [`SqlStep`]** (exactly once per run, lock and statement guards,
-//! non-transactional statements detected), whose `up` ends with the tool's ledger write
-//! and whose `down` ends with its removal, so both commit with the migration, as the tool
-//! does. A first step (`<tool>-ledger`) removes, on rollback, the rows of migrations that
-//! a checkpoint undoes rather than a down. After a committed run the tool's `status`
-//! says applied; after a rollback it says pending.
-//!
-//! **Transaction control** is handled when the plan is built: a whole-file wrapper
-//! (`BEGIN;` … `COMMIT;`) is dropped (the step's transaction replaces it); any other
-//! `BEGIN`/`COMMIT`/`SAVEPOINT`… is [`MigrationError::TransactionControl`] naming the
-//! file and line, and a session-level `SET` is [`MigrationError::SessionState`].
-//!
-//! **Covering checkpoints.** A migration without a down, or with a destructive `up`
-//! (see [`SqlStep`]), is undone by checkpoints of exactly what the scanner finds it
-//! touching: tables whose rows it writes get a [`TableUndoLog`] (or a [`TableSnapshot`]
-//! with [`CheckpointKind::Snapshot`]), tables it drops or truncates a [`TableSnapshot`],
-//! and structure it changes one [`SchemaSnapshot`] of the schemas involved. A statement
-//! the scanner cannot see into (`DO`, a function call) with no down makes
-//! [`Pending::plan`] fail with [`MigrationError::NotReversible`]; write a down for it.
-//! [`Pending::reverts`] lists, per migration, how a rollback undoes it.
-//!
-//! ## Formats
-//!
-//! - **sqlx** ([`Migrations::sqlx`]): `<version>_<description>.sql` (no down) or
-//!   `<version>_<description>.up.sql` + `.down.sql`. A first line `-- no-transaction`
-//!   runs it outside a transaction. Ledger `_sqlx_migrations(version, description,
-//!   installed_on, success, checksum, execution_time)`: the description is the name with
-//!   `_` as spaces, the checksum SHA-384 of the up file's bytes, `execution_time` in
-//!   nanoseconds; a row with `success = false` is a failed migration sqlx refuses to pass.
-//! - **golang-migrate** ([`Migrations::golang_migrate`]): `<version>_<title>.up.<ext>` +
-//!   optional `.down.<ext>`. The tool runs a file as one multi-statement query (no
-//!   transaction of its own, hence the common `BEGIN; … COMMIT;` wrapper). Its ledger
-//!   `schema_migrations(version, dirty)` holds one row, the current version: every
-//!   version up to it is applied; `dirty = true` means a migration failed halfway and
-//!   needs a human (`migrate force`); a down sets the version to the previous file's.
-//! - **dbmate** ([`Migrations::dbmate`]): `<version>_<name>.sql` with a
-//!   `-- migrate:up` section and an optional `-- migrate:down` section; the option
-//!   `transaction:false` on a section marker runs it outside a transaction (set it on
-//!   both sections: one step runs both alike). Ledger `schema_migrations(version
-//!   varchar(128))`, one row per applied version, written in the migration's transaction.
-//! - **diesel** ([`Migrations::diesel`]): one folder per migration,
-//!   `<version>_<name>/up.sql` + `down.sql` (diesel's generator always writes a
-//!   `down.sql`; an empty one counts as none), and an optional `metadata.toml` whose
-//!   `run_in_transaction = false` runs it outside a transaction. The version is the
-//!   folder name before its first `_` with the dashes removed
-//!   (`2024-01-01-000001_users` → `20240101000001`). Ledger
-//!   `__diesel_schema_migrations(version varchar(50), run_on timestamp)`, written in the
-//!   migration's transaction.
-//!
-//! Not read (yet): refinery (its checksum is a SipHash of in-memory values whose layout
-//! changed between releases, so a row written here could be called divergent by
-//! refinery), Flyway (dotted versions, CRC32 line checksums, `installed_rank`) and
-//! sqitch (a registry of several tables, and verify scripts as verifiers).
-//!
-//! Every ledger lives in `public` unless [`Migrations::ledger_schema`] says otherwise.
+//! Migration folders of existing tools as reversible plans: see [`Migrations`].
 
 mod formats;
 mod ledger;
@@ -281,7 +207,81 @@ impl Migration {
     }
 }
 
-/// A migration folder of one tool (see the [module docs](self)).
+/// [`Migrations`]: a migration folder of an existing tool, turned into a reversible
+/// [`Plan`] whose ledger is the tool's own history table.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use rollback_core::Executor;
+/// use rollback_postgres::{Database, Migrations, PgJournal};
+/// let db = Database::connect(&std::env::var("DATABASE_URL")?)?;
+/// let plan = Migrations::sqlx("migrations")?.pending(&db).await?.plan()?;
+/// let report = Executor::new(PgJournal::new(&db)).run(&plan).await?;
+/// # let _ = report; Ok(()) }
+/// ```
+///
+/// **Pending** is what the tool's table does not list: [`Migrations::pending`] reads it
+/// once (creating it first, as the tool's first command does), so a folder half-applied
+/// by the tool itself continues where it is. A recorded checksum that differs from the
+/// file ([`MigrationError::ChecksumMismatch`]), a failed or dirty version
+/// ([`MigrationError::Dirty`], never cleaned here) and a recorded version with no file
+/// ([`MigrationError::MissingFile`]) are refused before anything runs.
+///
+/// **Each migration is a [`SqlStep`]** (exactly once per run, lock and statement guards,
+/// non-transactional statements detected), whose `up` ends with the tool's ledger write
+/// and whose `down` ends with its removal, so both commit with the migration, as the tool
+/// does. A first step (`<tool>-ledger`) removes, on rollback, the rows of migrations that
+/// a checkpoint undoes rather than a down. After a committed run the tool's `status`
+/// says applied; after a rollback it says pending.
+///
+/// **Transaction control** is handled when the plan is built: a whole-file wrapper
+/// (`BEGIN;` … `COMMIT;`) is dropped (the step's transaction replaces it); any other
+/// `BEGIN`/`COMMIT`/`SAVEPOINT`… is [`MigrationError::TransactionControl`] naming the
+/// file and line, and a session-level `SET` is [`MigrationError::SessionState`].
+///
+/// **Covering checkpoints.** A migration without a down, or with a destructive `up`
+/// (see [`SqlStep`]), is undone by checkpoints of exactly what the scanner finds it
+/// touching: tables whose rows it writes get a [`TableUndoLog`] (or a [`TableSnapshot`]
+/// with [`CheckpointKind::Snapshot`]), tables it drops or truncates a [`TableSnapshot`],
+/// and structure it changes one [`SchemaSnapshot`] of the schemas involved. A statement
+/// the scanner cannot see into (`DO`, a function call) with no down makes
+/// [`Pending::plan`] fail with [`MigrationError::NotReversible`]; write a down for it.
+/// [`Pending::reverts`] lists, per migration, how a rollback undoes it.
+///
+/// ## Formats
+///
+/// - **sqlx** ([`Migrations::sqlx`]): `<version>_<description>.sql` (no down) or
+///   `<version>_<description>.up.sql` + `.down.sql`. A first line `-- no-transaction`
+///   runs it outside a transaction. Ledger `_sqlx_migrations(version, description,
+///   installed_on, success, checksum, execution_time)`: the description is the name with
+///   `_` as spaces, the checksum SHA-384 of the up file's bytes, `execution_time` in
+///   nanoseconds; a row with `success = false` is a failed migration sqlx refuses to pass.
+/// - **golang-migrate** ([`Migrations::golang_migrate`]): `<version>_<title>.up.<ext>` +
+///   optional `.down.<ext>`. The tool runs a file as one multi-statement query (no
+///   transaction of its own, hence the common `BEGIN; … COMMIT;` wrapper). Its ledger
+///   `schema_migrations(version, dirty)` holds one row, the current version: every
+///   version up to it is applied; `dirty = true` means a migration failed halfway and
+///   needs a human (`migrate force`); a down sets the version to the previous file's.
+/// - **dbmate** ([`Migrations::dbmate`]): `<version>_<name>.sql` with a
+///   `-- migrate:up` section and an optional `-- migrate:down` section; the option
+///   `transaction:false` on a section marker runs it outside a transaction (set it on
+///   both sections: one step runs both alike). Ledger `schema_migrations(version
+///   varchar(128))`, one row per applied version, written in the migration's transaction.
+/// - **diesel** ([`Migrations::diesel`]): one folder per migration,
+///   `<version>_<name>/up.sql` + `down.sql` (diesel's generator always writes a
+///   `down.sql`; an empty one counts as none), and an optional `metadata.toml` whose
+///   `run_in_transaction = false` runs it outside a transaction. The version is the
+///   folder name before its first `_` with the dashes removed
+///   (`2024-01-01-000001_users` → `20240101000001`). Ledger
+///   `__diesel_schema_migrations(version varchar(50), run_on timestamp)`, written in the
+///   migration's transaction.
+///
+/// Not read (yet): refinery (its checksum is a SipHash of in-memory values whose layout
+/// changed between releases, so a row written here could be called divergent by
+/// refinery), Flyway (dotted versions, CRC32 line checksums, `installed_rank`) and
+/// sqitch (a registry of several tables, and verify scripts as verifiers).
+///
+/// Every ledger lives in `public` unless [`Migrations::ledger_schema`] says otherwise.
 #[derive(Debug, Clone)]
 pub struct Migrations {
     format: Format,
