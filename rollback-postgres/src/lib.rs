@@ -168,6 +168,7 @@ mod hash;
 mod ident;
 mod journal;
 mod markers;
+mod migrations;
 mod reads;
 mod recovery;
 mod sqlscan;
@@ -197,6 +198,9 @@ pub use hash::{ChunkDigest, KeyValue, TableHash, LEAF_ROWS};
 pub use ident::{quote_ident, quote_literal, Table};
 pub use journal::PgJournal;
 pub use markers::DEFAULT_MARKER_SCHEMA;
+pub use migrations::{
+    CheckpointKind, Format, Migration, MigrationError, Migrations, Pending, Revert,
+};
 pub use recovery::{RecoveryPoint, RecoveryPointInfo};
 pub use steps::backfill::{Backfill, BackfillCursor, BackfillReceipt};
 pub use steps::sql::{SqlReceipt, SqlStep, TxMode};

@@ -752,6 +752,44 @@ rb_ensure_prometheus() {
 }
 
 # ---------------------------------------------------------------------------
+# dbmate (the migration tool, for the interop tests of rollback-postgres's migrations)
+# ---------------------------------------------------------------------------
+
+rb_dbmate_dir() {
+  echo "${ROLLBACK_TEST_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/rollback-test}/dbmate"
+}
+
+rb_dbmate_installed() {
+  local dir=$1
+  [ -x "$dir/node_modules/.bin/dbmate" ] && "$dir/node_modules/.bin/dbmate" --version >/dev/null 2>&1
+}
+
+# Installs dbmate from npm into the cache folder unless it is already there, and exports
+# ROLLBACK_TEST_DBMATE_BIN. Needs node and npm (see rb_install_unleash).
+rb_install_dbmate() {
+  local dir t0
+  dir=$(rb_dbmate_dir)
+  command -v npm >/dev/null 2>&1 || { rb_die "npm is required for dbmate"; return 1; }
+  mkdir -p "$dir"
+  (
+    exec 9>"$dir/.lock"
+    flock -w 900 9 || { rb_die "timed out waiting for $dir/.lock"; exit 1; }
+    rb_dbmate_installed "$dir" && exit 0
+    t0=$(rb_now)
+    rb_log "installing dbmate into $dir"
+    [ -f "$dir/package.json" ] || printf '{ "name": "rollback-test-dbmate", "private": true }\n' >"$dir/package.json"
+    if ! (cd "$dir" && npm install --no-audit --no-fund --no-update-notifier --loglevel=error \
+      dbmate >"$dir/npm-install.log" 2>&1); then
+      rb_tail_log "$dir/npm-install.log"
+      rb_die "npm install dbmate failed"
+      exit 1
+    fi
+    rb_log "installed $("$dir/node_modules/.bin/dbmate" --version 2>&1 | head -n 1) ($(($(rb_now) - t0))s)"
+  ) || return 1
+  export ROLLBACK_TEST_DBMATE_BIN=$dir/node_modules/.bin/dbmate
+}
+
+# ---------------------------------------------------------------------------
 # All together
 # ---------------------------------------------------------------------------
 
@@ -763,6 +801,7 @@ RB_EXPORT_VARS=(
   ROLLBACK_TEST_RGW_ENDPOINT ROLLBACK_TEST_RGW_TLS_ENDPOINT ROLLBACK_TEST_RGW_ACCESS_KEY
   ROLLBACK_TEST_RGW_SECRET_KEY ROLLBACK_TEST_RGW_REGION
   ROLLBACK_TEST_PG_TLS_URL ROLLBACK_TEST_PG_TLS_SOCKET_DIR ROLLBACK_TEST_UNLEASH_TLS_URL
+  ROLLBACK_TEST_DBMATE_BIN
 )
 
 # ---------------------------------------------------------------------------
@@ -807,6 +846,7 @@ rb_start_all() {
   rb_start_postgres_tls || return 1
   rb_start_unleash_tls || return 1
   rb_ensure_prometheus || return 1
+  rb_install_dbmate || return 1
 }
 
 rb_print_exports() {

@@ -1,0 +1,862 @@
+//! Migration folders of existing tools as reversible plans: see [`Migrations`].
+
+mod formats;
+mod ledger;
+mod scan;
+
+use crate::checkpoint::copy::TableSnapshot;
+use crate::checkpoint::schema::SchemaSnapshot;
+use crate::checkpoint::undo_log::TableUndoLog;
+use crate::db::Database;
+use crate::ident::Table;
+use crate::sqlscan;
+use crate::steps::sql::SqlStep;
+use async_trait::async_trait;
+use ledger::Ledger;
+use rollback_core::{Context, Effect, Plan, PlanError, Receipt, Reversibility, Step};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A migration tool's folder layout and ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Format {
+    /// sqlx (`_sqlx_migrations`).
+    Sqlx,
+    /// golang-migrate (`schema_migrations` with `dirty`).
+    GolangMigrate,
+    /// dbmate (`schema_migrations`).
+    Dbmate,
+    /// diesel (`__diesel_schema_migrations`).
+    Diesel,
+}
+
+impl Format {
+    /// The tool's name, as in step ids.
+    pub fn tool(self) -> &'static str {
+        match self {
+            Format::Sqlx => "sqlx",
+            Format::GolangMigrate => "golang-migrate",
+            Format::Dbmate => "dbmate",
+            Format::Diesel => "diesel",
+        }
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sqlx" => Ok(Format::Sqlx),
+            "golang-migrate" | "migrate" => Ok(Format::GolangMigrate),
+            "dbmate" => Ok(Format::Dbmate),
+            "diesel" => Ok(Format::Diesel),
+            o => Err(format!(
+                "unknown migration format {o:?} (sqlx, golang-migrate, dbmate, diesel)"
+            )),
+        }
+    }
+}
+
+/// Which checkpoint covers the rows of a table a migration without a down writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CheckpointKind {
+    /// [`TableUndoLog`]: logs the rows changed (default).
+    #[default]
+    UndoLog,
+    /// [`TableSnapshot`]: copies the table.
+    Snapshot,
+}
+
+/// Why a folder cannot become a plan. Every variant names the file (and line) or version.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrationError {
+    /// The folder or a file could not be read.
+    #[error("{}: {message}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        message: String,
+    },
+    /// A file does not follow the format.
+    #[error("{}:{line}: {message}", file.display())]
+    Parse {
+        /// The file.
+        file: PathBuf,
+        /// The line (0: the file name).
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// Transaction control other than a whole-file `BEGIN … COMMIT` wrapper.
+    #[error("{}:{line}: transaction control ({statement}): each migration runs in its own transaction; only a whole-file BEGIN … COMMIT wrapper is accepted", file.display())]
+    TransactionControl {
+        /// The file.
+        file: PathBuf,
+        /// The line of the statement.
+        line: usize,
+        /// The statement.
+        statement: String,
+    },
+    /// A statement that changes the session beyond the migration (a session-level `SET`).
+    #[error("{}:{line}: {statement} changes the session beyond the migration ({why}); use SET LOCAL", file.display())]
+    SessionState {
+        /// The file.
+        file: PathBuf,
+        /// The line.
+        line: usize,
+        /// The statement.
+        statement: String,
+        /// Why.
+        why: String,
+    },
+    /// Two files share a version.
+    #[error("version {version} is in two files: {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "))]
+    Duplicate {
+        /// The version.
+        version: String,
+        /// The files.
+        files: Vec<PathBuf>,
+    },
+    /// The ledger records a checksum that differs from the applied file's.
+    #[error("{}: version {version} was applied with another content (checksum {recorded}, file {current}); the file changed after it ran", file.display())]
+    ChecksumMismatch {
+        /// The version.
+        version: String,
+        /// The file.
+        file: PathBuf,
+        /// Recorded checksum (hex).
+        recorded: String,
+        /// The file's checksum (hex).
+        current: String,
+    },
+    /// The ledger marks a version failed or dirty: it needs a human (it is never cleaned
+    /// here).
+    #[error("{table}: version {version} is dirty (a migration failed halfway); fix the database and clear it with the tool before running again")]
+    Dirty {
+        /// The ledger table.
+        table: String,
+        /// The version.
+        version: String,
+    },
+    /// The ledger records a version no file has.
+    #[error("{table}: version {version} is applied but no file of the folder has it")]
+    MissingFile {
+        /// The ledger table.
+        table: String,
+        /// The version.
+        version: String,
+    },
+    /// A migration has no down and does something no checkpoint can cover.
+    #[error("{}:{line}: {reason}; add a down migration", file.display())]
+    NotReversible {
+        /// The file.
+        file: PathBuf,
+        /// The line.
+        line: usize,
+        /// Why.
+        reason: String,
+    },
+    /// Reading the ledger failed.
+    #[error(transparent)]
+    Backend(#[from] rollback_core::Error),
+    /// The plan was refused.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+}
+
+/// One migration of a folder.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// The version as the tool records it.
+    pub version: String,
+    number: u64,
+    /// The name (sqlx: its description).
+    pub name: String,
+    /// The file `up` is read from.
+    pub file: PathBuf,
+    up: String,
+    up_line: usize,
+    down: Option<String>,
+    down_file: Option<PathBuf>,
+    down_line: usize,
+    transaction: bool,
+    checksum_source: Vec<u8>,
+}
+
+impl Migration {
+    /// The step id: `<version>_<name>`.
+    pub fn id(&self) -> String {
+        format!("{}_{}", self.version, self.name.replace(' ', "_"))
+    }
+
+    /// Whether the folder has a down for it.
+    pub fn has_down(&self) -> bool {
+        self.down.is_some()
+    }
+
+    fn checksum(&self, format: Format) -> Vec<u8> {
+        use sha2::Digest;
+        match format {
+            Format::Sqlx => sha2::Sha384::digest(&self.checksum_source).to_vec(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// [`Migrations`]: a migration folder of an existing tool, turned into a reversible
+/// [`Plan`] whose ledger is the tool's own history table.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use rollback_core::Executor;
+/// use rollback_postgres::{Database, Migrations, PgJournal};
+/// let db = Database::connect(&std::env::var("DATABASE_URL")?)?;
+/// let plan = Migrations::sqlx("migrations")?.pending(&db).await?.plan()?;
+/// let report = Executor::new(PgJournal::new(&db)).run(&plan).await?;
+/// # let _ = report; Ok(()) }
+/// ```
+///
+/// **Pending** is what the tool's table does not list: [`Migrations::pending`] reads it
+/// once (creating it first, as the tool's first command does), so a folder half-applied
+/// by the tool itself continues where it is. A recorded checksum that differs from the
+/// file ([`MigrationError::ChecksumMismatch`]), a failed or dirty version
+/// ([`MigrationError::Dirty`], never cleaned here) and a recorded version with no file
+/// ([`MigrationError::MissingFile`]) are refused before anything runs.
+///
+/// **Each migration is a [`SqlStep`]** (exactly once per run, lock and statement guards,
+/// non-transactional statements detected), whose `up` ends with the tool's ledger write
+/// and whose `down` ends with its removal, so both commit with the migration, as the tool
+/// does. A first step (`<tool>-ledger`) removes, on rollback, the rows of migrations that
+/// a checkpoint undoes rather than a down. After a committed run the tool's `status`
+/// says applied; after a rollback it says pending.
+///
+/// **Transaction control** is handled when the plan is built: a whole-file wrapper
+/// (`BEGIN;` … `COMMIT;`) is dropped (the step's transaction replaces it); any other
+/// `BEGIN`/`COMMIT`/`SAVEPOINT`… is [`MigrationError::TransactionControl`] naming the
+/// file and line, and a session-level `SET` is [`MigrationError::SessionState`].
+///
+/// **Covering checkpoints.** A migration without a down, or with a destructive `up`
+/// (see [`SqlStep`]), is undone by checkpoints of exactly what the scanner finds it
+/// touching: tables whose rows it writes get a [`TableUndoLog`] (or a [`TableSnapshot`]
+/// with [`CheckpointKind::Snapshot`]), tables it drops or truncates a [`TableSnapshot`],
+/// and structure it changes one [`SchemaSnapshot`] of the schemas involved. A statement
+/// the scanner cannot see into (`DO`, a function call) with no down makes
+/// [`Pending::plan`] fail with [`MigrationError::NotReversible`]; write a down for it.
+/// [`Pending::reverts`] lists, per migration, how a rollback undoes it.
+///
+/// ## Formats
+///
+/// - **sqlx** ([`Migrations::sqlx`]): `<version>_<description>.sql` (no down) or
+///   `<version>_<description>.up.sql` + `.down.sql`. A first line `-- no-transaction`
+///   runs it outside a transaction. Ledger `_sqlx_migrations(version, description,
+///   installed_on, success, checksum, execution_time)`: the description is the name with
+///   `_` as spaces, the checksum SHA-384 of the up file's bytes, `execution_time` in
+///   nanoseconds; a row with `success = false` is a failed migration sqlx refuses to pass.
+/// - **golang-migrate** ([`Migrations::golang_migrate`]): `<version>_<title>.up.<ext>` +
+///   optional `.down.<ext>`. The tool runs a file as one multi-statement query (no
+///   transaction of its own, hence the common `BEGIN; … COMMIT;` wrapper). Its ledger
+///   `schema_migrations(version, dirty)` holds one row, the current version: every
+///   version up to it is applied; `dirty = true` means a migration failed halfway and
+///   needs a human (`migrate force`); a down sets the version to the previous file's.
+/// - **dbmate** ([`Migrations::dbmate`]): `<version>_<name>.sql` with a
+///   `-- migrate:up` section and an optional `-- migrate:down` section; the option
+///   `transaction:false` on a section marker runs it outside a transaction (set it on
+///   both sections: one step runs both alike). Ledger `schema_migrations(version
+///   varchar(128))`, one row per applied version, written in the migration's transaction.
+/// - **diesel** ([`Migrations::diesel`]): one folder per migration,
+///   `<version>_<name>/up.sql` + `down.sql` (diesel's generator always writes a
+///   `down.sql`; an empty one counts as none), and an optional `metadata.toml` whose
+///   `run_in_transaction = false` runs it outside a transaction. The version is the
+///   folder name before its first `_` with the dashes removed
+///   (`2024-01-01-000001_users` → `20240101000001`). Ledger
+///   `__diesel_schema_migrations(version varchar(50), run_on timestamp)`, written in the
+///   migration's transaction.
+///
+/// Not read (yet): refinery (its checksum is a SipHash of in-memory values whose layout
+/// changed between releases, so a row written here could be called divergent by
+/// refinery), Flyway (dotted versions, CRC32 line checksums, `installed_rank`) and
+/// sqitch (a registry of several tables, and verify scripts as verifiers).
+///
+/// Every ledger lives in `public` unless [`Migrations::ledger_schema`] says otherwise.
+#[derive(Debug, Clone)]
+pub struct Migrations {
+    format: Format,
+    dir: PathBuf,
+    all: Vec<Migration>,
+    ledger_schema: String,
+    target: Option<u64>,
+    kind: CheckpointKind,
+    lock_timeout: Option<Duration>,
+    statement_timeout: Option<Duration>,
+    timeouts: BTreeMap<String, Duration>,
+}
+
+impl Migrations {
+    /// Read `dir` in `format`'s layout.
+    ///
+    /// # Errors
+    /// [`MigrationError::Io`], [`MigrationError::Parse`], [`MigrationError::Duplicate`].
+    pub fn load(format: Format, dir: impl AsRef<Path>) -> Result<Self, MigrationError> {
+        let dir = dir.as_ref().to_path_buf();
+        let all = formats::load(format, &dir)?;
+        Ok(Migrations {
+            format,
+            dir,
+            all,
+            ledger_schema: "public".into(),
+            target: None,
+            kind: CheckpointKind::default(),
+            lock_timeout: None,
+            statement_timeout: None,
+            timeouts: BTreeMap::new(),
+        })
+    }
+
+    /// A sqlx folder.
+    ///
+    /// # Errors
+    /// As [`Migrations::load`].
+    pub fn sqlx(dir: impl AsRef<Path>) -> Result<Self, MigrationError> {
+        Self::load(Format::Sqlx, dir)
+    }
+
+    /// A golang-migrate folder.
+    ///
+    /// # Errors
+    /// As [`Migrations::load`].
+    pub fn golang_migrate(dir: impl AsRef<Path>) -> Result<Self, MigrationError> {
+        Self::load(Format::GolangMigrate, dir)
+    }
+
+    /// A dbmate folder.
+    ///
+    /// # Errors
+    /// As [`Migrations::load`].
+    pub fn dbmate(dir: impl AsRef<Path>) -> Result<Self, MigrationError> {
+        Self::load(Format::Dbmate, dir)
+    }
+
+    /// A diesel folder.
+    ///
+    /// # Errors
+    /// As [`Migrations::load`].
+    pub fn diesel(dir: impl AsRef<Path>) -> Result<Self, MigrationError> {
+        Self::load(Format::Diesel, dir)
+    }
+
+    /// The migrations of the folder, in order.
+    pub fn all(&self) -> &[Migration] {
+        &self.all
+    }
+
+    /// The schema of the tool's ledger table (default `public`).
+    pub fn ledger_schema(mut self, schema: impl Into<String>) -> Self {
+        self.ledger_schema = schema.into();
+        self
+    }
+
+    /// Apply only up to this version (included).
+    pub fn target(mut self, version: u64) -> Self {
+        self.target = Some(version);
+        self
+    }
+
+    /// Which checkpoint covers the rows a migration without a down writes.
+    pub fn checkpoint_kind(mut self, kind: CheckpointKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// `lock_timeout` of every migration (default [`crate::DEFAULT_LOCK_TIMEOUT`]).
+    pub fn lock_timeout(mut self, d: Duration) -> Self {
+        self.lock_timeout = Some(d);
+        self
+    }
+
+    /// `statement_timeout` of every migration (default
+    /// [`crate::DEFAULT_STATEMENT_TIMEOUT`]).
+    pub fn statement_timeout(mut self, d: Duration) -> Self {
+        self.statement_timeout = Some(d);
+        self
+    }
+
+    /// `statement_timeout` of one migration, by version (a long index build).
+    pub fn timeout_for(mut self, version: impl Into<String>, d: Duration) -> Self {
+        self.timeouts.insert(version.into(), d);
+        self
+    }
+
+    fn ledger(&self) -> Ledger {
+        Ledger {
+            format: self.format,
+            schema: self.ledger_schema.clone(),
+        }
+    }
+
+    /// Read the tool's ledger (one round trip, creating the table as the tool does when it
+    /// is missing) and keep what is pending.
+    ///
+    /// # Errors
+    /// [`MigrationError::ChecksumMismatch`], [`MigrationError::Dirty`],
+    /// [`MigrationError::MissingFile`], backend errors.
+    pub async fn pending(self, db: &Database) -> Result<Pending, MigrationError> {
+        let ledger = self.ledger();
+        let sql = format!(
+            "{};\n{};\nSELECT n.nspname::text, c.relname::text, NULL, NULL FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+            ledger.create_sql(),
+            ledger.read_sql()
+        );
+        let c = db.client().await?;
+        let msgs = c
+            .simple_query(&sql)
+            .await
+            .map_err(|e| rollback_core::Error::backend("postgres", e))?;
+        let mut rows = Vec::new();
+        let mut existing = BTreeSet::new();
+        let mut part = 0;
+        for m in msgs {
+            match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) if part == 1 => rows.push(ledger::Row {
+                    version: r.get(0).unwrap_or_default().to_string(),
+                    checksum: r.get(1).map(ledger::unhex),
+                    dirty: r.get(2) == Some("true"),
+                }),
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    existing.insert(Table::new(
+                        r.get(0).unwrap_or_default(),
+                        r.get(1).unwrap_or_default(),
+                    ));
+                }
+                tokio_postgres::SimpleQueryMessage::CommandComplete(_) => part += 1,
+                _ => {}
+            }
+        }
+        // Parts: the CREATE TABLE, the ledger's rows, the existing tables.
+        self.sort_out(db, rows, existing)
+    }
+
+    fn sort_out(
+        self,
+        db: &Database,
+        rows: Vec<ledger::Row>,
+        existing: BTreeSet<Table>,
+    ) -> Result<Pending, MigrationError> {
+        let ledger = self.ledger();
+        let table = format!("{}.{}", self.ledger_schema, ledger.table_name());
+        if let Some(d) = rows.iter().find(|r| r.dirty) {
+            return Err(MigrationError::Dirty {
+                table,
+                version: d.version.clone(),
+            });
+        }
+        let mut applied: BTreeSet<u64> = BTreeSet::new();
+        let mut before = None;
+        for r in &rows {
+            let Some(m) = self.all.iter().find(|m| m.version == r.version) else {
+                return Err(MigrationError::MissingFile {
+                    table,
+                    version: r.version.clone(),
+                });
+            };
+            if let Some(rec) = &r.checksum {
+                let cur = m.checksum(self.format);
+                if *rec != cur {
+                    return Err(MigrationError::ChecksumMismatch {
+                        version: m.version.clone(),
+                        file: m.file.clone(),
+                        recorded: ledger::hex(rec),
+                        current: ledger::hex(&cur),
+                    });
+                }
+            }
+            if self.format == Format::GolangMigrate {
+                // One row: the current version; everything up to it is applied.
+                before = Some(m.version.clone());
+                applied.extend(
+                    self.all
+                        .iter()
+                        .filter(|x| x.number <= m.number)
+                        .map(|x| x.number),
+                );
+            } else {
+                applied.insert(m.number);
+            }
+        }
+        let pending: Vec<usize> = (0..self.all.len())
+            .filter(|&i| !applied.contains(&self.all[i].number))
+            .filter(|&i| self.target.is_none_or(|t| self.all[i].number <= t))
+            .collect();
+        Ok(Pending {
+            db: db.clone(),
+            migrations: self,
+            applied: applied.len(),
+            pending,
+            before,
+            existing,
+        })
+    }
+}
+
+/// How a rollback undoes one migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revert {
+    /// By its down.
+    Down,
+    /// By restoring these checkpoints (resource ids).
+    Checkpoint(Vec<String>),
+    /// It cannot be undone: it needs a down (or an approval to stay).
+    NeedsApproval(String),
+}
+
+/// The pending migrations of a folder (see [`Migrations::pending`]).
+#[derive(Debug)]
+pub struct Pending {
+    db: Database,
+    migrations: Migrations,
+    applied: usize,
+    pending: Vec<usize>,
+    before: Option<String>,
+    existing: BTreeSet<Table>,
+}
+
+struct Built {
+    steps: Vec<SqlStep>,
+    reverts: Vec<(String, Revert)>,
+    /// Tables to checkpoint, and whether they need a copy (dropped, truncated, or
+    /// altered during the run: an undo log's triggers follow the columns they were made
+    /// for).
+    data: BTreeMap<Table, bool>,
+    schemas: BTreeSet<String>,
+    problems: Vec<MigrationError>,
+}
+
+impl Pending {
+    /// The migrations to apply, in order.
+    pub fn migrations(&self) -> Vec<&Migration> {
+        self.pending
+            .iter()
+            .map(|&i| &self.migrations.all[i])
+            .collect()
+    }
+
+    /// How many migrations the ledger lists as applied.
+    pub fn applied_count(&self) -> usize {
+        self.applied
+    }
+
+    /// Per pending migration (by step id), how a rollback undoes it.
+    ///
+    /// # Errors
+    /// Files that cannot run (see [`Pending::plan`]).
+    pub fn reverts(&self) -> Result<Vec<(String, Revert)>, MigrationError> {
+        Ok(self.build()?.reverts)
+    }
+
+    fn build(&self) -> Result<Built, MigrationError> {
+        let ms = &self.migrations;
+        let ledger = ms.ledger();
+        let db = &self.db;
+        let mut out = Built {
+            steps: Vec::new(),
+            reverts: Vec::new(),
+            data: BTreeMap::new(),
+            schemas: BTreeSet::new(),
+            problems: Vec::new(),
+        };
+        // First pass: what each migration does and whether it needs a cover.
+        let mut per: Vec<(SqlStep, scan::Touch, bool, usize)> = Vec::new();
+        for &i in &self.pending {
+            let m = &ms.all[i];
+            let up = scan::unwrap_transaction(&m.file, &m.up, m.up_line)?;
+            refuse_session_state(&m.file, &up, m.up_line)?;
+            // A down section with no statement (dbmate's empty `-- migrate:down`) is none.
+            let down = match m.down.as_ref().filter(|d| !sqlscan::split(d).is_empty()) {
+                Some(d) => {
+                    let f = m.down_file.as_deref().unwrap_or(&m.file);
+                    let d = scan::unwrap_transaction(f, d, m.down_line)?;
+                    refuse_session_state(f, &d, m.down_line)?;
+                    Some(d)
+                }
+                None => None,
+            };
+            let mut touch = scan::Touch::default();
+            let mut opaque_line = None;
+            for l in scan::locate(&up, m.up_line) {
+                let t = scan::touch(&l.st.text);
+                if t.opaque && opaque_line.is_none() {
+                    opaque_line = Some(l.line);
+                }
+                touch.merge(t);
+            }
+            let previous = (i > 0).then(|| &ms.all[i - 1]);
+            let up_sql = format!(
+                "{}\n;\n{};",
+                up.trim_end(),
+                ledger.record_sql(m, &m.checksum(ms.format))
+            );
+            let mut step = SqlStep::new(db, m.id(), up_sql);
+            if let Some(d) = &down {
+                step = step.down(format!(
+                    "{}\n;\n{};",
+                    d.trim_end(),
+                    ledger.erase_sql(m, previous)
+                ));
+            }
+            if !m.transaction {
+                step = step.non_transactional();
+            }
+            if let Some(d) = ms.lock_timeout {
+                step = step.lock_timeout(d);
+            }
+            if let Some(d) = ms
+                .timeouts
+                .get(&m.version)
+                .or(ms.statement_timeout.as_ref())
+            {
+                step = step.statement_timeout(*d);
+            }
+            let covered = step.reversibility() == Reversibility::RestoreOnly;
+            if covered {
+                if let Some(line) = opaque_line {
+                    out.problems.push(MigrationError::NotReversible {
+                        file: m.file.clone(),
+                        line,
+                        reason: "no down, and a statement the scanner cannot see into \
+                                 (what it changes is unknown, so no checkpoint can cover it)"
+                            .into(),
+                    });
+                }
+            }
+            per.push((step, touch, covered, i));
+        }
+        // Tables created by the plan are not there to checkpoint: their removal is the
+        // structure's.
+        let mut created: BTreeSet<Table> = BTreeSet::new();
+        let altered: BTreeSet<Table> = per
+            .iter()
+            .flat_map(|(_, t, _, _)| t.altered.iter().chain(t.emptied.iter()).cloned())
+            .collect();
+        let mut covers: Vec<(BTreeSet<Table>, bool)> = Vec::new();
+        for (_, touch, covered, _) in &per {
+            let mut tables = BTreeSet::new();
+            let mut structure = !touch.structure.is_empty();
+            if *covered {
+                for t in touch.data.iter().chain(touch.emptied.iter()) {
+                    if self.existing.contains(t) && !created.contains(t) {
+                        let copy = altered.contains(t);
+                        let e = out.data.entry(t.clone()).or_insert(false);
+                        *e |= copy;
+                        tables.insert(t.clone());
+                    } else {
+                        // Rows of a table the plan creates: gone with the structure.
+                        out.schemas.insert(t.schema.clone());
+                        structure = true;
+                    }
+                }
+                out.schemas.extend(touch.structure.iter().cloned());
+            }
+            created.extend(touch.created.iter().cloned());
+            covers.push((tables, structure));
+        }
+        let schema_resource = db.schema_resource(&out.schemas.iter().cloned().collect::<Vec<_>>());
+        for ((step, _, covered, i), (tables, structure)) in per.into_iter().zip(covers) {
+            let m = &ms.all[i];
+            if !covered {
+                out.reverts.push((m.id(), Revert::Down));
+                out.steps.push(step);
+                continue;
+            }
+            let mut step = step;
+            let mut resources = Vec::new();
+            for t in &tables {
+                step = step.touches_table(t);
+                resources.push(db.table_resource(t));
+            }
+            if structure {
+                step = step.touching(schema_resource.clone());
+                resources.push(schema_resource.clone());
+            }
+            let revert =
+                if out.problems.iter().any(
+                    |p| matches!(p, MigrationError::NotReversible { file, .. } if *file == m.file),
+                ) {
+                    Revert::NeedsApproval("no down and an opaque statement".into())
+                } else {
+                    Revert::Checkpoint(resources)
+                };
+            out.reverts.push((m.id(), revert));
+            out.steps.push(step);
+        }
+        Ok(out)
+    }
+
+    /// The plan: a ledger step, then each pending migration after the one before it, with
+    /// the covering checkpoints.
+    ///
+    /// # Errors
+    /// [`MigrationError::TransactionControl`], [`MigrationError::SessionState`],
+    /// [`MigrationError::NotReversible`], [`MigrationError::Plan`].
+    pub fn plan(&self) -> Result<Plan, MigrationError> {
+        let ms = &self.migrations;
+        let mut built = self.build()?;
+        if !built.problems.is_empty() {
+            return Err(built.problems.remove(0));
+        }
+        let tool = ms.format.tool();
+        let name = match (self.migrations().first(), self.migrations().last()) {
+            (Some(a), Some(b)) => {
+                format!("{tool}:{}:{}..{}", ms.dir.display(), a.version, b.version)
+            }
+            _ => format!("{tool}:{}:nothing-pending", ms.dir.display()),
+        };
+        let mut b = Plan::builder(name);
+        for (t, copy) in &built.data {
+            b = if *copy || ms.kind == CheckpointKind::Snapshot {
+                b.checkpoint("db", TableSnapshot::new(&self.db, t.clone()))
+            } else {
+                b.checkpoint("db", TableUndoLog::new(&self.db, t.clone()))
+            };
+        }
+        if !built.schemas.is_empty() {
+            b = b.checkpoint(
+                "db",
+                SchemaSnapshot::new(&self.db, built.schemas.iter().cloned()),
+            );
+        }
+        let ledger = ms.ledger();
+        let ledger_id = format!("{tool}-ledger");
+        let versions: Vec<&Migration> = self.migrations();
+        b = b.step(
+            "db",
+            LedgerStep {
+                id: ledger_id.clone(),
+                db: self.db.clone(),
+                restore: ledger.restore_sql(&versions, self.before.as_deref()),
+            },
+            &[],
+        );
+        let mut prev = ledger_id;
+        for step in built.steps.drain(..) {
+            let id = step.id().to_string();
+            b = b.step("db", Scanned::new(step), &[prev.as_str()]);
+            prev = id;
+        }
+        Ok(b.build()?)
+    }
+}
+
+fn refuse_session_state(file: &Path, sql: &str, first_line: usize) -> Result<(), MigrationError> {
+    for l in scan::locate(sql, first_line) {
+        if let Some(why) = sqlscan::session_state(&l.st) {
+            return Err(MigrationError::SessionState {
+                file: file.to_path_buf(),
+                line: l.line,
+                statement: scan::short(&l.st.text),
+                why,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The first step of a migrations plan: nothing to apply; its revert puts the tool's
+/// ledger back as it was before the run for migrations a checkpoint undoes (those with a
+/// down already removed their row in their own transaction).
+#[derive(Debug)]
+struct LedgerStep {
+    id: String,
+    db: Database,
+    restore: String,
+}
+
+#[async_trait]
+impl Step for LedgerStep {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn reversibility(&self) -> Reversibility {
+        Reversibility::Compensable
+    }
+    fn touches(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn spec(&self) -> serde_json::Value {
+        serde_json::json!({ "kind": "pg.migrations.ledger", "restore": self.restore })
+    }
+    fn describe(&self) -> String {
+        format!(
+            "ledger {}: on rollback, {}",
+            self.id,
+            scan::short(&self.restore)
+        )
+    }
+    async fn apply(&self, ctx: &Context) -> rollback_core::Result<Receipt> {
+        Ok(Receipt::new(&serde_json::json!({ "run_id": ctx.run_id() })))
+    }
+    async fn revert(&self, _r: Option<&Receipt>, _ctx: &Context) -> rollback_core::Result<()> {
+        let c = self.db.client().await?;
+        c.batch_execute(&self.restore)
+            .await
+            .map_err(|e| rollback_core::Error::backend("postgres", e))
+    }
+}
+
+/// A [`SqlStep`] whose scan-derived answers (reversibility, effects, spec) are computed
+/// once: building a plan asks them of every earlier step for every later one, and each
+/// answer scans the SQL again.
+#[derive(Debug)]
+struct Scanned {
+    inner: SqlStep,
+    reversibility: Reversibility,
+    touches: Vec<String>,
+    effects: Vec<Effect>,
+    spec: serde_json::Value,
+    describe: String,
+}
+
+impl Scanned {
+    fn new(inner: SqlStep) -> Self {
+        Scanned {
+            reversibility: inner.reversibility(),
+            touches: inner.touches(),
+            effects: inner.effects(),
+            spec: inner.spec(),
+            describe: inner.describe(),
+            inner,
+        }
+    }
+}
+
+#[async_trait]
+impl Step for Scanned {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+    fn reversibility(&self) -> Reversibility {
+        self.reversibility
+    }
+    fn touches(&self) -> Vec<String> {
+        self.touches.clone()
+    }
+    fn effects(&self) -> Vec<Effect> {
+        self.effects.clone()
+    }
+    fn spec(&self) -> serde_json::Value {
+        self.spec.clone()
+    }
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+    async fn apply(&self, ctx: &Context) -> rollback_core::Result<Receipt> {
+        self.inner.apply(ctx).await
+    }
+    async fn revert(&self, r: Option<&Receipt>, ctx: &Context) -> rollback_core::Result<()> {
+        self.inner.revert(r, ctx).await
+    }
+}
