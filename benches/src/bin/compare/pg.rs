@@ -338,8 +338,8 @@ impl Bench {
         TableSnapshot::new(&self.db, Table::public(ACCOUNTS))
     }
 
-    /// 1. The fingerprint against a raw binary COPY read to nowhere by the same client;
-    /// and, when the runner has the TLS-only cluster, the same pair over TLS
+    /// Section 1: the fingerprint against a raw binary COPY read to nowhere by the same
+    /// client; and, when the runner has the TLS-only cluster, the same pair over TLS
     /// (`sslmode=verify-full`), measured in the same repetitions, plain and TLS in turn.
     pub(crate) async fn fingerprint(&self, args: &Args) -> Res<Report> {
         let mut tls_failed = None;

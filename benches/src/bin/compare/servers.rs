@@ -255,6 +255,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_tls_url_asks_for_verify_full_with_the_test_ca() {
+        let t = PgTls {
+            url: "postgres://postgres@localhost:55532/postgres".into(),
+            ca: "/tmp/x/tls/ca.pem".into(),
+        };
+        assert_eq!(
+            t.verify_full_url(),
+            "postgres://postgres@localhost:55532/postgres?sslmode=verify-full&sslrootcert=/tmp/x/tls/ca.pem"
+        );
+        let q = PgTls {
+            url: "postgres://u@localhost:1/db?application_name=a".into(),
+            ..t
+        };
+        assert!(q
+            .verify_full_url()
+            .contains("?application_name=a&sslmode=verify-full&"));
+    }
+
+    #[test]
     fn export_lines_are_unquoted_like_the_shell_does() {
         let v = parse_exports("export A='x y'\nnoise\nexport B='it'\\''s'\nexport C=plain\n");
         assert_eq!(
