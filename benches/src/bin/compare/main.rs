@@ -16,9 +16,10 @@
 //! ```
 //!
 //! Servers: reuses those named by `ROLLBACK_TEST_PG_URL` / `ROLLBACK_PG_BIN` /
-//! `ROLLBACK_TEST_S3_*` (e.g. `source` the file written by `scripts/servers-up`), else
-//! starts a throwaway PostgreSQL and moto with `scripts/lib/servers.sh` and stops them at
-//! the end. Everything it creates (a database, buckets) has a unique name and is dropped
+//! `ROLLBACK_TEST_S3_*` / `ROLLBACK_TEST_PG_TLS_URL` with `ROLLBACK_TEST_TLS_DIR` (e.g.
+//! `source` the file written by `scripts/servers-up`), else starts a throwaway PostgreSQL,
+//! moto and (for the fingerprint over TLS) a TLS-only PostgreSQL with
+//! `scripts/lib/servers.sh` and stops them at the end. Everything it creates (a database, buckets) has a unique name and is dropped
 //! at the end, also on Ctrl-C.
 //!
 //! Profiling: with `COMPARE_LOG_SQL=1` the bench database gets
@@ -188,9 +189,12 @@ fn main() {
         .expect("tokio runtime");
     let code = rt.block_on(async {
         let need_s3 = args.wants("s3") || args.wants("memory");
+        let need_tls = args.wants("fingerprint");
         let needs_servers = SECTIONS.iter().any(|s| *s != "executor" && args.wants(s));
         let servers = if needs_servers {
-            match tokio::task::spawn_blocking(move || servers::Servers::ensure(need_s3)).await {
+            match tokio::task::spawn_blocking(move || servers::Servers::ensure(need_s3, need_tls))
+                .await
+            {
                 Ok(Ok(s)) => Some(s),
                 Ok(Err(e)) => {
                     eprintln!("compare: {e}");

@@ -2,6 +2,7 @@
 //! differing rows against reladiff, table snapshots against pg_dump / pg_restore, and
 //! the fingerprint's peak memory.
 
+use crate::servers::PgTls;
 use crate::{on_exit, run_child, secs, Args, Cleanup, Res};
 use benches::{fmt_bytes, fmt_count, fmt_rate, fmt_ratio, fmt_secs, median, Report, Row};
 use futures::{pin_mut, StreamExt};
@@ -56,7 +57,64 @@ pub(crate) struct Bench {
     client: Client,
     rows: u64,
     pg_bin: PathBuf,
+    /// The TLS-only cluster, when the runner has one (section 1 loads the table there too).
+    pg_tls: Option<PgTls>,
     dir: tempfile::TempDir,
+}
+
+/// The fingerprint's table in the TLS-only cluster.
+struct TlsSide {
+    db: Database,
+    /// A session of `db`'s own TLS connector ([`Database::dedicated`]), for the raw COPY.
+    client: Client,
+    rows: u64,
+    /// Protocol and cipher of the sessions, as the server saw them.
+    sessions: String,
+}
+
+/// A fresh database (dropped at the end) under the superuser URL `admin`, holding
+/// `pgbench -i -s round(50 × scale)`; its name and URL (`admin`'s, query included).
+async fn load_pgbench(admin: &str, pg_bin: &Path, args: &Args) -> Res<(String, String)> {
+    let name = format!(
+        "rb_bench_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    admin_execute(admin, &format!("CREATE DATABASE \"{name}\"")).await?;
+    on_exit(Cleanup::Database(admin.to_string(), name.clone()));
+    if std::env::var("COMPARE_LOG_SQL").is_ok_and(|v| v == "1") {
+        admin_execute(
+            admin,
+            &format!("ALTER DATABASE \"{name}\" SET log_min_duration_statement = 0"),
+        )
+        .await?;
+        eprintln!("compare: logging every statement of {name} with its duration (server log)");
+    }
+    let url = db_url(admin, &name);
+    let s = ((50.0 * args.scale).round() as u64).max(1);
+    eprintln!("compare: pgbench -i -s {s} into {name}");
+    let t = Instant::now();
+    run_tool(
+        &pg_bin.join("pgbench"),
+        &["-i", "-s", &s.to_string(), "-I", "dtGvp", "-q", &url],
+    )
+    .await?;
+    eprintln!("compare: pgbench -i took {}", fmt_secs(secs(t)));
+    Ok((name, url))
+}
+
+/// Run `sql` with the superuser URL `admin`: a plain connection, or, when the URL names an
+/// `sslmode`, a session of `rollback_postgres`'s TLS connector.
+async fn admin_execute(admin: &str, sql: &str) -> Res<()> {
+    if admin.contains("sslmode=") {
+        Database::connect(admin)?
+            .dedicated()
+            .await?
+            .batch_execute(sql)
+            .await?;
+    } else {
+        connect(admin).await?.batch_execute(sql).await?;
+    }
+    Ok(())
 }
 
 /// `url` with its database replaced by `name`.
@@ -82,10 +140,11 @@ pub(crate) async fn connect(url: &str) -> Res<Client> {
 }
 
 pub(crate) async fn drop_database(admin: &str, name: &str) -> Res<()> {
-    let c = connect(admin).await?;
-    c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await?;
-    Ok(())
+    admin_execute(
+        admin,
+        &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+    )
+    .await
 }
 
 /// Read a COPY to nowhere; returns the bytes read.
@@ -216,35 +275,8 @@ async fn run_tool(bin: &Path, args: &[&str]) -> Res<f64> {
 impl Bench {
     /// A fresh database holding `pgbench -i -s round(50 × scale)`.
     pub(crate) async fn setup(sv: &crate::servers::Servers, args: &Args) -> Res<Self> {
-        let name = format!(
-            "rb_bench_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..10]
-        );
         let admin = sv.pg_url.clone();
-        connect(&admin)
-            .await?
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .await?;
-        on_exit(Cleanup::Database(admin.clone(), name.clone()));
-        if std::env::var("COMPARE_LOG_SQL").is_ok_and(|v| v == "1") {
-            connect(&admin)
-                .await?
-                .batch_execute(&format!(
-                    "ALTER DATABASE \"{name}\" SET log_min_duration_statement = 0"
-                ))
-                .await?;
-            eprintln!("compare: logging every statement of {name} with its duration (server log)");
-        }
-        let url = db_url(&admin, &name);
-        let s = ((50.0 * args.scale).round() as u64).max(1);
-        eprintln!("compare: pgbench -i -s {s} into {name}");
-        let t = Instant::now();
-        run_tool(
-            &sv.bin("pgbench"),
-            &["-i", "-s", &s.to_string(), "-I", "dtGvp", "-q", &url],
-        )
-        .await?;
-        eprintln!("compare: pgbench -i took {}", fmt_secs(secs(t)));
+        let (_, url) = load_pgbench(&admin, &sv.pg_bin, args).await?;
         let client = connect(&url).await?;
         let rows: i64 = client
             .query_one("SELECT count(*) FROM pgbench_accounts", &[])
@@ -257,7 +289,44 @@ impl Bench {
             client,
             rows: rows as u64,
             pg_bin: sv.pg_bin.clone(),
+            pg_tls: sv.pg_tls.clone(),
             dir: tempfile::tempdir()?,
+        })
+    }
+
+    /// The same `pgbench -i` table in a fresh database of the TLS-only cluster, reached
+    /// with `sslmode=verify-full` (host `localhost`) by pgbench and by rollback alike.
+    async fn setup_tls(&self, tls: &PgTls, args: &Args) -> Res<TlsSide> {
+        let admin = tls.verify_full_url();
+        let (_, url) = load_pgbench(&admin, &self.pg_bin, args).await?;
+        let db = Database::connect(&url)?;
+        // The raw COPY's client: a session of the same connector the pool uses.
+        let client = db.dedicated().await?;
+        let rows: i64 = client
+            .query_one("SELECT count(*) FROM pgbench_accounts", &[])
+            .await?
+            .get(0);
+        let ssl = "SELECT ssl, coalesce(version, ''), coalesce(cipher, '') \
+                   FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid()";
+        let describe = |r: tokio_postgres::Row| -> Res<String> {
+            if !r.get::<_, bool>(0) {
+                return Err("a session to the TLS cluster is not encrypted".into());
+            }
+            Ok(format!(
+                "{} {}",
+                r.get::<_, String>(1),
+                r.get::<_, String>(2)
+            ))
+        };
+        let copy_session = describe(client.query_one(ssl, &[]).await?)?;
+        let pooled = db.client().await?;
+        let pool_session = describe(pooled.query_one(ssl, &[]).await?)?;
+        drop(pooled);
+        Ok(TlsSide {
+            db,
+            client,
+            rows: rows as u64,
+            sessions: format!("COPY client {copy_session}; fingerprint's pool {pool_session}"),
         })
     }
 
@@ -269,14 +338,38 @@ impl Bench {
         TableSnapshot::new(&self.db, Table::public(ACCOUNTS))
     }
 
-    /// 1. The fingerprint against a raw binary COPY read to nowhere by the same client.
+    /// Section 1: the fingerprint against a raw binary COPY read to nowhere by the same
+    /// client; and, when the runner has the TLS-only cluster, the same pair over TLS
+    /// (`sslmode=verify-full`), measured in the same repetitions, plain and TLS in turn.
     pub(crate) async fn fingerprint(&self, args: &Args) -> Res<Report> {
+        let mut tls_failed = None;
+        let tls = match &self.pg_tls {
+            Some(t) => match self.setup_tls(t, args).await {
+                Ok(side) => Some(side),
+                Err(e) => {
+                    let e = crate::chain(&*e);
+                    eprintln!("compare: the TLS fingerprint's set-up failed: {e}");
+                    tls_failed = Some(e);
+                    None
+                }
+            },
+            None => None,
+        };
         let cp = self.accounts();
         let ctx = Context::detached();
         copy_out(&self.client, RAW_COPY).await?; // warm the page cache
+        let tls_cp = tls
+            .as_ref()
+            .map(|t| TableSnapshot::new(&t.db, Table::public(ACCOUNTS)));
+        if let Some(t) = &tls {
+            copy_out(&t.client, RAW_COPY).await?;
+        }
         let (mut raw, mut ordered, mut fp) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut tls_raw, mut tls_fp) = (Vec::new(), Vec::new());
         let mut bytes = 0;
+        let mut tls_bytes = 0;
         let mut digests = BTreeSet::new();
+        let mut tls_digests = BTreeSet::new();
         for _ in 0..args.reps {
             let m = Meter::start(&self.client).await;
             bytes = copy_out(&self.client, RAW_COPY).await?;
@@ -287,6 +380,14 @@ impl Bench {
             let m = Meter::start(&self.client).await;
             digests.insert(cp.fingerprint(&ctx).await?);
             fp.push(m.stop().await);
+            if let (Some(t), Some(tcp)) = (&tls, &tls_cp) {
+                let m = Meter::start(&t.client).await;
+                tls_bytes = copy_out(&t.client, RAW_COPY).await?;
+                tls_raw.push(m.stop().await);
+                let m = Meter::start(&t.client).await;
+                tls_digests.insert(tcp.fingerprint(&ctx).await?);
+                tls_fp.push(m.stop().await);
+            }
         }
         let (raw, ordered, fp) = (med(&raw), med(&ordered), med(&fp));
         let ratio = raw.wall / fp.wall;
@@ -336,6 +437,79 @@ impl Bench {
             r.note(format!(
                 "**check failed**: the fingerprint of an unchanged table differed between repetitions ({} digests)",
                 digests.len()
+            ));
+        }
+        if let Some(e) = tls_failed {
+            r.push(Row::new("", "over TLS: failed").rollback(e));
+        }
+        if let Some(t) = &tls {
+            let (tls_raw, tls_fp) = (med(&tls_raw), med(&tls_fp));
+            let tls_ratio = tls_raw.wall / tls_fp.wall;
+            // What TLS does to the fingerprint relative to the COPY, and to its own rate.
+            let change = tls_ratio / ratio;
+            r.push(
+                Row::new(
+                    "",
+                    format!(
+                        "over TLS (`sslmode=verify-full`, host `localhost`): the same table ({} rows, {} of binary COPY) in a TLS-only cluster",
+                        fmt_count(t.rows),
+                        fmt_bytes(tls_bytes)
+                    ),
+                )
+                .rollback(format!(
+                    "{} ({})",
+                    fmt_secs(tls_fp.wall),
+                    fmt_rate(tls_bytes, tls_fp.wall)
+                ))
+                .reference(format!(
+                    "raw binary COPY over the same TLS connection: {} ({})",
+                    fmt_secs(tls_raw.wall),
+                    fmt_rate(tls_bytes, tls_raw.wall)
+                ))
+                .ratio(format!(
+                    "{} the COPY rate (plain: {})",
+                    fmt_ratio(tls_ratio),
+                    fmt_ratio(ratio)
+                ))
+                .target("≥ 0.8× the COPY rate", Some(tls_ratio >= 0.8)),
+            );
+            r.push(
+                Row::new(
+                    "",
+                    "TLS against plain: the fingerprint's rate relative to the COPY's, over TLS ÷ over a plain connection",
+                )
+                .rollback(format!("over TLS: {}", fmt_ratio(tls_ratio)))
+                .reference(format!(
+                    "plain: {}; TLS fingerprint {} vs plain {}",
+                    fmt_ratio(ratio),
+                    fmt_secs(tls_fp.wall),
+                    fmt_secs(fp.wall)
+                ))
+                .ratio(format!(
+                    "{:+.1}% (fingerprint rate over TLS: {} the plain one)",
+                    (change - 1.0) * 100.0,
+                    fmt_ratio(fp.wall / tls_fp.wall)
+                ))
+                .target(
+                    "TLS changes it by < 10%",
+                    Some((change - 1.0).abs() < 0.10),
+                ),
+            );
+            r.note(format!(
+                "fingerprint over TLS, breakdown (medians): {}; {}; sessions: {}",
+                breakdown("fingerprint", tls_fp),
+                breakdown("raw COPY", tls_raw),
+                t.sessions
+            ));
+            if tls_digests.len() != 1 {
+                r.note(format!(
+                    "**check failed**: the fingerprint over TLS of an unchanged table differed between repetitions ({} digests)",
+                    tls_digests.len()
+                ));
+            }
+            r.note(format!(
+                "the fingerprint over TLS equals the plain cluster's: {}",
+                if tls_digests == digests { "yes" } else { "no" }
             ));
         }
         Ok(r)

@@ -14,8 +14,40 @@ pub(crate) struct Servers {
     pub(crate) pg_bin: PathBuf,
     /// S3 endpoint, region, access key, secret key.
     pub(crate) s3: Option<S3Env>,
+    /// The TLS-only PostgreSQL cluster (for the fingerprint over TLS).
+    pub(crate) pg_tls: Option<PgTls>,
     /// The state dir of servers this runner started (stopped on drop).
     started: Option<String>,
+}
+
+/// A TLS-only PostgreSQL cluster (`rb_start_postgres_tls`): its superuser URL (host
+/// `localhost`, the only name its certificate holds; no `sslmode`) and the CA that signed
+/// its certificate.
+#[derive(Debug, Clone)]
+pub(crate) struct PgTls {
+    pub(crate) url: String,
+    pub(crate) ca: PathBuf,
+}
+
+impl PgTls {
+    fn from_env() -> Option<Self> {
+        let v = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
+        Some(PgTls {
+            url: v("ROLLBACK_TEST_PG_TLS_URL")?,
+            ca: Path::new(&v("ROLLBACK_TEST_TLS_DIR")?).join("ca.pem"),
+        })
+    }
+
+    /// The superuser URL with `sslmode=verify-full` and the CA: what libpq (pgbench) and
+    /// `rollback_postgres::Database::connect` both read.
+    pub(crate) fn verify_full_url(&self) -> String {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        format!(
+            "{}{sep}sslmode=verify-full&sslrootcert={}",
+            self.url,
+            self.ca.display()
+        )
+    }
 }
 
 /// The S3 server's settings.
@@ -77,8 +109,9 @@ fn scripts_lib() -> PathBuf {
 }
 
 impl Servers {
-    /// Reuse the servers named by the environment, or start those missing.
-    pub(crate) fn ensure(need_s3: bool) -> Res<Self> {
+    /// Reuse the servers named by the environment, or start those missing: PostgreSQL
+    /// always, moto when `need_s3`, the TLS-only PostgreSQL when `need_tls`.
+    pub(crate) fn ensure(need_s3: bool, need_tls: bool) -> Res<Self> {
         let pg_url = std::env::var("ROLLBACK_TEST_PG_URL")
             .ok()
             .filter(|s| !s.is_empty());
@@ -90,17 +123,23 @@ impl Servers {
         if need_s3 && s3.is_none() {
             missing.push("rb_start_moto");
         }
+        let pg_tls = PgTls::from_env();
+        if need_tls && pg_tls.is_none() {
+            missing.push("rb_make_tls");
+            missing.push("rb_start_postgres_tls");
+        }
         if missing.is_empty() {
             let pg_bin = std::env::var("ROLLBACK_PG_BIN")
                 .map(PathBuf::from)
                 .ok()
                 .or_else(find_pg_bin)
                 .ok_or("ROLLBACK_PG_BIN is unset and no PostgreSQL binaries were found")?;
-            eprintln!("compare: reusing the servers named by ROLLBACK_TEST_PG_URL / ROLLBACK_TEST_S3_ENDPOINT");
+            eprintln!("compare: reusing the servers named by ROLLBACK_TEST_PG_URL / ROLLBACK_TEST_S3_ENDPOINT / ROLLBACK_TEST_PG_TLS_URL");
             return Ok(Servers {
                 pg_url: pg_url.unwrap_or_default(),
                 pg_bin,
                 s3: if need_s3 { s3 } else { None },
+                pg_tls: if need_tls { pg_tls } else { None },
                 started: None,
             });
         }
@@ -146,13 +185,9 @@ impl Servers {
             pg_url,
             pg_bin,
             s3: if need_s3 { S3Env::from_env() } else { None },
+            pg_tls: if need_tls { PgTls::from_env() } else { None },
             started,
         })
-    }
-
-    /// A PostgreSQL binary by name.
-    pub(crate) fn bin(&self, name: &str) -> PathBuf {
-        self.pg_bin.join(name)
     }
 }
 
@@ -218,6 +253,25 @@ fn unquote(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tls_url_asks_for_verify_full_with_the_test_ca() {
+        let t = PgTls {
+            url: "postgres://postgres@localhost:55532/postgres".into(),
+            ca: "/tmp/x/tls/ca.pem".into(),
+        };
+        assert_eq!(
+            t.verify_full_url(),
+            "postgres://postgres@localhost:55532/postgres?sslmode=verify-full&sslrootcert=/tmp/x/tls/ca.pem"
+        );
+        let q = PgTls {
+            url: "postgres://u@localhost:1/db?application_name=a".into(),
+            ..t
+        };
+        assert!(q
+            .verify_full_url()
+            .contains("?application_name=a&sslmode=verify-full&"));
+    }
 
     #[test]
     fn export_lines_are_unquoted_like_the_shell_does() {
