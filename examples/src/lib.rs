@@ -35,6 +35,6 @@
 
 pub mod cutover;
 pub mod drill;
-pub mod faults;
+pub use rollback_s3::faults;
 pub mod pgcluster;
 pub mod setup;

@@ -116,11 +116,16 @@
 //! [`S3Bucket::concurrency`] requests in flight and batch deletes, so memory stays flat
 //! however many objects a prefix holds.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod backend;
 mod bucket;
 mod checkpoint;
 mod config;
 mod error;
+#[cfg(feature = "faults")]
+#[cfg_attr(docsrs, doc(cfg(feature = "faults")))]
+pub mod faults;
 mod folder;
 mod listing;
 mod manifest;

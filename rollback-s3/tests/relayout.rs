@@ -6,9 +6,9 @@
 #[macro_use]
 mod common;
 
-use common::faults::FailAfterCopies;
 use rollback_core::journal::FileJournal;
 use rollback_core::{Executor, Outcome, Plan, ResumePolicy, Step};
+use rollback_s3::faults::FailAfterCopies;
 use rollback_s3::{ManifestParity, MovePrefix, ObjectBackend, S3Bucket, S3Checkpoint};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

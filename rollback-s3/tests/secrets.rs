@@ -3,9 +3,9 @@
 #[macro_use]
 mod common;
 
-use common::faults::FailAfterCopies;
 use rollback_core::journal::MemoryJournal;
 use rollback_core::{Checkpoint, Context, Executor, Plan};
+use rollback_s3::faults::FailAfterCopies;
 use rollback_s3::{MovePrefix, S3Bucket, S3Checkpoint, S3Settings, Secret};
 use std::io::Write;
 use std::sync::{Arc, Mutex};

@@ -4,10 +4,10 @@
 #[macro_use]
 mod common;
 
-use common::faults::FailAfterCopies;
 use rollback_core::events::RunEvent;
 use rollback_core::journal::MemoryJournal;
 use rollback_core::{Context, Error, Executor, Outcome, Plan, PlanError, Step};
+use rollback_s3::faults::FailAfterCopies;
 use rollback_s3::{
     CopyPrefix, DeleteObjects, MovePrefix, PutObjects, RewriteObjects, S3Checkpoint,
 };

@@ -9,8 +9,6 @@ use rollback_s3::aws_sdk_s3::Client;
 use rollback_s3::{S3Bucket, S3Settings};
 use std::collections::BTreeMap;
 
-pub mod faults;
-
 /// The S3 implementation the tests talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -1,10 +1,11 @@
-//! Fault injection from outside the production types: [`FailAfterCopies`] wraps a step
+//! Fault injection from outside the production steps (feature `faults`; for drills and
+//! tests, never needed in production): [`FailAfterCopies`] wraps a step
 //! built over an object backend and makes the backend fail midway through the step's
 //! apply, as if the process had lost the backend with the change partly applied.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! use examples::faults::FailAfterCopies;
+//! use rollback_s3::faults::FailAfterCopies;
 //! use rollback_core::{Context, Step};
 //! use rollback_s3::{FolderBackend, MovePrefix};
 //! let dir = tempfile::tempdir().unwrap();
@@ -22,10 +23,10 @@
 //! # }).unwrap();
 //! ```
 
+use crate::{ListPage, ObjectBackend, ObjectInfo, PutMode, StoreLocation};
 use async_trait::async_trait;
 use bytes::Bytes;
 use rollback_core::{Context, Effect, Error, Receipt, Result, Reversibility, Step};
-use rollback_s3::{ListPage, ObjectBackend, ObjectInfo, PutMode, StoreLocation};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
