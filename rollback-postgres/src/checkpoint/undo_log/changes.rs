@@ -44,8 +44,8 @@ impl TableUndoLog {
     /// fingerprint compared with the snapshot's is the proof.
     ///
     /// # Errors
-    /// As for a restore: [`Error::WrongResource`], [`Error::DigestMismatch`],
-    /// [`Error::Invalid`] when the logs are gone; backend errors.
+    /// As for a restore: [`Error::WrongResource`](rollback_core::Error::WrongResource), [`Error::DigestMismatch`](rollback_core::Error::DigestMismatch),
+    /// [`Error::Invalid`](rollback_core::Error::Invalid) when the logs are gone; backend errors.
     pub async fn changes(&self, snap: &Snapshot) -> Result<Vec<LoggedChanges>> {
         let d = self.descriptor(snap)?;
         snap.ensure_digest(Digest::of_json(&d))?;
