@@ -67,12 +67,7 @@ async fn logged_changes<C: GenericClient>(
     e: &Entry,
 ) -> Result<LoggedChanges> {
     let cols = e.definition.column_names();
-    let key_text = e
-        .key
-        .iter()
-        .map(|k| format!("e.{}::text", quote_ident(k)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let key_text = e.key_text("e");
     let sql = format!(
         "WITH e AS MATERIALIZED ({earliest}) \
          SELECT concat_ws(', ', {key_text}), e.{present}, x.ctid IS NOT NULL, \

@@ -233,6 +233,18 @@ struct Entry {
     fingerprint: Digest,
 }
 
+impl Entry {
+    /// The key columns of the row alias `alias` as text, comma-separated, for
+    /// `concat_ws(', ', …)`: how every query of the undo log names a key.
+    fn key_text(&self, alias: &str) -> String {
+        self.key
+            .iter()
+            .map(|k| format!("{alias}.{}::text", quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// A table's model without the triggers of undo logs.
 async fn model_without_logs<C: GenericClient>(c: &C, oid: u32) -> Result<TableModel> {
     let mut m = catalog::table_model_by_oid(c, oid).await?;

@@ -183,12 +183,7 @@ pub(super) async fn keyed(
     cond: &str,
     cap: i64,
 ) -> Result<(u64, Vec<String>)> {
-    let key_text = e
-        .key
-        .iter()
-        .map(|k| format!("a.{}::text", quote_ident(k)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let key_text = e.key_text("a");
     let n: i64 = tx
         .query_one(
             &format!("SELECT count(*) FROM {} a WHERE {cond}", sel.quoted()),
@@ -235,12 +230,7 @@ pub(super) async fn conflict_list(
             )
         })
         .collect();
-    let key_text = e
-        .key
-        .iter()
-        .map(|k| format!("a.{}::text", quote_ident(k)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let key_text = e.key_text("a");
     let n: i64 = tx
         .query_one(
             &format!(
@@ -414,13 +404,6 @@ pub(super) async fn others_rows_changed(
 ) -> Result<(u64, Vec<String>)> {
     let cols = e.definition.column_names();
     let first = quote_ident(&e.key[0]);
-    let key_text = |a: &str| {
-        e.key
-            .iter()
-            .map(|k| format!("{a}.{}::text", quote_ident(k)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let rows = tx
         .query(
             &format!(
@@ -431,8 +414,8 @@ pub(super) async fn others_rows_changed(
                 t = e.table.quoted(),
                 s = sel.quoted(),
                 m = key_match(e, "x", "a"),
-                kk = key_text("k"),
-                kn = key_text("n"),
+                kk = e.key_text("k"),
+                kn = e.key_text("n"),
                 c = copy.quoted(),
                 kn_match = key_match(e, "k", "n"),
                 kc = column_list_with("k", &cols),
@@ -463,12 +446,7 @@ pub(super) async fn logged_by_others(
     run: &str,
     cap: i64,
 ) -> Result<(u64, Vec<String>)> {
-    let key_text = e
-        .key
-        .iter()
-        .map(|k| format!("l.{}::text", quote_ident(k)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let key_text = e.key_text("l");
     let rows = tx
         .query(
             &format!(
