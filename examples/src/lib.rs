@@ -10,7 +10,7 @@
 //! - [`setup`]: real servers from the environment, or the embedded default (a throwaway
 //!   PostgreSQL cluster, a local folder as the object backend — `rollback_s3::FolderBackend`
 //!   — a flag file and a file journal);
-//! - [`pgcluster`]: a throwaway PostgreSQL cluster from the machine's binaries.
+//! - the throwaway PostgreSQL cluster of the embedded default is [`rollback_testkit::cluster`].
 //!
 //! ```text
 //! cargo run -p examples --example saas_cutover -- --fail-at relayout --scope component
@@ -36,5 +36,4 @@
 pub mod cutover;
 pub mod drill;
 pub use rollback_s3::faults;
-pub mod pgcluster;
 pub mod setup;
