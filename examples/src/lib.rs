@@ -3,7 +3,8 @@
 //!
 //! - [`cutover`]: the SaaS cutover over PostgreSQL, objects and flags (the plan, its
 //!   verifiers and health probe, the fixture, failure injection) used by
-//!   `examples/saas_cutover.rs`, `examples/dr_drill.rs` and the drill test;
+//!   `examples/saas_cutover/`, `examples/dr_drill.rs` and the drill test; the plan
+//!   itself is `examples/saas_cutover/plan.rs`, compiled into both;
 //! - [`drill`]: the disaster-recovery drill (every failure in turn, RTO/RPO table);
 //! - [`faults`]: fault injection from outside the production steps (a step wrapper over a
 //!   backend that fails midway);
@@ -17,8 +18,8 @@
 //! cargo run -p examples --example dr_drill
 //! ```
 //!
-//! A plan over the three components, in short (see [`cutover::Backends::plan`] for the
-//! whole of it):
+//! A plan over the three components, in short (see [`cutover::cutover_plan`] —
+//! `examples/saas_cutover/plan.rs` — for the whole of it):
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,6 +33,10 @@
 //! println!("{}\n{}", run.summary(), run.report.to_markdown());
 //! # Ok(()) }
 //! ```
+
+// The plan file (`examples/saas_cutover/plan.rs`) names this crate as `examples`, as the
+// example that includes it does.
+extern crate self as examples;
 
 pub mod cutover;
 pub mod drill;
