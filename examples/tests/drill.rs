@@ -218,59 +218,6 @@ async fn bucket_state(b: &S3Bucket) -> BTreeMap<String, (u64, String)> {
     .await
 }
 
-/// What applications see: the client API's features named `prefix*`, once its revision
-/// has reached the id of Unleash's latest flag event (Unleash 6 serves the client API
-/// from a cache refreshed by revision).
-async fn client_view(prefix: &str) -> BTreeMap<String, Value> {
-    let url = env("ROLLBACK_TEST_UNLEASH_URL");
-    let http = reqwest::Client::new();
-    let events: Value = http
-        .get(format!("{url}/api/admin/events"))
-        .header("Authorization", env("ROLLBACK_TEST_UNLEASH_ADMIN_TOKEN"))
-        .send()
-        .await
-        .expect("events")
-        .json()
-        .await
-        .expect("events json");
-    let target = events["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["featureName"].is_string())
-        .filter_map(|e| e["id"].as_u64())
-        .max()
-        .unwrap_or(0);
-    let start = Instant::now();
-    loop {
-        let v: Value = http
-            .get(format!("{url}/api/client/features"))
-            .header("Authorization", env("ROLLBACK_TEST_UNLEASH_CLIENT_TOKEN"))
-            .send()
-            .await
-            .expect("client features")
-            .json()
-            .await
-            .expect("client json");
-        let rev = v["meta"]["revisionId"].as_u64().unwrap_or(0);
-        if rev >= target {
-            return v["features"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|f| f["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
-                .map(|f| (f["name"].as_str().unwrap().to_string(), f))
-                .collect();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the client API did not reach revision {target} in 30 s (at {rev})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The three independent views of a world.
 struct Views {
     dump: (String, String),
@@ -286,7 +233,7 @@ async fn views(w: &World) -> Views {
     Views {
         dump,
         objects: bucket_state(&w.bucket).await,
-        flags: client_view(&w.prefix).await,
+        flags: rollback_testkit::unleash::client_view(&w.prefix).await.0,
     }
 }
 

@@ -198,26 +198,7 @@ impl TestRole {
 
 impl Drop for TestRole {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                if let Ok((c, conn)) =
-                    tokio_postgres::connect(&server_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    let _ = c
-                        .batch_execute(&format!("DROP ROLE IF EXISTS \"{name}\""))
-                        .await;
-                }
-            });
-        })
-        .join();
+        admin_from_drop(format!("DROP ROLE IF EXISTS \"{}\"", self.name));
     }
 }
 
@@ -301,25 +282,31 @@ pub fn sort_copy_blocks(dump: &str) -> String {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                if let Ok((c, conn)) =
-                    tokio_postgres::connect(&server_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    let _ = c
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
+        admin_from_drop(format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        ));
     }
+}
+
+/// Run `sql` on the server from a `Drop` (which may run inside or outside a runtime): on
+/// a thread of its own with a runtime of its own; errors are ignored (cleanup).
+fn admin_from_drop(sql: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            if let Ok((c, conn)) =
+                tokio_postgres::connect(&server_url(), tokio_postgres::NoTls).await
+            {
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                let _ = c.batch_execute(&sql).await;
+            }
+        });
+    })
+    .join();
 }
