@@ -3,6 +3,8 @@
 mod formats;
 mod ledger;
 mod scan;
+mod sqitch;
+mod verifier;
 
 use crate::checkpoint::copy::TableSnapshot;
 use crate::checkpoint::schema::SchemaSnapshot;
@@ -13,6 +15,8 @@ use crate::sqlscan;
 use crate::steps::sql::SqlStep;
 use async_trait::async_trait;
 use ledger::Ledger;
+use sqitch::Committer;
+use verifier::ScriptVerifier;
 use rollback_core::{Context, Effect, Plan, PlanError, Receipt, Reversibility, Step};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -30,6 +34,12 @@ pub enum Format {
     Dbmate,
     /// diesel (`__diesel_schema_migrations`).
     Diesel,
+    /// refinery (`refinery_schema_history`).
+    Refinery,
+    /// Flyway (`flyway_schema_history`).
+    Flyway,
+    /// sqitch (`sqitch.plan`; the registry schema `sqitch`).
+    Sqitch,
 }
 
 impl Format {
@@ -40,6 +50,9 @@ impl Format {
             Format::GolangMigrate => "golang-migrate",
             Format::Dbmate => "dbmate",
             Format::Diesel => "diesel",
+            Format::Refinery => "refinery",
+            Format::Flyway => "flyway",
+            Format::Sqitch => "sqitch",
         }
     }
 }
@@ -52,8 +65,11 @@ impl std::str::FromStr for Format {
             "golang-migrate" | "migrate" => Ok(Format::GolangMigrate),
             "dbmate" => Ok(Format::Dbmate),
             "diesel" => Ok(Format::Diesel),
+            "refinery" => Ok(Format::Refinery),
+            "flyway" => Ok(Format::Flyway),
+            "sqitch" => Ok(Format::Sqitch),
             o => Err(format!(
-                "unknown migration format {o:?} (sqlx, golang-migrate, dbmate, diesel)"
+                "unknown migration format {o:?} (sqlx, golang-migrate, dbmate, diesel, refinery, flyway, sqitch)"
             )),
         }
     }
@@ -128,10 +144,34 @@ pub enum MigrationError {
         version: String,
         /// The file.
         file: PathBuf,
-        /// Recorded checksum (hex).
+        /// Recorded checksum, as the tool writes it (sqlx: hex; refinery, Flyway: decimal;
+        /// sqitch: the deploy script's SHA-1 in hex).
         recorded: String,
-        /// The file's checksum (hex).
+        /// The file's checksum, in the same form.
         current: String,
+    },
+    /// A feature of the tool this library does not run (a Flyway repeatable or baseline
+    /// migration, a placeholder, a sqitch dependency on another project…).
+    #[error("{}:{line}: not supported: {message}", file.display())]
+    Unsupported {
+        /// The file.
+        file: PathBuf,
+        /// The line (0: the file name).
+        line: usize,
+        /// What it is, and what to do instead.
+        message: String,
+    },
+    /// A pending migration sorts before one already applied: the tool itself would refuse
+    /// or skip it (refinery's and Flyway's "missing" migrations, a sqitch change before
+    /// the last one deployed).
+    #[error("{}: version {version} is not applied but {latest} after it is; the tool would not run it (apply it out of order with the tool, or renumber it)", file.display())]
+    OutOfOrder {
+        /// The file.
+        file: PathBuf,
+        /// Its version.
+        version: String,
+        /// The latest applied version.
+        latest: String,
     },
     /// The ledger marks a version failed or dirty: it needs a human (it is never cleaned
     /// here).
@@ -150,8 +190,9 @@ pub enum MigrationError {
         /// The version.
         version: String,
     },
-    /// A migration has no down and does something no checkpoint can cover.
-    #[error("{}:{line}: {reason}; add a down migration", file.display())]
+    /// A migration has no down and does something no checkpoint can cover; it can run
+    /// only when [`Migrations::approve_irreversible`] names it.
+    #[error("{}:{line}: {reason}; add a down migration, or approve it as irreversible (Migrations::approve_irreversible)", file.display())]
     NotReversible {
         /// The file.
         file: PathBuf,
@@ -171,9 +212,21 @@ pub enum MigrationError {
 /// One migration of a folder.
 #[derive(Debug, Clone)]
 pub struct Migration {
-    /// The version as the tool records it.
+    /// The version as the tool records it (sqitch: the change's position in the plan,
+    /// from 1).
     pub version: String,
-    number: u64,
+    /// The sort key (the version's numbers).
+    order: Vec<u64>,
+    /// What the ledger keys the migration by (the version; sqitch: the change id).
+    ledger_key: String,
+    /// The file name the ledger records (Flyway's `script`).
+    script: String,
+    /// A verify script (sqitch), run after the migration as a verifier.
+    verify: Option<(PathBuf, String)>,
+    /// sqitch: the change as the registry records it.
+    sqitch: Option<Box<sqitch::Change>>,
+    /// refinery's `U` (unversioned) prefix: exempt from the out-of-order check.
+    unversioned: bool,
     /// The name (sqlx: its description).
     pub name: String,
     /// The file `up` is read from.
@@ -184,7 +237,7 @@ pub struct Migration {
     down_file: Option<PathBuf>,
     down_line: usize,
     transaction: bool,
-    checksum_source: Vec<u8>,
+    checksum: Option<String>,
 }
 
 impl Migration {
@@ -198,12 +251,19 @@ impl Migration {
         self.down.is_some()
     }
 
-    fn checksum(&self, format: Format) -> Vec<u8> {
-        use sha2::Digest;
-        match format {
-            Format::Sqlx => sha2::Sha384::digest(&self.checksum_source).to_vec(),
-            _ => Vec::new(),
-        }
+    /// The checksum the tool records for it, as text (see
+    /// [`MigrationError::ChecksumMismatch`]), if the tool keeps one.
+    pub fn checksum(&self) -> Option<&str> {
+        self.checksum.as_deref()
+    }
+
+    /// The step ids, file names and versions a knob may name this migration by.
+    fn named(&self, name: &str) -> bool {
+        name == self.version
+            || name == self.id()
+            || name == self.script
+            || self.file.file_name().is_some_and(|f| f == name)
+            || self.file == Path::new(name)
     }
 }
 
@@ -288,6 +348,8 @@ pub struct Migrations {
     dir: PathBuf,
     all: Vec<Migration>,
     ledger_schema: String,
+    committer: Committer,
+    approvals: Vec<(String, String)>,
     target: Option<u64>,
     kind: CheckpointKind,
     lock_timeout: Option<Duration>,
@@ -306,8 +368,14 @@ impl Migrations {
         Ok(Migrations {
             format,
             dir,
+            ledger_schema: if format == Format::Sqitch {
+                "sqitch".into()
+            } else {
+                "public".into()
+            },
             all,
-            ledger_schema: "public".into(),
+            committer: Committer::from_env(),
+            approvals: Vec::new(),
             target: None,
             kind: CheckpointKind::default(),
             lock_timeout: None,
@@ -348,12 +416,75 @@ impl Migrations {
         Self::load(Format::Diesel, dir)
     }
 
+    /// A refinery folder.
+    ///
+    /// # Errors
+    /// As [`Migrations::load`].
+    pub fn refinery(dir: impl AsRef<Path>) -> Result<Self, MigrationError> {
+        Self::load(Format::Refinery, dir)
+    }
+
+    /// A Flyway folder (one location).
+    ///
+    /// # Errors
+    /// As [`Migrations::load`], and [`MigrationError::Unsupported`] for repeatable (`R__`)
+    /// and baseline (`B…__`) migrations and placeholders.
+    pub fn flyway(dir: impl AsRef<Path>) -> Result<Self, MigrationError> {
+        Self::load(Format::Flyway, dir)
+    }
+
+    /// A sqitch project: the folder holding `sqitch.plan`, `deploy/`, `revert/` and
+    /// `verify/`.
+    ///
+    /// # Errors
+    /// As [`Migrations::load`], and [`MigrationError::Unsupported`] for a dependency on
+    /// another project or a `-` entry.
+    pub fn sqitch(dir: impl AsRef<Path>) -> Result<Self, MigrationError> {
+        Self::load(Format::Sqitch, dir)
+    }
+
     /// The migrations of the folder, in order.
     pub fn all(&self) -> &[Migration] {
         &self.all
     }
 
-    /// The schema of the tool's ledger table (default `public`).
+    /// sqitch: the committer's name and email written in the registry (default as sqitch
+    /// finds them without a configuration file: `SQITCH_FULLNAME` and `SQITCH_EMAIL`,
+    /// else the system user and `user@host`).
+    pub fn committer(mut self, name: impl Into<String>, email: impl Into<String>) -> Self {
+        self.committer = Committer {
+            name: name.into(),
+            email: email.into(),
+        };
+        self
+    }
+
+    /// Let these migrations run although no down and no checkpoint can undo them (a
+    /// statement the scanner cannot see into, such as `DO` or a function call, with no
+    /// down): each is named by its file name, version or step id. A rollback leaves them
+    /// applied (and in the tool's ledger); the plan's dry run and report list each with
+    /// `reason`. Without this, [`Pending::plan`] fails with
+    /// [`MigrationError::NotReversible`].
+    pub fn approve_irreversible<S: Into<String>>(
+        mut self,
+        migrations: impl IntoIterator<Item = S>,
+        reason: impl Into<String>,
+    ) -> Self {
+        let reason = reason.into();
+        self.approvals
+            .extend(migrations.into_iter().map(|m| (m.into(), reason.clone())));
+        self
+    }
+
+    fn approval(&self, m: &Migration) -> Option<&str> {
+        self.approvals
+            .iter()
+            .find(|(n, _)| m.named(n))
+            .map(|(_, r)| r.as_str())
+    }
+
+    /// The schema of the tool's ledger table (default `public`; sqitch: the registry
+    /// schema, default `sqitch`).
     pub fn ledger_schema(mut self, schema: impl Into<String>) -> Self {
         self.ledger_schema = schema.into();
         self
@@ -394,6 +525,8 @@ impl Migrations {
         Ledger {
             format: self.format,
             schema: self.ledger_schema.clone(),
+            committer: self.committer.clone(),
+            project: sqitch::project(&self.all),
         }
     }
 
@@ -424,7 +557,7 @@ impl Migrations {
             match m {
                 tokio_postgres::SimpleQueryMessage::Row(r) if part == 1 => rows.push(ledger::Row {
                     version: r.get(0).unwrap_or_default().to_string(),
-                    checksum: r.get(1).map(ledger::unhex),
+                    checksum: r.get(1).map(str::to_string),
                     dirty: r.get(2) == Some("true"),
                 }),
                 tokio_postgres::SimpleQueryMessage::Row(r) => {
@@ -455,42 +588,56 @@ impl Migrations {
                 version: d.version.clone(),
             });
         }
-        let mut applied: BTreeSet<u64> = BTreeSet::new();
+        let mut applied: BTreeSet<usize> = BTreeSet::new();
         let mut before = None;
         for r in &rows {
-            let Some(m) = self.all.iter().find(|m| m.version == r.version) else {
+            let Some(i) = self.all.iter().position(|m| m.ledger_key == r.version) else {
                 return Err(MigrationError::MissingFile {
                     table,
                     version: r.version.clone(),
                 });
             };
-            if let Some(rec) = &r.checksum {
-                let cur = m.checksum(self.format);
-                if *rec != cur {
+            let m = &self.all[i];
+            if let (Some(rec), Some(cur)) = (&r.checksum, &m.checksum) {
+                if rec != cur {
                     return Err(MigrationError::ChecksumMismatch {
                         version: m.version.clone(),
                         file: m.file.clone(),
-                        recorded: ledger::hex(rec),
-                        current: ledger::hex(&cur),
+                        recorded: rec.clone(),
+                        current: cur.clone(),
                     });
                 }
             }
             if self.format == Format::GolangMigrate {
                 // One row: the current version; everything up to it is applied.
                 before = Some(m.version.clone());
-                applied.extend(
-                    self.all
-                        .iter()
-                        .filter(|x| x.number <= m.number)
-                        .map(|x| x.number),
-                );
+                applied.extend((0..self.all.len()).filter(|&j| self.all[j].order <= m.order));
             } else {
-                applied.insert(m.number);
+                applied.insert(i);
+            }
+        }
+        // refinery, Flyway and sqitch never run a migration that sorts before the latest
+        // applied one.
+        if matches!(
+            self.format,
+            Format::Refinery | Format::Flyway | Format::Sqitch
+        ) {
+            if let Some(&last) = applied.iter().max_by(|&&a, &&b| self.all[a].order.cmp(&self.all[b].order)) {
+                let latest = &self.all[last];
+                if let Some(m) = self.all.iter().enumerate().find(|(j, m)| {
+                    !applied.contains(j) && m.order < latest.order && !m.unversioned
+                }).map(|(_, m)| m) {
+                    return Err(MigrationError::OutOfOrder {
+                        file: m.file.clone(),
+                        version: m.version.clone(),
+                        latest: latest.version.clone(),
+                    });
+                }
             }
         }
         let pending: Vec<usize> = (0..self.all.len())
-            .filter(|&i| !applied.contains(&self.all[i].number))
-            .filter(|&i| self.target.is_none_or(|t| self.all[i].number <= t))
+            .filter(|i| !applied.contains(i))
+            .filter(|&i| self.target.is_none_or(|t| self.all[i].order <= vec![t]))
             .collect();
         Ok(Pending {
             db: db.clone(),
@@ -512,6 +659,9 @@ pub enum Revert {
     Checkpoint(Vec<String>),
     /// It cannot be undone: it needs a down (or an approval to stay).
     NeedsApproval(String),
+    /// It cannot be undone and [`Migrations::approve_irreversible`] let it run: a rollback
+    /// leaves it applied (the approval's reason).
+    Approved(String),
 }
 
 /// The pending migrations of a folder (see [`Migrations::pending`]).
@@ -534,6 +684,10 @@ struct Built {
     data: BTreeMap<Table, bool>,
     schemas: BTreeSet<String>,
     problems: Vec<MigrationError>,
+    /// Approved irreversible migrations: step id → reason.
+    approved: BTreeMap<String, String>,
+    /// Verify scripts: step id → verifier.
+    verifiers: Vec<(String, ScriptVerifier)>,
 }
 
 impl Pending {
@@ -568,6 +722,8 @@ impl Pending {
             data: BTreeMap::new(),
             schemas: BTreeSet::new(),
             problems: Vec::new(),
+            approved: BTreeMap::new(),
+            verifiers: Vec::new(),
         };
         // First pass: what each migration does and whether it needs a cover.
         let mut per: Vec<(SqlStep, scan::Touch, bool, usize)> = Vec::new();
@@ -598,7 +754,7 @@ impl Pending {
             let up_sql = format!(
                 "{}\n;\n{};",
                 up.trim_end(),
-                ledger.record_sql(m, &m.checksum(ms.format))
+                ledger.record_sql(m)
             );
             let mut step = SqlStep::new(db, m.id(), up_sql);
             if let Some(d) = &down {
@@ -621,9 +777,17 @@ impl Pending {
             {
                 step = step.statement_timeout(*d);
             }
+            if let Some((file, text)) = &m.verify {
+                out.verifiers.push((
+                    m.id(),
+                    ScriptVerifier::new(db, format!("verify:{}", m.id()), file, text)?,
+                ));
+            }
             let covered = step.reversibility() == Reversibility::RestoreOnly;
             if covered {
-                if let Some(line) = opaque_line {
+                if let (Some(_), Some(reason)) = (opaque_line, ms.approval(m)) {
+                    out.approved.insert(m.id(), reason.to_string());
+                } else if let Some(line) = opaque_line {
                     out.problems.push(MigrationError::NotReversible {
                         file: m.file.clone(),
                         line,
@@ -669,6 +833,12 @@ impl Pending {
             let m = &ms.all[i];
             if !covered {
                 out.reverts.push((m.id(), Revert::Down));
+                out.steps.push(step);
+                continue;
+            }
+            if let Some(reason) = out.approved.get(&m.id()) {
+                // Nothing can undo it: it touches nothing a checkpoint restores.
+                out.reverts.push((m.id(), Revert::Approved(reason.clone())));
                 out.steps.push(step);
                 continue;
             }
@@ -731,21 +901,41 @@ impl Pending {
         }
         let ledger = ms.ledger();
         let ledger_id = format!("{tool}-ledger");
-        let versions: Vec<&Migration> = self.migrations();
+        // Approved irreversible migrations stay applied, and so does their ledger row.
+        let versions: Vec<&Migration> = self
+            .migrations()
+            .into_iter()
+            .filter(|m| !built.approved.contains_key(&m.id()))
+            .collect();
+        let before = self
+            .migrations()
+            .into_iter()
+            .filter(|m| built.approved.contains_key(&m.id()))
+            .next_back()
+            .map(|m| m.version.clone())
+            .or_else(|| self.before.clone());
         b = b.step(
             "db",
             LedgerStep {
                 id: ledger_id.clone(),
                 db: self.db.clone(),
-                restore: ledger.restore_sql(&versions, self.before.as_deref()),
+                restore: ledger.restore_sql(&versions, before.as_deref()),
             },
             &[],
         );
         let mut prev = ledger_id;
         for step in built.steps.drain(..) {
             let id = step.id().to_string();
-            b = b.step("db", Scanned::new(step), &[prev.as_str()]);
+            let mut scanned = Scanned::new(step);
+            if let Some(reason) = built.approved.get(&id) {
+                scanned.reversibility = Reversibility::Irreversible;
+                b = b.approve_irreversible(&id, reason);
+            }
+            b = b.step("db", scanned, &[prev.as_str()]);
             prev = id;
+        }
+        for (step, v) in built.verifiers.drain(..) {
+            b = b.verify_after(&step, v);
         }
         Ok(b.build()?)
     }
