@@ -933,3 +933,29 @@ rb_install_refinery_cli() {
   export ROLLBACK_TEST_REFINERY_BIN
   ROLLBACK_TEST_REFINERY_BIN=$(rb_cargo_tools_dir)/bin/refinery
 }
+
+# Installs sqitch with its PostgreSQL driver from Debian's packages unless present, and
+# exports ROLLBACK_TEST_SQITCH_BIN.
+rb_install_sqitch() {
+  local bin=${ROLLBACK_TEST_SQITCH_BIN:-}
+  [ -n "$bin" ] && [ -x "$bin" ] || bin=$(command -v sqitch 2>/dev/null || true)
+  if [ -z "$bin" ] || ! perl -MDBD::Pg -e 1 >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || { rb_die "sqitch is not installed (run: apt-get install -y sqitch libdbd-pg-perl)"; return 1; }
+    rb_log "installing sqitch (Debian packages sqitch, libdbd-pg-perl)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sqitch libdbd-pg-perl >&2 ||
+      { DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sqitch libdbd-pg-perl >&2; } ||
+      { rb_die "apt-get install sqitch libdbd-pg-perl failed"; return 1; }
+    bin=$(command -v sqitch)
+  fi
+  export ROLLBACK_TEST_SQITCH_BIN=$bin
+  rb_log "sqitch: $("$bin" --version 2>&1 | head -n 1)"
+}
+
+# The migration tools of the interop tests (dbmate is installed by rb_start_all).
+rb_install_migration_tools() {
+  rb_install_sqlx_cli || return 1
+  rb_install_refinery_cli || return 1
+  rb_install_sqitch || return 1
+}
+RB_EXPORT_VARS+=(ROLLBACK_TEST_SQLX_BIN ROLLBACK_TEST_REFINERY_BIN ROLLBACK_TEST_SQITCH_BIN)

@@ -538,11 +538,14 @@ impl Migrations {
     /// [`MigrationError::MissingFile`], backend errors.
     pub async fn pending(self, db: &Database) -> Result<Pending, MigrationError> {
         let ledger = self.ledger();
+        let create = ledger.create_sql();
+        // The ledger's rows follow the statements that create it.
+        let rows_part = sqlscan::split(&create).len();
         let sql = format!(
             "{};\n{};\nSELECT n.nspname::text, c.relname::text, NULL, NULL FROM pg_catalog.pg_class c \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
-            ledger.create_sql(),
+            create,
             ledger.read_sql()
         );
         let c = db.client().await?;
@@ -555,7 +558,7 @@ impl Migrations {
         let mut part = 0;
         for m in msgs {
             match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) if part == 1 => rows.push(ledger::Row {
+                tokio_postgres::SimpleQueryMessage::Row(r) if part == rows_part => rows.push(ledger::Row {
                     version: r.get(0).unwrap_or_default().to_string(),
                     checksum: r.get(1).map(str::to_string),
                     dirty: r.get(2) == Some("true"),
