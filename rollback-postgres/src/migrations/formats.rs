@@ -472,40 +472,53 @@ fn flyway(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
                     .into(),
             });
         }
+        // Per-script settings (Flyway's script configuration file, `<file>.conf`).
+        let mut transaction = true;
+        let mut placeholders = true;
+        let conf = path.with_file_name(format!("{name}.conf"));
+        if conf.exists() {
+            for (n, line) in read(&conf)?.lines().enumerate() {
+                let l: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+                if l.is_empty() || l.starts_with('#') {
+                    continue;
+                }
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                match (k, v.to_ascii_lowercase().as_str()) {
+                    ("executeInTransaction", "false") => transaction = false,
+                    ("executeInTransaction", "true") => transaction = true,
+                    ("placeholderReplacement", "false") => placeholders = false,
+                    ("placeholderReplacement", "true") => placeholders = true,
+                    ("encoding", "utf-8" | "utf8") => {}
+                    _ => {
+                        return Err(MigrationError::Unsupported {
+                            file: conf.clone(),
+                            line: n + 1,
+                            message: format!(
+                                "script configuration {line:?} (read: executeInTransaction, \
+                                 placeholderReplacement, encoding=UTF-8)"
+                            ),
+                        })
+                    }
+                }
+            }
+        }
         let text = read(&path)?;
-        if let Some(line) = text.lines().position(|l| l.contains("${")) {
+        if let Some(line) = text
+            .lines()
+            .position(|l| placeholders && l.contains("${"))
+        {
             return Err(MigrationError::Unsupported {
                 file: path.clone(),
                 line: line + 1,
                 message: "a Flyway placeholder (${…}): Flyway replaces placeholders before \
-                          running a file, this library does not; write the value"
+                          running a file, this library does not; write the value (or set \
+                          placeholderReplacement=false in its .conf)"
                     .into(),
             });
         }
         if kind == 'U' {
             undos.push((parts, path.clone(), text));
             continue;
-        }
-        let mut transaction = true;
-        let conf = path.with_file_name(format!("{name}.conf"));
-        if conf.exists() {
-            for (n, line) in read(&conf)?.lines().enumerate() {
-                let l: String = line.chars().filter(|c| !c.is_whitespace()).collect();
-                match l.as_str() {
-                    "executeInTransaction=false" => transaction = false,
-                    "executeInTransaction=true" | "" => {}
-                    _ if l.starts_with('#') => {}
-                    _ => {
-                        return Err(MigrationError::Unsupported {
-                            file: conf.clone(),
-                            line: n + 1,
-                            message: format!(
-                                "script configuration {line:?} (only executeInTransaction is read)"
-                            ),
-                        })
-                    }
-                }
-            }
         }
         out.push(Migration {
             version: shown,
