@@ -305,8 +305,11 @@ impl Migration {
 /// with [`CheckpointKind::Snapshot`]), tables it drops or truncates a [`TableSnapshot`],
 /// and structure it changes one [`SchemaSnapshot`] of the schemas involved. A statement
 /// the scanner cannot see into (`DO`, a function call) with no down makes
-/// [`Pending::plan`] fail with [`MigrationError::NotReversible`]; write a down for it.
-/// [`Pending::reverts`] lists, per migration, how a rollback undoes it.
+/// [`Pending::plan`] fail with [`MigrationError::NotReversible`]: write a down for it, or
+/// name it in [`Migrations::approve_irreversible`] (with a reason), which lets it run as
+/// an approved irreversible step that a rollback leaves applied (its ledger row too); the
+/// plan's dry run lists it among the risks with the reason. [`Pending::reverts`] lists,
+/// per migration, how a rollback undoes it ([`Revert`]).
 ///
 /// ## Formats
 ///
@@ -336,12 +339,61 @@ impl Migration {
 ///   `__diesel_schema_migrations(version varchar(50), run_on timestamp)`, written in the
 ///   migration's transaction.
 ///
-/// Not read (yet): refinery (its checksum is a SipHash of in-memory values whose layout
-/// changed between releases, so a row written here could be called divergent by
-/// refinery), Flyway (dotted versions, CRC32 line checksums, `installed_rank`) and
-/// sqitch (a registry of several tables, and verify scripts as verifiers).
+/// - **refinery** ([`Migrations::refinery`]): `V<version>__<name>.sql`, searched
+///   recursively; the version is an `i32` (refinery's default; a dotted version is its
+///   `InvalidVersion` error), the name `\w+`. refinery has no down files. A `U` prefix
+///   ("unversioned") runs whenever it is not applied, even below the latest version; a
+///   `V` file below the latest applied one is never run by refinery ("missing") and is
+///   [`MigrationError::OutOfOrder`] here. Ledger `refinery_schema_history(version int4,
+///   name, applied_on, checksum)`: `applied_on` RFC 3339 text, `checksum` the decimal
+///   `u64` refinery computes — SipHash-1-3 with zero keys over the name, the version
+///   and the file's text, each as Rust's `Hash` feeds them (a string's bytes then
+///   `0xff`, the version's four little-endian bytes). refinery writes the row in a second
+///   transaction after the migration's; here it commits with it.
+/// - **Flyway** ([`Migrations::flyway`]): `V<version>__<description>.sql` and its undo
+///   `U<version>__<description>.sql` (Flyway Teams' `flyway undo`; here the down), searched
+///   recursively. Version parts are separated by `.` or `_` (`V1_1__` is `1.1`), compared
+///   as numbers, trailing zeros ignored; the description is the name with `_` as spaces.
+///   A script configuration file `<file>.sql.conf` may say `executeInTransaction=false`,
+///   `placeholderReplacement=false` or `encoding=UTF-8`; any other setting is
+///   [`MigrationError::Unsupported`]. Refused with [`MigrationError::Unsupported`]:
+///   repeatable migrations (`R__`, re-run whenever their checksum changes, with no version
+///   to roll back to), baseline migrations (`B<version>__`) and placeholders (`${…}`,
+///   which Flyway replaces before running a file). Callbacks (`beforeMigrate.sql`…) and
+///   Java migrations are not read. A version below the latest applied one is
+///   [`MigrationError::OutOfOrder`] (Flyway's `outOfOrder = false`). Ledger
+///   `flyway_schema_history(installed_rank, version, description, type, script, checksum,
+///   installed_by, installed_on, execution_time, success)`: `type` `SQL`, `script` the
+///   path under the folder, `installed_by` `current_user`, `execution_time` in
+///   milliseconds, `checksum` Flyway's: CRC-32 of the file's lines without their line
+///   breaks (and without a leading byte-order mark), as a signed 32-bit integer. A
+///   `success = false` row is [`MigrationError::Dirty`] (Flyway's `repair` clears it); a
+///   version whose last row is an `UNDO_SQL` one counts as not applied. A rollback removes
+///   the rows it wrote (as `flyway repair` would), it does not add undo rows.
+/// - **sqitch** ([`Migrations::sqitch`]): a project folder with `sqitch.plan` and the
+///   scripts `deploy/<change>.sql`, `revert/<change>.sql` (the down) and
+///   `verify/<change>.sql` (run after the change as a verifier: it passes when it raises
+///   no error, in a transaction always rolled back). The plan's pragmas `%project` and
+///   `%uri`, change lines `name [dependencies] <date> <planner> <<email>> # note`, tags
+///   `@tag <date> <planner> <<email>>`, and reworked changes (a name planned again after a
+///   tag; the earlier one's scripts are `<change>@<tag>.sql`) are read as sqitch reads
+///   them. Dependencies: `name` requires the latest change of that name before it,
+///   `name@tag` the one as of the tag, `@tag` the change the tag is on, `!name` declares a
+///   conflict; a dependency on another project (`other:name`) and a `-` (revert) entry are
+///   [`MigrationError::Unsupported`]. Each change's id is sqitch's: SHA-1 of
+///   `change <length>\0` and its info (project, uri, name, parent's id, planner, date,
+///   requires, conflicts, note); a tag's likewise. Deploy scripts usually hold their own
+///   `BEGIN; … COMMIT;`, which the step's transaction replaces. The version is the
+///   change's position in the plan (from 1; [`Migrations::target`] counts changes), the
+///   ledger the registry (schema `sqitch`, or [`Migrations::ledger_schema`]), created as
+///   sqitch's `pg.sql` does when missing: a deploy writes `changes` (with the deploy
+///   script's SHA-1 as `script_hash`), `dependencies`, `tags` and a `deploy` event; a
+///   revert removes them and logs a `revert` event, as `sqitch revert` does. The
+///   committer is [`Migrations::committer`]. A change before the last deployed one that is
+///   not deployed is [`MigrationError::OutOfOrder`].
 ///
-/// Every ledger lives in `public` unless [`Migrations::ledger_schema`] says otherwise.
+/// Every ledger lives in `public` (sqitch's in `sqitch`) unless
+/// [`Migrations::ledger_schema`] says otherwise.
 #[derive(Debug, Clone)]
 pub struct Migrations {
     format: Format,
@@ -490,7 +542,9 @@ impl Migrations {
         self
     }
 
-    /// Apply only up to this version (included).
+    /// Apply only up to this version (included). A Flyway version with several parts
+    /// sorts after its first: `target(1)` stops before `1.1`. sqitch: the first `version`
+    /// changes of the plan.
     pub fn target(mut self, version: u64) -> Self {
         self.target = Some(version);
         self
