@@ -54,7 +54,9 @@ fn options() -> Result<Options, String> {
                 )
             }
             "--snapshot" => o.snapshot = true,
-            "--approve" => o.approve.push(args.next().ok_or("--approve needs a file name")?),
+            "--approve" => o
+                .approve
+                .push(args.next().ok_or("--approve needs a file name")?),
             "--dry-run" => o.dry_run = true,
             "-h" | "--help" => return Err(USAGE.into()),
             d if !d.starts_with('-') && o.dir.is_empty() => o.dir = d.to_string(),

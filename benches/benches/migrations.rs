@@ -133,22 +133,19 @@ fn planning(c: &mut Criterion) {
         .sample_size(20)
         .measurement_time(Duration::from_secs(3));
     for (f, dir) in &folders {
-        group.bench_function(
-            format!("pending_and_plan_500_{}_files", f.tool()),
-            |b| {
-                b.iter(|| {
-                    rt.block_on(async {
-                        let p = Migrations::load(*f, dir.path())
-                            .unwrap()
-                            .ledger_schema(&schema)
-                            .pending(&db)
-                            .await
-                            .unwrap();
-                        p.plan().unwrap().steps().len()
-                    })
+        group.bench_function(format!("pending_and_plan_500_{}_files", f.tool()), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let p = Migrations::load(*f, dir.path())
+                        .unwrap()
+                        .ledger_schema(&schema)
+                        .pending(&db)
+                        .await
+                        .unwrap();
+                    p.plan().unwrap().steps().len()
                 })
-            },
-        );
+            })
+        });
     }
     group.finish();
     rt.block_on(async {

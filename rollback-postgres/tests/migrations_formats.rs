@@ -181,7 +181,11 @@ fn flyway_checksum_ignores_line_breaks_and_a_byte_order_mark() {
 #[test]
 fn flyway_repeatables_baselines_placeholders_and_orphan_undos_are_typed_errors() {
     let cases: [(&str, &str, &str); 4] = [
-        ("R__refresh_view.sql", "CREATE OR REPLACE VIEW v AS SELECT 1;\n", "repeatable"),
+        (
+            "R__refresh_view.sql",
+            "CREATE OR REPLACE VIEW v AS SELECT 1;\n",
+            "repeatable",
+        ),
         ("B5__baseline.sql", "CREATE TABLE t (id int);\n", "baseline"),
         (
             "V6__grant.sql",
@@ -194,7 +198,10 @@ fn flyway_repeatables_baselines_placeholders_and_orphan_undos_are_typed_errors()
         let dir = folder("flyway", &[(file, text)]);
         let err = Migrations::flyway(dir.path()).unwrap_err();
         let shown = err.to_string();
-        assert!(shown.contains(file) && shown.contains(what), "{file}: {shown}");
+        assert!(
+            shown.contains(file) && shown.contains(what),
+            "{file}: {shown}"
+        );
         match (file, &err) {
             ("V6__grant.sql", MigrationError::Unsupported { line, .. }) => assert_eq!(*line, 2),
             ("U9__nothing.sql", MigrationError::Parse { .. }) => {}
@@ -234,7 +241,11 @@ async fn refinery_and_flyway_refuse_a_pending_migration_older_than_the_latest_ap
     .unwrap();
     // `V2_5` is not a refinery version (`\d+(\.\d+)?` then `__`): ignored, as refinery does.
     assert_eq!(Migrations::refinery(dir.path()).unwrap().all().len(), 5);
-    std::fs::rename(dir.path().join("V2_5__late.sql"), dir.path().join("V0__late.sql")).unwrap();
+    std::fs::rename(
+        dir.path().join("V2_5__late.sql"),
+        dir.path().join("V0__late.sql"),
+    )
+    .unwrap();
     let err = Migrations::refinery(dir.path())
         .unwrap()
         .pending(&db.db)
@@ -245,7 +256,11 @@ async fn refinery_and_flyway_refuse_a_pending_migration_older_than_the_latest_ap
         "{err}"
     );
     // refinery's `U` (unversioned) migrations are exempt: they run whenever not applied.
-    std::fs::rename(dir.path().join("V0__late.sql"), dir.path().join("U0__late.sql")).unwrap();
+    std::fs::rename(
+        dir.path().join("V0__late.sql"),
+        dir.path().join("U0__late.sql"),
+    )
+    .unwrap();
     let p = Migrations::refinery(dir.path())
         .unwrap()
         .pending(&db.db)
@@ -321,8 +336,18 @@ fn sqitch_plan_mistakes_are_typed_errors_naming_the_line() {
             2,
             "no such change",
         ),
-        (format!("a Ada <ada@example.com>\n"), vec!["a.sql"], 1, "timestamp"),
-        (format!("@v1 {by}\n"), vec![], 1, "without a preceding change"),
+        (
+            format!("a Ada <ada@example.com>\n"),
+            vec!["a.sql"],
+            1,
+            "timestamp",
+        ),
+        (
+            format!("@v1 {by}\n"),
+            vec![],
+            1,
+            "without a preceding change",
+        ),
     ];
     for (body, deploys, line, what) in cases {
         let dir = sqitch_project(&body, &deploys);
@@ -379,12 +404,9 @@ async fn an_irreversible_migration_needs_approval_and_stays_applied_after_rollba
         "{err}"
     );
     assert!(err.to_string().contains("approve_irreversible"), "{err}");
-    assert!(p
-        .reverts()
-        .unwrap()
-        .iter()
-        .any(|(id, r)| id == "20240101000006_refresh_stats"
-            && matches!(r, Revert::NeedsApproval(_))));
+    assert!(p.reverts().unwrap().iter().any(
+        |(id, r)| id == "20240101000006_refresh_stats" && matches!(r, Revert::NeedsApproval(_))
+    ));
 
     let p = Migrations::sqlx(dir.path())
         .unwrap()
@@ -399,7 +421,8 @@ async fn an_irreversible_migration_needs_approval_and_stays_applied_after_rollba
     let plan = p.plan().unwrap();
     let dry = plan.dry_run().to_string();
     assert!(
-        dry.contains("20240101000006_refresh_stats") && dry.contains("read-only statistics refresh"),
+        dry.contains("20240101000006_refresh_stats")
+            && dry.contains("read-only statistics refresh"),
         "{dry}"
     );
     let report = run(&plan).await;
@@ -410,7 +433,11 @@ async fn an_irreversible_migration_needs_approval_and_stays_applied_after_rollba
         report.to_markdown()
     );
     // Everything but the approved migration is undone; it stays applied, and so its row.
-    let ledger = rows(&db, "SELECT version::text FROM _sqlx_migrations ORDER BY version").await;
+    let ledger = rows(
+        &db,
+        "SELECT version::text FROM _sqlx_migrations ORDER BY version",
+    )
+    .await;
     assert_eq!(ledger, ["20240101000006"], "{}", report.to_markdown());
     assert_eq!(
         rows(

@@ -21,7 +21,9 @@ fn tool(var: &str, installer: &str) -> Option<String> {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("{var} is not set or missing, and CI=true: scripts/lib/servers.sh installs it ({installer})");
             }
-            eprintln!("skipped: {var} is not set (scripts/lib/servers.sh installs it with {installer})");
+            eprintln!(
+                "skipped: {var} is not set (scripts/lib/servers.sh installs it with {installer})"
+            );
             None
         }
     }
@@ -114,10 +116,7 @@ async fn sqlx_cli_half_by_the_tool_rest_by_the_library_rolled_back_then_committe
     let expected = sqlx_info(&bin, &db.url, full.path());
     assert_eq!(expected.len(), 6, "{expected:?}");
     assert_eq!(
-        expected
-            .iter()
-            .filter(|l| l.contains("/installed"))
-            .count(),
+        expected.iter().filter(|l| l.contains("/installed")).count(),
         2,
         "{expected:?}"
     );
@@ -300,7 +299,10 @@ async fn refinery_cli_half_by_the_tool_rest_by_the_library_rolled_back_then_comm
     let next = folder(
         "refinery",
         5,
-        &[("V7__orders_note.sql", "ALTER TABLE orders ADD COLUMN note text;\n")],
+        &[(
+            "V7__orders_note.sql",
+            "ALTER TABLE orders ADD COLUMN note text;\n",
+        )],
     );
     refinery(&bin, &db.url, next.path(), &["-d", "-m"]);
     assert_eq!(refinery_history(&db).await.len(), 6);
@@ -412,7 +414,13 @@ async fn sqitch_half_by_the_tool_rest_by_the_library_rolled_back_then_committed(
         ],
     );
     // The first half (up to the tag) by sqitch itself.
-    sqitch(&bin, &db.url, full.path(), &["deploy", "--to", "@v1.0"], false);
+    sqitch(
+        &bin,
+        &db.url,
+        full.path(),
+        &["deploy", "--to", "@v1.0"],
+        false,
+    );
     let expected = sqitch_status(&bin, &db.url, full.path());
     assert_eq!(deployed_name(&expected), "user_count", "{expected}");
     assert!(expected.contains("# Tag:      @v1.0"), "{expected}");
@@ -426,7 +434,11 @@ async fn sqitch_half_by_the_tool_rest_by_the_library_rolled_back_then_committed(
         .pending(&db.db)
         .await
         .unwrap();
-    assert_eq!(p.applied_count(), 3, "sqitch's change ids are the library's");
+    assert_eq!(
+        p.applied_count(),
+        3,
+        "sqitch's change ids are the library's"
+    );
     let names: Vec<&str> = p.migrations().iter().map(|m| m.name.as_str()).collect();
     assert_eq!(
         names,

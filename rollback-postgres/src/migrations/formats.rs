@@ -419,9 +419,7 @@ fn flyway_version(file: &Path, v: &str) -> Result<(String, Vec<u64>), MigrationE
         parts.push(p.parse::<u64>().map_err(|_| MigrationError::Parse {
             file: file.to_path_buf(),
             line: 0,
-            message: format!(
-                "version {v:?} is not a Flyway version (numbers separated by . or _)"
-            ),
+            message: format!("version {v:?} is not a Flyway version (numbers separated by . or _)"),
         })?);
     }
     while parts.len() > 1 && parts.last() == Some(&0) {
@@ -447,10 +445,11 @@ fn flyway(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
             return Err(MigrationError::Unsupported {
                 file: path.clone(),
                 line: 0,
-                message: "a Flyway repeatable migration (R__): it runs again whenever its \
+                message:
+                    "a Flyway repeatable migration (R__): it runs again whenever its \
                           checksum changes and has no version to roll back to; apply it with \
                           Flyway, or make it a versioned V<version>__ file with a U<version>__ undo"
-                    .into(),
+                        .into(),
             });
         }
         if !matches!(kind, 'V' | 'U' | 'B') {
@@ -503,10 +502,7 @@ fn flyway(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
             }
         }
         let text = read(&path)?;
-        if let Some(line) = text
-            .lines()
-            .position(|l| placeholders && l.contains("${"))
-        {
+        if let Some(line) = text.lines().position(|l| placeholders && l.contains("${")) {
             return Err(MigrationError::Unsupported {
                 file: path.clone(),
                 line: line + 1,
@@ -551,8 +547,7 @@ fn flyway(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
             return Err(MigrationError::Parse {
                 file: path,
                 line: 0,
-                message: "an undo migration with no versioned migration of the same version"
-                    .into(),
+                message: "an undo migration with no versioned migration of the same version".into(),
             });
         };
         m.down = Some(text);

@@ -15,12 +15,12 @@ use crate::sqlscan;
 use crate::steps::sql::SqlStep;
 use async_trait::async_trait;
 use ledger::Ledger;
-use sqitch::Committer;
-use verifier::ScriptVerifier;
 use rollback_core::{Context, Effect, Plan, PlanError, Receipt, Reversibility, Step};
+use sqitch::Committer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use verifier::ScriptVerifier;
 
 /// A migration tool's folder layout and ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -488,6 +488,17 @@ impl Migrations {
     /// A sqitch project: the folder holding `sqitch.plan`, `deploy/`, `revert/` and
     /// `verify/`.
     ///
+    /// ```no_run
+    /// # async fn demo(db: &rollback_postgres::Database) -> Result<(), Box<dyn std::error::Error>> {
+    /// use rollback_postgres::Migrations;
+    /// let plan = Migrations::sqitch("db/sqitch")?
+    ///     .committer("Release Bot", "release@example.com")
+    ///     .pending(db)
+    ///     .await?
+    ///     .plan()?;
+    /// # let _ = plan; Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// As [`Migrations::load`], and [`MigrationError::Unsupported`] for a dependency on
     /// another project or a `-` entry.
@@ -517,6 +528,22 @@ impl Migrations {
     /// applied (and in the tool's ledger); the plan's dry run and report list each with
     /// `reason`. Without this, [`Pending::plan`] fails with
     /// [`MigrationError::NotReversible`].
+    ///
+    /// ```no_run
+    /// # async fn demo(db: &rollback_postgres::Database) -> Result<(), Box<dyn std::error::Error>> {
+    /// use rollback_postgres::{Migrations, Revert};
+    /// let pending = Migrations::flyway("sql")?
+    ///     .approve_irreversible(["V7__refresh_stats.sql"], "a read-only statistics refresh")
+    ///     .pending(db)
+    ///     .await?;
+    /// for (step, how) in pending.reverts()? {
+    ///     if let Revert::Approved(why) = how {
+    ///         println!("{step} stays applied after a rollback: {why}");
+    ///     }
+    /// }
+    /// let plan = pending.plan()?;
+    /// # let _ = plan; Ok(()) }
+    /// ```
     pub fn approve_irreversible<S: Into<String>>(
         mut self,
         migrations: impl IntoIterator<Item = S>,
@@ -612,11 +639,13 @@ impl Migrations {
         let mut part = 0;
         for m in msgs {
             match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) if part == rows_part => rows.push(ledger::Row {
-                    version: r.get(0).unwrap_or_default().to_string(),
-                    checksum: r.get(1).map(str::to_string),
-                    dirty: r.get(2) == Some("true"),
-                }),
+                tokio_postgres::SimpleQueryMessage::Row(r) if part == rows_part => {
+                    rows.push(ledger::Row {
+                        version: r.get(0).unwrap_or_default().to_string(),
+                        checksum: r.get(1).map(str::to_string),
+                        dirty: r.get(2) == Some("true"),
+                    })
+                }
                 tokio_postgres::SimpleQueryMessage::Row(r) => {
                     existing.insert(Table::new(
                         r.get(0).unwrap_or_default(),
@@ -679,11 +708,18 @@ impl Migrations {
             self.format,
             Format::Refinery | Format::Flyway | Format::Sqitch
         ) {
-            if let Some(&last) = applied.iter().max_by(|&&a, &&b| self.all[a].order.cmp(&self.all[b].order)) {
+            if let Some(&last) = applied
+                .iter()
+                .max_by(|&&a, &&b| self.all[a].order.cmp(&self.all[b].order))
+            {
                 let latest = &self.all[last];
-                if let Some(m) = self.all.iter().enumerate().find(|(j, m)| {
-                    !applied.contains(j) && m.order < latest.order && !m.unversioned
-                }).map(|(_, m)| m) {
+                if let Some(m) = self
+                    .all
+                    .iter()
+                    .enumerate()
+                    .find(|(j, m)| !applied.contains(j) && m.order < latest.order && !m.unversioned)
+                    .map(|(_, m)| m)
+                {
                     return Err(MigrationError::OutOfOrder {
                         file: m.file.clone(),
                         version: m.version.clone(),
@@ -808,11 +844,7 @@ impl Pending {
                 touch.merge(t);
             }
             let previous = (i > 0).then(|| &ms.all[i - 1]);
-            let up_sql = format!(
-                "{}\n;\n{};",
-                up.trim_end(),
-                ledger.record_sql(m)
-            );
+            let up_sql = format!("{}\n;\n{};", up.trim_end(), ledger.record_sql(m));
             let mut step = SqlStep::new(db, m.id(), up_sql);
             if let Some(d) = &down {
                 step = step.down(format!(

@@ -414,8 +414,8 @@ pub(super) fn load(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
             path: deploy.clone(),
             message: e.to_string(),
         })?;
-        let up = String::from_utf8(bytes.clone())
-            .map_err(|_| parse_err(&deploy, 0, "not UTF-8"))?;
+        let up =
+            String::from_utf8(bytes.clone()).map_err(|_| parse_err(&deploy, 0, "not UTF-8"))?;
         let revert = dir.join("revert").join(&rel);
         let down = if revert.exists() {
             Some(
