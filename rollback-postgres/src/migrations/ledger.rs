@@ -193,12 +193,13 @@ impl Ledger {
         }
         match self.format {
             // Latest first, as the tool reverts.
-            Format::Sqitch => versions
-                .iter()
-                .rev()
-                .map(|m| self.erase_sql(m, None))
-                .collect::<Vec<_>>()
-                .join(";\n"),
+            Format::Sqitch => {
+                let changes: Vec<&sqitch::Change> = versions
+                    .iter()
+                    .filter_map(|m| m.sqitch.as_deref())
+                    .collect();
+                sqitch::erase_all_sql(&self.schema, &changes, &self.committer)
+            }
             Format::Flyway => format!(
                 "DELETE FROM {t} WHERE type = 'SQL' AND version IN ({})",
                 versions

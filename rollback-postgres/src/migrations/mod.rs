@@ -288,9 +288,10 @@ impl Migration {
 /// ([`MigrationError::MissingFile`]) are refused before anything runs.
 ///
 /// **Each migration is a [`SqlStep`]** (exactly once per run, lock and statement guards,
-/// non-transactional statements detected), whose `up` ends with the tool's ledger write
-/// and whose `down` ends with its removal, so both commit with the migration, as the tool
-/// does. A first step (`<tool>-ledger`) removes, on rollback, the rows of migrations that
+/// non-transactional statements detected), whose `up` is followed by the tool's ledger
+/// write and whose `down` by its removal, in the same transaction, so both commit with
+/// the migration, as the tool does (the ledger's SQL is the crate's, never scanned as the
+/// user's). A first step (`<tool>-ledger`) removes, on rollback, the rows of migrations that
 /// a checkpoint undoes rather than a down. After a committed run the tool's `status`
 /// says applied; after a rollback it says pending.
 ///
@@ -844,14 +845,11 @@ impl Pending {
                 touch.merge(t);
             }
             let previous = (i > 0).then(|| &ms.all[i - 1]);
-            let up_sql = format!("{}\n;\n{};", up.trim_end(), ledger.record_sql(m));
-            let mut step = SqlStep::new(db, m.id(), up_sql);
+            // The ledger's write follows `up` (its removal `down`) in the step's transaction.
+            let mut step = SqlStep::new(db, m.id(), up.clone())
+                .bookkeeping(ledger.record_sql(m), ledger.erase_sql(m, previous));
             if let Some(d) = &down {
-                step = step.down(format!(
-                    "{}\n;\n{};",
-                    d.trim_end(),
-                    ledger.erase_sql(m, previous)
-                ));
+                step = step.down(d.clone());
             }
             if !m.transaction {
                 step = step.non_transactional();

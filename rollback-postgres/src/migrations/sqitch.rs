@@ -600,15 +600,26 @@ pub(super) fn read_sql(schema: &str, project: &Project) -> String {
     )
 }
 
+const EVENT_COLUMNS: &str = "event, change_id, change, project, note, tags, requires, \
+     conflicts, committer_name, committer_email, planned_at, planner_name, planner_email, \
+     committed_at";
+
 fn event_sql(s: &str, event: &str, c: &Change, who: &Committer) -> String {
+    format!(
+        "INSERT INTO {s}.events ({EVENT_COLUMNS}) SELECT {}, {}, {}, {}, clock_timestamp()",
+        quote_literal(event),
+        event_head(c),
+        committer(who),
+        event_tail(c),
+    )
+}
+
+/// change_id … conflicts.
+fn event_head(c: &Change) -> String {
     let tags: Vec<String> = c.tags.iter().map(|t| t.name.clone()).collect();
     let req: Vec<String> = c.requires.iter().map(|(r, _)| r.clone()).collect();
     format!(
-        "INSERT INTO {s}.events (event, change_id, change, project, note, tags, requires, \
-         conflicts, committer_name, committer_email, planned_at, planner_name, planner_email, \
-         committed_at) SELECT {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}::timestamptz, {}, {}, \
-         clock_timestamp()",
-        quote_literal(event),
+        "{}, {}, {}, {}, {}, {}, {}",
         quote_literal(&c.id),
         quote_literal(&c.name),
         quote_literal(&c.project),
@@ -616,11 +627,54 @@ fn event_sql(s: &str, event: &str, c: &Change, who: &Committer) -> String {
         text_array(&tags),
         text_array(&req),
         text_array(&c.conflicts),
-        quote_literal(&who.name),
-        quote_literal(&who.email),
+    )
+}
+
+/// planned_at, planner_name, planner_email.
+fn event_tail(c: &Change) -> String {
+    format!(
+        "{}::timestamptz, {}, {}",
         quote_literal(&c.planned_at),
         quote_literal(&c.planner_name),
         quote_literal(&c.planner_email),
+    )
+}
+
+fn committer(who: &Committer) -> String {
+    format!(
+        "{}, {}",
+        quote_literal(&who.name),
+        quote_literal(&who.email)
+    )
+}
+
+/// `sqitch revert` of several changes at once (latest first), for those deployed: one
+/// statement per registry table.
+pub(super) fn erase_all_sql(schema: &str, changes: &[&Change], who: &Committer) -> String {
+    let s = quote_ident(schema);
+    let ids = changes
+        .iter()
+        .map(|c| quote_literal(&c.id))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let values = changes
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, c)| format!("({i}, {}, {})", event_head(c), event_tail(c)))
+        .collect::<Vec<_>>()
+        .join(",\n");
+    format!(
+        "DELETE FROM {s}.tags WHERE change_id IN ({ids});\n\
+         DELETE FROM {s}.dependencies WHERE change_id IN ({ids});\n\
+         WITH gone AS (DELETE FROM {s}.changes WHERE change_id IN ({ids}) RETURNING change_id) \
+         INSERT INTO {s}.events ({EVENT_COLUMNS}) \
+         SELECT 'revert', v.change_id, v.change, v.project, v.note, v.tags, v.requires, \
+         v.conflicts, {}, v.planned_at, v.planner_name, v.planner_email, clock_timestamp() \
+         FROM (VALUES {values}) AS v(ord, change_id, change, project, note, tags, requires, \
+         conflicts, planned_at, planner_name, planner_email) \
+         JOIN gone USING (change_id) ORDER BY v.ord",
+        committer(who)
     )
 }
 
