@@ -337,7 +337,7 @@ fn sqitch_plan_mistakes_are_typed_errors_naming_the_line() {
             "no such change",
         ),
         (
-            format!("a Ada <ada@example.com>\n"),
+            "a Ada <ada@example.com>\n".to_string(),
             vec!["a.sql"],
             1,
             "timestamp",

@@ -997,8 +997,7 @@ impl Pending {
         let before = self
             .migrations()
             .into_iter()
-            .filter(|m| built.approved.contains_key(&m.id()))
-            .next_back()
+            .rfind(|m| built.approved.contains_key(&m.id()))
             .map(|m| m.version.clone())
             .or_else(|| self.before.clone());
         b = b.step(

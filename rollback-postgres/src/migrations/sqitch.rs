@@ -110,9 +110,7 @@ fn is_date(s: &str) -> bool {
 
 /// One change or tag line (without its `@` or `+`): `name [deps] date planner <email> # note`.
 fn parse_line(file: &Path, n: usize, body: &str, note: &str) -> Result<Line, MigrationError> {
-    let name_end = body
-        .find(|c: char| c == ' ' || c == '\t' || c == '[')
-        .unwrap_or(body.len());
+    let name_end = body.find([' ', '\t', '[']).unwrap_or(body.len());
     let name = &body[..name_end];
     if name.is_empty() || name.contains([':', '@', '#', '\\']) {
         return Err(parse_err(file, n, format!("invalid name {name:?}")));
