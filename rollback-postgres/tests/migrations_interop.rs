@@ -522,3 +522,35 @@ async fn sqitch_half_by_the_tool_rest_by_the_library_rolled_back_then_committed(
     let st = sqitch_status(&bin, &db.url, rest.path());
     assert_eq!(deployed_name(&st), "user_count", "{st}");
 }
+
+#[tokio::test]
+async fn sqitch_reads_a_registry_the_library_created_and_deployed() {
+    let Some(bin) = tool("ROLLBACK_TEST_SQITCH_BIN", "rb_install_sqitch") else {
+        return;
+    };
+    let db = TestDb::new("mig_sqitch_new").await;
+    let dir = sqitch_project("", &[]);
+    let p = Migrations::sqitch(dir.path())
+        .unwrap()
+        .committer("Release Bot", "release@example.com")
+        .pending(&db.db)
+        .await
+        .unwrap();
+    assert_eq!(p.applied_count(), 0);
+    let report = run(&p.plan().unwrap()).await;
+    assert_eq!(
+        report.outcome,
+        Outcome::Committed,
+        "{}",
+        report.to_markdown()
+    );
+    let st = sqitch_status(&bin, &db.url, dir.path());
+    assert_eq!(deployed_name(&st), "drop_legacy_audit", "{st}");
+    assert!(st.contains("Nothing to deploy"), "{st}");
+    let out = sqitch(&bin, &db.url, dir.path(), &["verify"], false);
+    assert!(out.contains("Verify successful"), "{out}");
+    // sqitch can take it all back by its own revert scripts.
+    sqitch(&bin, &db.url, dir.path(), &["revert", "-y"], false);
+    let st = sqitch_status(&bin, &db.url, dir.path());
+    assert!(st.contains("No changes deployed"), "{st}");
+}
