@@ -163,6 +163,86 @@ async fn flyway_folder_keeps_flyway_schema_history_true_and_rolls_back() {
         matches!(&err, MigrationError::ChecksumMismatch { version, recorded, .. } if version == "1.1" && recorded == "-1321896317"),
         "{err}"
     );
+    // A failed row (Flyway's `success = false`, cleared by `flyway repair`) is refused.
+    std::fs::copy(
+        fixture("flyway").join("V1_1__add_status.sql"),
+        dir.path().join("V1_1__add_status.sql"),
+    )
+    .unwrap();
+    let c = db.db.client().await.unwrap();
+    c.batch_execute("UPDATE flyway_schema_history SET success = false WHERE version = '2'")
+        .await
+        .unwrap();
+    let err = Migrations::flyway(dir.path())
+        .unwrap()
+        .pending(&db.db)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, MigrationError::Dirty { version, .. } if version == "2"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_sqitch_verify_script_rolls_the_change_back() {
+    let db = TestDb::new("mig_sqitch_verify").await;
+    let by = "2024-01-01T00:00:00Z Ada <ada@example.com>";
+    let dir = sqitch_project(&format!("widgets {by}\n"), &[]);
+    for (sub, text) in [
+        (
+            "deploy",
+            "BEGIN;\nCREATE TABLE widgets (id int PRIMARY KEY);\nCOMMIT;\n",
+        ),
+        ("revert", "BEGIN;\nDROP TABLE widgets;\nCOMMIT;\n"),
+        // Checks a column the deploy forgot.
+        (
+            "verify",
+            "BEGIN;\nSELECT id, name FROM widgets WHERE FALSE;\nROLLBACK;\n",
+        ),
+    ] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        std::fs::write(dir.path().join(sub).join("widgets.sql"), text).unwrap();
+    }
+    let p = Migrations::sqitch(dir.path())
+        .unwrap()
+        .pending(&db.db)
+        .await
+        .unwrap();
+    let report = run(&p.plan().unwrap()).await;
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    assert!(
+        report
+            .to_markdown()
+            .contains("column \"name\" does not exist"),
+        "{}",
+        report.to_markdown()
+    );
+    assert_eq!(
+        rows(&db, "SELECT count(*)::text FROM sqitch.changes").await,
+        ["0"]
+    );
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT string_agg(event, ' ' ORDER BY committed_at) FROM sqitch.events"
+        )
+        .await,
+        ["deploy revert"]
+    );
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT count(*)::text FROM pg_tables WHERE tablename = 'widgets'"
+        )
+        .await,
+        ["0"]
+    );
 }
 
 #[test]
