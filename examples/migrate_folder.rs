@@ -1,4 +1,5 @@
-//! Run a migration folder of an existing tool (sqlx, golang-migrate, dbmate) through the
+//! Run a migration folder of an existing tool (sqlx, golang-migrate, dbmate, diesel,
+//! refinery, Flyway, sqitch) through the
 //! executor: the pending migrations from the tool's own history table, a dry run saying
 //! how each one would be undone, progress as it runs, and the report. The tool's table is
 //! kept true: after a commit its `status` says applied, after a rollback pending.
@@ -8,11 +9,14 @@
 //! cargo run -p examples --example migrate_folder -- --format sqlx DIR
 //! cargo run -p examples --example migrate_folder -- --format dbmate --dry-run DIR
 //! cargo run -p examples --example migrate_folder -- --format golang-migrate --target 5 DIR
+//! cargo run -p examples --example migrate_folder -- --format sqitch PROJECT_DIR
 //! ```
 //!
-//! Options: `--format sqlx|golang-migrate|dbmate` (default sqlx), `--target VERSION`
-//! (apply up to it), `--snapshot` (cover tables written by migrations without a down with
-//! table copies instead of undo logs), `--dry-run` (print the plan and stop).
+//! Options: `--format sqlx|golang-migrate|dbmate|diesel|refinery|flyway|sqitch` (default
+//! sqlx), `--target VERSION` (apply up to it; sqitch: the first VERSION changes of the
+//! plan), `--snapshot` (cover tables written by migrations without a down with table
+//! copies instead of undo logs), `--approve FILE` (let a migration that nothing can undo
+//! run; it stays applied after a rollback), `--dry-run` (print the plan and stop).
 
 use rollback_core::{ConsoleProgress, Executor, Outcome};
 use rollback_postgres::{CheckpointKind, Database, Format, Migrations, PgJournal, Revert};
@@ -23,10 +27,11 @@ struct Options {
     dir: String,
     target: Option<u64>,
     snapshot: bool,
+    approve: Vec<String>,
     dry_run: bool,
 }
 
-const USAGE: &str = "usage: migrate_folder [--format sqlx|golang-migrate|dbmate] [--target VERSION] [--snapshot] [--dry-run] DIR";
+const USAGE: &str = "usage: migrate_folder [--format sqlx|golang-migrate|dbmate|diesel|refinery|flyway|sqitch] [--target VERSION] [--snapshot] [--approve FILE]... [--dry-run] DIR";
 
 fn options() -> Result<Options, String> {
     let mut o = Options {
@@ -34,6 +39,7 @@ fn options() -> Result<Options, String> {
         dir: String::new(),
         target: None,
         snapshot: false,
+        approve: Vec::new(),
         dry_run: false,
     };
     let mut args = std::env::args().skip(1);
@@ -48,6 +54,9 @@ fn options() -> Result<Options, String> {
                 )
             }
             "--snapshot" => o.snapshot = true,
+            "--approve" => o
+                .approve
+                .push(args.next().ok_or("--approve needs a file name")?),
             "--dry-run" => o.dry_run = true,
             "-h" | "--help" => return Err(USAGE.into()),
             d if !d.starts_with('-') && o.dir.is_empty() => o.dir = d.to_string(),
@@ -82,6 +91,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if opts.snapshot {
         folder = folder.checkpoint_kind(CheckpointKind::Snapshot);
     }
+    if !opts.approve.is_empty() {
+        folder = folder.approve_irreversible(&opts.approve, "approved with --approve");
+    }
     let pending = folder.pending(&db).await?;
     println!(
         "{} applied, {} pending in {}",
@@ -98,7 +110,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let how = match how {
             Revert::Down => "its down".to_string(),
             Revert::Checkpoint(r) => format!("restoring {}", r.join(", ")),
-            Revert::NeedsApproval(why) => format!("cannot be undone ({why})"),
+            Revert::NeedsApproval(why) => {
+                format!("nothing: cannot be undone ({why}); approve it with --approve FILE")
+            }
+            Revert::Approved(why) => format!("nothing: stays applied (approved: {why})"),
         };
         println!("  {id}: reverted by {how}");
     }

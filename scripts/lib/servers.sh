@@ -875,3 +875,87 @@ rb_stop_all() {
     rm -rf "$dir"
   fi
 }
+
+# ---------------------------------------------------------------------------
+# sqlx-cli and refinery_cli (the Rust migration tools, for the interop tests of
+# rollback-postgres's migrations): built once with cargo into the cache folder.
+# ---------------------------------------------------------------------------
+
+RB_SQLX_CLI_VERSION=${RB_SQLX_CLI_VERSION:-0.9.0}
+RB_REFINERY_CLI_VERSION=${RB_REFINERY_CLI_VERSION:-0.10.0}
+
+rb_cargo_tools_dir() {
+  echo "${ROLLBACK_TEST_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/rollback-test}/cargo-tools"
+}
+
+# rb_cargo_tool_install NAME BIN VERSION CARGO-INSTALL-ARGS...: installs crate NAME at
+# VERSION into the cache (skipped when BIN there already reports VERSION).
+rb_cargo_tool_install() {
+  local name=$1 bin=$2 version=$3 dir t0 cargo
+  shift 3
+  dir=$(rb_cargo_tools_dir)
+  cargo=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
+  [ -x "$cargo" ] || { rb_die "cargo is required for $name"; return 1; }
+  mkdir -p "$dir"
+  (
+    exec 9>"$dir/.lock-$name"
+    flock -w 3600 9 || { rb_die "timed out waiting for $dir/.lock-$name"; exit 1; }
+    if [ -x "$dir/bin/$bin" ] && [ "$(cat "$dir/.version-$name" 2>/dev/null)" = "$version" ]; then
+      exit 0
+    fi
+    t0=$(rb_now)
+    rb_log "installing $name $version into $dir (cargo install, a few minutes)"
+    # Its own target folder: never the workspace's (nor its lock).
+    if ! CARGO_TARGET_DIR="$dir/target" "$cargo" install --locked --force --root "$dir" \
+      "$name" --version "=$version" "$@" >"$dir/install-$name.log" 2>&1; then
+      rb_tail_log "$dir/install-$name.log"
+      rb_die "cargo install $name failed"
+      exit 1
+    fi
+    echo "$version" >"$dir/.version-$name"
+    rm -rf "$dir/target"
+    rb_log "installed $name $version ($(($(rb_now) - t0))s)"
+  ) || return 1
+}
+
+# Installs sqlx-cli (PostgreSQL only, rustls) and exports ROLLBACK_TEST_SQLX_BIN.
+rb_install_sqlx_cli() {
+  rb_cargo_tool_install sqlx-cli sqlx "$RB_SQLX_CLI_VERSION" \
+    --no-default-features --features postgres,rustls || return 1
+  export ROLLBACK_TEST_SQLX_BIN
+  ROLLBACK_TEST_SQLX_BIN=$(rb_cargo_tools_dir)/bin/sqlx
+}
+
+# Installs refinery_cli (PostgreSQL only) and exports ROLLBACK_TEST_REFINERY_BIN.
+rb_install_refinery_cli() {
+  rb_cargo_tool_install refinery_cli refinery "$RB_REFINERY_CLI_VERSION" \
+    --no-default-features --features postgresql || return 1
+  export ROLLBACK_TEST_REFINERY_BIN
+  ROLLBACK_TEST_REFINERY_BIN=$(rb_cargo_tools_dir)/bin/refinery
+}
+
+# Installs sqitch with its PostgreSQL driver from Debian's packages unless present, and
+# exports ROLLBACK_TEST_SQITCH_BIN.
+rb_install_sqitch() {
+  local bin=${ROLLBACK_TEST_SQITCH_BIN:-}
+  [ -n "$bin" ] && [ -x "$bin" ] || bin=$(command -v sqitch 2>/dev/null || true)
+  if [ -z "$bin" ] || ! perl -MDBD::Pg -e 1 >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || { rb_die "sqitch is not installed (run: apt-get install -y sqitch libdbd-pg-perl)"; return 1; }
+    rb_log "installing sqitch (Debian packages sqitch, libdbd-pg-perl)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sqitch libdbd-pg-perl >&2 ||
+      { DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sqitch libdbd-pg-perl >&2; } ||
+      { rb_die "apt-get install sqitch libdbd-pg-perl failed"; return 1; }
+    bin=$(command -v sqitch)
+  fi
+  export ROLLBACK_TEST_SQITCH_BIN=$bin
+  rb_log "sqitch: $("$bin" --version 2>&1 | head -n 1)"
+}
+
+# The migration tools of the interop tests (dbmate is installed by rb_start_all).
+rb_install_migration_tools() {
+  rb_install_sqlx_cli || return 1
+  rb_install_refinery_cli || return 1
+  rb_install_sqitch || return 1
+}
+RB_EXPORT_VARS+=(ROLLBACK_TEST_SQLX_BIN ROLLBACK_TEST_REFINERY_BIN ROLLBACK_TEST_SQITCH_BIN)

@@ -1,6 +1,7 @@
 //! Reading a migration folder in each tool's layout.
 
 use super::{Format, Migration, MigrationError};
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 
 fn io(path: &Path, e: std::io::Error) -> MigrationError {
@@ -48,10 +49,13 @@ pub(super) fn load(format: Format, dir: &Path) -> Result<Vec<Migration>, Migrati
         Format::GolangMigrate => golang_migrate(dir)?,
         Format::Dbmate => dbmate(dir)?,
         Format::Diesel => diesel(dir)?,
+        Format::Refinery => refinery(dir)?,
+        Format::Flyway => flyway(dir)?,
+        Format::Sqitch => super::sqitch::load(dir)?,
     };
-    out.sort_by_key(|m| m.number);
+    out.sort_by(|a, b| a.order.cmp(&b.order));
     for w in out.windows(2) {
-        if w[0].number == w[1].number {
+        if w[0].order == w[1].order {
             return Err(MigrationError::Duplicate {
                 version: w[0].version.clone(),
                 files: vec![w[0].file.clone(), w[1].file.clone()],
@@ -88,11 +92,16 @@ fn sqlx(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
         };
         let transaction = !up.trim_start().starts_with("-- no-transaction");
         out.push(Migration {
-            number: parse_version(path, v)?,
+            order: vec![parse_version(path, v)?],
+            ledger_key: v.to_string(),
+            script: name.clone(),
+            verify: None,
+            sqitch: None,
+            unversioned: false,
             version: v.to_string(),
             name: desc.replace('_', " "),
             file: path.clone(),
-            checksum_source: up.clone().into_bytes(),
+            checksum: Some(super::ledger::hex(&sha2::Sha384::digest(up.as_bytes()))),
             up,
             up_line: 1,
             down: down.as_ref().map(|(s, _)| s.clone()),
@@ -124,11 +133,16 @@ fn golang_migrate(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
             None
         };
         out.push(Migration {
-            number: parse_version(path, v)?,
+            order: vec![parse_version(path, v)?],
+            ledger_key: v.to_string(),
+            script: name.clone(),
+            verify: None,
+            sqitch: None,
+            unversioned: false,
             version: v.to_string(),
             name: title.to_string(),
             file: path.clone(),
-            checksum_source: Vec::new(),
+            checksum: None,
             up,
             up_line: 1,
             down_file: down.as_ref().map(|_| down_path.clone()),
@@ -172,11 +186,16 @@ fn dbmate(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
             });
         }
         out.push(Migration {
-            number: parse_version(path, v)?,
+            order: vec![parse_version(path, v)?],
+            ledger_key: v.to_string(),
+            script: name.clone(),
+            verify: None,
+            sqitch: None,
+            unversioned: false,
             version: v.to_string(),
             name: rest.to_string(),
             file: path.clone(),
-            checksum_source: Vec::new(),
+            checksum: None,
             up: up.sql.clone(),
             up_line: up.marker_line + 1,
             down: down.map(|d| d.sql.clone()),
@@ -288,11 +307,16 @@ fn diesel(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
             }
         }
         out.push(Migration {
-            number: parse_version(&path, &v)?,
+            order: vec![parse_version(&path, &v)?],
+            ledger_key: v.clone(),
+            script: name.clone(),
+            verify: None,
+            sqitch: None,
+            unversioned: false,
             version: v,
             name: rest.to_string(),
             file: up_path.clone(),
-            checksum_source: Vec::new(),
+            checksum: None,
             up: read(&up_path)?,
             up_line: 1,
             down_file: down.as_ref().map(|_| down_path.clone()),
@@ -302,4 +326,244 @@ fn diesel(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
         });
     }
     Ok(out)
+}
+
+/// Every file under `dir`, recursively, sorted by path (refinery and Flyway search their
+/// locations recursively).
+fn walk(dir: &Path) -> Result<Vec<(String, PathBuf)>, MigrationError> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for (name, path) in entries(&d)? {
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push((name, path));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
+/// refinery: `V<n>__<name>.sql` (and `U<n>__<name>.sql`, "unversioned"), searched
+/// recursively; the name is `\w+`, the version an `i32`. The checksum is refinery's:
+/// SipHash-1-3 (keys 0, 0) over the name, the version and the file's text, each hashed
+/// as Rust's `Hash` does (`str`: bytes then `0xff`; `i32`: 4 little-endian bytes).
+fn refinery(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
+    let mut out = Vec::new();
+    for (name, path) in walk(dir)? {
+        let Some(stem) = name.strip_suffix(".sql") else {
+            continue;
+        };
+        let Some(rest) = stem.strip_prefix('V').or_else(|| stem.strip_prefix('U')) else {
+            continue;
+        };
+        let Some((v, title)) = rest.split_once("__") else {
+            continue;
+        };
+        if v.is_empty()
+            || !v.chars().all(|c| c.is_ascii_digit() || c == '.')
+            || title.is_empty()
+            || !title.chars().all(|c| c.is_alphanumeric() || c == '_')
+        {
+            continue;
+        }
+        let version: i32 = v.parse().map_err(|_| MigrationError::Parse {
+            file: path.clone(),
+            line: 0,
+            message: format!(
+                "version {v:?} is not a 32-bit integer (refinery refuses it: InvalidVersion)"
+            ),
+        })?;
+        if version < 0 {
+            continue;
+        }
+        let up = read(&path)?;
+        let checksum = {
+            use std::hash::{Hash, Hasher};
+            let mut h = siphasher::sip::SipHasher13::new();
+            title.hash(&mut h);
+            version.hash(&mut h);
+            up.as_str().hash(&mut h);
+            h.finish()
+        };
+        out.push(Migration {
+            version: version.to_string(),
+            order: vec![version as u64],
+            ledger_key: version.to_string(),
+            script: name.clone(),
+            verify: None,
+            sqitch: None,
+            name: title.to_string(),
+            file: path.clone(),
+            checksum: Some(checksum.to_string()),
+            up,
+            up_line: 1,
+            down: None,
+            down_file: None,
+            down_line: 1,
+            transaction: true,
+            unversioned: stem.starts_with('U'),
+        });
+    }
+    Ok(out)
+}
+
+/// A Flyway version: parts separated by `.` or `_`, all digits. Trailing zero parts do not
+/// count (`1.0` is `1`), as Flyway compares them.
+fn flyway_version(file: &Path, v: &str) -> Result<(String, Vec<u64>), MigrationError> {
+    let shown = v.replace('_', ".");
+    let mut parts = Vec::new();
+    for p in shown.split('.') {
+        parts.push(p.parse::<u64>().map_err(|_| MigrationError::Parse {
+            file: file.to_path_buf(),
+            line: 0,
+            message: format!("version {v:?} is not a Flyway version (numbers separated by . or _)"),
+        })?);
+    }
+    while parts.len() > 1 && parts.last() == Some(&0) {
+        parts.pop();
+    }
+    Ok((shown, parts))
+}
+
+/// Flyway: `V<version>__<description>.sql`, `U<version>__<description>.sql` (its undo),
+/// searched recursively; `R__` (repeatable) and `B<version>__` (baseline) files are
+/// refused. The checksum is Flyway's CRC-32 of the file's lines without their line
+/// breaks (and without a leading byte-order mark), as a signed 32-bit integer.
+fn flyway(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
+    let mut out: Vec<Migration> = Vec::new();
+    let mut undos: Vec<(Vec<u64>, PathBuf, String)> = Vec::new();
+    for (name, path) in walk(dir)? {
+        let Some(stem) = name.strip_suffix(".sql") else {
+            continue;
+        };
+        let kind = stem.chars().next().unwrap_or(' ');
+        let rest = &stem[kind.len_utf8().min(stem.len())..];
+        if kind == 'R' && rest.starts_with("__") {
+            return Err(MigrationError::Unsupported {
+                file: path.clone(),
+                line: 0,
+                message:
+                    "a Flyway repeatable migration (R__): it runs again whenever its \
+                          checksum changes and has no version to roll back to; apply it with \
+                          Flyway, or make it a versioned V<version>__ file with a U<version>__ undo"
+                        .into(),
+            });
+        }
+        if !matches!(kind, 'V' | 'U' | 'B') {
+            continue;
+        }
+        let Some((v, desc)) = rest.split_once("__") else {
+            continue;
+        };
+        if v.is_empty() || !v.starts_with(|c: char| c.is_ascii_digit()) {
+            continue;
+        }
+        let (shown, parts) = flyway_version(&path, v)?;
+        if kind == 'B' {
+            return Err(MigrationError::Unsupported {
+                file: path.clone(),
+                line: 0,
+                message: "a Flyway baseline migration (B<version>__): it replaces the \
+                          migrations before it on an empty database only; apply it with Flyway"
+                    .into(),
+            });
+        }
+        // Per-script settings (Flyway's script configuration file, `<file>.conf`).
+        let mut transaction = true;
+        let mut placeholders = true;
+        let conf = path.with_file_name(format!("{name}.conf"));
+        if conf.exists() {
+            for (n, line) in read(&conf)?.lines().enumerate() {
+                let l: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+                if l.is_empty() || l.starts_with('#') {
+                    continue;
+                }
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                match (k, v.to_ascii_lowercase().as_str()) {
+                    ("executeInTransaction", "false") => transaction = false,
+                    ("executeInTransaction", "true") => transaction = true,
+                    ("placeholderReplacement", "false") => placeholders = false,
+                    ("placeholderReplacement", "true") => placeholders = true,
+                    ("encoding", "utf-8" | "utf8") => {}
+                    _ => {
+                        return Err(MigrationError::Unsupported {
+                            file: conf.clone(),
+                            line: n + 1,
+                            message: format!(
+                                "script configuration {line:?} (read: executeInTransaction, \
+                                 placeholderReplacement, encoding=UTF-8)"
+                            ),
+                        })
+                    }
+                }
+            }
+        }
+        let text = read(&path)?;
+        if let Some(line) = text.lines().position(|l| placeholders && l.contains("${")) {
+            return Err(MigrationError::Unsupported {
+                file: path.clone(),
+                line: line + 1,
+                message: "a Flyway placeholder (${…}): Flyway replaces placeholders before \
+                          running a file, this library does not; write the value (or set \
+                          placeholderReplacement=false in its .conf)"
+                    .into(),
+            });
+        }
+        if kind == 'U' {
+            undos.push((parts, path.clone(), text));
+            continue;
+        }
+        out.push(Migration {
+            version: shown,
+            order: parts,
+            ledger_key: String::new(),
+            script: path
+                .strip_prefix(dir)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned(),
+            verify: None,
+            sqitch: None,
+            name: desc.replace('_', " "),
+            file: path.clone(),
+            checksum: Some(flyway_checksum(&text).to_string()),
+            up: text,
+            up_line: 1,
+            down: None,
+            down_file: None,
+            down_line: 1,
+            transaction,
+            unversioned: false,
+        });
+    }
+    for m in &mut out {
+        m.ledger_key = m.version.clone();
+    }
+    for (parts, path, text) in undos {
+        let Some(m) = out.iter_mut().find(|m| m.order == parts) else {
+            return Err(MigrationError::Parse {
+                file: path,
+                line: 0,
+                message: "an undo migration with no versioned migration of the same version".into(),
+            });
+        };
+        m.down = Some(text);
+        m.down_file = Some(path);
+    }
+    Ok(out)
+}
+
+/// Flyway's checksum: CRC-32 over each line's UTF-8 bytes, line breaks (`\n`, `\r\n`,
+/// `\r`) excluded and a byte-order mark at the start removed, as a signed 32-bit integer
+/// (`ChecksumCalculator`).
+pub(super) fn flyway_checksum(text: &str) -> i32 {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut h = crc32fast::Hasher::new();
+    for part in text.split('\n') {
+        h.update(part.replace('\r', "").as_bytes());
+    }
+    h.finalize() as i32
 }

@@ -1,6 +1,7 @@
 //! Each tool's own history table: how it is created, read, and written in the step's
 //! transaction.
 
+use super::sqitch::{self, Committer, Project};
 use super::{Format, Migration};
 use crate::ident::{quote_ident, quote_literal};
 
@@ -9,15 +10,19 @@ use crate::ident::{quote_ident, quote_literal};
 pub(crate) struct Ledger {
     pub format: Format,
     pub schema: String,
+    /// sqitch: who deploys, and the plan's project.
+    pub committer: Committer,
+    pub project: Project,
 }
 
 /// One applied row as the tool recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Row {
     pub version: String,
-    /// sqlx: the SHA-384 it recorded.
-    pub checksum: Option<Vec<u8>>,
-    /// sqlx `success = false`, golang-migrate `dirty = true`.
+    /// The checksum as the tool recorded it (text: sqlx's SHA-384 in hex, refinery's
+    /// `u64`, Flyway's `i32`, sqitch's script hash).
+    pub checksum: Option<String>,
+    /// sqlx and Flyway `success = false`, golang-migrate `dirty = true`.
     pub dirty: bool,
 }
 
@@ -27,6 +32,9 @@ impl Ledger {
             Format::Sqlx => "_sqlx_migrations",
             Format::GolangMigrate | Format::Dbmate => "schema_migrations",
             Format::Diesel => "__diesel_schema_migrations",
+            Format::Refinery => "refinery_schema_history",
+            Format::Flyway => "flyway_schema_history",
+            Format::Sqitch => "changes",
         }
     }
 
@@ -57,6 +65,21 @@ impl Ledger {
                 "CREATE TABLE IF NOT EXISTS {t} (version VARCHAR(50) PRIMARY KEY NOT NULL, \
                  run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)"
             ),
+            Format::Refinery => format!(
+                "CREATE TABLE IF NOT EXISTS {t}(version int4 PRIMARY KEY, name VARCHAR(255), \
+                 applied_on VARCHAR(255), checksum VARCHAR(255))"
+            ),
+            Format::Flyway => format!(
+                "CREATE TABLE IF NOT EXISTS {t} (installed_rank INT NOT NULL, version VARCHAR(50), \
+                 description VARCHAR(200) NOT NULL, type VARCHAR(20) NOT NULL, \
+                 script VARCHAR(1000) NOT NULL, checksum INTEGER, \
+                 installed_by VARCHAR(100) NOT NULL, \
+                 installed_on TIMESTAMP NOT NULL DEFAULT now(), \
+                 execution_time INTEGER NOT NULL, success BOOLEAN NOT NULL, \
+                 CONSTRAINT flyway_schema_history_pk PRIMARY KEY (installed_rank));\n\
+                 CREATE INDEX IF NOT EXISTS flyway_schema_history_s_idx ON {t} (success)"
+            ),
+            Format::Sqitch => sqitch::create_sql(&self.schema, &self.project, &self.committer),
         }
     }
 
@@ -67,6 +90,18 @@ impl Ledger {
             Format::Sqlx => format!(
                 "SELECT version::text, encode(checksum, 'hex'), (NOT success)::text FROM {t} ORDER BY version"
             ),
+            Format::Refinery => {
+                format!("SELECT version::text, checksum, 'false' FROM {t} ORDER BY version")
+            }
+            // A version's last row decides: an undo row (Flyway Teams' `flyway undo`) means
+            // it is no longer applied.
+            Format::Flyway => format!(
+                "SELECT version, checksum::text, (NOT success)::text FROM (\
+                 SELECT DISTINCT ON (version) version, checksum, success, type FROM {t} \
+                 WHERE version IS NOT NULL ORDER BY version, installed_rank DESC) last \
+                 WHERE type NOT LIKE 'UNDO%'"
+            ),
+            Format::Sqitch => sqitch::read_sql(&self.schema, &self.project),
             Format::GolangMigrate => {
                 format!("SELECT version::text, NULL::text, dirty::text FROM {t}")
             }
@@ -77,17 +112,37 @@ impl Ledger {
     }
 
     /// SQL appended to `up`: record `m` as applied (in the step's transaction).
-    pub(crate) fn record_sql(&self, m: &Migration, checksum: &[u8]) -> String {
+    pub(crate) fn record_sql(&self, m: &Migration) -> String {
         let t = self.table();
         let v = &m.version;
+        let checksum = m.checksum.as_deref().unwrap_or_default();
         match self.format {
             Format::Sqlx => format!(
                 "INSERT INTO {t} (version, description, success, checksum, execution_time) VALUES \
-                 ({v}, {}, TRUE, '\\x{}'::bytea, \
+                 ({v}, {}, TRUE, '\\x{checksum}'::bytea, \
                  (EXTRACT(EPOCH FROM (clock_timestamp() - now())) * 1000000000)::bigint)",
                 quote_literal(&m.name),
-                hex(checksum)
             ),
+            // refinery writes `applied_on` as RFC 3339 text in UTC.
+            Format::Refinery => format!(
+                "INSERT INTO {t} (version, name, applied_on, checksum) VALUES ({v}, {}, \
+                 to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), {})",
+                quote_literal(&m.name),
+                quote_literal(checksum)
+            ),
+            Format::Flyway => format!(
+                "INSERT INTO {t} (installed_rank, version, description, type, script, checksum, \
+                 installed_by, execution_time, success) SELECT \
+                 COALESCE(MAX(installed_rank), 0) + 1, {}, {}, 'SQL', {}, {checksum}, current_user, \
+                 (EXTRACT(EPOCH FROM (clock_timestamp() - now())) * 1000)::int, TRUE FROM {t}",
+                quote_literal(v),
+                quote_literal(&m.name),
+                quote_literal(&m.script),
+            ),
+            Format::Sqitch => match &m.sqitch {
+                Some(c) => sqitch::record_sql(&self.schema, c, m.checksum.as_deref(), &self.committer),
+                None => String::new(),
+            },
             Format::GolangMigrate => format!(
                 "UPDATE {t} SET version = {v}, dirty = false;\n\
                  INSERT INTO {t} (version, dirty) SELECT {v}, false \
@@ -104,7 +159,17 @@ impl Ledger {
     pub(crate) fn erase_sql(&self, m: &Migration, previous: Option<&Migration>) -> String {
         let t = self.table();
         match self.format {
-            Format::Sqlx => format!("DELETE FROM {t} WHERE version = {}", m.version),
+            Format::Sqlx | Format::Refinery => {
+                format!("DELETE FROM {t} WHERE version = {}", m.version)
+            }
+            Format::Flyway => format!(
+                "DELETE FROM {t} WHERE version = {} AND type = 'SQL'",
+                quote_literal(&m.version)
+            ),
+            Format::Sqitch => match &m.sqitch {
+                Some(c) => sqitch::erase_sql(&self.schema, c, &self.committer),
+                None => String::new(),
+            },
             Format::Dbmate | Format::Diesel => format!(
                 "DELETE FROM {t} WHERE version = {}",
                 quote_literal(&m.version)
@@ -123,8 +188,27 @@ impl Ledger {
     /// (`before`: golang-migrate's version then).
     pub(crate) fn restore_sql(&self, versions: &[&Migration], before: Option<&str>) -> String {
         let t = self.table();
+        if versions.is_empty() {
+            return "SELECT 1".into();
+        }
         match self.format {
-            Format::Sqlx => format!(
+            // Latest first, as the tool reverts.
+            Format::Sqitch => {
+                let changes: Vec<&sqitch::Change> = versions
+                    .iter()
+                    .filter_map(|m| m.sqitch.as_deref())
+                    .collect();
+                sqitch::erase_all_sql(&self.schema, &changes, &self.committer)
+            }
+            Format::Flyway => format!(
+                "DELETE FROM {t} WHERE type = 'SQL' AND version IN ({})",
+                versions
+                    .iter()
+                    .map(|m| quote_literal(&m.version))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Format::Sqlx | Format::Refinery => format!(
                 "DELETE FROM {t} WHERE version IN ({})",
                 versions
                     .iter()
@@ -150,10 +234,4 @@ impl Ledger {
 
 pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-pub(crate) fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
-        .collect()
 }

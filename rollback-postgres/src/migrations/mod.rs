@@ -3,6 +3,8 @@
 mod formats;
 mod ledger;
 mod scan;
+mod sqitch;
+mod verifier;
 
 use crate::checkpoint::copy::TableSnapshot;
 use crate::checkpoint::schema::SchemaSnapshot;
@@ -14,9 +16,11 @@ use crate::steps::sql::SqlStep;
 use async_trait::async_trait;
 use ledger::Ledger;
 use rollback_core::{Context, Effect, Plan, PlanError, Receipt, Reversibility, Step};
+use sqitch::Committer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use verifier::ScriptVerifier;
 
 /// A migration tool's folder layout and ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +34,12 @@ pub enum Format {
     Dbmate,
     /// diesel (`__diesel_schema_migrations`).
     Diesel,
+    /// refinery (`refinery_schema_history`).
+    Refinery,
+    /// Flyway (`flyway_schema_history`).
+    Flyway,
+    /// sqitch (`sqitch.plan`; the registry schema `sqitch`).
+    Sqitch,
 }
 
 impl Format {
@@ -40,6 +50,9 @@ impl Format {
             Format::GolangMigrate => "golang-migrate",
             Format::Dbmate => "dbmate",
             Format::Diesel => "diesel",
+            Format::Refinery => "refinery",
+            Format::Flyway => "flyway",
+            Format::Sqitch => "sqitch",
         }
     }
 }
@@ -52,8 +65,11 @@ impl std::str::FromStr for Format {
             "golang-migrate" | "migrate" => Ok(Format::GolangMigrate),
             "dbmate" => Ok(Format::Dbmate),
             "diesel" => Ok(Format::Diesel),
+            "refinery" => Ok(Format::Refinery),
+            "flyway" => Ok(Format::Flyway),
+            "sqitch" => Ok(Format::Sqitch),
             o => Err(format!(
-                "unknown migration format {o:?} (sqlx, golang-migrate, dbmate, diesel)"
+                "unknown migration format {o:?} (sqlx, golang-migrate, dbmate, diesel, refinery, flyway, sqitch)"
             )),
         }
     }
@@ -128,10 +144,34 @@ pub enum MigrationError {
         version: String,
         /// The file.
         file: PathBuf,
-        /// Recorded checksum (hex).
+        /// Recorded checksum, as the tool writes it (sqlx: hex; refinery, Flyway: decimal;
+        /// sqitch: the deploy script's SHA-1 in hex).
         recorded: String,
-        /// The file's checksum (hex).
+        /// The file's checksum, in the same form.
         current: String,
+    },
+    /// A feature of the tool this library does not run (a Flyway repeatable or baseline
+    /// migration, a placeholder, a sqitch dependency on another project…).
+    #[error("{}:{line}: not supported: {message}", file.display())]
+    Unsupported {
+        /// The file.
+        file: PathBuf,
+        /// The line (0: the file name).
+        line: usize,
+        /// What it is, and what to do instead.
+        message: String,
+    },
+    /// A pending migration sorts before one already applied: the tool itself would refuse
+    /// or skip it (refinery's and Flyway's "missing" migrations, a sqitch change before
+    /// the last one deployed).
+    #[error("{}: version {version} is not applied but {latest} after it is; the tool would not run it (apply it out of order with the tool, or renumber it)", file.display())]
+    OutOfOrder {
+        /// The file.
+        file: PathBuf,
+        /// Its version.
+        version: String,
+        /// The latest applied version.
+        latest: String,
     },
     /// The ledger marks a version failed or dirty: it needs a human (it is never cleaned
     /// here).
@@ -150,8 +190,9 @@ pub enum MigrationError {
         /// The version.
         version: String,
     },
-    /// A migration has no down and does something no checkpoint can cover.
-    #[error("{}:{line}: {reason}; add a down migration", file.display())]
+    /// A migration has no down and does something no checkpoint can cover; it can run
+    /// only when [`Migrations::approve_irreversible`] names it.
+    #[error("{}:{line}: {reason}; add a down migration, or approve it as irreversible (Migrations::approve_irreversible)", file.display())]
     NotReversible {
         /// The file.
         file: PathBuf,
@@ -171,9 +212,21 @@ pub enum MigrationError {
 /// One migration of a folder.
 #[derive(Debug, Clone)]
 pub struct Migration {
-    /// The version as the tool records it.
+    /// The version as the tool records it (sqitch: the change's position in the plan,
+    /// from 1).
     pub version: String,
-    number: u64,
+    /// The sort key (the version's numbers).
+    order: Vec<u64>,
+    /// What the ledger keys the migration by (the version; sqitch: the change id).
+    ledger_key: String,
+    /// The file name the ledger records (Flyway's `script`).
+    script: String,
+    /// A verify script (sqitch), run after the migration as a verifier.
+    verify: Option<(PathBuf, String)>,
+    /// sqitch: the change as the registry records it.
+    sqitch: Option<Box<sqitch::Change>>,
+    /// refinery's `U` (unversioned) prefix: exempt from the out-of-order check.
+    unversioned: bool,
     /// The name (sqlx: its description).
     pub name: String,
     /// The file `up` is read from.
@@ -184,7 +237,7 @@ pub struct Migration {
     down_file: Option<PathBuf>,
     down_line: usize,
     transaction: bool,
-    checksum_source: Vec<u8>,
+    checksum: Option<String>,
 }
 
 impl Migration {
@@ -198,12 +251,19 @@ impl Migration {
         self.down.is_some()
     }
 
-    fn checksum(&self, format: Format) -> Vec<u8> {
-        use sha2::Digest;
-        match format {
-            Format::Sqlx => sha2::Sha384::digest(&self.checksum_source).to_vec(),
-            _ => Vec::new(),
-        }
+    /// The checksum the tool records for it, as text (see
+    /// [`MigrationError::ChecksumMismatch`]), if the tool keeps one.
+    pub fn checksum(&self) -> Option<&str> {
+        self.checksum.as_deref()
+    }
+
+    /// The step ids, file names and versions a knob may name this migration by.
+    fn named(&self, name: &str) -> bool {
+        name == self.version
+            || name == self.id()
+            || name == self.script
+            || self.file.file_name().is_some_and(|f| f == name)
+            || self.file == Path::new(name)
     }
 }
 
@@ -228,9 +288,10 @@ impl Migration {
 /// ([`MigrationError::MissingFile`]) are refused before anything runs.
 ///
 /// **Each migration is a [`SqlStep`]** (exactly once per run, lock and statement guards,
-/// non-transactional statements detected), whose `up` ends with the tool's ledger write
-/// and whose `down` ends with its removal, so both commit with the migration, as the tool
-/// does. A first step (`<tool>-ledger`) removes, on rollback, the rows of migrations that
+/// non-transactional statements detected), whose `up` is followed by the tool's ledger
+/// write and whose `down` by its removal, in the same transaction, so both commit with
+/// the migration, as the tool does (the ledger's SQL is the crate's, never scanned as the
+/// user's). A first step (`<tool>-ledger`) removes, on rollback, the rows of migrations that
 /// a checkpoint undoes rather than a down. After a committed run the tool's `status`
 /// says applied; after a rollback it says pending.
 ///
@@ -245,8 +306,11 @@ impl Migration {
 /// with [`CheckpointKind::Snapshot`]), tables it drops or truncates a [`TableSnapshot`],
 /// and structure it changes one [`SchemaSnapshot`] of the schemas involved. A statement
 /// the scanner cannot see into (`DO`, a function call) with no down makes
-/// [`Pending::plan`] fail with [`MigrationError::NotReversible`]; write a down for it.
-/// [`Pending::reverts`] lists, per migration, how a rollback undoes it.
+/// [`Pending::plan`] fail with [`MigrationError::NotReversible`]: write a down for it, or
+/// name it in [`Migrations::approve_irreversible`] (with a reason), which lets it run as
+/// an approved irreversible step that a rollback leaves applied (its ledger row too); the
+/// plan's dry run lists it among the risks with the reason. [`Pending::reverts`] lists,
+/// per migration, how a rollback undoes it ([`Revert`]).
 ///
 /// ## Formats
 ///
@@ -276,18 +340,69 @@ impl Migration {
 ///   `__diesel_schema_migrations(version varchar(50), run_on timestamp)`, written in the
 ///   migration's transaction.
 ///
-/// Not read (yet): refinery (its checksum is a SipHash of in-memory values whose layout
-/// changed between releases, so a row written here could be called divergent by
-/// refinery), Flyway (dotted versions, CRC32 line checksums, `installed_rank`) and
-/// sqitch (a registry of several tables, and verify scripts as verifiers).
+/// - **refinery** ([`Migrations::refinery`]): `V<version>__<name>.sql`, searched
+///   recursively; the version is an `i32` (refinery's default; a dotted version is its
+///   `InvalidVersion` error), the name `\w+`. refinery has no down files. A `U` prefix
+///   ("unversioned") runs whenever it is not applied, even below the latest version; a
+///   `V` file below the latest applied one is never run by refinery ("missing") and is
+///   [`MigrationError::OutOfOrder`] here. Ledger `refinery_schema_history(version int4,
+///   name, applied_on, checksum)`: `applied_on` RFC 3339 text, `checksum` the decimal
+///   `u64` refinery computes — SipHash-1-3 with zero keys over the name, the version
+///   and the file's text, each as Rust's `Hash` feeds them (a string's bytes then
+///   `0xff`, the version's four little-endian bytes). refinery writes the row in a second
+///   transaction after the migration's; here it commits with it.
+/// - **Flyway** ([`Migrations::flyway`]): `V<version>__<description>.sql` and its undo
+///   `U<version>__<description>.sql` (Flyway Teams' `flyway undo`; here the down), searched
+///   recursively. Version parts are separated by `.` or `_` (`V1_1__` is `1.1`), compared
+///   as numbers, trailing zeros ignored; the description is the name with `_` as spaces.
+///   A script configuration file `<file>.sql.conf` may say `executeInTransaction=false`,
+///   `placeholderReplacement=false` or `encoding=UTF-8`; any other setting is
+///   [`MigrationError::Unsupported`]. Refused with [`MigrationError::Unsupported`]:
+///   repeatable migrations (`R__`, re-run whenever their checksum changes, with no version
+///   to roll back to), baseline migrations (`B<version>__`) and placeholders (`${…}`,
+///   which Flyway replaces before running a file). Callbacks (`beforeMigrate.sql`…) and
+///   Java migrations are not read. A version below the latest applied one is
+///   [`MigrationError::OutOfOrder`] (Flyway's `outOfOrder = false`). Ledger
+///   `flyway_schema_history(installed_rank, version, description, type, script, checksum,
+///   installed_by, installed_on, execution_time, success)`: `type` `SQL`, `script` the
+///   path under the folder, `installed_by` `current_user`, `execution_time` in
+///   milliseconds, `checksum` Flyway's: CRC-32 of the file's lines without their line
+///   breaks (and without a leading byte-order mark), as a signed 32-bit integer. A
+///   `success = false` row is [`MigrationError::Dirty`] (Flyway's `repair` clears it); a
+///   version whose last row is an `UNDO_SQL` one counts as not applied. A rollback removes
+///   the rows it wrote (as `flyway repair` would), it does not add undo rows.
+/// - **sqitch** ([`Migrations::sqitch`]): a project folder with `sqitch.plan` and the
+///   scripts `deploy/<change>.sql`, `revert/<change>.sql` (the down) and
+///   `verify/<change>.sql` (run after the change as a verifier: it passes when it raises
+///   no error, in a transaction always rolled back). The plan's pragmas `%project` and
+///   `%uri`, change lines `name [dependencies] <date> <planner> <<email>> # note`, tags
+///   `@tag <date> <planner> <<email>>`, and reworked changes (a name planned again after a
+///   tag; the earlier one's scripts are `<change>@<tag>.sql`) are read as sqitch reads
+///   them. Dependencies: `name` requires the latest change of that name before it,
+///   `name@tag` the one as of the tag, `@tag` the change the tag is on, `!name` declares a
+///   conflict; a dependency on another project (`other:name`) and a `-` (revert) entry are
+///   [`MigrationError::Unsupported`]. Each change's id is sqitch's: SHA-1 of
+///   `change <length>\0` and its info (project, uri, name, parent's id, planner, date,
+///   requires, conflicts, note); a tag's likewise. Deploy scripts usually hold their own
+///   `BEGIN; … COMMIT;`, which the step's transaction replaces. The version is the
+///   change's position in the plan (from 1; [`Migrations::target`] counts changes), the
+///   ledger the registry (schema `sqitch`, or [`Migrations::ledger_schema`]), created as
+///   sqitch's `pg.sql` does when missing: a deploy writes `changes` (with the deploy
+///   script's SHA-1 as `script_hash`), `dependencies`, `tags` and a `deploy` event; a
+///   revert removes them and logs a `revert` event, as `sqitch revert` does. The
+///   committer is [`Migrations::committer`]. A change before the last deployed one that is
+///   not deployed is [`MigrationError::OutOfOrder`].
 ///
-/// Every ledger lives in `public` unless [`Migrations::ledger_schema`] says otherwise.
+/// Every ledger lives in `public` (sqitch's in `sqitch`) unless
+/// [`Migrations::ledger_schema`] says otherwise.
 #[derive(Debug, Clone)]
 pub struct Migrations {
     format: Format,
     dir: PathBuf,
     all: Vec<Migration>,
     ledger_schema: String,
+    committer: Committer,
+    approvals: Vec<(String, String)>,
     target: Option<u64>,
     kind: CheckpointKind,
     lock_timeout: Option<Duration>,
@@ -306,8 +421,14 @@ impl Migrations {
         Ok(Migrations {
             format,
             dir,
+            ledger_schema: if format == Format::Sqitch {
+                "sqitch".into()
+            } else {
+                "public".into()
+            },
             all,
-            ledger_schema: "public".into(),
+            committer: Committer::from_env(),
+            approvals: Vec::new(),
             target: None,
             kind: CheckpointKind::default(),
             lock_timeout: None,
@@ -348,18 +469,110 @@ impl Migrations {
         Self::load(Format::Diesel, dir)
     }
 
+    /// A refinery folder.
+    ///
+    /// # Errors
+    /// As [`Migrations::load`].
+    pub fn refinery(dir: impl AsRef<Path>) -> Result<Self, MigrationError> {
+        Self::load(Format::Refinery, dir)
+    }
+
+    /// A Flyway folder (one location).
+    ///
+    /// # Errors
+    /// As [`Migrations::load`], and [`MigrationError::Unsupported`] for repeatable (`R__`)
+    /// and baseline (`B…__`) migrations and placeholders.
+    pub fn flyway(dir: impl AsRef<Path>) -> Result<Self, MigrationError> {
+        Self::load(Format::Flyway, dir)
+    }
+
+    /// A sqitch project: the folder holding `sqitch.plan`, `deploy/`, `revert/` and
+    /// `verify/`.
+    ///
+    /// ```no_run
+    /// # async fn demo(db: &rollback_postgres::Database) -> Result<(), Box<dyn std::error::Error>> {
+    /// use rollback_postgres::Migrations;
+    /// let plan = Migrations::sqitch("db/sqitch")?
+    ///     .committer("Release Bot", "release@example.com")
+    ///     .pending(db)
+    ///     .await?
+    ///     .plan()?;
+    /// # let _ = plan; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Migrations::load`], and [`MigrationError::Unsupported`] for a dependency on
+    /// another project or a `-` entry.
+    pub fn sqitch(dir: impl AsRef<Path>) -> Result<Self, MigrationError> {
+        Self::load(Format::Sqitch, dir)
+    }
+
     /// The migrations of the folder, in order.
     pub fn all(&self) -> &[Migration] {
         &self.all
     }
 
-    /// The schema of the tool's ledger table (default `public`).
+    /// sqitch: the committer's name and email written in the registry (default as sqitch
+    /// finds them without a configuration file: `SQITCH_FULLNAME` and `SQITCH_EMAIL`,
+    /// else the system user and `user@host`).
+    pub fn committer(mut self, name: impl Into<String>, email: impl Into<String>) -> Self {
+        self.committer = Committer {
+            name: name.into(),
+            email: email.into(),
+        };
+        self
+    }
+
+    /// Let these migrations run although no down and no checkpoint can undo them (a
+    /// statement the scanner cannot see into, such as `DO` or a function call, with no
+    /// down): each is named by its file name, version or step id. A rollback leaves them
+    /// applied (and in the tool's ledger); the plan's dry run and report list each with
+    /// `reason`. Without this, [`Pending::plan`] fails with
+    /// [`MigrationError::NotReversible`].
+    ///
+    /// ```no_run
+    /// # async fn demo(db: &rollback_postgres::Database) -> Result<(), Box<dyn std::error::Error>> {
+    /// use rollback_postgres::{Migrations, Revert};
+    /// let pending = Migrations::flyway("sql")?
+    ///     .approve_irreversible(["V7__refresh_stats.sql"], "a read-only statistics refresh")
+    ///     .pending(db)
+    ///     .await?;
+    /// for (step, how) in pending.reverts()? {
+    ///     if let Revert::Approved(why) = how {
+    ///         println!("{step} stays applied after a rollback: {why}");
+    ///     }
+    /// }
+    /// let plan = pending.plan()?;
+    /// # let _ = plan; Ok(()) }
+    /// ```
+    pub fn approve_irreversible<S: Into<String>>(
+        mut self,
+        migrations: impl IntoIterator<Item = S>,
+        reason: impl Into<String>,
+    ) -> Self {
+        let reason = reason.into();
+        self.approvals
+            .extend(migrations.into_iter().map(|m| (m.into(), reason.clone())));
+        self
+    }
+
+    fn approval(&self, m: &Migration) -> Option<&str> {
+        self.approvals
+            .iter()
+            .find(|(n, _)| m.named(n))
+            .map(|(_, r)| r.as_str())
+    }
+
+    /// The schema of the tool's ledger table (default `public`; sqitch: the registry
+    /// schema, default `sqitch`).
     pub fn ledger_schema(mut self, schema: impl Into<String>) -> Self {
         self.ledger_schema = schema.into();
         self
     }
 
-    /// Apply only up to this version (included).
+    /// Apply only up to this version (included). A Flyway version with several parts
+    /// sorts after its first: `target(1)` stops before `1.1`. sqitch: the first `version`
+    /// changes of the plan.
     pub fn target(mut self, version: u64) -> Self {
         self.target = Some(version);
         self
@@ -394,6 +607,8 @@ impl Migrations {
         Ledger {
             format: self.format,
             schema: self.ledger_schema.clone(),
+            committer: self.committer.clone(),
+            project: sqitch::project(&self.all),
         }
     }
 
@@ -405,11 +620,14 @@ impl Migrations {
     /// [`MigrationError::MissingFile`], backend errors.
     pub async fn pending(self, db: &Database) -> Result<Pending, MigrationError> {
         let ledger = self.ledger();
+        let create = ledger.create_sql();
+        // The ledger's rows follow the statements that create it.
+        let rows_part = sqlscan::split(&create).len();
         let sql = format!(
             "{};\n{};\nSELECT n.nspname::text, c.relname::text, NULL, NULL FROM pg_catalog.pg_class c \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
-            ledger.create_sql(),
+            create,
             ledger.read_sql()
         );
         let c = db.client().await?;
@@ -422,11 +640,13 @@ impl Migrations {
         let mut part = 0;
         for m in msgs {
             match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) if part == 1 => rows.push(ledger::Row {
-                    version: r.get(0).unwrap_or_default().to_string(),
-                    checksum: r.get(1).map(ledger::unhex),
-                    dirty: r.get(2) == Some("true"),
-                }),
+                tokio_postgres::SimpleQueryMessage::Row(r) if part == rows_part => {
+                    rows.push(ledger::Row {
+                        version: r.get(0).unwrap_or_default().to_string(),
+                        checksum: r.get(1).map(str::to_string),
+                        dirty: r.get(2) == Some("true"),
+                    })
+                }
                 tokio_postgres::SimpleQueryMessage::Row(r) => {
                     existing.insert(Table::new(
                         r.get(0).unwrap_or_default(),
@@ -455,42 +675,63 @@ impl Migrations {
                 version: d.version.clone(),
             });
         }
-        let mut applied: BTreeSet<u64> = BTreeSet::new();
+        let mut applied: BTreeSet<usize> = BTreeSet::new();
         let mut before = None;
         for r in &rows {
-            let Some(m) = self.all.iter().find(|m| m.version == r.version) else {
+            let Some(i) = self.all.iter().position(|m| m.ledger_key == r.version) else {
                 return Err(MigrationError::MissingFile {
                     table,
                     version: r.version.clone(),
                 });
             };
-            if let Some(rec) = &r.checksum {
-                let cur = m.checksum(self.format);
-                if *rec != cur {
+            let m = &self.all[i];
+            if let (Some(rec), Some(cur)) = (&r.checksum, &m.checksum) {
+                if rec != cur {
                     return Err(MigrationError::ChecksumMismatch {
                         version: m.version.clone(),
                         file: m.file.clone(),
-                        recorded: ledger::hex(rec),
-                        current: ledger::hex(&cur),
+                        recorded: rec.clone(),
+                        current: cur.clone(),
                     });
                 }
             }
             if self.format == Format::GolangMigrate {
                 // One row: the current version; everything up to it is applied.
                 before = Some(m.version.clone());
-                applied.extend(
-                    self.all
-                        .iter()
-                        .filter(|x| x.number <= m.number)
-                        .map(|x| x.number),
-                );
+                applied.extend((0..self.all.len()).filter(|&j| self.all[j].order <= m.order));
             } else {
-                applied.insert(m.number);
+                applied.insert(i);
+            }
+        }
+        // refinery, Flyway and sqitch never run a migration that sorts before the latest
+        // applied one.
+        if matches!(
+            self.format,
+            Format::Refinery | Format::Flyway | Format::Sqitch
+        ) {
+            if let Some(&last) = applied
+                .iter()
+                .max_by(|&&a, &&b| self.all[a].order.cmp(&self.all[b].order))
+            {
+                let latest = &self.all[last];
+                if let Some(m) = self
+                    .all
+                    .iter()
+                    .enumerate()
+                    .find(|(j, m)| !applied.contains(j) && m.order < latest.order && !m.unversioned)
+                    .map(|(_, m)| m)
+                {
+                    return Err(MigrationError::OutOfOrder {
+                        file: m.file.clone(),
+                        version: m.version.clone(),
+                        latest: latest.version.clone(),
+                    });
+                }
             }
         }
         let pending: Vec<usize> = (0..self.all.len())
-            .filter(|&i| !applied.contains(&self.all[i].number))
-            .filter(|&i| self.target.is_none_or(|t| self.all[i].number <= t))
+            .filter(|i| !applied.contains(i))
+            .filter(|&i| self.target.is_none_or(|t| self.all[i].order <= vec![t]))
             .collect();
         Ok(Pending {
             db: db.clone(),
@@ -512,6 +753,9 @@ pub enum Revert {
     Checkpoint(Vec<String>),
     /// It cannot be undone: it needs a down (or an approval to stay).
     NeedsApproval(String),
+    /// It cannot be undone and [`Migrations::approve_irreversible`] let it run: a rollback
+    /// leaves it applied (the approval's reason).
+    Approved(String),
 }
 
 /// The pending migrations of a folder (see [`Migrations::pending`]).
@@ -534,6 +778,10 @@ struct Built {
     data: BTreeMap<Table, bool>,
     schemas: BTreeSet<String>,
     problems: Vec<MigrationError>,
+    /// Approved irreversible migrations: step id → reason.
+    approved: BTreeMap<String, String>,
+    /// Verify scripts: step id → verifier.
+    verifiers: Vec<(String, ScriptVerifier)>,
 }
 
 impl Pending {
@@ -568,6 +816,8 @@ impl Pending {
             data: BTreeMap::new(),
             schemas: BTreeSet::new(),
             problems: Vec::new(),
+            approved: BTreeMap::new(),
+            verifiers: Vec::new(),
         };
         // First pass: what each migration does and whether it needs a cover.
         let mut per: Vec<(SqlStep, scan::Touch, bool, usize)> = Vec::new();
@@ -595,18 +845,11 @@ impl Pending {
                 touch.merge(t);
             }
             let previous = (i > 0).then(|| &ms.all[i - 1]);
-            let up_sql = format!(
-                "{}\n;\n{};",
-                up.trim_end(),
-                ledger.record_sql(m, &m.checksum(ms.format))
-            );
-            let mut step = SqlStep::new(db, m.id(), up_sql);
+            // The ledger's write follows `up` (its removal `down`) in the step's transaction.
+            let mut step = SqlStep::new(db, m.id(), up.clone())
+                .bookkeeping(ledger.record_sql(m), ledger.erase_sql(m, previous));
             if let Some(d) = &down {
-                step = step.down(format!(
-                    "{}\n;\n{};",
-                    d.trim_end(),
-                    ledger.erase_sql(m, previous)
-                ));
+                step = step.down(d.clone());
             }
             if !m.transaction {
                 step = step.non_transactional();
@@ -621,9 +864,17 @@ impl Pending {
             {
                 step = step.statement_timeout(*d);
             }
+            if let Some((file, text)) = &m.verify {
+                out.verifiers.push((
+                    m.id(),
+                    ScriptVerifier::new(db, format!("verify:{}", m.id()), file, text)?,
+                ));
+            }
             let covered = step.reversibility() == Reversibility::RestoreOnly;
             if covered {
-                if let Some(line) = opaque_line {
+                if let (Some(_), Some(reason)) = (opaque_line, ms.approval(m)) {
+                    out.approved.insert(m.id(), reason.to_string());
+                } else if let Some(line) = opaque_line {
                     out.problems.push(MigrationError::NotReversible {
                         file: m.file.clone(),
                         line,
@@ -669,6 +920,12 @@ impl Pending {
             let m = &ms.all[i];
             if !covered {
                 out.reverts.push((m.id(), Revert::Down));
+                out.steps.push(step);
+                continue;
+            }
+            if let Some(reason) = out.approved.get(&m.id()) {
+                // Nothing can undo it: it touches nothing a checkpoint restores.
+                out.reverts.push((m.id(), Revert::Approved(reason.clone())));
                 out.steps.push(step);
                 continue;
             }
@@ -731,21 +988,40 @@ impl Pending {
         }
         let ledger = ms.ledger();
         let ledger_id = format!("{tool}-ledger");
-        let versions: Vec<&Migration> = self.migrations();
+        // Approved irreversible migrations stay applied, and so does their ledger row.
+        let versions: Vec<&Migration> = self
+            .migrations()
+            .into_iter()
+            .filter(|m| !built.approved.contains_key(&m.id()))
+            .collect();
+        let before = self
+            .migrations()
+            .into_iter()
+            .rfind(|m| built.approved.contains_key(&m.id()))
+            .map(|m| m.version.clone())
+            .or_else(|| self.before.clone());
         b = b.step(
             "db",
             LedgerStep {
                 id: ledger_id.clone(),
                 db: self.db.clone(),
-                restore: ledger.restore_sql(&versions, self.before.as_deref()),
+                restore: ledger.restore_sql(&versions, before.as_deref()),
             },
             &[],
         );
         let mut prev = ledger_id;
         for step in built.steps.drain(..) {
             let id = step.id().to_string();
-            b = b.step("db", Scanned::new(step), &[prev.as_str()]);
+            let mut scanned = Scanned::new(step);
+            if let Some(reason) = built.approved.get(&id) {
+                scanned.reversibility = Reversibility::Irreversible;
+                b = b.approve_irreversible(&id, reason);
+            }
+            b = b.step("db", scanned, &[prev.as_str()]);
             prev = id;
+        }
+        for (step, v) in built.verifiers.drain(..) {
+            b = b.verify_after(&step, v);
         }
         Ok(b.build()?)
     }

@@ -60,6 +60,17 @@ pub(crate) fn unwrap_transaction(
     sql: &str,
     first_line: usize,
 ) -> Result<String, MigrationError> {
+    unwrap_wrapper(file, sql, first_line, false)
+}
+
+/// As [`unwrap_transaction`]; with `rollback`, a closing `ROLLBACK` also ends the wrapper
+/// (sqitch's verify scripts).
+pub(crate) fn unwrap_wrapper(
+    file: &Path,
+    sql: &str,
+    first_line: usize,
+    rollback: bool,
+) -> Result<String, MigrationError> {
     let sts = locate(sql, first_line);
     let is_control = |l: &Located| sqlscan::transaction_control(&l.st);
     let opens = |l: &Located| {
@@ -72,7 +83,8 @@ pub(crate) fn unwrap_transaction(
     };
     let closes = |l: &Located| {
         let w = &l.st.words;
-        matches!(w.first().map(String::as_str), Some("COMMIT" | "END"))
+        (matches!(w.first().map(String::as_str), Some("COMMIT" | "END"))
+            || (rollback && w.first().map(String::as_str) == Some("ROLLBACK")))
             && w.iter()
                 .skip(1)
                 .all(|x| matches!(x.as_str(), "TRANSACTION" | "WORK"))

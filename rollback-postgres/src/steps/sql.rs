@@ -129,6 +129,9 @@ pub struct SqlStep {
     lock_timeout: Duration,
     statement_timeout: Duration,
     force_non_tx: bool,
+    /// Bookkeeping SQL of this crate run after `up` / `down` in the same transaction (a
+    /// migration tool's ledger row): written by the crate, so never scanned.
+    bookkeeping: Option<(String, String)>,
     approved: Option<String>,
     marker_schema: String,
     settings: Vec<(String, String)>,
@@ -165,6 +168,7 @@ impl SqlStep {
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             force_non_tx: false,
+            bookkeeping: None,
             approved: None,
             marker_schema: DEFAULT_MARKER_SCHEMA.into(),
             settings: Vec::new(),
@@ -324,6 +328,14 @@ impl SqlStep {
     /// step compensable. The reason is kept in the step's spec (and so in the plan digest).
     pub fn approve_destructive(mut self, reason: impl Into<String>) -> Self {
         self.approved = Some(reason.into());
+        self
+    }
+
+    /// SQL of this crate's own that runs right after `up` (and after `down`), in the same
+    /// transaction where the step has one: a migration tool's ledger write. It is in the
+    /// step's spec but not scanned (it is not the user's).
+    pub(crate) fn bookkeeping(mut self, after_up: String, after_down: String) -> Self {
+        self.bookkeeping = Some((after_up, after_down));
         self
     }
 
@@ -488,6 +500,11 @@ impl SqlStep {
         tx.batch_execute(&self.up)
             .await
             .map_err(|e| PgError::new(format!("step {}: up", self.id), &e).into_core(false))?;
+        if let Some((after_up, _)) = &self.bookkeeping {
+            tx.batch_execute(after_up).await.map_err(|e| {
+                PgError::new(format!("step {}: bookkeeping after up", self.id), &e).into_core(false)
+            })?;
+        }
         tx.batch_execute(&crate::db::library_settings_sql(true))
             .await
             .ctx("setting the library's search path")?;
@@ -560,6 +577,12 @@ impl SqlStep {
                 tx.batch_execute(down).await.map_err(|e| {
                     PgError::new(format!("step {}: down", self.id), &e).into_core(false)
                 })?;
+                if let Some((_, after_down)) = &self.bookkeeping {
+                    tx.batch_execute(after_down).await.map_err(|e| {
+                        PgError::new(format!("step {}: bookkeeping after down", self.id), &e)
+                            .into_core(false)
+                    })?;
+                }
                 tx.batch_execute(&crate::db::library_settings_sql(true))
                     .await
                     .ctx("setting the library's search path")?;
@@ -610,7 +633,10 @@ impl SqlStep {
         )
         .await
         .ctx("writing the step marker")?;
-        let res = self.run_statements(&session, &self.up).await;
+        let mut res = self.run_statements(&session, &self.up).await;
+        if let (Ok(()), Some((after_up, _))) = (&res, &self.bookkeeping) {
+            res = self.run_statements(&session, after_up).await;
+        }
         session.reset().await;
         res.map_err(|e| e.into_core(true))?;
         // `up` ran outside a transaction: a failed declaration check leaves it applied.
@@ -638,7 +664,10 @@ impl SqlStep {
         }
         if self.reversibility() == Reversibility::Compensable {
             if let Some(down) = &self.down {
-                let res = self.run_statements(&session, down).await;
+                let mut res = self.run_statements(&session, down).await;
+                if let (Ok(()), Some((_, after_down))) = (&res, &self.bookkeeping) {
+                    res = self.run_statements(&session, after_down).await;
+                }
                 session.reset().await;
                 res.map_err(|e| e.into_core(true))?;
                 self.check_created(c, false).await?;
@@ -808,6 +837,9 @@ impl Step for SqlStep {
         });
         if !self.settings.is_empty() {
             spec["settings"] = serde_json::json!(self.settings);
+        }
+        if let Some((after_up, after_down)) = &self.bookkeeping {
+            spec["bookkeeping"] = serde_json::json!({ "up": after_up, "down": after_down });
         }
         spec
     }
