@@ -137,6 +137,17 @@ pub enum Entry {
         remaining: Vec<String>,
         error: String,
     },
+    /// A committed run is being rolled back
+    /// ([`Executor::rollback_committed`](crate::Executor::rollback_committed)): its commit
+    /// is revoked and the rollback of `steps`, restoring `checkpoints`, starts, as
+    /// `rollback_started` does before a commit. One record, so a crash leaves either the
+    /// committed run or a rollback that `resume` finishes.
+    RollbackAfterCommit {
+        reason: String,
+        holder: String,
+        steps: Vec<String>,
+        checkpoints: Vec<String>,
+    },
     /// A journal dropped the cut-short bytes of a record after the last complete one (a
     /// write torn by a crash) before appending; `kind` is the entry type of the cut record
     /// when enough of it survived to tell.
@@ -190,6 +201,7 @@ impl Entry {
             Entry::Committed => "committed",
             Entry::RolledBack { .. } => "rolled_back",
             Entry::RollbackFailed { .. } => "rollback_failed",
+            Entry::RollbackAfterCommit { .. } => "rollback_after_commit",
             Entry::Discarded { .. } => "discarded",
             Entry::TailTruncated { .. } => "tail_truncated",
             Entry::TailLossResolved { .. } => "tail_loss_resolved",
