@@ -371,7 +371,7 @@ impl Executor {
     /// Journal errors.
     pub async fn unfinished(&self, plan: &Plan) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for run_id in self.journal.runs().await? {
+        for run_id in self.journal.runs_of_plan(plan.name()).await? {
             let records = self.journal.records(&run_id).await?;
             let same_plan = matches!(
                 records.first(),

@@ -163,6 +163,7 @@ mod checkpoint;
 mod db;
 mod diff;
 mod error;
+pub mod fleet;
 mod fingerprint;
 mod hash;
 mod ident;

@@ -597,6 +597,27 @@ pub trait Journal: Send + Sync {
     /// I/O or backend errors.
     async fn runs(&self) -> Result<Vec<String>>;
 
+    /// Ids of the runs whose first record starts a run of the plan named `plan`, in any
+    /// order. Default: every run's records read and their first record checked; journals
+    /// that can answer from an index do (the PostgreSQL journal, whose fleets hold
+    /// thousands of runs).
+    ///
+    /// # Errors
+    /// I/O or backend errors; a run whose chain is broken.
+    async fn runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for run_id in self.runs().await? {
+            let records = self.records(&run_id).await?;
+            if matches!(
+                records.first(),
+                Some(Record { entry: Entry::RunStarted { plan: name, .. }, .. }) if name == plan
+            ) {
+                out.push(run_id);
+            }
+        }
+        Ok(out)
+    }
+
     /// Take or renew the lease `key` for `holder` for `ttl`.
     ///
     /// # Errors
@@ -641,6 +662,9 @@ macro_rules! forward_journal {
             }
             async fn runs(&self) -> Result<Vec<String>> {
                 (**self).runs().await
+            }
+            async fn runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
+                (**self).runs_of_plan(plan).await
             }
             async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Lease> {
                 (**self).acquire_lease(key, holder, ttl).await
