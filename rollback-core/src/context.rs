@@ -236,7 +236,8 @@ impl Context {
     /// Send an event to the run's subscribers (if any).
     pub fn emit(&self, event: RunEvent) {
         if let Some(tx) = &self.events {
-            let _ = tx.send(Event::new(self.run_id.clone(), event).with_tenant(self.tenant.clone()));
+            let _ =
+                tx.send(Event::new(self.run_id.clone(), event).with_tenant(self.tenant.clone()));
         }
     }
 

@@ -110,11 +110,17 @@ async fn rolling_back_twice_returns_the_first_rollback_and_changes_nothing() {
     let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
     let ex = executor(journal.clone(), SnapshotRetention::KeepAll);
     let run = ex.run(&plan).await.unwrap();
-    let first = ex.rollback_committed(&plan, &run.run_id, "bad").await.unwrap();
+    let first = ex
+        .rollback_committed(&plan, &run.run_id, "bad")
+        .await
+        .unwrap();
     let n = journal.records(&run.run_id).await.unwrap().len();
     // Writes after the rollback are kept: a second call restores nothing again.
     w.set("db", "rows", "12");
-    let second = ex.rollback_committed(&plan, &run.run_id, "bad").await.unwrap();
+    let second = ex
+        .rollback_committed(&plan, &run.run_id, "bad")
+        .await
+        .unwrap();
     assert_eq!(second.outcome, Outcome::RolledBack);
     assert_eq!(first.finished_at_ms, second.finished_at_ms);
     assert_eq!(journal.records(&run.run_id).await.unwrap().len(), n);
@@ -135,7 +141,10 @@ async fn rollback_committed_refuses_a_run_whose_snapshots_were_released() {
         .await
         .unwrap_err();
     match &err {
-        Error::SnapshotsReleased { run_id, checkpoints } => {
+        Error::SnapshotsReleased {
+            run_id,
+            checkpoints,
+        } => {
             assert_eq!(run_id, &run.run_id);
             assert_eq!(checkpoints, &vec!["db".to_string()]);
         }
@@ -253,7 +262,11 @@ async fn a_crash_anywhere_in_the_rollback_after_commit_is_resumed_to_the_baselin
                 .unwrap()
         };
         assert_eq!(report.outcome, Outcome::RolledBack, "crash after {n}");
-        assert!(report.parity_proven(), "crash after {n}: {}", report.to_markdown());
+        assert!(
+            report.parity_proven(),
+            "crash after {n}: {}",
+            report.to_markdown()
+        );
         assert!(report.rolled_back_after_commit);
         assert!(at_baseline(&w), "crash after {n}");
     }
@@ -263,8 +276,8 @@ async fn a_crash_anywhere_in_the_rollback_after_commit_is_resumed_to_the_baselin
 async fn events_of_a_tenants_rollback_after_commit_name_the_run_and_the_tenant() {
     let w = world();
     let plan = plan(&w);
-    let ex = executor(Arc::new(MemoryJournal::new()), SnapshotRetention::KeepAll)
-        .tenant("tenant-042");
+    let ex =
+        executor(Arc::new(MemoryJournal::new()), SnapshotRetention::KeepAll).tenant("tenant-042");
     let mut events = ex.subscribe();
     let run = ex.run(&plan).await.unwrap();
     ex.rollback_committed(&plan, &run.run_id, "wave 2 breached")

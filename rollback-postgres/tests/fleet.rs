@@ -159,13 +159,21 @@ async fn expectations(db: &TestDb, tenants: &[Tenant]) -> Expect {
 async fn assert_migrated(db: &TestDb, t: &Tenant, e: &Expect) {
     let s = seen(db, &t.location).await;
     assert_eq!(s.md5, e.migrated[&t.id], "{}: data migrated", t.id);
-    assert!(s.has_v2 && s.note_required, "{}: schema migrated: {s:?}", t.id);
+    assert!(
+        s.has_v2 && s.note_required,
+        "{}: schema migrated: {s:?}",
+        t.id
+    );
     assert_eq!(s.applied, 1, "{}: migrated exactly once", t.id);
 }
 
 async fn assert_baseline(db: &TestDb, t: &Tenant, e: &Expect) {
     let s = seen(db, &t.location).await;
-    assert_eq!(s, e.baseline[&t.id], "{}: back at (or still at) its baseline", t.id);
+    assert_eq!(
+        s, e.baseline[&t.id],
+        "{}: back at (or still at) its baseline",
+        t.id
+    );
 }
 
 /// Runs started per tenant run id, from the journal table (the test's own SQL).
@@ -238,7 +246,11 @@ async fn a_fleet_migrates_wave_by_wave_and_releases_each_waves_snapshots() {
     assert_eq!(report.stayed_migrated.len(), 12);
     assert!(report.breach.is_none());
     // Each wave's snapshots were released after its verdict.
-    assert!(report.tenants.iter().all(|t| t.status == "released"), "{}", report.to_markdown());
+    assert!(
+        report.tenants.iter().all(|t| t.status == "released"),
+        "{}",
+        report.to_markdown()
+    );
     assert_eq!(
         db.count("SELECT count(*) FROM _rollback.journal WHERE kind = 'discarded' AND run_id LIKE 'ok/%'")
             .await,
@@ -262,7 +274,8 @@ async fn a_failed_tenant_over_budget_rolls_back_its_whole_wave_including_committ
     let db = TestDb::new("fleet_budget").await;
     let tenants = make_tenants(&db, 16).await;
     // t005 (wave 2) has a row the migration cannot take: note is NULL.
-    db.exec("UPDATE t_005.data SET note = NULL WHERE id = 7").await;
+    db.exec("UPDATE t_005.data SET note = NULL WHERE id = 7")
+        .await;
     let e = expectations(&db, &tenants).await;
     let pg = db.db.clone();
     let fleet = Fleet::builder("budget", &db.db)
@@ -281,7 +294,11 @@ async fn a_failed_tenant_over_budget_rolls_back_its_whole_wave_including_committ
     let breach = report.breach.as_ref().expect("a breach");
     assert_eq!(breach.wave, 2);
     assert_eq!(breach.evidence["trigger"], "failure_budget");
-    assert_eq!(breach.evidence["failures"][0]["tenant"], "t005", "{}", breach.evidence);
+    assert_eq!(
+        breach.evidence["failures"][0]["tenant"], "t005",
+        "{}",
+        breach.evidence
+    );
     for t in &tenants {
         match wave_of(&report, &t.id) {
             1 => assert_migrated(&db, t, &e).await,
@@ -343,21 +360,27 @@ async fn a_health_breach_rolls_back_earlier_waves_too_when_the_policy_says_so() 
     let report = run_workers(&fleet, 2).await;
     assert_eq!(report.status, "halted", "{}", report.to_markdown());
     let breach = report.breach.as_ref().unwrap();
-    assert_eq!((breach.wave, breach.evidence["trigger"].as_str()), (2, Some("health")));
+    assert_eq!(
+        (breach.wave, breach.evidence["trigger"].as_str()),
+        (2, Some("health"))
+    );
     assert!(breach.evidence["health"]["value"].as_f64().unwrap() > 0.05);
-    assert_eq!(breach.evidence["earlier_waves_rolled_back"], serde_json::json!([1]));
+    assert_eq!(
+        breach.evidence["earlier_waves_rolled_back"],
+        serde_json::json!([1])
+    );
     for t in &tenants {
         assert_baseline(&db, t, &e).await;
     }
     assert!(report.stayed_migrated.is_empty());
     // Every run that started committed, then was rolled back after its commit.
-    let rolled: Vec<_> = report
-        .tenants
-        .iter()
-        .filter(|t| t.wave <= 2)
-        .collect();
+    let rolled: Vec<_> = report.tenants.iter().filter(|t| t.wave <= 2).collect();
     assert_eq!(rolled.len(), 5);
-    assert!(rolled.iter().all(|t| t.status == "rolled_back"), "{}", report.to_markdown());
+    assert!(
+        rolled.iter().all(|t| t.status == "rolled_back"),
+        "{}",
+        report.to_markdown()
+    );
     assert!(report.rto.n == 5 && report.rto.max.is_some());
 }
 
@@ -392,7 +415,10 @@ async fn a_worker_with_another_spec_is_refused_and_bad_fleets_are_typed_errors()
         assert!(matches!(bad, Err(Error::Invalid { .. })), "{bad:?}");
     }
     let dup = Fleet::builder("dup", &db.db)
-        .tenants(TenantSource::List(vec![Tenant::new("x", "a"), Tenant::new("x", "b")]))
+        .tenants(TenantSource::List(vec![
+            Tenant::new("x", "a"),
+            Tenant::new("x", "b"),
+        ]))
         .plan(|_| unreachable!())
         .wave(Wave::rest())
         .build();
@@ -485,7 +511,8 @@ async fn two_hundred_tenants_four_worker_processes_one_killed_and_wave_two_rolle
     // Planted in wave 2: one tenant's data breaks the migration (tolerated by the
     // budget of one failed run), and its tenants serve errors (9%) — the aggregated
     // error rate breaches the wave while it soaks.
-    db.exec("UPDATE t_017.data SET note = NULL WHERE id = 3").await;
+    db.exec("UPDATE t_017.data SET note = NULL WHERE id = 3")
+        .await;
     for i in 10..30 {
         db.exec(&format!(
             "INSERT INTO t_{i:03}.requests (status) SELECT 500 FROM generate_series(1, 10)"
@@ -558,20 +585,34 @@ async fn two_hundred_tenants_four_worker_processes_one_killed_and_wave_two_rolle
             2 => {
                 assert_baseline(&db, t, &e).await;
                 let r = report.tenants.iter().find(|x| x.tenant == t.id).unwrap();
-                if r.outcome.as_ref().is_some_and(|o| o.rolled_back_after_commit) {
+                if r.outcome
+                    .as_ref()
+                    .is_some_and(|o| o.rolled_back_after_commit)
+                {
                     rolled_back_after_commit += 1;
                 }
             }
             _ => assert_baseline(&db, t, &e).await,
         }
     }
-    assert_eq!(rolled_back_after_commit, 19, "every committed tenant of wave 2");
+    assert_eq!(
+        rolled_back_after_commit, 19,
+        "every committed tenant of wave 2"
+    );
     let breach = report.breach.as_ref().expect("wave 2 breached");
-    assert_eq!((breach.wave, breach.evidence["trigger"].as_str()), (2, Some("health")));
+    assert_eq!(
+        (breach.wave, breach.evidence["trigger"].as_str()),
+        (2, Some("health"))
+    );
     let w2 = &report.waves[1];
     assert_eq!((w2.failed, w2.rolled_back, w2.migrated), (1, 19, 0));
     assert_eq!(
-        report.tenants.iter().find(|t| t.tenant == "t017").unwrap().status,
+        report
+            .tenants
+            .iter()
+            .find(|t| t.tenant == "t017")
+            .unwrap()
+            .status,
         "failed"
     );
     assert!(report.waves[2..].iter().all(|w| w.status == "pending"));
@@ -584,8 +625,10 @@ async fn two_hundred_tenants_four_worker_processes_one_killed_and_wave_two_rolle
         .keys()
         .all(|r| wave_of(&report, r.trim_start_matches("big/")) <= 2));
     assert_eq!(
-        db.count("SELECT count(*) FROM _rollback.fleet_tenants WHERE fleet = 'big' AND holder <> ''")
-            .await,
+        db.count(
+            "SELECT count(*) FROM _rollback.fleet_tenants WHERE fleet = 'big' AND holder <> ''"
+        )
+        .await,
         0,
         "no claim left open"
     );

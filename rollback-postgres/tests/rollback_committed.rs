@@ -86,8 +86,12 @@ async fn an_undo_log_kept_after_the_commit_undoes_the_runs_writes_and_keeps_the_
         .checkpoint("database", log)
         .step(
             "database",
-            SqlStep::new(&db.db, "double", "UPDATE acct SET v = v * 2 WHERE id <= 100")
-                .touches_table(&table),
+            SqlStep::new(
+                &db.db,
+                "double",
+                "UPDATE acct SET v = v * 2 WHERE id <= 100",
+            )
+            .touches_table(&table),
             &[],
         )
         .build()
@@ -119,7 +123,12 @@ async fn an_undo_log_kept_after_the_commit_undoes_the_runs_writes_and_keeps_the_
         .rollback_committed(&plan, &run.run_id, "wrong prices")
         .await
         .unwrap();
-    assert_eq!(report.outcome, Outcome::RolledBack, "{}", report.to_markdown());
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
     assert!(report.rolled_back_after_commit);
     assert_eq!(
         md5(&db, "acct").await,
@@ -131,7 +140,12 @@ async fn an_undo_log_kept_after_the_commit_undoes_the_runs_writes_and_keeps_the_
             .await,
         2
     );
-    assert_eq!(report.items_discarded.unwrap_or(0), 0, "{}", report.to_markdown());
+    assert_eq!(
+        report.items_discarded.unwrap_or(0),
+        0,
+        "{}",
+        report.to_markdown()
+    );
 }
 
 #[tokio::test]
@@ -144,8 +158,7 @@ async fn a_committed_schema_change_is_rolled_back_from_its_schema_snapshot() {
         .checkpoint("database", schema)
         .step(
             "database",
-            SqlStep::new(&db.db, "idx", "CREATE INDEX acct_note ON acct (note)")
-                .touching(resource),
+            SqlStep::new(&db.db, "idx", "CREATE INDEX acct_note ON acct (note)").touching(resource),
             &[],
         )
         .build()
@@ -159,7 +172,12 @@ async fn a_committed_schema_change_is_rolled_back_from_its_schema_snapshot() {
         .rollback_committed(&plan, &run.run_id, "index bloats writes")
         .await
         .unwrap();
-    assert_eq!(report.outcome, Outcome::RolledBack, "{}", report.to_markdown());
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
     assert!(report.parity_proven());
     assert_eq!(db.count(has_index).await, 0);
 }
@@ -250,7 +268,11 @@ async fn a_rollback_after_commit_crashed_after_any_record_is_resumed_from_the_pg
                 .unwrap()
         };
         assert_eq!(report.outcome, Outcome::RolledBack, "after {n} records");
-        assert!(report.parity_proven(), "after {n}: {}", report.to_markdown());
+        assert!(
+            report.parity_proven(),
+            "after {n}: {}",
+            report.to_markdown()
+        );
         assert_eq!(md5(&db, &name).await, baseline, "after {n} records");
         let rolled_back = journal
             .records(&run.run_id)

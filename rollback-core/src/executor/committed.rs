@@ -135,11 +135,12 @@ impl Executor {
 /// The run's first record names this plan (by digest); returns the journaled policy.
 fn check_run(plan: &Plan, run_id: &str, records: &[Record]) -> Result<super::RunPolicy> {
     let Some(Record {
-        entry: Entry::RunStarted {
-            plan_digest,
-            policy,
-            ..
-        },
+        entry:
+            Entry::RunStarted {
+                plan_digest,
+                policy,
+                ..
+            },
         ..
     }) = records.first()
     else {

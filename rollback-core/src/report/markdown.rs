@@ -47,7 +47,8 @@ impl RunReport {
                 self.committed_at_ms.unwrap_or(0),
                 match self.rpo_since_commit_ms {
                     Some(w) => format!("restores put back {w} ms of writes made since the commit"),
-                    None => "no restore ran: compensations kept the writes made since the commit".into(),
+                    None =>
+                        "no restore ran: compensations kept the writes made since the commit".into(),
                 }
             );
         }

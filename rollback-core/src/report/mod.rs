@@ -338,10 +338,8 @@ impl RunReport {
             rollback_checkpoints,
             committed_at_ms: state.committed_at_ms,
             rolled_back_after_commit: state.reopened(),
-            rpo_since_commit_ms: state
-                .committed_at_ms
-                .filter(|_| state.reopened())
-                .and_then(|commit| {
+            rpo_since_commit_ms: state.committed_at_ms.filter(|_| state.reopened()).and_then(
+                |commit| {
                     state
                         .checkpoints
                         .values()
@@ -349,7 +347,8 @@ impl RunReport {
                         .filter(|r| r.at_ms >= commit)
                         .map(|r| r.at_ms - commit)
                         .max()
-                }),
+                },
+            ),
             resumes: state.resumes,
             lease_takeovers: state
                 .takeovers

@@ -97,9 +97,12 @@ pub(crate) async fn advance(
             still_rolling = true;
         }
     }
-    let any_breached = waves
-        .iter()
-        .any(|w| matches!(w.get::<_, String>(1).as_str(), "rolling_back" | "rolled_back"));
+    let any_breached = waves.iter().any(|w| {
+        matches!(
+            w.get::<_, String>(1).as_str(),
+            "rolling_back" | "rolled_back"
+        )
+    });
     if any_breached {
         if !still_rolling {
             d.end_fleet("halted").await?;
@@ -110,10 +113,7 @@ pub(crate) async fn advance(
         return Ok("running".into());
     }
 
-    let Some(current) = waves
-        .iter()
-        .find(|w| w.get::<_, String>(1) != "passed")
-    else {
+    let Some(current) = waves.iter().find(|w| w.get::<_, String>(1) != "passed") else {
         d.end_fleet("done").await?;
         tx.commit().await.ctx("deciding the fleet")?;
         return Ok("done".into());
@@ -193,7 +193,8 @@ pub(crate) async fn advance(
         }
         "soaking" => {
             let due = now >= soak_until;
-            let poll = now.saturating_sub(health_at) >= i64::try_from(f.spec.health_every_ms).unwrap_or(0);
+            let poll =
+                now.saturating_sub(health_at) >= i64::try_from(f.spec.health_every_ms).unwrap_or(0);
             let mut health_evidence = serde_json::Value::Null;
             if let Some(h) = &f.health {
                 if due || poll {
@@ -253,8 +254,12 @@ pub(crate) async fn advance(
                 if let Some(next) = waves.iter().find(|w| w.get::<_, i32>(0) == wave + 1) {
                     let n: i32 = next.get(0);
                     d.set_wave(n, "running", "started_at_ms = $now").await?;
-                    d.decide(n, "wave_started", &json!({ "tenants": count(n, &["pending"]) }))
-                        .await?;
+                    d.decide(
+                        n,
+                        "wave_started",
+                        &json!({ "tenants": count(n, &["pending"]) }),
+                    )
+                    .await?;
                 } else {
                     d.end_fleet("done").await?;
                     tx.commit().await.ctx("deciding the fleet")?;
@@ -367,7 +372,8 @@ impl Decider<'_> {
     async fn breach(&self, wave: i32, evidence: &serde_json::Value) -> Result<()> {
         let s = &self.schema;
         tracing::warn!(fleet = %self.f.name, wave, %evidence, "wave breached: rolling it back");
-        self.set_wave(wave, "rolling_back", "decided_at_ms = $now").await?;
+        self.set_wave(wave, "rolling_back", "decided_at_ms = $now")
+            .await?;
         let cancelled = self
             .tx
             .execute(

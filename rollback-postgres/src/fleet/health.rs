@@ -54,7 +54,12 @@ pub struct TenantErrorRate {
 
 impl TenantErrorRate {
     /// The rate of `query` over the wave, at most `max_rate` (0..=1).
-    pub fn new(db: &Database, id: impl Into<String>, query: impl Into<String>, max_rate: f64) -> Self {
+    pub fn new(
+        db: &Database,
+        id: impl Into<String>,
+        query: impl Into<String>,
+        max_rate: f64,
+    ) -> Self {
         TenantErrorRate {
             db: db.clone(),
             id: id.into(),
@@ -93,7 +98,7 @@ impl WaveHealth for TenantErrorRate {
                 worst.push((t.id.clone(), e, n));
             }
         }
-        worst.sort_by(|a, b| b.1.cmp(&a.1));
+        worst.sort_by_key(|w| std::cmp::Reverse(w.1));
         worst.truncate(10);
         if total == 0 {
             return Ok(Verdict::inconclusive(format!(

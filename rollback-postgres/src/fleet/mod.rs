@@ -46,7 +46,9 @@ mod tables;
 mod worker;
 
 pub use health::{TenantErrorRate, WaveHealth};
-pub use report::{Distribution, FleetDecision, FleetReport, TenantOutcome, TenantReport, WaveReport};
+pub use report::{
+    Distribution, FleetDecision, FleetReport, TenantOutcome, TenantReport, WaveReport,
+};
 pub use worker::FleetWorker;
 
 use crate::db::Database;
@@ -417,9 +419,9 @@ impl FleetBuilder {
         let tenants = self
             .tenants
             .ok_or_else(|| Error::invalid("a fleet needs tenants (Fleet::builder().tenants)"))?;
-        let factory = self
-            .factory
-            .ok_or_else(|| Error::invalid("a fleet needs a plan factory (Fleet::builder().plan)"))?;
+        let factory = self.factory.ok_or_else(|| {
+            Error::invalid("a fleet needs a plan factory (Fleet::builder().plan)")
+        })?;
         if self.waves.is_empty() {
             return Err(Error::invalid("a fleet needs at least one wave"));
         }
@@ -445,9 +447,7 @@ impl FleetBuilder {
             for b in w.budget.iter().chain(std::iter::once(&self.budget)) {
                 if let Some(r) = b.max_failure_rate {
                     if !(0.0..=1.0).contains(&r) {
-                        return Err(Error::invalid(format!(
-                            "failure rate {r} is not in [0, 1]"
-                        )));
+                        return Err(Error::invalid(format!("failure rate {r} is not in [0, 1]")));
                     }
                 }
             }
@@ -518,6 +518,10 @@ mod tests {
         let b = assign_waves(&waves, 3);
         assert_eq!(b, vec![1, 1, 1]);
         let c = assign_waves(&[Wave::percent(1.0), Wave::count(2)], 10);
-        assert_eq!(c, vec![1, 2, 2], "tenants beyond the last wave are left out");
+        assert_eq!(
+            c,
+            vec![1, 2, 2],
+            "tenants beyond the last wave are left out"
+        );
     }
 }

@@ -198,7 +198,9 @@ impl FleetReport {
         let c = db.lib_client().await?;
         let f = c
             .query_opt(
-                &format!("SELECT status, created_at_ms, finished_at_ms FROM {s}.fleets WHERE fleet = $1"),
+                &format!(
+                    "SELECT status, created_at_ms, finished_at_ms FROM {s}.fleets WHERE fleet = $1"
+                ),
                 &[&name],
             )
             .await
@@ -343,7 +345,9 @@ impl FleetReport {
                     "\n## Breach\n\nWave {} breached (decided by `{}`): {}\n\n```json\n{}\n```",
                     b.wave,
                     b.holder,
-                    b.evidence["reason"].as_str().unwrap_or("(no reason recorded)"),
+                    b.evidence["reason"]
+                        .as_str()
+                        .unwrap_or("(no reason recorded)"),
                     serde_json::to_string_pretty(&b.evidence).unwrap_or_default()
                 );
             }
@@ -352,7 +356,9 @@ impl FleetReport {
             }
         }
         let dist = |d: &Distribution| match (d.p50, d.p95, d.max) {
-            (Some(a), Some(b), Some(c)) => format!("p50 {a} ms, p95 {b} ms, max {c} ms over {} runs", d.n),
+            (Some(a), Some(b), Some(c)) => {
+                format!("p50 {a} ms, p95 {b} ms, max {c} ms over {} runs", d.n)
+            }
             _ => "no run measured".into(),
         };
         let _ = writeln!(
@@ -398,7 +404,10 @@ mod tests {
     #[test]
     fn distribution_uses_nearest_rank() {
         let d = Distribution::of((1..=100).collect());
-        assert_eq!((d.p50, d.p95, d.max, d.n), (Some(50), Some(95), Some(100), 100));
+        assert_eq!(
+            (d.p50, d.p95, d.max, d.n),
+            (Some(50), Some(95), Some(100), 100)
+        );
         let e = Distribution::of(vec![]);
         assert_eq!((e.p50, e.max, e.n), (None, None, 0));
         let one = Distribution::of(vec![7]);

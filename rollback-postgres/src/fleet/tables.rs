@@ -97,7 +97,10 @@ pub(crate) async fn create(c: &mut tokio_postgres::Client, f: &FleetInner) -> Re
     if let Some(t) = tenants.iter().find(|t| !seen.insert(t.id.as_str())) {
         return Err(Error::invalid(format!("tenant {} appears twice", t.id)));
     }
-    if let Some(t) = tenants.iter().find(|t| t.id.contains('/') || t.id.is_empty()) {
+    if let Some(t) = tenants
+        .iter()
+        .find(|t| t.id.contains('/') || t.id.is_empty())
+    {
         return Err(Error::invalid(format!(
             "tenant id {:?} must be non-empty and contain no '/'",
             t.id

@@ -8,9 +8,7 @@ use crate::ident::quote_ident;
 use crate::journal::PgJournal;
 use futures::FutureExt;
 use rollback_core::journal::Journal;
-use rollback_core::{
-    Error, Executor, Outcome, Result, ResumePolicy, RunReport, SnapshotRetention,
-};
+use rollback_core::{Error, Executor, Outcome, Result, ResumePolicy, RunReport, SnapshotRetention};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -75,7 +73,10 @@ impl FleetWorker {
 
     /// Forward every event of this worker's tenant runs (each naming its run and tenant)
     /// to `events`.
-    pub fn events(mut self, events: tokio::sync::broadcast::Sender<rollback_core::events::Event>) -> Self {
+    pub fn events(
+        mut self,
+        events: tokio::sync::broadcast::Sender<rollback_core::events::Event>,
+    ) -> Self {
         self.events = Some(events);
         self
     }
@@ -125,7 +126,8 @@ impl FleetWorker {
                 }
             }
             let status = decide::advance(&mut ctl, f, &self.holder).await?;
-            if status != "running" && tasks.is_empty() && tables_open_claims(&ctl, self).await? == 0 {
+            if status != "running" && tasks.is_empty() && tables_open_claims(&ctl, self).await? == 0
+            {
                 break;
             }
             tokio::select! {
@@ -165,7 +167,10 @@ impl FleetWorker {
                 }
             })
         };
-        let ended = match std::panic::AssertUnwindSafe(self.work(&claim)).catch_unwind().await {
+        let ended = match std::panic::AssertUnwindSafe(self.work(&claim))
+            .catch_unwind()
+            .await
+        {
             Ok(e) => e,
             Err(_) => Ended::retry(
                 match claim.task {
@@ -199,9 +204,15 @@ impl FleetWorker {
             Err(e) => Err(e),
         };
         match written {
-            Ok(true) => tracing::info!(status = ended.status, error = ?ended.error, "tenant task ended"),
-            Ok(false) => tracing::warn!("the claim was taken over before its end was written; the new holder decides"),
-            Err(e) => tracing::error!(error = %e, "could not write the tenant's end; the claim will expire and be resumed"),
+            Ok(true) => {
+                tracing::info!(status = ended.status, error = ?ended.error, "tenant task ended")
+            }
+            Ok(false) => tracing::warn!(
+                "the claim was taken over before its end was written; the new holder decides"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "could not write the tenant's end; the claim will expire and be resumed")
+            }
         }
     }
 
@@ -259,7 +270,8 @@ impl FleetWorker {
         match claim.task {
             Task::Forward => {
                 let res = if records.is_empty() {
-                    ex.run_as(&plan, &claim.run_id, CancellationToken::new()).await
+                    ex.run_as(&plan, &claim.run_id, CancellationToken::new())
+                        .await
                 } else {
                     // A worker died with it: finish applying from the journal.
                     ex.on_resume(ResumePolicy::RollForward)
