@@ -151,7 +151,7 @@ pub(crate) async fn advance(
                 let failures = d.failures(wave).await?;
                 let reason = if over_count {
                     format!(
-                        "{failed} failed tenant runs, over the budget of {}",
+                        "{failed} failed tenant run(s), over the budget of {}",
                         budget.max_failed
                     )
                 } else {
