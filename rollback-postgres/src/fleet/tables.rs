@@ -191,10 +191,12 @@ pub(crate) struct Claim {
 }
 
 /// Claim one tenant run with work to do: rollbacks first, then migrations in wave and
-/// tenant order, then releases. The row is locked `FOR UPDATE SKIP LOCKED` (workers never
-/// wait on each other), and the claim's lease is decided by the core's rule on the
-/// server's clock: a new epoch for every holder that did not hold it, the previous holder
-/// named when its claim had expired.
+/// tenant order (expired claims before new ones), then releases. The row is locked `FOR
+/// UPDATE SKIP LOCKED` (workers never wait on each other), and the claim's lease is
+/// decided by the core's rule on the server's clock: a new epoch for every claim, the
+/// previous holder named when its claim had expired. Each lookup is one wave and one
+/// status, in the order of the index `(fleet, wave, status, ordinal)`, so a claim costs
+/// the same in a fleet of ten tenants or of ten thousand.
 pub(crate) async fn claim(
     c: &mut tokio_postgres::Client,
     f: &FleetInner,
@@ -203,27 +205,58 @@ pub(crate) async fn claim(
     let s = quote_ident(&f.schema);
     let release_on_pass = f.spec.earlier_waves == super::EarlierWaves::Keep;
     let tx = c.transaction().await.ctx("claiming a tenant run")?;
-    let row = tx
-        .query_opt(
+    let waves = tx
+        .query(
             &format!(
-                "WITH now AS (SELECT {NOW_MS} AS ms) \
-                 SELECT t.tenant, t.location, t.wave, t.status, t.holder, t.lease_expires_at_ms, \
-                        t.epoch, t.run_id, w.status, now.ms, t.attempts \
-                 FROM {s}.fleet_tenants t \
-                 JOIN {s}.fleet_waves w ON w.fleet = t.fleet AND w.wave = t.wave \
-                 JOIN {s}.fleets f ON f.fleet = t.fleet, now \
-                 WHERE t.fleet = $1 AND (t.holder = '' OR t.lease_expires_at_ms < now.ms) \
-                   AND ((w.status = 'running' AND t.status IN ('pending', 'running')) \
-                     OR (w.status = 'rolling_back' AND t.status IN ('running', 'committed', 'rolling_back')) \
-                     OR (w.status = 'passed' AND t.status = 'committed' AND ($2 OR f.status = 'done'))) \
-                 ORDER BY (w.status = 'rolling_back') DESC, (w.status = 'passed'), t.wave, t.ordinal \
-                 LIMIT 1 FOR UPDATE OF t SKIP LOCKED"
+                "SELECT w.wave, w.status, f.status, {NOW_MS} FROM {s}.fleet_waves w \
+                 JOIN {s}.fleets f ON f.fleet = w.fleet \
+                 WHERE w.fleet = $1 AND w.status IN ('running', 'rolling_back', 'passed') ORDER BY w.wave"
             ),
-            &[&f.name, &release_on_pass],
+            &[&f.name],
         )
         .await
         .ctx("claiming a tenant run")?;
-    let Some(row) = row else {
+    let now: i64 = match waves.first() {
+        Some(r) => r.get(3),
+        None => 0,
+    };
+    // (wave, wave status, tenant status, only expired claims), in the order of priority.
+    let mut lookups: Vec<(i32, String, &str, bool)> = Vec::new();
+    for r in waves.iter().filter(|r| r.get::<_, String>(1) == "rolling_back") {
+        for st in ["running", "rolling_back", "committed"] {
+            lookups.push((r.get(0), r.get(1), st, false));
+        }
+    }
+    for r in waves.iter().filter(|r| r.get::<_, String>(1) == "running") {
+        lookups.push((r.get(0), r.get(1), "running", true));
+        lookups.push((r.get(0), r.get(1), "pending", false));
+    }
+    for r in waves.iter().filter(|r| r.get::<_, String>(1) == "passed") {
+        if release_on_pass || r.get::<_, String>(2) == "done" {
+            lookups.push((r.get(0), r.get(1), "committed", false));
+        }
+    }
+    let mut found = None;
+    for (wave, wave_status, status, expired_only) in lookups {
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT tenant, location, wave, status, holder, lease_expires_at_ms, epoch, run_id, attempts \
+                     FROM {s}.fleet_tenants \
+                     WHERE fleet = $1 AND wave = $2 AND status = $3 \
+                       AND (($5 = false AND holder = '') OR lease_expires_at_ms < $4) \
+                     ORDER BY ordinal LIMIT 1 FOR UPDATE SKIP LOCKED"
+                ),
+                &[&f.name, &wave, &status, &now, &expired_only],
+            )
+            .await
+            .ctx("claiming a tenant run")?;
+        if let Some(row) = row {
+            found = Some((row, wave_status));
+            break;
+        }
+    }
+    let Some((row, wave_status)) = found else {
         tx.commit().await.ctx("claiming a tenant run")?;
         return Ok(None);
     };
@@ -238,9 +271,7 @@ pub(crate) async fn claim(
         epoch: row.get::<_, i64>(6).max(0) as u64,
     };
     let run_id: String = row.get(7);
-    let wave_status: String = row.get(8);
-    let now: i64 = row.get(9);
-    let attempts: i32 = row.get(10);
+    let attempts: i32 = row.get(8);
     let mut lease = decide_lease(
         Some(&current),
         &current.key,

@@ -81,6 +81,14 @@ impl FleetWorker {
         self
     }
 
+    /// Journal the tenant runs in `journal` instead of the [`PgJournal`] on the control
+    /// database (every worker of the fleet must use the same journal: a takeover resumes
+    /// a tenant run from it).
+    pub fn journal(mut self, journal: Arc<dyn Journal>) -> Self {
+        self.journal = journal;
+        self
+    }
+
     /// The holder id of this worker's claims and leases.
     pub fn holder(&self) -> &str {
         &self.holder
