@@ -31,15 +31,23 @@ fn tenant_plan(db: &Database, t: &Tenant) -> Result<Plan, Error> {
         .checkpoint("database", TableSnapshot::new(db, accounts.clone()))
         .step(
             "database",
-            SqlStep::new(db, "normalize", format!("UPDATE {q} SET email = lower(email)"))
-                .touches_table(&accounts),
+            SqlStep::new(
+                db,
+                "normalize",
+                format!("UPDATE {q} SET email = lower(email)"),
+            )
+            .touches_table(&accounts),
             &[],
         )
         .step(
             "database",
-            SqlStep::new(db, "require", format!("ALTER TABLE {q} ALTER COLUMN email SET NOT NULL"))
-                .down(format!("ALTER TABLE {q} ALTER COLUMN email DROP NOT NULL"))
-                .touches_table(&accounts),
+            SqlStep::new(
+                db,
+                "require",
+                format!("ALTER TABLE {q} ALTER COLUMN email SET NOT NULL"),
+            )
+            .down(format!("ALTER TABLE {q} ALTER COLUMN email DROP NOT NULL"))
+            .touches_table(&accounts),
             &["normalize"],
         )
         .build()?)
@@ -57,8 +65,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let admin = Database::connect(&url)?;
-    let name = format!("fleet_waves_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    admin.execute_batch(&format!("CREATE DATABASE {name}")).await?;
+    let name = format!(
+        "fleet_waves_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    admin
+        .execute_batch(&format!("CREATE DATABASE {name}"))
+        .await?;
     let db_url = with_database(&url, &name);
     let db = Database::connect(&db_url)?;
     println!("database {name}: {TENANTS} tenant schemas");
@@ -106,19 +119,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut last = String::new();
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let Ok(r) = fleet.report().await else { continue };
-                let line = r
-                    .waves
-                    .iter()
-                    .map(|w| {
-                        format!(
+                let Ok(r) = fleet.report().await else {
+                    continue;
+                };
+                let line =
+                    r.waves
+                        .iter()
+                        .map(|w| {
+                            format!(
                             "wave {} {:<12} {:>2}/{:<2} migrated {:>2} failed {} rolled back {:>2}",
                             w.wave, w.status, w.migrated + w.failed + w.rolled_back, w.tenants,
                             w.migrated, w.failed, w.rolled_back
                         )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n");
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n");
                 if line != last {
                     println!("---\n{line}");
                     last = line;
@@ -156,7 +171,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// `url` with its database replaced by `db`.
 fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
     let host = match base[scheme_end..].find('/') {
         Some(i) => &base[..scheme_end + i],

@@ -35,7 +35,9 @@ struct Measure {
 
 async fn xacts(db: &Database) -> i64 {
     let c = db.client().await.expect("client");
-    c.batch_execute("SELECT pg_stat_clear_snapshot()").await.ok();
+    c.batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .ok();
     c.query_one(
         "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = current_database()",
         &[],
@@ -68,7 +70,11 @@ async fn run(url: &str, name: &str, tenants: usize, workers: usize) -> Measure {
             .plan(move |t| {
                 Ok(Plan::builder(format!("sim/{}", t.id))
                     .checkpoint("db", world.checkpoint(&t.location))
-                    .step("db", SetKey::new("set", &world, &t.location, "schema", "v2"), &[])
+                    .step(
+                        "db",
+                        SetKey::new("set", &world, &t.location, "schema", "v2"),
+                        &[],
+                    )
                     .build()?)
             })
             .wave(Wave::percent(1.0))
@@ -114,7 +120,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--tenants" => tenants = args.next().and_then(|v| v.parse().ok()).ok_or("--tenants N")?,
+            "--tenants" => {
+                tenants = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--tenants N")?
+            }
             "--big" => big = args.next().and_then(|v| v.parse().ok()).ok_or("--big N")?,
             other => return Err(format!("unknown option {other}").into()),
         }
@@ -123,8 +134,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .or_else(|_| std::env::var("ROLLBACK_TEST_PG_URL"))
         .map_err(|_| "set DATABASE_URL (or ROLLBACK_TEST_PG_URL)")?;
     let admin = Database::connect(&url)?;
-    let dbname = format!("bench_fleet_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    admin.execute_batch(&format!("CREATE DATABASE {dbname}")).await?;
+    let dbname = format!(
+        "bench_fleet_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    admin
+        .execute_batch(&format!("CREATE DATABASE {dbname}"))
+        .await?;
     let db_url = with_database(&url, &dbname);
 
     let mut rows = Vec::new();
@@ -136,12 +152,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if big > 0 {
         rows.push(run(&db_url, "sim-big", big, 4).await);
     }
-    println!("| tenants | workers (×4 runs each) | wall time | tenants/min | control plane per tenant run | transactions per tenant run | waves |");
+    println!("| tenants | workers (×4 runs each) | wall time | tenants/min | worker time per tenant run (claim, simulated run, outcome, release) | control-database transactions per tenant run | waves |");
     println!("|---|---|---|---|---|---|---|");
     for m in &rows {
         let per_run_ms = m.secs * 1000.0 / m.tenants as f64 * m.workers as f64;
         println!(
-            "| {} | {} | {:.1} s | {:.0} | {:.2} ms of one worker's time | {:.1} | {} |",
+            "| {} | {} | {:.1} s | {:.0} | {:.2} ms | {:.1} | {} |",
             m.tenants,
             m.workers,
             m.secs,
@@ -160,7 +176,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
     let host = match base[scheme_end..].find('/') {
         Some(i) => &base[..scheme_end + i],

@@ -85,7 +85,9 @@ impl Tenant {
 pub enum TenantSource {
     /// These tenants.
     List(Vec<Tenant>),
-    /// A query on the control database returning `(id text, location text)` rows.
+    /// A query on the control database returning `(id text, location text)` rows. It
+    /// runs in the library's session (`search_path = pg_catalog, pg_temp`): qualify the
+    /// tables it reads with their schema.
     Query(String),
 }
 

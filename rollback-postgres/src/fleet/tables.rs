@@ -222,7 +222,10 @@ pub(crate) async fn claim(
     };
     // (wave, wave status, tenant status, only expired claims), in the order of priority.
     let mut lookups: Vec<(i32, String, &str, bool)> = Vec::new();
-    for r in waves.iter().filter(|r| r.get::<_, String>(1) == "rolling_back") {
+    for r in waves
+        .iter()
+        .filter(|r| r.get::<_, String>(1) == "rolling_back")
+    {
         for st in ["running", "rolling_back", "committed"] {
             lookups.push((r.get(0), r.get(1), st, false));
         }
