@@ -555,6 +555,9 @@ pub struct Lease {
 /// 8. **Lost tails are told.** A journal that can lose the end of a run (a file cut
 ///    short) reports it in `lost_tail`, and refuses to extend a run whose records end
 ///    before an outcome it witnessed, except with [`Entry::TailLossResolved`].
+/// 9. **Runs of a plan.** `runs_of_plan(p)` lists exactly the runs whose first record is
+///    the `run_started` of plan `p` (checked by
+///    `rollback_core::conformance::journal::runs_of_plan`).
 ///
 /// The `conformance` feature checks these clauses on any implementation
 /// (`rollback_core::conformance::journal`).
