@@ -234,12 +234,30 @@ async fn a_fleet_migrates_wave_by_wave_and_releases_each_waves_snapshots() {
         .poll(Duration::from_millis(30))
         .build()
         .unwrap();
-    let report = run_workers(&fleet, 2).await;
+    // Every event of every tenant run names its run and its tenant.
+    let (tx, mut rx) = tokio::sync::broadcast::channel(100_000);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..2 {
+        let w = fleet.worker(format!("w{i}")).events(tx.clone());
+        set.spawn(async move { w.run().await });
+    }
+    let mut report = None;
+    while let Some(r) = set.join_next().await {
+        report = Some(r.unwrap().unwrap());
+    }
+    let report = report.unwrap();
     assert_eq!(report.status, "done", "{}", report.to_markdown());
     assert_eq!(
         report.waves.iter().map(|w| w.tenants).collect::<Vec<_>>(),
         vec![2, 3, 7]
     );
+    let mut tenants_seen = std::collections::BTreeSet::new();
+    while let Ok(ev) = rx.try_recv() {
+        let tenant = ev.tenant.clone().expect("every event names its tenant");
+        assert_eq!(ev.run_id, format!("ok/{tenant}"), "{ev}");
+        tenants_seen.insert(tenant);
+    }
+    assert_eq!(tenants_seen.len(), 12);
     for t in &tenants {
         assert_migrated(&db, t, &e).await;
     }
