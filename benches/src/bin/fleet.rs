@@ -113,6 +113,44 @@ async fn run(url: &str, name: &str, tenants: usize, workers: usize) -> Measure {
     }
 }
 
+/// The same simulated tenant runs without a fleet (4 at a time, as one worker runs
+/// them): run, then release the kept snapshots, as the fleet does. Seconds.
+async fn without_fleet(tenants: usize) -> f64 {
+    use rollback_core::{Executor, SnapshotRetention};
+    let world = SimWorld::new();
+    let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
+    let t0 = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..tenants {
+        if set.len() >= 4 {
+            set.join_next().await.expect("a run").expect("run");
+        }
+        let (world, journal) = (world.clone(), journal.clone());
+        set.spawn(async move {
+            let r = format!("r{i:05}");
+            world.set(&r, "schema", "v1");
+            let plan = Plan::builder(format!("sim/t{i:05}"))
+                .checkpoint("db", world.checkpoint(&r))
+                .step("db", SetKey::new("set", &world, &r, "schema", "v2"), &[])
+                .build()
+                .expect("plan");
+            let ex = Executor::with_journal(journal).retain_snapshots(SnapshotRetention::KeepAll);
+            let run_id = format!("base/t{i:05}");
+            ex.run_as(&plan, &run_id, Default::default())
+                .await
+                .expect("run");
+            ex.retain_snapshots(SnapshotRetention::Release)
+                .resume(&plan, &run_id)
+                .await
+                .expect("release");
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("run");
+    }
+    t0.elapsed().as_secs_f64()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut tenants = 2000usize;
@@ -151,6 +189,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if big > 0 {
         rows.push(run(&db_url, "sim-big", big, 4).await);
+    }
+    if tenants > 0 {
+        let base = without_fleet(tenants).await;
+        let fleet1 = rows[0].secs;
+        println!(
+            "Without the fleet, the same {tenants} simulated runs (4 at a time, released after) take {:.1} s: {:.2} ms per tenant run against {:.2} ms with one fleet worker, so the control plane adds {:.2} ms of wall time per tenant run at 4 runs at a time.\n",
+            base,
+            base * 1000.0 / tenants as f64,
+            fleet1 * 1000.0 / tenants as f64,
+            (fleet1 - base) * 1000.0 / tenants as f64
+        );
     }
     println!("| tenants | workers (×4 runs each) | wall time | tenants/min | worker time per tenant run (claim, simulated run, outcome, release) | control-database transactions per tenant run | waves |");
     println!("|---|---|---|---|---|---|---|");

@@ -8,6 +8,7 @@ use crate::ident::quote_ident;
 use rollback_core::journal::{decide_lease, Lease};
 use rollback_core::{Error, Result};
 use std::time::Duration;
+use tokio_postgres::types::Type;
 
 /// The server's clock in ms, as SQL.
 pub(crate) const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -205,14 +206,15 @@ pub(crate) async fn claim(
     let s = quote_ident(&f.schema);
     let release_on_pass = f.spec.earlier_waves == super::EarlierWaves::Keep;
     let tx = c.transaction().await.ctx("claiming a tenant run")?;
+    // Typed statements: one round trip each, no separate prepare.
     let waves = tx
-        .query(
+        .query_typed(
             &format!(
                 "SELECT w.wave, w.status, f.status, {NOW_MS} FROM {s}.fleet_waves w \
                  JOIN {s}.fleets f ON f.fleet = w.fleet \
                  WHERE w.fleet = $1 AND w.status IN ('running', 'rolling_back', 'passed') ORDER BY w.wave"
             ),
-            &[&f.name],
+            &[(&f.name, Type::TEXT)],
         )
         .await
         .ctx("claiming a tenant run")?;
@@ -242,7 +244,7 @@ pub(crate) async fn claim(
     let mut found = None;
     for (wave, wave_status, status, expired_only) in lookups {
         let row = tx
-            .query_opt(
+            .query_typed_opt(
                 &format!(
                     "SELECT tenant, location, wave, status, holder, lease_expires_at_ms, epoch, run_id, attempts \
                      FROM {s}.fleet_tenants \
@@ -250,7 +252,13 @@ pub(crate) async fn claim(
                        AND (($5 = false AND holder = '') OR lease_expires_at_ms < $4) \
                      ORDER BY ordinal LIMIT 1 FOR UPDATE SKIP LOCKED"
                 ),
-                &[&f.name, &wave, &status, &now, &expired_only],
+                &[
+                    (&f.name, Type::TEXT),
+                    (&wave, Type::INT4),
+                    (&status, Type::TEXT),
+                    (&now, Type::INT8),
+                    (&expired_only, Type::BOOL),
+                ],
             )
             .await
             .ctx("claiming a tenant run")?;
@@ -297,7 +305,7 @@ pub(crate) async fn claim(
         Task::Release => status.as_str(),
     };
     let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    tx.execute(
+    tx.execute_typed(
         &format!(
             "UPDATE {s}.fleet_tenants SET holder = $3, lease_expires_at_ms = $4, epoch = $5, \
              taken_over_from = $6::text, claims = claims + 1, takeovers = takeovers + ($6::text IS NOT NULL)::int, \
@@ -305,13 +313,13 @@ pub(crate) async fn claim(
              WHERE fleet = $1 AND tenant = $2"
         ),
         &[
-            &f.name,
-            &tenant.id,
-            &holder,
-            &big(lease.expires_at_ms),
-            &big(lease.epoch),
-            &lease.taken_over_from,
-            &new_status,
+            (&f.name, Type::TEXT),
+            (&tenant.id, Type::TEXT),
+            (&holder, Type::TEXT),
+            (&big(lease.expires_at_ms), Type::INT8),
+            (&big(lease.epoch), Type::INT8),
+            (&lease.taken_over_from, Type::TEXT),
+            (&new_status, Type::TEXT),
         ],
     )
     .await
@@ -339,12 +347,18 @@ pub(crate) async fn renew(
     let s = quote_ident(&f.schema);
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
     let n = c
-        .execute(
+        .execute_typed(
             &format!(
                 "UPDATE {s}.fleet_tenants SET lease_expires_at_ms = {NOW_MS} + $5 \
                  WHERE fleet = $1 AND tenant = $2 AND holder = $3 AND epoch = $4"
             ),
-            &[&f.name, &claim.tenant.id, &holder, &claim.epoch, &ttl_ms],
+            &[
+                (&f.name, Type::TEXT),
+                (&claim.tenant.id, Type::TEXT),
+                (&holder, Type::TEXT),
+                (&claim.epoch, Type::INT8),
+                (&ttl_ms, Type::INT8),
+            ],
         )
         .await
         .ctx("renewing a claim")?;
@@ -367,21 +381,21 @@ pub(crate) async fn finish(
 ) -> Result<bool> {
     let s = quote_ident(&f.schema);
     let n = c
-        .execute(
+        .execute_typed(
             &format!(
                 "UPDATE {s}.fleet_tenants SET status = $5, outcome = coalesce($6::text::jsonb, outcome), error = $7, \
                  holder = '', lease_expires_at_ms = 0, attempts = attempts + $8::int, updated_at_ms = {NOW_MS} \
                  WHERE fleet = $1 AND tenant = $2 AND holder = $3 AND epoch = $4"
             ),
             &[
-                &f.name,
-                &claim.tenant.id,
-                &holder,
-                &claim.epoch,
-                &status,
-                &outcome,
-                &error,
-                &i32::from(attempt_failed),
+                (&f.name, Type::TEXT),
+                (&claim.tenant.id, Type::TEXT),
+                (&holder, Type::TEXT),
+                (&claim.epoch, Type::INT8),
+                (&status, Type::TEXT),
+                (&outcome, Type::TEXT),
+                (&error, Type::TEXT),
+                (&i32::from(attempt_failed), Type::INT4),
             ],
         )
         .await

@@ -108,13 +108,16 @@ impl FleetWorker {
         tables::ensure(&ctl, &f.schema).await?;
         tables::create(&mut ctl, f).await?;
         let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut last_decision: Option<std::time::Instant> = None;
         loop {
             while let Some(res) = tasks.try_join_next() {
                 if let Err(e) = res {
                     tracing::error!(error = %e, "a tenant task ended abnormally; its claim will expire");
                 }
             }
+            let mut idle = false;
             if tasks.len() < f.concurrency {
+                idle = true;
                 if let Some(claim) = tables::claim(&mut ctl, f, &self.holder).await? {
                     let span = tracing::info_span!(
                         "fleet_task",
@@ -133,10 +136,17 @@ impl FleetWorker {
                     continue;
                 }
             }
-            let status = decide::advance(&mut ctl, f, &self.holder).await?;
-            if status != "running" && tasks.is_empty() && tables_open_claims(&ctl, self).await? == 0
-            {
-                break;
+            // Decide when there is nothing to claim, and at least every poll while busy
+            // (a breach of the budget is seen while runs go on).
+            if idle || last_decision.is_none_or(|t| t.elapsed() >= f.poll) {
+                last_decision = Some(std::time::Instant::now());
+                let status = decide::advance(&mut ctl, f, &self.holder).await?;
+                if status != "running"
+                    && tasks.is_empty()
+                    && tables_open_claims(&ctl, self).await? == 0
+                {
+                    break;
+                }
             }
             tokio::select! {
                 _ = tasks.join_next(), if !tasks.is_empty() => {}
