@@ -41,12 +41,31 @@ pub(crate) async fn ensure(c: &tokio_postgres::Client, schema: &str) -> Result<(
             at_ms bigint NOT NULL, wave int NOT NULL, decision text NOT NULL, holder text NOT NULL, \
             evidence jsonb NOT NULL, PRIMARY KEY (fleet, seq));"
     );
-    // Serialized between workers creating the tables at once.
-    c.batch_execute(&format!(
+    // Serialized between workers creating the tables at once; a race with another
+    // creator of the schema (the journal's) is retried.
+    let sql = format!(
         "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('rollback-fleet-ddl', 0)); {ddl} COMMIT;"
-    ))
-    .await
-    .ctx("creating the fleet tables")
+    );
+    for attempt in 0..3 {
+        match c.batch_execute(&sql).await {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if attempt < 2
+                    && matches!(
+                        e.code().map(|c| c.code()),
+                        Some("23505") | Some("42P06") | Some("42P07")
+                    ) =>
+            {
+                let _ = c.batch_execute("ROLLBACK").await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                let _ = c.batch_execute("ROLLBACK").await;
+                return Err(e).ctx("creating the fleet tables");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Create the fleet (tenants read and assigned to waves) unless it exists; refuse a fleet
