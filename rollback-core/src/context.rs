@@ -26,6 +26,8 @@ pub struct Context {
     lease: Option<Arc<LeaseKeeper>>,
     /// The runner's fencing token: its lease's, or one given with [`Context::with_fence`].
     fence: Option<Fence>,
+    /// The run's tenant, when its executor names one.
+    tenant: Option<String>,
 }
 
 impl std::fmt::Debug for Context {
@@ -60,6 +62,7 @@ impl Context {
             saved: Arc::default(),
             lease: None,
             fence: None,
+            tenant: None,
         }
     }
 
@@ -92,7 +95,20 @@ impl Context {
             saved,
             fence: Some(lease.fence().clone()),
             lease: Some(lease),
+            tenant: None,
         }
+    }
+
+    /// The same context, naming the run's tenant.
+    pub(crate) fn with_tenant(mut self, tenant: Option<String>) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
+    /// The tenant the run belongs to, when its executor names one
+    /// ([`Executor::tenant`](crate::Executor::tenant)).
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
     }
 
     pub(crate) fn with_step(&self, step: &str) -> Self {
@@ -220,7 +236,8 @@ impl Context {
     /// Send an event to the run's subscribers (if any).
     pub fn emit(&self, event: RunEvent) {
         if let Some(tx) = &self.events {
-            let _ = tx.send(Event::new(self.run_id.clone(), event));
+            let _ =
+                tx.send(Event::new(self.run_id.clone(), event).with_tenant(self.tenant.clone()));
         }
     }
 

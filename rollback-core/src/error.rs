@@ -77,6 +77,26 @@ pub enum Error {
     /// The run was cancelled (rollback follows; applied steps are never abandoned).
     #[error("cancelled")]
     Cancelled,
+    /// [`Executor::rollback_committed`](crate::Executor::rollback_committed) was asked to
+    /// roll back a run that did not commit: an unfinished run is finished by `resume`, a
+    /// rolled-back one has nothing left to undo.
+    #[error("run {run_id} is not committed (it is {outcome}): only a committed run is rolled back after its commit")]
+    NotCommitted {
+        /// The run.
+        run_id: String,
+        /// How it stands (`rolled_back`, `in_progress`, …).
+        outcome: String,
+    },
+    /// A committed run cannot be rolled back: the baseline snapshots a rollback would
+    /// restore were released when it ended (keep them with
+    /// [`SnapshotRetention::KeepAll`](crate::SnapshotRetention::KeepAll) or `KeepMigrated`).
+    #[error("run {run_id} released the baseline snapshots of {}: its commit can no longer be rolled back", checkpoints.join(", "))]
+    SnapshotsReleased {
+        /// The run.
+        run_id: String,
+        /// The checkpoints whose snapshots were released (or whose release was attempted).
+        checkpoints: Vec<String>,
+    },
     /// A plan failed validation.
     #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),

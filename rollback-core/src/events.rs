@@ -140,6 +140,10 @@ pub enum RunEvent {
 pub struct Event {
     /// The run the event belongs to.
     pub run_id: String,
+    /// The tenant the run belongs to, when its executor names one
+    /// ([`Executor::tenant`](crate::Executor::tenant)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// When it happened, milliseconds since the Unix epoch.
     pub at_ms: u64,
     /// What happened.
@@ -152,9 +156,16 @@ impl Event {
     pub fn new(run_id: impl Into<String>, event: RunEvent) -> Self {
         Event {
             run_id: run_id.into(),
+            tenant: None,
             at_ms: crate::now_ms(),
             event,
         }
+    }
+
+    /// The same event, naming `tenant`.
+    pub fn with_tenant(mut self, tenant: Option<String>) -> Self {
+        self.tenant = tenant;
+        self
     }
 }
 
@@ -167,7 +178,10 @@ impl std::ops::Deref for Event {
 
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}] {}", self.run_id, self.event)
+        match &self.tenant {
+            Some(t) => write!(f, "[{t} {}] {}", self.run_id, self.event),
+            None => write!(f, "[{}] {}", self.run_id, self.event),
+        }
     }
 }
 

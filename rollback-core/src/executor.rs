@@ -17,6 +17,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+mod committed;
+
 /// What is rolled back when a step fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -106,6 +108,7 @@ pub struct Executor {
     retention_override: Option<SnapshotRetention>,
     rollback_retries: u32,
     tail_assumption: Option<TailAssumption>,
+    tenant: Option<String>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -113,6 +116,7 @@ impl std::fmt::Debug for Executor {
         f.debug_struct("Executor")
             .field("holder", &self.holder)
             .field("policy", &self.policy)
+            .field("tenant", &self.tenant)
             .finish_non_exhaustive()
     }
 }
@@ -163,6 +167,7 @@ impl Executor {
             retention_override: None,
             rollback_retries: 5,
             tail_assumption: None,
+            tenant: None,
         }
     }
 
@@ -266,6 +271,13 @@ impl Executor {
         self.tail_assumption = Some(assumption);
         self
     }
+    /// Name the tenant this executor's runs belong to (a fleet's per-tenant runs): every
+    /// [`Event`] carries it ([`Event::tenant`]) and every tracing span of a run is inside
+    /// a `run` / `resume` / `rollback_committed` span with a `tenant` field beside `run`.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
     /// Set the holder id used for leases (defaults to pid + random).
     pub fn holder(mut self, holder: impl Into<String>) -> Self {
         self.holder = holder.into();
@@ -359,7 +371,7 @@ impl Executor {
     /// Journal errors.
     pub async fn unfinished(&self, plan: &Plan) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for run_id in self.journal.runs().await? {
+        for run_id in self.journal.runs_of_plan(plan.name()).await? {
             let records = self.journal.records(&run_id).await?;
             let same_plan = matches!(
                 records.first(),
@@ -394,8 +406,13 @@ impl Executor {
         )
         .await?;
         let _renew = keeper.renew_in_background();
-        let span =
-            tracing::info_span!("run", run = %run_id, plan = %plan.name(), epoch = lease.epoch);
+        let span = tracing::info_span!(
+            "run",
+            run = %run_id,
+            plan = %plan.name(),
+            tenant = self.tenant.as_deref().unwrap_or(""),
+            epoch = lease.epoch
+        );
         async {
             let mut run = Run::new(self, plan, run_id, cancel, false, keeper);
             run.append(Entry::RunStarted {
@@ -498,8 +515,13 @@ impl Executor {
         )
         .await?;
         let _renew = keeper.renew_in_background();
-        let span =
-            tracing::info_span!("resume", run = %run_id, plan = %plan.name(), epoch = lease.epoch);
+        let span = tracing::info_span!(
+            "resume",
+            run = %run_id,
+            plan = %plan.name(),
+            tenant = self.tenant.as_deref().unwrap_or(""),
+            epoch = lease.epoch
+        );
         async {
             let mut run = Run::new(self, plan, run_id, cancel, true, keeper);
             run.policy = policy;
@@ -579,12 +601,15 @@ impl Executor {
                 tracing::warn!(error = %e, "could not release lease (it will expire)");
             }
         }
-        let _ = self.events.send(Event::new(
-            report.run_id.clone(),
-            RunEvent::RunFinished {
-                outcome: report.outcome.to_string(),
-            },
-        ));
+        let _ = self.events.send(
+            Event::new(
+                report.run_id.clone(),
+                RunEvent::RunFinished {
+                    outcome: report.outcome.to_string(),
+                },
+            )
+            .with_tenant(self.tenant.clone()),
+        );
         tracing::info!(outcome = %report.outcome, "run finished");
         Ok(report)
     }
@@ -772,7 +797,10 @@ impl<'a> Run<'a> {
     }
 
     fn emit(&self, e: RunEvent) {
-        let _ = self.ex.events.send(Event::new(self.run_id.clone(), e));
+        let _ = self
+            .ex
+            .events
+            .send(Event::new(self.run_id.clone(), e).with_tenant(self.ex.tenant.clone()));
     }
 
     fn ctx(&self) -> Context {
@@ -785,6 +813,7 @@ impl<'a> Run<'a> {
             self.cursors.clone(),
             self.lease.clone(),
         )
+        .with_tenant(self.ex.tenant.clone())
     }
 
     async fn drive(mut self) -> Result<RunReport> {

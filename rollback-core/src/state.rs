@@ -63,6 +63,10 @@ pub(crate) struct State {
     /// When a resumed run went straight to rollback, the outage began when the run was
     /// interrupted (its last record before the resume), not at the resume.
     pub(crate) interrupted_at_ms: Option<u64>,
+    /// Time of the last `committed` record (kept when the commit is revoked).
+    pub(crate) committed_at_ms: Option<u64>,
+    /// Time of the `rollback_after_commit` record: the commit was revoked.
+    pub(crate) reopened_at_ms: Option<u64>,
     /// A step was applied since the last resume.
     applying_since_resume: bool,
     /// The last record folded was this verdict (index into `verdicts`).
@@ -234,6 +238,11 @@ impl State {
                 });
                 self.last_verdict = Some(self.verdicts.len() - 1);
             }
+            Entry::Committed => self.committed_at_ms = Some(at),
+            Entry::RollbackAfterCommit { .. } => {
+                self.reopened_at_ms.get_or_insert(at);
+                self.rollback_started_at_ms.get_or_insert(at);
+            }
             Entry::RollbackStarted { reason, .. } => {
                 if self.rollback_started_at_ms.is_none() {
                     if self.applying_since_resume {
@@ -382,12 +391,35 @@ impl State {
                 self.parity.insert(checkpoint.clone(), expected == actual);
             }
             Entry::Committed => self.committed = true,
+            Entry::RollbackAfterCommit {
+                reason,
+                steps,
+                checkpoints,
+                ..
+            } => {
+                self.committed = false;
+                self.rollback = Some((reason.clone(), steps.clone(), checkpoints.clone()));
+            }
             Entry::RolledBack { .. } => self.rolled_back = true,
             Entry::Discarded { checkpoint, .. } => {
                 self.discarded.insert(checkpoint.clone());
             }
             _ => {}
         }
+    }
+
+    /// The commit was revoked by a rollback after it.
+    pub(crate) fn reopened(&self) -> bool {
+        self.reopened_at_ms.is_some()
+    }
+
+    /// Captured snapshots whose release was recorded (successful or not).
+    pub(crate) fn released_snapshots(&self) -> Vec<String> {
+        self.baseline
+            .keys()
+            .filter(|k| self.discarded.contains(*k))
+            .cloned()
+            .collect()
     }
 
     pub(crate) fn finished(&self) -> bool {

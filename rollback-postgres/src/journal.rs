@@ -124,7 +124,8 @@ impl PgJournal {
                         key text PRIMARY KEY, holder text NOT NULL, expires_at_ms bigint NOT NULL, \
                         taken_over_from text, updated_at timestamptz NOT NULL DEFAULT now(), \
                         epoch bigint NOT NULL DEFAULT 0); \
-                     ALTER TABLE {s}.leases ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0;"
+                     ALTER TABLE {s}.leases ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0; \
+                     CREATE INDEX IF NOT EXISTS journal_plan ON {s}.journal ((entry_json ->> 'plan')) WHERE seq = 0;"
                 );
                 for attempt in 0..3 {
                     match c.batch_execute(&ddl).await {
@@ -330,6 +331,23 @@ impl Journal for PgJournal {
             )
             .await
             .map_err(|e| journal_err(PgError::new("listing runs", &e)))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
+        self.ensure().await?;
+        let c = self.db.lib_client().await?;
+        // The first record of a run is its `run_started`; answered from an index.
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT run_id FROM {} WHERE seq = 0 AND entry_json ->> 'plan' = $1 ORDER BY run_id",
+                    self.records_table()
+                ),
+                &[&plan],
+            )
+            .await
+            .map_err(|e| journal_err(PgError::new("listing the runs of a plan", &e)))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 

@@ -164,6 +164,7 @@ mod db;
 mod diff;
 mod error;
 mod fingerprint;
+pub mod fleet;
 mod hash;
 mod ident;
 mod journal;

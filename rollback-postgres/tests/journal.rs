@@ -176,3 +176,9 @@ async fn a_run_journaled_in_postgres_is_resumed_by_another_executor() {
         Entry::LeaseTaken { holder, taken_over_from: Some(prev), .. } if holder == "worker-b" && prev == "worker-a"
     )));
 }
+
+#[tokio::test]
+async fn pg_journal_lists_the_runs_of_a_plan_from_its_first_records() {
+    let db = TestDb::new("journal_runs_of_plan").await;
+    rollback_core::conformance::journal::runs_of_plan(&PgJournal::new(&db.db)).await;
+}

@@ -344,6 +344,35 @@ pub async fn batched_appends(j: &dyn Journal) {
     assert_eq!(after[0].seq, 4);
 }
 
+/// [`Journal::runs_of_plan`]: it lists every run whose first record starts the plan, and
+/// no other (a run of another plan, a run whose first record is something else). Not in
+/// [`check`] yet; call it beside [`run_all`].
+pub async fn runs_of_plan(j: &dyn Journal) {
+    let plan = unique("plan");
+    let other = unique("other-plan");
+    let start = |name: &str| Entry::RunStarted {
+        plan: name.to_string(),
+        plan_digest: crate::Digest::default(),
+        holder: "conformance".into(),
+        policy: crate::executor::RunPolicy::default(),
+    };
+    let (a, b, c, d) = (unique("a"), unique("b"), unique("c"), unique("d"));
+    j.append(&a, &start(&plan), 0).await.expect("append");
+    j.append(&a, &Entry::Committed, 0).await.expect("append");
+    j.append(&b, &start(&plan), 0).await.expect("append");
+    j.append(&c, &start(&other), 0).await.expect("append");
+    j.append(&d, &progress("s", 0), 0).await.expect("append");
+    j.append(&d, &start(&plan), 0).await.expect("append");
+    let mut got = j.runs_of_plan(&plan).await.expect("runs_of_plan");
+    got.sort();
+    let mut want = vec![a, b];
+    want.sort();
+    assert_eq!(
+        got, want,
+        "runs_of_plan must list exactly the runs whose first record starts the plan"
+    );
+}
+
 /// Every journal check, each to the end: prints the [`ConformanceReport`] and panics
 /// naming the failed clauses, if any.
 pub async fn run_all(j: Arc<dyn Journal>) {

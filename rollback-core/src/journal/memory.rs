@@ -71,6 +71,19 @@ impl Journal for MemoryJournal {
         Ok(self.lock().runs.keys().cloned().collect())
     }
 
+    async fn runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
+        // Reads the first record only (the run's chain is verified when it is read).
+        Ok(self
+            .lock()
+            .runs
+            .iter()
+            .filter(|(_, recs)| {
+                matches!(recs.first(), Some(Record { entry: Entry::RunStarted { plan: p, .. }, .. }) if p == plan)
+            })
+            .map(|(id, _)| id.clone())
+            .collect())
+    }
+
     async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Lease> {
         let mut g = self.lock();
         let lease = decide_lease(g.leases.get(key), key, holder, ttl, now_ms())?;

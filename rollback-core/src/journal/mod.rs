@@ -137,6 +137,17 @@ pub enum Entry {
         remaining: Vec<String>,
         error: String,
     },
+    /// A committed run is being rolled back
+    /// ([`Executor::rollback_committed`](crate::Executor::rollback_committed)): its commit
+    /// is revoked and the rollback of `steps`, restoring `checkpoints`, starts, as
+    /// `rollback_started` does before a commit. One record, so a crash leaves either the
+    /// committed run or a rollback that `resume` finishes.
+    RollbackAfterCommit {
+        reason: String,
+        holder: String,
+        steps: Vec<String>,
+        checkpoints: Vec<String>,
+    },
     /// A journal dropped the cut-short bytes of a record after the last complete one (a
     /// write torn by a crash) before appending; `kind` is the entry type of the cut record
     /// when enough of it survived to tell.
@@ -190,6 +201,7 @@ impl Entry {
             Entry::Committed => "committed",
             Entry::RolledBack { .. } => "rolled_back",
             Entry::RollbackFailed { .. } => "rollback_failed",
+            Entry::RollbackAfterCommit { .. } => "rollback_after_commit",
             Entry::Discarded { .. } => "discarded",
             Entry::TailTruncated { .. } => "tail_truncated",
             Entry::TailLossResolved { .. } => "tail_loss_resolved",
@@ -543,6 +555,9 @@ pub struct Lease {
 /// 8. **Lost tails are told.** A journal that can lose the end of a run (a file cut
 ///    short) reports it in `lost_tail`, and refuses to extend a run whose records end
 ///    before an outcome it witnessed, except with [`Entry::TailLossResolved`].
+/// 9. **Runs of a plan.** `runs_of_plan(p)` lists exactly the runs whose first record is
+///    the `run_started` of plan `p` (checked by
+///    `rollback_core::conformance::journal::runs_of_plan`).
 ///
 /// The `conformance` feature checks these clauses on any implementation
 /// (`rollback_core::conformance::journal`).
@@ -584,6 +599,27 @@ pub trait Journal: Send + Sync {
     /// # Errors
     /// I/O or backend errors.
     async fn runs(&self) -> Result<Vec<String>>;
+
+    /// Ids of the runs whose first record starts a run of the plan named `plan`, in any
+    /// order. Default: every run's records read and their first record checked; journals
+    /// that can answer from an index do (the PostgreSQL journal, whose fleets hold
+    /// thousands of runs).
+    ///
+    /// # Errors
+    /// I/O or backend errors; a run whose chain is broken.
+    async fn runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for run_id in self.runs().await? {
+            let records = self.records(&run_id).await?;
+            if matches!(
+                records.first(),
+                Some(Record { entry: Entry::RunStarted { plan: name, .. }, .. }) if name == plan
+            ) {
+                out.push(run_id);
+            }
+        }
+        Ok(out)
+    }
 
     /// Take or renew the lease `key` for `holder` for `ttl`.
     ///
@@ -629,6 +665,9 @@ macro_rules! forward_journal {
             }
             async fn runs(&self) -> Result<Vec<String>> {
                 (**self).runs().await
+            }
+            async fn runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
+                (**self).runs_of_plan(plan).await
             }
             async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Lease> {
                 (**self).acquire_lease(key, holder, ttl).await

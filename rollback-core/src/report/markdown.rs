@@ -40,6 +40,18 @@ impl RunReport {
                 target_note(self.objectives.rpo_ms, self.rpo_met)
             );
         }
+        if self.rolled_back_after_commit {
+            let _ = writeln!(
+                m,
+                "| rolled back after commit | committed at {} ms; {} |",
+                self.committed_at_ms.unwrap_or(0),
+                match self.rpo_since_commit_ms {
+                    Some(w) => format!("restores put back {w} ms of writes made since the commit"),
+                    None =>
+                        "no restore ran: compensations kept the writes made since the commit".into(),
+                }
+            );
+        }
         if let Some(n) = self.items_discarded {
             let _ = writeln!(
                 m,

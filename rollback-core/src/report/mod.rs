@@ -249,6 +249,20 @@ pub struct RunReport {
     pub unproven: Vec<String>,
     /// What is left when the rollback could not finish.
     pub remaining: Vec<String>,
+    /// When the run committed, if it did (kept when a later rollback revoked the commit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_at_ms: Option<u64>,
+    /// The run was rolled back after it had committed
+    /// ([`Executor::rollback_committed`](crate::Executor::rollback_committed)).
+    #[serde(default)]
+    pub rolled_back_after_commit: bool,
+    /// For a rollback after commit that restored a checkpoint: the window of writes made
+    /// since the commit that the restores put back to the baseline (commit → last
+    /// restore, the largest over the checkpoints). The items they discarded are in
+    /// `items_discarded`; compensations keep them. `None` when no restore ran after the
+    /// commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_since_commit_ms: Option<u64>,
     /// The checkpoints the rollback restores and proves parity for.
     pub rollback_checkpoints: Vec<String>,
     /// How many times the run was resumed.
@@ -322,6 +336,19 @@ impl RunReport {
                 _ => Vec::new(),
             },
             rollback_checkpoints,
+            committed_at_ms: state.committed_at_ms,
+            rolled_back_after_commit: state.reopened(),
+            rpo_since_commit_ms: state.committed_at_ms.filter(|_| state.reopened()).and_then(
+                |commit| {
+                    state
+                        .checkpoints
+                        .values()
+                        .filter_map(|c| c.last_restore.as_ref())
+                        .filter(|r| r.at_ms >= commit)
+                        .map(|r| r.at_ms - commit)
+                        .max()
+                },
+            ),
             resumes: state.resumes,
             lease_takeovers: state
                 .takeovers

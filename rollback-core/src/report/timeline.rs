@@ -130,6 +130,15 @@ fn describe(entry: &Entry, again: bool) -> String {
             steps: scope,
             ..
         } => format!("ROLLBACK started: {reason} (scope: {})", scope.join(", ")),
+        Entry::RollbackAfterCommit {
+            reason,
+            holder,
+            steps: scope,
+            ..
+        } => format!(
+            "ROLLBACK AFTER COMMIT by {holder}: {reason} (scope: {})",
+            scope.join(", ")
+        ),
         Entry::RevertIntent { step, attempt } => format!("reverting {step} (attempt {attempt})"),
         Entry::Reverted { step, duration_ms } => format!("reverted {step} in {duration_ms} ms"),
         Entry::RevertFailed { step, error, .. } => format!("revert of {step} failed: {error}"),
