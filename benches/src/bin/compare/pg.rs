@@ -564,10 +564,15 @@ impl Bench {
             TableHashParity::between(&self.db, Table::public(ACCOUNTS), Table::public(CHANGED));
         let against = TableHashParity::new(&self.db, Table::public(CHANGED));
         let run_ctx = Context::detached().with_baseline([baseline.clone()]);
-        let (mut two, mut base) = (Vec::new(), Vec::new());
+        let (mut two, mut base, mut fps) = (Vec::new(), Vec::new(), Vec::new());
         let (mut ok_two, mut ok_base) = (true, true);
         let mut evidence_line = String::new();
         for _ in 0..args.reps {
+            // The limit of a check against the stored chunk digests: one fingerprint of
+            // the same (changed) table, in the same repetition.
+            let m = Meter::start(&self.client).await;
+            cp.fingerprint(&ctx).await?;
+            fps.push(m.stop().await);
             for (v, c, costs, ok) in [
                 (&between, &ctx, &mut two, &mut ok_two),
                 (&against, &run_ctx, &mut base, &mut ok_base),
@@ -619,7 +624,7 @@ impl Bench {
         }
         undo.discard(&undo_snap, &ctx).await?;
         let logged = med(&logged);
-        let (two, base) = (med(&two), med(&base));
+        let (two, base, fp) = (med(&two), med(&base), med(&fps));
         let mut r = Report::default();
         r.note(format!(
             "differences from the undo log (last run): {logged_line}"
@@ -632,9 +637,10 @@ impl Bench {
             exact(ok_base)
         ));
         r.note(format!(
-            "differences breakdown (medians): {}; {}",
+            "differences breakdown (medians): {}; {}; {}",
             breakdown("two tables", two),
-            breakdown("against the baseline snapshot", base)
+            breakdown("against the baseline snapshot", base),
+            breakdown("fingerprint of the changed table", fp)
         ));
         r.note(format!(
             "differences breakdown (medians): {}",
@@ -705,6 +711,20 @@ impl Bench {
         for row in rows {
             r.push(row);
         }
+        let vs_fp = base.wall / fp.wall;
+        r.push(
+            Row::new(
+                "",
+                "against the baseline snapshot, beside one fingerprint of the same table (the read it cannot avoid)",
+            )
+            .rollback(format!("{} ({})", fmt_secs(base.wall), exact(ok_base)))
+            .reference(format!("`TableSnapshot::fingerprint`: {}", fmt_secs(fp.wall)))
+            .ratio(format!("{} the fingerprint's time", fmt_ratio(vs_fp)))
+            .target(
+                "≤ 1.2× the fingerprint, exactly the changed keys",
+                Some(vs_fp <= 1.2 && ok_base),
+            ),
+        );
         if peers.len() > 1 {
             r.note(format!(
                 "reladiff runs: {}",
