@@ -2,8 +2,8 @@
 //! latency that bounds the file journal — measured in the same run, on the same file system.
 
 use crate::{secs, Args, Res};
-use benches::{fmt_ratio, fmt_secs, median, Report, Row};
 use async_trait::async_trait;
+use benches::{fmt_ratio, fmt_secs, median, Report, Row};
 use rollback_core::journal::{Entry, FileJournal, Journal, Lease, LostTail, MemoryJournal, Record};
 use rollback_core::sim::{SetKey, SimWorld};
 use rollback_core::{Executor, Plan};
@@ -69,7 +69,12 @@ impl<J> Syncs<J> {
 
 #[async_trait]
 impl<J: Journal> Journal for Syncs<J> {
-    async fn append(&self, run_id: &str, entry: &Entry, epoch: u64) -> rollback_core::Result<Record> {
+    async fn append(
+        &self,
+        run_id: &str,
+        entry: &Entry,
+        epoch: u64,
+    ) -> rollback_core::Result<Record> {
         self.write(run_id, &[entry]);
         self.inner.append(run_id, entry, epoch).await
     }
@@ -88,7 +93,12 @@ impl<J: Journal> Journal for Syncs<J> {
     async fn runs(&self) -> rollback_core::Result<Vec<String>> {
         self.inner.runs().await
     }
-    async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> rollback_core::Result<Lease> {
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> rollback_core::Result<Lease> {
         self.add(2);
         self.inner.acquire_lease(key, holder, ttl).await
     }
