@@ -151,7 +151,8 @@ pub struct TableHashParity {
     table: Table,
     baseline_resource: String,
     other: Option<Table>,
-    parallelism: usize,
+    /// Set by [`TableHashParity::parallelism`]; else 2 for a big table, 1 otherwise.
+    parallelism: Option<usize>,
 }
 
 impl TableHashParity {
@@ -163,14 +164,16 @@ impl TableHashParity {
             db: db.clone(),
             table,
             other: None,
-            parallelism: 2,
+            parallelism: None,
         }
     }
 
-    /// Sessions that read the current table (default 2, like the checkpoints'
-    /// fingerprints); the verdict does not depend on it.
+    /// Sessions that read the current table, each taking its share of the ranges (by
+    /// default 2 when the baseline has 200,000 rows or more, like the checkpoints'
+    /// fingerprints, else 1); the verdict does not depend on it. The extra sessions come
+    /// from the database's pool.
     pub fn parallelism(mut self, sessions: usize) -> Self {
-        self.parallelism = sessions.max(1);
+        self.parallelism = Some(sessions.max(1));
         self
     }
 
@@ -296,7 +299,15 @@ impl Verifier for TableHashParity {
             None
         };
         let chunks = if starts.is_some() { chunks } else { Vec::new() };
-        let mut hasher = SnapshotHasher::begin(&tx, self.parallelism).await;
+        // By default extra sessions for a big table only, as the fingerprint takes them.
+        let parallelism = self
+            .parallelism
+            .unwrap_or(if base_rows >= hash::PARALLEL_MIN_ROWS {
+                2
+            } else {
+                1
+            });
+        let mut hasher = SnapshotHasher::begin(&tx, parallelism).await;
         let outcome = {
             let clients = hasher.clients(&self.db, &tx).await;
             compare_ranges(
