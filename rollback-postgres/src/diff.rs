@@ -1,20 +1,16 @@
-//! Bisecting two relations with the same columns down to the differing key ranges and
-//! rows, in constant memory.
+//! Narrowing two relations with the same columns down to the differing key ranges (chunk
+//! digests compared) and rows (each differing range compared row by row by the server),
+//! in constant memory.
 
 use crate::error::PgResultExt;
-use crate::hash::{self, encode_tuple, ChunkDigest, KeyValue, RawParam, Shape};
+use crate::hash::{ChunkDigest, KeyValue, Shape};
 use crate::ident::quote_ident;
-use futures::{pin_mut, TryStreamExt};
 use rollback_core::{Digest, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio_postgres::Client;
 
-/// Rows at or below which a range is compared row by row.
-const LEAF: u64 = 64;
-/// Rows fetched per side at a leaf at most.
-const LEAF_FETCH: i64 = 2_000;
-/// Differing ranges bisected at most.
+/// Differing ranges whose rows are listed, at most.
 const MAX_RANGES: usize = 16;
 /// Keys listed per kind at most.
 const MAX_KEYS: usize = 50;
@@ -52,7 +48,8 @@ pub struct TableDiff {
 }
 
 pub(crate) struct Differ<'a> {
-    pub client: &'a Client,
+    /// Sessions in one snapshot: the first prints keys, all list differing ranges.
+    pub clients: Vec<&'a Client>,
     pub base: Shape,
     pub current: Shape,
     /// Key column types (`format_type`), to print keys.
@@ -69,8 +66,7 @@ impl Differ<'_> {
             .enumerate()
             .map(|(i, t)| format!("(${}::{t})::text", i + 1))
             .collect();
-        let row = self
-            .client
+        let row = self.clients[0]
             .query_one(
                 &format!("SELECT concat_ws(', ', {})", exprs.join(", ")),
                 &params
@@ -83,29 +79,60 @@ impl Differ<'_> {
         Ok(Some(row.get(0)))
     }
 
-    /// The key at `offset` rows into `[lo, hi)` of the baseline.
-    async fn key_at(
+    /// The keys whose rows differ in `lo <= key < hi`, listed by the server: the two
+    /// relations' rows of the range joined on the key (a full outer join, so rows on one
+    /// side only are found too) and compared by their binary encoding (`record_send` of the
+    /// hashed columns: the same bytes, field by field, as the hash is taken over). Reads the
+    /// range once on each side; only the differing keys reach the client.
+    async fn list(
         &self,
+        client: &Client,
         lo: Option<&KeyValue>,
         hi: Option<&KeyValue>,
-        offset: u64,
-    ) -> Result<Option<KeyValue>> {
-        let (pred, mut params, n) = self.base.range_pred("t", lo, hi, 1);
-        let sql = format!(
-            "SELECT {} FROM {} t WHERE {pred} ORDER BY {} OFFSET ${n}::bigint LIMIT 1",
-            self.base
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let (pred, params, _) = self.base.range_pred("t", lo, hi, 1);
+        let side = |shape: &Shape| {
+            let keys: Vec<String> = shape
                 .key
                 .iter()
-                .map(|k| format!("t.{}", quote_ident(k)))
+                .enumerate()
+                .map(|(i, k)| format!("t.{} AS rb_k{i}", quote_ident(k)))
+                .collect();
+            let cols: Vec<String> = shape
+                .columns
+                .iter()
+                .map(|c| format!("t.{}", quote_ident(c)))
+                .collect();
+            format!(
+                "SELECT {}, pg_catalog.record_send(ROW({})) AS rb_row FROM {} t WHERE {pred}",
+                keys.join(", "),
+                cols.join(", "),
+                shape.rel
+            )
+        };
+        let n = self.base.key.len();
+        let join: Vec<String> = (0..n).map(|i| format!("a.rb_k{i} = b.rb_k{i}")).collect();
+        let key: Vec<String> = (0..n)
+            .map(|i| format!("coalesce(a.rb_k{i}, b.rb_k{i})"))
+            .collect();
+        let sql = format!(
+            "SELECT CASE WHEN a.rb_row IS NULL THEN 'added' WHEN b.rb_row IS NULL THEN 'removed' ELSE 'changed' END, \
+                    concat_ws(', ', {}) \
+             FROM ({}) a FULL JOIN ({}) b ON {} \
+             WHERE a.rb_row IS DISTINCT FROM b.rb_row \
+             ORDER BY {} LIMIT {}",
+            key.iter()
+                .map(|k| format!("({k})::text"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            self.base.rel,
-            self.base.order_by("t")
+            side(&self.base),
+            side(&self.current),
+            join.join(" AND "),
+            key.join(", "),
+            3 * MAX_KEYS + 1
         );
-        params.push(RawParam((offset as i64).to_be_bytes().to_vec()));
-        let row = self
-            .client
-            .query_opt(
+        client
+            .query(
                 sql.as_str(),
                 &params
                     .iter()
@@ -113,145 +140,46 @@ impl Differ<'_> {
                     .collect::<Vec<_>>(),
             )
             .await
-            .ctx("finding a split key")?;
-        Ok(row.map(|r| {
-            KeyValue(
-                (0..r.len())
-                    .map(|i| {
-                        r.try_get::<_, Option<hash::Raw<'_>>>(i)
-                            .ok()
-                            .flatten()
-                            .map(|v| hash::to_hex(v.0))
-                            .unwrap_or_default()
-                    })
-                    .collect(),
-            )
-        }))
-    }
-
-    /// (key text → row digest) of `[lo, hi)`, at most LEAF_FETCH rows.
-    async fn rows(
-        &self,
-        shape: &Shape,
-        lo: Option<&KeyValue>,
-        hi: Option<&KeyValue>,
-    ) -> Result<(BTreeMap<String, Digest>, bool)> {
-        let (pred, params, _) = shape.range_pred("t", lo, hi, 1);
-        let keys: Vec<String> = shape
-            .key
-            .iter()
-            .map(|k| format!("t.{}::text", quote_ident(k)))
-            .collect();
-        let sql = format!(
-            "SELECT concat_ws(', ', {}), {} FROM {} t WHERE {pred} ORDER BY {} LIMIT {}",
-            keys.join(", "),
-            shape
-                .columns
-                .iter()
-                .map(|c| format!("t.{}", quote_ident(c)))
-                .collect::<Vec<_>>()
-                .join(", "),
-            shape.rel,
-            shape.order_by("t"),
-            LEAF_FETCH + 1
-        );
-        let stream = self
-            .client
-            .query_raw(sql.as_str(), params.iter())
-            .await
-            .ctx("reading rows to compare")?;
-        pin_mut!(stream);
-        let mut out = BTreeMap::new();
-        let mut buf = Vec::new();
-        let mut n = 0;
-        while let Some(row) = stream.try_next().await.ctx("reading rows to compare")? {
-            n += 1;
-            if n > LEAF_FETCH {
-                return Ok((out, true));
-            }
-            let key: String = row.get(0);
-            encode_tuple(&row, &mut buf)?;
-            out.insert(key, Digest::of(&buf));
-        }
-        Ok((out, false))
-    }
-
-    async fn leaf(
-        &self,
-        lo: Option<&KeyValue>,
-        hi: Option<&KeyValue>,
-        d: &mut TableDiff,
-    ) -> Result<()> {
-        let (a, ta) = self.rows(&self.base, lo, hi).await?;
-        let (b, tb) = self.rows(&self.current, lo, hi).await?;
-        d.truncated |= ta || tb;
-        for (k, da) in &a {
-            match b.get(k) {
-                None => push(&mut d.removed, k, &mut d.truncated),
-                Some(db) if db != da => push(&mut d.changed, k, &mut d.truncated),
-                _ => {}
-            }
-        }
-        for k in b.keys() {
-            if !a.contains_key(k) {
-                push(&mut d.added, k, &mut d.truncated);
-            }
-        }
-        Ok(())
-    }
-
-    async fn bisect(
-        &self,
-        lo: Option<KeyValue>,
-        hi: Option<KeyValue>,
-        rows: u64,
-        d: &mut TableDiff,
-        depth: u32,
-    ) -> Result<()> {
-        if rows <= LEAF || depth > 40 {
-            return self.leaf(lo.as_ref(), hi.as_ref(), d).await;
-        }
-        let Some(mid) = self.key_at(lo.as_ref(), hi.as_ref(), rows / 2).await? else {
-            return self.leaf(lo.as_ref(), hi.as_ref(), d).await;
-        };
-        for (l, h) in [(lo.clone(), Some(mid.clone())), (Some(mid), hi.clone())] {
-            let a = hash::hash_range(self.client, &self.base, l.as_ref(), h.as_ref()).await?;
-            let b = hash::hash_range(self.client, &self.current, l.as_ref(), h.as_ref()).await?;
-            if a != b {
-                Box::pin(self.bisect(l, h, a.0, d, depth + 1)).await?;
-            }
-        }
-        Ok(())
+            .ctx("listing the differing rows of a key range")
     }
 
     /// Compare: `chunks` are the baseline's key-range chunks (from a snapshot or a pass
-    /// over the baseline); `base_present` says whether the baseline relation can be read
-    /// (else only the differing ranges are listed).
+    /// over the baseline; none when the baseline was empty) and `now` the current
+    /// relation's rows and digest over the same ranges (one range when there are no
+    /// chunks); `base_present` says whether the baseline relation can be read (else only
+    /// the differing ranges are listed). Only the differing ranges are read again.
     pub(crate) async fn diff(
         &self,
         chunks: &[ChunkDigest],
+        now: &[(u64, Digest)],
         base_rows: u64,
         base_present: bool,
     ) -> Result<TableDiff> {
         let mut d = TableDiff {
             baseline_rows: base_rows,
+            current_rows: now.iter().map(|n| n.0).sum(),
             ..Default::default()
         };
-        let mut differing = Vec::new();
-        for (i, c) in chunks.iter().enumerate() {
-            let hi = chunks.get(i + 1).and_then(|n| n.start.clone());
-            let now =
-                hash::hash_range(self.client, &self.current, c.start.as_ref(), hi.as_ref()).await?;
-            d.current_rows += now.0;
-            if now != (c.rows, c.digest) {
-                differing.push((c.start.clone(), hi, c.rows, now.0));
-            }
+        let empty = [ChunkDigest {
+            start: None,
+            rows: base_rows,
+            digest: Digest::default(),
+        }];
+        let chunks = if chunks.is_empty() {
+            &empty[..]
+        } else {
+            chunks
+        };
+        if chunks.len() != now.len() {
+            return Err(crate::error::backend_msg(
+                "internal: a table hash per baseline chunk was expected",
+            ));
         }
-        if chunks.is_empty() {
-            let now = hash::hash_range(self.client, &self.current, None, None).await?;
-            d.current_rows = now.0;
-            if now.0 > 0 {
-                differing.push((None, None, 0, now.0));
+        let mut differing = Vec::new();
+        for (i, (c, n)) in chunks.iter().zip(now).enumerate() {
+            if *n != (c.rows, c.digest) {
+                let hi = chunks.get(i + 1).and_then(|n| n.start.clone());
+                differing.push((c.start.clone(), hi, c.rows, n.0));
             }
         }
         for (lo, hi, a, b) in &differing {
@@ -263,8 +191,43 @@ impl Differ<'_> {
             });
         }
         if base_present && !self.base.key.is_empty() {
-            for (lo, hi, a, _) in differing.into_iter().take(MAX_RANGES) {
-                self.bisect(lo, hi, a, &mut d, 0).await?;
+            // The ranges shared by the sessions, the keys taken in range order.
+            let todo: Vec<_> = differing.iter().take(MAX_RANGES).collect();
+            let next = AtomicUsize::new(0);
+            let workers = self.clients.iter().map(|c| {
+                let (next, todo) = (&next, &todo);
+                async move {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((lo, hi, _, _)) = todo.get(i) else {
+                            break;
+                        };
+                        done.push((i, self.list(c, lo.as_ref(), hi.as_ref()).await?));
+                    }
+                    Ok::<_, rollback_core::Error>(done)
+                }
+            });
+            let mut listed: Vec<_> = futures::future::try_join_all(workers)
+                .await?
+                .into_iter()
+                .flatten()
+                .collect();
+            listed.sort_by_key(|(i, _)| *i);
+            for (_, rows) in listed {
+                if rows.len() > 3 * MAX_KEYS {
+                    d.truncated = true;
+                }
+                for r in rows.iter().take(3 * MAX_KEYS) {
+                    let kind: &str = r.get(0);
+                    let k: String = r.get(1);
+                    let list = match kind {
+                        "added" => &mut d.added,
+                        "removed" => &mut d.removed,
+                        _ => &mut d.changed,
+                    };
+                    push(list, &k, &mut d.truncated);
+                }
             }
             if d.ranges.len() > MAX_RANGES {
                 d.truncated = true;

@@ -107,25 +107,8 @@ impl SnapshotHasher {
             key,
         };
         let big = estimate as u64 >= hash::PARALLEL_MIN_ROWS && !shape.key.is_empty();
-        if big && !self.opened {
-            self.opened = true;
-            if let Some(id) = &self.exported {
-                for _ in 1..self.parallelism {
-                    let Ok(o) = db.lib_client().await else { break };
-                    let ok = o
-                        .batch_execute(&format!(
-                            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-                            crate::ident::quote_literal(id)
-                        ))
-                        .await
-                        .is_ok();
-                    if !ok {
-                        let _ = o.batch_execute("ROLLBACK").await;
-                        break;
-                    }
-                    self.extra.push(o);
-                }
-            }
+        if big {
+            self.open(db).await;
         }
         if big && !self.extra.is_empty() {
             let mut clients: Vec<&tokio_postgres::Client> = vec![tx.client()];
@@ -145,6 +128,44 @@ impl SnapshotHasher {
                 .await
                 .map(|h| h.root)
         }
+    }
+
+    /// Open the extra sessions in the exported snapshot (once; as many as the snapshot
+    /// could be imported into, up to the parallelism).
+    async fn open(&mut self, db: &Database) {
+        if self.opened {
+            return;
+        }
+        self.opened = true;
+        let Some(id) = &self.exported else { return };
+        for _ in 1..self.parallelism {
+            let Ok(o) = db.lib_client().await else { break };
+            let ok = o
+                .batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                    crate::ident::quote_literal(id)
+                ))
+                .await
+                .is_ok();
+            if !ok {
+                let _ = o.batch_execute("ROLLBACK").await;
+                break;
+            }
+            self.extra.push(o);
+        }
+    }
+
+    /// `tx`'s session and the extra sessions (opened now if they are not yet), all
+    /// seeing `tx`'s snapshot.
+    pub(crate) async fn clients<'a>(
+        &'a mut self,
+        db: &Database,
+        tx: &'a Transaction<'_>,
+    ) -> Vec<&'a tokio_postgres::Client> {
+        self.open(db).await;
+        let mut clients: Vec<&tokio_postgres::Client> = vec![tx.client()];
+        clients.extend(self.extra.iter().map(|o| -> &tokio_postgres::Client { o }));
+        clients
     }
 
     /// End the extra sessions' transactions (they go back to the pool).
@@ -204,6 +225,55 @@ pub(crate) async fn chunk_splits(
         lits,
         rank: Some(rank),
     }])
+}
+
+/// The start keys of `chunks` after the first (whose start is the table's), as typed SQL
+/// literals of `key_types` printed by the server in one query; `None` when a start key
+/// does not have one value per key column.
+pub(crate) async fn chunk_starts(
+    c: &tokio_postgres::Client,
+    chunks: &[hash::ChunkDigest],
+    key_types: &[String],
+) -> Result<Option<Vec<hash::Split>>> {
+    let mut params = Vec::new();
+    for ch in chunks.iter().skip(1) {
+        match &ch.start {
+            Some(k) if k.0.len() == key_types.len() => params.extend(k.params()?),
+            _ => return Ok(None),
+        }
+    }
+    let mut out = Vec::new();
+    // At most 60,000 parameters per statement (the protocol allows 65,535).
+    let per = (60_000 / key_types.len().max(1)).max(1) * key_types.len().max(1);
+    for batch in params.chunks(per) {
+        let exprs: Vec<String> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, _)| format!("${}::{}::text", i + 1, key_types[i % key_types.len()]))
+            .collect();
+        let row = c
+            .query_one(
+                &format!("SELECT ARRAY[{}]::text[]", exprs.join(", ")),
+                &batch
+                    .iter()
+                    .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .ctx("reading chunk start keys")?;
+        let texts: Vec<String> = row.get(0);
+        for lits in texts.chunks(key_types.len()) {
+            out.push(hash::Split {
+                lits: lits
+                    .iter()
+                    .zip(key_types)
+                    .map(|(t, ty)| format!("{}::{ty}", crate::ident::quote_literal(t)))
+                    .collect(),
+                rank: None,
+            });
+        }
+    }
+    Ok(Some(out))
 }
 
 /// A consistent fingerprint of tables: (per-table fingerprints, models, hashes).

@@ -1,14 +1,13 @@
 //! The binary `COPY` encoding a table hash is taken over: a parser that walks a binary
 //! COPY stream by its length prefixes and feeds whole spans to the [`RowHasher`], the
-//! fields of one tuple, a result row encoded as a tuple, and raw binary parameters and
-//! values of any type (with their hex form).
+//! fields of one tuple, and raw binary parameters of any type (with their hex form).
 
 use super::{KeyValue, RowHasher};
 use crate::error::backend_msg;
 use bytes::BytesMut;
 use rollback_core::Result;
 use std::error::Error as StdError;
-use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
+use tokio_postgres::types::{IsNull, ToSql, Type};
 
 /// Parses a binary COPY stream and hashes it span by span.
 pub(super) struct CopyParser {
@@ -260,40 +259,6 @@ impl ToSql for RawParam {
     tokio_postgres::types::to_sql_checked!();
 }
 
-/// A column value as the raw bytes the server sent, whatever its type.
-pub(crate) struct Raw<'a>(pub &'a [u8]);
-
-impl<'a> FromSql<'a> for Raw<'a> {
-    fn from_sql(
-        _ty: &Type,
-        raw: &'a [u8],
-    ) -> std::result::Result<Self, Box<dyn StdError + Sync + Send>> {
-        Ok(Raw(raw))
-    }
-    fn accepts(_ty: &Type) -> bool {
-        true
-    }
-}
-
-/// Encode a result row as a binary COPY tuple.
-pub(crate) fn encode_tuple(row: &tokio_postgres::Row, out: &mut Vec<u8>) -> Result<()> {
-    out.clear();
-    let n = row.len();
-    out.extend_from_slice(&(n as i16).to_be_bytes());
-    for i in 0..n {
-        let v: Option<Raw<'_>> = row
-            .try_get(i)
-            .map_err(|e| backend_msg(format!("reading column {i}: {e}")))?;
-        match v {
-            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
-            Some(Raw(b)) => {
-                out.extend_from_slice(&(b.len() as i32).to_be_bytes());
-                out.extend_from_slice(b);
-            }
-        }
-    }
-    Ok(())
-}
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;

@@ -2,8 +2,8 @@
 //! `COPY … TO STDOUT`, in leaves of [`LEAF_ROWS`] rows grouped into key-range chunks.
 //!
 //! The canonical encoding of a row is its binary COPY tuple (field count, then each field's
-//! length and its `send` bytes), which is also what a binary-format query returns column
-//! by column — so a full-table COPY and a key-range query hash identically. Rows are never
+//! length and its `send` bytes) — so a full-table COPY and COPYs of its key ranges hash
+//! identically, and the server's `record_send` of a row compares the same bytes. Rows are never
 //! decoded into Rust values: the hasher only walks the length prefixes to find row
 //! boundaries and feeds whole spans of the network buffers to blake3. Memory use is
 //! constant whatever the table size.
@@ -16,12 +16,12 @@ mod copy;
 mod split;
 
 use copy::CopyParser;
-pub(crate) use copy::{encode_tuple, from_hex, to_hex, Raw, RawParam};
-pub(crate) use split::{choose_splits, hash_relation_split, Split, PARALLEL_MIN_ROWS};
+pub(crate) use copy::{from_hex, RawParam};
+pub(crate) use split::{choose_splits, hash_ranges, hash_relation_split, Split, PARALLEL_MIN_ROWS};
 
 use crate::error::{backend_msg, PgResultExt};
 use crate::ident::quote_ident;
-use futures::{pin_mut, StreamExt, TryStreamExt};
+use futures::{pin_mut, StreamExt};
 use rollback_core::{Digest, Result};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
@@ -249,7 +249,8 @@ impl RowHasher {
         self.leaf_rows == 0 && self.chunk_leaf_count == 0
     }
 
-    /// Hash one complete row given as a COPY tuple (used by the query path).
+    /// Hash one complete row given as a COPY tuple.
+    #[cfg(test)]
     pub(crate) fn push_row(&mut self, tuple: &[u8], key: impl FnOnce() -> Option<KeyValue>) {
         if self.leaf_full() {
             self.finish_leaf();
@@ -327,39 +328,6 @@ async fn copy_hash(
     parser.h.finish_leaf();
     let leaves = parser.h.leaves.take().unwrap_or_default();
     Ok((parser.h.finish(), leaves))
-}
-
-/// Hash the rows of `lo <= key < hi` with a binary query (same digest as the chunk of a
-/// COPY-hashed table spanning that range). Returns (rows, chunk digest).
-pub(crate) async fn hash_range(
-    c: &Client,
-    shape: &Shape,
-    lo: Option<&KeyValue>,
-    hi: Option<&KeyValue>,
-) -> Result<(u64, Digest)> {
-    let (pred, params, _) = shape.range_pred("t", lo, hi, 1);
-    let sql = format!(
-        "SELECT {} FROM {} t WHERE {pred} ORDER BY {}",
-        shape.select_list("t"),
-        shape.rel,
-        shape.order_by("t")
-    );
-    let stream = c
-        .query_raw(sql.as_str(), params.iter())
-        .await
-        .ctx("hashing key range")?;
-    pin_mut!(stream);
-    let mut h = RowHasher::new(u64::MAX);
-    let mut tuple = Vec::with_capacity(256);
-    while let Some(row) = stream.try_next().await.ctx("hashing key range")? {
-        encode_tuple(&row, &mut tuple)?;
-        h.push_row(&tuple, || None);
-    }
-    let t = h.finish();
-    Ok((
-        t.rows,
-        t.chunks.first().map(|c| c.digest).unwrap_or_default(),
-    ))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! parts stitched into the same root a single pass gives.
 
 use super::copy::CopyParser;
-use super::{hash_relation, RowHasher, Shape, LEAF_ROWS, ROOT_DOMAIN};
+use super::{hash_relation, RowHasher, Shape, TableHash, LEAF_ROWS, ROOT_DOMAIN};
 use crate::error::{backend_msg, PgResultExt};
 use crate::ident::quote_ident;
 use futures::{pin_mut, StreamExt};
@@ -33,6 +33,27 @@ struct PartHash {
     tail: blake3::Hasher,
     tail_rows: u64,
     rows: u64,
+    /// Bytes of COPY data hashed.
+    bytes: u64,
+}
+
+impl PartHash {
+    /// The digest of the part as one chunk: what [`RowHasher`] gives a key range hashed
+    /// from its first row (valid for a part hashed with no head).
+    fn chunk_digest(&self) -> Digest {
+        if self.rows == 0 {
+            return Digest::default();
+        }
+        let mut h = blake3::Hasher::new();
+        for l in &self.leaves {
+            h.update(l);
+        }
+        if self.tail_rows > 0 {
+            h.update(self.tail.finalize().as_bytes());
+        }
+        h.update(&self.rows.to_le_bytes());
+        Digest(*h.finalize().as_bytes())
+    }
 }
 
 /// `lo <= key < hi`; a split with fewer literals than key columns bounds a key prefix (in
@@ -195,17 +216,28 @@ fn head_for(rank: u64) -> u64 {
     (LEAF_ROWS - rank % LEAF_ROWS) % LEAF_ROWS
 }
 
-async fn hash_part(c: &Client, shape: &Shape, pred: &str, head: u64) -> Result<PartHash> {
-    let sql = format!(
+fn part_sql(shape: &Shape, pred: &str) -> String {
+    format!(
         "COPY (SELECT {} FROM {} t WHERE {pred} ORDER BY {}) TO STDOUT (FORMAT binary)",
         shape.select_list("t"),
         shape.rel,
         shape.order_by("t")
-    );
+    )
+}
+
+async fn hash_part(c: &Client, shape: &Shape, pred: &str, head: u64) -> Result<PartHash> {
+    let stream = c
+        .copy_out(part_sql(shape, pred).as_str())
+        .await
+        .ctx("hashing table (COPY)")?;
+    read_part(stream, head).await
+}
+
+/// Hash one part's COPY stream.
+async fn read_part(stream: tokio_postgres::CopyOutStream, head: u64) -> Result<PartHash> {
     let mut parser = CopyParser::new(u64::MAX, Vec::new());
     parser.h = RowHasher::recording();
     parser.head_left = head;
-    let stream = c.copy_out(sql.as_str()).await.ctx("hashing table (COPY)")?;
     pin_mut!(stream);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.ctx("hashing table (COPY stream)")?;
@@ -215,6 +247,7 @@ async fn hash_part(c: &Client, shape: &Shape, pred: &str, head: u64) -> Result<P
     if !parser.done {
         return Err(backend_msg("COPY stream ended without its trailer"));
     }
+    let head_bytes = parser.head.len() as u64;
     Ok(PartHash {
         head: std::mem::take(&mut parser.head),
         head_rows: parser.head_rows,
@@ -222,6 +255,7 @@ async fn hash_part(c: &Client, shape: &Shape, pred: &str, head: u64) -> Result<P
         tail: parser.h.leaf.clone(),
         tail_rows: parser.h.leaf_rows,
         rows: parser.head_rows + parser.h.rows,
+        bytes: parser.h.bytes + head_bytes,
     })
 }
 
@@ -273,11 +307,25 @@ pub(crate) async fn hash_relation_split(
         }
     });
     let parts = futures::future::try_join_all(jobs).await?;
+    Ok(stitch(clients, shape, &preds, parts).await?.root)
+}
+
+/// The whole relation's hash from its parts in key order (`preds[i]` selects part `i`):
+/// the root exactly as a single pass gives it. A part whose first rows should end the
+/// previous part's last leaf but were not set aside (or the other way round) is hashed
+/// again with the right offset, on a session chosen round-robin among `clients`.
+async fn stitch(
+    clients: &[&Client],
+    shape: &Shape,
+    preds: &[String],
+    parts: Vec<PartHash>,
+) -> Result<TableHash> {
     let mut root = blake3::Hasher::new();
     root.update(ROOT_DOMAIN);
     let mut cur = blake3::Hasher::new();
     let mut cur_rows = 0u64;
     let mut rows = 0u64;
+    let mut bytes = 0u64;
     for (i, mut part) in parts.into_iter().enumerate() {
         if cur_rows == LEAF_ROWS {
             root.update(cur.finalize().as_bytes());
@@ -289,11 +337,12 @@ pub(crate) async fn hash_relation_split(
             part.head_rows == head || (part.head_rows < head && part.rows == part.head_rows);
         if !aligned {
             tracing::debug!(part = i, "split rank was off; hashing the part again");
-            part = hash_part(clients[i], shape, &preds[i], head).await?;
+            part = hash_part(clients[i % clients.len()], shape, &preds[i], head).await?;
         }
         cur.update(&part.head);
         cur_rows += part.head_rows;
         rows += part.rows;
+        bytes += part.bytes;
         if part.rows > part.head_rows {
             if cur_rows > 0 {
                 root.update(cur.finalize().as_bytes());
@@ -309,5 +358,86 @@ pub(crate) async fn hash_relation_split(
         root.update(cur.finalize().as_bytes());
     }
     root.update(&rows.to_le_bytes());
-    Ok(Digest(*root.finalize().as_bytes()))
+    Ok(TableHash {
+        rows,
+        bytes,
+        root: Digest(*root.finalize().as_bytes()),
+        chunks: Vec::new(),
+    })
+}
+
+/// The relation hashed in the key ranges that start at `starts` (the first range from the
+/// start of the key order, range `i` up to `starts[i]`, the last to the end): one binary
+/// COPY per range, each client taking a run of consecutive ranges (all in one snapshot). Returns
+/// each range's rows and digest as one chunk — equal to the stored chunk of a table hashed
+/// with the same chunk starts when the rows are — and the whole relation's hash (root,
+/// rows, bytes; no chunks), the same as a single pass. Only after a range whose row count
+/// is not a multiple of [`LEAF_ROWS`] off are the following ranges hashed a second time
+/// for the root (see [`stitch`]), so a table whose row counts per range are unchanged is
+/// read once.
+pub(crate) async fn hash_ranges(
+    clients: &[&Client],
+    shape: &Shape,
+    starts: &[Split],
+) -> Result<(Vec<(u64, Digest)>, TableHash)> {
+    let preds: Vec<String> = (0..=starts.len())
+        .map(|i| range_sql(shape, i.checked_sub(1).map(|j| &starts[j]), starts.get(i)))
+        .collect();
+    // Each session takes a run of consecutive ranges, prepares their COPYs at once and
+    // asks for the next range's COPY while it reads the current one, so that the server
+    // starts it without a round trip.
+    let n = preds.len();
+    let w = clients.len().max(1);
+    let workers = clients.iter().enumerate().map(|(j, c)| {
+        let preds = &preds;
+        async move {
+            let (from, to) = (n * j / w, n * (j + 1) / w);
+            let mut done = Vec::new();
+            if from == to {
+                return Ok(done);
+            }
+            // Prepared all at once: one round trip for the run.
+            let sqls: Vec<String> = (from..to).map(|i| part_sql(shape, &preds[i])).collect();
+            let stmts = futures::future::try_join_all(sqls.iter().map(|q| c.prepare(q)))
+                .await
+                .ctx("hashing table (COPY)")?;
+            let stmts = &stmts;
+            let copy = |i: usize| async move {
+                c.copy_out(&stmts[i - from])
+                    .await
+                    .ctx("hashing table (COPY)")
+            };
+            let mut stream = copy(from).await?;
+            for i in from..to {
+                if i + 1 < to {
+                    let (part, next) =
+                        futures::future::join(read_part(stream, 0), copy(i + 1)).await;
+                    done.push((i, part?));
+                    stream = next?;
+                } else {
+                    done.push((i, read_part(stream, 0).await?));
+                    break;
+                }
+            }
+            Ok::<_, rollback_core::Error>(done)
+        }
+    });
+    let mut parts: Vec<(usize, PartHash)> = futures::future::try_join_all(workers)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    parts.sort_by_key(|(i, _)| *i);
+    let ranges = parts
+        .iter()
+        .map(|(_, p)| (p.rows, p.chunk_digest()))
+        .collect();
+    let whole = stitch(
+        clients,
+        shape,
+        &preds,
+        parts.into_iter().map(|(_, p)| p).collect(),
+    )
+    .await?;
+    Ok((ranges, whole))
 }

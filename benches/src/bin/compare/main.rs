@@ -12,7 +12,9 @@
 //!   --memory-objects N  objects for the S3 peak-memory measurement (default 100,000 ×
 //!                   the S3 scale; moto lists versions in O(n) per page, so 100k is slow there)
 //!   --reps N        repetitions of each timed measurement (median reported; default 3)
-//!   --markdown FILE also write the table there
+//!   --markdown [FILE] also write the table there; without FILE, to a dated file under
+//!                   benches/results/ (`YYYY-MM-DD-HHMM-scale-N.md`), headed by the machine,
+//!                   its cores, the load average at the start and the git commit
 //! ```
 //!
 //! Servers: reuses those named by `ROLLBACK_TEST_PG_URL` / `ROLLBACK_PG_BIN` /
@@ -58,11 +60,13 @@ pub(crate) struct Args {
     pub(crate) memory_objects: Option<u64>,
     pub(crate) only: BTreeSet<String>,
     pub(crate) reps: usize,
-    pub(crate) markdown: Option<PathBuf>,
+    /// `Some(None)`: `--markdown` without a file (a dated file under `benches/results/`).
+    pub(crate) markdown: Option<Option<PathBuf>>,
 }
 
 impl Args {
-    fn parse(mut it: impl Iterator<Item = String>) -> Res<Self> {
+    fn parse(it: impl Iterator<Item = String>) -> Res<Self> {
+        let mut it = it.peekable();
         let mut a = Args {
             scale: 1.0,
             s3_scale: None,
@@ -80,7 +84,12 @@ impl Args {
                     a.memory_objects = Some(val("--memory-objects")?.parse::<u64>()?.max(1))
                 }
                 "--reps" => a.reps = val("--reps")?.parse::<usize>()?.max(1),
-                "--markdown" => a.markdown = Some(val("--markdown")?.into()),
+                "--markdown" => {
+                    a.markdown = Some(match it.peek() {
+                        Some(v) if !v.starts_with("--") => it.next().map(PathBuf::from),
+                        _ => None,
+                    })
+                }
                 "--only" => {
                     a.only = val("--only")?
                         .split(',')
@@ -121,7 +130,7 @@ impl Args {
     }
 }
 
-const USAGE: &str = "usage: compare [--scale N] [--s3-scale N] [--memory-objects N] [--only fingerprint,diff,snapshot,executor,s3,memory] [--reps N] [--markdown FILE]";
+const USAGE: &str = "usage: compare [--scale N] [--s3-scale N] [--memory-objects N] [--only fingerprint,diff,snapshot,executor,s3,memory] [--reps N] [--markdown [FILE]]";
 
 /// Something to remove at the end of the run.
 #[derive(Debug, Clone)]
@@ -187,6 +196,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let start = Start::now();
     let code = rt.block_on(async {
         let need_s3 = args.wants("s3") || args.wants("memory");
         let need_tls = args.wants("fingerprint");
@@ -211,11 +221,17 @@ fn main() {
         let code = tokio::select! {
             r = run(&args, servers.as_ref()) => match r {
                 Ok(report) => {
-                    let md = render(&args, &report).await;
+                    let md = render(&args, &start, &report).await;
                     println!("{md}");
                     if let Some(p) = &args.markdown {
-                        if let Err(e) = std::fs::write(p, &md) {
-                            eprintln!("compare: writing {}: {e}", p.display());
+                        let p = p.clone().unwrap_or_else(|| start.results_file(&args));
+                        let written = p
+                            .parent()
+                            .map_or(Ok(()), std::fs::create_dir_all)
+                            .and_then(|()| std::fs::write(&p, &md));
+                        match written {
+                            Ok(()) => eprintln!("compare: results written to {}", p.display()),
+                            Err(e) => eprintln!("compare: writing {}: {e}", p.display()),
                         }
                     }
                     0
@@ -248,14 +264,21 @@ async fn run(args: &Args, servers: Option<&servers::Servers>) -> Res<Report> {
         }
     }
     if let Some(b) = &pg_ctx {
+        // Each section on both datasets: pgbench, then the realistic table.
         if args.wants("fingerprint") {
-            section(&mut report, "fingerprint", b.fingerprint(args)).await;
+            for ds in &b.sets {
+                section(&mut report, "fingerprint", b.fingerprint(args, ds)).await;
+            }
         }
         if args.wants("diff") {
-            section(&mut report, "diff", b.diff(args)).await;
+            for ds in &b.sets {
+                section(&mut report, "diff", b.diff(args, ds)).await;
+            }
         }
         if args.wants("snapshot") {
-            section(&mut report, "snapshot", b.snapshot(args)).await;
+            for ds in &b.sets {
+                section(&mut report, "snapshot", b.snapshot(args, ds)).await;
+            }
         }
     }
     if args.wants("executor") {
@@ -317,8 +340,56 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
-async fn render(args: &Args, report: &Report) -> String {
-    let date = cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+/// What is known of the run when it starts: the time, the load and the code measured.
+struct Start {
+    /// `YYYY-MM-DD HH:MM UTC`.
+    date: String,
+    /// `YYYY-MM-DD-HHMM`, for the results file's name.
+    stamp: String,
+    /// `/proc/loadavg`'s three averages.
+    load: String,
+    /// `git describe`-like: the commit, `-dirty` when the tree has changes.
+    commit: String,
+}
+
+impl Start {
+    fn now() -> Self {
+        let dir = env!("CARGO_MANIFEST_DIR");
+        let commit = cmd_out("git", &["-C", dir, "rev-parse", "--short=12", "HEAD"]);
+        let dirty = !cmd_out(
+            "git",
+            &["-C", dir, "status", "--porcelain", "--untracked-files=no"],
+        )
+        .is_empty();
+        Start {
+            date: cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            stamp: cmd_out("date", &["-u", "+%Y-%m-%d-%H%M"]),
+            load: load_average(),
+            commit: if commit.is_empty() {
+                "unknown".into()
+            } else if dirty {
+                format!("{commit}-dirty")
+            } else {
+                commit
+            },
+        }
+    }
+
+    /// `benches/results/<stamp>-scale-<scale>.md`.
+    fn results_file(&self, args: &Args) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("results")
+            .join(format!("{}-scale-{}.md", self.stamp, args.scale))
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+async fn render(args: &Args, start: &Start, report: &Report) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -330,14 +401,40 @@ async fn render(args: &Args, report: &Report) -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        })
+        .map(|kib| format!(", {} GiB of memory", kib / (1024 * 1024)))
         .unwrap_or_default();
-    format!(
-        "Run of `compare --scale {}{}` on {date}: {cores} cores ({cpu}), load average at the end {load}; medians of {} repetitions.\n\n{}",
+    let cmd = format!(
+        "compare --scale {}{}{} --reps {}",
         args.scale,
-        args.s3_scale.map(|s| format!(" --s3-scale {s}")).unwrap_or_default()
-            + &args.memory_objects.map(|s| format!(" --memory-objects {s}")).unwrap_or_default(),
+        args.s3_scale
+            .map(|s| format!(" --s3-scale {s}"))
+            .unwrap_or_default(),
+        args.memory_objects
+            .map(|s| format!(" --memory-objects {s}"))
+            .unwrap_or_default(),
+        args.reps
+    );
+    let only = if args.only.len() == SECTIONS.len() {
+        String::new()
+    } else {
+        format!(
+            " --only {}",
+            args.only.iter().cloned().collect::<Vec<_>>().join(",")
+        )
+    };
+    format!(
+        "# `{cmd}{only}`, {}\n\n- machine: {cpu}, {cores} cores{mem}\n- load average at the start: {}; at the end: {}\n- git commit: {}\n- medians of {} repetitions; ratios are measured side by side in this run\n\n{}",
+        start.date,
+        start.load,
+        load_average(),
+        start.commit,
         args.reps,
         report.to_markdown()
     )
@@ -416,6 +513,13 @@ mod tests {
         assert_eq!(parse(&["--s3-scale", "0.5"]).unwrap().s3_scale(), 0.5);
         assert!(a.wants("diff") && a.wants("s3") && !a.wants("fingerprint"));
         assert_eq!(a.reps, 5);
+        assert_eq!(parse(&["--markdown"]).unwrap().markdown, Some(None));
+        let m = parse(&["--markdown", "--scale", "0.2"]).unwrap();
+        assert_eq!((m.markdown, m.scale), (Some(None), 0.2));
+        assert_eq!(
+            parse(&["--markdown", "out.md"]).unwrap().markdown,
+            Some(Some(PathBuf::from("out.md")))
+        );
         let d = parse(&[]).unwrap();
         assert_eq!(d.scale, 1.0);
         assert!(SECTIONS.iter().all(|s| d.wants(s)));
