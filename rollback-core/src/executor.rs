@@ -405,6 +405,9 @@ impl Executor {
                 policy: self.policy,
             })
             .await?;
+            // The report of the run can then be rebuilt from its records alone.
+            run.append(Entry::PlanDescribed(Box::new(plan.describe())))
+                .await?;
             run.append(Entry::LeaseTaken {
                 holder: self.holder.clone(),
                 taken_over_from: lease.taken_over_from,
@@ -531,6 +534,11 @@ impl Executor {
             })
             .await?;
             run.state = State::from_records(&self.journal.records(run_id).await?);
+            if run.state.description.is_none() {
+                // A run journaled before journals described their plan: describe it now.
+                run.append(Entry::PlanDescribed(Box::new(plan.describe())))
+                    .await?;
+            }
             if let Some((_, assumed)) = resolution {
                 run.settle_lost_outcome(assumed).await?;
             }

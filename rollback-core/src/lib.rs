@@ -70,6 +70,7 @@
 
 mod checkpoint;
 mod context;
+mod describe;
 mod digest;
 mod error;
 pub mod events;
@@ -94,6 +95,10 @@ pub mod conformance;
 
 pub use checkpoint::{Checkpoint, Discarded, Proof, Restored, Snapshot};
 pub use context::Context;
+pub use describe::{
+    CheckpointDescription, PlanDescription, StepDescription, TriggerDescription,
+    VerifierDescription,
+};
 pub use digest::{Digest, Hasher};
 pub use error::{Error, Result};
 pub use events::{Event, Notice, Notifier, RunEvent};

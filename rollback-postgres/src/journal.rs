@@ -360,13 +360,7 @@ impl Journal for PgJournal {
             )
             .await
             .map_err(|e| journal_err(PgError::new("reading the lease", &e)))?
-            .map(|r| Lease {
-                key: key.to_string(),
-                holder: r.get(0),
-                expires_at_ms: r.get::<_, i64>(1).max(0) as u64,
-                taken_over_from: r.get(2),
-                epoch: r.get::<_, i64>(3).max(0) as u64,
-            });
+            .map(|r| lease_from_row(key, &r));
         // The server's clock decides expiry for every holder.
         let lease = decide_lease(current.as_ref(), key, holder, ttl, now.max(0) as u64)?;
         store_lease(&tx, &self.leases_table(), &lease).await?;
@@ -377,6 +371,22 @@ impl Journal for PgJournal {
             tracing::warn!(key, holder, previous = %prev, epoch = lease.epoch, "took over an expired lease");
         }
         Ok(lease)
+    }
+
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        self.ensure().await?;
+        let c = self.db.lib_client().await?;
+        let row = c
+            .query_opt(
+                &format!(
+                    "SELECT holder, expires_at_ms, taken_over_from, epoch FROM {} WHERE key = $1",
+                    self.leases_table()
+                ),
+                &[&key],
+            )
+            .await
+            .map_err(|e| journal_err(PgError::new("reading the lease", &e)))?;
+        Ok(row.map(|r| lease_from_row(key, &r)))
     }
 
     async fn release_lease(&self, key: &str, holder: &str) -> Result<()> {
@@ -394,6 +404,17 @@ impl Journal for PgJournal {
         .await
         .map_err(|e| journal_err(PgError::new("releasing the lease", &e)))?;
         Ok(())
+    }
+}
+
+/// A lease from a row of `SELECT holder, expires_at_ms, taken_over_from, epoch`.
+fn lease_from_row(key: &str, r: &tokio_postgres::Row) -> Lease {
+    Lease {
+        key: key.to_string(),
+        holder: r.get(0),
+        expires_at_ms: r.get::<_, i64>(1).max(0) as u64,
+        taken_over_from: r.get(2),
+        epoch: r.get::<_, i64>(3).max(0) as u64,
     }
 }
 

@@ -145,7 +145,7 @@ async fn a_run_journaled_in_postgres_is_resumed_by_another_executor() {
     let journal: Arc<dyn Journal> = Arc::new(PgJournal::new(&db.db));
     let crashing = Executor::with_journal(Arc::new(rollback_core::sim::CrashAfter::new(
         journal.clone(),
-        5,
+        6,
     )))
     .holder("worker-a")
     .lease_ttl(Duration::from_millis(300));

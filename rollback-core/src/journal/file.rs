@@ -538,6 +538,22 @@ impl Journal for FileJournal {
         .await
     }
 
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        let (lease_path, _) = lease_paths(&self.inner.dir, key);
+        self.blocking(move |_| match std::fs::read(&lease_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(JournalError::Io(e).into()),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                JournalError::Backend(format!(
+                    "lease file {} is not a lease: {e}",
+                    lease_path.display()
+                ))
+                .into()
+            }),
+        })
+        .await
+    }
+
     async fn release_lease(&self, key: &str, holder: &str) -> Result<()> {
         let (lease_path, lock_path) = lease_paths(&self.inner.dir, key);
         let holder = holder.to_string();

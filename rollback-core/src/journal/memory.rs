@@ -78,6 +78,10 @@ impl Journal for MemoryJournal {
         Ok(lease)
     }
 
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        Ok(self.lock().leases.get(key).cloned())
+    }
+
     async fn release_lease(&self, key: &str, holder: &str) -> Result<()> {
         let mut g = self.lock();
         if let Some(l) = g.leases.get_mut(key).filter(|l| l.holder == holder) {

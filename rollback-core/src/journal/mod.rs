@@ -32,6 +32,11 @@ pub enum Entry {
         holder: String,
         policy: RunPolicy,
     },
+    /// What the run's report needs to know about its plan (steps, checkpoints, verifiers,
+    /// objectives, owners), written right after `run_started` so that the report can be
+    /// rebuilt from the records alone. Runs journaled before this record existed lack it
+    /// (see [`RunReport::rebuild`](crate::RunReport::rebuild)).
+    PlanDescribed(Box<crate::PlanDescription>),
     /// The lease on the plan was taken (possibly from an expired holder), with the fencing
     /// epoch of the grant: from this record on, the run refuses appends of older epochs.
     LeaseTaken {
@@ -168,6 +173,7 @@ impl Entry {
     pub fn kind(&self) -> &'static str {
         match self {
             Entry::RunStarted { .. } => "run_started",
+            Entry::PlanDescribed(_) => "plan_described",
             Entry::LeaseTaken { .. } => "lease_taken",
             Entry::Resumed { .. } => "resumed",
             Entry::CaptureIntent { .. } => "capture_intent",
@@ -605,6 +611,17 @@ pub trait Journal: Send + Sync {
     async fn lost_tail(&self, _run_id: &str) -> Result<Option<LostTail>> {
         Ok(None)
     }
+
+    /// The lease of `key` as stored, without taking it: for operators' tools, which show
+    /// who holds a plan and check that no run's records carry an epoch newer than the
+    /// key's. `None`: never granted. Reads never write. Default: `None` (a journal that
+    /// cannot tell).
+    ///
+    /// # Errors
+    /// I/O or backend errors.
+    async fn lease(&self, _key: &str) -> Result<Option<Lease>> {
+        Ok(None)
+    }
 }
 
 /// A shared or boxed journal is a journal: every method forwards (a wrapper that forgot
@@ -638,6 +655,9 @@ macro_rules! forward_journal {
             }
             async fn lost_tail(&self, run_id: &str) -> Result<Option<LostTail>> {
                 (**self).lost_tail(run_id).await
+            }
+            async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+                (**self).lease(key).await
             }
         }
     )*};

@@ -4,16 +4,22 @@
 mod markdown;
 mod notice;
 mod sections;
+mod summary;
 mod timeline;
 
 pub(crate) use notice::{status_message, NoticeFacts};
+pub use summary::RunSummary;
 
-use crate::journal::Record;
+use crate::journal::{Journal, Record};
 use crate::state::State;
-use crate::{Digest, Plan, Reversibility, Verdict};
+use crate::{Digest, Error, Plan, PlanDescription, Reversibility, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+
+/// The version of the report's JSON schema that [`RunReport::schema_version`] carries.
+/// Version 1: the first versioned schema.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,6 +208,10 @@ pub struct TimelineEntry {
 /// process that worked on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
+    /// The version of this JSON's schema ([`REPORT_SCHEMA_VERSION`]): raised on every change
+    /// a reader could notice, and noted in the CHANGELOG.
+    #[serde(default)]
+    pub schema_version: u32,
     /// Run id.
     pub run_id: String,
     /// Plan name.
@@ -283,11 +293,75 @@ impl RunReport {
     /// each section of the report reads that state; the timeline renders each record.
     pub fn from_records(plan: &Plan, run_id: &str, records: &[Record]) -> RunReport {
         let state = State::from_records(records);
-        Self::from_state(plan, run_id, state, records)
+        Self::from_state(&plan.describe(), run_id, state, records)
+    }
+
+    /// Rebuild the report of `run_id` from its records alone, with the plan as the run's
+    /// `plan_described` record describes it (no plan code needed). Equal to
+    /// [`RunReport::from_records`] with the plan the run was started with.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> rollback_core::Result<()> {
+    /// use rollback_core::journal::{Journal, MemoryJournal};
+    /// use rollback_core::sim::{SetKey, SimWorld};
+    /// use rollback_core::{Executor, Plan, RunReport};
+    /// use std::sync::Arc;
+    /// let w = SimWorld::new();
+    /// let plan = Plan::builder("demo")
+    ///     .checkpoint("db", w.checkpoint("db"))
+    ///     .step("db", SetKey::new("s1", &w, "db", "k", "v"), &[])
+    ///     .build()?;
+    /// let journal = Arc::new(MemoryJournal::new());
+    /// let report = Executor::with_journal(journal.clone()).run(&plan).await?;
+    /// let records = journal.records(&report.run_id).await?;
+    /// assert_eq!(RunReport::rebuild(&report.run_id, &records)?, report);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::UnknownRun`] when there are no records; [`Error::Undescribed`] when the
+    /// run was journaled before journals described their plan (build its report with
+    /// [`RunReport::from_records`] and the plan); [`Error::PlanMismatch`] when the
+    /// description's digest is not the one `run_started` gives.
+    pub fn rebuild(run_id: &str, records: &[Record]) -> Result<RunReport, Error> {
+        if records.is_empty() {
+            return Err(Error::UnknownRun {
+                run_id: run_id.into(),
+            });
+        }
+        let mut state = State::from_records(records);
+        let Some(description) = state.description.take() else {
+            return Err(Error::Undescribed {
+                run_id: run_id.into(),
+            });
+        };
+        if let Some(started) = state.plan_digest.filter(|d| *d != description.digest) {
+            return Err(Error::PlanMismatch {
+                run_id: run_id.into(),
+                expected: started,
+                found: description.digest,
+            });
+        }
+        Ok(Self::from_state(&description, run_id, state, records))
+    }
+
+    /// Read the run `run_id` from `journal` (verified) and [`rebuild`](RunReport::rebuild)
+    /// its report.
+    ///
+    /// # Errors
+    /// Journal errors, and as [`RunReport::rebuild`].
+    pub async fn load(journal: &dyn Journal, run_id: &str) -> Result<RunReport, Error> {
+        let records = journal.records(run_id).await?;
+        Self::rebuild(run_id, &records)
     }
 
     /// The report of a run whose records fold into `state`.
-    fn from_state(plan: &Plan, run_id: &str, mut state: State, records: &[Record]) -> RunReport {
+    fn from_state(
+        plan: &PlanDescription,
+        run_id: &str,
+        mut state: State,
+        records: &[Record],
+    ) -> RunReport {
         let verdicts = std::mem::take(&mut state.verdicts);
         let state = &state;
         let started = state.started_at_ms.unwrap_or(0);
@@ -300,10 +374,12 @@ impl RunReport {
             Some((reason, _, cps)) => (Some(reason.clone()), cps.clone()),
             None => (None, Vec::new()),
         };
+        let objectives = plan.objectives;
         RunReport {
+            schema_version: REPORT_SCHEMA_VERSION,
             run_id: run_id.into(),
-            plan: plan.name().into(),
-            plan_digest: plan.digest(),
+            plan: plan.plan.clone(),
+            plan_digest: plan.digest,
             outcome,
             rollback_reason,
             started_at_ms: started,
@@ -332,16 +408,16 @@ impl RunReport {
                 .collect(),
             journal_repairs: state.journal_repairs.iter().map(timeline::repair).collect(),
             approvals: plan.approvals.clone(),
-            objectives: plan.objectives(),
+            objectives,
             rto_met: recovery
                 .rto_ms
-                .zip(plan.objectives().rto_ms)
+                .zip(objectives.rto_ms)
                 .map(|(got, target)| got <= target),
             rpo_met: recovery
                 .rpo_ms
-                .zip(plan.objectives().rpo_ms)
+                .zip(objectives.rpo_ms)
                 .map(|(got, target)| got <= target),
-            owners: plan.owners().clone(),
+            owners: plan.owners.clone(),
             timeline: timeline::timeline(plan, started, records),
         }
     }

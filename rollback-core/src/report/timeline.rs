@@ -3,17 +3,17 @@
 use super::TimelineEntry;
 use crate::journal::{Entry, Record};
 use crate::state::JournalRepair;
-use crate::Plan;
+use crate::PlanDescription;
 use std::collections::BTreeMap;
 
 /// One line per record, with its offset from the run's start (`started`, epoch ms).
-pub(super) fn timeline(plan: &Plan, started: u64, records: &[Record]) -> Vec<TimelineEntry> {
+pub(super) fn timeline(
+    plan: &PlanDescription,
+    started: u64,
+    records: &[Record],
+) -> Vec<TimelineEntry> {
     // How many times each of the plan's checkpoints was restored so far ("restored AGAIN").
-    let mut restores: BTreeMap<&str, u32> = plan
-        .checkpoints()
-        .iter()
-        .map(|c| (c.resource(), 0))
-        .collect();
+    let mut restores: BTreeMap<&str, u32> = plan.checkpoint_resources().map(|c| (c, 0)).collect();
     records
         .iter()
         .map(|r| {
@@ -62,6 +62,7 @@ fn describe(entry: &Entry, again: bool) -> String {
             policy.scope,
             policy.on_resume
         ),
+        Entry::PlanDescribed(d) => d.summary(),
         Entry::LeaseTaken {
             holder,
             taken_over_from,
