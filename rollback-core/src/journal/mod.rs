@@ -202,6 +202,30 @@ impl Entry {
         }
     }
 
+    /// The step, checkpoint (resource) or verifier the entry is about, if one.
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            Entry::CaptureIntent { checkpoint }
+            | Entry::Captured { checkpoint, .. }
+            | Entry::Fingerprinted { checkpoint, .. }
+            | Entry::NotRestored { checkpoint, .. }
+            | Entry::RestoreIntent { checkpoint }
+            | Entry::Restored { checkpoint, .. }
+            | Entry::RestoreFailed { checkpoint, .. }
+            | Entry::Parity { checkpoint, .. }
+            | Entry::Discarded { checkpoint, .. } => Some(checkpoint),
+            Entry::ApplyIntent { step, .. }
+            | Entry::Applied { step, .. }
+            | Entry::ApplyFailed { step, .. }
+            | Entry::Progress { step, .. }
+            | Entry::RevertIntent { step, .. }
+            | Entry::Reverted { step, .. }
+            | Entry::RevertFailed { step, .. } => Some(step),
+            Entry::Verdict { verifier, .. } => Some(verifier),
+            _ => None,
+        }
+    }
+
     /// Whether this entry ends a run (`committed`, `rolled_back`): journals that can lose
     /// a tail witness these records beyond the run's own file (see
     /// [`Journal::lost_tail`]).

@@ -1,6 +1,7 @@
 //! [`RunReport`]: what a run did and undid, with evidence, RTO and RPO — rebuilt from the
 //! journal, rendered as JSON or Markdown, with an incident-report skeleton.
 
+mod html;
 mod markdown;
 mod notice;
 mod sections;
@@ -202,6 +203,9 @@ pub struct TimelineEntry {
     pub kind: String,
     /// Human-readable detail.
     pub detail: String,
+    /// What the record is about: the step, checkpoint (resource) or verifier it names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 /// The report of a run. Built from the journal, so a resumed run's report covers every

@@ -30,6 +30,7 @@ pub(super) fn timeline(
                 offset_ms: r.at_ms.saturating_sub(started),
                 kind: r.entry.kind().into(),
                 detail: describe(&r.entry, again),
+                subject: r.entry.subject().map(str::to_string),
             }
         })
         .collect()
@@ -186,5 +187,12 @@ fn describe(entry: &Entry, again: bool) -> String {
             "ROLLBACK FAILED: {error}; remaining: {}",
             remaining.join("; ")
         ),
+    }
+}
+
+/// An entry as the timeline words it (`applied db-schema in 3 ms`).
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(self, false))
     }
 }
