@@ -57,15 +57,20 @@ pub(crate) async fn state_of(journal: &dyn Journal, s: &RunSummary) -> Result<Ru
     if s.finished() {
         return Ok(RunState::Finished);
     }
-    let live = journal
-        .lease(&s.plan)
-        .await?
-        .is_some_and(|l| l.holder == s.holder && l.expires_at_ms > now_ms());
-    Ok(if live {
+    Ok(if held(journal, s).await? {
         RunState::Running
     } else {
         RunState::Interrupted
     })
+}
+
+/// Whether the run's last holder holds the plan's lease (by this machine's clock): it is
+/// still at work on the run (a finished run may still be releasing its snapshots).
+pub(crate) async fn held(journal: &dyn Journal, s: &RunSummary) -> Result<bool, Failure> {
+    Ok(journal
+        .lease(&s.plan)
+        .await?
+        .is_some_and(|l| l.holder == s.holder && l.expires_at_ms > now_ms()))
 }
 
 /// Every run, read and summarized; a run whose records do not verify is listed as
@@ -181,7 +186,7 @@ pub(crate) async fn history(journal: &dyn Journal, plan: &str, json: bool) -> Re
         return Ok(code::OK);
     }
     let mut t = table(&[
-        "run", "started", "digest", "state", "outcome", "steps", "rto", "resumes",
+        "run", "started", "digest", "state", "outcome", "applied", "rto", "resumes",
     ]);
     for l in &runs {
         let Some(s) = &l.summary else { continue };

@@ -143,12 +143,19 @@ pub(crate) async fn verify(
             }
             Err(e) => return Err(e.into()),
         }
-        match journal.lost_tail(run_id).await? {
-            Some(lost) if lost.witnessed.is_some() => check.problems.push(format!(
-                "journal of run {run_id}: records were lost: {lost}"
-            )),
-            Some(lost) => check.torn_tail = Some(lost.to_string()),
-            None => {}
+        if check.problems.is_empty() {
+            match journal.lost_tail(run_id).await {
+                Ok(Some(lost)) if lost.witnessed.is_some() => check.problems.push(format!(
+                    "journal of run {run_id}: records were lost: {lost}"
+                )),
+                Ok(Some(lost)) => check.torn_tail = Some(lost.to_string()),
+                Ok(None) => {}
+                Err(rollback_core::Error::Journal(e)) if crate::journal::is_damage(&e) => {
+                    check.record = bad_record(&e);
+                    check.problems.push(e.to_string());
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         check.ok = check.problems.is_empty();
         runs.push(check);

@@ -186,10 +186,9 @@ pub(crate) async fn watch(
             };
             // A run that reached `committed` or `rolled_back` may still release its
             // snapshots: wait until nobody works on it any more.
-            let holder_done = summary.outcome == Outcome::RollbackFailed
-                || crate::runs::state_of(journal, &summary).await?
-                    != crate::runs::RunState::Running
-                    && summary.finished();
+            let holder_done = ended.is_some()
+                && (summary.outcome == Outcome::RollbackFailed
+                    || !crate::runs::held(journal, &summary).await?);
             if let (Some(c), true) = (ended, holder_done) {
                 let msg = format!(
                     "run {run} ended {} after {} records",

@@ -43,7 +43,7 @@ pub struct RunSummary {
     pub rto_target_ms: Option<u64>,
     /// Steps the plan has, when the journal describes it.
     pub steps_total: Option<usize>,
-    /// Steps applied (with an `applied` record) and not reverted.
+    /// Steps applied (with an `applied` record), including those undone since.
     pub steps_applied: usize,
     /// Steps reverted.
     pub steps_reverted: usize,
@@ -114,8 +114,8 @@ impl RunSummary {
             steps_total: description.map(|d| d.steps.len()),
             steps_applied: state
                 .applied
-                .iter()
-                .filter(|(s, receipt)| receipt.is_some() && !state.reverted.contains(*s))
+                .values()
+                .filter(|receipt| receipt.is_some())
                 .count(),
             steps_reverted: state.reverted.len(),
             resumes: state.resumes,
