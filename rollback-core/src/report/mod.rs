@@ -24,6 +24,7 @@ pub const REPORT_SCHEMA_VERSION: u32 = 1;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Every step applied and verified.
@@ -53,6 +54,7 @@ impl fmt::Display for Outcome {
 
 /// Where a step ended up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StepState {
     /// Never applied.
@@ -76,6 +78,7 @@ pub enum StepState {
 
 /// One step in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StepReport {
     /// Step id.
     pub id: String,
@@ -103,6 +106,7 @@ pub struct StepReport {
 
 /// One checkpoint in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CheckpointReport {
     /// Resource.
     pub resource: String,
@@ -163,6 +167,7 @@ fn is_zero(v: &u32) -> bool {
 
 /// A verdict with when and where it was given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VerdictReport {
     /// Verifier id.
     pub verifier: String,
@@ -179,6 +184,7 @@ pub struct VerdictReport {
 /// (`verdict` and `rollback_started`), so `latency_ms` is what the run took from the
 /// recorded detection to the recorded start of the rollback.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Detection {
     /// The verifier whose verdict started the rollback (a trigger's verifier in `soak`).
     pub verifier: String,
@@ -196,6 +202,7 @@ pub struct Detection {
 
 /// One line of the timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TimelineEntry {
     /// Milliseconds since the run started.
     pub offset_ms: u64,
@@ -211,6 +218,7 @@ pub struct TimelineEntry {
 /// The report of a run. Built from the journal, so a resumed run's report covers every
 /// process that worked on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunReport {
     /// The version of this JSON's schema ([`REPORT_SCHEMA_VERSION`]): raised on every change
     /// a reader could notice, and noted in the CHANGELOG.
@@ -456,6 +464,20 @@ impl RunReport {
         } else {
             Some(kept.iter().all(|v| v.verdict.passed()))
         }
+    }
+
+    /// The JSON Schema of the report's JSON ([`RunReport::to_json`]), generated from its
+    /// types; `rollback-core/report.schema.json` is this schema, committed.
+    ///
+    /// ```
+    /// let schema = rollback_core::RunReport::json_schema();
+    /// assert_eq!(schema["title"], "RunReport");
+    /// assert!(schema["properties"]["schema_version"].is_object());
+    /// ```
+    #[cfg(feature = "schema")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "schema")))]
+    pub fn json_schema() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(RunReport)).unwrap_or_default()
     }
 
     /// Whether the run committed.
