@@ -144,7 +144,7 @@ pub(crate) async fn watch(
     loop {
         let records = journal.records(run).await?;
         let new = records.get(seen..).unwrap_or_default();
-        if !new.is_empty() {
+        if !records.is_empty() {
             let summary = RunSummary::from_records(run, &records).ok_or_else(|| {
                 Failure::new(
                     code::DAMAGED,
@@ -152,11 +152,16 @@ pub(crate) async fn watch(
                 )
             })?;
             for r in new {
-                // Each record's own view of the run, so bars move record by record.
-                let upto = RunSummary::from_records(run, &records[..=r.seq as usize])
-                    .unwrap_or_else(|| summary.clone());
                 match bars.as_mut() {
-                    Some(b) => b.record(r, &upto),
+                    Some(b) => {
+                        // Each record's own view of the run, so the bars move record by
+                        // record (a long backlog jumps to the end instead).
+                        let upto = (new.len() <= 200)
+                            .then(|| RunSummary::from_records(run, &records[..=r.seq as usize]))
+                            .flatten()
+                            .unwrap_or_else(|| summary.clone());
+                        b.record(r, &upto)
+                    }
                     None if json => output::print(
                         &serde_json::to_string(&Line {
                             run_id: run,
