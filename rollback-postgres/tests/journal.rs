@@ -176,3 +176,50 @@ async fn a_run_journaled_in_postgres_is_resumed_by_another_executor() {
         Entry::LeaseTaken { holder, taken_over_from: Some(prev), .. } if holder == "worker-b" && prev == "worker-a"
     )));
 }
+
+#[tokio::test]
+async fn a_report_is_rebuilt_from_the_postgres_journal_alone() {
+    let db = TestDb::new("journal_describe").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 10) g;")
+        .await;
+    let plan = Plan::builder("pg-journal-describe")
+        .checkpoint("db", TableSnapshot::new(&db.db, Table::public("t")))
+        .step(
+            "db",
+            SqlStep::new(&db.db, "bump", "UPDATE t SET v = v + 1")
+                .down("UPDATE t SET v = v - 1")
+                .touches_table(&Table::public("t")),
+            &[],
+        )
+        .step(
+            "db",
+            SqlStep::new(&db.db, "fail", "SELECT 1 / 0").touches_table(&Table::public("t")),
+            &["bump"],
+        )
+        .rto_target(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let journal = PgJournal::new(&db.db);
+    let report = Executor::new(PgJournal::new(&db.db))
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack, "{}", report.to_markdown());
+    // Another process, with no plan: the journal's records alone.
+    let other = PgJournal::new(&Database::connect(&db.url).unwrap());
+    let records = other.records(&report.run_id).await.unwrap();
+    assert_eq!(records[1].entry.kind(), "plan_described");
+    let rebuilt = rollback_core::RunReport::rebuild(&report.run_id, &records).unwrap();
+    assert_eq!(rebuilt, report);
+    assert_eq!(
+        rollback_core::RunReport::from_records(&plan, &report.run_id, &records),
+        rebuilt
+    );
+    assert_eq!(rebuilt.objectives.rto_ms, Some(30_000));
+    assert_eq!(rebuilt.steps.len(), 2);
+    // The stored lease is readable without taking it.
+    let lease = journal.lease("pg-journal-describe").await.unwrap().unwrap();
+    assert_eq!(lease.holder, "", "released after the run");
+    assert!(lease.epoch >= 1);
+    assert_eq!(journal.lease("no-such-plan").await.unwrap(), None);
+}
