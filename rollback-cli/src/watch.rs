@@ -1,11 +1,14 @@
 //! `rollback watch RUN`: follow a run in the journal as other processes write it — a bar
-//! for the steps, and a spinner per long action (capture, apply, revert, restore) that
-//! shows the step's progress records and ends with its duration.
+//! for the steps, a spinner per long action (capture, apply, revert, restore) that shows
+//! the step's journaled cursor and ends with its duration, and a bar per source of the
+//! progress the executor publishes beside the journal (`Journal::progress`: a backfill's
+//! rows, a snapshot's bytes). Off a terminal: one line per record (`--json`: one JSON
+//! object per record and per progress update).
 
 use crate::output;
 use crate::{code, Failure};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rollback_core::journal::{Entry, Journal, Record};
+use rollback_core::journal::{Entry, Journal, LiveProgress, Record};
 use rollback_core::report::RunSummary;
 use rollback_core::Outcome;
 use std::collections::HashMap;
@@ -118,6 +121,40 @@ impl Bars {
         self.steps.set_message(line);
     }
 
+    /// A bar per source of published progress (a backfill's rows, a snapshot's bytes).
+    fn live(&mut self, p: &LiveProgress) {
+        let key = format!("live:{}", p.source);
+        let bar = match self.actions.get(&key) {
+            Some(b) => b.clone(),
+            None => {
+                let b = self.mp.add(ProgressBar::new(p.total.unwrap_or(0)));
+                let template = if p.total.is_some() {
+                    "{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})"
+                } else {
+                    "{prefix:>10} {spinner} {pos} {msg} ({elapsed})"
+                };
+                b.set_style(
+                    ProgressStyle::with_template(template)
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                b.set_prefix(p.unit.clone());
+                b.set_message(p.source.clone());
+                self.actions.insert(key.clone(), b.clone());
+                b
+            }
+        };
+        if let Some(t) = p.total {
+            bar.set_length(t);
+        }
+        bar.set_position(p.done);
+        if p.total.is_some_and(|t| p.done >= t) {
+            if let Some(b) = self.actions.remove(&key) {
+                b.finish_with_message(format!("{} done", p.source));
+            }
+        }
+    }
+
     fn end(self, msg: String) {
         for b in self.actions.values() {
             b.finish_and_clear();
@@ -141,9 +178,33 @@ pub(crate) async fn watch(
     let mut bars = (!json && std::io::stderr().is_terminal()).then(Bars::new);
     let mut seen = 0usize;
     let mut told_interrupted = false;
+    // The last published progress shown, per source.
+    let mut shown: HashMap<String, (u64, Option<u64>)> = HashMap::new();
     loop {
         let records = journal.records(run).await?;
         let new = records.get(seen..).unwrap_or_default();
+        // Progress beside the journal is best effort: a failure to read it is not the run's.
+        for p in journal.progress(run).await.unwrap_or_default() {
+            if shown.insert(p.source.clone(), (p.done, p.total)) == Some((p.done, p.total)) {
+                continue;
+            }
+            match bars.as_mut() {
+                Some(b) => b.live(&p),
+                None if json => output::print(
+                    &serde_json::json!({
+                        "run_id": run,
+                        "kind": "progress",
+                        "source": p.source,
+                        "done": p.done,
+                        "total": p.total,
+                        "unit": p.unit,
+                        "at_ms": p.at_ms,
+                    })
+                    .to_string(),
+                ),
+                None => {}
+            }
+        }
         if !records.is_empty() {
             let summary = RunSummary::from_records(run, &records).ok_or_else(|| {
                 Failure::new(

@@ -290,3 +290,57 @@ async fn watch_follows_a_live_run_to_its_end() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_json_streams_records_and_the_published_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let watcher = std::process::Command::new(assert_cmd::cargo::cargo_bin("rollback"))
+        .arg("--journal")
+        .arg(dir.path())
+        .args([
+            "watch",
+            COMMITTED,
+            "--json",
+            "--interval",
+            "5",
+            "--timeout",
+            "120",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let j: Arc<dyn Journal> = Arc::new(FileJournal::open(dir.path()).unwrap());
+    let (report, _) = run(j, COMMITTED, true).await;
+    let out = tokio::task::spawn_blocking(move || watcher.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let records: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["kind"] != "progress").collect();
+    assert_eq!(records.len(), report.timeline.len());
+    for (i, (line, t)) in records.iter().zip(&report.timeline).enumerate() {
+        assert_eq!(line["seq"], i as u64);
+        assert_eq!(line["kind"], t.kind);
+        assert_eq!(line["detail"], t.detail);
+    }
+    // The capture of `customers` (a snapshot) reported its progress; the executor published
+    // it beside the journal.
+    assert!(
+        lines.iter().any(|l| l["kind"] == "progress"
+            && l["source"] == "customers"
+            && l["done"] == 1
+            && l["total"] == 1),
+        "{lines:#?}"
+    );
+}

@@ -394,9 +394,10 @@ impl Executor {
         )
         .await?;
         let _renew = keeper.renew_in_background();
+        let progress = crate::live::publish(self.journal.clone(), self.events.subscribe(), run_id);
         let span =
             tracing::info_span!("run", run = %run_id, plan = %plan.name(), epoch = lease.epoch);
-        async {
+        let out = async {
             let mut run = Run::new(self, plan, run_id, cancel, false, keeper);
             run.append(Entry::RunStarted {
                 plan: plan.name().into(),
@@ -418,7 +419,10 @@ impl Executor {
             self.finish(plan, report).await
         }
         .instrument(span)
-        .await
+        .await;
+        // What the run published of its progress reaches the journal before it returns.
+        progress.finish().await;
+        out
     }
 
     /// Bring an interrupted run to a consistent end, with the same plan (checked by
@@ -501,9 +505,10 @@ impl Executor {
         )
         .await?;
         let _renew = keeper.renew_in_background();
+        let progress = crate::live::publish(self.journal.clone(), self.events.subscribe(), run_id);
         let span =
             tracing::info_span!("resume", run = %run_id, plan = %plan.name(), epoch = lease.epoch);
-        async {
+        let out = async {
             let mut run = Run::new(self, plan, run_id, cancel, true, keeper);
             run.policy = policy;
             if let Some(p) = self.resume_override {
@@ -546,7 +551,10 @@ impl Executor {
             self.finish(plan, report).await
         }
         .instrument(span)
-        .await
+        .await;
+        // What the run published of its progress reaches the journal before it returns.
+        progress.finish().await;
+        out
     }
 
     /// Apply, roll back, prove parity, then apply again: the rollback rehearsal for CI.

@@ -77,6 +77,7 @@ pub mod events;
 mod executor;
 pub mod journal;
 mod lease;
+mod live;
 pub mod plan;
 mod progress;
 pub mod report;

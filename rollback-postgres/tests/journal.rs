@@ -204,7 +204,12 @@ async fn a_report_is_rebuilt_from_the_postgres_journal_alone() {
         .run(&plan)
         .await
         .unwrap();
-    assert_eq!(report.outcome, Outcome::RolledBack, "{}", report.to_markdown());
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
     // Another process, with no plan: the journal's records alone.
     let other = PgJournal::new(&Database::connect(&db.url).unwrap());
     let records = other.records(&report.run_id).await.unwrap();

@@ -646,6 +646,42 @@ pub trait Journal: Send + Sync {
     async fn lease(&self, _key: &str) -> Result<Option<Lease>> {
         Ok(None)
     }
+
+    /// Keep `progress` as the latest of its source for the run `run_id`, replacing the
+    /// one before: what a long step, snapshot or restore reports while it works, for
+    /// watchers in other processes. Not a record — not chained, not durable, read by
+    /// neither `resume` nor the report; best effort. Default: dropped.
+    ///
+    /// # Errors
+    /// I/O or backend errors (the executor logs them and goes on).
+    async fn publish_progress(&self, _run_id: &str, _progress: &LiveProgress) -> Result<()> {
+        Ok(())
+    }
+
+    /// The latest progress of each source of `run_id` (see
+    /// [`publish_progress`](Journal::publish_progress)). Default: none.
+    ///
+    /// # Errors
+    /// I/O or backend errors.
+    async fn progress(&self, _run_id: &str) -> Result<Vec<LiveProgress>> {
+        Ok(Vec::new())
+    }
+}
+
+/// The latest progress of one source of a running run, published beside the journal (see
+/// [`Journal::publish_progress`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveProgress {
+    /// What is progressing (a step id, a checkpoint resource, a verifier).
+    pub source: String,
+    /// Units done.
+    pub done: u64,
+    /// Units in all, where known.
+    pub total: Option<u64>,
+    /// The unit ("rows", "objects", "bytes").
+    pub unit: String,
+    /// When it was published, epoch ms.
+    pub at_ms: u64,
 }
 
 /// A shared or boxed journal is a journal: every method forwards (a wrapper that forgot
@@ -682,6 +718,12 @@ macro_rules! forward_journal {
             }
             async fn lease(&self, key: &str) -> Result<Option<Lease>> {
                 (**self).lease(key).await
+            }
+            async fn publish_progress(&self, run_id: &str, progress: &LiveProgress) -> Result<()> {
+                (**self).publish_progress(run_id, progress).await
+            }
+            async fn progress(&self, run_id: &str) -> Result<Vec<LiveProgress>> {
+                (**self).progress(run_id).await
             }
         }
     )*};

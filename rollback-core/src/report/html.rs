@@ -413,7 +413,7 @@ fn svg(r: &RunReport) -> String {
         let _ = write!(
             s,
             r##"<text x="{:.1}" y="{:.1}" fill="#b00020" class="rto">{}</text>"##,
-            x0.min(LABEL_W + CHART_W - 360.0).max(LABEL_W),
+            x0.clamp(LABEL_W, LABEL_W + CHART_W - 360.0),
             y + 16.0,
             esc(&label)
         );
