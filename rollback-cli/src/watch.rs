@@ -68,9 +68,11 @@ impl Bars {
         }
     }
 
+    /// An action ended: its spinner goes, its line stays above the bars.
     fn finish(&mut self, key: &str, msg: String) {
         if let Some(b) = self.actions.remove(key) {
-            b.finish_with_message(msg);
+            b.finish_and_clear();
+            let _ = self.mp.println(format!("  {msg}"));
         }
     }
 
@@ -149,9 +151,7 @@ impl Bars {
         }
         bar.set_position(p.done);
         if p.total.is_some_and(|t| p.done >= t) {
-            if let Some(b) = self.actions.remove(&key) {
-                b.finish_with_message(format!("{} done", p.source));
-            }
+            self.finish(&key, format!("{}: {} {} done", p.source, p.done, p.unit));
         }
     }
 
