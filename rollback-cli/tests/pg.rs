@@ -60,6 +60,33 @@ async fn the_command_reads_runs_status_reports_and_verifies_a_postgres_journal()
         assert_eq!(got, want);
     }
 
+    // Watching a finished run replays its records and the progress its executor published
+    // beside the journal (the capture of `customers`), then exits with its outcome.
+    let out = rollback()
+        .args([
+            "--pg",
+            &db.url,
+            "watch",
+            ROLLED_BACK,
+            "--json",
+            "--timeout",
+            "60",
+        ])
+        .assert()
+        .code(7);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.get_output().stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["kind"] == "progress"
+            && l["source"] == "customers"
+            && l["done"] == 1
+            && l["total"] == 1),
+        "{lines:#?}"
+    );
+    assert_eq!(lines.last().unwrap()["kind"], "discarded", "{lines:#?}");
+
     let out = rollback()
         .args(["--pg", &db.url, "verify"])
         .assert()

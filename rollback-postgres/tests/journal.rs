@@ -222,6 +222,34 @@ async fn a_report_is_rebuilt_from_the_postgres_journal_alone() {
     );
     assert_eq!(rebuilt.objectives.rto_ms, Some(30_000));
     assert_eq!(rebuilt.steps.len(), 2);
+    // Progress is kept beside the records, latest value per source, for other machines.
+    let p = |done| rollback_core::journal::LiveProgress {
+        source: "backfill".into(),
+        done,
+        total: Some(10),
+        unit: "rows".into(),
+        at_ms: 1_000 + done,
+    };
+    // The run published its snapshot's progress (10 rows copied) as it went.
+    let published = other.progress(&report.run_id).await.unwrap();
+    assert!(
+        published
+            .iter()
+            .any(|p| p.source == "capture public.t" && p.done == 10 && p.total == Some(10)),
+        "{published:?}"
+    );
+    journal
+        .publish_progress(&report.run_id, &p(3))
+        .await
+        .unwrap();
+    journal
+        .publish_progress(&report.run_id, &p(7))
+        .await
+        .unwrap();
+    let now = other.progress(&report.run_id).await.unwrap();
+    assert_eq!(now.len(), published.len() + 1, "{now:?}");
+    assert!(now.contains(&p(7)) && !now.contains(&p(3)), "{now:?}");
+    assert_eq!(other.progress("no-such-run").await.unwrap(), vec![]);
     // The stored lease is readable without taking it.
     let lease = journal.lease("pg-journal-describe").await.unwrap().unwrap();
     assert_eq!(lease.holder, "", "released after the run");
