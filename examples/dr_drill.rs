@@ -1,4 +1,4 @@
-//! A disaster-recovery drill of the SaaS cutover (see `saas_cutover.rs`): it injects each
+//! A disaster-recovery drill of the SaaS cutover (see `saas_cutover/plan.rs`): it injects each
 //! failure in turn — the backfill failing midway, the object move failing midway, the
 //! health trigger breaching during the soak window — with whole-plan and component
 //! rollback where they differ, each from a freshly seeded fixture, and prints the

@@ -3,7 +3,7 @@
 //!
 //! | component | from the environment | embedded default |
 //! |---|---|---|
-//! | database | `DATABASE_URL` (or `ROLLBACK_TEST_PG_URL`) | a [throwaway cluster](crate::pgcluster) from the local PostgreSQL binaries |
+//! | database | `DATABASE_URL` (or `ROLLBACK_TEST_PG_URL`) | a [throwaway cluster](rollback_testkit::cluster) from the local PostgreSQL binaries |
 //! | objects | `S3_ENDPOINT` + `S3_ACCESS_KEY` + `S3_SECRET_KEY` [+ `S3_REGION`] (or the `ROLLBACK_TEST_S3_*` ones) | a local folder ([`FolderBackend`]) |
 //! | flags | `UNLEASH_URL` + `UNLEASH_ADMIN_TOKEN` (or the `ROLLBACK_TEST_UNLEASH_*` ones), project `default`, environment `development` | a flagd-format flag file |
 //! | journal | PostgreSQL (`_rollback` schema of the same database) when the database comes from the environment | a file journal |
@@ -11,11 +11,11 @@
 //! Each component is chosen on its own, so any mix works.
 
 use crate::cutover::{Backends, Names};
-use crate::pgcluster::{ClusterError, ThrowawayCluster};
 use rollback_core::journal::{FileJournal, Journal};
 use rollback_flags::{FileProvider, FlagProvider, UnleashProvider};
 use rollback_postgres::{Database, PgJournal};
 use rollback_s3::{FolderBackend, ObjectBackend, S3Bucket, S3Settings};
+use rollback_testkit::cluster::{ClusterError, ThrowawayCluster};
 use std::path::Path;
 use std::sync::Arc;
 

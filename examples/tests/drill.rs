@@ -22,22 +22,11 @@ use rollback_postgres::{Database, PgJournal};
 use rollback_s3::{S3Bucket, S3Settings};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn env(name: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} is not set: run the tests through scripts/test, which starts PostgreSQL, \
-             the S3 server and Unleash and exports ROLLBACK_TEST_* (or `scripts/servers-up FILE` \
-             and source FILE)"
-            )
-        })
-}
+use rollback_testkit::env::require as env;
+use rollback_testkit::pg::{assert_same_dump, dump as pg_dump};
 
 fn loopback(url: &str, what: &str) -> String {
     assert!(
@@ -174,74 +163,6 @@ impl World {
 
 // ---- independent views -------------------------------------------------------------
 
-/// `pg_dump` of schema and of data (COPY rows sorted), without the library's bookkeeping
-/// schemas.
-fn pg_dump(url: &str) -> (String, String) {
-    let bin = format!("{}/pg_dump", env("ROLLBACK_PG_BIN"));
-    let run = |what: &str| -> String {
-        let out = Command::new(&bin)
-            .args([
-                what,
-                "--no-owner",
-                "-N",
-                "_rollback",
-                "-N",
-                "_rollback_snapshots",
-                "-d",
-                url,
-            ])
-            .output()
-            .expect("run pg_dump");
-        assert!(
-            out.status.success(),
-            "pg_dump failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let data = run("--data-only");
-    let mut out = Vec::new();
-    let mut block: Vec<&str> = Vec::new();
-    let mut in_copy = false;
-    for line in data.lines() {
-        if in_copy {
-            if line == "\\." {
-                block.sort_unstable();
-                out.append(&mut block);
-                out.push(line);
-                in_copy = false;
-            } else {
-                block.push(line);
-            }
-        } else {
-            in_copy = line.starts_with("COPY ");
-            out.push(line);
-        }
-    }
-    (run("--schema-only"), out.join("\n"))
-}
-
-#[track_caller]
-fn assert_same_dump(expected: &(String, String), actual: &(String, String), what: &str) {
-    for (kind, a, b) in [
-        ("schema", &expected.0, &actual.0),
-        ("data", &expected.1, &actual.1),
-    ] {
-        if a != b {
-            let la: Vec<&str> = a.lines().collect();
-            let lb: Vec<&str> = b.lines().collect();
-            let only_a: Vec<&&str> = la.iter().filter(|l| !lb.contains(l)).take(15).collect();
-            let only_b: Vec<&&str> = lb.iter().filter(|l| !la.contains(l)).take(15).collect();
-            panic!("{what}: pg_dump {kind} differs\nonly expected: {only_a:#?}\nonly actual: {only_b:#?}");
-        }
-    }
-}
-
 /// Key → (size, blake3) of every object of a bucket: ListObjectsV2 + GetObject.
 async fn bucket_state(b: &S3Bucket) -> BTreeMap<String, (u64, String)> {
     use futures::StreamExt;
@@ -297,59 +218,6 @@ async fn bucket_state(b: &S3Bucket) -> BTreeMap<String, (u64, String)> {
     .await
 }
 
-/// What applications see: the client API's features named `prefix*`, once its revision
-/// has reached the id of Unleash's latest flag event (Unleash 6 serves the client API
-/// from a cache refreshed by revision).
-async fn client_view(prefix: &str) -> BTreeMap<String, Value> {
-    let url = env("ROLLBACK_TEST_UNLEASH_URL");
-    let http = reqwest::Client::new();
-    let events: Value = http
-        .get(format!("{url}/api/admin/events"))
-        .header("Authorization", env("ROLLBACK_TEST_UNLEASH_ADMIN_TOKEN"))
-        .send()
-        .await
-        .expect("events")
-        .json()
-        .await
-        .expect("events json");
-    let target = events["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["featureName"].is_string())
-        .filter_map(|e| e["id"].as_u64())
-        .max()
-        .unwrap_or(0);
-    let start = Instant::now();
-    loop {
-        let v: Value = http
-            .get(format!("{url}/api/client/features"))
-            .header("Authorization", env("ROLLBACK_TEST_UNLEASH_CLIENT_TOKEN"))
-            .send()
-            .await
-            .expect("client features")
-            .json()
-            .await
-            .expect("client json");
-        let rev = v["meta"]["revisionId"].as_u64().unwrap_or(0);
-        if rev >= target {
-            return v["features"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|f| f["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
-                .map(|f| (f["name"].as_str().unwrap().to_string(), f))
-                .collect();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the client API did not reach revision {target} in 30 s (at {rev})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The three independent views of a world.
 struct Views {
     dump: (String, String),
@@ -365,7 +233,7 @@ async fn views(w: &World) -> Views {
     Views {
         dump,
         objects: bucket_state(&w.bucket).await,
-        flags: client_view(&w.prefix).await,
+        flags: rollback_testkit::unleash::client_view(&w.prefix).await.0,
     }
 }
 

@@ -3,12 +3,12 @@
 //! `cargo run -p examples --example saas_cutover` runs it on a fresh machine.
 
 use examples::cutover::{self, Backends, FailAt, Names, Options};
-use examples::pgcluster::{find_binaries, ThrowawayCluster};
 use rollback_core::journal::FileJournal;
 use rollback_core::{Outcome, RollbackScope};
 use rollback_flags::{FileProvider, FlagProvider, FlagState};
 use rollback_postgres::Database;
 use rollback_s3::FolderBackend;
+use rollback_testkit::cluster::{find_binaries, ThrowawayCluster};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;

@@ -1,10 +1,8 @@
 //! The `rollback` command on a PostgreSQL journal (the test server of scripts/test).
 
-#[path = "../../rollback-postgres/tests/common/mod.rs"]
-mod common;
 mod fixture;
 
-use common::TestDb;
+use rollback_testkit::pg::TestDb;
 use fixture::{rollback, run, COMMITTED, PLAN, ROLLED_BACK};
 use rollback_core::journal::Journal;
 use rollback_core::RunReport;

@@ -15,13 +15,9 @@
 use futures::StreamExt;
 use rollback_core::{Checkpoint, Context};
 use rollback_postgres::{Database, RestoreMethod, Table, TableSnapshot};
+use rollback_testkit::pg::with_database;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn with_database(url: &str, db: &str) -> String {
-    let i = url.rfind('/').expect("URL with a database");
-    format!("{}/{db}", &url[..i])
-}
 
 fn best<T>(mut v: Vec<(Duration, T)>) -> (Duration, T) {
     v.sort_by_key(|x| x.0);

@@ -11,8 +11,46 @@ pub(crate) mod undo_log;
 
 use crate::db::Database;
 use crate::error::PgResultExt;
-use crate::ident::quote_ident;
-use rollback_core::Result;
+use crate::ident::{quote_ident, Table};
+use rollback_core::{Error, Result, Snapshot};
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// `SET LOCAL lock_timeout` for a table checkpoint's capture, restore or discard: a lock
+/// not granted in time fails with a transient error, which the executor retries.
+pub(crate) fn lock_timeout_sql(d: Duration) -> String {
+    format!("SET LOCAL lock_timeout = '{}ms'", d.as_millis().max(1))
+}
+
+/// A table checkpoint's descriptor read back from `snap`: the snapshot must be of
+/// `resource` and of `kind`, its descriptor must parse (`what` names it in the error), and
+/// it must cover exactly `tables` (as `tables_of` lists them), else a typed error.
+pub(crate) fn read_descriptor<D: DeserializeOwned>(
+    snap: &Snapshot,
+    resource: &str,
+    kind: &str,
+    what: &str,
+    tables: &[Table],
+    tables_of: impl Fn(&D) -> Vec<Table>,
+) -> Result<D> {
+    snap.ensure_resource(resource)?;
+    if snap.kind != kind {
+        return Err(Error::invalid(format!(
+            "snapshot kind {} is not {kind}",
+            snap.kind
+        )));
+    }
+    let d: D = serde_json::from_value(snap.descriptor.clone())
+        .map_err(|e| Error::invalid(format!("malformed {what}: {e}")))?;
+    let found = tables_of(&d);
+    if found != tables {
+        return Err(Error::WrongResource {
+            expected: resource.to_string(),
+            found: format!("tables {found:?}"),
+        });
+    }
+    Ok(d)
+}
 
 /// Create `schema` unless it exists (safe under concurrency).
 pub(crate) async fn ensure_schema(db: &Database, schema: &str) -> Result<()> {

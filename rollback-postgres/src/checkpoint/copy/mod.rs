@@ -250,10 +250,7 @@ impl TableSnapshot {
     }
 
     fn lock_timeout_sql(&self) -> String {
-        format!(
-            "SET LOCAL lock_timeout = '{}ms'",
-            self.lock_timeout.as_millis().max(1)
-        )
+        super::lock_timeout_sql(self.lock_timeout)
     }
 
     fn copy_name(&self, id: &str, i: usize, t: &Table) -> Table {
@@ -285,23 +282,14 @@ impl TableSnapshot {
 
     /// Parse and check a snapshot's descriptor.
     fn descriptor(&self, snap: &Snapshot) -> Result<Descriptor> {
-        snap.ensure_resource(&self.resource)?;
-        if snap.kind != TABLE_COPY_KIND {
-            return Err(Error::invalid(format!(
-                "snapshot kind {} is not {TABLE_COPY_KIND}",
-                snap.kind
-            )));
-        }
-        let d: Descriptor = serde_json::from_value(snap.descriptor.clone())
-            .map_err(|e| Error::invalid(format!("malformed table snapshot descriptor: {e}")))?;
-        let tables: Vec<Table> = d.tables.iter().map(|e| e.table.clone()).collect();
-        if tables != self.tables {
-            return Err(Error::WrongResource {
-                expected: self.resource.clone(),
-                found: format!("tables {tables:?}"),
-            });
-        }
-        Ok(d)
+        super::read_descriptor(
+            snap,
+            &self.resource,
+            TABLE_COPY_KIND,
+            "table snapshot descriptor",
+            &self.tables,
+            |d: &Descriptor| d.tables.iter().map(|e| e.table.clone()).collect(),
+        )
     }
 }
 

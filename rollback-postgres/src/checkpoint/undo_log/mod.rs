@@ -340,30 +340,18 @@ impl TableUndoLog {
     }
 
     fn lock_timeout_sql(&self) -> String {
-        format!(
-            "SET LOCAL lock_timeout = '{}ms'",
-            self.lock_timeout.as_millis().max(1)
-        )
+        super::lock_timeout_sql(self.lock_timeout)
     }
 
     fn descriptor(&self, snap: &Snapshot) -> Result<Descriptor> {
-        snap.ensure_resource(&self.resource)?;
-        if snap.kind != UNDO_LOG_KIND {
-            return Err(Error::invalid(format!(
-                "snapshot kind {} is not {UNDO_LOG_KIND}",
-                snap.kind
-            )));
-        }
-        let d: Descriptor = serde_json::from_value(snap.descriptor.clone())
-            .map_err(|e| Error::invalid(format!("malformed undo-log descriptor: {e}")))?;
-        let tables: Vec<Table> = d.tables.iter().map(|e| e.table.clone()).collect();
-        if tables != self.tables {
-            return Err(Error::WrongResource {
-                expected: self.resource.clone(),
-                found: format!("tables {tables:?}"),
-            });
-        }
-        Ok(d)
+        super::read_descriptor(
+            snap,
+            &self.resource,
+            UNDO_LOG_KIND,
+            "undo-log descriptor",
+            &self.tables,
+            |d: &Descriptor| d.tables.iter().map(|e| e.table.clone()).collect(),
+        )
     }
 
     /// Fingerprint every table in one `REPEATABLE READ` snapshot; also returns that

@@ -8,7 +8,7 @@
 //! `runuser -u postgres --`, with the folder owned by that user.
 //!
 //! ```no_run
-//! let cluster = examples::pgcluster::ThrowawayCluster::start().expect("PostgreSQL binaries");
+//! let cluster = rollback_testkit::cluster::ThrowawayCluster::start().expect("PostgreSQL binaries");
 //! println!("{}", cluster.url("postgres")); // postgres://postgres@127.0.0.1:<port>/postgres
 //! ```
 

@@ -4,7 +4,7 @@ use crate::provider::check_flag_name;
 use crate::{FlagProvider, FlagState, Strategy, Variant};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
-use reqwest::header::{HeaderValue, AUTHORIZATION};
+use reqwest::header::HeaderValue;
 use reqwest::Method;
 use rollback_core::{Error, Result, Secret};
 use serde_json::{json, Value};
@@ -13,6 +13,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
+
+mod http;
+mod ready;
+
+use http::redact_userinfo;
+pub use ready::UnleashReady;
 
 const BACKEND: &str = "unleash";
 
@@ -27,25 +33,6 @@ pub struct ServerFacts {
     /// (HTTP 403) unless its `enableLegacyVariants` flag is on; strategy variants work
     /// everywhere.
     pub flag_variants: bool,
-}
-
-/// A TLS failure talking to Unleash: permanent (the certificate or the configuration must
-/// change), never retried.
-#[derive(Debug, thiserror::Error)]
-#[error("unleash at {url}: TLS: {cause}")]
-struct TlsError {
-    url: String,
-    cause: String,
-}
-
-/// An HTTP failure from Unleash, safe to show (no credentials, body truncated).
-#[derive(Debug, thiserror::Error)]
-#[error("{method} {path}: HTTP {status}: {message}")]
-struct HttpError {
-    method: String,
-    path: String,
-    status: u16,
-    message: String,
 }
 
 /// Flags of one Unleash project and environment, through the Admin API with an admin
@@ -124,12 +111,6 @@ fn check_id(what: &str, s: &str) -> Result<()> {
             "unleash {what} {s:?} must be non-empty [A-Za-z0-9._~-]"
         )))
     }
-}
-
-/// What one HTTP exchange gave.
-struct Answer {
-    status: u16,
-    body: Value,
 }
 
 impl UnleashProvider {
@@ -352,152 +333,6 @@ impl UnleashProvider {
         )
     }
 
-    /// One request with retries. `write`: whether it changes state (for `maybe_applied`).
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        write: bool,
-    ) -> Result<Answer> {
-        let url = format!("{}{path}", self.base);
-        let mut attempt = 0u32;
-        let mut reached = false;
-        loop {
-            attempt += 1;
-            let mut req = self
-                .client
-                .request(method.clone(), &url)
-                .header(AUTHORIZATION, self.auth.clone());
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            let (failure, detail) = match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    if status >= 500 || status == 429 {
-                        reached = true;
-                        (format!("HTTP {status}"), String::new())
-                    } else {
-                        let text = resp.text().await.unwrap_or_default();
-                        let body = if text.trim().is_empty() {
-                            Value::Null
-                        } else {
-                            serde_json::from_str(&text).unwrap_or(Value::String(text))
-                        };
-                        return Ok(Answer { status, body });
-                    }
-                }
-                Err(e) => {
-                    if let Some(cause) = tls_cause(&e) {
-                        // Permanent: retrying cannot fix a certificate.
-                        return Err(Error::Backend {
-                            backend: BACKEND,
-                            source: Box::new(TlsError {
-                                url: self.shown.clone(),
-                                cause,
-                            }),
-                            maybe_applied: false,
-                        });
-                    }
-                    if e.is_builder() {
-                        return Err(Error::invalid(format!(
-                            "unleash at {}: {method} {path}: the request cannot be made: {}",
-                            self.shown,
-                            error_chain(&e.without_url())
-                        )));
-                    }
-                    if !e.is_connect() {
-                        reached = true;
-                    }
-                    let (connect, timeout) = (e.is_connect(), e.is_timeout());
-                    // Without the URL: it may hold user info.
-                    let detail = error_chain(&e.without_url());
-                    if connect {
-                        ("connection failed".to_string(), detail)
-                    } else if timeout {
-                        ("timed out".to_string(), detail)
-                    } else if self.base.starts_with("http://") {
-                        (
-                            "request failed".to_string(),
-                            format!(
-                                "{detail}; a server that speaks only TLS answers plain HTTP \
-                                 like this: use https://"
-                            ),
-                        )
-                    } else {
-                        ("request failed".to_string(), detail)
-                    }
-                }
-            };
-            tracing::warn!(backend = BACKEND, %method, path, attempt, failure = %failure, detail = %detail, "unleash request failed");
-            if attempt > self.retries {
-                return Err(Error::transient(
-                    format!(
-                        "unleash at {}: {method} {path}: {failure} (after {attempt} attempts){}",
-                        self.shown,
-                        if detail.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {detail}")
-                        }
-                    ),
-                    write && reached,
-                ));
-            }
-            tokio::time::sleep(self.backoff.saturating_mul(1u32 << (attempt - 1).min(10))).await;
-        }
-    }
-
-    fn http_error(method: &Method, path: &str, a: &Answer, maybe_applied: bool) -> Error {
-        let message = a
-            .body
-            .get("message")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| a.body.to_string());
-        let message: String = message.chars().take(300).collect();
-        if a.status == 409 {
-            return Error::conflict(format!("unleash: {method} {path}: {message}"));
-        }
-        Error::Backend {
-            backend: BACKEND,
-            source: Box::new(HttpError {
-                method: method.to_string(),
-                path: path.to_string(),
-                status: a.status,
-                message,
-            }),
-            maybe_applied,
-        }
-    }
-
-    /// A request that must answer 2xx.
-    async fn expect_ok(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        write: bool,
-        any_written: bool,
-    ) -> Result<Value> {
-        let a = self
-            .call(method.clone(), path, body, write)
-            .await
-            .map_err(|e| {
-                if any_written {
-                    e.after_writes("unleash")
-                } else {
-                    e
-                }
-            })?;
-        if (200..300).contains(&a.status) {
-            Ok(a.body)
-        } else {
-            Err(Self::http_error(&method, path, &a, any_written))
-        }
-    }
-
     /// The flag's environment with strategy ids, `None` when the flag does not exist.
     async fn read(&self, flag: &str) -> Result<Option<(FlagState, Vec<(String, Strategy)>)>> {
         check_flag_name(flag)?;
@@ -609,57 +444,6 @@ impl UnleashProvider {
             return Ok(());
         }
         Err(Self::http_error(&Method::POST, &path, &a, false))
-    }
-}
-
-/// The TLS cause of a request error, in words, when it is one.
-fn tls_cause(e: &reqwest::Error) -> Option<String> {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if let Some(r) = find_rustls(s) {
-            use rustls::CertificateError as C;
-            return Some(match r {
-                rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
-                    "the server's certificate is not signed by a trusted CA (add the CA with \
-                     with_root_certificate_pem, or give a configured client with with_client)"
-                        .to_string()
-                }
-                rustls::Error::InvalidCertificate(
-                    C::NotValidForName | C::NotValidForNameContext { .. },
-                ) => "the server's certificate does not name the host in the URL (use a \
-                      host name the certificate holds)"
-                    .to_string(),
-                other => format!("handshake failed: {other}"),
-            });
-        }
-        src = s.source();
-    }
-    None
-}
-
-/// An error and its sources, in one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut m = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !m.contains(&t) {
-            m.push_str(&format!(": {t}"));
-        }
-        src = s.source();
-    }
-    m
-}
-
-/// `http://user:pass@host` → `http://***@host`.
-fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
-        None => url.to_string(),
     }
 }
 
@@ -923,173 +707,5 @@ impl UnleashProvider {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-    }
-}
-
-/// A plan precondition: the Unleash a plan writes to can take its changes — the token is
-/// an admin one (no 401/403), the project exists, the environment is enabled in it, and,
-/// with [`UnleashReady::needs_flag_variants`], the server accepts flag-level variants
-/// (Unleash 6 answers them with 403 unless `enableLegacyVariants` is on). A failing
-/// check fails the run's preflight, before anything changes, with what to fix; an
-/// unreachable server is an error (transient), as for any call.
-///
-/// ```no_run
-/// # fn demo(unleash: rollback_flags::UnleashProvider) -> rollback_core::Result<()> {
-/// use rollback_core::Plan;
-/// let plan = Plan::builder("checkout")
-///     .precondition(unleash.ready_check())
-///     // … steps on `unleash` …
-///     .build()?;
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone)]
-pub struct UnleashReady {
-    provider: UnleashProvider,
-    id: String,
-    flag_variants: bool,
-}
-
-impl UnleashReady {
-    /// Also require that flag-level (environment) variants may be written.
-    pub fn needs_flag_variants(mut self) -> Self {
-        self.flag_variants = true;
-        self
-    }
-}
-
-impl UnleashProvider {
-    /// The precondition [`UnleashReady`] for this provider's server, project and
-    /// environment.
-    pub fn ready_check(&self) -> UnleashReady {
-        UnleashReady {
-            id: format!("unleash-ready:{}", self.scope),
-            provider: self.clone(),
-            flag_variants: false,
-        }
-    }
-}
-
-#[async_trait]
-impl rollback_core::Verifier for UnleashReady {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    async fn verify(&self, _ctx: &rollback_core::Context) -> Result<rollback_core::Verdict> {
-        use rollback_core::Verdict;
-        let p = &self.provider;
-        // Permanent failures (token, project) are the verdict; transient ones are errors.
-        let permanent = |e: Error| match e {
-            Error::Transient { .. } => Err(e),
-            other => Ok(Verdict::fail(other.to_string())),
-        };
-        let facts = match p.server_facts().await {
-            Ok(f) => f,
-            Err(e) => return permanent(e),
-        };
-        let path = format!("/api/admin/projects/{}", p.project);
-        let a = p.call(Method::GET, &path, None, false).await?;
-        if a.status == 404 {
-            return Ok(Verdict::fail(format!(
-                "unleash at {}: project {} does not exist",
-                p.shown, p.project
-            )));
-        }
-        if !(200..300).contains(&a.status) {
-            return permanent(Self::http_error_of(&path, &a));
-        }
-        let environments: Vec<String> = a
-            .body
-            .get("environments")
-            .and_then(Value::as_array)
-            .map(|envs| {
-                envs.iter()
-                    .filter_map(|e| {
-                        e.get("environment")
-                            .or_else(|| e.get("name"))
-                            .and_then(Value::as_str)
-                            .map(str::to_string)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let evidence = json!({
-            "version": facts.version,
-            "flag_variants": facts.flag_variants,
-            "project": p.project,
-            "environments": environments,
-        });
-        if !environments.iter().any(|e| e == &p.environment) {
-            return Ok(Verdict::fail(format!(
-                "unleash: environment {} is not enabled in project {} (enabled: {})",
-                p.environment,
-                p.project,
-                environments.join(", ")
-            ))
-            .with_evidence(evidence));
-        }
-        if self.flag_variants && !facts.flag_variants {
-            return Ok(Verdict::fail(format!(
-                "unleash {} does not accept flag-level variants (enableLegacyVariants is off): \
-                 put variants on a strategy instead",
-                facts.version
-            ))
-            .with_evidence(evidence));
-        }
-        Ok(Verdict::pass(format!(
-            "unleash {} ready: project {}, environment {}{}",
-            facts.version,
-            p.project,
-            p.environment,
-            if self.flag_variants {
-                ", flag-level variants accepted"
-            } else {
-                ""
-            }
-        ))
-        .with_evidence(evidence))
-    }
-}
-
-impl UnleashReady {
-    fn http_error_of(path: &str, a: &Answer) -> Error {
-        UnleashProvider::http_error(&Method::GET, path, a, false)
-    }
-}
-
-/// The rustls error in `e`, looking through `io::Error`s wrapped in one another (whose
-/// `source` skips the error they wrap).
-fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    if let Some(r) = e.downcast_ref::<rustls::Error>() {
-        return Some(r);
-    }
-    let io = e.downcast_ref::<std::io::Error>()?;
-    let inner: &(dyn std::error::Error + 'static) = io.get_ref()?;
-    find_rustls(inner)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_info_in_the_url_is_never_shown() {
-        let p = UnleashProvider::new(
-            "http://bob:hunter2@127.0.0.1:4242/",
-            "tok-en",
-            "default",
-            "development",
-        )
-        .unwrap();
-        let shown = format!("{p:?}");
-        assert!(
-            !shown.contains("hunter2") && !shown.contains("tok-en"),
-            "{shown}"
-        );
-        assert!(shown.contains("http://***@127.0.0.1:4242"), "{shown}");
-        assert_eq!(
-            redact_userinfo("http://127.0.0.1:1/a@b"),
-            "http://127.0.0.1:1/a@b"
-        );
     }
 }

@@ -2,6 +2,10 @@
 //! checkpoints of every resource, parity and referential-integrity verifiers, a health
 //! trigger during a soak window, a status-page notifier, and the Markdown run report.
 //!
+//! **The plan is in `plan.rs`, beside this file**: read it first. This file parses the
+//! options, lays down the fixture, prints the dry run, runs the plan and prints what
+//! happened.
+//!
 //! - database: split `customers.name` into `first_name` / `last_name` (add the columns,
 //!   backfill them in batches, add a validated constraint);
 //! - storage: move the customers' attachments from `v1/{customer_id}/…` to
@@ -28,6 +32,11 @@
 //! `UNLEASH_ADMIN_TOKEN` (or `ROLLBACK_TEST_UNLEASH_*`). Unset, the embedded default runs:
 //! a throwaway PostgreSQL cluster from the local binaries, a local folder for objects, a
 //! flag file and a file journal, under `target/saas_cutover/`.
+
+// The same file is the library's `examples::cutover::cutover_plan` (the drill and the tests
+// run that plan too).
+#[allow(unreachable_pub)]
+mod plan;
 
 use examples::cutover::{parse_scope, scope_name, FailAt, Options};
 use examples::setup::{self, SetupError};
@@ -130,7 +139,7 @@ async fn run(opts: Options, quiet: bool) -> Result<bool, Box<dyn std::error::Err
     );
     b.seed(&opts).await?;
 
-    let plan = b.plan(&opts)?;
+    let plan = plan::cutover_plan(b, &opts)?;
     println!(
         "\n== dry run (failure injected: {}, rollback scope: {}) ==\n{}",
         opts.fail_at,
