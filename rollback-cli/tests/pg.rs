@@ -2,11 +2,11 @@
 
 mod fixture;
 
-use rollback_testkit::pg::TestDb;
 use fixture::{rollback, run, COMMITTED, PLAN, ROLLED_BACK};
 use rollback_core::journal::Journal;
 use rollback_core::RunReport;
 use rollback_postgres::PgJournal;
+use rollback_testkit::pg::TestDb;
 use std::sync::Arc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
