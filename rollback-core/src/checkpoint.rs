@@ -162,6 +162,7 @@ pub struct Restored {
 /// it reverted (`includes_run`): the restore's recovery point, by items rather than by
 /// time.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Discarded {
     /// How many (rows, objects, flags): exactly, or at least (see `exact`).
     pub items: u64,

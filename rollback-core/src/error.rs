@@ -167,6 +167,14 @@ pub enum Error {
         /// The run id asked for.
         run_id: String,
     },
+    /// The run's journal does not describe its plan (no `plan_described` record: it was
+    /// written before journals described plans), so its report cannot be rebuilt from the
+    /// records alone; rebuild it with the plan ([`RunReport::from_records`](crate::RunReport::from_records)).
+    #[error("run {run_id} was journaled without a description of its plan (an older journal); its report needs the plan")]
+    Undescribed {
+        /// The run.
+        run_id: String,
+    },
     /// A verifier failed where failure stops the run (a precondition).
     #[error("verification failed: {verifier}: {summary}")]
     VerificationFailed {

@@ -70,12 +70,14 @@
 
 mod checkpoint;
 mod context;
+mod describe;
 mod digest;
 mod error;
 pub mod events;
 mod executor;
 pub mod journal;
 mod lease;
+mod live;
 pub mod plan;
 mod progress;
 pub mod report;
@@ -94,6 +96,10 @@ pub mod conformance;
 
 pub use checkpoint::{Checkpoint, Discarded, Proof, Restored, Snapshot};
 pub use context::Context;
+pub use describe::{
+    CheckpointDescription, PlanDescription, StepDescription, TriggerDescription,
+    VerifierDescription,
+};
 pub use digest::{Digest, Hasher};
 pub use error::{Error, Result};
 pub use events::{Event, Notice, Notifier, RunEvent};

@@ -37,6 +37,10 @@ pub(crate) struct State {
     pub(crate) started_at_ms: Option<u64>,
     /// Time of the last record folded (epoch ms).
     pub(crate) last_at_ms: u64,
+    /// The plan as the run's `plan_described` record gives it (the last one, if several).
+    pub(crate) description: Option<crate::PlanDescription>,
+    /// The plan digest `run_started` gives.
+    pub(crate) plan_digest: Option<crate::Digest>,
     /// The run is a rehearsal (from `run_started`).
     pub(crate) rehearsal: bool,
     /// Per step: attempts, durations, last error.
@@ -163,7 +167,15 @@ impl State {
         }
         let last_verdict = self.last_verdict.take();
         match &r.entry {
-            Entry::RunStarted { policy, .. } => self.rehearsal |= policy.rehearsal,
+            Entry::RunStarted {
+                policy,
+                plan_digest,
+                ..
+            } => {
+                self.rehearsal |= policy.rehearsal;
+                self.plan_digest.get_or_insert(*plan_digest);
+            }
+            Entry::PlanDescribed(d) => self.description = Some((**d).clone()),
             Entry::LeaseTaken {
                 holder,
                 taken_over_from: Some(prev),

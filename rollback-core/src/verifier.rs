@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// The check holds.
@@ -26,6 +27,7 @@ pub enum Status {
 /// assert_eq!(v.status, Status::Fail);
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Verdict {
     /// Pass, fail or inconclusive.
     pub status: Status,

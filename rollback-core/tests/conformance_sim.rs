@@ -140,9 +140,9 @@ async fn interrupted_step_resumes_under_the_journaled_policy(
 
     for policy in [ResumePolicy::RollBack, ResumePolicy::RollForward] {
         let runs_before = journal.runs().await.unwrap();
-        // run_started, lease_taken, capture_intent, captured, apply_intent: the step runs,
-        // and the crash comes before `applied` is journaled.
-        let crashing = Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 5)))
+        // run_started, plan_described, lease_taken, capture_intent, captured, apply_intent:
+        // the step runs, and the crash comes before `applied` is journaled.
+        let crashing = Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 6)))
             .holder("h")
             .on_resume(policy);
         let err = crashing.run(&plan).await.unwrap_err();

@@ -628,7 +628,7 @@ async fn resume_refuses_a_different_plan() {
     let journal = Arc::new(MemoryJournal::new());
     let plan = cutover(&w);
     let crashing =
-        Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 6))).holder("h");
+        Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 7))).holder("h");
     assert!(crashing.run(&plan).await.is_err());
     let run_id = journal.runs().await.unwrap().remove(0);
     let other = Plan::builder("cutover")
@@ -823,7 +823,7 @@ async fn a_new_run_is_refused_while_an_interrupted_run_of_the_plan_is_unfinished
     let journal = Arc::new(MemoryJournal::new());
     let plan = cutover(&w);
     let crashing =
-        Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 8))).holder("h");
+        Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 9))).holder("h");
     assert!(crashing.run(&plan).await.is_err());
     let ex = Executor::with_journal(journal.clone()).holder("h");
     let open = ex.unfinished(&plan).await.unwrap();
@@ -1272,7 +1272,7 @@ async fn a_resume_is_cancellable_like_a_run_and_cancelling_it_rolls_back() {
     let journal = Arc::new(MemoryJournal::new());
     let plan = cutover(&w);
     let crashing =
-        Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 8))).holder("h");
+        Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 9))).holder("h");
     assert!(crashing.run(&plan).await.is_err());
     let run_id = journal.runs().await.unwrap().remove(0);
     // The policy would continue the run; the cancellation rolls it back instead.

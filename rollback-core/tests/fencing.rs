@@ -348,7 +348,7 @@ async fn a_stale_runner_cannot_commit_after_another_rolled_the_run_back() {
     let (w, baseline) = world();
     let plan = plan(&w);
     // Frozen right after journaling the intent to apply s1.
-    let frozen = Freezable::new(inner.clone(), Some(5));
+    let frozen = Freezable::new(inner.clone(), Some(6));
     let a = Executor::with_journal(frozen.clone())
         .holder("runner-a")
         .lease_ttl(TTL);
@@ -357,6 +357,7 @@ async fn a_stale_runner_cannot_commit_after_another_rolled_the_run_back() {
     frozen.froze.notified().await;
     let kinds: Vec<&str> = vec![
         "run_started",
+        "plan_described",
         "lease_taken",
         "capture_intent",
         "captured",

@@ -1099,8 +1099,8 @@ fn summarize(name: &str, results: &[(Scenario, Observed)]) {
 fn killed_after_every_journal_record_a_committing_run_resumes_to_baseline_or_target() {
     let (records, _) = clean_run(PlanKind::Commit);
     assert_eq!(
-        records, 19,
-        "run_started, lease, a captured (a restore-only step), b fingerprinted (compensations \
+        records, 20,
+        "run_started, plan_described, lease, a captured (a restore-only step), b fingerprinted (compensations \
          alone undo it), 6 applies, committed, a's snapshot released"
     );
     let mut scenarios = Vec::new();

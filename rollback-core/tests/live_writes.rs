@@ -340,7 +340,7 @@ async fn rto_after_a_crash_counts_from_the_interruption() {
         .unwrap();
     let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
     // Dies after journaling the intent to apply `set`.
-    let crashing = Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 7)))
+    let crashing = Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 8)))
         .holder("first")
         .lease_ttl(Duration::from_millis(100));
     assert!(crashing.run(&plan).await.is_err());

@@ -31,7 +31,7 @@ async fn suite(p: Arc<dyn FlagProvider>, prefix: &str) {
                 FlagChange::new().rollout(50),
             ))
         },
-        &[5, 6],
+        &[6, 7],
     )
     .await;
 
@@ -39,7 +39,7 @@ async fn suite(p: Arc<dyn FlagProvider>, prefix: &str) {
         Arc::new(FlagCheckpoint::prefix(p.clone(), prefix)),
         Arc::new(FlagCheckpoint::flag(p.clone(), &a)),
         || Arc::new(StagedRollout::new("roll-b", p.clone(), &b, &[1, 10, 100])),
-        &[5, 6, 7, 8],
+        &[6, 7, 8, 9],
     )
     .await;
 
@@ -47,7 +47,7 @@ async fn suite(p: Arc<dyn FlagProvider>, prefix: &str) {
         Arc::new(FlagCheckpoint::flags(p.clone(), [&a, &b])),
         Arc::new(FlagCheckpoint::all(p.clone())),
         || Arc::new(SetFlag::kill_switch("kill-a", p.clone(), &a)),
-        &[6],
+        &[7],
     )
     .await;
 

@@ -185,11 +185,11 @@ async fn staged_rollout_resumes_from_its_journaled_stage_after_a_crash() {
         })
     };
     let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
-    // Records: run, lease, capture intent, captured, apply intent, prior cursor, then one
-    // per checked stage. After 8 the process dies journaling stage 3's pass: the file
+    // Records: run, plan, lease, capture intent, captured, apply intent, prior cursor, then
+    // one per checked stage. After 9 the process dies journaling stage 3's pass: the file
     // already says 50 %.
     let first = health();
-    let err = Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 8)))
+    let err = Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 9)))
         .on_resume(ResumePolicy::RollForward)
         .holder("a")
         .run(&make(first.clone()))

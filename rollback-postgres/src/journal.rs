@@ -5,7 +5,8 @@ use crate::error::{Class, PgError, PgResultExt};
 use crate::ident::quote_ident;
 use async_trait::async_trait;
 use rollback_core::journal::{
-    check_fence, decide_lease, verify_chain, Entry, Journal, JournalError, Lease, Record,
+    check_fence, decide_lease, verify_chain, Entry, Journal, JournalError, Lease, LiveProgress,
+    Record,
 };
 use rollback_core::{Digest, Error, Result};
 use std::time::Duration;
@@ -33,6 +34,10 @@ use tokio::sync::OnceCell;
 ///   over and the previous holder named. Every grant to a new holder increments the key's
 ///   fencing `epoch`; a released lease keeps its row (empty holder) so the epoch never
 ///   goes back.
+/// - **Progress** of running runs (not records: the latest value per source, for
+///   `rollback watch` on other machines) lives in `_rollback.progress(run_id, source,
+///   done, total, unit, at_ms)`, created on the first publish where the role may create
+///   it; where it may not, progress is dropped (the run goes on).
 ///
 /// ```no_run
 /// # async fn demo() -> rollback_core::Result<()> {
@@ -47,6 +52,8 @@ pub struct PgJournal {
     db: Database,
     schema: String,
     ready: OnceCell<()>,
+    /// Whether the progress table is usable (created on first publish where the role may).
+    progress_ready: OnceCell<bool>,
 }
 
 impl PgJournal {
@@ -56,6 +63,7 @@ impl PgJournal {
             db: db.clone(),
             schema: crate::markers::DEFAULT_MARKER_SCHEMA.into(),
             ready: OnceCell::new(),
+            progress_ready: OnceCell::new(),
         }
     }
 
@@ -72,6 +80,35 @@ impl PgJournal {
 
     fn records_table(&self) -> String {
         format!("{}.journal", quote_ident(&self.schema))
+    }
+
+    fn progress_table(&self) -> String {
+        format!("{}.progress", quote_ident(&self.schema))
+    }
+
+    /// Create the progress table once, if the role may; whether it is usable.
+    async fn progress_ready(&self) -> bool {
+        *self
+            .progress_ready
+            .get_or_init(|| async {
+                let made = async {
+                    self.ensure().await?;
+                    let c = self.db.lib_client().await?;
+                    c.batch_execute(&format!(
+                        "CREATE TABLE IF NOT EXISTS {} ( \
+                            run_id text NOT NULL, source text NOT NULL, done bigint NOT NULL, \
+                            total bigint, unit text NOT NULL, at_ms bigint NOT NULL, \
+                            PRIMARY KEY (run_id, source))",
+                        self.progress_table()
+                    ))
+                    .await
+                    .map_err(|e| journal_err(PgError::new("creating the progress table", &e)))
+                }
+                .await;
+                made.inspect_err(|e| tracing::debug!(error = %e, "progress is not published"))
+                    .is_ok()
+            })
+            .await
     }
 
     fn leases_table(&self) -> String {
@@ -378,13 +415,7 @@ impl Journal for PgJournal {
             )
             .await
             .map_err(|e| journal_err(PgError::new("reading the lease", &e)))?
-            .map(|r| Lease {
-                key: key.to_string(),
-                holder: r.get(0),
-                expires_at_ms: r.get::<_, i64>(1).max(0) as u64,
-                taken_over_from: r.get(2),
-                epoch: r.get::<_, i64>(3).max(0) as u64,
-            });
+            .map(|r| lease_from_row(key, &r));
         // The server's clock decides expiry for every holder.
         let lease = decide_lease(current.as_ref(), key, holder, ttl, now.max(0) as u64)?;
         store_lease(&tx, &self.leases_table(), &lease).await?;
@@ -395,6 +426,80 @@ impl Journal for PgJournal {
             tracing::warn!(key, holder, previous = %prev, epoch = lease.epoch, "took over an expired lease");
         }
         Ok(lease)
+    }
+
+    async fn publish_progress(&self, run_id: &str, p: &LiveProgress) -> Result<()> {
+        if !self.progress_ready().await {
+            return Ok(());
+        }
+        let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let c = self.db.lib_client().await?;
+        c.execute(
+            &format!(
+                "INSERT INTO {} (run_id, source, done, total, unit, at_ms) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (run_id, source) DO UPDATE SET done = EXCLUDED.done, total = EXCLUDED.total, \
+                 unit = EXCLUDED.unit, at_ms = EXCLUDED.at_ms",
+                self.progress_table()
+            ),
+            &[
+                &run_id,
+                &p.source,
+                &big(p.done),
+                &p.total.map(big),
+                &p.unit,
+                &big(p.at_ms),
+            ],
+        )
+        .await
+        .map_err(|e| journal_err(PgError::new("publishing progress", &e)))?;
+        Ok(())
+    }
+
+    async fn progress(&self, run_id: &str) -> Result<Vec<LiveProgress>> {
+        self.ensure().await?;
+        let c = self.db.lib_client().await?;
+        let rows = match c
+            .query(
+                &format!(
+                    "SELECT source, done, total, unit, at_ms FROM {} WHERE run_id = $1 ORDER BY source",
+                    self.progress_table()
+                ),
+                &[&run_id],
+            )
+            .await
+        {
+            Ok(rows) => rows,
+            // Nothing was ever published here.
+            Err(e) if e.code().map(|c| c.code()) == Some("42P01") => return Ok(Vec::new()),
+            Err(e) => return Err(journal_err(PgError::new("reading progress", &e))),
+        };
+        let n = |v: i64| v.max(0) as u64;
+        Ok(rows
+            .iter()
+            .map(|r| LiveProgress {
+                source: r.get(0),
+                done: n(r.get(1)),
+                total: r.get::<_, Option<i64>>(2).map(n),
+                unit: r.get(3),
+                at_ms: n(r.get(4)),
+            })
+            .collect())
+    }
+
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        self.ensure().await?;
+        let c = self.db.lib_client().await?;
+        let row = c
+            .query_opt(
+                &format!(
+                    "SELECT holder, expires_at_ms, taken_over_from, epoch FROM {} WHERE key = $1",
+                    self.leases_table()
+                ),
+                &[&key],
+            )
+            .await
+            .map_err(|e| journal_err(PgError::new("reading the lease", &e)))?;
+        Ok(row.map(|r| lease_from_row(key, &r)))
     }
 
     async fn release_lease(&self, key: &str, holder: &str) -> Result<()> {
@@ -412,6 +517,17 @@ impl Journal for PgJournal {
         .await
         .map_err(|e| journal_err(PgError::new("releasing the lease", &e)))?;
         Ok(())
+    }
+}
+
+/// A lease from a row of `SELECT holder, expires_at_ms, taken_over_from, epoch`.
+fn lease_from_row(key: &str, r: &tokio_postgres::Row) -> Lease {
+    Lease {
+        key: key.to_string(),
+        holder: r.get(0),
+        expires_at_ms: r.get::<_, i64>(1).max(0) as u64,
+        taken_over_from: r.get(2),
+        epoch: r.get::<_, i64>(3).max(0) as u64,
     }
 }
 

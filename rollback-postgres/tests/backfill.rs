@@ -118,8 +118,9 @@ async fn backfill_resumes_from_its_journaled_cursor_after_a_crash() {
         .build()
         .unwrap();
     let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
-    // run_started, lease_taken, capture_intent, captured, apply_intent, then 4 cursors: crash.
-    let crashing = Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 9)))
+    // run_started, plan_described, lease_taken, capture_intent, captured, apply_intent, then
+    // 4 cursors: crash.
+    let crashing = Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 10)))
         .holder("worker-1")
         .on_resume(ResumePolicy::RollForward);
     let err = crashing.run(&plan).await.unwrap_err();

@@ -145,7 +145,7 @@ async fn a_run_journaled_in_postgres_is_resumed_by_another_executor() {
     let journal: Arc<dyn Journal> = Arc::new(PgJournal::new(&db.db));
     let crashing = Executor::with_journal(Arc::new(rollback_core::sim::CrashAfter::new(
         journal.clone(),
-        5,
+        6,
     )))
     .holder("worker-a")
     .lease_ttl(Duration::from_millis(300));
@@ -181,4 +181,84 @@ async fn a_run_journaled_in_postgres_is_resumed_by_another_executor() {
 async fn pg_journal_lists_the_runs_of_a_plan_from_its_first_records() {
     let db = TestDb::new("journal_runs_of_plan").await;
     rollback_core::conformance::journal::runs_of_plan(&PgJournal::new(&db.db)).await;
+}
+
+#[tokio::test]
+async fn a_report_is_rebuilt_from_the_postgres_journal_alone() {
+    let db = TestDb::new("journal_describe").await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 10) g;")
+        .await;
+    let plan = Plan::builder("pg-journal-describe")
+        .checkpoint("db", TableSnapshot::new(&db.db, Table::public("t")))
+        .step(
+            "db",
+            SqlStep::new(&db.db, "bump", "UPDATE t SET v = v + 1")
+                .down("UPDATE t SET v = v - 1")
+                .touches_table(&Table::public("t")),
+            &[],
+        )
+        .step(
+            "db",
+            SqlStep::new(&db.db, "fail", "SELECT 1 / 0").touches_table(&Table::public("t")),
+            &["bump"],
+        )
+        .rto_target(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let journal = PgJournal::new(&db.db);
+    let report = Executor::new(PgJournal::new(&db.db))
+        .run(&plan)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    // Another process, with no plan: the journal's records alone.
+    let other = PgJournal::new(&Database::connect(&db.url).unwrap());
+    let records = other.records(&report.run_id).await.unwrap();
+    assert_eq!(records[1].entry.kind(), "plan_described");
+    let rebuilt = rollback_core::RunReport::rebuild(&report.run_id, &records).unwrap();
+    assert_eq!(rebuilt, report);
+    assert_eq!(
+        rollback_core::RunReport::from_records(&plan, &report.run_id, &records),
+        rebuilt
+    );
+    assert_eq!(rebuilt.objectives.rto_ms, Some(30_000));
+    assert_eq!(rebuilt.steps.len(), 2);
+    // Progress is kept beside the records, latest value per source, for other machines.
+    let p = |done| rollback_core::journal::LiveProgress {
+        source: "backfill".into(),
+        done,
+        total: Some(10),
+        unit: "rows".into(),
+        at_ms: 1_000 + done,
+    };
+    // The run published its snapshot's progress (10 rows copied) as it went.
+    let published = other.progress(&report.run_id).await.unwrap();
+    assert!(
+        published
+            .iter()
+            .any(|p| p.source == "capture public.t" && p.done == 10 && p.total == Some(10)),
+        "{published:?}"
+    );
+    journal
+        .publish_progress(&report.run_id, &p(3))
+        .await
+        .unwrap();
+    journal
+        .publish_progress(&report.run_id, &p(7))
+        .await
+        .unwrap();
+    let now = other.progress(&report.run_id).await.unwrap();
+    assert_eq!(now.len(), published.len() + 1, "{now:?}");
+    assert!(now.contains(&p(7)) && !now.contains(&p(3)), "{now:?}");
+    assert_eq!(other.progress("no-such-run").await.unwrap(), vec![]);
+    // The stored lease is readable without taking it.
+    let lease = journal.lease("pg-journal-describe").await.unwrap().unwrap();
+    assert_eq!(lease.holder, "", "released after the run");
+    assert!(lease.epoch >= 1);
+    assert_eq!(journal.lease("no-such-plan").await.unwrap(), None);
 }

@@ -959,3 +959,22 @@ rb_install_migration_tools() {
   rb_install_sqitch || return 1
 }
 RB_EXPORT_VARS+=(ROLLBACK_TEST_SQLX_BIN ROLLBACK_TEST_REFINERY_BIN ROLLBACK_TEST_SQITCH_BIN)
+# Chromium (Debian's package): renders the HTML run report headless in rollback-cli's
+# tests. Installed once; exports ROLLBACK_TEST_CHROMIUM.
+# ---------------------------------------------------------------------------
+
+rb_install_chromium() {
+  local bin
+  bin=$(command -v chromium || true)
+  if [ -z "$bin" ]; then
+    [ "$(id -u)" = 0 ] || { rb_die "Chromium is not installed (run: apt-get install -y chromium)"; return 1; }
+    rb_log "installing chromium (Debian package)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2 ||
+      { DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2; } ||
+      { rb_die "apt-get install chromium failed"; return 1; }
+    bin=$(command -v chromium) || { rb_die "chromium is not on PATH after installing it"; return 1; }
+  fi
+  export ROLLBACK_TEST_CHROMIUM=$bin
+}
+RB_EXPORT_VARS+=(ROLLBACK_TEST_CHROMIUM)

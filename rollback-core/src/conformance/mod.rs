@@ -327,10 +327,10 @@ pub async fn interrupted_step_resumes(
 
     for policy in [ResumePolicy::RollBack, ResumePolicy::RollForward] {
         let runs_before = journal.runs().await.expect("runs");
-        // Records: run_started, lease_taken, capture_intent, captured, apply_intent; the
-        // crash comes before `applied` is written, after the step ran.
+        // Records: run_started, plan_described, lease_taken, capture_intent, captured,
+        // apply_intent; the crash comes before `applied` is written, after the step ran.
         let crashing =
-            Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 5))).holder(&holder);
+            Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 6))).holder(&holder);
         let err = crashing
             .run(&plan)
             .await

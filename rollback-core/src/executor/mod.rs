@@ -407,6 +407,7 @@ impl Executor {
         )
         .await?;
         let _renew = keeper.renew_in_background();
+        let progress = crate::live::publish(self.journal.clone(), self.events.subscribe(), run_id);
         let span = tracing::info_span!(
             "run",
             run = %run_id,
@@ -414,7 +415,7 @@ impl Executor {
             tenant = self.tenant.as_deref().unwrap_or(""),
             epoch = lease.epoch
         );
-        async {
+        let out = async {
             let mut run = Run::new(self, plan, run_id, cancel, false, keeper);
             run.append(Entry::RunStarted {
                 plan: plan.name().into(),
@@ -423,6 +424,9 @@ impl Executor {
                 policy: self.policy,
             })
             .await?;
+            // The report of the run can then be rebuilt from its records alone.
+            run.append(Entry::PlanDescribed(Box::new(plan.describe())))
+                .await?;
             run.append(Entry::LeaseTaken {
                 holder: self.holder.clone(),
                 taken_over_from: lease.taken_over_from,
@@ -433,7 +437,10 @@ impl Executor {
             self.finish(plan, report).await
         }
         .instrument(span)
-        .await
+        .await;
+        // What the run published of its progress reaches the journal before it returns.
+        progress.finish().await;
+        out
     }
 
     /// Bring an interrupted run to a consistent end, with the same plan (checked by
@@ -516,6 +523,7 @@ impl Executor {
         )
         .await?;
         let _renew = keeper.renew_in_background();
+        let progress = crate::live::publish(self.journal.clone(), self.events.subscribe(), run_id);
         let span = tracing::info_span!(
             "resume",
             run = %run_id,
@@ -523,7 +531,7 @@ impl Executor {
             tenant = self.tenant.as_deref().unwrap_or(""),
             epoch = lease.epoch
         );
-        async {
+        let out = async {
             let mut run = Run::new(self, plan, run_id, cancel, true, keeper);
             run.policy = policy;
             if let Some(p) = self.resume_override {
@@ -554,6 +562,11 @@ impl Executor {
             })
             .await?;
             run.state = State::from_records(&self.journal.records(run_id).await?);
+            if run.state.description.is_none() {
+                // A run journaled before journals described their plan: describe it now.
+                run.append(Entry::PlanDescribed(Box::new(plan.describe())))
+                    .await?;
+            }
             if let Some((_, assumed)) = resolution {
                 run.settle_lost_outcome(assumed).await?;
             }
@@ -561,7 +574,10 @@ impl Executor {
             self.finish(plan, report).await
         }
         .instrument(span)
-        .await
+        .await;
+        // What the run published of its progress reaches the journal before it returns.
+        progress.finish().await;
+        out
     }
 
     /// Apply, roll back, prove parity, then apply again: the rollback rehearsal for CI.

@@ -1,6 +1,6 @@
 use super::{
-    check_fence, decide_lease, now_ms, released, Entry, Journal, JournalError, Lease, LostTail,
-    Record, WitnessedOutcome,
+    check_fence, decide_lease, now_ms, released, Entry, Journal, JournalError, Lease, LiveProgress,
+    LostTail, Record, WitnessedOutcome,
 };
 use crate::{Digest, Error, Result};
 use async_trait::async_trait;
@@ -446,6 +446,15 @@ fn lease_paths(dir: &Path, key: &str) -> (PathBuf, PathBuf) {
     )
 }
 
+/// A run's published progress (`<run>.progress`); none when absent or unreadable (it is
+/// best effort, never evidence).
+fn read_progress(path: &Path) -> Vec<LiveProgress> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 fn read_lease(path: &Path) -> Option<Lease> {
     std::fs::read(path)
         .ok()
@@ -534,6 +543,47 @@ impl Journal for FileJournal {
             let bytes = serde_json::to_vec(&lease).unwrap_or_default();
             write_durably(&inner.dir, &lease_path, &bytes).map_err(JournalError::Io)?;
             Ok(lease)
+        })
+        .await
+    }
+
+    async fn publish_progress(&self, run_id: &str, progress: &LiveProgress) -> Result<()> {
+        let path = self.run_path(run_id)?.with_extension("progress");
+        let progress = progress.clone();
+        self.blocking(move |_| {
+            let mut all = read_progress(&path);
+            match all.iter_mut().find(|p| p.source == progress.source) {
+                Some(p) => *p = progress,
+                None => all.push(progress),
+            }
+            // Replaced whole (a reader sees the old file or the new one), not fsynced:
+            // progress is not a record.
+            let tmp = path.with_extension("progress.tmp");
+            let bytes = serde_json::to_vec(&all).unwrap_or_default();
+            std::fs::write(&tmp, bytes)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| JournalError::Io(e).into())
+        })
+        .await
+    }
+
+    async fn progress(&self, run_id: &str) -> Result<Vec<LiveProgress>> {
+        let path = self.run_path(run_id)?.with_extension("progress");
+        self.blocking(move |_| Ok(read_progress(&path))).await
+    }
+
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        let (lease_path, _) = lease_paths(&self.inner.dir, key);
+        self.blocking(move |_| match std::fs::read(&lease_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(JournalError::Io(e).into()),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                JournalError::Backend(format!(
+                    "lease file {} is not a lease: {e}",
+                    lease_path.display()
+                ))
+                .into()
+            }),
         })
         .await
     }

@@ -1,4 +1,6 @@
-use super::{check_fence, decide_lease, now_ms, released, Entry, Journal, Lease, Record};
+use super::{
+    check_fence, decide_lease, now_ms, released, Entry, Journal, Lease, LiveProgress, Record,
+};
 use crate::{Digest, Result};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -28,6 +30,8 @@ pub struct MemoryJournal {
 struct Inner {
     runs: BTreeMap<String, Vec<Record>>,
     leases: BTreeMap<String, Lease>,
+    /// Per run, the latest progress of each source.
+    progress: BTreeMap<String, BTreeMap<String, LiveProgress>>,
 }
 
 impl MemoryJournal {
@@ -89,6 +93,28 @@ impl Journal for MemoryJournal {
         let lease = decide_lease(g.leases.get(key), key, holder, ttl, now_ms())?;
         g.leases.insert(key.to_string(), lease.clone());
         Ok(lease)
+    }
+
+    async fn publish_progress(&self, run_id: &str, progress: &LiveProgress) -> Result<()> {
+        self.lock()
+            .progress
+            .entry(run_id.to_string())
+            .or_default()
+            .insert(progress.source.clone(), progress.clone());
+        Ok(())
+    }
+
+    async fn progress(&self, run_id: &str) -> Result<Vec<LiveProgress>> {
+        Ok(self
+            .lock()
+            .progress
+            .get(run_id)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        Ok(self.lock().leases.get(key).cloned())
     }
 
     async fn release_lease(&self, key: &str, holder: &str) -> Result<()> {

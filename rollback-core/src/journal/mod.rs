@@ -32,6 +32,11 @@ pub enum Entry {
         holder: String,
         policy: RunPolicy,
     },
+    /// What the run's report needs to know about its plan (steps, checkpoints, verifiers,
+    /// objectives, owners), written right after `run_started` so that the report can be
+    /// rebuilt from the records alone. Runs journaled before this record existed lack it
+    /// (see [`RunReport::rebuild`](crate::RunReport::rebuild)).
+    PlanDescribed(Box<crate::PlanDescription>),
     /// The lease on the plan was taken (possibly from an expired holder), with the fencing
     /// epoch of the grant: from this record on, the run refuses appends of older epochs.
     LeaseTaken {
@@ -179,6 +184,7 @@ impl Entry {
     pub fn kind(&self) -> &'static str {
         match self {
             Entry::RunStarted { .. } => "run_started",
+            Entry::PlanDescribed(_) => "plan_described",
             Entry::LeaseTaken { .. } => "lease_taken",
             Entry::Resumed { .. } => "resumed",
             Entry::CaptureIntent { .. } => "capture_intent",
@@ -205,6 +211,30 @@ impl Entry {
             Entry::Discarded { .. } => "discarded",
             Entry::TailTruncated { .. } => "tail_truncated",
             Entry::TailLossResolved { .. } => "tail_loss_resolved",
+        }
+    }
+
+    /// The step, checkpoint (resource) or verifier the entry is about, if one.
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            Entry::CaptureIntent { checkpoint }
+            | Entry::Captured { checkpoint, .. }
+            | Entry::Fingerprinted { checkpoint, .. }
+            | Entry::NotRestored { checkpoint, .. }
+            | Entry::RestoreIntent { checkpoint }
+            | Entry::Restored { checkpoint, .. }
+            | Entry::RestoreFailed { checkpoint, .. }
+            | Entry::Parity { checkpoint, .. }
+            | Entry::Discarded { checkpoint, .. } => Some(checkpoint),
+            Entry::ApplyIntent { step, .. }
+            | Entry::Applied { step, .. }
+            | Entry::ApplyFailed { step, .. }
+            | Entry::Progress { step, .. }
+            | Entry::RevertIntent { step, .. }
+            | Entry::Reverted { step, .. }
+            | Entry::RevertFailed { step, .. } => Some(step),
+            Entry::Verdict { verifier, .. } => Some(verifier),
+            _ => None,
         }
     }
 
@@ -641,6 +671,53 @@ pub trait Journal: Send + Sync {
     async fn lost_tail(&self, _run_id: &str) -> Result<Option<LostTail>> {
         Ok(None)
     }
+
+    /// The lease of `key` as stored, without taking it: for operators' tools, which show
+    /// who holds a plan and check that no run's records carry an epoch newer than the
+    /// key's. `None`: never granted. Reads never write. Default: `None` (a journal that
+    /// cannot tell).
+    ///
+    /// # Errors
+    /// I/O or backend errors.
+    async fn lease(&self, _key: &str) -> Result<Option<Lease>> {
+        Ok(None)
+    }
+
+    /// Keep `progress` as the latest of its source for the run `run_id`, replacing the
+    /// one before: what a long step, snapshot or restore reports while it works, for
+    /// watchers in other processes. Not a record — not chained, not durable, read by
+    /// neither `resume` nor the report; best effort. Default: dropped.
+    ///
+    /// # Errors
+    /// I/O or backend errors (the executor logs them and goes on).
+    async fn publish_progress(&self, _run_id: &str, _progress: &LiveProgress) -> Result<()> {
+        Ok(())
+    }
+
+    /// The latest progress of each source of `run_id` (see
+    /// [`publish_progress`](Journal::publish_progress)). Default: none.
+    ///
+    /// # Errors
+    /// I/O or backend errors.
+    async fn progress(&self, _run_id: &str) -> Result<Vec<LiveProgress>> {
+        Ok(Vec::new())
+    }
+}
+
+/// The latest progress of one source of a running run, published beside the journal (see
+/// [`Journal::publish_progress`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveProgress {
+    /// What is progressing (a step id, a checkpoint resource, a verifier).
+    pub source: String,
+    /// Units done.
+    pub done: u64,
+    /// Units in all, where known.
+    pub total: Option<u64>,
+    /// The unit ("rows", "objects", "bytes").
+    pub unit: String,
+    /// When it was published, epoch ms.
+    pub at_ms: u64,
 }
 
 /// A shared or boxed journal is a journal: every method forwards (a wrapper that forgot
@@ -677,6 +754,15 @@ macro_rules! forward_journal {
             }
             async fn lost_tail(&self, run_id: &str) -> Result<Option<LostTail>> {
                 (**self).lost_tail(run_id).await
+            }
+            async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+                (**self).lease(key).await
+            }
+            async fn publish_progress(&self, run_id: &str, progress: &LiveProgress) -> Result<()> {
+                (**self).publish_progress(run_id, progress).await
+            }
+            async fn progress(&self, run_id: &str) -> Result<Vec<LiveProgress>> {
+                (**self).progress(run_id).await
             }
         }
     )*};

@@ -125,6 +125,7 @@ pub struct Plan {
 /// Recovery objectives a plan declares: the run report says whether a rollback met them,
 /// and a drill measures them (see the `RunReport` fields `rto_met` / `rpo_met`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Objectives {
     /// Longest acceptable time from the rollback trigger to every resource verified back
     /// at its baseline, in milliseconds.

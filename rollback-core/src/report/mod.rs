@@ -1,22 +1,30 @@
 //! [`RunReport`]: what a run did and undid, with evidence, RTO and RPO — rebuilt from the
 //! journal, rendered as JSON or Markdown, with an incident-report skeleton.
 
+mod html;
 mod markdown;
 mod notice;
 mod sections;
+mod summary;
 mod timeline;
 
 pub(crate) use notice::{status_message, NoticeFacts};
+pub use summary::RunSummary;
 
-use crate::journal::Record;
+use crate::journal::{Journal, Record};
 use crate::state::State;
-use crate::{Digest, Plan, Reversibility, Verdict};
+use crate::{Digest, Error, Plan, PlanDescription, Reversibility, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// The version of the report's JSON schema that [`RunReport::schema_version`] carries.
+/// Version 1: the first versioned schema.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Every step applied and verified.
@@ -46,6 +54,7 @@ impl fmt::Display for Outcome {
 
 /// Where a step ended up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StepState {
     /// Never applied.
@@ -69,6 +78,7 @@ pub enum StepState {
 
 /// One step in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StepReport {
     /// Step id.
     pub id: String,
@@ -96,6 +106,7 @@ pub struct StepReport {
 
 /// One checkpoint in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CheckpointReport {
     /// Resource.
     pub resource: String,
@@ -156,6 +167,7 @@ fn is_zero(v: &u32) -> bool {
 
 /// A verdict with when and where it was given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VerdictReport {
     /// Verifier id.
     pub verifier: String,
@@ -172,6 +184,7 @@ pub struct VerdictReport {
 /// (`verdict` and `rollback_started`), so `latency_ms` is what the run took from the
 /// recorded detection to the recorded start of the rollback.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Detection {
     /// The verifier whose verdict started the rollback (a trigger's verifier in `soak`).
     pub verifier: String,
@@ -189,6 +202,7 @@ pub struct Detection {
 
 /// One line of the timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TimelineEntry {
     /// Milliseconds since the run started.
     pub offset_ms: u64,
@@ -196,12 +210,20 @@ pub struct TimelineEntry {
     pub kind: String,
     /// Human-readable detail.
     pub detail: String,
+    /// What the record is about: the step, checkpoint (resource) or verifier it names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 /// The report of a run. Built from the journal, so a resumed run's report covers every
 /// process that worked on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunReport {
+    /// The version of this JSON's schema ([`REPORT_SCHEMA_VERSION`]): raised on every change
+    /// a reader could notice, and noted in the CHANGELOG.
+    #[serde(default)]
+    pub schema_version: u32,
     /// Run id.
     pub run_id: String,
     /// Plan name.
@@ -297,11 +319,75 @@ impl RunReport {
     /// each section of the report reads that state; the timeline renders each record.
     pub fn from_records(plan: &Plan, run_id: &str, records: &[Record]) -> RunReport {
         let state = State::from_records(records);
-        Self::from_state(plan, run_id, state, records)
+        Self::from_state(&plan.describe(), run_id, state, records)
+    }
+
+    /// Rebuild the report of `run_id` from its records alone, with the plan as the run's
+    /// `plan_described` record describes it (no plan code needed). Equal to
+    /// [`RunReport::from_records`] with the plan the run was started with.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> rollback_core::Result<()> {
+    /// use rollback_core::journal::{Journal, MemoryJournal};
+    /// use rollback_core::sim::{SetKey, SimWorld};
+    /// use rollback_core::{Executor, Plan, RunReport};
+    /// use std::sync::Arc;
+    /// let w = SimWorld::new();
+    /// let plan = Plan::builder("demo")
+    ///     .checkpoint("db", w.checkpoint("db"))
+    ///     .step("db", SetKey::new("s1", &w, "db", "k", "v"), &[])
+    ///     .build()?;
+    /// let journal = Arc::new(MemoryJournal::new());
+    /// let report = Executor::with_journal(journal.clone()).run(&plan).await?;
+    /// let records = journal.records(&report.run_id).await?;
+    /// assert_eq!(RunReport::rebuild(&report.run_id, &records)?, report);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::UnknownRun`] when there are no records; [`Error::Undescribed`] when the
+    /// run was journaled before journals described their plan (build its report with
+    /// [`RunReport::from_records`] and the plan); [`Error::PlanMismatch`] when the
+    /// description's digest is not the one `run_started` gives.
+    pub fn rebuild(run_id: &str, records: &[Record]) -> Result<RunReport, Error> {
+        if records.is_empty() {
+            return Err(Error::UnknownRun {
+                run_id: run_id.into(),
+            });
+        }
+        let mut state = State::from_records(records);
+        let Some(description) = state.description.take() else {
+            return Err(Error::Undescribed {
+                run_id: run_id.into(),
+            });
+        };
+        if let Some(started) = state.plan_digest.filter(|d| *d != description.digest) {
+            return Err(Error::PlanMismatch {
+                run_id: run_id.into(),
+                expected: started,
+                found: description.digest,
+            });
+        }
+        Ok(Self::from_state(&description, run_id, state, records))
+    }
+
+    /// Read the run `run_id` from `journal` (verified) and [`rebuild`](RunReport::rebuild)
+    /// its report.
+    ///
+    /// # Errors
+    /// Journal errors, and as [`RunReport::rebuild`].
+    pub async fn load(journal: &dyn Journal, run_id: &str) -> Result<RunReport, Error> {
+        let records = journal.records(run_id).await?;
+        Self::rebuild(run_id, &records)
     }
 
     /// The report of a run whose records fold into `state`.
-    fn from_state(plan: &Plan, run_id: &str, mut state: State, records: &[Record]) -> RunReport {
+    fn from_state(
+        plan: &PlanDescription,
+        run_id: &str,
+        mut state: State,
+        records: &[Record],
+    ) -> RunReport {
         let verdicts = std::mem::take(&mut state.verdicts);
         let state = &state;
         let started = state.started_at_ms.unwrap_or(0);
@@ -314,10 +400,12 @@ impl RunReport {
             Some((reason, _, cps)) => (Some(reason.clone()), cps.clone()),
             None => (None, Vec::new()),
         };
+        let objectives = plan.objectives;
         RunReport {
+            schema_version: REPORT_SCHEMA_VERSION,
             run_id: run_id.into(),
-            plan: plan.name().into(),
-            plan_digest: plan.digest(),
+            plan: plan.plan.clone(),
+            plan_digest: plan.digest,
             outcome,
             rollback_reason,
             started_at_ms: started,
@@ -359,16 +447,16 @@ impl RunReport {
                 .collect(),
             journal_repairs: state.journal_repairs.iter().map(timeline::repair).collect(),
             approvals: plan.approvals.clone(),
-            objectives: plan.objectives(),
+            objectives,
             rto_met: recovery
                 .rto_ms
-                .zip(plan.objectives().rto_ms)
+                .zip(objectives.rto_ms)
                 .map(|(got, target)| got <= target),
             rpo_met: recovery
                 .rpo_ms
-                .zip(plan.objectives().rpo_ms)
+                .zip(objectives.rpo_ms)
                 .map(|(got, target)| got <= target),
-            owners: plan.owners().clone(),
+            owners: plan.owners.clone(),
             timeline: timeline::timeline(plan, started, records),
         }
     }
@@ -403,6 +491,20 @@ impl RunReport {
         } else {
             Some(kept.iter().all(|v| v.verdict.passed()))
         }
+    }
+
+    /// The JSON Schema of the report's JSON ([`RunReport::to_json`]), generated from its
+    /// types; `rollback-core/report.schema.json` is this schema, committed.
+    ///
+    /// ```
+    /// let schema = rollback_core::RunReport::json_schema();
+    /// assert_eq!(schema["title"], "RunReport");
+    /// assert!(schema["properties"]["schema_version"].is_object());
+    /// ```
+    #[cfg(feature = "schema")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "schema")))]
+    pub fn json_schema() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(RunReport)).unwrap_or_default()
     }
 
     /// Whether the run committed.

@@ -3,15 +3,15 @@
 
 use super::{inside, CheckpointReport, Outcome, StepReport, StepState};
 use crate::state::State;
-use crate::{Plan, Reversibility};
+use crate::{PlanDescription, Reversibility};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The plan's checkpoints: capture, restores, parity, release.
-pub(super) fn checkpoints(plan: &Plan, state: &State) -> Vec<CheckpointReport> {
-    plan.checkpoints()
+pub(super) fn checkpoints(plan: &PlanDescription, state: &State) -> Vec<CheckpointReport> {
+    plan.checkpoints
         .iter()
         .map(|c| {
-            let resource = c.resource();
+            let resource = c.resource.as_str();
             let snap = state.baseline.get(resource);
             let log = state.checkpoints.get(resource).cloned().unwrap_or_default();
             let restore = log.last_restore.as_ref();
@@ -43,7 +43,11 @@ pub(super) fn checkpoints(plan: &Plan, state: &State) -> Vec<CheckpointReport> {
 
 /// The plan's steps, each with the state it ended in: what the restore found, not only
 /// the step's own account.
-pub(super) fn steps(plan: &Plan, state: &State, cps: &[CheckpointReport]) -> Vec<StepReport> {
+pub(super) fn steps(
+    plan: &PlanDescription,
+    state: &State,
+    cps: &[CheckpointReport],
+) -> Vec<StepReport> {
     let restored_items = |t: &str| {
         cps.iter()
             .find(|c| c.resource == t)
@@ -55,14 +59,14 @@ pub(super) fn steps(plan: &Plan, state: &State, cps: &[CheckpointReport]) -> Vec
         .iter()
         .filter(|c| state.parity.get(*c) == Some(&true))
         .collect();
-    plan.steps()
+    plan.steps
         .iter()
         .map(|ps| {
-            let log = state.steps.get(ps.id()).cloned().unwrap_or_default();
+            let log = state.steps.get(&ps.id).cloned().unwrap_or_default();
             let mut sr = StepReport {
-                id: ps.id().into(),
+                id: ps.id.clone(),
                 component: ps.component.clone(),
-                reversibility: ps.step.reversibility(),
+                reversibility: ps.reversibility,
                 state: StepState::NotApplied,
                 apply_attempts: log.apply_attempts,
                 apply_ms: log.apply_ms,
@@ -71,33 +75,26 @@ pub(super) fn steps(plan: &Plan, state: &State, cps: &[CheckpointReport]) -> Vec
                 last_error: log.last_error,
                 note: None,
             };
-            let touches = ps.step.touches();
-            sr.state = if !state.applied.contains_key(ps.id()) {
-                not_applied_state(
-                    plan,
-                    state,
-                    &mut sr,
-                    &touches,
-                    &restored_ok,
-                    &restored_items,
-                )
-            } else if state.reverted.contains(ps.id()) {
+            let touches = &ps.touches;
+            sr.state = if !state.applied.contains_key(&ps.id) {
+                not_applied_state(plan, state, &mut sr, touches, &restored_ok, &restored_items)
+            } else if state.reverted.contains(&ps.id) {
                 StepState::Reverted
             } else if state.rollback.is_none() {
                 StepState::Applied
-            } else if !scope.contains(ps.id()) {
+            } else if !scope.contains(&ps.id) {
                 StepState::Kept
             } else {
                 let by_restore =
                     !touches.is_empty() && touches.iter().all(|t| restored_ok.contains(t));
-                match plan.undo(ps.id()) {
+                match plan.undo(&ps.id) {
                     Some(crate::Undo::CompensationOf { steps: by })
                         if by.iter().all(|b| state.reverted.contains(b)) =>
                     {
                         StepState::UndoneByCompensation
                     }
                     _ if by_restore => StepState::UndoneByRestore,
-                    _ if ps.step.reversibility() == Reversibility::Irreversible => {
+                    _ if ps.reversibility == Reversibility::Irreversible => {
                         StepState::IrreversibleKept
                     }
                     _ => StepState::NotUndone,
@@ -111,7 +108,7 @@ pub(super) fn steps(plan: &Plan, state: &State, cps: &[CheckpointReport]) -> Vec
 /// A step the journal does not count as applied: it may still have had effects, which a
 /// restore of what it touches had to rewrite while no applied step touches them.
 fn not_applied_state(
-    plan: &Plan,
+    plan: &PlanDescription,
     state: &State,
     sr: &mut StepReport,
     touches: &[String],
@@ -123,9 +120,9 @@ fn not_applied_state(
         .filter(|t| {
             restored_items(t) > 0
                 && !plan
-                    .steps()
+                    .steps
                     .iter()
-                    .any(|o| state.applied.contains_key(o.id()) && o.step.touches().contains(t))
+                    .any(|o| state.applied.contains_key(&o.id) && o.touches.contains(t))
         })
         .map(|t| format!("{t} ({} items)", restored_items(t)))
         .collect();
@@ -164,7 +161,11 @@ fn rollback_scope(state: &State) -> (BTreeSet<String>, Vec<String>) {
 
 /// What the rollback cannot claim back at its baseline: checkpoints in its scope without
 /// parity, undone steps naming no resource, resources changed without a checkpoint.
-pub(super) fn unproven(plan: &Plan, state: &State, cps: &[CheckpointReport]) -> Vec<String> {
+pub(super) fn unproven(
+    plan: &PlanDescription,
+    state: &State,
+    cps: &[CheckpointReport],
+) -> Vec<String> {
     let mut unproven = Vec::new();
     if state.rollback.is_none() {
         return unproven;
@@ -185,31 +186,28 @@ pub(super) fn unproven(plan: &Plan, state: &State, cps: &[CheckpointReport]) -> 
             _ => format!("{c}: parity not checked"),
         });
     }
-    let with_checkpoint: Vec<&str> = plan.checkpoints().iter().map(|c| c.resource()).collect();
+    let with_checkpoint: Vec<&str> = plan.checkpoint_resources().collect();
     // A resource is checked when a checkpoint is of it or of something containing it
     // (`a/b` is inside `a`). A step may also name a container beside the part of it that
     // it changes (a flag and its provider scope): the container is then checked through
     // that part.
     let direct = |t: &str| with_checkpoint.iter().any(|c| *c == t || inside(t, c));
     let mut unchecked: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for ps in plan.steps() {
-        if !scope.contains(ps.id()) || !state.applied.contains_key(ps.id()) {
+    for ps in &plan.steps {
+        if !scope.contains(&ps.id) || !state.applied.contains_key(&ps.id) {
             continue;
         }
-        let touches = ps.step.touches();
+        let touches = &ps.touches;
         if touches.is_empty() {
             unproven.push(format!(
                 "step {}: names no resource it changes, so what it changed is not checked",
-                ps.id()
+                ps.id
             ));
         }
-        for t in &touches {
+        for t in touches {
             let through_part = touches.iter().any(|part| inside(part, t) && direct(part));
             if !direct(t) && !through_part {
-                unchecked
-                    .entry(t.clone())
-                    .or_default()
-                    .push(ps.id().to_string());
+                unchecked.entry(t.clone()).or_default().push(ps.id.clone());
             }
         }
     }
@@ -239,6 +237,19 @@ pub(super) fn outcome(state: &State) -> Outcome {
     }
 }
 
+/// RTO: from the rollback's start (or the interruption a resume rolled back) to the
+/// `rolled_back` record.
+pub(super) fn rto_ms(state: &State) -> Option<u64> {
+    let rto_start = match (state.rollback_started_at_ms, state.interrupted_at_ms) {
+        (Some(a), Some(i)) => Some(a.min(i)),
+        (a, _) => a,
+    };
+    match (rto_start, state.rolled_back_at_ms) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    }
+}
+
 /// The recovery figures: RTO, RPO by time, and by items discarded.
 pub(super) struct Recovery {
     pub(super) rto_ms: Option<u64>,
@@ -250,15 +261,12 @@ pub(super) struct Recovery {
 /// RTO: from the rollback's start (or the interruption a resume rolled back) to the
 /// `rolled_back` record. RPO: the largest capture → restore window over the checkpoints,
 /// whenever a restore ran. Items: the writes of others the restores counted.
-pub(super) fn recovery(plan: &Plan, state: &State, cps: &[CheckpointReport]) -> Recovery {
-    let rto_start = match (state.rollback_started_at_ms, state.interrupted_at_ms) {
-        (Some(a), Some(i)) => Some(a.min(i)),
-        (a, _) => a,
-    };
-    let rto_ms = match (rto_start, state.rolled_back_at_ms) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
-        _ => None,
-    };
+pub(super) fn recovery(
+    plan: &PlanDescription,
+    state: &State,
+    cps: &[CheckpointReport],
+) -> Recovery {
+    let rto_ms = rto_ms(state);
     // A restore discarded writes whenever it ran, whether or not the rollback finished.
     let rpo_ms = (state.rolled_back || !state.restored.is_empty())
         .then(|| cps.iter().filter_map(|c| c.rpo_ms).max().unwrap_or(0));
@@ -266,10 +274,10 @@ pub(super) fn recovery(plan: &Plan, state: &State, cps: &[CheckpointReport]) -> 
         .iter()
         .filter_map(|c| c.discarded_writes.as_ref())
         .collect();
-    let uncounted = plan.checkpoints().iter().any(|c| {
+    let uncounted = plan.checkpoint_resources().any(|c| {
         state
             .checkpoints
-            .get(c.resource())
+            .get(c)
             .is_some_and(|l| l.uncounted_discards)
     });
     Recovery {

@@ -3,17 +3,17 @@
 use super::TimelineEntry;
 use crate::journal::{Entry, Record};
 use crate::state::JournalRepair;
-use crate::Plan;
+use crate::PlanDescription;
 use std::collections::BTreeMap;
 
 /// One line per record, with its offset from the run's start (`started`, epoch ms).
-pub(super) fn timeline(plan: &Plan, started: u64, records: &[Record]) -> Vec<TimelineEntry> {
+pub(super) fn timeline(
+    plan: &PlanDescription,
+    started: u64,
+    records: &[Record],
+) -> Vec<TimelineEntry> {
     // How many times each of the plan's checkpoints was restored so far ("restored AGAIN").
-    let mut restores: BTreeMap<&str, u32> = plan
-        .checkpoints()
-        .iter()
-        .map(|c| (c.resource(), 0))
-        .collect();
+    let mut restores: BTreeMap<&str, u32> = plan.checkpoint_resources().map(|c| (c, 0)).collect();
     records
         .iter()
         .map(|r| {
@@ -30,6 +30,7 @@ pub(super) fn timeline(plan: &Plan, started: u64, records: &[Record]) -> Vec<Tim
                 offset_ms: r.at_ms.saturating_sub(started),
                 kind: r.entry.kind().into(),
                 detail: describe(&r.entry, again),
+                subject: r.entry.subject().map(str::to_string),
             }
         })
         .collect()
@@ -62,6 +63,7 @@ fn describe(entry: &Entry, again: bool) -> String {
             policy.scope,
             policy.on_resume
         ),
+        Entry::PlanDescribed(d) => d.summary(),
         Entry::LeaseTaken {
             holder,
             taken_over_from,
@@ -194,5 +196,12 @@ fn describe(entry: &Entry, again: bool) -> String {
             "ROLLBACK FAILED: {error}; remaining: {}",
             remaining.join("; ")
         ),
+    }
+}
+
+/// An entry as the timeline words it (`applied db-schema in 3 ms`).
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(self, false))
     }
 }

@@ -45,6 +45,19 @@ impl Journal for CrashAfter {
     async fn lost_tail(&self, run_id: &str) -> Result<Option<crate::journal::LostTail>> {
         self.inner.lost_tail(run_id).await
     }
+    async fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        self.inner.lease(key).await
+    }
+    async fn publish_progress(
+        &self,
+        run_id: &str,
+        progress: &crate::journal::LiveProgress,
+    ) -> Result<()> {
+        self.inner.publish_progress(run_id, progress).await
+    }
+    async fn progress(&self, run_id: &str) -> Result<Vec<crate::journal::LiveProgress>> {
+        self.inner.progress(run_id).await
+    }
     async fn runs(&self) -> Result<Vec<String>> {
         self.inner.runs().await
     }

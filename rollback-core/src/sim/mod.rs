@@ -18,8 +18,8 @@
 //! let baseline = world.snapshot_state();
 //! let plan = spec.build(&world).unwrap();
 //! let journal = Arc::new(MemoryJournal::new());
-//! // The "process" dies after writing 7 journal records.
-//! let crashing = Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 7))).holder("a");
+//! // The "process" dies after writing 8 journal records.
+//! let crashing = Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), 8))).holder("a");
 //! assert!(crashing.run(&plan).await.is_err());
 //! // A new executor resumes the run from the journal alone.
 //! let run_id = journal.runs().await.unwrap().remove(0);
