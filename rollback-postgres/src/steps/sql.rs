@@ -132,6 +132,10 @@ pub struct SqlStep {
     /// Bookkeeping SQL of this crate run after `up` / `down` in the same transaction (a
     /// migration tool's ledger row): written by the crate, so never scanned.
     bookkeeping: Option<(String, String)>,
+    /// A query of this crate run before `up` in the same transaction (after the step's
+    /// marker is checked): a row whose first column is not null says why the step must
+    /// not run ([`Error::Conflict`]), e.g. a migration another runner has recorded.
+    guard: Option<String>,
     approved: Option<String>,
     marker_schema: String,
     settings: Vec<(String, String)>,
@@ -169,6 +173,7 @@ impl SqlStep {
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             force_non_tx: false,
             bookkeeping: None,
+            guard: None,
             approved: None,
             marker_schema: DEFAULT_MARKER_SCHEMA.into(),
             settings: Vec::new(),
@@ -339,6 +344,34 @@ impl SqlStep {
         self
     }
 
+    /// A query of this crate's own run before `up`, in the step's transaction where it has
+    /// one (locks it takes are held until the step commits): a row whose first column is
+    /// not null is why the step must not run, and `apply` fails with [`Error::Conflict`]
+    /// before `up` runs. Not scanned (it is not the user's).
+    pub(crate) fn guard(mut self, sql: String) -> Self {
+        self.guard = Some(sql);
+        self
+    }
+
+    /// Run the guard (see [`SqlStep::guard`]) on `c`.
+    async fn check_guard<C: tokio_postgres::GenericClient>(&self, c: &C) -> Result<()> {
+        let Some(sql) = &self.guard else {
+            return Ok(());
+        };
+        let msgs = c
+            .simple_query(sql)
+            .await
+            .map_err(|e| PgError::new(format!("step {}: guard", self.id), &e).into_core(false))?;
+        for m in msgs {
+            if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                if let Some(why) = r.get(0) {
+                    return Err(Error::conflict(format!("step {}: {why}", self.id)));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Keep markers in another schema (default [`DEFAULT_MARKER_SCHEMA`]).
     pub fn marker_schema(mut self, schema: impl Into<String>) -> Self {
         self.marker_schema = schema.into();
@@ -491,6 +524,7 @@ impl SqlStep {
             tx.commit().await.ctx("ending step transaction")?;
             return Ok(Receipt(r));
         }
+        self.check_guard(&tx).await?;
         tx.batch_execute(&crate::db::user_settings_sql(true))
             .await
             .ctx("setting the database's search path")?;
@@ -619,6 +653,9 @@ impl SqlStep {
             if state == "applied" {
                 return Ok(Receipt(r));
             }
+        } else {
+            // Not started in this run: nothing else may have recorded it either.
+            self.check_guard(c).await?;
         }
         let receipt = Receipt::new(&self.receipt(ctx));
         let json = receipt.0.to_string();
@@ -840,6 +877,9 @@ impl Step for SqlStep {
         }
         if let Some((after_up, after_down)) = &self.bookkeeping {
             spec["bookkeeping"] = serde_json::json!({ "up": after_up, "down": after_down });
+        }
+        if let Some(guard) = &self.guard {
+            spec["guard"] = serde_json::json!(guard);
         }
         spec
     }
