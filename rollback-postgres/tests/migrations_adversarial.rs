@@ -564,3 +564,78 @@ async fn a_connection_killed_mid_migration_leaves_the_ledger_true() {
         o => panic!("{o:?}: {}", report.to_markdown()),
     }
 }
+
+/// A database search path that puts a schema of shadowing functions before `pg_catalog`,
+/// a 200 ms `statement_timeout` and a 50 ms `lock_timeout`: the ledger's own SQL never
+/// calls a shadowing function, and a migration slower than the database's timeout runs
+/// under the migration's own timeouts.
+#[tokio::test]
+async fn ledger_sql_ignores_shadowing_functions_and_the_database_timeouts() {
+    let db = TestDb::with_settings(
+        "adv_shadow",
+        &[
+            "search_path = public, evil, pg_catalog",
+            "statement_timeout = '200ms'",
+            "lock_timeout = '50ms'",
+        ],
+    )
+    .await;
+    db.exec(
+        r#"
+CREATE SCHEMA evil;
+CREATE TABLE evil.calls (fn text, query text);
+GRANT USAGE ON SCHEMA evil TO PUBLIC;
+GRANT INSERT, SELECT ON evil.calls TO PUBLIC;
+CREATE FUNCTION evil.clock_timestamp() RETURNS timestamptz LANGUAGE plpgsql AS
+  $f$ BEGIN INSERT INTO evil.calls VALUES ('clock_timestamp', current_query()); RETURN pg_catalog.clock_timestamp(); END $f$;
+CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE plpgsql AS
+  $f$ BEGIN INSERT INTO evil.calls VALUES ('now', current_query()); RETURN pg_catalog.now(); END $f$;
+CREATE FUNCTION evil.encode(bytea, text) RETURNS text LANGUAGE plpgsql AS
+  $f$ BEGIN INSERT INTO evil.calls VALUES ('encode', current_query()); RETURN pg_catalog.encode($1, $2); END $f$;
+CREATE FUNCTION evil.to_char(timestamp, text) RETURNS text LANGUAGE plpgsql AS
+  $f$ BEGIN INSERT INTO evil.calls VALUES ('to_char', current_query()); RETURN pg_catalog.to_char($1, $2); END $f$;
+"#,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        &[
+            ("1_create.sql", "CREATE TABLE t (id int PRIMARY KEY);\n"),
+            (
+                "2_slow.up.sql",
+                "INSERT INTO t VALUES (1); SELECT pg_catalog.pg_sleep(0.4);\n",
+            ),
+            ("2_slow.down.sql", "DELETE FROM t WHERE id = 1;\n"),
+        ],
+    );
+    let p = Migrations::sqlx(dir.path())
+        .unwrap()
+        .pending(&db.db)
+        .await
+        .unwrap();
+    let report = run(&p.plan().unwrap()).await;
+    assert_eq!(report.outcome, Outcome::Committed, "{}", report.to_markdown());
+    let again = Migrations::sqlx(dir.path())
+        .unwrap()
+        .pending(&db.db)
+        .await
+        .unwrap();
+    assert_eq!(again.migrations().len(), 0);
+    assert_eq!(
+        rows(&db, "SELECT version::text FROM public._sqlx_migrations ORDER BY version").await,
+        ["1", "2"]
+    );
+    let rf = tempfile::tempdir().unwrap();
+    write(rf.path(), &[("V1__r.sql", "CREATE TABLE r (id int);\n")]);
+    let p = Migrations::refinery(rf.path())
+        .unwrap()
+        .pending(&db.db)
+        .await
+        .unwrap();
+    assert_eq!(run(&p.plan().unwrap()).await.outcome, Outcome::Committed);
+    assert_eq!(
+        rows(&db, "SELECT fn || ': ' || query FROM evil.calls").await,
+        Vec::<String>::new()
+    );
+}

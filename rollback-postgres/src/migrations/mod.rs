@@ -664,6 +664,11 @@ impl Migrations {
                 }
             }
         }
+        drop(row);
+        drop(c);
+        // The ledger's SQL is the crate's: it runs with the library's search path, so
+        // nothing the database's path puts before pg_catalog stands in for a function.
+        let c = db.lib_client().await?;
         let ledger = self.ledger();
         let create = ledger.create_sql();
         // Two runners creating the ledger at once: the second waits for the first

@@ -534,14 +534,16 @@ impl SqlStep {
         tx.batch_execute(&self.up)
             .await
             .map_err(|e| PgError::new(format!("step {}: up", self.id), &e).into_core(false))?;
+        tx.batch_execute(&crate::db::library_settings_sql(true))
+            .await
+            .ctx("setting the library's search path")?;
+        // The crate's own SQL runs with the library's search path: nothing the database's
+        // path puts before pg_catalog can stand in for a function it calls.
         if let Some((after_up, _)) = &self.bookkeeping {
             tx.batch_execute(after_up).await.map_err(|e| {
                 PgError::new(format!("step {}: bookkeeping after up", self.id), &e).into_core(false)
             })?;
         }
-        tx.batch_execute(&crate::db::library_settings_sql(true))
-            .await
-            .ctx("setting the library's search path")?;
         self.check_created(&tx, true).await?;
         let receipt = Receipt::new(&self.receipt(ctx));
         let json = receipt.0.to_string();
@@ -611,15 +613,15 @@ impl SqlStep {
                 tx.batch_execute(down).await.map_err(|e| {
                     PgError::new(format!("step {}: down", self.id), &e).into_core(false)
                 })?;
+                tx.batch_execute(&crate::db::library_settings_sql(true))
+                    .await
+                    .ctx("setting the library's search path")?;
                 if let Some((_, after_down)) = &self.bookkeeping {
                     tx.batch_execute(after_down).await.map_err(|e| {
                         PgError::new(format!("step {}: bookkeeping after down", self.id), &e)
                             .into_core(false)
                     })?;
                 }
-                tx.batch_execute(&crate::db::library_settings_sql(true))
-                    .await
-                    .ctx("setting the library's search path")?;
                 self.check_created(&tx, false).await?;
             }
         }
@@ -672,7 +674,12 @@ impl SqlStep {
         .ctx("writing the step marker")?;
         let mut res = self.run_statements(&session, &self.up).await;
         if let (Ok(()), Some((after_up, _))) = (&res, &self.bookkeeping) {
-            res = self.run_statements(&session, after_up).await;
+            // With the library's search path (`run_statements` leaves it set).
+            res = session
+                .client()
+                .batch_execute(after_up)
+                .await
+                .map_err(|e| PgError::new(format!("step {}: bookkeeping after up", self.id), &e));
         }
         session.reset().await;
         res.map_err(|e| e.into_core(true))?;
@@ -703,7 +710,9 @@ impl SqlStep {
             if let Some(down) = &self.down {
                 let mut res = self.run_statements(&session, down).await;
                 if let (Ok(()), Some((_, after_down))) = (&res, &self.bookkeeping) {
-                    res = self.run_statements(&session, after_down).await;
+                    res = session.client().batch_execute(after_down).await.map_err(|e| {
+                        PgError::new(format!("step {}: bookkeeping after down", self.id), &e)
+                    });
                 }
                 session.reset().await;
                 res.map_err(|e| e.into_core(true))?;
