@@ -99,10 +99,7 @@ pub(crate) async fn steps_of_run<C: GenericClient>(
 ) -> std::result::Result<std::collections::BTreeSet<String>, tokio_postgres::Error> {
     let table = format!("{}.applied_steps", quote_ident(schema));
     let exists: bool = c
-        .query_one(
-            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
-            &[&table],
-        )
+        .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&table])
         .await?
         .get(0);
     if !exists {

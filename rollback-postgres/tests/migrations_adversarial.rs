@@ -50,10 +50,16 @@ async fn zero_padded_versions_are_seen_applied_on_the_next_run() {
     write(
         gm.path(),
         &[
-            ("000001_create_a.up.sql", "CREATE TABLE a (id int PRIMARY KEY);\n"),
+            (
+                "000001_create_a.up.sql",
+                "CREATE TABLE a (id int PRIMARY KEY);\n",
+            ),
             ("000001_create_a.down.sql", "DROP TABLE a;\n"),
             ("000002_fill_a.up.sql", "INSERT INTO a VALUES (1), (2);\n"),
-            ("000002_fill_a.down.sql", "DELETE FROM a WHERE id IN (1, 2);\n"),
+            (
+                "000002_fill_a.down.sql",
+                "DELETE FROM a WHERE id IN (1, 2);\n",
+            ),
         ],
     );
     let p = Migrations::golang_migrate(gm.path())
@@ -64,7 +70,11 @@ async fn zero_padded_versions_are_seen_applied_on_the_next_run() {
     assert_eq!(p.migrations().len(), 2);
     assert_eq!(run(&p.plan().unwrap()).await.outcome, Outcome::Committed);
     assert_eq!(
-        rows(&db, "SELECT version::text || ' ' || dirty::text FROM schema_migrations").await,
+        rows(
+            &db,
+            "SELECT version::text || ' ' || dirty::text FROM schema_migrations"
+        )
+        .await,
         ["2 false"]
     );
     let again = Migrations::golang_migrate(gm.path())
@@ -91,7 +101,11 @@ async fn zero_padded_versions_are_seen_applied_on_the_next_run() {
         .unwrap();
     assert_eq!(run(&p.plan().unwrap()).await.outcome, Outcome::RolledBack);
     assert_eq!(
-        rows(&db, "SELECT version::text || ' ' || dirty::text FROM schema_migrations").await,
+        rows(
+            &db,
+            "SELECT version::text || ' ' || dirty::text FROM schema_migrations"
+        )
+        .await,
         ["2 false"]
     );
     assert_eq!(db.count("SELECT count(*) FROM a").await, 2);
@@ -100,7 +114,10 @@ async fn zero_padded_versions_are_seen_applied_on_the_next_run() {
     let sx = tempfile::tempdir().unwrap();
     write(
         sx.path(),
-        &[("0001_create_b.sql", "CREATE TABLE b (id int PRIMARY KEY);\n")],
+        &[(
+            "0001_create_b.sql",
+            "CREATE TABLE b (id int PRIMARY KEY);\n",
+        )],
     );
     let p = Migrations::sqlx(sx.path())
         .unwrap()
@@ -139,13 +156,19 @@ async fn a_folder_that_disagrees_with_its_ledger_changes_nothing() {
     let before = db.dump();
 
     // Edited after it ran.
-    write(dir.path(), &[("2_fill_a.sql", "INSERT INTO a VALUES (2);\n")]);
+    write(
+        dir.path(),
+        &[("2_fill_a.sql", "INSERT INTO a VALUES (2);\n")],
+    );
     let e = Migrations::sqlx(dir.path())
         .unwrap()
         .pending(&db.db)
         .await
         .unwrap_err();
-    assert!(matches!(e, MigrationError::ChecksumMismatch { ref version, .. } if version == "2"), "{e}");
+    assert!(
+        matches!(e, MigrationError::ChecksumMismatch { ref version, .. } if version == "2"),
+        "{e}"
+    );
     // Deleted after it ran.
     std::fs::remove_file(dir.path().join("2_fill_a.sql")).unwrap();
     let e = Migrations::sqlx(dir.path())
@@ -153,7 +176,10 @@ async fn a_folder_that_disagrees_with_its_ledger_changes_nothing() {
         .pending(&db.db)
         .await
         .unwrap_err();
-    assert!(matches!(e, MigrationError::MissingFile { ref version, .. } if version == "2"), "{e}");
+    assert!(
+        matches!(e, MigrationError::MissingFile { ref version, .. } if version == "2"),
+        "{e}"
+    );
     // Two files of one version, even spelled differently.
     write(
         dir.path(),
@@ -163,7 +189,10 @@ async fn a_folder_that_disagrees_with_its_ledger_changes_nothing() {
         ],
     );
     let e = Migrations::sqlx(dir.path()).unwrap_err();
-    assert!(matches!(e, MigrationError::Duplicate { ref version, .. } if version.trim_start_matches('0') == "3"), "{e}");
+    assert!(
+        matches!(e, MigrationError::Duplicate { ref version, .. } if version.trim_start_matches('0') == "3"),
+        "{e}"
+    );
     common::assert_same_dump(&before, &db.dump(), "refused folders");
 
     // A dirty golang-migrate version is reported, never cleaned.
@@ -183,7 +212,10 @@ async fn a_folder_that_disagrees_with_its_ledger_changes_nothing() {
         .pending(&db.db)
         .await
         .unwrap_err();
-    assert!(matches!(e, MigrationError::Dirty { ref version, .. } if version == "1"), "{e}");
+    assert!(
+        matches!(e, MigrationError::Dirty { ref version, .. } if version == "1"),
+        "{e}"
+    );
     common::assert_same_dump(&before, &db.dump(), "dirty ledger");
 }
 
@@ -219,7 +251,11 @@ async fn the_ledger_is_where_the_tool_looks_under_the_database_search_path() {
         .unwrap();
     assert_eq!(run(&p.plan().unwrap()).await.outcome, Outcome::Committed);
     assert_eq!(
-        rows(&db, "SELECT version::text FROM app._sqlx_migrations ORDER BY version").await,
+        rows(
+            &db,
+            "SELECT version::text FROM app._sqlx_migrations ORDER BY version"
+        )
+        .await,
         ["1", "2"]
     );
     assert_eq!(
@@ -250,7 +286,11 @@ async fn the_ledger_is_where_the_tool_looks_under_the_database_search_path() {
         ["20240101000001"]
     );
     assert_eq!(
-        rows(&db, "SELECT version || '|' || note FROM public.schema_migrations").await,
+        rows(
+            &db,
+            "SELECT version || '|' || note FROM public.schema_migrations"
+        )
+        .await,
         ["not a ledger|an application table"]
     );
 }
@@ -262,7 +302,10 @@ async fn the_ledger_is_where_the_tool_looks_under_the_database_search_path() {
 async fn hostile_file_names_are_recorded_verbatim_and_never_run() {
     let db = TestDb::with_settings(
         "adv_names",
-        &["standard_conforming_strings = off", "escape_string_warning = off"],
+        &[
+            "standard_conforming_strings = off",
+            "escape_string_warning = off",
+        ],
     )
     .await;
     db.exec("CREATE TABLE victim (id int PRIMARY KEY); INSERT INTO victim VALUES (1)")
@@ -288,9 +331,18 @@ async fn hostile_file_names_are_recorded_verbatim_and_never_run() {
         .await
         .unwrap();
     let report = run(&p.plan().unwrap()).await;
-    assert_eq!(report.outcome, Outcome::Committed, "{}", report.to_markdown());
     assert_eq!(
-        rows(&db, "SELECT description FROM _sqlx_migrations ORDER BY version").await,
+        report.outcome,
+        Outcome::Committed,
+        "{}",
+        report.to_markdown()
+    );
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT description FROM _sqlx_migrations ORDER BY version"
+        )
+        .await,
         [r"o'brien\'); DROP TABLE victim; -- ünï", r"x\ y"]
     );
     assert_eq!(rows(&db, "SELECT f()").await, [r"a'b\c"]);
@@ -307,7 +359,11 @@ async fn hostile_file_names_are_recorded_verbatim_and_never_run() {
         .unwrap();
     assert_eq!(run(&p.plan().unwrap()).await.outcome, Outcome::Committed);
     assert_eq!(
-        rows(&db, "SELECT description || '|' || script FROM flyway_schema_history").await,
+        rows(
+            &db,
+            "SELECT description || '|' || script FROM flyway_schema_history"
+        )
+        .await,
         [format!(r"it's a \back slash ü|{script}")]
     );
     assert_eq!(db.count("SELECT count(*) FROM victim").await, 1);
@@ -349,7 +405,10 @@ async fn a_least_privilege_role_runs_and_rolls_back_a_folder_in_its_own_schema()
                 "1_create_items.sql",
                 "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);\n",
             ),
-            ("2_fill_items.sql", "INSERT INTO items VALUES (1, 'a'), (2, 'b');\n"),
+            (
+                "2_fill_items.sql",
+                "INSERT INTO items VALUES (1, 'a'), (2, 'b');\n",
+            ),
         ],
     );
     let p = Migrations::sqlx(dir.path())
@@ -358,9 +417,18 @@ async fn a_least_privilege_role_runs_and_rolls_back_a_folder_in_its_own_schema()
         .await
         .expect("the ledger goes where the role may create it: its own schema");
     let report = run(&p.plan().unwrap()).await;
-    assert_eq!(report.outcome, Outcome::Committed, "{}", report.to_markdown());
     assert_eq!(
-        rows(&db, "SELECT version::text FROM shop._sqlx_migrations ORDER BY version").await,
+        report.outcome,
+        Outcome::Committed,
+        "{}",
+        report.to_markdown()
+    );
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT version::text FROM shop._sqlx_migrations ORDER BY version"
+        )
+        .await,
         ["1", "2"]
     );
     let before = db.dump();
@@ -381,7 +449,12 @@ async fn a_least_privilege_role_runs_and_rolls_back_a_folder_in_its_own_schema()
         .unwrap();
     assert_eq!(p.migrations().len(), 3);
     let report = run(&p.plan().unwrap()).await;
-    assert_eq!(report.outcome, Outcome::RolledBack, "{}", report.to_markdown());
+    assert_eq!(
+        report.outcome,
+        Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
     common::assert_same_dump(&before, &db.dump(), "rolled back as the role");
 }
 
@@ -397,7 +470,10 @@ async fn a_role_without_the_bookkeeping_schemas_fails_before_anything_runs() {
     write(
         dir.path(),
         &[
-            ("1_create_items.sql", "CREATE TABLE items (id int PRIMARY KEY);\n"),
+            (
+                "1_create_items.sql",
+                "CREATE TABLE items (id int PRIMARY KEY);\n",
+            ),
             ("2_fill.sql", "INSERT INTO items VALUES (1);\n"),
         ],
     );
@@ -477,7 +553,11 @@ async fn two_runners_of_one_folder_apply_each_migration_once() {
         ra.to_markdown(),
         rb.to_markdown()
     );
-    let loser = if ra.outcome == Outcome::RolledBack { &ra } else { &rb };
+    let loser = if ra.outcome == Outcome::RolledBack {
+        &ra
+    } else {
+        &rb
+    };
     let why = loser
         .steps
         .iter()
@@ -490,7 +570,11 @@ async fn two_runners_of_one_folder_apply_each_migration_once() {
         ["1", "2"]
     );
     assert_eq!(
-        rows(&db, "SELECT version::text || ' ' || dirty::text FROM schema_migrations").await,
+        rows(
+            &db,
+            "SELECT version::text || ' ' || dirty::text FROM schema_migrations"
+        )
+        .await,
         ["2 false"]
     );
 }
@@ -545,12 +629,22 @@ async fn a_connection_killed_mid_migration_leaves_the_ledger_true() {
         killed
     };
     let (report, killed) = tokio::join!(run(&plan), killer);
-    assert_eq!(killed, 1, "the slow migration's session was found and killed");
-    let ledger = rows(&db, "SELECT version::text FROM _sqlx_migrations ORDER BY version").await;
+    assert_eq!(
+        killed, 1,
+        "the slow migration's session was found and killed"
+    );
+    let ledger = rows(
+        &db,
+        "SELECT version::text FROM _sqlx_migrations ORDER BY version",
+    )
+    .await;
     match report.outcome {
         Outcome::Committed => {
             assert_eq!(ledger, ["1", "2"]);
-            assert_eq!(rows(&db, "SELECT id::text FROM k ORDER BY id").await, ["1", "2"]);
+            assert_eq!(
+                rows(&db, "SELECT id::text FROM k ORDER BY id").await,
+                ["1", "2"]
+            );
         }
         Outcome::RolledBack => {
             assert!(ledger.is_empty(), "{ledger:?}");
@@ -615,7 +709,12 @@ CREATE FUNCTION evil.to_char(timestamp, text) RETURNS text LANGUAGE plpgsql AS
         .await
         .unwrap();
     let report = run(&p.plan().unwrap()).await;
-    assert_eq!(report.outcome, Outcome::Committed, "{}", report.to_markdown());
+    assert_eq!(
+        report.outcome,
+        Outcome::Committed,
+        "{}",
+        report.to_markdown()
+    );
     let again = Migrations::sqlx(dir.path())
         .unwrap()
         .pending(&db.db)
@@ -623,7 +722,11 @@ CREATE FUNCTION evil.to_char(timestamp, text) RETURNS text LANGUAGE plpgsql AS
         .unwrap();
     assert_eq!(again.migrations().len(), 0);
     assert_eq!(
-        rows(&db, "SELECT version::text FROM public._sqlx_migrations ORDER BY version").await,
+        rows(
+            &db,
+            "SELECT version::text FROM public._sqlx_migrations ORDER BY version"
+        )
+        .await,
         ["1", "2"]
     );
     let rf = tempfile::tempdir().unwrap();

@@ -103,7 +103,9 @@ impl Ledger {
         let applied = match self.format {
             Format::Sqlx | Format::Refinery => format!("version = {}", m.ledger_key),
             Format::GolangMigrate => format!("version >= {} OR dirty", m.ledger_key),
-            Format::Dbmate | Format::Diesel => format!("version = {}", quote_literal(&m.ledger_key)),
+            Format::Dbmate | Format::Diesel => {
+                format!("version = {}", quote_literal(&m.ledger_key))
+            }
             Format::Flyway => format!(
                 "version = {} AND type NOT LIKE 'UNDO%'",
                 quote_literal(&m.version)

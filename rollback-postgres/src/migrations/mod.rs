@@ -11,8 +11,8 @@ use crate::checkpoint::schema::SchemaSnapshot;
 use crate::checkpoint::undo_log::TableUndoLog;
 use crate::db::Database;
 use crate::error::PgError;
-use crate::markers;
 use crate::ident::Table;
+use crate::markers;
 use crate::sqlscan;
 use crate::steps::sql::SqlStep;
 use async_trait::async_trait;
@@ -626,18 +626,24 @@ impl Migrations {
     fn ledger(&self) -> Ledger {
         Ledger {
             format: self.format,
-            schema: self.ledger_schema.clone().unwrap_or_else(|| "public".into()),
+            schema: self
+                .ledger_schema
+                .clone()
+                .unwrap_or_else(|| "public".into()),
             committer: self.committer.clone(),
             project: sqitch::project(&self.all),
         }
     }
 
-    /// Read the tool's ledger (one round trip, creating the table as the tool does when it
-    /// is missing) and keep what is pending.
+    /// Read the tool's ledger and keep what is pending: two round trips, one for the
+    /// search path the migrations run with (where the ledger and their unqualified names
+    /// are), one that creates the table as the tool does when it is missing (under the
+    /// ledger's advisory lock) and reads it.
     ///
     /// # Errors
     /// [`MigrationError::ChecksumMismatch`], [`MigrationError::Dirty`],
-    /// [`MigrationError::MissingFile`], backend errors.
+    /// [`MigrationError::MissingFile`], [`MigrationError::NoLedgerSchema`], backend errors
+    /// (a missing privilege names the ledger table and the server's message).
     pub async fn pending(mut self, db: &Database) -> Result<Pending, MigrationError> {
         let c = db.client().await?;
         // The search path the migrations run with (the database's and the role's): where
@@ -905,8 +911,7 @@ impl Pending {
             let mut touch = scan::Touch::default();
             let mut opaque_line = None;
             for l in scan::locate(&up, m.up_line) {
-                let t = scan::touch(&l.st.text)
-                    .resolve(&self.path, &|t| self.existing.contains(t));
+                let t = scan::touch(&l.st.text).resolve(&self.path, &|t| self.existing.contains(t));
                 if t.opaque && opaque_line.is_none() {
                     opaque_line = Some(l.line);
                 }
@@ -1167,9 +1172,9 @@ impl Step for LedgerStep {
             return Ok(());
         }
         let sql = self.ledger.restore_sql(&applied, self.before.as_deref());
-        c.batch_execute(&sql)
-            .await
-            .map_err(|e| PgError::new(format!("{}: restoring the ledger", self.id), &e).into_core(false))
+        c.batch_execute(&sql).await.map_err(|e| {
+            PgError::new(format!("{}: restoring the ledger", self.id), &e).into_core(false)
+        })
     }
 }
 

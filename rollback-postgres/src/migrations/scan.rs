@@ -247,7 +247,10 @@ impl SearchPath {
     /// The schema unqualified new objects go to (`public` when the path has none: the
     /// statement itself then fails).
     pub(crate) fn creation_schema(&self) -> String {
-        self.schemas.first().cloned().unwrap_or_else(|| "public".into())
+        self.schemas
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "public".into())
     }
 }
 

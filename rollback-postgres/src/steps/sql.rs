@@ -675,11 +675,10 @@ impl SqlStep {
         let mut res = self.run_statements(&session, &self.up).await;
         if let (Ok(()), Some((after_up, _))) = (&res, &self.bookkeeping) {
             // With the library's search path (`run_statements` leaves it set).
-            res = session
-                .client()
-                .batch_execute(after_up)
-                .await
-                .map_err(|e| PgError::new(format!("step {}: bookkeeping after up", self.id), &e));
+            res =
+                session.client().batch_execute(after_up).await.map_err(|e| {
+                    PgError::new(format!("step {}: bookkeeping after up", self.id), &e)
+                });
         }
         session.reset().await;
         res.map_err(|e| e.into_core(true))?;
@@ -710,9 +709,13 @@ impl SqlStep {
             if let Some(down) = &self.down {
                 let mut res = self.run_statements(&session, down).await;
                 if let (Ok(()), Some((_, after_down))) = (&res, &self.bookkeeping) {
-                    res = session.client().batch_execute(after_down).await.map_err(|e| {
-                        PgError::new(format!("step {}: bookkeeping after down", self.id), &e)
-                    });
+                    res = session
+                        .client()
+                        .batch_execute(after_down)
+                        .await
+                        .map_err(|e| {
+                            PgError::new(format!("step {}: bookkeeping after down", self.id), &e)
+                        });
                 }
                 session.reset().await;
                 res.map_err(|e| e.into_core(true))?;
