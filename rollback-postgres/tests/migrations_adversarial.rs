@@ -742,3 +742,69 @@ CREATE FUNCTION evil.to_char(timestamp, text) RETURNS text LANGUAGE plpgsql AS
         Vec::<String>::new()
     );
 }
+
+/// The same kill during a dbmate `transaction:false` migration, whose statements commit
+/// one by one: the run ends committed or rolled back by its down, never with the first
+/// statement's row kept and no ledger row (or a ledger row and a missing statement).
+#[tokio::test]
+async fn a_connection_killed_mid_non_transactional_migration_leaves_the_ledger_true() {
+    let db = TestDb::new("adv_killed_nt").await;
+    db.exec("CREATE TABLE k (id int PRIMARY KEY)").await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        &[(
+            "20240101000001_slow.sql",
+            "-- migrate:up transaction:false\n\
+             INSERT INTO k VALUES (1) ON CONFLICT DO NOTHING;\n\
+             SELECT pg_sleep(2) /* adv-slow-nt */;\n\
+             INSERT INTO k VALUES (2) ON CONFLICT DO NOTHING;\n\
+             -- migrate:down transaction:false\n\
+             DELETE FROM k WHERE id IN (1, 2);\n",
+        )],
+    );
+    let p = Migrations::dbmate(dir.path())
+        .unwrap()
+        .pending(&db.db)
+        .await
+        .unwrap();
+    let plan = p.plan().unwrap();
+    let killer = async {
+        let c = db.checker().await;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let killed = c
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE query LIKE '%adv-slow-nt%' AND pid <> pg_backend_pid() \
+                     AND query NOT LIKE '%pg_stat_activity%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0);
+            if killed > 0 {
+                return killed;
+            }
+        }
+        0
+    };
+    let (report, killed) = tokio::join!(run(&plan), killer);
+    assert_eq!(
+        killed, 1,
+        "the slow migration's session was found and killed"
+    );
+    let ledger = rows(&db, "SELECT version FROM schema_migrations").await;
+    let k = rows(&db, "SELECT id::text FROM k ORDER BY id").await;
+    match report.outcome {
+        Outcome::Committed => {
+            assert_eq!(ledger, ["20240101000001"]);
+            assert_eq!(k, ["1", "2"]);
+        }
+        Outcome::RolledBack => {
+            assert!(ledger.is_empty(), "{ledger:?}");
+            assert!(k.is_empty(), "{k:?}");
+        }
+        o => panic!("{o:?}: {}", report.to_markdown()),
+    }
+}
