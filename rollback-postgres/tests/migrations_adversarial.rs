@@ -808,3 +808,56 @@ async fn a_connection_killed_mid_non_transactional_migration_leaves_the_ledger_t
         o => panic!("{o:?}: {}", report.to_markdown()),
     }
 }
+
+/// Two runners of a folder without downs, whose migrations a table copy covers: the
+/// runner that loses restores nothing the winner wrote.
+#[tokio::test]
+async fn the_losing_runner_restores_nothing_the_winner_wrote() {
+    let db = TestDb::new("adv_two_copies").await;
+    db.exec("CREATE TABLE events (n int NOT NULL); INSERT INTO events VALUES (0)")
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        &[
+            (
+                "1_first.sql",
+                "INSERT INTO events SELECT 1 FROM pg_catalog.pg_sleep(0.5);\n",
+            ),
+            ("2_second.sql", "UPDATE events SET n = n + 10;\n"),
+        ],
+    );
+    let plan_of = |db: Database| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            Migrations::sqlx(dir)
+                .unwrap()
+                .checkpoint_kind(rollback_postgres::CheckpointKind::Snapshot)
+                .pending(&db)
+                .await
+                .unwrap()
+                .plan()
+                .unwrap()
+        }
+    };
+    let pa = plan_of(db.db.clone()).await;
+    let pb = plan_of(Database::connect(&db.url).unwrap()).await;
+    let (ra, rb) = tokio::join!(run(&pa), run(&pb));
+    let mut outcomes = [ra.outcome, rb.outcome];
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(
+        outcomes,
+        [Outcome::Committed, Outcome::RolledBack],
+        "{}\n{}",
+        ra.to_markdown(),
+        rb.to_markdown()
+    );
+    assert_eq!(
+        rows(&db, "SELECT n::text FROM events ORDER BY n").await,
+        ["10", "11"]
+    );
+    assert_eq!(
+        rows(&db, "SELECT version::text FROM _sqlx_migrations ORDER BY version").await,
+        ["1", "2"]
+    );
+}
