@@ -616,6 +616,7 @@ async fn a_connection_killed_mid_migration_leaves_the_ledger_true() {
                 .query_one(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
                      WHERE query LIKE '%adv-slow%' AND pid <> pg_backend_pid() \
+                     AND datname = current_database() \
                      AND query NOT LIKE '%pg_stat_activity%'",
                     &[],
                 )
@@ -777,6 +778,7 @@ async fn a_connection_killed_mid_non_transactional_migration_leaves_the_ledger_t
                 .query_one(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
                      WHERE query LIKE '%adv-slow-nt%' AND pid <> pg_backend_pid() \
+                     AND datname = current_database() \
                      AND query NOT LIKE '%pg_stat_activity%'",
                     &[],
                 )
@@ -857,7 +859,11 @@ async fn the_losing_runner_restores_nothing_the_winner_wrote() {
         ["10", "11"]
     );
     assert_eq!(
-        rows(&db, "SELECT version::text FROM _sqlx_migrations ORDER BY version").await,
+        rows(
+            &db,
+            "SELECT version::text FROM _sqlx_migrations ORDER BY version"
+        )
+        .await,
         ["1", "2"]
     );
 }
