@@ -417,7 +417,12 @@ impl Migration {
 /// not already record it: the runner that comes second fails that migration with
 /// [`rollback_core::Error::Conflict`] (its run rolls back what it applied itself, and its
 /// rollback removes only the ledger rows of migrations it applied), so each migration runs
-/// once and the ledger holds no duplicate. Plan again to continue.
+/// once and the ledger holds no duplicate. Plan again to continue. A migration that runs
+/// outside a transaction (dbmate's `transaction:false`, sqlx's `-- no-transaction`, a
+/// concurrent index build) is checked just before it starts, but the lock is not held
+/// while it runs: two runners racing on it can both start it (its statements must be
+/// idempotent, as that mode requires), and only the ledger's key refuses the second row
+/// (golang-migrate's one-row table has none).
 #[derive(Debug, Clone)]
 pub struct Migrations {
     format: Format,
