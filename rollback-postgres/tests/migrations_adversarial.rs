@@ -867,3 +867,63 @@ async fn the_losing_runner_restores_nothing_the_winner_wrote() {
         ["1", "2"]
     );
 }
+
+/// Two runners racing on a migration that runs outside a transaction (a concurrent index
+/// build): it runs once, the ledger records it once, the second runner fails with a
+/// conflict.
+#[tokio::test]
+async fn two_runners_of_a_non_transactional_migration_run_it_once() {
+    let db = TestDb::new("adv_two_nt").await;
+    db.exec("CREATE TABLE events (n int NOT NULL)").await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        &[
+            (
+                "1_index.up.sql",
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS events_n ON events (n);\n\
+                 INSERT INTO events SELECT 1 FROM pg_catalog.pg_sleep(0.5);\n",
+            ),
+            (
+                "1_index.down.sql",
+                "DROP INDEX CONCURRENTLY IF EXISTS events_n;\nDELETE FROM events WHERE n = 1;\n",
+            ),
+        ],
+    );
+    let a = Migrations::golang_migrate(dir.path())
+        .unwrap()
+        .pending(&db.db)
+        .await
+        .unwrap();
+    let other = Database::connect(&db.url).unwrap();
+    let b = Migrations::golang_migrate(dir.path())
+        .unwrap()
+        .pending(&other)
+        .await
+        .unwrap();
+    let (pa, pb) = (a.plan().unwrap(), b.plan().unwrap());
+    let (ra, rb) = tokio::join!(run(&pa), run(&pb));
+    let mut outcomes = [ra.outcome, rb.outcome];
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(
+        outcomes,
+        [Outcome::Committed, Outcome::RolledBack],
+        "{}\n{}",
+        ra.to_markdown(),
+        rb.to_markdown()
+    );
+    assert_eq!(rows(&db, "SELECT n::text FROM events").await, ["1"]);
+    assert_eq!(
+        rows(
+            &db,
+            "SELECT version::text || ' ' || dirty::text FROM schema_migrations"
+        )
+        .await,
+        ["1 false"]
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM pg_indexes WHERE indexname = 'events_n'")
+            .await,
+        1
+    );
+}

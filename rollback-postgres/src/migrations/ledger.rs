@@ -94,6 +94,21 @@ impl Ledger {
         )
     }
 
+    /// The same lock at session level (`lock`: take it; else release it), for a migration
+    /// that runs outside a transaction.
+    pub(crate) fn session_lock_sql(&self, lock: bool) -> String {
+        format!(
+            "SELECT pg_catalog.{}(pg_catalog.hashtext('rollback-postgres migrations ledger'), \
+             pg_catalog.hashtext({}))",
+            if lock {
+                "pg_advisory_lock"
+            } else {
+                "pg_advisory_unlock"
+            },
+            quote_literal(&self.table())
+        )
+    }
+
     /// Run before `m`'s `up`, in its transaction: the ledger's lock, then (a statement of
     /// its own, so that it sees what a runner that held the lock committed) a row saying
     /// why `m` must not run when the ledger already records it (or, golang-migrate, a

@@ -419,10 +419,8 @@ impl Migration {
 /// rollback removes only the ledger rows of migrations it applied), so each migration runs
 /// once and the ledger holds no duplicate. Plan again to continue. A migration that runs
 /// outside a transaction (dbmate's `transaction:false`, sqlx's `-- no-transaction`, a
-/// concurrent index build) is checked just before it starts, but the lock is not held
-/// while it runs: two runners racing on it can both start it (its statements must be
-/// idempotent, as that mode requires), and only the ledger's key refuses the second row
-/// (golang-migrate's one-row table has none).
+/// concurrent index build) holds the same lock at session level from its check to its
+/// ledger write.
 #[derive(Debug, Clone)]
 pub struct Migrations {
     format: Format,
@@ -926,7 +924,11 @@ impl Pending {
             // The ledger's write follows `up` (its removal `down`) in the step's transaction.
             let mut step = SqlStep::new(db, m.id(), up.clone())
                 .bookkeeping(ledger.record_sql(m), ledger.erase_sql(m, previous))
-                .guard(ledger.guard_sql(m));
+                .guard(
+                    ledger.guard_sql(m),
+                    ledger.session_lock_sql(true),
+                    ledger.session_lock_sql(false),
+                );
             if let Some(d) = &down {
                 step = step.down(d.clone());
             }

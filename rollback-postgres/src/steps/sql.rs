@@ -136,6 +136,9 @@ pub struct SqlStep {
     /// marker is checked): a row whose first column is not null says why the step must
     /// not run ([`Error::Conflict`]), e.g. a migration another runner has recorded.
     guard: Option<String>,
+    /// Outside a transaction: SQL taking and releasing a session-level lock held from the
+    /// guard to the end of the bookkeeping (the guard's own lock is transaction-level).
+    guard_session_lock: Option<(String, String)>,
     approved: Option<String>,
     marker_schema: String,
     settings: Vec<(String, String)>,
@@ -174,6 +177,7 @@ impl SqlStep {
             force_non_tx: false,
             bookkeeping: None,
             guard: None,
+            guard_session_lock: None,
             approved: None,
             marker_schema: DEFAULT_MARKER_SCHEMA.into(),
             settings: Vec::new(),
@@ -348,8 +352,12 @@ impl SqlStep {
     /// one (locks it takes are held until the step commits): a row whose first column is
     /// not null is why the step must not run, and `apply` fails with [`Error::Conflict`]
     /// before `up` runs. Not scanned (it is not the user's).
-    pub(crate) fn guard(mut self, sql: String) -> Self {
+    ///
+    /// Outside a transaction, `lock` runs first and `unlock` after the bookkeeping (or the
+    /// failure), so the lock is held while `up` runs there too.
+    pub(crate) fn guard(mut self, sql: String, lock: String, unlock: String) -> Self {
         self.guard = Some(sql);
+        self.guard_session_lock = Some((lock, unlock));
         self
     }
 
@@ -640,8 +648,28 @@ impl SqlStep {
     }
 
     async fn apply_non_tx(&self, ctx: &Context) -> Result<Receipt> {
-        let run = ctx.run_id();
         let session = self.session().await?;
+        let Some((lock, unlock)) = &self.guard_session_lock else {
+            return self.apply_non_tx_in(ctx, &session).await;
+        };
+        // The guard's lock, held through `up` and the bookkeeping: another runner's
+        // guard waits for it.
+        session
+            .client()
+            .batch_execute(&format!("{}; {lock}", self.guards_sql(false)))
+            .await
+            .map_err(|e| {
+                PgError::new(format!("step {}: guard lock", self.id), &e).into_core(false)
+            })?;
+        let res = self.apply_non_tx_in(ctx, &session).await;
+        // A session that cannot unlock is broken; the pool resets it (advisory locks
+        // included) before its next use, and a dedicated one is closed.
+        let _ = session.client().batch_execute(unlock).await;
+        res
+    }
+
+    async fn apply_non_tx_in(&self, ctx: &Context, session: &Session) -> Result<Receipt> {
+        let run = ctx.run_id();
         let c = session.client();
         // Statements that cannot run in a transaction cannot be fenced atomically: raise
         // or check the fence just before them (a takeover after this point can still race
