@@ -700,7 +700,7 @@ impl SqlStep {
         )
         .await
         .ctx("writing the step marker")?;
-        let mut res = self.run_statements(&session, &self.up).await;
+        let mut res = self.run_statements(session, &self.up).await;
         if let (Ok(()), Some((after_up, _))) = (&res, &self.bookkeeping) {
             // With the library's search path (`run_statements` leaves it set).
             res =
