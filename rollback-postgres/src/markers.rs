@@ -91,6 +91,29 @@ pub(crate) async fn read<C: GenericClient>(
     }))
 }
 
+/// The steps that have a marker in `run_id` (none when the marker table does not exist).
+pub(crate) async fn steps_of_run<C: GenericClient>(
+    c: &C,
+    schema: &str,
+    run_id: &str,
+) -> std::result::Result<std::collections::BTreeSet<String>, tokio_postgres::Error> {
+    let table = format!("{}.applied_steps", quote_ident(schema));
+    let exists: bool = c
+        .query_one("SELECT pg_catalog.to_regclass($1) IS NOT NULL", &[&table])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(Default::default());
+    }
+    let rows = c
+        .query(
+            &format!("SELECT step_id FROM {table} WHERE run_id = $1"),
+            &[&run_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// What a step marker says of its step: being applied outside a transaction, or applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {

@@ -103,6 +103,58 @@ fn sqlx_info(bin: &str, url: &str, dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// sqlx-cli keeps `_sqlx_migrations` in the first schema of the database's search path
+/// and records `0001_…` as version 1: the library reads and writes the same table and
+/// rows, and `sqlx migrate info` agrees.
+#[tokio::test]
+async fn sqlx_cli_and_the_library_share_the_ledger_under_a_search_path_and_padded_versions() {
+    let Some(bin) = tool("ROLLBACK_TEST_SQLX_BIN", "rb_install_sqlx_cli") else {
+        return;
+    };
+    let db = TestDb::with_settings("mig_sqlx_path", &["search_path = app, public"]).await;
+    db.exec("CREATE SCHEMA app").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("0001_create_t.sql"),
+        "CREATE TABLE t (id int PRIMARY KEY);\n",
+    )
+    .unwrap();
+    sqlx(&bin, &db.url, dir.path(), &["run"]);
+    std::fs::write(
+        dir.path().join("0002_fill_t.up.sql"),
+        "INSERT INTO t VALUES (1);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("0002_fill_t.down.sql"),
+        "DELETE FROM t WHERE id = 1;\n",
+    )
+    .unwrap();
+    let p = Migrations::sqlx(dir.path())
+        .unwrap()
+        .pending(&db.db)
+        .await
+        .unwrap();
+    assert_eq!(p.applied_count(), 1, "the tool's row for 0001 is found");
+    let ids: Vec<String> = p.migrations().iter().map(|m| m.id()).collect();
+    assert_eq!(ids, ["0002_fill_t"]);
+    let report = run(&p.plan().unwrap()).await;
+    assert_eq!(
+        report.outcome,
+        Outcome::Committed,
+        "{}",
+        report.to_markdown()
+    );
+    let info = sqlx_info(&bin, &db.url, dir.path());
+    assert_eq!(info.len(), 2, "{info:?}");
+    assert!(info.iter().all(|l| l.contains("/installed")), "{info:?}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM app._sqlx_migrations").await,
+        2
+    );
+    assert_eq!(db.count("SELECT count(*) FROM app.t").await, 1);
+}
+
 #[tokio::test]
 async fn sqlx_cli_half_by_the_tool_rest_by_the_library_rolled_back_then_committed() {
     let Some(bin) = tool("ROLLBACK_TEST_SQLX_BIN", "rb_install_sqlx_cli") else {

@@ -91,9 +91,11 @@ fn sqlx(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
             _ => None,
         };
         let transaction = !up.trim_start().starts_with("-- no-transaction");
+        // The ledger keeps the version as a number: `0001` is recorded as `1`.
+        let number = parse_version(path, v)?;
         out.push(Migration {
-            order: vec![parse_version(path, v)?],
-            ledger_key: v.to_string(),
+            order: vec![number],
+            ledger_key: number.to_string(),
             script: name.clone(),
             verify: None,
             sqitch: None,
@@ -132,9 +134,11 @@ fn golang_migrate(dir: &Path) -> Result<Vec<Migration>, MigrationError> {
         } else {
             None
         };
+        // The ledger keeps the version as a number: `0001` is recorded as `1`.
+        let number = parse_version(path, v)?;
         out.push(Migration {
-            order: vec![parse_version(path, v)?],
-            ledger_key: v.to_string(),
+            order: vec![number],
+            ledger_key: number.to_string(),
             script: name.clone(),
             verify: None,
             sqitch: None,

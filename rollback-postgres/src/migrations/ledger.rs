@@ -83,6 +83,63 @@ impl Ledger {
         }
     }
 
+    /// Take the transaction-level advisory lock of this ledger: held by the runner that
+    /// creates it and by each migration's transaction, so two runners never record one
+    /// migration twice.
+    pub(crate) fn lock_sql(&self) -> String {
+        format!(
+            "SELECT NULL::text FROM pg_catalog.pg_advisory_xact_lock(\
+             pg_catalog.hashtext('rollback-postgres migrations ledger'), pg_catalog.hashtext({}))",
+            quote_literal(&self.table())
+        )
+    }
+
+    /// The same lock at session level (`lock`: take it; else release it), for a migration
+    /// that runs outside a transaction.
+    pub(crate) fn session_lock_sql(&self, lock: bool) -> String {
+        format!(
+            "SELECT pg_catalog.{}(pg_catalog.hashtext('rollback-postgres migrations ledger'), \
+             pg_catalog.hashtext({}))",
+            if lock {
+                "pg_advisory_lock"
+            } else {
+                "pg_advisory_unlock"
+            },
+            quote_literal(&self.table())
+        )
+    }
+
+    /// Run before `m`'s `up`, in its transaction: the ledger's lock, then (a statement of
+    /// its own, so that it sees what a runner that held the lock committed) a row saying
+    /// why `m` must not run when the ledger already records it (or, golang-migrate, a
+    /// version at or after it, or a dirty one).
+    pub(crate) fn guard_sql(&self, m: &Migration) -> String {
+        let t = self.table();
+        let applied = match self.format {
+            Format::Sqlx | Format::Refinery => format!("version = {}", m.ledger_key),
+            Format::GolangMigrate => format!("version >= {} OR dirty", m.ledger_key),
+            Format::Dbmate | Format::Diesel => {
+                format!("version = {}", quote_literal(&m.ledger_key))
+            }
+            Format::Flyway => format!(
+                "version = {} AND type NOT LIKE 'UNDO%'",
+                quote_literal(&m.version)
+            ),
+            Format::Sqitch => format!("change_id = {}", quote_literal(&m.ledger_key)),
+        };
+        let why = format!(
+            "the {} ledger {t} already records version {} (another runner applied it after \
+             this plan was made); nothing was run: plan again",
+            self.format.tool(),
+            m.version
+        );
+        format!(
+            "{};\nSELECT {} WHERE EXISTS (SELECT 1 FROM {t} WHERE {applied})",
+            self.lock_sql(),
+            quote_literal(&why)
+        )
+    }
+
     /// A query whose text columns are version, checksum (hex or NULL), dirty (`t`/`f`).
     pub(crate) fn read_sql(&self) -> String {
         let t = self.table();

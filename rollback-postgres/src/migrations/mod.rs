@@ -10,7 +10,9 @@ use crate::checkpoint::copy::TableSnapshot;
 use crate::checkpoint::schema::SchemaSnapshot;
 use crate::checkpoint::undo_log::TableUndoLog;
 use crate::db::Database;
+use crate::error::PgError;
 use crate::ident::Table;
+use crate::markers;
 use crate::sqlscan;
 use crate::steps::sql::SqlStep;
 use async_trait::async_trait;
@@ -200,6 +202,14 @@ pub enum MigrationError {
         line: usize,
         /// Why.
         reason: String,
+    },
+    /// The ledger's schema is the session's current schema, and no schema of the search
+    /// path exists (the tool itself would fail too): create one, or name one with
+    /// [`Migrations::ledger_schema`].
+    #[error("no schema of the search path ({search_path}) exists to hold the ledger; create it, or name one with Migrations::ledger_schema")]
+    NoLedgerSchema {
+        /// The session's search path.
+        search_path: String,
     },
     /// Reading the ledger failed.
     #[error(transparent)]
@@ -393,14 +403,31 @@ impl Migration {
 ///   committer is [`Migrations::committer`]. A change before the last deployed one that is
 ///   not deployed is [`MigrationError::OutOfOrder`].
 ///
-/// Every ledger lives in `public` (sqitch's in `sqitch`) unless
-/// [`Migrations::ledger_schema`] says otherwise.
+/// Every ledger lives where the tool itself puts it unless [`Migrations::ledger_schema`]
+/// says otherwise: sqitch's registry in `sqitch`; every other tool names its table without
+/// a schema (or, golang-migrate and dbmate, in `current_schema()`), so it lives in the first
+/// existing schema of the session's search path, as the database and the role define it
+/// (`public` by default; a role whose search path is its own schema keeps it there).
+/// [`Migrations::pending`] asks the server (`current_schema()`); a search path with no
+/// existing schema is [`MigrationError::NoLedgerSchema`].
+///
+/// **Concurrent runners.** Two processes may plan the same folder at once. Creating the
+/// ledger, and each migration's transaction, take a transaction-level advisory lock on the
+/// ledger table, and each migration checks under it, before its `up`, that the ledger does
+/// not already record it: the runner that comes second fails that migration with
+/// [`rollback_core::Error::Conflict`] (its run rolls back what it applied itself, and its
+/// rollback removes only the ledger rows of migrations it applied), so each migration runs
+/// once and the ledger holds no duplicate. Plan again to continue. A migration that runs
+/// outside a transaction (dbmate's `transaction:false`, sqlx's `-- no-transaction`, a
+/// concurrent index build) holds the same lock at session level from its check to its
+/// ledger write.
 #[derive(Debug, Clone)]
 pub struct Migrations {
     format: Format,
     dir: PathBuf,
     all: Vec<Migration>,
-    ledger_schema: String,
+    /// `None`: the session's `current_schema()`, resolved by [`Migrations::pending`].
+    ledger_schema: Option<String>,
     committer: Committer,
     approvals: Vec<(String, String)>,
     target: Option<u64>,
@@ -421,11 +448,7 @@ impl Migrations {
         Ok(Migrations {
             format,
             dir,
-            ledger_schema: if format == Format::Sqitch {
-                "sqitch".into()
-            } else {
-                "public".into()
-            },
+            ledger_schema: (format == Format::Sqitch).then(|| "sqitch".to_string()),
             all,
             committer: Committer::from_env(),
             approvals: Vec::new(),
@@ -563,10 +586,10 @@ impl Migrations {
             .map(|(_, r)| r.as_str())
     }
 
-    /// The schema of the tool's ledger table (default `public`; sqitch: the registry
-    /// schema, default `sqitch`).
+    /// The schema of the tool's ledger table (default: where the tool puts it, the
+    /// session's `current_schema()`; sqitch: the registry schema, default `sqitch`).
     pub fn ledger_schema(mut self, schema: impl Into<String>) -> Self {
-        self.ledger_schema = schema.into();
+        self.ledger_schema = Some(schema.into());
         self
     }
 
@@ -606,35 +629,83 @@ impl Migrations {
     fn ledger(&self) -> Ledger {
         Ledger {
             format: self.format,
-            schema: self.ledger_schema.clone(),
+            schema: self
+                .ledger_schema
+                .clone()
+                .unwrap_or_else(|| "public".into()),
             committer: self.committer.clone(),
             project: sqitch::project(&self.all),
         }
     }
 
-    /// Read the tool's ledger (one round trip, creating the table as the tool does when it
-    /// is missing) and keep what is pending.
+    /// Read the tool's ledger and keep what is pending: two round trips, one for the
+    /// search path the migrations run with (where the ledger and their unqualified names
+    /// are), one that creates the table as the tool does when it is missing (under the
+    /// ledger's advisory lock) and reads it.
     ///
     /// # Errors
     /// [`MigrationError::ChecksumMismatch`], [`MigrationError::Dirty`],
-    /// [`MigrationError::MissingFile`], backend errors.
-    pub async fn pending(self, db: &Database) -> Result<Pending, MigrationError> {
+    /// [`MigrationError::MissingFile`], [`MigrationError::NoLedgerSchema`], backend errors
+    /// (a missing privilege names the ledger table and the server's message).
+    pub async fn pending(mut self, db: &Database) -> Result<Pending, MigrationError> {
+        let c = db.client().await?;
+        // The search path the migrations run with (the database's and the role's): where
+        // their unqualified names are, and where the tool puts its table.
+        let row = c
+            .query_one(
+                "SELECT pg_catalog.current_schema()::text, \
+                 pg_catalog.current_setting('search_path'), \
+                 pg_catalog.current_schemas(false)::text[]",
+                &[],
+            )
+            .await
+            .map_err(|e| PgError::new("reading the search path", &e).into_core(false))?;
+        let path = scan::SearchPath {
+            schemas: row.get(2),
+        };
+        if self.ledger_schema.is_none() {
+            match row.get::<_, Option<String>>(0) {
+                Some(s) => self.ledger_schema = Some(s),
+                None => {
+                    return Err(MigrationError::NoLedgerSchema {
+                        search_path: row.get(1),
+                    })
+                }
+            }
+        }
+        drop(row);
+        drop(c);
+        // The ledger's SQL is the crate's: it runs with the library's search path, so
+        // nothing the database's path puts before pg_catalog stands in for a function.
+        let c = db.lib_client().await?;
         let ledger = self.ledger();
         let create = ledger.create_sql();
-        // The ledger's rows follow the statements that create it.
-        let rows_part = sqlscan::split(&create).len();
+        // Two runners creating the ledger at once: the second waits for the first
+        // (concurrent `CREATE TABLE IF NOT EXISTS` can fail on the catalog's unique index).
+        // The ledger's rows follow the statements that create it, and the transaction's.
+        let rows_part = sqlscan::split(&create).len() + 3;
         let sql = format!(
-            "{};\n{};\nSELECT n.nspname::text, c.relname::text, NULL, NULL FROM pg_catalog.pg_class c \
+            "BEGIN;\n{};\n{};\nCOMMIT;\n{};\nSELECT n.nspname::text, c.relname::text, NULL, NULL FROM pg_catalog.pg_class c \
              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+            ledger.lock_sql(),
             create,
             ledger.read_sql()
         );
-        let c = db.client().await?;
-        let msgs = c
-            .simple_query(&sql)
-            .await
-            .map_err(|e| rollback_core::Error::backend("postgres", e))?;
+        let msgs = match c.simple_query(&sql).await {
+            Ok(m) => m,
+            Err(e) => {
+                // A failed statement leaves the transaction aborted: end it before the
+                // connection goes back to the pool.
+                let _ = c.batch_execute("ROLLBACK").await;
+                return Err(PgError::new(
+                    format!("creating or reading the ledger {}", ledger.table()),
+                    &e,
+                )
+                .into_core(false)
+                .into());
+            }
+        };
         let mut rows = Vec::new();
         let mut existing = BTreeSet::new();
         let mut part = 0;
@@ -647,7 +718,7 @@ impl Migrations {
                         dirty: r.get(2) == Some("true"),
                     })
                 }
-                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                tokio_postgres::SimpleQueryMessage::Row(r) if part == rows_part + 1 => {
                     existing.insert(Table::new(
                         r.get(0).unwrap_or_default(),
                         r.get(1).unwrap_or_default(),
@@ -657,8 +728,9 @@ impl Migrations {
                 _ => {}
             }
         }
-        // Parts: the CREATE TABLE, the ledger's rows, the existing tables.
-        self.sort_out(db, rows, existing)
+        // Parts: BEGIN, the lock, the CREATE TABLE, COMMIT, the ledger's rows, the
+        // existing tables.
+        self.sort_out(db, rows, existing, path)
     }
 
     fn sort_out(
@@ -666,9 +738,10 @@ impl Migrations {
         db: &Database,
         rows: Vec<ledger::Row>,
         existing: BTreeSet<Table>,
+        path: scan::SearchPath,
     ) -> Result<Pending, MigrationError> {
         let ledger = self.ledger();
-        let table = format!("{}.{}", self.ledger_schema, ledger.table_name());
+        let table = format!("{}.{}", ledger.schema, ledger.table_name());
         if let Some(d) = rows.iter().find(|r| r.dirty) {
             return Err(MigrationError::Dirty {
                 table,
@@ -740,6 +813,7 @@ impl Migrations {
             pending,
             before,
             existing,
+            path,
         })
     }
 }
@@ -767,6 +841,8 @@ pub struct Pending {
     pending: Vec<usize>,
     before: Option<String>,
     existing: BTreeSet<Table>,
+    /// The migrations' search path, which resolves their unqualified names.
+    path: scan::SearchPath,
 }
 
 struct Built {
@@ -838,7 +914,7 @@ impl Pending {
             let mut touch = scan::Touch::default();
             let mut opaque_line = None;
             for l in scan::locate(&up, m.up_line) {
-                let t = scan::touch(&l.st.text);
+                let t = scan::touch(&l.st.text).resolve(&self.path, &|t| self.existing.contains(t));
                 if t.opaque && opaque_line.is_none() {
                     opaque_line = Some(l.line);
                 }
@@ -847,7 +923,12 @@ impl Pending {
             let previous = (i > 0).then(|| &ms.all[i - 1]);
             // The ledger's write follows `up` (its removal `down`) in the step's transaction.
             let mut step = SqlStep::new(db, m.id(), up.clone())
-                .bookkeeping(ledger.record_sql(m), ledger.erase_sql(m, previous));
+                .bookkeeping(ledger.record_sql(m), ledger.erase_sql(m, previous))
+                .guard(
+                    ledger.guard_sql(m),
+                    ledger.session_lock_sql(true),
+                    ledger.session_lock_sql(false),
+                );
             if let Some(d) = &down {
                 step = step.down(d.clone());
             }
@@ -1006,6 +1087,9 @@ impl Pending {
                 id: ledger_id.clone(),
                 db: self.db.clone(),
                 restore: ledger.restore_sql(&versions, before.as_deref()),
+                migrations: versions.iter().map(|m| (*m).clone()).collect(),
+                before: before.clone(),
+                ledger,
             },
             &[],
         );
@@ -1043,12 +1127,18 @@ fn refuse_session_state(file: &Path, sql: &str, first_line: usize) -> Result<(),
 
 /// The first step of a migrations plan: nothing to apply; its revert puts the tool's
 /// ledger back as it was before the run for migrations a checkpoint undoes (those with a
-/// down already removed their row in their own transaction).
+/// down already removed their row in their own transaction). Only migrations this run
+/// applied (their step marker is there) are removed: a runner that lost the race for a
+/// migration never removes the rows the winner wrote.
 #[derive(Debug)]
 struct LedgerStep {
     id: String,
     db: Database,
+    /// The restore of every pending migration (what the spec and the dry run show).
     restore: String,
+    ledger: Ledger,
+    migrations: Vec<Migration>,
+    before: Option<String>,
 }
 
 #[async_trait]
@@ -1075,11 +1165,23 @@ impl Step for LedgerStep {
     async fn apply(&self, ctx: &Context) -> rollback_core::Result<Receipt> {
         Ok(Receipt::new(&serde_json::json!({ "run_id": ctx.run_id() })))
     }
-    async fn revert(&self, _r: Option<&Receipt>, _ctx: &Context) -> rollback_core::Result<()> {
-        let c = self.db.client().await?;
-        c.batch_execute(&self.restore)
+    async fn revert(&self, _r: Option<&Receipt>, ctx: &Context) -> rollback_core::Result<()> {
+        let c = self.db.lib_client().await?;
+        let mine = markers::steps_of_run(&**c, markers::DEFAULT_MARKER_SCHEMA, ctx.run_id())
             .await
-            .map_err(|e| rollback_core::Error::backend("postgres", e))
+            .map_err(|e| PgError::new("reading the run's step markers", &e).into_core(false))?;
+        let applied: Vec<&Migration> = self
+            .migrations
+            .iter()
+            .filter(|m| mine.contains(&m.id()))
+            .collect();
+        if applied.is_empty() {
+            return Ok(());
+        }
+        let sql = self.ledger.restore_sql(&applied, self.before.as_deref());
+        c.batch_execute(&sql).await.map_err(|e| {
+            PgError::new(format!("{}: restoring the ledger", self.id), &e).into_core(false)
+        })
     }
 }
 

@@ -217,6 +217,43 @@ fn tokens(text: &str) -> Vec<Tok> {
     out
 }
 
+/// The schema of a name written without one: the scan cannot know it (it depends on the
+/// session's search path); [`Touch::resolve`] replaces it.
+pub(crate) const UNQUALIFIED: &str = "";
+
+/// Where unqualified names go under a session's search path, as the server resolves them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SearchPath {
+    /// The existing schemas of the search path, in order (`current_schemas(false)`); the
+    /// first is where `CREATE` puts an unqualified object.
+    pub schemas: Vec<String>,
+}
+
+impl SearchPath {
+    /// `t` with its schema: as given when qualified; else the first schema of the path
+    /// holding a table of that name among `existing` (or created earlier in the plan),
+    /// else the schema new objects go to.
+    pub(crate) fn table(&self, t: &Table, known: &dyn Fn(&Table) -> bool) -> Table {
+        if t.schema != UNQUALIFIED {
+            return t.clone();
+        }
+        self.schemas
+            .iter()
+            .map(|s| Table::new(s.clone(), t.name.clone()))
+            .find(|c| known(c))
+            .unwrap_or_else(|| Table::new(self.creation_schema(), t.name.clone()))
+    }
+
+    /// The schema unqualified new objects go to (`public` when the path has none: the
+    /// statement itself then fails).
+    pub(crate) fn creation_schema(&self) -> String {
+        self.schemas
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "public".into())
+    }
+}
+
 /// What one statement does to tables.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Touch {
@@ -235,6 +272,48 @@ pub(crate) struct Touch {
 }
 
 impl Touch {
+    /// The same, with every unqualified name given the schema the server would resolve it
+    /// to (see [`SearchPath::table`]).
+    pub(crate) fn resolve(self, path: &SearchPath, known: &dyn Fn(&Table) -> bool) -> Touch {
+        let tables = |set: BTreeSet<Table>| -> BTreeSet<Table> {
+            set.iter().map(|t| path.table(t, known)).collect()
+        };
+        let (altered, emptied) = (tables(self.altered), tables(self.emptied));
+        // The structure of a table altered or dropped by an unqualified name changes in
+        // the schema that name resolves to.
+        let mut structure: BTreeSet<String> = altered
+            .iter()
+            .chain(emptied.iter())
+            .filter(|_| self.structure.contains(UNQUALIFIED))
+            .map(|t| t.schema.clone())
+            .collect();
+        structure.extend(self.structure.into_iter().map(|s| {
+            if s == UNQUALIFIED {
+                path.creation_schema()
+            } else {
+                s
+            }
+        }));
+        Touch {
+            data: tables(self.data),
+            created: self
+                .created
+                .iter()
+                .map(|t| {
+                    if t.schema == UNQUALIFIED {
+                        Table::new(path.creation_schema(), t.name.clone())
+                    } else {
+                        t.clone()
+                    }
+                })
+                .collect(),
+            emptied,
+            altered,
+            structure,
+            opaque: self.opaque,
+        }
+    }
+
     pub(crate) fn merge(&mut self, o: Touch) {
         self.data.extend(o.data);
         self.created.extend(o.created);
@@ -261,7 +340,7 @@ fn name_at(t: &[Tok], i: usize) -> Option<(Table, usize)> {
         let second = part(i + 2)?;
         Some((Table::new(first, second), i + 3))
     } else {
-        Some((Table::public(first), i + 1))
+        Some((Table::new(UNQUALIFIED, first), i + 1))
     }
 }
 
@@ -336,7 +415,7 @@ pub(crate) fn touch(text: &str) -> Touch {
             out.structure.insert(schema_of_object(&t, 2));
         }
         "COMMENT" | "GRANT" | "REVOKE" => {
-            out.structure.insert("public".into());
+            out.structure.insert(UNQUALIFIED.into());
         }
         "TRUNCATE" => {
             let mut i = skip(&t, 1, &["TABLE", "ONLY"]);
@@ -388,7 +467,7 @@ pub(crate) fn touch(text: &str) -> Touch {
 }
 
 /// The schema of `CREATE|ALTER|DROP <kind…> [IF [NOT] EXISTS] [schema.]name`: the first
-/// qualified name after the object kind, else `public`.
+/// qualified name after the object kind, else [`UNQUALIFIED`].
 fn schema_of_object(t: &[Tok], from: usize) -> String {
     for i in from..t.len().min(from + 8) {
         if matches!(t.get(i + 1), Some(Tok::Dot)) {
@@ -397,7 +476,7 @@ fn schema_of_object(t: &[Tok], from: usize) -> String {
             }
         }
     }
-    "public".into()
+    UNQUALIFIED.into()
 }
 
 #[cfg(test)]
@@ -431,7 +510,7 @@ mod tests {
         let t = touch("UPDATE \"Users\" SET a = 1 WHERE id IN (SELECT id FROM other)");
         assert_eq!(
             t.data.iter().collect::<Vec<_>>(),
-            vec![&Table::public("Users")]
+            vec![&Table::new(UNQUALIFIED, "Users")]
         );
         let t = touch("CREATE TABLE IF NOT EXISTS app.orders (id int)");
         assert!(t.created.contains(&Table::new("app", "orders")));

@@ -132,6 +132,13 @@ pub struct SqlStep {
     /// Bookkeeping SQL of this crate run after `up` / `down` in the same transaction (a
     /// migration tool's ledger row): written by the crate, so never scanned.
     bookkeeping: Option<(String, String)>,
+    /// A query of this crate run before `up` in the same transaction (after the step's
+    /// marker is checked): a row whose first column is not null says why the step must
+    /// not run ([`Error::Conflict`]), e.g. a migration another runner has recorded.
+    guard: Option<String>,
+    /// Outside a transaction: SQL taking and releasing a session-level lock held from the
+    /// guard to the end of the bookkeeping (the guard's own lock is transaction-level).
+    guard_session_lock: Option<(String, String)>,
     approved: Option<String>,
     marker_schema: String,
     settings: Vec<(String, String)>,
@@ -169,6 +176,8 @@ impl SqlStep {
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             force_non_tx: false,
             bookkeeping: None,
+            guard: None,
+            guard_session_lock: None,
             approved: None,
             marker_schema: DEFAULT_MARKER_SCHEMA.into(),
             settings: Vec::new(),
@@ -339,6 +348,38 @@ impl SqlStep {
         self
     }
 
+    /// A query of this crate's own run before `up`, in the step's transaction where it has
+    /// one (locks it takes are held until the step commits): a row whose first column is
+    /// not null is why the step must not run, and `apply` fails with [`Error::Conflict`]
+    /// before `up` runs. Not scanned (it is not the user's).
+    ///
+    /// Outside a transaction, `lock` runs first and `unlock` after the bookkeeping (or the
+    /// failure), so the lock is held while `up` runs there too.
+    pub(crate) fn guard(mut self, sql: String, lock: String, unlock: String) -> Self {
+        self.guard = Some(sql);
+        self.guard_session_lock = Some((lock, unlock));
+        self
+    }
+
+    /// Run the guard (see [`SqlStep::guard`]) on `c`.
+    async fn check_guard<C: tokio_postgres::GenericClient>(&self, c: &C) -> Result<()> {
+        let Some(sql) = &self.guard else {
+            return Ok(());
+        };
+        let msgs = c
+            .simple_query(sql)
+            .await
+            .map_err(|e| PgError::new(format!("step {}: guard", self.id), &e).into_core(false))?;
+        for m in msgs {
+            if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                if let Some(why) = r.get(0) {
+                    return Err(Error::conflict(format!("step {}: {why}", self.id)));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Keep markers in another schema (default [`DEFAULT_MARKER_SCHEMA`]).
     pub fn marker_schema(mut self, schema: impl Into<String>) -> Self {
         self.marker_schema = schema.into();
@@ -491,6 +532,7 @@ impl SqlStep {
             tx.commit().await.ctx("ending step transaction")?;
             return Ok(Receipt(r));
         }
+        self.check_guard(&tx).await?;
         tx.batch_execute(&crate::db::user_settings_sql(true))
             .await
             .ctx("setting the database's search path")?;
@@ -500,14 +542,16 @@ impl SqlStep {
         tx.batch_execute(&self.up)
             .await
             .map_err(|e| PgError::new(format!("step {}: up", self.id), &e).into_core(false))?;
+        tx.batch_execute(&crate::db::library_settings_sql(true))
+            .await
+            .ctx("setting the library's search path")?;
+        // The crate's own SQL runs with the library's search path: nothing the database's
+        // path puts before pg_catalog can stand in for a function it calls.
         if let Some((after_up, _)) = &self.bookkeeping {
             tx.batch_execute(after_up).await.map_err(|e| {
                 PgError::new(format!("step {}: bookkeeping after up", self.id), &e).into_core(false)
             })?;
         }
-        tx.batch_execute(&crate::db::library_settings_sql(true))
-            .await
-            .ctx("setting the library's search path")?;
         self.check_created(&tx, true).await?;
         let receipt = Receipt::new(&self.receipt(ctx));
         let json = receipt.0.to_string();
@@ -577,15 +621,15 @@ impl SqlStep {
                 tx.batch_execute(down).await.map_err(|e| {
                     PgError::new(format!("step {}: down", self.id), &e).into_core(false)
                 })?;
+                tx.batch_execute(&crate::db::library_settings_sql(true))
+                    .await
+                    .ctx("setting the library's search path")?;
                 if let Some((_, after_down)) = &self.bookkeeping {
                     tx.batch_execute(after_down).await.map_err(|e| {
                         PgError::new(format!("step {}: bookkeeping after down", self.id), &e)
                             .into_core(false)
                     })?;
                 }
-                tx.batch_execute(&crate::db::library_settings_sql(true))
-                    .await
-                    .ctx("setting the library's search path")?;
                 self.check_created(&tx, false).await?;
             }
         }
@@ -604,8 +648,28 @@ impl SqlStep {
     }
 
     async fn apply_non_tx(&self, ctx: &Context) -> Result<Receipt> {
-        let run = ctx.run_id();
         let session = self.session().await?;
+        let Some((lock, unlock)) = &self.guard_session_lock else {
+            return self.apply_non_tx_in(ctx, &session).await;
+        };
+        // The guard's lock, held through `up` and the bookkeeping: another runner's
+        // guard waits for it.
+        session
+            .client()
+            .batch_execute(&format!("{}; {lock}", self.guards_sql(false)))
+            .await
+            .map_err(|e| {
+                PgError::new(format!("step {}: guard lock", self.id), &e).into_core(false)
+            })?;
+        let res = self.apply_non_tx_in(ctx, &session).await;
+        // A session that cannot unlock is broken; the pool resets it (advisory locks
+        // included) before its next use, and a dedicated one is closed.
+        let _ = session.client().batch_execute(unlock).await;
+        res
+    }
+
+    async fn apply_non_tx_in(&self, ctx: &Context, session: &Session) -> Result<Receipt> {
+        let run = ctx.run_id();
         let c = session.client();
         // Statements that cannot run in a transaction cannot be fenced atomically: raise
         // or check the fence just before them (a takeover after this point can still race
@@ -619,6 +683,9 @@ impl SqlStep {
             if state == "applied" {
                 return Ok(Receipt(r));
             }
+        } else {
+            // Not started in this run: nothing else may have recorded it either.
+            self.check_guard(c).await?;
         }
         let receipt = Receipt::new(&self.receipt(ctx));
         let json = receipt.0.to_string();
@@ -633,9 +700,13 @@ impl SqlStep {
         )
         .await
         .ctx("writing the step marker")?;
-        let mut res = self.run_statements(&session, &self.up).await;
+        let mut res = self.run_statements(session, &self.up).await;
         if let (Ok(()), Some((after_up, _))) = (&res, &self.bookkeeping) {
-            res = self.run_statements(&session, after_up).await;
+            // With the library's search path (`run_statements` leaves it set).
+            res =
+                session.client().batch_execute(after_up).await.map_err(|e| {
+                    PgError::new(format!("step {}: bookkeeping after up", self.id), &e)
+                });
         }
         session.reset().await;
         res.map_err(|e| e.into_core(true))?;
@@ -666,7 +737,13 @@ impl SqlStep {
             if let Some(down) = &self.down {
                 let mut res = self.run_statements(&session, down).await;
                 if let (Ok(()), Some((_, after_down))) = (&res, &self.bookkeeping) {
-                    res = self.run_statements(&session, after_down).await;
+                    res = session
+                        .client()
+                        .batch_execute(after_down)
+                        .await
+                        .map_err(|e| {
+                            PgError::new(format!("step {}: bookkeeping after down", self.id), &e)
+                        });
                 }
                 session.reset().await;
                 res.map_err(|e| e.into_core(true))?;
@@ -840,6 +917,9 @@ impl Step for SqlStep {
         }
         if let Some((after_up, after_down)) = &self.bookkeeping {
             spec["bookkeeping"] = serde_json::json!({ "up": after_up, "down": after_down });
+        }
+        if let Some(guard) = &self.guard {
+            spec["guard"] = serde_json::json!(guard);
         }
         spec
     }
