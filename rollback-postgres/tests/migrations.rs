@@ -137,6 +137,13 @@ async fn sqlx_folder_without_downs_is_reversible_and_keeps_the_ledger_true() {
         "{}",
         report.to_markdown()
     );
+    // The ledger is checked like any resource: proven back at its baseline, not assumed.
+    assert!(
+        report.unproven.iter().all(|u| !u.contains("ledger"))
+            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
+        "{}",
+        report.to_markdown()
+    );
     assert_eq!(
         sqlx_ledger(&db).await,
         ledger,
@@ -242,6 +249,13 @@ async fn golang_migrate_wrappers_dirty_flag_and_rollback_by_downs() {
     assert_eq!(
         report.outcome,
         Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    // The ledger is checked like any resource: proven back at its baseline, not assumed.
+    assert!(
+        report.unproven.iter().all(|u| !u.contains("ledger"))
+            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
         "{}",
         report.to_markdown()
     );
@@ -413,6 +427,13 @@ async fn diesel_folders_keep_diesels_table_and_roll_back_by_downs() {
     assert_eq!(
         report.outcome,
         Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    // The ledger is checked like any resource: proven back at its baseline, not assumed.
+    assert!(
+        report.unproven.iter().all(|u| !u.contains("ledger"))
+            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
         "{}",
         report.to_markdown()
     );

@@ -141,6 +141,13 @@ async fn flyway_folder_keeps_flyway_schema_history_true_and_rolls_back() {
         "{}",
         report.to_markdown()
     );
+    // The ledger is checked like any resource: proven back at its baseline, not assumed.
+    assert!(
+        report.unproven.iter().all(|u| !u.contains("ledger"))
+            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
+        "{}",
+        report.to_markdown()
+    );
     assert_eq!(rows(&db, FLYWAY_HISTORY).await, expected);
     common::assert_same_dump(
         &before,
@@ -213,6 +220,13 @@ async fn a_failing_sqitch_verify_script_rolls_the_change_back() {
     assert_eq!(
         report.outcome,
         Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    // The ledger is checked like any resource: proven back at its baseline, not assumed.
+    assert!(
+        report.unproven.iter().all(|u| !u.contains("ledger"))
+            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
         "{}",
         report.to_markdown()
     );

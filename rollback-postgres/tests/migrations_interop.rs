@@ -196,6 +196,13 @@ async fn sqlx_cli_half_by_the_tool_rest_by_the_library_rolled_back_then_committe
         "{}",
         report.to_markdown()
     );
+    // The ledger is checked like any resource: proven back at its baseline, not assumed.
+    assert!(
+        report.unproven.iter().all(|u| !u.contains("ledger"))
+            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
+        "{}",
+        report.to_markdown()
+    );
     assert_eq!(
         sqlx_info(&bin, &db.url, full.path()),
         expected,
@@ -319,6 +326,13 @@ async fn refinery_cli_half_by_the_tool_rest_by_the_library_rolled_back_then_comm
     assert_eq!(
         report.outcome,
         Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    // The ledger is checked like any resource: proven back at its baseline, not assumed.
+    assert!(
+        report.unproven.iter().all(|u| !u.contains("ledger"))
+            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
         "{}",
         report.to_markdown()
     );
@@ -515,6 +529,13 @@ async fn sqitch_half_by_the_tool_rest_by_the_library_rolled_back_then_committed(
     assert_eq!(
         report.outcome,
         Outcome::RolledBack,
+        "{}",
+        report.to_markdown()
+    );
+    // The ledger is checked like any resource: proven back at its baseline, not assumed.
+    assert!(
+        report.unproven.iter().all(|u| !u.contains("ledger"))
+            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
         "{}",
         report.to_markdown()
     );

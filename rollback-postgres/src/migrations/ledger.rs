@@ -38,6 +38,19 @@ impl Ledger {
         }
     }
 
+    /// The tables the ledger's rows live in (sqitch: the registry's changes, tags and
+    /// dependencies; its `events` log only grows, as sqitch's own revert leaves it).
+    pub(crate) fn tables(&self) -> Vec<crate::ident::Table> {
+        let names: &[&str] = match self.format {
+            Format::Sqitch => &["changes", "tags", "dependencies"],
+            _ => &[self.table_name()],
+        };
+        names
+            .iter()
+            .map(|n| crate::ident::Table::new(&self.schema, *n))
+            .collect()
+    }
+
     pub(crate) fn table(&self) -> String {
         format!(
             "{}.{}",

@@ -1069,6 +1069,18 @@ impl Pending {
         }
         let ledger = ms.ledger();
         let ledger_id = format!("{tool}-ledger");
+        // The ledger's tables are checked like any other resource: a rollback proves them
+        // back at their baseline (a fingerprint; the ledger step's own revert undoes them,
+        // so nothing is copied). Not when an approved irreversible migration keeps its row:
+        // the ledger then rightly differs from its baseline.
+        let ledger_tables = if built.approved.is_empty() {
+            ledger.tables()
+        } else {
+            Vec::new()
+        };
+        for t in &ledger_tables {
+            b = b.checkpoint("db", TableSnapshot::new(&self.db, t.clone()));
+        }
         // Approved irreversible migrations stay applied, and so does their ledger row.
         let versions: Vec<&Migration> = self
             .migrations()
@@ -1085,6 +1097,10 @@ impl Pending {
             "db",
             LedgerStep {
                 id: ledger_id.clone(),
+                touches: ledger_tables
+                    .iter()
+                    .map(|t| self.db.table_resource(t))
+                    .collect(),
                 db: self.db.clone(),
                 restore: ledger.restore_sql(&versions, before.as_deref()),
                 migrations: versions.iter().map(|m| (*m).clone()).collect(),
@@ -1133,6 +1149,8 @@ fn refuse_session_state(file: &Path, sql: &str, first_line: usize) -> Result<(),
 #[derive(Debug)]
 struct LedgerStep {
     id: String,
+    /// The ledger's tables (empty when an approved irreversible migration keeps its row).
+    touches: Vec<String>,
     db: Database,
     /// The restore of every pending migration (what the spec and the dry run show).
     restore: String,
@@ -1150,7 +1168,7 @@ impl Step for LedgerStep {
         Reversibility::Compensable
     }
     fn touches(&self) -> Vec<String> {
-        Vec::new()
+        self.touches.clone()
     }
     fn spec(&self) -> serde_json::Value {
         serde_json::json!({ "kind": "pg.migrations.ledger", "restore": self.restore })
