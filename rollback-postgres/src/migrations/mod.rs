@@ -1,28 +1,26 @@
 //! Migration folders of existing tools as reversible plans: see [`Migrations`].
 
+mod error;
 mod formats;
 mod ledger;
+mod pending;
 mod scan;
 mod sqitch;
+mod steps;
 mod verifier;
 
-use crate::checkpoint::copy::TableSnapshot;
-use crate::checkpoint::schema::SchemaSnapshot;
-use crate::checkpoint::undo_log::TableUndoLog;
+pub use error::MigrationError;
+pub use pending::{Pending, Revert};
+
 use crate::db::Database;
 use crate::error::PgError;
 use crate::ident::Table;
-use crate::markers;
 use crate::sqlscan;
-use crate::steps::sql::SqlStep;
-use async_trait::async_trait;
 use ledger::Ledger;
-use rollback_core::{Context, Effect, Plan, PlanError, Receipt, Reversibility, Step};
 use sqitch::Committer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use verifier::ScriptVerifier;
 
 /// A migration tool's folder layout and ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,143 +78,11 @@ impl std::str::FromStr for Format {
 /// Which checkpoint covers the rows of a table a migration without a down writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CheckpointKind {
-    /// [`TableUndoLog`]: logs the rows changed (default).
+    /// [`TableUndoLog`](crate::TableUndoLog): logs the rows changed (default).
     #[default]
     UndoLog,
-    /// [`TableSnapshot`]: copies the table.
+    /// [`TableSnapshot`](crate::TableSnapshot): copies the table.
     Snapshot,
-}
-
-/// Why a folder cannot become a plan. Every variant names the file (and line) or version.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum MigrationError {
-    /// The folder or a file could not be read.
-    #[error("{}: {message}", path.display())]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The error.
-        message: String,
-    },
-    /// A file does not follow the format.
-    #[error("{}:{line}: {message}", file.display())]
-    Parse {
-        /// The file.
-        file: PathBuf,
-        /// The line (0: the file name).
-        line: usize,
-        /// What is wrong.
-        message: String,
-    },
-    /// Transaction control other than a whole-file `BEGIN … COMMIT` wrapper.
-    #[error("{}:{line}: transaction control ({statement}): each migration runs in its own transaction; only a whole-file BEGIN … COMMIT wrapper is accepted", file.display())]
-    TransactionControl {
-        /// The file.
-        file: PathBuf,
-        /// The line of the statement.
-        line: usize,
-        /// The statement.
-        statement: String,
-    },
-    /// A statement that changes the session beyond the migration (a session-level `SET`).
-    #[error("{}:{line}: {statement} changes the session beyond the migration ({why}); use SET LOCAL", file.display())]
-    SessionState {
-        /// The file.
-        file: PathBuf,
-        /// The line.
-        line: usize,
-        /// The statement.
-        statement: String,
-        /// Why.
-        why: String,
-    },
-    /// Two files share a version.
-    #[error("version {version} is in two files: {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "))]
-    Duplicate {
-        /// The version.
-        version: String,
-        /// The files.
-        files: Vec<PathBuf>,
-    },
-    /// The ledger records a checksum that differs from the applied file's.
-    #[error("{}: version {version} was applied with another content (checksum {recorded}, file {current}); the file changed after it ran", file.display())]
-    ChecksumMismatch {
-        /// The version.
-        version: String,
-        /// The file.
-        file: PathBuf,
-        /// Recorded checksum, as the tool writes it (sqlx: hex; refinery, Flyway: decimal;
-        /// sqitch: the deploy script's SHA-1 in hex).
-        recorded: String,
-        /// The file's checksum, in the same form.
-        current: String,
-    },
-    /// A feature of the tool this library does not run (a Flyway repeatable or baseline
-    /// migration, a placeholder, a sqitch dependency on another project…).
-    #[error("{}:{line}: not supported: {message}", file.display())]
-    Unsupported {
-        /// The file.
-        file: PathBuf,
-        /// The line (0: the file name).
-        line: usize,
-        /// What it is, and what to do instead.
-        message: String,
-    },
-    /// A pending migration sorts before one already applied: the tool itself would refuse
-    /// or skip it (refinery's and Flyway's "missing" migrations, a sqitch change before
-    /// the last one deployed).
-    #[error("{}: version {version} is not applied but {latest} after it is; the tool would not run it (apply it out of order with the tool, or renumber it)", file.display())]
-    OutOfOrder {
-        /// The file.
-        file: PathBuf,
-        /// Its version.
-        version: String,
-        /// The latest applied version.
-        latest: String,
-    },
-    /// The ledger marks a version failed or dirty: it needs a human (it is never cleaned
-    /// here).
-    #[error("{table}: version {version} is dirty (a migration failed halfway); fix the database and clear it with the tool before running again")]
-    Dirty {
-        /// The ledger table.
-        table: String,
-        /// The version.
-        version: String,
-    },
-    /// The ledger records a version no file has.
-    #[error("{table}: version {version} is applied but no file of the folder has it")]
-    MissingFile {
-        /// The ledger table.
-        table: String,
-        /// The version.
-        version: String,
-    },
-    /// A migration has no down and does something no checkpoint can cover; it can run
-    /// only when [`Migrations::approve_irreversible`] names it.
-    #[error("{}:{line}: {reason}; add a down migration, or approve it as irreversible (Migrations::approve_irreversible)", file.display())]
-    NotReversible {
-        /// The file.
-        file: PathBuf,
-        /// The line.
-        line: usize,
-        /// Why.
-        reason: String,
-    },
-    /// The ledger's schema is the session's current schema, and no schema of the search
-    /// path exists (the tool itself would fail too): create one, or name one with
-    /// [`Migrations::ledger_schema`].
-    #[error("no schema of the search path ({search_path}) exists to hold the ledger; create it, or name one with Migrations::ledger_schema")]
-    NoLedgerSchema {
-        /// The session's search path.
-        search_path: String,
-    },
-    /// Reading the ledger failed.
-    #[error(transparent)]
-    Backend(#[from] rollback_core::Error),
-    /// The plan was refused.
-    #[error(transparent)]
-    Plan(#[from] PlanError),
 }
 
 /// One migration of a folder.
@@ -278,7 +144,7 @@ impl Migration {
 }
 
 /// [`Migrations`]: a migration folder of an existing tool, turned into a reversible
-/// [`Plan`] whose ledger is the tool's own history table.
+/// [`Plan`](rollback_core::Plan) whose ledger is the tool's own history table.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -297,7 +163,7 @@ impl Migration {
 /// ([`MigrationError::Dirty`], never cleaned here) and a recorded version with no file
 /// ([`MigrationError::MissingFile`]) are refused before anything runs.
 ///
-/// **Each migration is a [`SqlStep`]** (exactly once per run, lock and statement guards,
+/// **Each migration is a [`SqlStep`](crate::SqlStep)** (exactly once per run, lock and statement guards,
 /// non-transactional statements detected), whose `up` is followed by the tool's ledger
 /// write and whose `down` by its removal, in the same transaction, so both commit with
 /// the migration, as the tool does (the ledger's SQL is the crate's, never scanned as the
@@ -311,10 +177,10 @@ impl Migration {
 /// file and line, and a session-level `SET` is [`MigrationError::SessionState`].
 ///
 /// **Covering checkpoints.** A migration without a down, or with a destructive `up`
-/// (see [`SqlStep`]), is undone by checkpoints of exactly what the scanner finds it
-/// touching: tables whose rows it writes get a [`TableUndoLog`] (or a [`TableSnapshot`]
-/// with [`CheckpointKind::Snapshot`]), tables it drops or truncates a [`TableSnapshot`],
-/// and structure it changes one [`SchemaSnapshot`] of the schemas involved. A statement
+/// (see [`SqlStep`](crate::SqlStep)), is undone by checkpoints of exactly what the scanner finds it
+/// touching: tables whose rows it writes get a [`TableUndoLog`](crate::TableUndoLog) (or a [`TableSnapshot`](crate::TableSnapshot)
+/// with [`CheckpointKind::Snapshot`]), tables it drops or truncates a [`TableSnapshot`](crate::TableSnapshot),
+/// and structure it changes one [`SchemaSnapshot`](crate::SchemaSnapshot) of the schemas involved. A statement
 /// the scanner cannot see into (`DO`, a function call) with no down makes
 /// [`Pending::plan`] fail with [`MigrationError::NotReversible`]: write a down for it, or
 /// name it in [`Migrations::approve_irreversible`] (with a reason), which lets it run as
@@ -815,444 +681,5 @@ impl Migrations {
             existing,
             path,
         })
-    }
-}
-
-/// How a rollback undoes one migration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Revert {
-    /// By its down.
-    Down,
-    /// By restoring these checkpoints (resource ids).
-    Checkpoint(Vec<String>),
-    /// It cannot be undone: it needs a down (or an approval to stay).
-    NeedsApproval(String),
-    /// It cannot be undone and [`Migrations::approve_irreversible`] let it run: a rollback
-    /// leaves it applied (the approval's reason).
-    Approved(String),
-}
-
-/// The pending migrations of a folder (see [`Migrations::pending`]).
-#[derive(Debug)]
-pub struct Pending {
-    db: Database,
-    migrations: Migrations,
-    applied: usize,
-    pending: Vec<usize>,
-    before: Option<String>,
-    existing: BTreeSet<Table>,
-    /// The migrations' search path, which resolves their unqualified names.
-    path: scan::SearchPath,
-}
-
-struct Built {
-    steps: Vec<SqlStep>,
-    reverts: Vec<(String, Revert)>,
-    /// Tables to checkpoint, and whether they need a copy (dropped, truncated, or
-    /// altered during the run: an undo log's triggers follow the columns they were made
-    /// for).
-    data: BTreeMap<Table, bool>,
-    schemas: BTreeSet<String>,
-    problems: Vec<MigrationError>,
-    /// Approved irreversible migrations: step id → reason.
-    approved: BTreeMap<String, String>,
-    /// Verify scripts: step id → verifier.
-    verifiers: Vec<(String, ScriptVerifier)>,
-}
-
-impl Pending {
-    /// The migrations to apply, in order.
-    pub fn migrations(&self) -> Vec<&Migration> {
-        self.pending
-            .iter()
-            .map(|&i| &self.migrations.all[i])
-            .collect()
-    }
-
-    /// How many migrations the ledger lists as applied.
-    pub fn applied_count(&self) -> usize {
-        self.applied
-    }
-
-    /// Per pending migration (by step id), how a rollback undoes it.
-    ///
-    /// # Errors
-    /// Files that cannot run (see [`Pending::plan`]).
-    pub fn reverts(&self) -> Result<Vec<(String, Revert)>, MigrationError> {
-        Ok(self.build()?.reverts)
-    }
-
-    fn build(&self) -> Result<Built, MigrationError> {
-        let ms = &self.migrations;
-        let ledger = ms.ledger();
-        let db = &self.db;
-        let mut out = Built {
-            steps: Vec::new(),
-            reverts: Vec::new(),
-            data: BTreeMap::new(),
-            schemas: BTreeSet::new(),
-            problems: Vec::new(),
-            approved: BTreeMap::new(),
-            verifiers: Vec::new(),
-        };
-        // First pass: what each migration does and whether it needs a cover.
-        let mut per: Vec<(SqlStep, scan::Touch, bool, usize)> = Vec::new();
-        for &i in &self.pending {
-            let m = &ms.all[i];
-            let up = scan::unwrap_transaction(&m.file, &m.up, m.up_line)?;
-            refuse_session_state(&m.file, &up, m.up_line)?;
-            // A down section with no statement (dbmate's empty `-- migrate:down`) is none.
-            let down = match m.down.as_ref().filter(|d| !sqlscan::split(d).is_empty()) {
-                Some(d) => {
-                    let f = m.down_file.as_deref().unwrap_or(&m.file);
-                    let d = scan::unwrap_transaction(f, d, m.down_line)?;
-                    refuse_session_state(f, &d, m.down_line)?;
-                    Some(d)
-                }
-                None => None,
-            };
-            let mut touch = scan::Touch::default();
-            let mut opaque_line = None;
-            for l in scan::locate(&up, m.up_line) {
-                let t = scan::touch(&l.st.text).resolve(&self.path, &|t| self.existing.contains(t));
-                if t.opaque && opaque_line.is_none() {
-                    opaque_line = Some(l.line);
-                }
-                touch.merge(t);
-            }
-            let previous = (i > 0).then(|| &ms.all[i - 1]);
-            // The ledger's write follows `up` (its removal `down`) in the step's transaction.
-            let mut step = SqlStep::new(db, m.id(), up.clone())
-                .bookkeeping(ledger.record_sql(m), ledger.erase_sql(m, previous))
-                .guard(
-                    ledger.guard_sql(m),
-                    ledger.session_lock_sql(true),
-                    ledger.session_lock_sql(false),
-                );
-            if let Some(d) = &down {
-                step = step.down(d.clone());
-            }
-            if !m.transaction {
-                step = step.non_transactional();
-            }
-            if let Some(d) = ms.lock_timeout {
-                step = step.lock_timeout(d);
-            }
-            if let Some(d) = ms
-                .timeouts
-                .get(&m.version)
-                .or(ms.statement_timeout.as_ref())
-            {
-                step = step.statement_timeout(*d);
-            }
-            if let Some((file, text)) = &m.verify {
-                out.verifiers.push((
-                    m.id(),
-                    ScriptVerifier::new(db, format!("verify:{}", m.id()), file, text)?,
-                ));
-            }
-            let covered = step.reversibility() == Reversibility::RestoreOnly;
-            if covered {
-                if let (Some(_), Some(reason)) = (opaque_line, ms.approval(m)) {
-                    out.approved.insert(m.id(), reason.to_string());
-                } else if let Some(line) = opaque_line {
-                    out.problems.push(MigrationError::NotReversible {
-                        file: m.file.clone(),
-                        line,
-                        reason: "no down, and a statement the scanner cannot see into \
-                                 (what it changes is unknown, so no checkpoint can cover it)"
-                            .into(),
-                    });
-                }
-            }
-            per.push((step, touch, covered, i));
-        }
-        // Tables created by the plan are not there to checkpoint: their removal is the
-        // structure's.
-        let mut created: BTreeSet<Table> = BTreeSet::new();
-        let altered: BTreeSet<Table> = per
-            .iter()
-            .flat_map(|(_, t, _, _)| t.altered.iter().chain(t.emptied.iter()).cloned())
-            .collect();
-        let mut covers: Vec<(BTreeSet<Table>, bool)> = Vec::new();
-        for (_, touch, covered, _) in &per {
-            let mut tables = BTreeSet::new();
-            let mut structure = !touch.structure.is_empty();
-            if *covered {
-                for t in touch.data.iter().chain(touch.emptied.iter()) {
-                    if self.existing.contains(t) && !created.contains(t) {
-                        let copy = altered.contains(t);
-                        let e = out.data.entry(t.clone()).or_insert(false);
-                        *e |= copy;
-                        tables.insert(t.clone());
-                    } else {
-                        // Rows of a table the plan creates: gone with the structure.
-                        out.schemas.insert(t.schema.clone());
-                        structure = true;
-                    }
-                }
-                out.schemas.extend(touch.structure.iter().cloned());
-            }
-            created.extend(touch.created.iter().cloned());
-            covers.push((tables, structure));
-        }
-        let schema_resource = db.schema_resource(&out.schemas.iter().cloned().collect::<Vec<_>>());
-        for ((step, _, covered, i), (tables, structure)) in per.into_iter().zip(covers) {
-            let m = &ms.all[i];
-            if !covered {
-                out.reverts.push((m.id(), Revert::Down));
-                out.steps.push(step);
-                continue;
-            }
-            if let Some(reason) = out.approved.get(&m.id()) {
-                // Nothing can undo it: it touches nothing a checkpoint restores.
-                out.reverts.push((m.id(), Revert::Approved(reason.clone())));
-                out.steps.push(step);
-                continue;
-            }
-            let mut step = step;
-            let mut resources = Vec::new();
-            for t in &tables {
-                step = step.touches_table(t);
-                resources.push(db.table_resource(t));
-            }
-            if structure {
-                step = step.touching(schema_resource.clone());
-                resources.push(schema_resource.clone());
-            }
-            let revert =
-                if out.problems.iter().any(
-                    |p| matches!(p, MigrationError::NotReversible { file, .. } if *file == m.file),
-                ) {
-                    Revert::NeedsApproval("no down and an opaque statement".into())
-                } else {
-                    Revert::Checkpoint(resources)
-                };
-            out.reverts.push((m.id(), revert));
-            out.steps.push(step);
-        }
-        Ok(out)
-    }
-
-    /// The plan: a ledger step, then each pending migration after the one before it, with
-    /// the covering checkpoints.
-    ///
-    /// # Errors
-    /// [`MigrationError::TransactionControl`], [`MigrationError::SessionState`],
-    /// [`MigrationError::NotReversible`], [`MigrationError::Plan`].
-    pub fn plan(&self) -> Result<Plan, MigrationError> {
-        let ms = &self.migrations;
-        let mut built = self.build()?;
-        if !built.problems.is_empty() {
-            return Err(built.problems.remove(0));
-        }
-        let tool = ms.format.tool();
-        let name = match (self.migrations().first(), self.migrations().last()) {
-            (Some(a), Some(b)) => {
-                format!("{tool}:{}:{}..{}", ms.dir.display(), a.version, b.version)
-            }
-            _ => format!("{tool}:{}:nothing-pending", ms.dir.display()),
-        };
-        let mut b = Plan::builder(name);
-        for (t, copy) in &built.data {
-            b = if *copy || ms.kind == CheckpointKind::Snapshot {
-                b.checkpoint("db", TableSnapshot::new(&self.db, t.clone()))
-            } else {
-                b.checkpoint("db", TableUndoLog::new(&self.db, t.clone()))
-            };
-        }
-        if !built.schemas.is_empty() {
-            b = b.checkpoint(
-                "db",
-                SchemaSnapshot::new(&self.db, built.schemas.iter().cloned()),
-            );
-        }
-        let ledger = ms.ledger();
-        let ledger_id = format!("{tool}-ledger");
-        // The ledger's tables are checked like any other resource: a rollback proves them
-        // back at their baseline (a fingerprint; the ledger step's own revert undoes them,
-        // so nothing is copied). Not when an approved irreversible migration keeps its row:
-        // the ledger then rightly differs from its baseline.
-        let ledger_tables = if built.approved.is_empty() {
-            ledger.tables()
-        } else {
-            Vec::new()
-        };
-        for t in &ledger_tables {
-            b = b.checkpoint("db", TableSnapshot::new(&self.db, t.clone()));
-        }
-        // Approved irreversible migrations stay applied, and so does their ledger row.
-        let versions: Vec<&Migration> = self
-            .migrations()
-            .into_iter()
-            .filter(|m| !built.approved.contains_key(&m.id()))
-            .collect();
-        let before = self
-            .migrations()
-            .into_iter()
-            .rfind(|m| built.approved.contains_key(&m.id()))
-            .map(|m| m.version.clone())
-            .or_else(|| self.before.clone());
-        b = b.step(
-            "db",
-            LedgerStep {
-                id: ledger_id.clone(),
-                touches: ledger_tables
-                    .iter()
-                    .map(|t| self.db.table_resource(t))
-                    .collect(),
-                db: self.db.clone(),
-                restore: ledger.restore_sql(&versions, before.as_deref()),
-                migrations: versions.iter().map(|m| (*m).clone()).collect(),
-                before: before.clone(),
-                ledger,
-            },
-            &[],
-        );
-        let mut prev = ledger_id;
-        for step in built.steps.drain(..) {
-            let id = step.id().to_string();
-            let mut scanned = Scanned::new(step);
-            if let Some(reason) = built.approved.get(&id) {
-                scanned.reversibility = Reversibility::Irreversible;
-                b = b.approve_irreversible(&id, reason);
-            }
-            b = b.step("db", scanned, &[prev.as_str()]);
-            prev = id;
-        }
-        for (step, v) in built.verifiers.drain(..) {
-            b = b.verify_after(&step, v);
-        }
-        Ok(b.build()?)
-    }
-}
-
-fn refuse_session_state(file: &Path, sql: &str, first_line: usize) -> Result<(), MigrationError> {
-    for l in scan::locate(sql, first_line) {
-        if let Some(why) = sqlscan::session_state(&l.st) {
-            return Err(MigrationError::SessionState {
-                file: file.to_path_buf(),
-                line: l.line,
-                statement: scan::short(&l.st.text),
-                why,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The first step of a migrations plan: nothing to apply; its revert puts the tool's
-/// ledger back as it was before the run for migrations a checkpoint undoes (those with a
-/// down already removed their row in their own transaction). Only migrations this run
-/// applied (their step marker is there) are removed: a runner that lost the race for a
-/// migration never removes the rows the winner wrote.
-#[derive(Debug)]
-struct LedgerStep {
-    id: String,
-    /// The ledger's tables (empty when an approved irreversible migration keeps its row).
-    touches: Vec<String>,
-    db: Database,
-    /// The restore of every pending migration (what the spec and the dry run show).
-    restore: String,
-    ledger: Ledger,
-    migrations: Vec<Migration>,
-    before: Option<String>,
-}
-
-#[async_trait]
-impl Step for LedgerStep {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn reversibility(&self) -> Reversibility {
-        Reversibility::Compensable
-    }
-    fn touches(&self) -> Vec<String> {
-        self.touches.clone()
-    }
-    fn spec(&self) -> serde_json::Value {
-        serde_json::json!({ "kind": "pg.migrations.ledger", "restore": self.restore })
-    }
-    fn describe(&self) -> String {
-        format!(
-            "ledger {}: on rollback, {}",
-            self.id,
-            scan::short(&self.restore)
-        )
-    }
-    async fn apply(&self, ctx: &Context) -> rollback_core::Result<Receipt> {
-        Ok(Receipt::new(&serde_json::json!({ "run_id": ctx.run_id() })))
-    }
-    async fn revert(&self, _r: Option<&Receipt>, ctx: &Context) -> rollback_core::Result<()> {
-        let c = self.db.lib_client().await?;
-        let mine = markers::steps_of_run(&**c, markers::DEFAULT_MARKER_SCHEMA, ctx.run_id())
-            .await
-            .map_err(|e| PgError::new("reading the run's step markers", &e).into_core(false))?;
-        let applied: Vec<&Migration> = self
-            .migrations
-            .iter()
-            .filter(|m| mine.contains(&m.id()))
-            .collect();
-        if applied.is_empty() {
-            return Ok(());
-        }
-        let sql = self.ledger.restore_sql(&applied, self.before.as_deref());
-        c.batch_execute(&sql).await.map_err(|e| {
-            PgError::new(format!("{}: restoring the ledger", self.id), &e).into_core(false)
-        })
-    }
-}
-
-/// A [`SqlStep`] whose scan-derived answers (reversibility, effects, spec) are computed
-/// once: building a plan asks them of every earlier step for every later one, and each
-/// answer scans the SQL again.
-#[derive(Debug)]
-struct Scanned {
-    inner: SqlStep,
-    reversibility: Reversibility,
-    touches: Vec<String>,
-    effects: Vec<Effect>,
-    spec: serde_json::Value,
-    describe: String,
-}
-
-impl Scanned {
-    fn new(inner: SqlStep) -> Self {
-        Scanned {
-            reversibility: inner.reversibility(),
-            touches: inner.touches(),
-            effects: inner.effects(),
-            spec: inner.spec(),
-            describe: inner.describe(),
-            inner,
-        }
-    }
-}
-
-#[async_trait]
-impl Step for Scanned {
-    fn id(&self) -> &str {
-        self.inner.id()
-    }
-    fn reversibility(&self) -> Reversibility {
-        self.reversibility
-    }
-    fn touches(&self) -> Vec<String> {
-        self.touches.clone()
-    }
-    fn effects(&self) -> Vec<Effect> {
-        self.effects.clone()
-    }
-    fn spec(&self) -> serde_json::Value {
-        self.spec.clone()
-    }
-    fn describe(&self) -> String {
-        self.describe.clone()
-    }
-    async fn apply(&self, ctx: &Context) -> rollback_core::Result<Receipt> {
-        self.inner.apply(ctx).await
-    }
-    async fn revert(&self, r: Option<&Receipt>, ctx: &Context) -> rollback_core::Result<()> {
-        self.inner.revert(r, ctx).await
     }
 }
