@@ -131,19 +131,7 @@ async fn sqlx_folder_without_downs_is_reversible_and_keeps_the_ledger_true() {
     let dry = plan.dry_run().to_string();
     assert!(dry.contains("20240101000005_drop_legacy_audit"), "{dry}");
     let report = run(&db, &plan).await;
-    assert_eq!(
-        report.outcome,
-        Outcome::RolledBack,
-        "{}",
-        report.to_markdown()
-    );
-    // The ledger is checked like any resource: proven back at its baseline, not assumed.
-    assert!(
-        report.unproven.iter().all(|u| !u.contains("ledger"))
-            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
-        "{}",
-        report.to_markdown()
-    );
+    common::assert_rolled_back_with_ledger_proven(&report);
     assert_eq!(
         sqlx_ledger(&db).await,
         ledger,
@@ -246,19 +234,7 @@ async fn golang_migrate_wrappers_dirty_flag_and_rollback_by_downs() {
         assert_eq!(r, Revert::Down, "{id}");
     }
     let report = run(&db, &p.plan().unwrap()).await;
-    assert_eq!(
-        report.outcome,
-        Outcome::RolledBack,
-        "{}",
-        report.to_markdown()
-    );
-    // The ledger is checked like any resource: proven back at its baseline, not assumed.
-    assert!(
-        report.unproven.iter().all(|u| !u.contains("ledger"))
-            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
-        "{}",
-        report.to_markdown()
-    );
+    common::assert_rolled_back_with_ledger_proven(&report);
     assert_eq!(
         db.scalar("SELECT version || ' ' || dirty FROM schema_migrations")
             .await
@@ -424,19 +400,7 @@ async fn diesel_folders_keep_diesels_table_and_roll_back_by_downs() {
         plan.dry_run()
     );
     let report = run(&db, &plan).await;
-    assert_eq!(
-        report.outcome,
-        Outcome::RolledBack,
-        "{}",
-        report.to_markdown()
-    );
-    // The ledger is checked like any resource: proven back at its baseline, not assumed.
-    assert!(
-        report.unproven.iter().all(|u| !u.contains("ledger"))
-            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
-        "{}",
-        report.to_markdown()
-    );
+    common::assert_rolled_back_with_ledger_proven(&report);
     assert_eq!(diesel_ledger(&db).await, half);
     common::assert_same_dump(
         &before,

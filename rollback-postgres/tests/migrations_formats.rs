@@ -135,19 +135,7 @@ async fn flyway_folder_keeps_flyway_schema_history_true_and_rolls_back() {
         "{reverts:?}"
     );
     let report = run(&p.plan().unwrap()).await;
-    assert_eq!(
-        report.outcome,
-        Outcome::RolledBack,
-        "{}",
-        report.to_markdown()
-    );
-    // The ledger is checked like any resource: proven back at its baseline, not assumed.
-    assert!(
-        report.unproven.iter().all(|u| !u.contains("ledger"))
-            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
-        "{}",
-        report.to_markdown()
-    );
+    common::assert_rolled_back_with_ledger_proven(&report);
     assert_eq!(rows(&db, FLYWAY_HISTORY).await, expected);
     common::assert_same_dump(
         &before,
@@ -217,19 +205,7 @@ async fn a_failing_sqitch_verify_script_rolls_the_change_back() {
         .await
         .unwrap();
     let report = run(&p.plan().unwrap()).await;
-    assert_eq!(
-        report.outcome,
-        Outcome::RolledBack,
-        "{}",
-        report.to_markdown()
-    );
-    // The ledger is checked like any resource: proven back at its baseline, not assumed.
-    assert!(
-        report.unproven.iter().all(|u| !u.contains("ledger"))
-            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
-        "{}",
-        report.to_markdown()
-    );
+    common::assert_rolled_back_with_ledger_proven(&report);
     assert!(
         report
             .to_markdown()

@@ -190,19 +190,7 @@ async fn sqlx_cli_half_by_the_tool_rest_by_the_library_rolled_back_then_committe
         "{reverts:?}"
     );
     let report = run(&p.plan().unwrap()).await;
-    assert_eq!(
-        report.outcome,
-        Outcome::RolledBack,
-        "{}",
-        report.to_markdown()
-    );
-    // The ledger is checked like any resource: proven back at its baseline, not assumed.
-    assert!(
-        report.unproven.iter().all(|u| !u.contains("ledger"))
-            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
-        "{}",
-        report.to_markdown()
-    );
+    common::assert_rolled_back_with_ledger_proven(&report);
     assert_eq!(
         sqlx_info(&bin, &db.url, full.path()),
         expected,
@@ -323,19 +311,7 @@ async fn refinery_cli_half_by_the_tool_rest_by_the_library_rolled_back_then_comm
         ]
     );
     let report = run(&p.plan().unwrap()).await;
-    assert_eq!(
-        report.outcome,
-        Outcome::RolledBack,
-        "{}",
-        report.to_markdown()
-    );
-    // The ledger is checked like any resource: proven back at its baseline, not assumed.
-    assert!(
-        report.unproven.iter().all(|u| !u.contains("ledger"))
-            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
-        "{}",
-        report.to_markdown()
-    );
+    common::assert_rolled_back_with_ledger_proven(&report);
     assert_eq!(refinery_history(&db).await, expected, "refinery's history");
     common::assert_same_dump(
         &before,
@@ -526,19 +502,7 @@ async fn sqitch_half_by_the_tool_rest_by_the_library_rolled_back_then_committed(
     let dry = plan.dry_run().to_string();
     assert!(dry.contains("verify:6_user_count"), "{dry}");
     let report = run(&plan).await;
-    assert_eq!(
-        report.outcome,
-        Outcome::RolledBack,
-        "{}",
-        report.to_markdown()
-    );
-    // The ledger is checked like any resource: proven back at its baseline, not assumed.
-    assert!(
-        report.unproven.iter().all(|u| !u.contains("ledger"))
-            && report.checkpoints.iter().all(|c| c.parity != Some(false)),
-        "{}",
-        report.to_markdown()
-    );
+    common::assert_rolled_back_with_ledger_proven(&report);
     assert_eq!(
         sqitch_status(&bin, &db.url, full.path()),
         expected,
