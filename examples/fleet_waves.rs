@@ -16,10 +16,10 @@
 //! machine) running `fleet.worker(holder).run()` with the same fleet description: they
 //! share the work through the fleet's tables in PostgreSQL.
 
-use rollback_testkit::cluster::ThrowawayCluster;
 use rollback_core::{Error, Plan};
 use rollback_postgres::fleet::{FailureBudget, Fleet, Tenant, TenantSource, Wave};
 use rollback_postgres::{Database, SqlStep, Table, TableSnapshot};
+use rollback_testkit::cluster::ThrowawayCluster;
 use std::time::Duration;
 
 const TENANTS: usize = 50;
