@@ -273,14 +273,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         if let Some(c) = breakdown {
-            println!("\nWhere they go, one worker (statements per tenant run, by statement):\n");
-            println!("| per tenant run | count | statement |");
-            println!("|---|---|---|");
+            println!("\nWhere they go, one worker (per tenant run, by statement; the time is what the worker waited for the answer: the server's time and the loopback):\n");
+            println!(
+                "| statements per tenant run | ms waited per tenant run | count | statement |"
+            );
+            println!("|---|---|---|---|");
             let mut by: Vec<_> = c.statements.iter().collect();
             by.sort_by(|a, b| b.1.cmp(a.1));
             for (sql, n) in by {
-                println!("| {:.3} | {n} | `{sql}` |", *n as f64 / tenants as f64);
+                let us = c.waited_us.get(sql).copied().unwrap_or(0);
+                println!(
+                    "| {:.3} | {:.3} | {n} | `{sql}` |",
+                    *n as f64 / tenants as f64,
+                    us as f64 / 1000.0 / tenants as f64
+                );
             }
+            let total_us: u64 = c.waited_us.values().sum();
+            println!(
+                "\nIn all, the worker waited {:.3} ms per tenant run for the control database.",
+                total_us as f64 / 1000.0 / tenants as f64
+            );
         }
         println!();
         for w in [2usize, 4] {

@@ -9,12 +9,16 @@
 //! - A **round trip** is one `ReadyForQuery` message after the session's start: the end of
 //!   one request the client waited for (a simple query, or a pipeline closed by `Sync`).
 //!
+//! - The **time waited** for a request is measured from its last message to the server's
+//!   `ReadyForQuery`: the server's time plus the loopback, what the client waited for.
+//!
 //! Each completed statement is attributed to the SQL that produced it (the `Execute`d
 //! portal's prepared text, or the simple query's text), shortened to a label. The proxy
 //! forwards every byte unchanged and needs a session without TLS (`sslmode=disable`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -25,6 +29,9 @@ pub(crate) struct Counts {
     pub(crate) statements: BTreeMap<String, u64>,
     /// Round trips (requests the client waited for).
     pub(crate) round_trips: u64,
+    /// Time from a request's last message to its `ReadyForQuery` (the server's time and
+    /// the loopback), in µs, by the label of the request's last statement.
+    pub(crate) waited_us: BTreeMap<String, u64>,
     /// Sessions opened through the proxy.
     pub(crate) sessions: u64,
 }
@@ -94,11 +101,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 enum Unit {
     /// A simple query: each `CommandComplete` until `ReadyForQuery` is one of its
     /// statements.
-    Simple(String),
+    Simple(String, Instant),
     /// An `Execute`: its one `CommandComplete` (or none, after an error).
     Execute(String),
-    /// A `Sync`: ends at `ReadyForQuery`.
-    Sync,
+    /// A `Sync`, after the label of the pipeline's last `Execute`: ends at
+    /// `ReadyForQuery`.
+    Sync(String, Instant),
 }
 
 #[derive(Default)]
@@ -106,6 +114,7 @@ struct Conn {
     statements: HashMap<String, String>,
     portals: HashMap<String, String>,
     waiting: VecDeque<Unit>,
+    last_execute: String,
     ready: bool,
 }
 
@@ -143,7 +152,8 @@ fn from_client(conn: &mut Conn, tag: u8, body: &[u8]) {
     match tag {
         b'Q' => {
             let (sql, _) = cstr(body);
-            conn.waiting.push_back(Unit::Simple(label(&sql)));
+            conn.waiting
+                .push_back(Unit::Simple(label(&sql), Instant::now()));
         }
         b'P' => {
             let (name, rest) = cstr(body);
@@ -159,9 +169,13 @@ fn from_client(conn: &mut Conn, tag: u8, body: &[u8]) {
         b'E' => {
             let (portal, _) = cstr(body);
             let sql = conn.portals.get(&portal).cloned().unwrap_or_default();
+            conn.last_execute = sql.clone();
             conn.waiting.push_back(Unit::Execute(sql));
         }
-        b'S' => conn.waiting.push_back(Unit::Sync),
+        b'S' => {
+            let l = std::mem::take(&mut conn.last_execute);
+            conn.waiting.push_back(Unit::Sync(l, Instant::now()));
+        }
         _ => {}
     }
 }
@@ -170,7 +184,7 @@ fn from_client(conn: &mut Conn, tag: u8, body: &[u8]) {
 fn from_server(conn: &mut Conn, counts: &Mutex<Counts>, tag: u8) {
     match tag {
         b'C' => match conn.waiting.front() {
-            Some(Unit::Simple(l)) => count(counts, l),
+            Some(Unit::Simple(l, _)) => count(counts, l),
             Some(Unit::Execute(l)) => {
                 count(counts, l);
                 conn.waiting.pop_front();
@@ -191,9 +205,12 @@ fn from_server(conn: &mut Conn, counts: &Mutex<Counts>, tag: u8) {
         }
         b'Z' => {
             if conn.ready {
-                lock(counts).round_trips += 1;
+                let mut c = lock(counts);
+                c.round_trips += 1;
                 while let Some(u) = conn.waiting.pop_front() {
-                    if matches!(u, Unit::Simple(_) | Unit::Sync) {
+                    if let Unit::Simple(l, t0) | Unit::Sync(l, t0) = u {
+                        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        *c.waited_us.entry(l).or_default() += us;
                         break;
                     }
                 }
