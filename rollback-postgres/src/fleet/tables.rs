@@ -1,6 +1,7 @@
 //! The fleet's control tables and the only SQL that writes them outside a verdict: the
-//! fleet's creation, claims (with `FOR UPDATE SKIP LOCKED` and the core's lease rule),
-//! renewals and outcomes (fenced by the claim's epoch).
+//! fleet's creation, tenant runs' ends (fenced by the claim's epoch) written with the next
+//! claims (with `FOR UPDATE SKIP LOCKED` and the core's lease rule) in one statement, and
+//! renewals.
 
 use super::{assign_waves, FleetInner, FleetSpec, Tenant, TenantSource};
 use crate::error::PgResultExt;

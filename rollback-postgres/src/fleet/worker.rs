@@ -128,7 +128,7 @@ impl FleetWorker {
                             ends.push((claim, e));
                         }
                         Err(e) => {
-                            lock(&live).remove(&claim.tenant.id);
+                            forget(&mut lock(&live), &claim);
                             tracing::error!(tenant = %claim.tenant.id, error = %e, "a tenant task ended abnormally; its claim will expire");
                         }
                     }
@@ -217,7 +217,7 @@ impl FleetWorker {
         {
             let mut l = lock(live);
             for (c, _) in &ends {
-                l.remove(&c.tenant.id);
+                forget(&mut l, c);
             }
         }
         let (written, claims) = tables::end_and_claim(ctl, f, &self.holder, &ends, free).await?;
@@ -449,6 +449,13 @@ const BUSY_DECISION_POLLS: u32 = 10;
 
 fn lock(live: &Live) -> std::sync::MutexGuard<'_, BTreeMap<String, i64>> {
     live.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Stop renewing `claim` (and only it: a later claim of the same tenant stays live).
+fn forget(live: &mut BTreeMap<String, i64>, claim: &Claim) {
+    if live.get(&claim.tenant.id) == Some(&claim.epoch) {
+        live.remove(&claim.tenant.id);
+    }
 }
 
 fn split(
