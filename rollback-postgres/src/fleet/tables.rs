@@ -199,6 +199,10 @@ impl Task {
     }
 }
 
+/// Snapshot releases claimed together when a worker has a free slot and no other work:
+/// one task releases them one after another.
+pub(crate) const RELEASE_BATCH: usize = 16;
+
 /// A claimed tenant run.
 #[derive(Debug, Clone)]
 pub(crate) struct Claim {
@@ -217,9 +221,9 @@ pub(crate) struct Claim {
 /// whose epoch or holder changed is left alone); the tenants whose end was written come
 /// back first, and a claim missing from them was taken over (its new holder decides).
 ///
-/// The claims: rollbacks first,
-/// then migrations in wave and tenant order (expired claims before new ones), then
-/// releases. Each row is locked `FOR UPDATE SKIP LOCKED` (workers never wait on each
+/// The claims: rollbacks first, then migrations in wave and tenant order (expired claims
+/// before new ones), up to `max`; and when fewer were found, up to [`RELEASE_BATCH`]
+/// snapshot releases of passed waves (for one task). Each row is locked `FOR UPDATE SKIP LOCKED` (workers never wait on each
 /// other) and updated in the same statement: a new epoch for every claim, the previous
 /// holder named when its claim had expired, the lease's expiry on the server's clock.
 /// The lease is the core's rule ([`decide_lease`]), written in SQL and checked here
@@ -242,6 +246,7 @@ pub(crate) async fn end_and_claim(
         .min(i64::MAX / 4);
     let ttl = Duration::from_millis(ttl_ms as u64);
     let max = i64::try_from(max).unwrap_or(i64::MAX);
+    let release_batch = i64::try_from(RELEASE_BATCH).unwrap_or(1);
     let tenants: Vec<&str> = ends.iter().map(|(c, _)| c.tenant.id.as_str()).collect();
     let epochs: Vec<i64> = ends.iter().map(|(c, _)| c.epoch).collect();
     let statuses: Vec<&str> = ends.iter().map(|(_, e)| e.status).collect();
@@ -267,27 +272,37 @@ pub(crate) async fn end_and_claim(
                      AND t.holder = $4 AND t.epoch = e.epoch \
                    RETURNING t.tenant), \
                  n AS (SELECT {NOW_MS} AS ms), \
-                 picked AS ( \
+                 looks AS ( \
+                   SELECT k.class, w.wave, k.sub, w.status AS wstatus, k.tstatus, k.expired_only \
+                   FROM {s}.fleet_waves w JOIN {s}.fleets f ON f.fleet = w.fleet \
+                   JOIN (VALUES (1, 'rolling_back', 'running', false, 1), \
+                                (1, 'rolling_back', 'rolling_back', false, 2), \
+                                (1, 'rolling_back', 'committed', false, 3), \
+                                (2, 'running', 'running', true, 1), \
+                                (2, 'running', 'pending', false, 2), \
+                                (3, 'passed', 'committed', false, 1)) \
+                     AS k(class, wstatus, tstatus, expired_only, sub) ON k.wstatus = w.status \
+                   WHERE w.fleet = $1 AND (k.class <> 3 OR $3 OR f.status = 'done') \
+                   ORDER BY k.class, w.wave, k.sub), \
+                 work AS ( \
                    SELECT t.tenant, t.holder, t.lease_expires_at_ms, t.epoch, l.wstatus, n.ms \
-                   FROM n, \
-                     (SELECT k.class, w.wave, k.sub, w.status AS wstatus, k.tstatus, k.expired_only \
-                      FROM {s}.fleet_waves w JOIN {s}.fleets f ON f.fleet = w.fleet \
-                      JOIN (VALUES (1, 'rolling_back', 'running', false, 1), \
-                                   (1, 'rolling_back', 'rolling_back', false, 2), \
-                                   (1, 'rolling_back', 'committed', false, 3), \
-                                   (2, 'running', 'running', true, 1), \
-                                   (2, 'running', 'pending', false, 2), \
-                                   (3, 'passed', 'committed', false, 1)) \
-                        AS k(class, wstatus, tstatus, expired_only, sub) ON k.wstatus = w.status \
-                      WHERE w.fleet = $1 AND (k.class <> 3 OR $3 OR f.status = 'done') \
-                      ORDER BY k.class, w.wave, k.sub) l \
-                   CROSS JOIN LATERAL ( \
+                   FROM n, looks l CROSS JOIN LATERAL ( \
                      SELECT t.tenant, t.holder, t.lease_expires_at_ms, t.epoch FROM {s}.fleet_tenants t \
                      WHERE t.fleet = $1 AND t.wave = l.wave AND t.status = l.tstatus \
                        AND ((NOT l.expired_only AND t.holder = '') OR t.lease_expires_at_ms < n.ms) \
                        AND t.tenant <> ALL ($6) \
                      ORDER BY t.ordinal LIMIT $2 FOR UPDATE SKIP LOCKED) t \
-                   LIMIT $2), \
+                   WHERE l.class < 3 LIMIT $2), \
+                 releases AS ( \
+                   SELECT t.tenant, t.holder, t.lease_expires_at_ms, t.epoch, l.wstatus, n.ms \
+                   FROM n, looks l CROSS JOIN LATERAL ( \
+                     SELECT t.tenant, t.holder, t.lease_expires_at_ms, t.epoch FROM {s}.fleet_tenants t \
+                     WHERE t.fleet = $1 AND t.wave = l.wave AND t.status = l.tstatus \
+                       AND (t.holder = '' OR t.lease_expires_at_ms < n.ms) AND t.tenant <> ALL ($6) \
+                     ORDER BY t.ordinal LIMIT $12 FOR UPDATE SKIP LOCKED) t \
+                   WHERE l.class = 3 \
+                   LIMIT CASE WHEN (SELECT count(*) FROM work) < $2 THEN $12 ELSE 0 END), \
+                 picked AS (SELECT * FROM work UNION ALL SELECT * FROM releases), \
                  claimed AS ( \
                  UPDATE {s}.fleet_tenants t SET holder = $4, \
                    lease_expires_at_ms = least(p.ms + $5, {max_expiry}), epoch = t.epoch + 1, \
@@ -318,6 +333,7 @@ pub(crate) async fn end_and_claim(
                 (&outcomes, Type::TEXT_ARRAY),
                 (&errors, Type::TEXT_ARRAY),
                 (&failed, Type::INT4_ARRAY),
+                (&release_batch, Type::INT8),
             ],
         )
         .await

@@ -105,9 +105,11 @@ impl FleetWorker {
         let stop = CancellationToken::new();
         let renewer = tokio::spawn(self.clone().renew_claims(live.clone(), stop.clone()));
         let _stop_renewing = stop.clone().drop_guard();
-        let mut tasks: JoinSet<Ended> = JoinSet::new();
-        let mut running: HashMap<tokio::task::Id, Claim> = HashMap::new();
-        let mut ended: Vec<(tokio::task::Id, std::result::Result<Ended, JoinError>)> = Vec::new();
+        // A task runs one claim, or a batch of snapshot releases one after another.
+        let mut tasks: JoinSet<Vec<Ended>> = JoinSet::new();
+        let mut running: HashMap<tokio::task::Id, Vec<Claim>> = HashMap::new();
+        let mut ended: Vec<(tokio::task::Id, std::result::Result<Vec<Ended>, JoinError>)> =
+            Vec::new();
         let mut last_decision: Option<std::time::Instant> = None;
         loop {
             while let Some(res) = tasks.try_join_next_with_id() {
@@ -119,17 +121,21 @@ impl FleetWorker {
             if !ended.is_empty() {
                 let mut ends = Vec::with_capacity(ended.len());
                 for (id, res) in ended.drain(..) {
-                    let Some(claim) = running.remove(&id) else {
+                    let Some(claims) = running.remove(&id) else {
                         continue;
                     };
                     match res {
-                        Ok(e) => {
-                            failed_now |= matches!(e.status, "failed" | "rollback_failed");
-                            ends.push((claim, e));
+                        Ok(es) => {
+                            for (claim, e) in claims.into_iter().zip(es) {
+                                failed_now |= matches!(e.status, "failed" | "rollback_failed");
+                                ends.push((claim, e));
+                            }
                         }
                         Err(e) => {
-                            forget(&mut lock(&live), &claim);
-                            tracing::error!(tenant = %claim.tenant.id, error = %e, "a tenant task ended abnormally; its claim will expire");
+                            for claim in &claims {
+                                forget(&mut lock(&live), claim);
+                                tracing::error!(tenant = %claim.tenant.id, error = %e, "a tenant task ended abnormally; its claim will expire");
+                            }
                         }
                     }
                 }
@@ -141,24 +147,26 @@ impl FleetWorker {
                 let claims = self
                     .end_and_claim(&ctl, &live, std::mem::take(&mut ends_to_write), free)
                     .await?;
-                short_of_work = claims.len() < free;
-                for claim in claims {
-                    let span = tracing::info_span!(
-                        "fleet_task",
-                        fleet = %f.name,
-                        tenant = %claim.tenant.id,
-                        run = %claim.run_id,
-                        wave = claim.wave,
-                        task = claim.task.as_str(),
-                        epoch = claim.epoch,
-                    );
-                    if let Some(prev) = &claim.taken_over_from {
-                        tracing::warn!(parent: &span, previous = %prev, "took over an expired claim");
+                let (releases, work): (Vec<Claim>, Vec<Claim>) =
+                    claims.into_iter().partition(|c| c.task == Task::Release);
+                short_of_work = work.len() < free;
+                let groups = work
+                    .into_iter()
+                    .map(|c| vec![c])
+                    .chain((!releases.is_empty()).then_some(releases));
+                for group in groups {
+                    for claim in &group {
+                        lock(&live).insert(claim.tenant.id.clone(), claim.epoch);
                     }
-                    lock(&live).insert(claim.tenant.id.clone(), claim.epoch);
-                    let (this, c) = (self.clone(), claim.clone());
-                    let h = tasks.spawn(async move { this.execute(&c).await }.instrument(span));
-                    running.insert(h.id(), claim);
+                    let (this, cs) = (self.clone(), group.clone());
+                    let h = tasks.spawn(async move {
+                        let mut out = Vec::with_capacity(cs.len());
+                        for c in &cs {
+                            out.push(this.execute(c).instrument(this.span(c)).await);
+                        }
+                        out
+                    });
+                    running.insert(h.id(), group);
                 }
             }
             // Decide when short of work (a wave's end, the next wave), at once after this
@@ -264,6 +272,23 @@ impl FleetWorker {
                 Err(e) => tracing::warn!(error = %e, "renewing claims failed; retrying"),
             }
         }
+    }
+
+    /// The span of a claim's task.
+    fn span(&self, claim: &Claim) -> tracing::Span {
+        let span = tracing::info_span!(
+            "fleet_task",
+            fleet = %self.fleet.inner.name,
+            tenant = %claim.tenant.id,
+            run = %claim.run_id,
+            wave = claim.wave,
+            task = claim.task.as_str(),
+            epoch = claim.epoch,
+        );
+        if let Some(prev) = &claim.taken_over_from {
+            tracing::warn!(parent: &span, previous = %prev, "took over an expired claim");
+        }
+        span
     }
 
     /// Run one claim to its end: the end to write.
@@ -458,9 +483,9 @@ fn forget(live: &mut BTreeMap<String, i64>, claim: &Claim) {
     }
 }
 
-fn split(
-    res: std::result::Result<(tokio::task::Id, Ended), JoinError>,
-) -> (tokio::task::Id, std::result::Result<Ended, JoinError>) {
+fn split<T>(
+    res: std::result::Result<(tokio::task::Id, T), JoinError>,
+) -> (tokio::task::Id, std::result::Result<T, JoinError>) {
     match res {
         Ok((id, e)) => (id, Ok(e)),
         Err(e) => (e.id(), Err(e)),
