@@ -12,24 +12,41 @@ use crate::ident::quote_ident;
 use rollback_core::{Result, Status};
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio_postgres::types::Type;
 
-/// The fleet's status after a decision: `running`, `done` or `halted`.
+/// Take the decisions due: the fleet's status after them (`running`, `done` or
+/// `halted`), and whether any was taken (the next may then be due at once).
 pub(crate) async fn advance(
     c: &mut tokio_postgres::Client,
     f: &FleetInner,
     holder: &str,
+) -> Result<(String, bool)> {
+    let decided = AtomicBool::new(false);
+    let status = advance_once(c, f, holder, &decided).await?;
+    Ok((status, decided.load(Ordering::Relaxed)))
+}
+
+async fn advance_once(
+    c: &mut tokio_postgres::Client,
+    f: &FleetInner,
+    holder: &str,
+    decided: &AtomicBool,
 ) -> Result<String> {
     let s = quote_ident(&f.schema);
     let tx = c.transaction().await.ctx("deciding the fleet")?;
+    // Typed statements: one round trip each, no separate prepare.
     let Some(row) = tx
-        .query_opt(
+        .query_typed(
             &format!(
                 "SELECT status, {NOW_MS} FROM {s}.fleets WHERE fleet = $1 FOR UPDATE SKIP LOCKED"
             ),
-            &[&f.name],
+            &[(&f.name, Type::TEXT)],
         )
         .await
         .ctx("locking the fleet")?
+        .into_iter()
+        .next()
     else {
         // Another worker is deciding.
         tx.commit().await.ctx("deciding the fleet")?;
@@ -41,28 +58,25 @@ pub(crate) async fn advance(
         tx.commit().await.ctx("deciding the fleet")?;
         return Ok(status);
     }
+    // The waves, read after the lock (a new snapshot, which sees the last decider's
+    // commit), with the tenants of each wave a decision can read counted by status: the
+    // waves running, soaking or rolling back, and the next to start.
     let waves = tx
-        .query(
+        .query_typed(
             &format!(
-                "SELECT wave, status, coalesce(soak_until_ms, 0), coalesce(health_checked_at_ms, 0) \
-                 FROM {s}.fleet_waves WHERE fleet = $1 ORDER BY wave"
+                "SELECT w.wave, w.status, coalesce(w.soak_until_ms, 0), coalesce(w.health_checked_at_ms, 0),                    CASE WHEN w.status IN ('running', 'soaking', 'rolling_back')                           OR w.wave = (SELECT min(p.wave) FROM {s}.fleet_waves p                                        WHERE p.fleet = $1 AND p.status = 'pending')                    THEN (SELECT coalesce(json_object_agg(c.status, c.n), '{{}}')::text                          FROM (SELECT t.status, count(*) AS n FROM {s}.fleet_tenants t                                WHERE t.fleet = $1 AND t.wave = w.wave GROUP BY t.status) c)                    ELSE '{{}}' END                  FROM {s}.fleet_waves w WHERE w.fleet = $1 ORDER BY w.wave"
             ),
-            &[&f.name],
+            &[(&f.name, Type::TEXT)],
         )
         .await
         .ctx("reading the waves")?;
     let mut counts: BTreeMap<(i32, String), i64> = BTreeMap::new();
-    for r in tx
-        .query(
-            &format!(
-                "SELECT wave, status, count(*) FROM {s}.fleet_tenants WHERE fleet = $1 GROUP BY wave, status"
-            ),
-            &[&f.name],
-        )
-        .await
-        .ctx("counting the tenants")?
-    {
-        counts.insert((r.get(0), r.get(1)), r.get(2));
+    for w in &waves {
+        let by_status: BTreeMap<String, i64> = serde_json::from_str(w.get::<_, &str>(4))
+            .map_err(|e| rollback_core::Error::invalid(format!("counting the tenants: {e}")))?;
+        for (status, n) in by_status {
+            counts.insert((w.get(0), status), n);
+        }
     }
     let count = |wave: i32, st: &[&str]| -> i64 {
         st.iter()
@@ -73,6 +87,7 @@ pub(crate) async fn advance(
         tx: &tx,
         f,
         holder,
+        decided,
         schema: s.clone(),
     };
 
@@ -277,6 +292,7 @@ struct Decider<'a> {
     tx: &'a tokio_postgres::Transaction<'a>,
     f: &'a FleetInner,
     holder: &'a str,
+    decided: &'a AtomicBool,
     schema: String,
 }
 
@@ -299,6 +315,7 @@ impl Decider<'_> {
     async fn decide(&self, wave: i32, decision: &str, evidence: &serde_json::Value) -> Result<()> {
         let s = &self.schema;
         tracing::info!(fleet = %self.f.name, wave, decision, %evidence, "fleet decision");
+        self.decided.store(true, Ordering::Relaxed);
         self.tx
             .execute(
                 &format!(

@@ -14,11 +14,12 @@
 //! (`fleets`, `fleet_waves`, `fleet_tenants`, `fleet_decisions` in the `_rollback`
 //! schema); the fleet's state is derived from those tables only:
 //!
-//! - **Claims.** A worker claims one tenant run at a time with `FOR UPDATE SKIP LOCKED`
-//!   and a lease decided by the core's lease rule
+//! - **Claims.** A worker claims as many tenant runs as it has free slots with `FOR
+//!   UPDATE SKIP LOCKED` and a lease decided by the core's lease rule
 //!   ([`decide_lease`](rollback_core::journal::decide_lease)) on the server's clock, with
-//!   a fencing epoch that grows with every claim; its outcome is written only while the
-//!   claim's epoch is still the row's. A worker killed mid-wave leaves claims that expire;
+//!   a fencing epoch that grows with every claim; an outcome is written only while the
+//!   claim's epoch is still the row's, in the statement that makes the worker's next
+//!   claims (one commit for both). A worker killed mid-wave leaves claims that expire;
 //!   another worker claims them (the takeover is recorded) and resumes each tenant run
 //!   from its journal (run id `<fleet>/<tenant>`): rolled forward when it was applying,
 //!   finished when it was rolling back. The tenant run itself runs under the executor's

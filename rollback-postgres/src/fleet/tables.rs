@@ -1,11 +1,12 @@
 //! The fleet's control tables and the only SQL that writes them outside a verdict: the
-//! fleet's creation, claims (with `FOR UPDATE SKIP LOCKED` and the core's lease rule),
-//! renewals and outcomes (fenced by the claim's epoch).
+//! fleet's creation, tenant runs' ends (fenced by the claim's epoch) written with the next
+//! claims (with `FOR UPDATE SKIP LOCKED` and the core's lease rule) in one statement, and
+//! renewals.
 
 use super::{assign_waves, FleetInner, FleetSpec, Tenant, TenantSource};
 use crate::error::PgResultExt;
 use crate::ident::quote_ident;
-use rollback_core::journal::{decide_lease, Lease};
+use rollback_core::journal::{decide_lease, Lease, MAX_LEASE_EXPIRY_MS};
 use rollback_core::{Error, Result};
 use std::time::Duration;
 use tokio_postgres::types::Type;
@@ -198,6 +199,10 @@ impl Task {
     }
 }
 
+/// Snapshot releases claimed together when a worker has a free slot and no other work:
+/// one task releases them one after another.
+pub(crate) const RELEASE_BATCH: usize = 16;
+
 /// A claimed tenant run.
 #[derive(Debug, Clone)]
 pub(crate) struct Claim {
@@ -210,214 +215,231 @@ pub(crate) struct Claim {
     pub(crate) attempts: i32,
 }
 
-/// Claim one tenant run with work to do: rollbacks first, then migrations in wave and
-/// tenant order (expired claims before new ones), then releases. The row is locked `FOR
-/// UPDATE SKIP LOCKED` (workers never wait on each other), and the claim's lease is
-/// decided by the core's rule on the server's clock: a new epoch for every claim, the
-/// previous holder named when its claim had expired. Each lookup is one wave and one
-/// status, in the order of the index `(fleet, wave, status, ordinal)`, so a claim costs
-/// the same in a fleet of ten tenants or of ten thousand.
-pub(crate) async fn claim(
-    c: &mut tokio_postgres::Client,
+/// Write the ends of this holder's `ends` and claim up to `max` tenant runs with work to
+/// do, in one statement (one commit: a tenant run's end and the next one's claim are
+/// made durable together). Each end is fenced by its claim's epoch and holder (a row
+/// whose epoch or holder changed is left alone); the tenants whose end was written come
+/// back first, and a claim missing from them was taken over (its new holder decides).
+///
+/// The claims: rollbacks first, then migrations in wave and tenant order (expired claims
+/// before new ones), up to `max`; and when fewer were found, up to [`RELEASE_BATCH`]
+/// snapshot releases of passed waves (for one task). Each row is locked `FOR UPDATE SKIP LOCKED` (workers never wait on each
+/// other) and updated in the same statement: a new epoch for every claim, the previous
+/// holder named when its claim had expired, the lease's expiry on the server's clock.
+/// The lease is the core's rule ([`decide_lease`]), written in SQL and checked here
+/// against the rule itself on the pre-image the statement returns. Each lookup is one
+/// wave and one status, in the order of the index `(fleet, wave, status, ordinal)`, and
+/// the lookups stop at the first `max` rows, and the rows are updated through the primary
+/// key (the `ANY` over the picked tenants keeps the planner on it), so a claim costs the
+/// same in a fleet of ten tenants or of ten thousand.
+pub(crate) async fn end_and_claim(
+    c: &tokio_postgres::Client,
     f: &FleetInner,
     holder: &str,
-) -> Result<Option<Claim>> {
+    ends: &[(Claim, Ended)],
+    max: usize,
+) -> Result<(Vec<String>, Vec<Claim>)> {
     let s = quote_ident(&f.schema);
     let release_on_pass = f.spec.earlier_waves == super::EarlierWaves::Keep;
-    let tx = c.transaction().await.ctx("claiming a tenant run")?;
-    // Typed statements: one round trip each, no separate prepare.
-    let waves = tx
+    let ttl_ms = i64::try_from(f.claim_ttl.as_millis())
+        .unwrap_or(i64::MAX / 4)
+        .min(i64::MAX / 4);
+    let ttl = Duration::from_millis(ttl_ms as u64);
+    let max = i64::try_from(max).unwrap_or(i64::MAX);
+    let release_batch = i64::try_from(RELEASE_BATCH).unwrap_or(1);
+    let tenants: Vec<&str> = ends.iter().map(|(c, _)| c.tenant.id.as_str()).collect();
+    let epochs: Vec<i64> = ends.iter().map(|(c, _)| c.epoch).collect();
+    let statuses: Vec<&str> = ends.iter().map(|(_, e)| e.status).collect();
+    let outcomes: Vec<Option<&str>> = ends.iter().map(|(_, e)| e.outcome.as_deref()).collect();
+    let errors: Vec<Option<&str>> = ends.iter().map(|(_, e)| e.error.as_deref()).collect();
+    let failed: Vec<i32> = ends
+        .iter()
+        .map(|(_, e)| i32::from(e.attempt_failed))
+        .collect();
+    // (class, wave status, tenant status, only expired claims, order within the wave):
+    // the lookups in the order of priority.
+    let rows = c
         .query_typed(
             &format!(
-                "SELECT w.wave, w.status, f.status, {NOW_MS} FROM {s}.fleet_waves w \
-                 JOIN {s}.fleets f ON f.fleet = w.fleet \
-                 WHERE w.fleet = $1 AND w.status IN ('running', 'rolling_back', 'passed') ORDER BY w.wave"
+                "WITH ended AS ( \
+                   UPDATE {s}.fleet_tenants t SET status = e.status, \
+                     outcome = coalesce(e.outcome::jsonb, t.outcome), error = e.error, \
+                     holder = '', lease_expires_at_ms = 0, attempts = t.attempts + e.failed, \
+                     updated_at_ms = {NOW_MS} \
+                   FROM unnest($6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::int[]) \
+                     AS e(tenant, epoch, status, outcome, error, failed) \
+                   WHERE t.fleet = $1 AND t.tenant = ANY ($6) AND t.tenant = e.tenant \
+                     AND t.holder = $4 AND t.epoch = e.epoch \
+                   RETURNING t.tenant), \
+                 n AS (SELECT {NOW_MS} AS ms), \
+                 looks AS ( \
+                   SELECT k.class, w.wave, k.sub, w.status AS wstatus, k.tstatus, k.expired_only \
+                   FROM {s}.fleet_waves w JOIN {s}.fleets f ON f.fleet = w.fleet \
+                   JOIN (VALUES (1, 'rolling_back', 'running', false, 1), \
+                                (1, 'rolling_back', 'rolling_back', false, 2), \
+                                (1, 'rolling_back', 'committed', false, 3), \
+                                (2, 'running', 'running', true, 1), \
+                                (2, 'running', 'pending', false, 2), \
+                                (3, 'passed', 'committed', false, 1)) \
+                     AS k(class, wstatus, tstatus, expired_only, sub) ON k.wstatus = w.status \
+                   WHERE w.fleet = $1 AND (k.class <> 3 OR $3 OR f.status = 'done') \
+                   ORDER BY k.class, w.wave, k.sub), \
+                 work AS ( \
+                   SELECT t.tenant, t.holder, t.lease_expires_at_ms, t.epoch, l.wstatus, n.ms \
+                   FROM n, looks l CROSS JOIN LATERAL ( \
+                     SELECT t.tenant, t.holder, t.lease_expires_at_ms, t.epoch FROM {s}.fleet_tenants t \
+                     WHERE t.fleet = $1 AND t.wave = l.wave AND t.status = l.tstatus \
+                       AND ((NOT l.expired_only AND t.holder = '') OR t.lease_expires_at_ms < n.ms) \
+                       AND t.tenant <> ALL ($6) \
+                     ORDER BY t.ordinal LIMIT $2 FOR UPDATE SKIP LOCKED) t \
+                   WHERE l.class < 3 LIMIT $2), \
+                 releases AS ( \
+                   SELECT t.tenant, t.holder, t.lease_expires_at_ms, t.epoch, l.wstatus, n.ms \
+                   FROM n, looks l CROSS JOIN LATERAL ( \
+                     SELECT t.tenant, t.holder, t.lease_expires_at_ms, t.epoch FROM {s}.fleet_tenants t \
+                     WHERE t.fleet = $1 AND t.wave = l.wave AND t.status = l.tstatus \
+                       AND (t.holder = '' OR t.lease_expires_at_ms < n.ms) AND t.tenant <> ALL ($6) \
+                     ORDER BY t.ordinal LIMIT $12 FOR UPDATE SKIP LOCKED) t \
+                   WHERE l.class = 3 \
+                   LIMIT CASE WHEN (SELECT count(*) FROM work) < $2 THEN $12 ELSE 0 END), \
+                 picked AS (SELECT * FROM work UNION ALL SELECT * FROM releases), \
+                 claimed AS ( \
+                 UPDATE {s}.fleet_tenants t SET holder = $4, \
+                   lease_expires_at_ms = least(p.ms + $5, {max_expiry}), epoch = t.epoch + 1, \
+                   taken_over_from = CASE WHEN p.holder NOT IN ('', $4) THEN p.holder END, \
+                   claims = t.claims + 1, takeovers = t.takeovers + (p.holder NOT IN ('', $4))::int, \
+                   status = CASE p.wstatus WHEN 'rolling_back' THEN 'rolling_back' \
+                                           WHEN 'passed' THEN t.status ELSE 'running' END, \
+                   updated_at_ms = p.ms \
+                 FROM picked p WHERE t.fleet = $1 AND t.tenant = p.tenant \
+                   AND t.tenant = ANY (ARRAY(SELECT tenant FROM picked)) \
+                 RETURNING t.tenant, t.location, t.wave, t.run_id, t.attempts, p.wstatus, \
+                   p.holder, p.lease_expires_at_ms, p.epoch, p.ms, \
+                   t.epoch, t.lease_expires_at_ms, t.taken_over_from) \
+                 SELECT false, tenant, NULL, NULL::int, NULL, NULL::int, NULL, NULL, NULL::bigint, \
+                   NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL FROM ended \
+                 UNION ALL SELECT true, * FROM claimed",
+                max_expiry = MAX_LEASE_EXPIRY_MS,
             ),
-            &[(&f.name, Type::TEXT)],
+            &[
+                (&f.name, Type::TEXT),
+                (&max, Type::INT8),
+                (&release_on_pass, Type::BOOL),
+                (&holder, Type::TEXT),
+                (&ttl_ms, Type::INT8),
+                (&tenants, Type::TEXT_ARRAY),
+                (&epochs, Type::INT8_ARRAY),
+                (&statuses, Type::TEXT_ARRAY),
+                (&outcomes, Type::TEXT_ARRAY),
+                (&errors, Type::TEXT_ARRAY),
+                (&failed, Type::INT4_ARRAY),
+                (&release_batch, Type::INT8),
+            ],
         )
         .await
-        .ctx("claiming a tenant run")?;
-    let now: i64 = match waves.first() {
-        Some(r) => r.get(3),
-        None => 0,
-    };
-    // (wave, wave status, tenant status, only expired claims), in the order of priority.
-    let mut lookups: Vec<(i32, String, &str, bool)> = Vec::new();
-    for r in waves
-        .iter()
-        .filter(|r| r.get::<_, String>(1) == "rolling_back")
-    {
-        for st in ["running", "rolling_back", "committed"] {
-            lookups.push((r.get(0), r.get(1), st, false));
+        .ctx("recording tenant runs' ends and claiming tenant runs")?;
+    let mut written = Vec::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        if !row.get::<_, bool>(0) {
+            written.push(row.get(1));
+            continue;
         }
-    }
-    for r in waves.iter().filter(|r| r.get::<_, String>(1) == "running") {
-        lookups.push((r.get(0), r.get(1), "running", true));
-        lookups.push((r.get(0), r.get(1), "pending", false));
-    }
-    for r in waves.iter().filter(|r| r.get::<_, String>(1) == "passed") {
-        if release_on_pass || r.get::<_, String>(2) == "done" {
-            lookups.push((r.get(0), r.get(1), "committed", false));
+        let row = Shifted(&row);
+        let tenant = Tenant::new(row.get::<String>(0), row.get::<String>(1));
+        let before = Lease {
+            key: format!("{}/{}", f.name, tenant.id),
+            holder: row.get(6),
+            expires_at_ms: row.get::<i64>(7).max(0) as u64,
+            taken_over_from: None,
+            epoch: row.get::<i64>(8).max(0) as u64,
+        };
+        let now = row.get::<i64>(9).max(0) as u64;
+        let mut lease = decide_lease(Some(&before), &before.key, holder, ttl, now)?;
+        if lease.epoch == before.epoch {
+            // This holder's own claim, released and claimed again: still a new claim.
+            lease.epoch += 1;
         }
-    }
-    let mut found = None;
-    for (wave, wave_status, status, expired_only) in lookups {
-        let row = tx
-            .query_typed_opt(
-                &format!(
-                    "SELECT tenant, location, wave, status, holder, lease_expires_at_ms, epoch, run_id, attempts \
-                     FROM {s}.fleet_tenants \
-                     WHERE fleet = $1 AND wave = $2 AND status = $3 \
-                       AND (($5 = false AND holder = '') OR lease_expires_at_ms < $4) \
-                     ORDER BY ordinal LIMIT 1 FOR UPDATE SKIP LOCKED"
-                ),
-                &[
-                    (&f.name, Type::TEXT),
-                    (&wave, Type::INT4),
-                    (&status, Type::TEXT),
-                    (&now, Type::INT8),
-                    (&expired_only, Type::BOOL),
-                ],
-            )
-            .await
-            .ctx("claiming a tenant run")?;
-        if let Some(row) = row {
-            found = Some((row, wave_status));
-            break;
+        let written = Lease {
+            key: before.key.clone(),
+            holder: holder.to_string(),
+            expires_at_ms: row.get::<i64>(11).max(0) as u64,
+            taken_over_from: row.get(12),
+            epoch: row.get::<i64>(10).max(0) as u64,
+        };
+        if written != lease {
+            return Err(Error::invalid(format!(
+                "the claim of tenant {} disagrees with the lease rule: wrote {written:?}, the rule grants {lease:?}",
+                tenant.id
+            )));
         }
+        let task = match row.get::<&str>(5) {
+            "rolling_back" => Task::RollBack,
+            "passed" => Task::Release,
+            _ => Task::Forward,
+        };
+        out.push(Claim {
+            wave: row.get(2),
+            run_id: row.get(3),
+            attempts: row.get(4),
+            task,
+            epoch: row.get(10),
+            taken_over_from: written.taken_over_from,
+            tenant,
+        });
     }
-    let Some((row, wave_status)) = found else {
-        tx.commit().await.ctx("claiming a tenant run")?;
-        return Ok(None);
-    };
-    let tenant = Tenant::new(row.get::<_, String>(0), row.get::<_, String>(1));
-    let wave: i32 = row.get(2);
-    let status: String = row.get(3);
-    let current = Lease {
-        key: format!("{}/{}", f.name, tenant.id),
-        holder: row.get(4),
-        expires_at_ms: row.get::<_, i64>(5).max(0) as u64,
-        taken_over_from: None,
-        epoch: row.get::<_, i64>(6).max(0) as u64,
-    };
-    let run_id: String = row.get(7);
-    let attempts: i32 = row.get(8);
-    let mut lease = decide_lease(
-        Some(&current),
-        &current.key,
-        holder,
-        f.claim_ttl,
-        now.max(0) as u64,
-    )?;
-    if lease.epoch == current.epoch {
-        // This holder's own claim, released and claimed again: still a new claim.
-        lease.epoch += 1;
-    }
-    let task = match wave_status.as_str() {
-        "rolling_back" => Task::RollBack,
-        "passed" => Task::Release,
-        _ => Task::Forward,
-    };
-    let new_status = match task {
-        Task::Forward => "running",
-        Task::RollBack => "rolling_back",
-        Task::Release => status.as_str(),
-    };
-    let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    tx.execute_typed(
-        &format!(
-            "UPDATE {s}.fleet_tenants SET holder = $3, lease_expires_at_ms = $4, epoch = $5, \
-             taken_over_from = $6::text, claims = claims + 1, takeovers = takeovers + ($6::text IS NOT NULL)::int, \
-             status = $7, updated_at_ms = {NOW_MS} \
-             WHERE fleet = $1 AND tenant = $2"
-        ),
-        &[
-            (&f.name, Type::TEXT),
-            (&tenant.id, Type::TEXT),
-            (&holder, Type::TEXT),
-            (&big(lease.expires_at_ms), Type::INT8),
-            (&big(lease.epoch), Type::INT8),
-            (&lease.taken_over_from, Type::TEXT),
-            (&new_status, Type::TEXT),
-        ],
-    )
-    .await
-    .ctx("claiming a tenant run")?;
-    tx.commit().await.ctx("claiming a tenant run")?;
-    Ok(Some(Claim {
-        tenant,
-        wave,
-        run_id,
-        task,
-        epoch: big(lease.epoch),
-        taken_over_from: lease.taken_over_from,
-        attempts,
-    }))
+    Ok((written, out))
 }
 
-/// Extend a claim; `false` when it is no longer this holder's (taken over).
+/// A claimed row, its columns read one place to the right (after the row's kind).
+struct Shifted<'a>(&'a tokio_postgres::Row);
+
+impl Shifted<'_> {
+    fn get<'b, T: tokio_postgres::types::FromSql<'b>>(&'b self, i: usize) -> T {
+        self.0.get(i + 1)
+    }
+}
+
+/// Extend this holder's live claims (`(tenant, epoch)`), in one statement; the tenants
+/// whose claim was extended (the others were taken over, or have ended).
 pub(crate) async fn renew(
     c: &tokio_postgres::Client,
     f: &FleetInner,
     holder: &str,
-    claim: &Claim,
-    ttl: Duration,
-) -> Result<bool> {
+    claims: &[(String, i64)],
+) -> Result<Vec<String>> {
     let s = quote_ident(&f.schema);
-    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
-    let n = c
-        .execute_typed(
+    let ttl_ms = i64::try_from(f.claim_ttl.as_millis()).unwrap_or(i64::MAX / 2);
+    let tenants: Vec<&str> = claims.iter().map(|(t, _)| t.as_str()).collect();
+    let epochs: Vec<i64> = claims.iter().map(|(_, e)| *e).collect();
+    let rows = c
+        .query_typed(
             &format!(
-                "UPDATE {s}.fleet_tenants SET lease_expires_at_ms = {NOW_MS} + $5 \
-                 WHERE fleet = $1 AND tenant = $2 AND holder = $3 AND epoch = $4"
+                "UPDATE {s}.fleet_tenants t SET lease_expires_at_ms = {NOW_MS} + $5 \
+                 FROM unnest($2::text[], $3::bigint[]) AS e(tenant, epoch) \
+                 WHERE t.fleet = $1 AND t.tenant = ANY ($2) AND t.tenant = e.tenant \
+                   AND t.holder = $4 AND t.epoch = e.epoch \
+                 RETURNING t.tenant"
             ),
             &[
                 (&f.name, Type::TEXT),
-                (&claim.tenant.id, Type::TEXT),
+                (&tenants, Type::TEXT_ARRAY),
+                (&epochs, Type::INT8_ARRAY),
                 (&holder, Type::TEXT),
-                (&claim.epoch, Type::INT8),
                 (&ttl_ms, Type::INT8),
             ],
         )
         .await
-        .ctx("renewing a claim")?;
-    Ok(n == 1)
+        .ctx("renewing claims")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Write a claim's end: the tenant's new status (or the same one, released for another
-/// attempt), its outcome and error, fenced by the claim's epoch. `false` when the claim
-/// was taken over (nothing written).
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn finish(
-    c: &tokio_postgres::Client,
-    f: &FleetInner,
-    holder: &str,
-    claim: &Claim,
-    status: &str,
-    outcome: Option<&str>,
-    error: Option<&str>,
-    attempt_failed: bool,
-) -> Result<bool> {
-    let s = quote_ident(&f.schema);
-    let n = c
-        .execute_typed(
-            &format!(
-                "UPDATE {s}.fleet_tenants SET status = $5, outcome = coalesce($6::text::jsonb, outcome), error = $7, \
-                 holder = '', lease_expires_at_ms = 0, attempts = attempts + $8::int, updated_at_ms = {NOW_MS} \
-                 WHERE fleet = $1 AND tenant = $2 AND holder = $3 AND epoch = $4"
-            ),
-            &[
-                (&f.name, Type::TEXT),
-                (&claim.tenant.id, Type::TEXT),
-                (&holder, Type::TEXT),
-                (&claim.epoch, Type::INT8),
-                (&status, Type::TEXT),
-                (&outcome, Type::TEXT),
-                (&error, Type::TEXT),
-                (&i32::from(attempt_failed), Type::INT4),
-            ],
-        )
-        .await
-        .ctx("recording a tenant run's end")?;
-    Ok(n == 1)
+/// How a claim ended: the tenant's status to write (or the same one, released for
+/// another attempt), its outcome and error.
+#[derive(Debug, Clone)]
+pub(crate) struct Ended {
+    pub(crate) status: &'static str,
+    pub(crate) outcome: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) attempt_failed: bool,
 }

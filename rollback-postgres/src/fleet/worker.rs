@@ -1,7 +1,7 @@
 //! [`FleetWorker`]: claims tenant runs and runs them, until the fleet has ended.
 
 use super::report::TenantOutcome;
-use super::tables::{self, Claim, Task};
+use super::tables::{self, Claim, Ended, Task};
 use super::{decide, Fleet, FleetReport};
 use crate::error::PgResultExt;
 use crate::ident::quote_ident;
@@ -9,9 +9,10 @@ use crate::journal::PgJournal;
 use futures::FutureExt;
 use rollback_core::journal::Journal;
 use rollback_core::{Error, Executor, Outcome, Result, ResumePolicy, RunReport, SnapshotRetention};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -40,24 +41,17 @@ impl std::fmt::Debug for FleetWorker {
     }
 }
 
-/// How a claim ended: the tenant's status to write, and what to write with it.
-struct Ended {
-    status: &'static str,
-    outcome: Option<TenantOutcome>,
-    error: Option<String>,
-    attempt_failed: bool,
-}
-
-impl Ended {
-    fn retry(status: &'static str, e: &Error) -> Self {
-        Ended {
-            status,
-            outcome: None,
-            error: Some(e.to_string()),
-            attempt_failed: true,
-        }
+fn retry(status: &'static str, e: &Error) -> Ended {
+    Ended {
+        status,
+        outcome: None,
+        error: Some(e.to_string()),
+        attempt_failed: true,
     }
 }
+
+/// Live claims of a worker (tenant → epoch), renewed together.
+type Live = Arc<Mutex<BTreeMap<String, i64>>>;
 
 impl FleetWorker {
     pub(crate) fn new(fleet: Fleet, holder: String) -> Self {
@@ -107,130 +101,207 @@ impl FleetWorker {
         let mut ctl = f.db.dedicated_lib().await?;
         tables::ensure(&ctl, &f.schema).await?;
         tables::create(&mut ctl, f).await?;
-        let mut tasks: JoinSet<()> = JoinSet::new();
+        let live: Live = Arc::default();
+        let stop = CancellationToken::new();
+        let renewer = tokio::spawn(self.clone().renew_claims(live.clone(), stop.clone()));
+        let _stop_renewing = stop.clone().drop_guard();
+        // A task runs one claim, or a batch of snapshot releases one after another.
+        let mut tasks: JoinSet<Vec<Ended>> = JoinSet::new();
+        let mut running: HashMap<tokio::task::Id, Vec<Claim>> = HashMap::new();
+        let mut ended: Vec<(tokio::task::Id, std::result::Result<Vec<Ended>, JoinError>)> =
+            Vec::new();
         let mut last_decision: Option<std::time::Instant> = None;
         loop {
-            while let Some(res) = tasks.try_join_next() {
-                if let Err(e) = res {
-                    tracing::error!(error = %e, "a tenant task ended abnormally; its claim will expire");
-                }
+            while let Some(res) = tasks.try_join_next_with_id() {
+                ended.push(split(res));
             }
-            let mut idle = false;
-            if tasks.len() < f.concurrency {
-                idle = true;
-                if let Some(claim) = tables::claim(&mut ctl, f, &self.holder).await? {
-                    let span = tracing::info_span!(
-                        "fleet_task",
-                        fleet = %f.name,
-                        tenant = %claim.tenant.id,
-                        run = %claim.run_id,
-                        wave = claim.wave,
-                        task = claim.task.as_str(),
-                        epoch = claim.epoch,
-                    );
-                    if let Some(prev) = &claim.taken_over_from {
-                        tracing::warn!(parent: &span, previous = %prev, "took over an expired claim");
+            // The ends of every task that has ended, written in one statement.
+            let mut failed_now = false;
+            let mut ends_to_write = Vec::new();
+            if !ended.is_empty() {
+                let mut ends = Vec::with_capacity(ended.len());
+                for (id, res) in ended.drain(..) {
+                    let Some(claims) = running.remove(&id) else {
+                        continue;
+                    };
+                    match res {
+                        Ok(es) => {
+                            for (claim, e) in claims.into_iter().zip(es) {
+                                failed_now |= matches!(e.status, "failed" | "rollback_failed");
+                                ends.push((claim, e));
+                            }
+                        }
+                        Err(e) => {
+                            for claim in &claims {
+                                forget(&mut lock(&live), claim);
+                                tracing::error!(tenant = %claim.tenant.id, error = %e, "a tenant task ended abnormally; its claim will expire");
+                            }
+                        }
                     }
-                    let this = self.clone();
-                    tasks.spawn(async move { this.execute(claim).await }.instrument(span));
-                    continue;
+                }
+                ends_to_write = ends;
+            }
+            let free = f.concurrency.saturating_sub(tasks.len());
+            let mut short_of_work = false;
+            if free > 0 || !ends_to_write.is_empty() {
+                let claims = self
+                    .end_and_claim(&ctl, &live, std::mem::take(&mut ends_to_write), free)
+                    .await?;
+                let (releases, work): (Vec<Claim>, Vec<Claim>) =
+                    claims.into_iter().partition(|c| c.task == Task::Release);
+                short_of_work = work.len() < free;
+                let groups = work
+                    .into_iter()
+                    .map(|c| vec![c])
+                    .chain((!releases.is_empty()).then_some(releases));
+                for group in groups {
+                    for claim in &group {
+                        lock(&live).insert(claim.tenant.id.clone(), claim.epoch);
+                    }
+                    let (this, cs) = (self.clone(), group.clone());
+                    let h = tasks.spawn(async move {
+                        let mut out = Vec::with_capacity(cs.len());
+                        for c in &cs {
+                            out.push(this.execute(c).instrument(this.span(c)).await);
+                        }
+                        out
+                    });
+                    running.insert(h.id(), group);
                 }
             }
-            // Decide when there is nothing to claim, and at least every poll while busy
-            // (a breach of the budget is seen while runs go on).
-            if idle || last_decision.is_none_or(|t| t.elapsed() >= f.poll) {
+            // Decide when short of work (a wave's end, the next wave), at once after this
+            // worker recorded a failed run (the budget), and while busy at least every
+            // `BUSY_DECISION_POLLS` polls: a failure recorded by a worker that died before
+            // deciding breaches the wave then (a wave never passes before its budget is
+            // checked, since it soaks only after a decision that checks it).
+            let busy_every = f.poll.saturating_mul(BUSY_DECISION_POLLS);
+            if short_of_work
+                || failed_now
+                || last_decision.is_none_or(|t| t.elapsed() >= busy_every)
+            {
                 last_decision = Some(std::time::Instant::now());
-                let status = decide::advance(&mut ctl, f, &self.holder).await?;
+                let (status, decided) = decide::advance(&mut ctl, f, &self.holder).await?;
                 if status != "running"
                     && tasks.is_empty()
                     && tables_open_claims(&ctl, self).await? == 0
                 {
                     break;
                 }
+                if decided {
+                    // The next decision, or new work, may be due at once.
+                    continue;
+                }
             }
+            // Busy: until a task ends or the next decision is due; short of work: a poll.
+            let wait = if short_of_work || tasks.is_empty() {
+                f.poll
+            } else {
+                busy_every.saturating_sub(last_decision.map_or(busy_every, |t| t.elapsed()))
+            };
             tokio::select! {
-                _ = tasks.join_next(), if !tasks.is_empty() => {}
-                _ = tokio::time::sleep(f.poll) => {}
+                res = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    if let Some(res) = res {
+                        ended.push(split(res));
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
             }
         }
+        stop.cancel();
+        let _ = renewer.await;
         self.fleet.report().await
     }
 
-    /// Run one claim to its end and write the outcome (fenced by the claim's epoch).
-    async fn execute(&self, claim: Claim) {
+    /// Write the ends of claims (fenced by their epochs) and forget them, and claim up to
+    /// `free` tenant runs, in one statement.
+    async fn end_and_claim(
+        &self,
+        ctl: &tokio_postgres::Client,
+        live: &Live,
+        ends: Vec<(Claim, Ended)>,
+        free: usize,
+    ) -> Result<Vec<Claim>> {
         let f = &self.fleet.inner;
-        let stop = CancellationToken::new();
-        let renewer = {
-            let (this, claim, stop) = (self.clone(), claim.clone(), stop.clone());
-            tokio::spawn(async move {
-                let f = &this.fleet.inner;
-                let every = (f.claim_ttl / 3).max(Duration::from_millis(10));
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(every) => {}
-                    }
-                    let ok = match f.db.lib_client().await {
-                        Ok(c) => tables::renew(&c, f, &this.holder, &claim, f.claim_ttl).await,
-                        Err(e) => Err(e),
-                    };
-                    match ok {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!("the claim was taken over; the tenant run's own lease fences this worker");
-                            return;
+        {
+            let mut l = lock(live);
+            for (c, _) in &ends {
+                forget(&mut l, c);
+            }
+        }
+        let (written, claims) = tables::end_and_claim(ctl, f, &self.holder, &ends, free).await?;
+        for (c, e) in &ends {
+            if written.contains(&c.tenant.id) {
+                tracing::info!(tenant = %c.tenant.id, status = e.status, error = ?e.error, "tenant task ended");
+            } else {
+                tracing::warn!(tenant = %c.tenant.id, "the claim was taken over before its end was written; the new holder decides");
+            }
+        }
+        Ok(claims)
+    }
+
+    /// Extend this worker's live claims every third of the claim's TTL, in one statement,
+    /// until `stop`; a claim taken over is forgotten (the tenant run's own lease fences
+    /// this worker).
+    async fn renew_claims(self, live: Live, stop: CancellationToken) {
+        let f = &self.fleet.inner;
+        let every = (f.claim_ttl / 3).max(Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let claims: Vec<(String, i64)> =
+                lock(&live).iter().map(|(t, e)| (t.clone(), *e)).collect();
+            if claims.is_empty() {
+                continue;
+            }
+            let renewed = match f.db.lib_client().await {
+                Ok(c) => tables::renew(&c, f, &self.holder, &claims).await,
+                Err(e) => Err(e),
+            };
+            match renewed {
+                Ok(renewed) => {
+                    let mut l = lock(&live);
+                    for (t, e) in &claims {
+                        if !renewed.contains(t) && l.get(t) == Some(e) {
+                            tracing::warn!(tenant = %t, "the claim was taken over; the tenant run's own lease fences this worker");
+                            l.remove(t);
                         }
-                        Err(e) => tracing::warn!(error = %e, "renewing a claim failed; retrying"),
                     }
                 }
-            })
-        };
-        let ended = match std::panic::AssertUnwindSafe(self.work(&claim))
+                Err(e) => tracing::warn!(error = %e, "renewing claims failed; retrying"),
+            }
+        }
+    }
+
+    /// The span of a claim's task.
+    fn span(&self, claim: &Claim) -> tracing::Span {
+        let span = tracing::info_span!(
+            "fleet_task",
+            fleet = %self.fleet.inner.name,
+            tenant = %claim.tenant.id,
+            run = %claim.run_id,
+            wave = claim.wave,
+            task = claim.task.as_str(),
+            epoch = claim.epoch,
+        );
+        if let Some(prev) = &claim.taken_over_from {
+            tracing::warn!(parent: &span, previous = %prev, "took over an expired claim");
+        }
+        span
+    }
+
+    /// Run one claim to its end: the end to write.
+    async fn execute(&self, claim: &Claim) -> Ended {
+        match std::panic::AssertUnwindSafe(self.work(claim))
             .catch_unwind()
             .await
         {
             Ok(e) => e,
-            Err(_) => Ended::retry(
-                match claim.task {
-                    Task::Forward => "running",
-                    Task::RollBack => "rolling_back",
-                    Task::Release => "committed",
-                },
+            Err(_) => retry(
+                status_of(claim.task),
                 &Error::invalid("the tenant task panicked"),
             ),
-        };
-        stop.cancel();
-        let _ = renewer.await;
-        let outcome = ended
-            .outcome
-            .as_ref()
-            .and_then(|o| serde_json::to_string(o).ok());
-        let written = match f.db.lib_client().await {
-            Ok(c) => {
-                tables::finish(
-                    &c,
-                    f,
-                    &self.holder,
-                    &claim,
-                    ended.status,
-                    outcome.as_deref(),
-                    ended.error.as_deref(),
-                    ended.attempt_failed,
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
-        match written {
-            Ok(true) => {
-                tracing::info!(status = ended.status, error = ?ended.error, "tenant task ended")
-            }
-            Ok(false) => tracing::warn!(
-                "the claim was taken over before its end was written; the new holder decides"
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "could not write the tenant's end; the claim will expire and be resumed")
-            }
         }
     }
 
@@ -282,7 +353,7 @@ impl FleetWorker {
         };
         let records = match self.journal.records(&claim.run_id).await {
             Ok(r) => r,
-            Err(e) => return Ended::retry(status_of(claim.task), &e),
+            Err(e) => return retry(status_of(claim.task), &e),
         };
         let ex = self.executor(&tenant.id);
         match claim.task {
@@ -319,7 +390,7 @@ impl FleetWorker {
                             attempt_failed: true,
                         }
                     }
-                    Err(e) => Ended::retry("running", &e),
+                    Err(e) => retry("running", &e),
                 }
             }
             Task::RollBack => {
@@ -348,7 +419,7 @@ impl FleetWorker {
                     Ok(r) if r.outcome == Outcome::RolledBack => ended("rolled_back", &r),
                     Ok(r) if r.outcome == Outcome::RollbackFailed => ended("rollback_failed", &r),
                     Ok(r) => ended("rolling_back", &r),
-                    Err(e) => Ended::retry("rolling_back", &e),
+                    Err(e) => retry("rolling_back", &e),
                 }
             }
             Task::Release => {
@@ -359,7 +430,7 @@ impl FleetWorker {
                 match res {
                     Ok(r) if r.outcome == Outcome::Committed => ended("released", &r),
                     Ok(r) => ended("committed", &r),
-                    Err(e) => Ended::retry("committed", &e),
+                    Err(e) => retry("committed", &e),
                 }
             }
         }
@@ -398,6 +469,29 @@ impl FleetWorker {
     }
 }
 
+/// While busy, a worker decides at least once in this many polls.
+const BUSY_DECISION_POLLS: u32 = 10;
+
+fn lock(live: &Live) -> std::sync::MutexGuard<'_, BTreeMap<String, i64>> {
+    live.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Stop renewing `claim` (and only it: a later claim of the same tenant stays live).
+fn forget(live: &mut BTreeMap<String, i64>, claim: &Claim) {
+    if live.get(&claim.tenant.id) == Some(&claim.epoch) {
+        live.remove(&claim.tenant.id);
+    }
+}
+
+fn split<T>(
+    res: std::result::Result<(tokio::task::Id, T), JoinError>,
+) -> (tokio::task::Id, std::result::Result<T, JoinError>) {
+    match res {
+        Ok((id, e)) => (id, Ok(e)),
+        Err(e) => (e.id(), Err(e)),
+    }
+}
+
 /// Attempts to start a tenant run before it is counted as failed.
 const MAX_START_ATTEMPTS: i32 = 5;
 
@@ -412,7 +506,7 @@ fn status_of(task: Task) -> &'static str {
 fn ended(status: &'static str, r: &RunReport) -> Ended {
     Ended {
         status,
-        outcome: Some(TenantOutcome::of(r)),
+        outcome: serde_json::to_string(&TenantOutcome::of(r)).ok(),
         error: None,
         attempt_failed: false,
     }
