@@ -8,7 +8,7 @@
 //!   the schema and data are the same ([`pg::dump`], [`pg::sort_copy_blocks`]);
 //! - [`unleash`]: the test Unleash's URLs and tokens, unique flag names, its Admin API
 //!   for setup and its client API (what an application sees);
-//! - [`env`]: the variables `scripts/test` exports, with a message that says so when one
+//! - [`env`](mod@env): the variables `scripts/test` exports, with a message that says so when one
 //!   is missing.
 //!
 //! Independent checks live here on purpose: a test compares what the library did with
