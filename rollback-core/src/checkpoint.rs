@@ -193,6 +193,12 @@ pub struct Proof {
     /// Items set aside for the comparison (kept application writes); 0 for a full restore.
     #[serde(default)]
     pub set_aside: u64,
+    /// How the fingerprint was established when the restore did not read the whole
+    /// resource for it — e.g. from the parts the restore changed, re-read, and the stored
+    /// digests of the rest, with what makes that sound — or why it read everything after
+    /// all. `None`: the whole resource was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
 }
 
 impl Proof {
@@ -201,6 +207,7 @@ impl Proof {
         Proof {
             fingerprint,
             set_aside: 0,
+            method: None,
         }
     }
 }
@@ -301,6 +308,15 @@ pub trait Checkpoint: Send + Sync {
         false
     }
 
+    /// Whether `restore` costs little when the resource is unchanged (it finds nothing to
+    /// put back without reading the whole resource: returning [`Restored`] with method
+    /// `noop`) and always returns [`Restored::proof`], taken under its own lock. The
+    /// executor then restores such a checkpoint without fingerprinting it first, so a
+    /// rollback reads only what the restore reads. Default: `false`.
+    fn restore_proves(&self) -> bool {
+        false
+    }
+
     /// A digest of the resource's current state, cheap enough to compare before and after.
     ///
     /// # Errors
@@ -334,6 +350,9 @@ macro_rules! forward_checkpoint {
             }
             fn selective(&self) -> bool {
                 (**self).selective()
+            }
+            fn restore_proves(&self) -> bool {
+                (**self).restore_proves()
             }
             async fn fingerprint(&self, ctx: &Context) -> Result<Digest> {
                 (**self).fingerprint(ctx).await

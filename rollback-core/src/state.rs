@@ -114,6 +114,8 @@ pub(crate) struct CheckpointLog {
     pub(crate) uncounted_discards: bool,
     /// Items the last restore with a proof set aside.
     pub(crate) kept_writes: Option<u64>,
+    /// How the last restore with a proof established it, when not by a full read.
+    pub(crate) proof_method: Option<String>,
     /// The snapshot's release: `Ok(())` released, `Err(why)` failed.
     pub(crate) released: Option<std::result::Result<(), String>>,
 }
@@ -311,6 +313,7 @@ impl State {
                 }
                 if let Some(p) = proof {
                     c.kept_writes = Some(p.set_aside);
+                    c.proof_method = p.method.clone();
                 }
             }
             Entry::RolledBack { partial } => {

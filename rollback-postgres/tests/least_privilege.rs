@@ -299,7 +299,7 @@ async fn a_missing_privilege_is_a_clear_permanent_error() {
         .capture(&c)
         .await
         .unwrap_err();
-    permanent(&err, "permission denied for table theirs");
+    permanent(&err, "public.theirs is not owned by this role");
 
     // No bookkeeping schema, and no CREATE on the database to make one.
     db.exec("DROP SCHEMA _rollback CASCADE").await;

@@ -174,10 +174,13 @@ impl RunReport {
                     _ => "-".into(),
                 },
                 match (c.parity, &c.not_restored) {
-                    (Some(true), _) => "proven",
-                    (Some(false), Some(_)) => "**not proven: differs, not restored**",
-                    (Some(false), None) => "**FAILED**",
-                    (None, _) => "-",
+                    (Some(true), _) => match &c.parity_proof {
+                        Some(how) => format!("proven ({})", md(how)),
+                        None => "proven".into(),
+                    },
+                    (Some(false), Some(_)) => "**not proven: differs, not restored**".into(),
+                    (Some(false), None) => "**FAILED**".into(),
+                    (None, _) => "-".into(),
                 },
                 c.rpo_ms
                     .map(|v| format!("{v} ms"))

@@ -156,6 +156,11 @@ pub struct CheckpointReport {
     /// Items of the application's the restore kept and set aside for its parity proof.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_writes: Option<u64>,
+    /// How the restore proved parity when it did not read the whole resource for it (for
+    /// example from the changed parts alone, and why that is sound), or why it read
+    /// everything after all. `None`: by a full read (a fingerprint of the whole resource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parity_proof: Option<String>,
     /// Why it was left as it is after the compensations (parity not proven).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_restored: Option<String>,

@@ -35,6 +35,7 @@ pub(super) fn checkpoints(plan: &PlanDescription, state: &State) -> Vec<Checkpoi
                 restores: log.restores,
                 discarded_writes: log.discarded_writes,
                 kept_writes: log.kept_writes,
+                parity_proof: log.proof_method,
                 not_restored: log.not_restored,
             }
         })

@@ -17,7 +17,9 @@ mod split;
 
 use copy::CopyParser;
 pub(crate) use copy::{from_hex, RawParam};
-pub(crate) use split::{choose_splits, hash_ranges, hash_relation_split, Split, PARALLEL_MIN_ROWS};
+pub(crate) use split::{
+    choose_splits, hash_chosen_ranges, hash_ranges, hash_relation_split, Split, PARALLEL_MIN_ROWS,
+};
 
 use crate::error::{backend_msg, PgResultExt};
 use crate::ident::quote_ident;
@@ -279,9 +281,20 @@ impl RowHasher {
 
 /// Chunk size in leaves for a table of about `rows` rows: at most ~256 chunks.
 pub(crate) fn chunk_leaves_for(rows: u64) -> u64 {
+    chunk_leaves_within(rows, 256)
+}
+
+/// Chunk size in leaves for a table of about `rows` rows, for a proof that re-hashes only
+/// the chunks holding changed keys: one leaf ([`LEAF_ROWS`] rows) per chunk up to ~2048
+/// chunks (8.4 million rows), then as few leaves per chunk as keep it at ~2048.
+pub(crate) fn fine_chunk_leaves(rows: u64) -> u64 {
+    chunk_leaves_within(rows, 2048)
+}
+
+fn chunk_leaves_within(rows: u64, most: u64) -> u64 {
     let leaves = rows / LEAF_ROWS + 1;
     let mut c = 1u64;
-    while leaves / c > 256 {
+    while leaves / c > most {
         c *= 2;
     }
     c

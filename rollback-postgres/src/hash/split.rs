@@ -366,6 +366,51 @@ async fn stitch(
     })
 }
 
+/// Some of a relation's key ranges, each hashed on its own as one chunk (its rows and
+/// digest, equal to the stored chunk of a table hashed with the same chunk starts when the
+/// rows are): range `i` is `starts[i - 1] <= key < starts[i]` (the first from the start of
+/// the key order, the last to its end), for each `i` in `which`. One session; the COPYs
+/// are prepared in one round trip and each is asked for while the previous one is read.
+pub(crate) async fn hash_chosen_ranges(
+    c: &Client,
+    shape: &Shape,
+    starts: &[Split],
+    which: &[usize],
+) -> Result<Vec<(u64, Digest)>> {
+    if which.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sqls: Vec<String> = which
+        .iter()
+        .map(|&i| {
+            let pred = range_sql(shape, i.checked_sub(1).map(|j| &starts[j]), starts.get(i));
+            part_sql(shape, &pred)
+        })
+        .collect();
+    let stmts = futures::future::try_join_all(sqls.iter().map(|q| c.prepare(q)))
+        .await
+        .ctx("hashing table ranges (COPY)")?;
+    let mut out = Vec::with_capacity(which.len());
+    let mut stream = c
+        .copy_out(&stmts[0])
+        .await
+        .ctx("hashing table ranges (COPY)")?;
+    for k in 0..stmts.len() {
+        let part = if k + 1 < stmts.len() {
+            let (part, next) =
+                futures::future::join(read_part(stream, 0), c.copy_out(&stmts[k + 1])).await;
+            stream = next.ctx("hashing table ranges (COPY)")?;
+            part?
+        } else {
+            let last = read_part(stream, 0).await?;
+            out.push((last.rows, last.chunk_digest()));
+            break;
+        };
+        out.push((part.rows, part.chunk_digest()));
+    }
+    Ok(out)
+}
+
 /// The relation hashed in the key ranges that start at `starts` (the first range from the
 /// start of the key order, range `i` up to `starts[i]`, the last to the end): one binary
 /// COPY per range, each client taking a run of consecutive ranges (all in one snapshot). Returns

@@ -5,6 +5,7 @@
 //! [`selective`].
 
 mod changes;
+mod proof;
 mod restore;
 mod selective;
 mod triggers;
@@ -15,6 +16,7 @@ use crate::catalog::{self, TableModel};
 use crate::db::Database;
 use crate::error::PgResultExt;
 use crate::fingerprint::{combine, table_fingerprint, SnapshotHasher};
+use crate::hash::{self, ChunkDigest, Shape};
 use crate::ident::{check_ident, column_list_with, quote_ident, Table};
 use crate::markers::DEFAULT_MARKER_SCHEMA;
 use crate::reads::read_tx;
@@ -90,13 +92,19 @@ pub enum ConflictPolicy {
 /// DELETE` triggers that log, from the statement's transition tables in one `INSERT …
 /// SELECT`, the old image of every updated or deleted row and the key of every inserted
 /// one (and an update's new keys when keys change); a `BEFORE TRUNCATE` trigger that logs
-/// every row before it goes (correct, but as costly as a copy). Then, in a `REPEATABLE READ` transaction, the tables
+/// every row before it goes (correct, but as costly as a copy). The triggers are `ENABLE
+/// ALWAYS`: they fire in sessions with `session_replication_role = replica` too. The log
+/// is append-only to everyone but the restore (a guard trigger refuses `UPDATE`, `DELETE`
+/// and `TRUNCATE` of it). Then, in a `REPEATABLE READ` transaction, the tables
 /// are fingerprinted exactly as [`crate::TableSnapshot`] does (same digest: the table hash
 /// and definition; the triggers of this type are left out of the definition) and that
 /// transaction's MVCC snapshot is recorded. A change committed before that snapshot is in
 /// the fingerprint; one committed after is in the log: log entries of transactions the
 /// recorded snapshot sees are ignored, so no concurrent write escapes and none is undone
-/// twice. Capture therefore costs one fingerprint, whatever the table size.
+/// twice. The same pass keeps the digests of the table's key ranges of 4,096 rows (up to
+/// ~2,048 ranges; larger ranges for tables over 8.4 million rows), and the same snapshot
+/// records the catalog's state of the triggers and the table's storage. Capture therefore
+/// costs one fingerprint (on one session), whatever the table size.
 ///
 /// **Restore** (one transaction, the tables locked `EXCLUSIVE`: readers go on, writers
 /// wait): refuses a snapshot of another resource, one whose descriptor no longer matches
@@ -114,6 +122,23 @@ pub enum ConflictPolicy {
 /// beforehand for cascading foreign keys, so that nothing outside the set changes.
 /// [`Restored::method`] is `undo-log`, [`Restored::items_changed`] the rows written.
 /// Restoring twice is a no-op the second time. Cost: O(rows changed since capture).
+///
+/// **The proof reads what changed.** The restore's parity proof, under its lock, re-hashes
+/// only the key ranges holding a key logged since capture and takes every other range's
+/// digest from capture — sound because every write since capture went through the log,
+/// which the restore checks from the catalog first: the triggers and their function are
+/// those created at capture, unchanged since (disabling and re-enabling a trigger, or
+/// replacing the function, changes its catalog row), still `ENABLE ALWAYS`; the table's
+/// storage is the one of capture (a rewrite by `ALTER COLUMN … TYPE`, `VACUUM FULL` or
+/// `CLUSTER`, and `TRUNCATE`, give it new storage); no logical replication subscription
+/// feeds the table (its apply worker fires no statement trigger) and it has no inheritance
+/// children. When any of that is in doubt, when most ranges hold logged keys, or when a
+/// re-hashed range differs from its capture digest, the proof reads the whole table.
+/// [`Restored::proof`] says which proof was used and why (the run's report shows it), and
+/// the executor, which then needs no fingerprint before restoring
+/// ([`Checkpoint::restore_proves`]), reads only the changed ranges of a rollback of a few
+/// rows. [`TableUndoLog::full_proof`] always reads everything; [`Checkpoint::fingerprint`]
+/// does too, as an independent check after the run.
 ///
 /// **Diff**: [`TableUndoLog::changes`] lists the keys that differ from the capture (added,
 /// removed, changed — a row changed and changed back is not a difference) from the log
@@ -143,10 +168,10 @@ pub enum ConflictPolicy {
 /// # Trust and limits
 ///
 /// Restore and diff trust the triggers to have seen every change. What bypasses them is
-/// invisible to the log: `session_replication_role = replica`, `ALTER TABLE … DISABLE
-/// TRIGGER` (restore refuses a disabled trigger it can see, not one disabled and
-/// re-enabled meanwhile), and DDL that rewrites or drops data (`DROP COLUMN`, `ALTER
-/// COLUMN … TYPE`, renaming a column). Dropping or renaming a captured column also makes
+/// invisible to the log: `ALTER TABLE … DISABLE TRIGGER` (restore refuses a disabled
+/// trigger it can see; one disabled and re-enabled meanwhile makes the proof read the
+/// whole table), a logical replication subscription's apply worker, and DDL that rewrites
+/// or drops data (`DROP COLUMN`, `ALTER COLUMN … TYPE`, renaming a column). Dropping or renaming a captured column also makes
 /// every later write to the table fail (the trigger names the captured columns), and its
 /// values are not in the log: restore refuses a table whose columns are not the captured
 /// ones (a column dropped and re-added is detected by its position). The parity proof — the
@@ -160,7 +185,9 @@ pub enum ConflictPolicy {
 ///
 /// Tables need a primary key or a `NOT NULL` unique key that is not `DEFERRABLE` (two rows
 /// may hold a deferred key at once), must be plain tables (not partitioned), exist at
-/// capture, and have no column named `_rollback_…` (the log's own names).
+/// capture, be owned by the capturing role or a role it belongs to (only the owner may
+/// drop the triggers at discard), and have no column named `_rollback_…` (the log's own
+/// names).
 ///
 /// # When to choose [`crate::TableSnapshot`] instead
 ///
@@ -198,6 +225,7 @@ pub struct TableUndoLog {
     parallelism: usize,
     selective: bool,
     conflicts: ConflictPolicy,
+    full_proof: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -231,6 +259,18 @@ struct Entry {
     attnums: Vec<(String, i16)>,
     definition: TableModel,
     fingerprint: Digest,
+    /// The content root at capture (version 3 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    root: Option<Digest>,
+    /// The table's digests at capture in key ranges of [`hash::LEAF_ROWS`] rows (up to
+    /// ~2048 ranges; version 3 on): a restore's proof re-hashes only the ranges holding
+    /// logged keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    chunks: Vec<ChunkDigest>,
+    /// What the catalog said of the log's triggers and the table's storage at capture
+    /// (`None`: they could not be trusted then; version 3 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    marks: Option<triggers::Marks>,
 }
 
 impl Entry {
@@ -270,6 +310,10 @@ struct Seen {
     model: Option<TableModel>,
     attnums: Vec<(String, i16)>,
     key: Vec<String>,
+    /// At capture: the content root and its fine chunks.
+    hash: Option<hash::TableHash>,
+    /// At capture: the log machinery's catalog marks (`None`: not trustworthy).
+    marks: Option<triggers::Marks>,
 }
 
 impl TableUndoLog {
@@ -294,6 +338,7 @@ impl TableUndoLog {
             parallelism: 2,
             selective: true,
             conflicts: ConflictPolicy::default(),
+            full_proof: false,
         }
     }
 
@@ -309,6 +354,17 @@ impl TableUndoLog {
     /// (default [`ConflictPolicy::KeepApplication`]).
     pub fn on_conflict(mut self, policy: ConflictPolicy) -> Self {
         self.conflicts = policy;
+        self
+    }
+
+    /// Whether a restore proves parity by re-reading every row of the tables (`true`)
+    /// instead of only the chunks holding logged keys (default `false`: the changed
+    /// chunks, whenever the catalog shows the log saw every write — see the type's docs;
+    /// the restore reads everything anyway, and says why, when it cannot show that).
+    /// [`Checkpoint::fingerprint`] always reads everything: the independent check, e.g. on
+    /// a schedule after the run.
+    pub fn full_proof(mut self, on: bool) -> Self {
+        self.full_proof = on;
         self
     }
 
@@ -356,7 +412,10 @@ impl TableUndoLog {
 
     /// Fingerprint every table in one `REPEATABLE READ` snapshot; also returns that
     /// snapshot (`pg_current_snapshot()`), taken by the transaction's first statement.
-    async fn fingerprint_all(&self) -> Result<(Vec<Seen>, String)> {
+    /// With `capture` (the entries just installed), each table is hashed in one pass in
+    /// fine chunks ([`hash::fine_chunk_leaves`]) and the log machinery's catalog marks are
+    /// read in the same snapshot, for restores to prove parity from the changed chunks.
+    async fn fingerprint_all(&self, capture: Option<&[Entry]>) -> Result<(Vec<Seen>, String)> {
         let mut obj = self.db.lib_client().await?;
         let tx = read_tx(&mut obj, "starting fingerprint").await?;
         let mvcc: String = tx
@@ -367,27 +426,67 @@ impl TableUndoLog {
         let mut hasher = SnapshotHasher::begin(&tx, self.parallelism).await;
         let mut out = Vec::new();
         let result = async {
-            for t in &self.tables {
+            for (i, t) in self.tables.iter().enumerate() {
                 let Some(oid) = catalog::table_oid(&tx, t).await? else {
                     out.push(Seen {
                         fingerprint: table_fingerprint(t, None, None),
                         model: None,
                         attnums: vec![],
                         key: vec![],
+                        hash: None,
+                        marks: None,
                     });
                     continue;
                 };
                 let model = model_without_logs(&tx, oid).await?;
                 let key = catalog::order_key(&tx, oid).await?;
                 let cols = attnums(&tx, oid).await?;
-                let root = hasher
-                    .root(&self.db, &tx, t, oid, &model, key.clone())
-                    .await?;
+                let (root, hash, marks) = match capture.and_then(|es| es.get(i)) {
+                    Some(e) => {
+                        let marks = triggers::read_marks(&tx, e).await?;
+                        if let Err(why) = &marks {
+                            tracing::warn!(table = %t, "restores will prove parity by a full re-read: {why}");
+                        }
+                        // Never analyzed (reltuples -1): rows of at least 64 bytes from the
+                        // size, so that an unknown table does not get too many chunks.
+                        let estimate: i64 = tx
+                            .query_one(
+                                "SELECT CASE WHEN reltuples > 0 THEN reltuples::bigint \
+                                        ELSE pg_catalog.pg_relation_size(oid) / 64 END \
+                                 FROM pg_catalog.pg_class WHERE oid = $1",
+                                &[&oid],
+                            )
+                            .await
+                            .ctx("reading table size estimate")?
+                            .get(0);
+                        let shape = Shape {
+                            rel: t.quoted(),
+                            columns: model.column_names(),
+                            key: key.clone(),
+                        };
+                        let h = hash::hash_relation(
+                            tx.client(),
+                            &shape,
+                            hash::fine_chunk_leaves(estimate.max(0) as u64),
+                        )
+                        .await?;
+                        (h.root, Some(h), marks.ok())
+                    }
+                    None => (
+                        hasher
+                            .root(&self.db, &tx, t, oid, &model, key.clone())
+                            .await?,
+                        None,
+                        None,
+                    ),
+                };
                 out.push(Seen {
                     fingerprint: table_fingerprint(t, Some(&model), Some(root)),
                     model: Some(model),
                     attnums: cols,
                     key,
+                    hash,
+                    marks,
                 });
             }
             Ok::<(), Error>(())
@@ -443,7 +542,7 @@ impl Checkpoint for TableUndoLog {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let restore_tag = new_restore_tag();
         let mut entries = self.install(&id, &restore_tag).await?;
-        let (seen, mvcc) = match self.fingerprint_all().await {
+        let (seen, mvcc) = match self.fingerprint_all(Some(&entries)).await {
             Ok(x) => x,
             Err(e) => {
                 if let Err(cleanup) = self.uninstall(&entries).await {
@@ -472,10 +571,15 @@ impl Checkpoint for TableUndoLog {
             e.attnums = s.attnums.clone();
             e.key = s.key.clone();
             e.fingerprint = s.fingerprint;
+            if let Some(h) = &s.hash {
+                e.root = Some(h.root);
+                e.chunks = h.chunks.clone();
+            }
+            e.marks = s.marks.clone();
             ctx.progress(&format!("capture {}", e.table), 1, Some(1), "tables");
         }
         let descriptor = Descriptor {
-            version: 2,
+            version: 3,
             writers: true,
             restore_tag,
             database: self.db.name().to_string(),
@@ -503,8 +607,13 @@ impl Checkpoint for TableUndoLog {
         self.selective
     }
 
+    /// A restore with nothing logged reads no row, and every restore returns its proof.
+    fn restore_proves(&self) -> bool {
+        true
+    }
+
     async fn fingerprint(&self, _ctx: &Context) -> Result<Digest> {
-        let (seen, _) = self.fingerprint_all().await?;
+        let (seen, _) = self.fingerprint_all(None).await?;
         Ok(combine(
             &seen.iter().map(|s| s.fingerprint).collect::<Vec<_>>(),
         ))

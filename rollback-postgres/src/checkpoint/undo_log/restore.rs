@@ -3,6 +3,7 @@
 //! inserts parents first) with user triggers off, and the fingerprint proof under the
 //! same lock — with the rows others changed set aside in a selective restore.
 
+use super::proof::ChunkProof;
 use super::selective::{
     classify, conflict_list, keep_others_rows, keyed, logged_by_others, others_rows_changed,
     resolve_for_others, Resolve,
@@ -149,15 +150,19 @@ pub(super) fn restrict(e: &Entry, chosen: Option<(Table, &str)>) -> String {
 /// its lock. With `aside` (a classification table and a condition on it), the rows it
 /// selects are set aside: each is replaced by its image at capture (absent rows left
 /// out), so the result equals the baseline exactly when every other row is back at it.
-/// Returns the fingerprint and how many rows were set aside.
+/// Returns the fingerprint, how many rows were set aside and — when it did not simply
+/// read the whole table — how it was proven (from the changed chunks, see
+/// [`TableUndoLog::prove_by_changed_chunks`]) or why it read everything after all.
 async fn proof_fingerprint(
+    cp: &TableUndoLog,
     tx: &Transaction<'_>,
+    mvcc: &str,
     e: &Entry,
     aside: Option<(Table, String)>,
     sequences_aside: bool,
-) -> Result<(Digest, u64)> {
+) -> Result<(Digest, u64, Option<String>)> {
     let Some(oid) = catalog::table_oid(tx, &e.table).await? else {
-        return Ok((table_fingerprint(&e.table, None, None), 0));
+        return Ok((table_fingerprint(&e.table, None, None), 0, None));
     };
     let mut model = model_without_logs(tx, oid).await?;
     if sequences_aside {
@@ -190,13 +195,27 @@ async fn proof_fingerprint(
             )
         }
     };
+    let why = match cp
+        .prove_by_changed_chunks(tx, mvcc, e, &rel, &model)
+        .await?
+    {
+        ChunkProof::Proven { fingerprint, how } => return Ok((fingerprint, n, Some(how))),
+        ChunkProof::Full(why) => why,
+    };
+    if let Some(w) = &why {
+        tracing::info!(table = %e.table, "proving parity by a full re-read: {w}");
+    }
     let shape = crate::hash::Shape {
         rel,
         columns: cols,
         key: e.key.clone(),
     };
     let h = crate::hash::hash_relation(tx.client(), &shape, u64::MAX).await?;
-    Ok((table_fingerprint(&e.table, Some(&model), Some(h.root)), n))
+    Ok((
+        table_fingerprint(&e.table, Some(&model), Some(h.root)),
+        n,
+        why.map(|w| format!("full re-read: {w}")),
+    ))
 }
 
 impl TableUndoLog {
@@ -491,6 +510,7 @@ impl TableUndoLog {
         //    capture) in a selective restore — must equal the baseline's.
         let mut fps = Vec::new();
         let mut set_aside = 0u64;
+        let mut hows = Vec::new();
         for ((e, s), wrote) in d.tables.iter().zip(&sel).zip(&others_wrote) {
             let aside = s.as_ref().map(|s| {
                 let both = if policy == ConflictPolicy::KeepBaseline {
@@ -500,13 +520,22 @@ impl TableUndoLog {
                 };
                 (s.clone(), format!("a._rollback_app{both}"))
             });
-            let (fp, n) = proof_fingerprint(&tx, e, aside, *wrote).await?;
+            let (fp, n, how) =
+                proof_fingerprint(self, &tx, &d.mvcc_snapshot, e, aside, *wrote).await?;
             fps.push(fp);
             set_aside += n;
+            if let Some(how) = how {
+                hows.push(if d.tables.len() > 1 {
+                    format!("{}: {how}", e.table)
+                } else {
+                    how
+                });
+            }
         }
         let proof = Proof {
             fingerprint: combine(&fps),
             set_aside,
+            method: (!hows.is_empty()).then(|| hows.join("; ")),
         };
         // 5. A full restore's own writes are not logged, and the log starts afresh; a
         //    selective one keeps the log (a second restore is then a no-op).

@@ -10,6 +10,7 @@ use crate::catalog::{self, TableModel};
 use crate::error::PgResultExt;
 use crate::ident::{column_list, column_list_with, dollar_quote, quote_ident, Table};
 use rollback_core::{Digest, Error, Result};
+use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
 impl TableUndoLog {
@@ -152,6 +153,149 @@ fn trigger_names(e: &Entry) -> Vec<String> {
     ]
 }
 
+/// The guard of a log table (a trigger of the log, and its function): only the restore
+/// may update, delete or truncate log entries.
+fn guard_name(e: &Entry) -> String {
+    format!("{}_guard", e.function)
+}
+
+/// The guard function: every `UPDATE`, `DELETE` or `TRUNCATE` of the log fails unless
+/// it is the restore's (which knows the secret whose md5 the guard holds).
+fn guard_sql(schema: &str, function: &str, restore_md5: &str) -> String {
+    let body = format!(
+        "\n\
+         DECLARE writer text := NULLIF(pg_catalog.current_setting('{setting}', true), '');\n\
+         BEGIN\n\
+           IF writer LIKE '{prefix}%' AND pg_catalog.md5(writer) = '{restore_md5}' THEN\n\
+             RETURN NULL;\n\
+           END IF;\n\
+           RAISE EXCEPTION 'the undo log %.% is append-only: only its restore removes entries', TG_TABLE_SCHEMA, TG_TABLE_NAME\n\
+             USING ERRCODE = 'insufficient_privilege';\n\
+         END\n",
+        setting = WRITER_SETTING,
+        prefix = RESTORE_WRITER,
+        restore_md5 = restore_md5.replace(|c: char| !c.is_ascii_hexdigit(), ""),
+    );
+    format!(
+        "CREATE FUNCTION {schema}.{function}() RETURNS trigger LANGUAGE plpgsql \
+         SET search_path = pg_catalog, pg_temp AS {body}",
+        schema = quote_ident(schema),
+        function = quote_ident(function),
+        body = dollar_quote(&body),
+    )
+}
+
+/// What the catalog says of one table's undo log machinery, recorded at capture and
+/// compared at restore: while it is unchanged, every write since capture went through the
+/// log, so a proof may re-read only the rows the log names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Marks {
+    /// `pg_class.relfilenode` of the tracked table: a rewrite that fires no trigger
+    /// (`ALTER COLUMN … TYPE`, `VACUUM FULL`, `CLUSTER`) and `TRUNCATE` change it.
+    filenode: u32,
+    /// `xmin` of the trigger function's and the guard function's `pg_proc` rows: `CREATE
+    /// OR REPLACE` changes them.
+    functions: Vec<String>,
+    /// `name:tgenabled:xmin` of each trigger of the table's and of its log's: enabling,
+    /// disabling or re-creating one changes it.
+    triggers: Vec<String>,
+}
+
+impl Marks {
+    /// What differs from `then`, in words (`None`: nothing).
+    pub(super) fn changed_since(&self, then: &Marks) -> Option<String> {
+        if self.filenode != then.filenode {
+            Some("the table was rewritten or truncated since capture (its storage changed), which no row trigger sees".into())
+        } else if self.functions != then.functions {
+            Some("the undo log's trigger function was replaced since capture".into())
+        } else if self.triggers != then.triggers {
+            Some(
+                "a trigger of the undo log was disabled, re-enabled or re-created since capture"
+                    .into(),
+            )
+        } else {
+            None
+        }
+    }
+}
+
+/// The table's [`Marks`] now; `Err(why)` when the log cannot be trusted to have seen every
+/// write whatever happened since: a trigger missing or not `ENABLE ALWAYS` (so a session
+/// with `session_replication_role = replica` bypasses it), the table fed by a logical
+/// replication subscription (its apply worker fires no statement trigger), or the table
+/// having inheritance children (written without the parent's triggers).
+pub(super) async fn read_marks<C: GenericClient>(
+    c: &C,
+    e: &Entry,
+) -> Result<std::result::Result<Marks, String>> {
+    let mut names = trigger_names(e);
+    names.push(guard_name(e));
+    let functions = vec![
+        format!(
+            "{}.{}()",
+            quote_ident(&e.log.schema),
+            quote_ident(&e.function)
+        ),
+        format!(
+            "{}.{}()",
+            quote_ident(&e.log.schema),
+            quote_ident(&guard_name(e))
+        ),
+    ];
+    let row = c
+        .query_opt(
+            "SELECT c.relfilenode, \
+               array(SELECT coalesce((SELECT p.xmin::text FROM pg_catalog.pg_proc p \
+                                      WHERE p.oid = pg_catalog.to_regprocedure(f)), '') \
+                     FROM unnest($2::text[]) WITH ORDINALITY u(f, o) ORDER BY o), \
+               array(SELECT g.tgname::text || ':' || g.tgenabled::text || ':' || g.xmin::text \
+                     FROM pg_catalog.pg_trigger g \
+                     WHERE g.tgrelid IN (c.oid, pg_catalog.to_regclass($3)) AND g.tgname = ANY($4) \
+                     ORDER BY g.tgname), \
+               EXISTS (SELECT 1 FROM pg_catalog.pg_subscription_rel r WHERE r.srrelid = c.oid), \
+               EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhparent = c.oid) \
+             FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)",
+            &[&e.table.quoted(), &functions, &e.log.quoted(), &names],
+        )
+        .await
+        .ctx("reading the undo log's triggers and storage")?;
+    let Some(row) = row else {
+        return Ok(Err(format!("{} no longer exists", e.table)));
+    };
+    let marks = Marks {
+        filenode: row.get(0),
+        functions: row.get(1),
+        triggers: row.get(2),
+    };
+    if marks.functions.iter().any(String::is_empty) || marks.triggers.len() != names.len() {
+        return Ok(Err(
+            "a trigger or function of the undo log is missing (the snapshot predates the log's guard, or they were dropped)".into(),
+        ));
+    }
+    if marks
+        .triggers
+        .iter()
+        .any(|t| t.split(':').nth(1) != Some("A"))
+    {
+        return Ok(Err(
+            "a trigger of the undo log is not ENABLE ALWAYS (a session with session_replication_role = replica would bypass it)".into(),
+        ));
+    }
+    if row.get::<_, bool>(3) {
+        return Ok(Err(format!(
+            "{} is fed by a logical replication subscription, whose apply worker fires no statement trigger",
+            e.table
+        )));
+    }
+    if row.get::<_, bool>(4) {
+        return Ok(Err(format!(
+            "{} has inheritance children, written without its triggers",
+            e.table
+        )));
+    }
+    Ok(Ok(marks))
+}
+
 impl TableUndoLog {
     /// Create the logs, function and triggers (committed), returning the entries without
     /// definitions and fingerprints.
@@ -178,6 +322,21 @@ impl TableUndoLog {
             if def.kind != "r" {
                 return Err(Error::invalid(format!(
                     "{t} is partitioned: an undo log tracks plain tables (use TableSnapshot)"
+                )));
+            }
+            // The TRIGGER privilege creates triggers, but only the owner drops them or
+            // sets them ENABLE ALWAYS: without it the log could never be removed.
+            let owner: bool = tx
+                .query_one(
+                    "SELECT pg_catalog.pg_has_role(relowner, 'USAGE') FROM pg_catalog.pg_class WHERE oid = $1",
+                    &[&oid],
+                )
+                .await
+                .ctx("reading the table's owner")?
+                .get(0);
+            if !owner {
+                return Err(Error::invalid(format!(
+                    "{t} is not owned by this role (or a role it belongs to): only the owner may drop the undo log's triggers and make them fire for replica sessions (use TableSnapshot, or connect as the owner)"
                 )));
             }
             let key = catalog::order_key(&tx, oid).await?;
@@ -225,7 +384,11 @@ impl TableUndoLog {
                  CREATE TRIGGER {rt} AFTER UPDATE ON {t} REFERENCING OLD TABLE AS o NEW TABLE AS n FOR EACH STATEMENT EXECUTE FUNCTION {s}.{f}(); \
                  CREATE TRIGGER {rti} AFTER INSERT ON {t} REFERENCING NEW TABLE AS n FOR EACH STATEMENT EXECUTE FUNCTION {s}.{f}(); \
                  CREATE TRIGGER {rtd} AFTER DELETE ON {t} REFERENCING OLD TABLE AS o FOR EACH STATEMENT EXECUTE FUNCTION {s}.{f}(); \
-                 CREATE TRIGGER {tt} BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {s}.{f}();",
+                 CREATE TRIGGER {tt} BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {s}.{f}(); \
+                 {guard_sql}; \
+                 REVOKE ALL ON FUNCTION {s}.{g}() FROM PUBLIC; \
+                 CREATE TRIGGER {g} BEFORE UPDATE OR DELETE OR TRUNCATE ON {log} FOR EACH STATEMENT EXECUTE FUNCTION {s}.{g}(); \
+                 ALTER TABLE {log} ENABLE ALWAYS TRIGGER {g};",
                 log = log.quoted(),
                 seq = quote_ident(SEQ),
                 xid = quote_ident(XID),
@@ -240,9 +403,24 @@ impl TableUndoLog {
                 rti = quote_ident(&format!("{row_trigger}_ins")),
                 rtd = quote_ident(&format!("{row_trigger}_del")),
                 tt = quote_ident(&truncate_trigger),
+                guard_sql = guard_sql(&self.schema, &format!("{function}_guard"), &restore_md5),
+                g = quote_ident(&format!("{function}_guard")),
             ))
             .await
             .ctx(&format!("installing the undo log of {t}"))?;
+            // Fire for sessions with session_replication_role = replica too.
+            let always = format!(
+                "ALTER TABLE {t} ENABLE ALWAYS TRIGGER {}, ENABLE ALWAYS TRIGGER {}, \
+                   ENABLE ALWAYS TRIGGER {}, ENABLE ALWAYS TRIGGER {}",
+                quote_ident(&row_trigger),
+                quote_ident(&format!("{row_trigger}_ins")),
+                quote_ident(&format!("{row_trigger}_del")),
+                quote_ident(&truncate_trigger),
+                t = t.quoted(),
+            );
+            tx.batch_execute(&always).await.ctx(&format!(
+                "making the undo log triggers of {t} ENABLE ALWAYS"
+            ))?;
             entries.push(Entry {
                 table: t.clone(),
                 log,
@@ -253,6 +431,9 @@ impl TableUndoLog {
                 attnums: vec![],
                 definition: def,
                 fingerprint: Digest::of(b""),
+                root: None,
+                chunks: Vec::new(),
+                marks: None,
             });
         }
         tx.commit().await.ctx("committing the undo log triggers")?;
@@ -284,10 +465,12 @@ impl TableUndoLog {
                 .ctx(&format!("dropping the undo log triggers of {}", e.table))?;
             }
             tx.batch_execute(&format!(
-                "DROP FUNCTION IF EXISTS {}.{}() CASCADE; DROP TABLE IF EXISTS {}",
-                quote_ident(&e.log.schema),
+                "DROP FUNCTION IF EXISTS {s}.{}() CASCADE; DROP FUNCTION IF EXISTS {s}.{}() CASCADE; \
+                 DROP TABLE IF EXISTS {}",
                 quote_ident(&e.function),
-                e.log.quoted()
+                quote_ident(&guard_name(e)),
+                e.log.quoted(),
+                s = quote_ident(&e.log.schema),
             ))
             .await
             .ctx(&format!("dropping the undo log of {}", e.table))?;
