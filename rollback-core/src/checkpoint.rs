@@ -263,7 +263,9 @@ impl Restored {
 ///    that can take its own proof under the lock that keeps writers out returns it
 ///    ([`Restored::proof`]), so parity holds at the restore's commit whatever writers do
 ///    next; a [`selective`](Checkpoint::selective) restore proves it with the
-///    application's writes set aside.
+///    application's writes set aside. One that answers
+///    [`restore_proves`](Checkpoint::restore_proves) returns that proof from every
+///    restore, a restore with nothing to do included.
 /// 6. **Idempotent restore.** Restoring the same snapshot again, or after a restore that
 ///    was interrupted at any point, succeeds and gives the same state.
 /// 7. **Deterministic fingerprint.** `fingerprint` depends only on the resource's state:

@@ -94,15 +94,25 @@ pub async fn capture_mutate_restore(cp: &dyn Checkpoint, mutate: &dyn Step) {
         before,
         "Checkpoint contract 7: a change did not change the fingerprint"
     );
-    cp.restore(&snap, &ctx).await.expect("restore failed");
+    let first = cp.restore(&snap, &ctx).await.expect("restore failed");
     assert_eq!(
         fp(cp).await,
         before,
         "Checkpoint contract 5: restore did not give back the captured state"
     );
-    cp.restore(&snap, &ctx)
+    let second = cp
+        .restore(&snap, &ctx)
         .await
         .expect("Checkpoint contract 6: restoring twice failed");
+    if cp.restore_proves() {
+        for (which, r) in [("first", &first), ("second", &second)] {
+            assert_eq!(
+                r.proof.as_ref().map(|p| p.fingerprint),
+                Some(before),
+                "Checkpoint contract 5: restore_proves, yet the {which} restore returned no proof of the captured state"
+            );
+        }
+    }
     assert_eq!(
         fp(cp).await,
         before,

@@ -722,7 +722,10 @@ impl RunReport {
                 _ => "-".into(),
             };
             let parity = match (c.parity, &c.not_restored) {
-                (Some(true), _) => r#"<span class="ok">proven</span>"#.to_string(),
+                (Some(true), _) => match &c.parity_proof {
+                    Some(how) => format!(r#"<span class="ok">proven</span> ({})"#, esc(how)),
+                    None => r#"<span class="ok">proven</span>"#.to_string(),
+                },
                 (Some(false), Some(why)) => {
                     format!(r#"<span class="bad">not proven: {}</span>"#, esc(why))
                 }
