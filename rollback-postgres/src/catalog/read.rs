@@ -86,9 +86,8 @@ pub(crate) async fn table_model_by_oid<C: GenericClient>(c: &C, oid: u32) -> Res
         security_labels: vec![],
     };
     let server_version: i32 = r.get(17);
-    for r in c
-        .query(
-            &format!(
+    // The rest in one pipelined round trip: the queries are sent together.
+    let cols_sql = format!(
             "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, \
                     pg_catalog.pg_get_expr(d.adbin, d.adrelid), a.attgenerated::text, a.attidentity::text, \
                     CASE WHEN a.attcollation <> t.typcollation THEN co.collname::text END, \
@@ -106,93 +105,7 @@ pub(crate) async fn table_model_by_oid<C: GenericClient>(c: &C, oid: u32) -> Res
                 "NULLIF(a.attcompression::text, '')"
             } else {
                 "NULL::text"
-            }),
-            &[&oid],
-        )
-        .await
-        .ctx("reading columns")?
-    {
-        let generated: String = r.get(4);
-        m.columns.push(ColumnModel {
-            name: r.get(0),
-            data_type: r.get(1),
-            not_null: r.get(2),
-            // A generated column's expression is its definition, not a default.
-            default: r.get(3),
-            generated,
-            identity: r.get(5),
-            collation: r.get(6),
-            comment: r.get(7),
-            acl: r.get(8),
-            statistics: r.get(9),
-            storage: r.get(10),
-            compression: r.get(11),
-            options: r.get(12),
-        });
-    }
-    for r in c
-        .query(
-            "SELECT conname::text, contype::text, pg_catalog.pg_get_constraintdef(oid), convalidated, \
-                    pg_catalog.obj_description(oid, 'pg_constraint') \
-             FROM pg_catalog.pg_constraint WHERE conrelid = $1 ORDER BY conname, contype",
-            &[&oid],
-        )
-        .await
-        .ctx("reading constraints")?
-    {
-        m.constraints.push(ConstraintModel {
-            name: r.get(0),
-            kind: r.get(1),
-            definition: r.get(2),
-            validated: r.get(3),
-            comment: r.get(4),
-        });
-    }
-    for r in c
-        .query(
-            "SELECT ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid), \
-                    EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid), \
-                    i.indisvalid, pg_catalog.obj_description(i.indexrelid, 'pg_class'), i.indisclustered, \
-                    i.indisreplident, \
-                    (SELECT spcname::text FROM pg_catalog.pg_tablespace WHERE oid = ic.reltablespace), \
-                    array(SELECT a.attnum || '=' || a.attstattarget FROM pg_catalog.pg_attribute a \
-                          WHERE a.attrelid = i.indexrelid AND a.attstattarget >= 0 ORDER BY a.attnum) \
-             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
-             WHERE i.indrelid = $1 ORDER BY ic.relname",
-            &[&oid],
-        )
-        .await
-        .ctx("reading indexes")?
-    {
-        m.indexes.push(IndexModel {
-            name: r.get(0),
-            definition: r.get(1),
-            constraint: r.get(2),
-            valid: r.get(3),
-            comment: r.get(4),
-            clustered: r.get(5),
-            replica_identity: r.get(6),
-            tablespace: r.get(7),
-            statistics: r.get(8),
-        });
-    }
-    for r in c
-        .query(
-            "SELECT tgname::text, pg_catalog.pg_get_triggerdef(oid), tgenabled::text, \
-                    pg_catalog.obj_description(oid, 'pg_trigger') \
-             FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal ORDER BY tgname",
-            &[&oid],
-        )
-        .await
-        .ctx("reading triggers")?
-    {
-        m.triggers.push(TriggerModel {
-            name: r.get(0),
-            definition: r.get(1),
-            enabled: r.get(2),
-            comment: r.get(3),
-        });
-    }
+            });
     // Rules, policies, extended statistics, publications and security labels, in one
     // round trip (most tables have none).
     let (attrs, qual) = if server_version >= 150000 {
@@ -205,9 +118,7 @@ pub(crate) async fn table_model_by_oid<C: GenericClient>(c: &C, oid: u32) -> Res
     } else {
         ("'[]'::jsonb", "NULL::text")
     };
-    let extras = c
-        .query_one(
-            &format!(
+    let extras_sql = format!(
                 "SELECT \
                   (SELECT coalesce(jsonb_agg(jsonb_build_object('name', r.rulename::text, \
                         'definition', pg_catalog.pg_get_ruledef(r.oid), 'enabled', r.ev_enabled::text, \
@@ -238,11 +149,116 @@ pub(crate) async fn table_model_by_oid<C: GenericClient>(c: &C, oid: u32) -> Res
                    FROM pg_catalog.pg_seclabel l LEFT JOIN pg_catalog.pg_attribute a \
                      ON a.attrelid = l.objoid AND a.attnum = l.objsubid AND l.objsubid <> 0 \
                    WHERE l.classoid = 'pg_catalog.pg_class'::regclass AND l.objoid = $1)::text"
-            ),
-            &[&oid],
-        )
-        .await
-        .ctx("reading rules, policies, statistics, publications and security labels")?;
+            );
+    let (cols, cons, idxs, trigs, extras, owned) = futures::try_join!(
+        async {
+            c.query(cols_sql.as_str(), &[&oid])
+                .await
+                .ctx("reading columns")
+        },
+        async {
+            c.query(
+                "SELECT conname::text, contype::text, pg_catalog.pg_get_constraintdef(oid), convalidated, \
+                    pg_catalog.obj_description(oid, 'pg_constraint') \
+             FROM pg_catalog.pg_constraint WHERE conrelid = $1 ORDER BY conname, contype",
+                &[&oid],
+            )
+            .await
+            .ctx("reading constraints")
+        },
+        async {
+            c.query(
+                "SELECT ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid), \
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid), \
+                    i.indisvalid, pg_catalog.obj_description(i.indexrelid, 'pg_class'), i.indisclustered, \
+                    i.indisreplident, \
+                    (SELECT spcname::text FROM pg_catalog.pg_tablespace WHERE oid = ic.reltablespace), \
+                    array(SELECT a.attnum || '=' || a.attstattarget FROM pg_catalog.pg_attribute a \
+                          WHERE a.attrelid = i.indexrelid AND a.attstattarget >= 0 ORDER BY a.attnum) \
+             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+             WHERE i.indrelid = $1 ORDER BY ic.relname",
+                &[&oid],
+            )
+            .await
+            .ctx("reading indexes")
+        },
+        async {
+            c.query(
+                "SELECT tgname::text, pg_catalog.pg_get_triggerdef(oid), tgenabled::text, \
+                    pg_catalog.obj_description(oid, 'pg_trigger') \
+             FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal ORDER BY tgname",
+                &[&oid],
+            )
+            .await
+            .ctx("reading triggers")
+        },
+        async {
+            c.query_one(extras_sql.as_str(), &[&oid])
+                .await
+                .ctx("reading rules, policies, statistics, publications and security labels")
+        },
+        async {
+            c.query(
+                "SELECT s.oid, a.attname::text FROM pg_catalog.pg_depend d \
+             JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+             WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass \
+               AND d.refobjid = $1 AND d.deptype IN ('a', 'i') ORDER BY s.relname",
+                &[&oid],
+            )
+            .await
+            .ctx("reading owned sequences")
+        },
+    )?;
+    for r in cols {
+        let generated: String = r.get(4);
+        m.columns.push(ColumnModel {
+            name: r.get(0),
+            data_type: r.get(1),
+            not_null: r.get(2),
+            // A generated column's expression is its definition, not a default.
+            default: r.get(3),
+            generated,
+            identity: r.get(5),
+            collation: r.get(6),
+            comment: r.get(7),
+            acl: r.get(8),
+            statistics: r.get(9),
+            storage: r.get(10),
+            compression: r.get(11),
+            options: r.get(12),
+        });
+    }
+    for r in cons {
+        m.constraints.push(ConstraintModel {
+            name: r.get(0),
+            kind: r.get(1),
+            definition: r.get(2),
+            validated: r.get(3),
+            comment: r.get(4),
+        });
+    }
+    for r in idxs {
+        m.indexes.push(IndexModel {
+            name: r.get(0),
+            definition: r.get(1),
+            constraint: r.get(2),
+            valid: r.get(3),
+            comment: r.get(4),
+            clustered: r.get(5),
+            replica_identity: r.get(6),
+            tablespace: r.get(7),
+            statistics: r.get(8),
+        });
+    }
+    for r in trigs {
+        m.triggers.push(TriggerModel {
+            name: r.get(0),
+            definition: r.get(1),
+            enabled: r.get(2),
+            comment: r.get(3),
+        });
+    }
     fn parse<T: serde::de::DeserializeOwned>(
         row: &tokio_postgres::Row,
         i: usize,
@@ -256,17 +272,6 @@ pub(crate) async fn table_model_by_oid<C: GenericClient>(c: &C, oid: u32) -> Res
     m.statistics = parse(&extras, 2, "statistics")?;
     m.publications = parse(&extras, 3, "publications")?;
     m.security_labels = parse(&extras, 4, "security labels")?;
-    let owned = c
-        .query(
-            "SELECT s.oid, a.attname::text FROM pg_catalog.pg_depend d \
-             JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
-             JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
-             WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass \
-               AND d.refobjid = $1 AND d.deptype IN ('a', 'i') ORDER BY s.relname",
-            &[&oid],
-        )
-        .await
-        .ctx("reading owned sequences")?;
     for r in owned {
         let mut s = sequence_model(c, r.get(0)).await?;
         s.owned_by = Some(format!("{}.{}", m.name, r.get::<_, String>(1)));
