@@ -15,6 +15,22 @@ pub const DEFAULT_MARKER_SCHEMA: &str = "_rollback";
 /// the database (`CREATE SCHEMA IF NOT EXISTS` would check it all the same), and tables
 /// that exist need none on the schema.
 pub(crate) async fn ensure(db: &Database, schema: &str) -> Result<()> {
+    // A session that dies under it (terminated, restarted server) is replaced: creating
+    // the tables is idempotent, and the step that needs them should not fail for it.
+    let mut attempt = 0;
+    loop {
+        match ensure_once(db, schema).await {
+            Err(e) if attempt < 2 && e.is_transient() => {
+                attempt += 1;
+                tracing::debug!(error = %e, "the session creating the marker tables was lost; again");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn ensure_once(db: &Database, schema: &str) -> Result<()> {
     let c = db.lib_client().await?;
     let r = c
         .query_one(
