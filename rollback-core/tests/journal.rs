@@ -974,6 +974,14 @@ async fn file_journal_keeps_the_journal_contract() {
 }
 
 #[tokio::test]
+async fn memory_and_file_journals_list_the_open_runs_of_a_plan() {
+    rollback_core::conformance::journal::open_runs_of_plan(&MemoryJournal::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    rollback_core::conformance::journal::open_runs_of_plan(&FileJournal::open(dir.path()).unwrap())
+        .await;
+}
+
+#[tokio::test]
 async fn memory_and_file_journals_list_the_runs_of_a_plan() {
     rollback_core::conformance::journal::runs_of_plan(&MemoryJournal::new()).await;
     let dir = tempfile::tempdir().unwrap();

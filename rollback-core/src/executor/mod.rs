@@ -1,7 +1,7 @@
 //! The [`Executor`]: runs a [`Plan`] transactionally, journaled, with automatic rollback.
 
 use crate::events::{Event, Notifier, RunEvent};
-use crate::journal::{Entry, Journal, Record, TailAssumption};
+use crate::journal::{plan_of, Entry, Journal, Record, TailAssumption};
 use crate::lease::LeaseKeeper;
 use crate::report::{Outcome, RunReport};
 use crate::state::State;
@@ -371,17 +371,17 @@ impl Executor {
     /// # Errors
     /// Journal errors.
     pub async fn unfinished(&self, plan: &Plan) -> Result<Vec<String>> {
+        // The journal's index names the runs that have not ended, so runs that did cost
+        // nothing here however many there are; each one named is read and folded, and the
+        // run's own state has the last word.
         let mut out = Vec::new();
-        for run_id in self.journal.runs_of_plan(plan.name()).await? {
+        for run_id in self.journal.open_runs_of_plan(plan.name()).await? {
             let records = self.journal.records(&run_id).await?;
-            let same_plan = matches!(
-                records.first(),
-                Some(Record { entry: Entry::RunStarted { plan: name, .. }, .. }) if name == plan.name()
-            );
-            if same_plan && !State::from_records(&records).finished() {
+            if plan_of(&records) == Some(plan.name()) && !State::from_records(&records).finished() {
                 out.push(run_id);
             }
         }
+        out.sort();
         Ok(out)
     }
 
