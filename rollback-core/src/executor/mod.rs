@@ -417,16 +417,16 @@ impl Executor {
         );
         let out = async {
             let mut run = Run::new(self, plan, run_id, cancel, false, keeper);
-            run.append(Entry::RunStarted {
+            // The run's three opening records go out in one durable write: nothing acts
+            // between them, and a crash before it leaves no run at all.
+            run.defer(Entry::RunStarted {
                 plan: plan.name().into(),
                 plan_digest: plan.digest(),
                 holder: self.holder.clone(),
                 policy: self.policy,
-            })
-            .await?;
+            });
             // The report of the run can then be rebuilt from its records alone.
-            run.append(Entry::PlanDescribed(Box::new(plan.describe())))
-                .await?;
+            run.defer(Entry::PlanDescribed(Box::new(plan.describe())));
             run.append(Entry::LeaseTaken {
                 holder: self.holder.clone(),
                 taken_over_from: lease.taken_over_from,
