@@ -407,7 +407,8 @@ impl Executor {
         )
         .await?;
         let _renew = keeper.renew_in_background();
-        let progress = crate::live::publish(self.journal.clone(), self.events.subscribe(), run_id);
+        let (live, progress) = crate::live::channel();
+        let progress = crate::live::publish(self.journal.clone(), progress, run_id);
         let span = tracing::info_span!(
             "run",
             run = %run_id,
@@ -417,6 +418,7 @@ impl Executor {
         );
         let out = async {
             let mut run = Run::new(self, plan, run_id, cancel, false, keeper);
+            run.live = Some(live);
             // The run's three opening records go out in one durable write: nothing acts
             // between them, and a crash before it leaves no run at all.
             run.defer(Entry::RunStarted {
@@ -523,7 +525,8 @@ impl Executor {
         )
         .await?;
         let _renew = keeper.renew_in_background();
-        let progress = crate::live::publish(self.journal.clone(), self.events.subscribe(), run_id);
+        let (live, progress) = crate::live::channel();
+        let progress = crate::live::publish(self.journal.clone(), progress, run_id);
         let span = tracing::info_span!(
             "resume",
             run = %run_id,
@@ -533,6 +536,7 @@ impl Executor {
         );
         let out = async {
             let mut run = Run::new(self, plan, run_id, cancel, true, keeper);
+            run.live = Some(live);
             run.policy = policy;
             if let Some(p) = self.resume_override {
                 run.policy.on_resume = p;

@@ -33,6 +33,8 @@ pub(super) struct Run<'a> {
     /// A step's outcome waiting to be journaled in one write with the next record (see
     /// [`Run::defer`]).
     pub(super) pending: Vec<Entry>,
+    /// Where the run's contexts send their progress for the live publisher, if one runs.
+    pub(super) live: Option<crate::live::Sender>,
 }
 
 pub(super) enum Flow {
@@ -63,6 +65,7 @@ impl<'a> Run<'a> {
             lease,
             cursors: Arc::default(),
             pending: Vec::new(),
+            live: None,
         }
     }
 
@@ -216,6 +219,7 @@ impl<'a> Run<'a> {
             self.lease.clone(),
         )
         .with_tenant(self.ex.tenant.clone())
+        .with_live(self.live.clone())
     }
 
     pub(super) async fn drive(mut self) -> Result<RunReport> {
