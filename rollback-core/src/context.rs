@@ -28,6 +28,9 @@ pub struct Context {
     fence: Option<Fence>,
     /// The run's tenant, when its executor names one.
     tenant: Option<String>,
+    /// Where progress events also go, for the run's live publisher (`live.rs`): only
+    /// those, so that the publisher is not woken by every other event of the run.
+    live: Option<crate::live::Sender>,
 }
 
 impl std::fmt::Debug for Context {
@@ -63,6 +66,7 @@ impl Context {
             lease: None,
             fence: None,
             tenant: None,
+            live: None,
         }
     }
 
@@ -96,12 +100,19 @@ impl Context {
             fence: Some(lease.fence().clone()),
             lease: Some(lease),
             tenant: None,
+            live: None,
         }
     }
 
     /// The same context, naming the run's tenant.
     pub(crate) fn with_tenant(mut self, tenant: Option<String>) -> Self {
         self.tenant = tenant;
+        self
+    }
+
+    /// The same context, sending its progress events to the run's live publisher too.
+    pub(crate) fn with_live(mut self, live: Option<crate::live::Sender>) -> Self {
+        self.live = live;
         self
     }
 
@@ -235,9 +246,12 @@ impl Context {
 
     /// Send an event to the run's subscribers (if any).
     pub fn emit(&self, event: RunEvent) {
+        let event = Event::new(self.run_id.clone(), event).with_tenant(self.tenant.clone());
+        if let (Some(live), RunEvent::Progress { .. }) = (&self.live, &event.event) {
+            let _ = live.send(event.clone());
+        }
         if let Some(tx) = &self.events {
-            let _ =
-                tx.send(Event::new(self.run_id.clone(), event).with_tenant(self.tenant.clone()));
+            let _ = tx.send(event);
         }
     }
 

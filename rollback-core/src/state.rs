@@ -23,6 +23,9 @@ pub(crate) struct State {
     pub(crate) rollback: Option<(String, Vec<String>, Vec<String>)>,
     pub(crate) committed: bool,
     pub(crate) rolled_back: bool,
+    /// The run has ended: its last outcome is not revoked ([`Entry::ends_run`], the rule
+    /// journals index open runs by).
+    pub(crate) ended: bool,
     /// Snapshots whose discard was attempted (successfully or not).
     pub(crate) discarded: BTreeSet<String>,
     /// Baseline fingerprints of checkpoints fingerprinted without a snapshot.
@@ -155,6 +158,9 @@ impl State {
     pub(crate) fn fold(&mut self, r: &Record) {
         self.fold_timing(r);
         self.fold_entry(&r.entry);
+        if let Some(ended) = r.entry.ends_run() {
+            self.ended = ended;
+        }
         self.last_at_ms = r.at_ms;
     }
 
@@ -438,7 +444,7 @@ impl State {
     }
 
     pub(crate) fn finished(&self) -> bool {
-        self.committed || self.rolled_back
+        self.ended
     }
 
     /// The baseline fingerprint of a checkpoint: its snapshot's, or the one taken alone.

@@ -840,6 +840,142 @@ async fn a_new_run_is_refused_while_an_interrupted_run_of_the_plan_is_unfinished
     assert!(ex.run(&plan).await.unwrap().is_committed());
 }
 
+/// A journal that answers `runs_of_plan` and `open_runs_of_plan` the trait's default
+/// way, reading every run's records: what the journals' indexes must agree with.
+struct ReadsEveryRun(Arc<dyn Journal>);
+
+#[async_trait::async_trait]
+impl Journal for ReadsEveryRun {
+    async fn append(
+        &self,
+        run_id: &str,
+        entry: &rollback_core::journal::Entry,
+        epoch: u64,
+    ) -> rollback_core::Result<rollback_core::journal::Record> {
+        self.0.append(run_id, entry, epoch).await
+    }
+    async fn records(
+        &self,
+        run_id: &str,
+    ) -> rollback_core::Result<Vec<rollback_core::journal::Record>> {
+        self.0.records(run_id).await
+    }
+    async fn runs(&self) -> rollback_core::Result<Vec<String>> {
+        self.0.runs().await
+    }
+    async fn acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> rollback_core::Result<rollback_core::journal::Lease> {
+        self.0.acquire_lease(key, holder, ttl).await
+    }
+    async fn release_lease(&self, key: &str, holder: &str) -> rollback_core::Result<()> {
+        self.0.release_lease(key, holder).await
+    }
+}
+
+/// `unfinished` from `journal`'s index, checked against reading every run.
+async fn unfinished_agree(journal: &Arc<dyn Journal>, plan: &Plan) -> Vec<String> {
+    let indexed = Executor::with_journal(journal.clone())
+        .unfinished(plan)
+        .await
+        .unwrap();
+    let read = Executor::with_journal(Arc::new(ReadsEveryRun(journal.clone())))
+        .unfinished(plan)
+        .await
+        .unwrap();
+    assert_eq!(indexed, read, "the index and a read of every run disagree");
+    let mut all = journal.runs_of_plan(plan.name()).await.unwrap();
+    let mut all_read = ReadsEveryRun(journal.clone())
+        .runs_of_plan(plan.name())
+        .await
+        .unwrap();
+    all.sort();
+    all_read.sort();
+    assert_eq!(
+        all, all_read,
+        "runs_of_plan: the index and a read of every run disagree"
+    );
+    indexed
+}
+
+/// Crash a run after every record count in turn, in a journal that keeps every earlier
+/// run: after each crash the only unfinished run is the crashed one (as reading every run
+/// says), resume ends it at the baseline, and then none is unfinished.
+async fn crash_at_every_record_count_then_resume(
+    journal: Arc<dyn Journal>,
+    fresh: impl Fn() -> Arc<dyn Journal>,
+) {
+    let w = world();
+    let plan = cutover(&w);
+    let ex = Executor::with_journal(journal.clone()).holder("h");
+    let full = ex.run(&plan).await.unwrap();
+    assert!(full.is_committed());
+    let records = journal.records(&full.run_id).await.unwrap().len() as u64;
+    // A run that committed, reopened and ended again (a rollback after its commit).
+    let back = Executor::with_journal(journal.clone())
+        .holder("h")
+        .retain_snapshots(SnapshotRetention::KeepAll)
+        .run(&plan)
+        .await
+        .unwrap();
+    assert!(back.is_committed());
+    let undone = Executor::with_journal(journal.clone())
+        .holder("h")
+        .rollback_committed(&plan, &back.run_id, "back to the baseline")
+        .await
+        .unwrap();
+    assert_eq!(undone.outcome, Outcome::RolledBack);
+    for n in 0..records {
+        let crashing =
+            Executor::with_journal(Arc::new(CrashAfter::new(journal.clone(), n))).holder("h");
+        assert!(
+            crashing.run(&plan).await.is_err(),
+            "crash after {n} records"
+        );
+        let open = unfinished_agree(&journal, &plan).await;
+        if n == 0 {
+            // Nothing written: no run.
+            assert!(open.is_empty(), "{open:?}");
+            continue;
+        }
+        assert_eq!(open.len(), 1, "crash after {n} records: {open:?}");
+        // A process that never saw this journal gives the same answer.
+        assert_eq!(unfinished_agree(&fresh(), &plan).await, open);
+        let report = ex.resume(&plan, &open[0]).await.unwrap();
+        assert_eq!(
+            report.outcome,
+            Outcome::RolledBack,
+            "crash after {n} records"
+        );
+        assert!(report.parity_proven(), "crash after {n} records");
+        assert!(unfinished_agree(&journal, &plan).await.is_empty());
+        assert!(unfinished_agree(&fresh(), &plan).await.is_empty());
+    }
+    assert!(ex.run(&plan).await.unwrap().is_committed());
+    assert!(unfinished_agree(&journal, &plan).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_memory_journal_names_the_crashed_run_unfinished_after_a_crash_at_every_record() {
+    let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
+    let same = journal.clone();
+    crash_at_every_record_count_then_resume(journal, move || same.clone()).await;
+}
+
+#[tokio::test]
+async fn the_file_journal_names_the_crashed_run_unfinished_after_a_crash_at_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal: Arc<dyn Journal> = Arc::new(FileJournal::open(dir.path()).unwrap());
+    let path = dir.path().to_path_buf();
+    crash_at_every_record_count_then_resume(journal, move || {
+        Arc::new(FileJournal::open(&path).unwrap())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn snapshots_are_released_after_commit_and_after_a_proven_rollback() {
     // Committed: every captured snapshot released, journaled and reported.

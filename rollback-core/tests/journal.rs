@@ -974,6 +974,70 @@ async fn file_journal_keeps_the_journal_contract() {
 }
 
 #[tokio::test]
+async fn memory_and_file_journals_list_the_open_runs_of_a_plan() {
+    rollback_core::conformance::journal::open_runs_of_plan(&MemoryJournal::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    rollback_core::conformance::journal::open_runs_of_plan(&FileJournal::open(dir.path()).unwrap())
+        .await;
+}
+
+/// The file journal's index of open runs is per process: another process's appends, and
+/// a run file cut short or altered behind its back, must show in its next answer.
+#[tokio::test]
+async fn the_file_journals_open_runs_follow_other_processes_and_changed_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let here = FileJournal::open(dir.path()).unwrap();
+    let there = FileJournal::open(dir.path()).unwrap();
+    let start = Entry::RunStarted {
+        plan: "upgrade".into(),
+        plan_digest: Digest::of(b"plan"),
+        holder: "holder-a".into(),
+        policy: RunPolicy::default(),
+    };
+    for run in ["a", "b"] {
+        here.append(run, &start, 0).await.unwrap();
+        here.append(run, &Entry::Committed, 0).await.unwrap();
+    }
+    assert!(here.open_runs_of_plan("upgrade").await.unwrap().is_empty());
+    // Another process reopens run a (a rollback after its commit).
+    there
+        .append(
+            "a",
+            &Entry::RollbackAfterCommit {
+                reason: "breach".into(),
+                holder: "holder-b".into(),
+                steps: Vec::new(),
+                checkpoints: Vec::new(),
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(here.open_runs_of_plan("upgrade").await.unwrap(), ["a"]);
+    there
+        .append("a", &Entry::RolledBack { partial: false }, 0)
+        .await
+        .unwrap();
+    assert!(here.open_runs_of_plan("upgrade").await.unwrap().is_empty());
+    // Run b loses its last line (`committed`) on disk: it has not ended as far as its
+    // records go.
+    let path = run_file(dir.path(), "b");
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = lines(&bytes)[0].end + 1;
+    std::fs::write(&path, &bytes[..cut]).unwrap();
+    assert_eq!(here.open_runs_of_plan("upgrade").await.unwrap(), ["b"]);
+    assert_eq!(here.runs_of_plan("upgrade").await.unwrap(), ["a", "b"]);
+    // A run file altered behind the index's back is read again, and refused.
+    let bytes = std::fs::read(&path).unwrap();
+    let altered = String::from_utf8(bytes)
+        .unwrap()
+        .replace("upgrade", "upgradf");
+    std::fs::write(&path, altered).unwrap();
+    let err = here.open_runs_of_plan("upgrade").await.unwrap_err();
+    assert!(names_record(&err, 0), "{err}");
+}
+
+#[tokio::test]
 async fn memory_and_file_journals_list_the_runs_of_a_plan() {
     rollback_core::conformance::journal::runs_of_plan(&MemoryJournal::new()).await;
     let dir = tempfile::tempdir().unwrap();

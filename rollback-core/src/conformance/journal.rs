@@ -373,6 +373,81 @@ pub async fn runs_of_plan(j: &dyn Journal) {
     );
 }
 
+/// [`Journal::open_runs_of_plan`] (clause 10): it lists exactly the runs of the plan that
+/// have not ended — no outcome yet, or a commit revoked by `rollback_after_commit` — and
+/// follows appends made after it was asked (an index must not answer from before them).
+/// Not in [`check`] yet; call it beside [`run_all`].
+pub async fn open_runs_of_plan(j: &dyn Journal) {
+    let plan = unique("plan");
+    let other = unique("other-plan");
+    let start = |name: &str| Entry::RunStarted {
+        plan: name.to_string(),
+        plan_digest: crate::Digest::default(),
+        holder: "conformance".into(),
+        policy: crate::executor::RunPolicy::default(),
+    };
+    let reopen = || Entry::RollbackAfterCommit {
+        reason: "conformance".into(),
+        holder: "conformance".into(),
+        steps: Vec::new(),
+        checkpoints: Vec::new(),
+    };
+    let rolled_back = || Entry::RolledBack { partial: false };
+    let [committed, open, reopened, reopened_then_ended, rolled, of_other, not_started] = [
+        "committed",
+        "open",
+        "reopened",
+        "reended",
+        "rolled",
+        "other",
+        "unstarted",
+    ]
+    .map(unique);
+    let write = |run: String, entries: Vec<Entry>| async move {
+        for e in &entries {
+            j.append(&run, e, 0).await.expect("append");
+        }
+    };
+    write(committed.clone(), vec![start(&plan), Entry::Committed]).await;
+    write(open.clone(), vec![start(&plan), progress("s", 0)]).await;
+    write(
+        reopened.clone(),
+        vec![start(&plan), Entry::Committed, reopen()],
+    )
+    .await;
+    write(
+        reopened_then_ended.clone(),
+        vec![start(&plan), Entry::Committed, reopen(), rolled_back()],
+    )
+    .await;
+    write(
+        rolled.clone(),
+        vec![start(&plan), rolled_back(), progress("s", 1)],
+    )
+    .await;
+    write(of_other.clone(), vec![start(&other)]).await;
+    write(not_started.clone(), vec![progress("s", 0), start(&plan)]).await;
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let got = sorted(j.open_runs_of_plan(&plan).await.expect("open_runs_of_plan"));
+    assert_eq!(
+        got,
+        sorted(vec![open.clone(), reopened.clone()]),
+        "Journal contract 10: open_runs_of_plan must list exactly the runs of the plan that have not ended"
+    );
+    // Asked again after appends: the answer follows them.
+    write(open.clone(), vec![Entry::Committed]).await;
+    write(committed.clone(), vec![reopen()]).await;
+    let got = sorted(j.open_runs_of_plan(&plan).await.expect("open_runs_of_plan"));
+    assert_eq!(
+        got,
+        sorted(vec![committed, reopened]),
+        "Journal contract 10: open_runs_of_plan must follow the appends made since it was last asked"
+    );
+}
+
 /// Every journal check, each to the end: prints the [`ConformanceReport`] and panics
 /// naming the failed clauses, if any.
 pub async fn run_all(j: Arc<dyn Journal>) {

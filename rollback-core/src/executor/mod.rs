@@ -1,7 +1,7 @@
 //! The [`Executor`]: runs a [`Plan`] transactionally, journaled, with automatic rollback.
 
 use crate::events::{Event, Notifier, RunEvent};
-use crate::journal::{Entry, Journal, Record, TailAssumption};
+use crate::journal::{plan_of, Entry, Journal, Record, TailAssumption};
 use crate::lease::LeaseKeeper;
 use crate::report::{Outcome, RunReport};
 use crate::state::State;
@@ -371,17 +371,17 @@ impl Executor {
     /// # Errors
     /// Journal errors.
     pub async fn unfinished(&self, plan: &Plan) -> Result<Vec<String>> {
+        // The journal's index names the runs that have not ended, so runs that did cost
+        // nothing here however many there are; each one named is read and folded, and the
+        // run's own state has the last word.
         let mut out = Vec::new();
-        for run_id in self.journal.runs_of_plan(plan.name()).await? {
+        for run_id in self.journal.open_runs_of_plan(plan.name()).await? {
             let records = self.journal.records(&run_id).await?;
-            let same_plan = matches!(
-                records.first(),
-                Some(Record { entry: Entry::RunStarted { plan: name, .. }, .. }) if name == plan.name()
-            );
-            if same_plan && !State::from_records(&records).finished() {
+            if plan_of(&records) == Some(plan.name()) && !State::from_records(&records).finished() {
                 out.push(run_id);
             }
         }
+        out.sort();
         Ok(out)
     }
 
@@ -407,7 +407,8 @@ impl Executor {
         )
         .await?;
         let _renew = keeper.renew_in_background();
-        let progress = crate::live::publish(self.journal.clone(), self.events.subscribe(), run_id);
+        let (live, progress) = crate::live::channel();
+        let progress = crate::live::publish(self.journal.clone(), progress, run_id);
         let span = tracing::info_span!(
             "run",
             run = %run_id,
@@ -417,16 +418,17 @@ impl Executor {
         );
         let out = async {
             let mut run = Run::new(self, plan, run_id, cancel, false, keeper);
-            run.append(Entry::RunStarted {
+            run.live = Some(live);
+            // The run's three opening records go out in one durable write: nothing acts
+            // between them, and a crash before it leaves no run at all.
+            run.defer(Entry::RunStarted {
                 plan: plan.name().into(),
                 plan_digest: plan.digest(),
                 holder: self.holder.clone(),
                 policy: self.policy,
-            })
-            .await?;
+            });
             // The report of the run can then be rebuilt from its records alone.
-            run.append(Entry::PlanDescribed(Box::new(plan.describe())))
-                .await?;
+            run.defer(Entry::PlanDescribed(Box::new(plan.describe())));
             run.append(Entry::LeaseTaken {
                 holder: self.holder.clone(),
                 taken_over_from: lease.taken_over_from,
@@ -523,7 +525,8 @@ impl Executor {
         )
         .await?;
         let _renew = keeper.renew_in_background();
-        let progress = crate::live::publish(self.journal.clone(), self.events.subscribe(), run_id);
+        let (live, progress) = crate::live::channel();
+        let progress = crate::live::publish(self.journal.clone(), progress, run_id);
         let span = tracing::info_span!(
             "resume",
             run = %run_id,
@@ -533,6 +536,7 @@ impl Executor {
         );
         let out = async {
             let mut run = Run::new(self, plan, run_id, cancel, true, keeper);
+            run.live = Some(live);
             run.policy = policy;
             if let Some(p) = self.resume_override {
                 run.policy.on_resume = p;

@@ -33,6 +33,8 @@ pub(super) struct Run<'a> {
     /// A step's outcome waiting to be journaled in one write with the next record (see
     /// [`Run::defer`]).
     pub(super) pending: Vec<Entry>,
+    /// Where the run's contexts send their progress for the live publisher, if one runs.
+    pub(super) live: Option<crate::live::Sender>,
 }
 
 pub(super) enum Flow {
@@ -63,6 +65,7 @@ impl<'a> Run<'a> {
             lease,
             cursors: Arc::default(),
             pending: Vec::new(),
+            live: None,
         }
     }
 
@@ -98,13 +101,14 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Journal `entry` — a step's outcome — together with the next record instead of on
-    /// its own: one fsync per step instead of two. Safe because nothing acts on a resource
-    /// between an outcome and the next record (every action is preceded by its own
-    /// intent, which carries the outcome with it), and a crash in between is a crash
-    /// during the apply: the step has an intent and no outcome, and is treated as maybe
-    /// applied (step contract, clause 5). Until then the state does not show it:
-    /// [`Run::flush`] before reading the state for a decision.
+    /// Journal `entry` — a step's outcome, or a run's opening records — together with the
+    /// next record instead of on its own: one fsync per step instead of two. Safe because
+    /// nothing acts on a resource between a deferred record and the next one (every
+    /// action is preceded by its own intent, which carries the deferred records with it),
+    /// and a crash in between is a crash during the apply: the step has an intent and no
+    /// outcome, and is treated as maybe applied (step contract, clause 5); a run whose
+    /// opening records were not written did nothing. Until then the state does not show
+    /// it: [`Run::flush`] before reading the state for a decision.
     pub(super) fn defer(&mut self, entry: Entry) {
         self.pending.push(entry);
     }
@@ -215,6 +219,7 @@ impl<'a> Run<'a> {
             self.lease.clone(),
         )
         .with_tenant(self.ex.tenant.clone())
+        .with_live(self.live.clone())
     }
 
     pub(super) async fn drive(mut self) -> Result<RunReport> {

@@ -230,4 +230,18 @@ impl Entry {
     pub fn is_outcome(&self) -> bool {
         matches!(self, Entry::Committed | Entry::RolledBack { .. })
     }
+
+    /// How this entry changes whether its run has ended: `Some(true)` for an outcome
+    /// (`committed`, `rolled_back`), `Some(false)` for `rollback_after_commit`, which
+    /// revokes a commit, `None` for every other entry. A run has ended when the last of its
+    /// entries that says something says `true` ([`run_ended`](super::run_ended)): the one
+    /// rule behind the executor's state and the journals' indexes of open runs
+    /// ([`Journal::open_runs_of_plan`](super::Journal::open_runs_of_plan)).
+    pub fn ends_run(&self) -> Option<bool> {
+        match self {
+            Entry::Committed | Entry::RolledBack { .. } => Some(true),
+            Entry::RollbackAfterCommit { .. } => Some(false),
+            _ => None,
+        }
+    }
 }

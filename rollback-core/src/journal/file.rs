@@ -53,6 +53,51 @@ struct Inner {
     dir: PathBuf,
     /// Per run, the head as last written by this process.
     heads: Mutex<HashMap<String, Head>>,
+    /// Per run, what its file held when this process last read or wrote it.
+    index: Mutex<HashMap<String, Indexed>>,
+}
+
+/// What a run's file says about the run — its plan, whether it ended — as of the file's
+/// `stamp`: valid while the file keeps that length and modification time, so a run that
+/// no process touched since is not read again (`runs_of_plan`, `open_runs_of_plan`).
+/// Appends by any process grow the file; a rewrite changes its time — unless it comes
+/// within the file system's timestamp granularity of the change before, which is why an
+/// entry is trusted only once the file's time is [`RACY`] older than the moment the entry
+/// was taken (as git treats "racily clean" index entries): a file changed since then has
+/// a later time.
+#[derive(Debug, Clone)]
+struct Indexed {
+    stamp: Stamp,
+    /// When `stamp` was taken (after the read or write that the entry describes).
+    seen_at: std::time::SystemTime,
+    /// The plan of its `run_started` first record.
+    plan: Option<String>,
+    /// [`run_ended`](super::run_ended) of its records.
+    ended: bool,
+}
+
+/// How much older than its index entry a run file's time must be for the entry to be
+/// trusted: above the timestamp granularity of local Linux file systems (ext4, xfs, btrfs
+/// and tmpfs stamp with the kernel tick, at most 10 ms; since Linux 6.13 a change after a
+/// `stat` always gets a new time). On file systems with coarser times (FAT, ext3) a
+/// rewrite to the same length within their granularity may go unseen by the listings
+/// until the file changes again; `records` always reads and verifies.
+const RACY: Duration = Duration::from_millis(20);
+
+/// A file's length and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        }
+    }
 }
 
 /// The end of a run's file as this process last wrote it.
@@ -83,6 +128,7 @@ impl FileJournal {
             inner: Arc::new(Inner {
                 dir,
                 heads: Mutex::new(HashMap::new()),
+                index: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -283,7 +329,10 @@ impl Inner {
             return Ok(Vec::new());
         };
         let mut file = lock_for_write(path)?;
-        let len = file.metadata().map_err(JournalError::Io)?.len();
+        let before = Stamp::of(&file.metadata().map_err(JournalError::Io)?);
+        let len = before.len;
+        // What the index knew of the file as it is now (updated after the write).
+        let mut indexed = self.indexed(run_id, before);
         let cached = self
             .heads
             .lock()
@@ -297,6 +346,7 @@ impl Inner {
             Some(h) => h,
             None => {
                 let parsed = parse(run_id, &read_all(&mut file)?)?;
+                indexed = Some(Indexed::of(before, &parsed.records));
                 if let Some(w) = unmet_witness(&parsed.records, read_witness(path)?) {
                     if !matches!(first, Entry::TailLossResolved { .. }) {
                         return Err(JournalError::TailLost {
@@ -376,6 +426,27 @@ impl Inner {
         file.write_all(&out).map_err(JournalError::Io)?;
         file.sync_data().map_err(JournalError::Io)?;
         if head.len == 0 {
+            indexed = Some(Indexed::of(before, &[]));
+        }
+        if let Some(mut ix) = indexed {
+            // Index what was written, as of the file after the write.
+            for rec in &recs {
+                ix.fold(rec);
+            }
+            let after = file.metadata().map(|m| Stamp::of(&m));
+            let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            match after {
+                Ok(stamp) => {
+                    ix.stamp = stamp;
+                    ix.seen_at = std::time::SystemTime::now();
+                    index.insert(run_id.to_string(), ix);
+                }
+                Err(_) => {
+                    index.remove(run_id);
+                }
+            }
+        }
+        if head.len == 0 {
             // A new run file: make its directory entry durable too.
             File::open(&self.dir)
                 .and_then(|d| d.sync_all())
@@ -394,6 +465,48 @@ impl Inner {
             self.after_append(path, run_id, rec, entry);
         }
         Ok(recs)
+    }
+
+    /// The index entry of `run_id` when it is as of `stamp` and can be trusted to be
+    /// (see [`Indexed`]).
+    fn indexed(&self, run_id: &str, stamp: Stamp) -> Option<Indexed> {
+        self.index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(run_id)
+            .filter(|ix| ix.stamp == stamp && ix.settled())
+            .cloned()
+    }
+
+    /// Every run of the journal with what its file says now: from the index for files
+    /// unchanged since this process last saw them (one `stat` each), read and verified
+    /// (under a shared lock) otherwise.
+    fn scan(&self, mut keep: impl FnMut(&str, &Indexed)) -> Result<()> {
+        for run_id in list_runs(&self.dir)? {
+            let path = self.dir.join(format!("{run_id}.journal"));
+            let stamp = match std::fs::metadata(&path) {
+                Ok(m) => Stamp::of(&m),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(JournalError::Io(e).into()),
+            };
+            let ix = match self.indexed(&run_id, stamp) {
+                Some(ix) => ix,
+                None => {
+                    let Some(mut f) = lock_for_read(&path)? else {
+                        continue;
+                    };
+                    let stamp = Stamp::of(&f.metadata().map_err(JournalError::Io)?);
+                    let ix = Indexed::of(stamp, &parse(&run_id, &read_all(&mut f)?)?.records);
+                    self.index
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(run_id.clone(), ix.clone());
+                    ix
+                }
+            };
+            keep(&run_id, &ix);
+        }
+        Ok(())
     }
 
     /// The witness files a durable record calls for.
@@ -418,6 +531,50 @@ impl Inner {
             }
         }
     }
+}
+
+impl Indexed {
+    fn of(stamp: Stamp, records: &[Record]) -> Self {
+        Indexed {
+            stamp,
+            seen_at: std::time::SystemTime::now(),
+            plan: super::plan_of(records).map(str::to_string),
+            ended: super::run_ended(records),
+        }
+    }
+
+    /// Whether a change of the file after the entry was taken would show in its time.
+    fn settled(&self) -> bool {
+        self.stamp
+            .modified
+            .and_then(|m| m.checked_add(RACY))
+            .is_some_and(|m| m < self.seen_at)
+    }
+
+    /// Take in a record appended after those indexed.
+    fn fold(&mut self, rec: &Record) {
+        if rec.seq == 0 {
+            if let Entry::RunStarted { plan, .. } = &rec.entry {
+                self.plan = Some(plan.clone());
+            }
+        }
+        if let Some(ended) = rec.entry.ends_run() {
+            self.ended = ended;
+        }
+    }
+}
+
+/// The ids of the runs in the journal folder `dir`, sorted.
+fn list_runs(dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(JournalError::Io)? {
+        let name = e.map_err(JournalError::Io)?.file_name();
+        if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".journal")) {
+            out.push(id.to_string());
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn encode_line(rec: &Record, out: &mut Vec<u8>) -> Result<()> {
@@ -518,16 +675,32 @@ impl Journal for FileJournal {
     }
 
     async fn runs(&self) -> Result<Vec<String>> {
-        let dir = self.inner.dir.clone();
-        self.blocking(move |_| {
+        self.blocking(move |inner| list_runs(&inner.dir)).await
+    }
+
+    async fn runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
+        let plan = plan.to_string();
+        self.blocking(move |inner| {
             let mut out = Vec::new();
-            for e in std::fs::read_dir(&dir).map_err(JournalError::Io)? {
-                let name = e.map_err(JournalError::Io)?.file_name();
-                if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".journal")) {
-                    out.push(id.to_string());
+            inner.scan(|run_id, ix| {
+                if ix.plan.as_deref() == Some(plan.as_str()) {
+                    out.push(run_id.to_string());
                 }
-            }
-            out.sort();
+            })?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn open_runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
+        let plan = plan.to_string();
+        self.blocking(move |inner| {
+            let mut out = Vec::new();
+            inner.scan(|run_id, ix| {
+                if ix.plan.as_deref() == Some(plan.as_str()) && !ix.ended {
+                    out.push(run_id.to_string());
+                }
+            })?;
             Ok(out)
         })
         .await

@@ -3,7 +3,7 @@ use super::{
 };
 use crate::{Digest, Result};
 use async_trait::async_trait;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -32,6 +32,60 @@ struct Inner {
     leases: BTreeMap<String, Lease>,
     /// Per run, the latest progress of each source.
     progress: BTreeMap<String, BTreeMap<String, LiveProgress>>,
+    /// Per plan, its runs (`runs_of_plan`) and those not ended (`open_runs_of_plan`),
+    /// kept as records are appended: asking costs nothing per run that ended.
+    plans: BTreeMap<String, PlanRuns>,
+}
+
+#[derive(Default, Debug)]
+struct PlanRuns {
+    all: BTreeSet<String>,
+    open: BTreeSet<String>,
+}
+
+impl Inner {
+    /// Index the record `rec` just appended to `run_id` (contract clauses 9, 10).
+    fn index(&mut self, run_id: &str, rec: &Record) {
+        if rec.seq == 0 {
+            if let Entry::RunStarted { plan, .. } = &rec.entry {
+                let runs = self.plans.entry(plan.clone()).or_default();
+                runs.all.insert(run_id.to_string());
+                runs.open.insert(run_id.to_string());
+            }
+        }
+        let Some(ended) = rec.entry.ends_run() else {
+            return;
+        };
+        let Some(plan) = self.runs.get(run_id).and_then(|r| super::plan_of(r)) else {
+            return;
+        };
+        if let Some(runs) = self.plans.get_mut(plan) {
+            if ended {
+                runs.open.remove(run_id);
+            } else {
+                runs.open.insert(run_id.to_string());
+            }
+        }
+    }
+
+    /// Index `run_id` again from its stored records (after they were replaced).
+    fn reindex(&mut self, run_id: &str) {
+        for runs in self.plans.values_mut() {
+            runs.all.remove(run_id);
+            runs.open.remove(run_id);
+        }
+        let Some(records) = self.runs.get(run_id) else {
+            return;
+        };
+        if let Some(plan) = super::plan_of(records) {
+            let ended = super::run_ended(records);
+            let runs = self.plans.entry(plan.to_string()).or_default();
+            runs.all.insert(run_id.to_string());
+            if !ended {
+                runs.open.insert(run_id.to_string());
+            }
+        }
+    }
 }
 
 impl MemoryJournal {
@@ -42,7 +96,9 @@ impl MemoryJournal {
 
     /// Replace the stored records of a run (tests of tamper detection use this).
     pub fn dangerous_overwrite(&self, run_id: &str, records: Vec<Record>) {
-        self.lock().runs.insert(run_id.to_string(), records);
+        let mut g = self.lock();
+        g.runs.insert(run_id.to_string(), records);
+        g.reindex(run_id);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -62,6 +118,7 @@ impl Journal for MemoryJournal {
         check_fence(run_id, head_epoch, epoch)?;
         let rec = Record::seal(run_id, seq, now_ms(), prev, epoch, entry.clone());
         recs.push(rec.clone());
+        g.index(run_id, &rec);
         Ok(rec)
     }
 
@@ -76,16 +133,22 @@ impl Journal for MemoryJournal {
     }
 
     async fn runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
-        // Reads the first record only (the run's chain is verified when it is read).
+        // From the index of first records (the run's chain is verified when it is read).
         Ok(self
             .lock()
-            .runs
-            .iter()
-            .filter(|(_, recs)| {
-                matches!(recs.first(), Some(Record { entry: Entry::RunStarted { plan: p, .. }, .. }) if p == plan)
-            })
-            .map(|(id, _)| id.clone())
-            .collect())
+            .plans
+            .get(plan)
+            .map(|r| r.all.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn open_runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
+        Ok(self
+            .lock()
+            .plans
+            .get(plan)
+            .map(|r| r.open.iter().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Lease> {

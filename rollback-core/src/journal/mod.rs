@@ -73,6 +73,10 @@ pub struct Lease {
 /// 9. **Runs of a plan.** `runs_of_plan(p)` lists exactly the runs whose first record is
 ///    the `run_started` of plan `p` (checked by
 ///    `rollback_core::conformance::journal::runs_of_plan`).
+/// 10. **Open runs of a plan.** `open_runs_of_plan(p)` lists exactly the runs of
+///    `runs_of_plan(p)` that have not ended ([`run_ended`] of their records is false), as
+///    the records read then say (checked by
+///    `rollback_core::conformance::journal::open_runs_of_plan`).
 ///
 /// The `conformance` feature checks these clauses on any implementation
 /// (`rollback_core::conformance::journal`).
@@ -125,11 +129,27 @@ pub trait Journal: Send + Sync {
     async fn runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for run_id in self.runs().await? {
+            if plan_of(&self.records(&run_id).await?) == Some(plan) {
+                out.push(run_id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ids of the runs of the plan named `plan` that have not ended ([`run_ended`]): the
+    /// runs a new run of the plan must wait for, in any order. The executor asks it before
+    /// every run, so its cost should not grow with the runs that ended: journals keep an
+    /// index (the memory journal: the open runs of each plan; the file journal: what each
+    /// run file held when this process last read or wrote it). Default: every run of
+    /// [`runs_of_plan`](Journal::runs_of_plan) read and its records checked.
+    ///
+    /// # Errors
+    /// I/O or backend errors; a run whose chain is broken (when the journal reads it).
+    async fn open_runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for run_id in self.runs_of_plan(plan).await? {
             let records = self.records(&run_id).await?;
-            if matches!(
-                records.first(),
-                Some(Record { entry: Entry::RunStarted { plan: name, .. }, .. }) if name == plan
-            ) {
+            if plan_of(&records) == Some(plan) && !run_ended(&records) {
                 out.push(run_id);
             }
         }
@@ -231,6 +251,9 @@ macro_rules! forward_journal {
             async fn runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
                 (**self).runs_of_plan(plan).await
             }
+            async fn open_runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
+                (**self).open_runs_of_plan(plan).await
+            }
             async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Lease> {
                 (**self).acquire_lease(key, holder, ttl).await
             }
@@ -253,6 +276,27 @@ macro_rules! forward_journal {
     )*};
 }
 forward_journal!(std::sync::Arc<T>, Box<T>);
+
+/// Whether a run whose records (or entries) are these has ended: the last entry that
+/// says so ([`Entry::ends_run`]) is an outcome not revoked since. For journal
+/// implementations, which may fold [`Entry::ends_run`] as they append instead.
+pub fn run_ended<'a>(entries: impl IntoIterator<Item = &'a Record>) -> bool {
+    entries
+        .into_iter()
+        .fold(false, |ended, r| r.entry.ends_run().unwrap_or(ended))
+}
+
+/// The plan a run's records start a run of: the plan of its first record when that is a
+/// `run_started` (contract clause 9). For journal implementations.
+pub fn plan_of(records: &[Record]) -> Option<&str> {
+    match records.first() {
+        Some(Record {
+            entry: Entry::RunStarted { plan, .. },
+            ..
+        }) => Some(plan),
+        _ => None,
+    }
+}
 
 /// Refuse an append of `epoch` to `run_id` whose last record has `head_epoch`
 /// (contract clause 6). For journal implementations.

@@ -64,6 +64,9 @@ impl Journal for CrashAfter {
     async fn runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
         self.inner.runs_of_plan(plan).await
     }
+    async fn open_runs_of_plan(&self, plan: &str) -> Result<Vec<String>> {
+        self.inner.open_runs_of_plan(plan).await
+    }
     async fn acquire_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<Lease> {
         self.inner.acquire_lease(key, holder, ttl).await
     }

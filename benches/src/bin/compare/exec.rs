@@ -8,11 +8,16 @@ use rollback_core::journal::{Entry, FileJournal, Journal, Lease, LostTail, Memor
 use rollback_core::sim::{SetKey, SimWorld};
 use rollback_core::{Executor, Plan};
 use std::io::{Seek, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const STEPS: usize = 50;
+
+/// Earlier runs of the plan in the memory journal measured against a fresh one: the
+/// executor's cost per step must not grow with the journal's history.
+const HISTORY: usize = 500;
 
 fn plan(world: &SimWorld, name: &str) -> Res<Plan> {
     let mut b = Plan::builder(name).checkpoint("db", world.checkpoint("db"));
@@ -40,6 +45,10 @@ struct Syncs<J> {
     /// Journal writes (`append` / `append_all` calls).
     writes: AtomicU64,
     syncs: AtomicU64,
+    /// Nanoseconds spent inside the inner journal's appends.
+    append_ns: AtomicU64,
+    /// Each append's seconds.
+    append_secs: std::sync::Mutex<Vec<f64>>,
     started: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
@@ -49,8 +58,19 @@ impl<J> Syncs<J> {
             inner,
             writes: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            append_ns: AtomicU64::new(0),
+            append_secs: Default::default(),
             started: Default::default(),
         }
+    }
+    fn timed<T>(&self, t: Instant, out: T) -> T {
+        let took = t.elapsed();
+        self.append_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        if let Ok(mut v) = self.append_secs.lock() {
+            v.push(took.as_secs_f64());
+        }
+        out
     }
     fn add(&self, n: u64) {
         self.syncs.fetch_add(n, Ordering::Relaxed);
@@ -76,7 +96,9 @@ impl<J: Journal> Journal for Syncs<J> {
         epoch: u64,
     ) -> rollback_core::Result<Record> {
         self.write(run_id, &[entry]);
-        self.inner.append(run_id, entry, epoch).await
+        let t = Instant::now();
+        let out = self.inner.append(run_id, entry, epoch).await;
+        self.timed(t, out)
     }
     async fn append_all(
         &self,
@@ -85,13 +107,21 @@ impl<J: Journal> Journal for Syncs<J> {
         epoch: u64,
     ) -> rollback_core::Result<Vec<Record>> {
         self.write(run_id, &entries.iter().collect::<Vec<_>>());
-        self.inner.append_all(run_id, entries, epoch).await
+        let t = Instant::now();
+        let out = self.inner.append_all(run_id, entries, epoch).await;
+        self.timed(t, out)
     }
     async fn records(&self, run_id: &str) -> rollback_core::Result<Vec<Record>> {
         self.inner.records(run_id).await
     }
     async fn runs(&self) -> rollback_core::Result<Vec<String>> {
         self.inner.runs().await
+    }
+    async fn runs_of_plan(&self, plan: &str) -> rollback_core::Result<Vec<String>> {
+        self.inner.runs_of_plan(plan).await
+    }
+    async fn open_runs_of_plan(&self, plan: &str) -> rollback_core::Result<Vec<String>> {
+        self.inner.open_runs_of_plan(plan).await
     }
     async fn acquire_lease(
         &self,
@@ -111,106 +141,190 @@ impl<J: Journal> Journal for Syncs<J> {
     }
 }
 
-/// Per-step seconds of `runs` runs of a 50-step plan, and journal records per step.
-async fn per_step(journal: Arc<dyn Journal>, name: &str, runs: usize) -> Res<(f64, f64)> {
+/// Seconds per step of one run of `p` on `journal`.
+async fn timed_run(journal: Arc<dyn Journal>, p: &Plan) -> Res<f64> {
+    let t = Instant::now();
+    let r = Executor::with_journal(journal).run(p).await?;
+    let per_step = secs(t) / STEPS as f64;
+    if !r.is_committed() {
+        return Err("the bench plan did not commit".into());
+    }
+    Ok(per_step)
+}
+
+/// The memory journal, per step: one holding [`HISTORY`] earlier runs of the plan, and a
+/// fresh one (after one warm-up run), in alternating turns. Returns (with history, fresh,
+/// records per step).
+async fn memory(turns: usize) -> Res<(f64, f64, f64)> {
     let world = SimWorld::new();
-    let p = plan(&world, name)?;
-    // one warm-up run
-    let r = Executor::with_journal(journal.clone()).run(&p).await?;
-    let records = journal.records(&r.run_id).await?.len() as f64 / STEPS as f64;
-    let mut v = Vec::new();
-    for _ in 0..runs {
-        let t = Instant::now();
-        let r = Executor::with_journal(journal.clone()).run(&p).await?;
-        v.push(secs(t) / STEPS as f64);
-        if !r.is_committed() {
-            return Err("the bench plan did not commit".into());
+    let p = plan(&world, "bench-memory")?;
+    let old = Arc::new(MemoryJournal::new());
+    let mut records = 0.0;
+    for _ in 0..HISTORY {
+        let r = Executor::with_journal(old.clone()).run(&p).await?;
+        records = old.records(&r.run_id).await?.len() as f64 / STEPS as f64;
+    }
+    let (mut with_history, mut fresh) = (Vec::new(), Vec::new());
+    for turn in 0..turns {
+        // A fresh journal goes with a fresh world: the world's fences remember the
+        // epochs the old journal's runs reached.
+        let new_world = SimWorld::new();
+        let new_p = plan(&new_world, "bench-memory")?;
+        let new = Arc::new(MemoryJournal::new());
+        timed_run(new.clone(), &new_p).await?; // the warm-up
+        if turn % 2 == 0 {
+            with_history.push(timed_run(old.clone(), &p).await?);
+            fresh.push(timed_run(new, &new_p).await?);
+        } else {
+            fresh.push(timed_run(new, &new_p).await?);
+            with_history.push(timed_run(old.clone(), &p).await?);
         }
     }
-    Ok((median(&v), records))
+    Ok((median(&with_history), median(&fresh), records))
+}
+
+/// The reference for one run of the file journal: as many journal-record writes as the run
+/// has steps, each as the journal makes one — open, seek to the end, write `bytes`,
+/// fdatasync, close — on a fresh file in the same folder (a run's file is new too).
+/// Returns each write's seconds.
+fn fsync_probe(path: &Path, bytes: usize) -> std::io::Result<Vec<f64>> {
+    let line = vec![b'x'; bytes];
+    let mut v = Vec::with_capacity(STEPS);
+    for _ in 0..STEPS {
+        let t = Instant::now();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        f.seek(std::io::SeekFrom::End(0))?;
+        f.write_all(&line)?;
+        f.sync_data()?;
+        drop(f);
+        v.push(secs(t));
+    }
+    // Kept until the folder goes, as the runs' files are: freeing blocks (discarded on a
+    // file system mounted with `discard`) would weigh on the next writes.
+    Ok(v)
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+/// One turn of the file journal: its run and the fsync probe, in the order `run_first`.
+struct FileTurn {
+    /// The run, seconds per step.
+    run: f64,
+    /// Seconds per step inside the journal's appends.
+    appends: f64,
+    /// The probe: mean seconds per write (the run's statistic: its time over its steps).
+    probe: f64,
+    /// The probe's single writes.
+    probe_writes: Vec<f64>,
+    writes: u64,
+    syncs: u64,
+}
+
+async fn file_turn(
+    journal: &Arc<Syncs<FileJournal>>,
+    p: &Plan,
+    probe_path: &Path,
+    bytes: usize,
+    run_first: bool,
+) -> Res<FileTurn> {
+    let probe =
+        |path: std::path::PathBuf| tokio::task::spawn_blocking(move || fsync_probe(&path, bytes));
+    let before = (
+        journal.writes.load(Ordering::Relaxed),
+        journal.syncs.load(Ordering::Relaxed),
+        journal.append_ns.load(Ordering::Relaxed),
+    );
+    let (run, probe_writes) = if run_first {
+        let run = timed_run(journal.clone(), p).await?;
+        (run, probe(probe_path.to_path_buf()).await??)
+    } else {
+        let probe_writes = probe(probe_path.to_path_buf()).await??;
+        (timed_run(journal.clone(), p).await?, probe_writes)
+    };
+    Ok(FileTurn {
+        run,
+        appends: (journal.append_ns.load(Ordering::Relaxed) - before.2) as f64 / 1e9 / STEPS as f64,
+        probe: mean(&probe_writes),
+        probe_writes,
+        writes: journal.writes.load(Ordering::Relaxed) - before.0,
+        syncs: journal.syncs.load(Ordering::Relaxed) - before.1,
+    })
 }
 
 pub(crate) async fn executor(args: &Args) -> Res<Report> {
+    let turns = 10 * args.reps;
+    let (mem, fresh, mem_records) = memory(turns).await?;
+
+    // The file journal beside its physical limit, the fsync latency, measured in turns on
+    // the same file system (a run, then the probe; the next turn the other way round), so
+    // that the disk's weather weighs on both alike; each turn's ratio pairs the two.
     let dir = tempfile::tempdir()?;
-    let runs = 10 * args.reps;
-    let (mem, mem_records) = per_step(Arc::new(MemoryJournal::new()), "bench-memory", runs).await?;
-    // The same with a fresh journal per run: without the check for unfinished runs reading
-    // every earlier run's records (`Executor::unfinished`), which the row above includes.
-    let mut fresh = Vec::new();
-    for _ in 0..runs {
-        fresh.push(
-            per_step(Arc::new(MemoryJournal::new()), "bench-memory", 1)
-                .await?
-                .0,
-        );
+    let journal = Arc::new(Syncs::new(FileJournal::open(dir.path())?));
+    let world = SimWorld::new();
+    let p = plan(&world, "bench-file")?;
+    let warm = Executor::with_journal(journal.clone()).run(&p).await?;
+    let run_file = dir.path().join(format!("{}.journal", warm.run_id));
+    let file_records = journal.records(&warm.run_id).await?.len() as f64 / STEPS as f64;
+    // The probe writes what a journal write holds on average (a step's intent and the
+    // previous step's outcome, mostly).
+    let bytes = (std::fs::metadata(&run_file)?.len()
+        / journal.writes.load(Ordering::Relaxed).max(1)) as usize;
+    let rounds = args.reps.max(3) * 10;
+    let mut t = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+        let probe_path = dir.path().join(format!("fsync-probe-{i}"));
+        t.push(file_turn(&journal, &p, &probe_path, bytes, i % 2 == 0).await?);
     }
-    let fresh = median(&fresh);
-    // The file journal and its physical limit, one ~500-byte append + fdatasync on the
-    // same file system, measured in turns (a run of the plan, then as many fsyncs as it
-    // has steps), so that the disk's load weighs on both alike.
-    let file_journal = Arc::new(Syncs::new(FileJournal::open(dir.path())?));
-    let rounds = args.reps.max(3) * 2;
-    let (mut files, mut fsyncs) = (Vec::new(), Vec::new());
-    let mut file_records = 0.0;
-    let mut writes_per_run = Vec::new();
-    let mut syncs_per_run = Vec::new();
-    for _ in 0..rounds {
-        let before = (
-            file_journal.writes.load(Ordering::Relaxed),
-            file_journal.syncs.load(Ordering::Relaxed),
-        );
-        let (t, recs) = per_step(file_journal.clone(), "bench-file", 1).await?;
-        files.push(t);
-        file_records = recs;
-        // per_step makes a warm-up run and a timed run.
-        writes_per_run.push((file_journal.writes.load(Ordering::Relaxed) - before.0) as f64 / 2.0);
-        syncs_per_run.push((file_journal.syncs.load(Ordering::Relaxed) - before.1) as f64 / 2.0);
-        // The same write pattern as a journal record, on a fresh file like a run's:
-        // open, seek to the end, write ~500 bytes, fdatasync, close.
-        let path = dir.path().join(format!("fsync-probe-{}", fsyncs.len()));
-        let v = tokio::task::spawn_blocking(move || -> std::io::Result<f64> {
-            let line = [b'x'; 500];
-            let mut v = Vec::new();
-            for _ in 0..STEPS {
-                let t = Instant::now();
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .read(true)
-                    .write(true)
-                    .open(&path)?;
-                f.seek(std::io::SeekFrom::End(0))?;
-                f.write_all(&line)?;
-                f.sync_data()?;
-                drop(f);
-                v.push(secs(t));
-            }
-            Ok(median(&v))
-        })
-        .await??;
-        fsyncs.push(v);
-    }
-    let (file, fsync) = (median(&files), median(&fsyncs));
-    let writes = median(&writes_per_run) / STEPS as f64;
-    let syncs = median(&syncs_per_run) / STEPS as f64;
+    let col = |f: fn(&FileTurn) -> f64| median(&t.iter().map(f).collect::<Vec<_>>());
+    let file = col(|t| t.run);
+    let appends = col(|t| t.appends);
+    let fsync = col(|t| t.probe);
+    let ratio = col(|t| t.run / t.probe);
+    let writes = col(|t| t.writes as f64) / STEPS as f64;
+    let syncs = col(|t| t.syncs as f64) / STEPS as f64;
+    let quantile = |xs: &[f64], q: f64| {
+        let mut v = xs.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let singles: Vec<f64> = t.iter().flat_map(|t| t.probe_writes.clone()).collect();
+    let (p50, p90, p99) = (
+        quantile(&singles, 0.5),
+        quantile(&singles, 0.9),
+        quantile(&singles, 0.99),
+    );
+    let own = journal
+        .append_secs
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default();
+    let (own50, own90) = (quantile(&own, 0.5), quantile(&own, 0.9));
+
     let mut r = Report::default();
     r.push(
         Row::new(
             "4. executor overhead",
             format!(
-                "per step, memory journal ({STEPS}-step sim plan; one journal for its {} runs, each run's start reads the earlier ones)",
-                runs + 1
+                "per step, memory journal ({STEPS}-step sim plan; the journal holds {HISTORY}+ earlier runs of the plan)"
             ),
         )
         .rollback(fmt_secs(mem))
         .reference(format!(
-            "the same, a fresh journal per run (one earlier run, the warm-up): {} — reading the earlier runs costs {} of it",
-            fmt_secs(fresh),
-            fmt_secs((mem - fresh).max(0.0))
+            "the same on a fresh journal (one earlier run, the warm-up), in alternating turns: {}",
+            fmt_secs(fresh)
         ))
+        .ratio(format!("{} the fresh journal's", fmt_ratio(mem / fresh)))
         .target("≤ 20 µs per step", Some(mem <= 20e-6)),
     );
-    let ratio = file / fsync;
     r.push(
         Row::new(
             "",
@@ -218,10 +332,10 @@ pub(crate) async fn executor(args: &Args) -> Res<Report> {
         )
         .rollback(fmt_secs(file))
         .reference(format!(
-            "a record's write + fdatasync (open, seek, 500 bytes, fdatasync, close), same file system: {}",
+            "a journal write's latency (open, seek, {bytes} bytes, fdatasync, close; mean of {STEPS} on a fresh file) in turns with the runs, same file system: {}",
             fmt_secs(fsync)
         ))
-        .ratio(format!("{} the fsync latency", fmt_ratio(ratio)))
+        .ratio(format!("{} the fsync latency (median of the turns' ratios)", fmt_ratio(ratio)))
         .target("≤ 1.5× the fsync latency", Some(ratio <= 1.5)),
     );
     r.push(
@@ -247,13 +361,20 @@ pub(crate) async fn executor(args: &Args) -> Res<Report> {
         .ratio(format!("{syncs:.2} per step")),
     );
     r.note(format!(
-        "executor: {:.2} journal records per step (memory journal {:.2}) in {:.2} writes, {:.2} disk syncs per step in all; file journal per step ≈ syncs × fsync = {} predicted, {} measured; medians of {rounds} turns",
+        "executor: {:.2} journal records per step (memory journal {:.2}) in {:.2} writes, {:.2} disk syncs per step in all; file journal per step {} measured, of which {} inside the journal's appends; syncs × fsync latency = {} predicted; medians of {rounds} turns (run and probe alternating which goes first); single probe writes p50 {}, p90 {}, p99 {}; single journal appends p50 {} ({} the probe's p50), p90 {}",
         file_records,
         mem_records,
         writes,
         syncs,
+        fmt_secs(file),
+        fmt_secs(appends),
         fmt_secs(syncs * fsync),
-        fmt_secs(file)
+        fmt_secs(p50),
+        fmt_secs(p90),
+        fmt_secs(p99),
+        fmt_secs(own50),
+        fmt_ratio(own50 / p50),
+        fmt_secs(own90),
     ));
     Ok(r)
 }
