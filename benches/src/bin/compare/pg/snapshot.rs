@@ -219,7 +219,9 @@ impl Bench {
             let restored = cp.restore(&snap, &ctx).await?;
             restores.push(secs(t));
             items.insert(restored.items_changed.unwrap_or(0));
-            let proof = restored.proof.ok_or("the undo log's restore returned no proof")?;
+            let proof = restored
+                .proof
+                .ok_or("the undo log's restore returned no proof")?;
             parity &= proof.fingerprint == snap.fingerprint;
             hows.insert(proof.method.unwrap_or_else(|| "full re-read".into()));
             self.client.batch_execute(damage).await?;
@@ -292,7 +294,10 @@ impl Bench {
         let report = rollback_core::Executor::new(rollback_core::journal::MemoryJournal::new())
             .run(&plan)
             .await?;
-        let cpr = report.checkpoints.first().ok_or("no checkpoint in the report")?;
+        let cpr = report
+            .checkpoints
+            .first()
+            .ok_or("no checkpoint in the report")?;
         let rto = report.rto_ms.unwrap_or(0) as f64 / 1000.0;
         r.push(
             Row::new(
