@@ -247,6 +247,17 @@ async fn a_table_mostly_changed_is_swapped_not_merged() {
             .contains("a whole-table method is cheaper"),
     );
     common::assert_same_dump(&before, &db.dump(), "after restore");
+    // Asked for, the delta runs whatever share differs.
+    db.exec("UPDATE items SET qty = qty + 1 WHERE id % 2 = 0")
+        .await;
+    let how = cp
+        .clone()
+        .restore_method(RestoreMethod::Delta)
+        .restore(&snap, &c)
+        .await
+        .unwrap();
+    assert_eq!((how.method.as_str(), how.items_changed), ("delta", Some(25_000)));
+    common::assert_same_dump(&before, &db.dump(), "after the delta");
 }
 
 #[tokio::test]

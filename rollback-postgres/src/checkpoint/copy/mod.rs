@@ -56,10 +56,11 @@ pub enum RestoreMethod {
     ///
     /// **Limits**: only when every live table exists, has the captured definition
     /// (sequence values aside: they are set back) and the captured key, and the snapshot
-    /// has chunk digests; not when the differing ranges hold more than half of a table of
-    /// 32,768 rows or more (a whole-table method is then cheaper; the ranges were read
-    /// once for nothing). Under [`RestoreMethod::Auto`] the other methods follow when it
-    /// does not apply; alone it fails with [`Error::Conflict`] naming why.
+    /// has chunk digests. Under [`RestoreMethod::Auto`] the other methods follow when it
+    /// does not apply, and also when the differing ranges hold more than half of a table
+    /// of 32,768 rows or more (a whole-table method is then cheaper; the table was read
+    /// once for nothing). Asked for alone it runs whatever share differs, and fails with
+    /// [`Error::Conflict`] naming why when it does not apply.
     Delta,
     /// Rename the snapshot copy into place (O(1) in the data): drop the live table, move
     /// the copy into its schema under its name, rename indexes, put back defaults,

@@ -3,7 +3,7 @@
 //! checked against its stored chunk digest, afterwards hashed again — so that the copy is
 //! read only where it is used and never changed.
 
-use super::super::{relation_exists, Descriptor, Entry, TableSnapshot};
+use super::super::{relation_exists, Descriptor, Entry, RestoreMethod, TableSnapshot};
 use super::merge::{merge_rows, refuse_cascades};
 use super::{definition_mismatch, fk_info};
 use crate::catalog::{self, diff_tables, TableModel};
@@ -388,7 +388,8 @@ impl TableSnapshot {
 
     /// The ranges of `t` whose live rows differ from the captured ones, each checked in
     /// the copy against its stored chunk (`Err(DigestMismatch)` when the copy was
-    /// altered there); `Ok(Err(why))` when so much differs that another method is cheaper.
+    /// altered there); `Ok(Err(why))` when, under [`RestoreMethod::Auto`], so much differs
+    /// that another method is cheaper.
     async fn differing(
         &self,
         clients: &[&Client],
@@ -413,7 +414,10 @@ impl TableSnapshot {
             .iter()
             .map(|&i| t.expected(i).0.max(ranges[i].1 .0))
             .sum();
-        if t.hash.rows >= SMALL_TABLE_ROWS && work * 2 > t.hash.rows {
+        if self.method == RestoreMethod::Auto
+            && t.hash.rows >= SMALL_TABLE_ROWS
+            && work * 2 > t.hash.rows
+        {
             return Ok(Err(format!(
                 "{} of {} key ranges of {} differ ({rows_then} of {} rows at capture): a whole-table method is cheaper",
                 differ.len(),
