@@ -41,14 +41,15 @@ pub enum RestoreMethod {
     /// kept and cascades into rows outside the checkpoint refused with
     /// [`Error::Conflict`]). Each restored range is hashed again and must give its stored
     /// chunk, so every chunk of the table is the captured one: the restore returns the
-    /// baseline fingerprint as its proof ([`Restored::proof`]) without reading the table
+    /// baseline fingerprint as its proof (the `proof` of [`Restored`]) without reading the table
     /// again. The copy is never written, so the snapshot stays restorable.
     ///
     /// **Cost**: one read of each live table (about one fingerprint), plus the differing
     /// ranges read twice in the copy and twice in the table, plus the rows written —
     /// against a swap's full re-hash of the copy and, to keep the snapshot, a full
     /// duplicate. [`Restored::method`] is `delta`, [`Restored::items_changed`] the rows
-    /// written, the note how many ranges differed.
+    /// written — exactly the rows that differed, so also the exact count of its
+    /// `discarded` — and the note how many ranges differed.
     ///
     /// **Trust**: a copy altered outside the ranges used is not read, so not refused;
     /// a later restore that uses those ranges (or any other method) refuses it. The
