@@ -117,7 +117,8 @@ pub(super) async fn refuse_cascades(
 /// Put the rows in `scope` of each table of `present` back from its copy by key: delete
 /// the rows the copy lacks (children first), update those whose binary image differs
 /// (`*<>`) and insert those missing (parents first), with user triggers disabled.
-/// Returns the rows written.
+/// Returns the rows written. The scope bounds both sides of every join (rows equal by key
+/// are in the same key ranges), so that the planner reads only those ranges of each.
 pub(super) async fn merge_rows(
     tx: &Transaction<'_>,
     fks: &FkInfo,
@@ -134,11 +135,12 @@ pub(super) async fn merge_rows(
         items += tx
             .execute(
                 &format!(
-                    "DELETE FROM {} l WHERE {} AND NOT EXISTS (SELECT 1 FROM {} s WHERE {})",
+                    "DELETE FROM {} l WHERE {} AND NOT EXISTS (SELECT 1 FROM {} s WHERE {} AND {})",
                     t.quoted(),
                     scope(e, "l"),
                     copy.quoted(),
-                    key_match(e, "s", "l")
+                    key_match(e, "s", "l"),
+                    scope(e, "s")
                 ),
                 &[],
             )
@@ -163,13 +165,14 @@ pub(super) async fn merge_rows(
             items += tx
                 .execute(
                     &format!(
-                        "UPDATE {} l SET ({}) = ROW({}) FROM {} s WHERE {} AND {} AND (l.*) OPERATOR(pg_catalog.*<>) (s.*)",
+                        "UPDATE {} l SET ({}) = ROW({}) FROM {} s WHERE {} AND {} AND {} AND (l.*) OPERATOR(pg_catalog.*<>) (s.*)",
                         t.quoted(),
                         column_list(&settable),
                         column_list_with("s", &settable),
                         copy.quoted(),
                         key_match(e, "s", "l"),
-                        scope(e, "s")
+                        scope(e, "s"),
+                        scope(e, "l")
                     ),
                     &[],
                 )
@@ -180,7 +183,7 @@ pub(super) async fn merge_rows(
         items += tx
             .execute(
                 &format!(
-                    "INSERT INTO {} ({}) {} SELECT {} FROM {} s WHERE {} AND NOT EXISTS (SELECT 1 FROM {} l WHERE {})",
+                    "INSERT INTO {} ({}) {} SELECT {} FROM {} s WHERE {} AND NOT EXISTS (SELECT 1 FROM {} l WHERE {} AND {})",
                     t.quoted(),
                     column_list(&cols),
                     overriding(def),
@@ -188,7 +191,8 @@ pub(super) async fn merge_rows(
                     copy.quoted(),
                     scope(e, "s"),
                     t.quoted(),
-                    key_match(e, "s", "l")
+                    key_match(e, "s", "l"),
+                    scope(e, "l")
                 ),
                 &[],
             )
