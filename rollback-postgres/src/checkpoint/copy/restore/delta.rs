@@ -12,11 +12,16 @@ use crate::fingerprint::{chunk_starts, combine, table_fingerprint, SnapshotHashe
 use crate::hash::{self, Shape, Split, TableHash, LEAF_ROWS};
 use crate::ident::{quote_ident, Table};
 use rollback_core::{Context, Digest, Discarded, Error, Hasher, Proof, Restored, Result, Snapshot};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
 use tokio_postgres::{Client, Transaction};
 
 /// A table with fewer rows than this at capture is restored by delta whatever share of it
 /// differs (every method is quick on it; trying another costs a second transaction).
 const SMALL_TABLE_ROWS: u64 = 8 * LEAF_ROWS;
+
+/// Range hashes each session has in flight (one read, the next ones queued).
+const PIPELINE: usize = 3;
 
 /// The outcome of a delta restore.
 pub(super) enum Delta {
@@ -106,8 +111,11 @@ impl Target<'_> {
 
 impl Target<'_> {
     /// Rows and digest of each of `ranges` of `rel`, in order; each session takes a run
-    /// of consecutive ranges (every session must see the same rows). Unlike
-    /// [`hash::hash_ranges`] no whole-table root is stitched: the chunks alone are compared.
+    /// of consecutive ranges (every session must see the same rows) and keeps
+    /// [`PIPELINE`] of them sent, so that the server starts the next one without waiting
+    /// for a round trip.
+    /// Unlike [`hash::hash_ranges`] no whole-table root is stitched (after an insert or a
+    /// delete that would read the following ranges again): the chunks alone are compared.
     async fn hash_ranges(
         &self,
         clients: &[&Client],
@@ -116,9 +124,22 @@ impl Target<'_> {
     ) -> Result<Vec<(usize, (u64, Digest))>> {
         let (n, w) = (ranges.len(), clients.len().max(1));
         let jobs = clients.iter().enumerate().map(|(j, c)| async move {
-            let mut out = Vec::new();
-            for &i in &ranges[n * j / w..n * (j + 1) / w] {
-                out.push((i, self.hash_range(c, rel, i).await?));
+            let mine = &ranges[n * j / w..n * (j + 1) / w];
+            let mut out = Vec::with_capacity(mine.len());
+            // A sliding window: a range is sent as soon as one is read.
+            let mut window: FuturesOrdered<BoxFuture<'_, Result<(u64, Digest)>>> =
+                FuturesOrdered::new();
+            let mut next = mine.iter();
+            for &i in next.by_ref().take(PIPELINE) {
+                window.push_back(Box::pin(self.hash_range(c, rel, i)));
+            }
+            let mut k = 0;
+            while let Some(got) = window.next().await {
+                out.push((mine[k], got?));
+                k += 1;
+                if let Some(&i) = next.next() {
+                    window.push_back(Box::pin(self.hash_range(c, rel, i)));
+                }
             }
             Ok::<_, Error>(out)
         });
