@@ -124,7 +124,10 @@ async fn restore_falls_back_to_copy_when_a_view_depends_on_the_table() {
     // The copy is still there: restoring again works and changes nothing (the table is
     // at its snapshot, so the delta finds no range to write).
     let again = cp.restore(&snap, &c).await.unwrap();
-    assert_eq!((again.method.as_str(), again.items_changed), ("delta", Some(0)));
+    assert_eq!(
+        (again.method.as_str(), again.items_changed),
+        ("delta", Some(0))
+    );
     common::assert_same_dump(&before, &db.dump(), "after restore");
     cp.discard(&snap, &c).await.unwrap();
     assert_eq!(
@@ -145,8 +148,8 @@ async fn restore_merges_a_table_referenced_from_outside_the_checkpoint() {
     .await;
     let before = db.dump();
     // Auto would restore these few rows by delta (tests/table_snapshot_delta.rs).
-    let cp = TableSnapshot::new(&db.db, Table::public("customers"))
-        .restore_method(RestoreMethod::Merge);
+    let cp =
+        TableSnapshot::new(&db.db, Table::public("customers")).restore_method(RestoreMethod::Merge);
     let c = ctx();
     let snap = cp.capture(&c).await.unwrap();
     db.exec(
@@ -443,7 +446,8 @@ async fn capture_builds_the_copys_indexes_after_loading_it_and_hashes_what_it_co
     );
     let before = db.dump();
     // A swap re-hashes the whole copy (a delta reads only the ranges it uses).
-    let cp = TableSnapshot::new(&db.db, Table::public("Big Orders")).restore_method(RestoreMethod::Swap);
+    let cp =
+        TableSnapshot::new(&db.db, Table::public("Big Orders")).restore_method(RestoreMethod::Swap);
     let c = ctx();
     let snap = cp.capture(&c).await.unwrap();
     assert_eq!(snap.fingerprint, cp.fingerprint(&c).await.unwrap());

@@ -90,7 +90,10 @@ async fn default_restore_puts_back_only_the_differing_ranges_and_pg_dump_matches
     common::assert_same_dump(&before, &db.dump(), "after the second delta restore");
     // A table already at its snapshot: nothing written, still proven.
     let noop = cp.restore(&snap, &c).await.unwrap();
-    assert_eq!((noop.method.as_str(), noop.items_changed), ("delta", Some(0)));
+    assert_eq!(
+        (noop.method.as_str(), noop.items_changed),
+        ("delta", Some(0))
+    );
     assert_eq!(noop.proof.unwrap().fingerprint, snap.fingerprint);
     cp.discard(&snap, &c).await.unwrap();
 }
@@ -111,11 +114,7 @@ async fn delta_refuses_a_copy_tampered_in_a_range_it_uses_and_changes_nothing() 
     ))
     .await;
     for method in [RestoreMethod::Auto, RestoreMethod::Delta] {
-        let r = cp
-            .clone()
-            .restore_method(method)
-            .restore(&snap, &c)
-            .await;
+        let r = cp.clone().restore_method(method).restore(&snap, &c).await;
         assert!(
             matches!(r, Err(Error::DigestMismatch { .. })),
             "{method:?}: {r:?}"
@@ -184,13 +183,23 @@ async fn delta_keeps_rows_that_tables_outside_the_checkpoint_reference() {
     db.exec("INSERT INTO items (id, sku) VALUES (999999, 'x'); INSERT INTO orders (item_id) VALUES (999999);")
         .await;
     let refused = cp.restore(&snap, &c).await;
-    assert!(matches!(refused, Err(Error::Conflict { .. })), "{refused:?}");
-    assert_eq!(db.count("SELECT count(*) FROM items WHERE id = 999999").await, 1);
+    assert!(
+        matches!(refused, Err(Error::Conflict { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM items WHERE id = 999999")
+            .await,
+        1
+    );
     // Nor cascade into a table outside the checkpoint.
     db.exec("DELETE FROM orders WHERE item_id = 999999; INSERT INTO holds VALUES (999999);")
         .await;
     let refused = cp.restore(&snap, &c).await;
-    assert!(matches!(refused, Err(Error::Conflict { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::Conflict { .. })),
+        "{refused:?}"
+    );
     assert_eq!(db.count("SELECT count(*) FROM holds").await, 1);
 }
 
@@ -241,11 +250,10 @@ async fn a_table_mostly_changed_is_swapped_not_merged() {
         .await;
     let how = cp.restore(&snap, &c).await.unwrap();
     assert_eq!(how.method, "swap", "{how:?}");
-    assert!(
-        how.note
-            .unwrap_or_default()
-            .contains("a whole-table method is cheaper"),
-    );
+    assert!(how
+        .note
+        .unwrap_or_default()
+        .contains("a whole-table method is cheaper"),);
     common::assert_same_dump(&before, &db.dump(), "after restore");
     // Asked for, the delta runs whatever share differs.
     db.exec("UPDATE items SET qty = qty + 1 WHERE id % 2 = 0")
@@ -256,7 +264,10 @@ async fn a_table_mostly_changed_is_swapped_not_merged() {
         .restore(&snap, &c)
         .await
         .unwrap();
-    assert_eq!((how.method.as_str(), how.items_changed), ("delta", Some(25_000)));
+    assert_eq!(
+        (how.method.as_str(), how.items_changed),
+        ("delta", Some(25_000))
+    );
     common::assert_same_dump(&before, &db.dump(), "after the delta");
 }
 
@@ -284,7 +295,8 @@ async fn a_table_without_a_key_is_not_restored_by_delta() {
 async fn writers_wait_for_the_delta_and_a_write_queued_behind_it_is_kept() {
     let db = TestDb::new("delta_writers").await;
     items(&db).await;
-    let cp = TableSnapshot::new(&db.db, Table::public("items")).lock_timeout(Duration::from_secs(30));
+    let cp =
+        TableSnapshot::new(&db.db, Table::public("items")).lock_timeout(Duration::from_secs(30));
     let c = ctx();
     let snap = cp.capture(&c).await.unwrap();
     change_a_few(&db).await;
@@ -325,11 +337,15 @@ async fn writers_wait_for_the_delta_and_a_write_queued_behind_it_is_kept() {
     // The early write (committed before the restore ran) is discarded with the others;
     // the late one is kept.
     assert_eq!(
-        db.scalar("SELECT note FROM items WHERE id = 5").await.as_deref(),
+        db.scalar("SELECT note FROM items WHERE id = 5")
+            .await
+            .as_deref(),
         Some("note 5")
     );
     assert_eq!(
-        db.scalar("SELECT note FROM items WHERE id = 6").await.as_deref(),
+        db.scalar("SELECT note FROM items WHERE id = 6")
+            .await
+            .as_deref(),
         Some("LATE")
     );
     db.exec(

@@ -11,9 +11,9 @@ use crate::error::{backend_msg, PgResultExt};
 use crate::fingerprint::{chunk_starts, combine, table_fingerprint, SnapshotHasher};
 use crate::hash::{self, Shape, Split, TableHash, LEAF_ROWS};
 use crate::ident::{quote_ident, Table};
-use rollback_core::{Context, Digest, Discarded, Error, Hasher, Proof, Restored, Result, Snapshot};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
+use rollback_core::{Context, Digest, Discarded, Error, Hasher, Proof, Restored, Result, Snapshot};
 use tokio_postgres::{Client, Transaction};
 
 /// A table with fewer rows than this at capture is restored by delta whatever share of it
@@ -105,7 +105,10 @@ impl Target<'_> {
             self.range_pred("r", i)
         );
         let h = hash::hash_relation(c, &self.shape(sub), u64::MAX).await?;
-        Ok((h.rows, h.chunks.first().map_or(Digest::default(), |c| c.digest)))
+        Ok((
+            h.rows,
+            h.chunks.first().map_or(Digest::default(), |c| c.digest),
+        ))
     }
 }
 
@@ -237,7 +240,10 @@ impl TableSnapshot {
         for e in &d.tables {
             let mut actual = e.clone();
             if let (Some(copy), Some(def)) = (&e.copy, &e.definition) {
-                let Some(hash) = e.hash.as_ref().filter(|h| h.rows == 0 || !h.chunks.is_empty())
+                let Some(hash) = e
+                    .hash
+                    .as_ref()
+                    .filter(|h| h.rows == 0 || !h.chunks.is_empty())
                 else {
                     return Ok(Delta::Unsuitable(format!(
                         "the snapshot of {} has no chunk digests",
@@ -336,7 +342,9 @@ impl TableSnapshot {
                 .iter()
                 .zip(&found)
                 .find(|(t, _)| t.entry.table == e.table)
-                .map_or("FALSE".to_string(), |(t, f)| t.ranges_pred(alias, &f.ranges))
+                .map_or("FALSE".to_string(), |(t, f)| {
+                    t.ranges_pred(alias, &f.ranges)
+                })
         };
         let present: Vec<&Entry> = targets
             .iter()
@@ -417,7 +425,9 @@ impl TableSnapshot {
         t: &Target<'_>,
     ) -> Result<std::result::Result<Found, String>> {
         let n = t.starts.len() + 1;
-        let ranges = t.hash_ranges(clients, &t.entry.table, &(0..n).collect::<Vec<_>>()).await?;
+        let ranges = t
+            .hash_ranges(clients, &t.entry.table, &(0..n).collect::<Vec<_>>())
+            .await?;
         let differ: Vec<usize> = ranges
             .iter()
             .filter(|(i, r)| *r != t.expected(*i))

@@ -18,9 +18,9 @@ use crate::error::{backend_msg, PgResultExt};
 use crate::fingerprint::{chunk_splits, combine, fingerprint_tables, table_fingerprint};
 use crate::hash::{self, Shape};
 use crate::ident::{quote_ident, Table};
+use delta::Delta;
 use rollback_core::{Context, Digest, Discarded, Error, Hasher, Proof, Restored, Result, Snapshot};
 use std::collections::BTreeSet;
-use delta::Delta;
 use swap::{rename_indexes, swap_unsafe};
 use tokio_postgres::Transaction;
 
