@@ -86,9 +86,16 @@ async fn a_role_with_exactly_the_documented_privileges_runs_every_type() {
     // Each table checkpoint and restore method: capture, change, restore, parity.
     for (label, cp) in [
         (
-            "swap",
+            "delta",
             Box::new(TableSnapshot::new(&as_app, Table::new("shop", "audit")))
                 as Box<dyn Checkpoint>,
+        ),
+        (
+            "swap",
+            Box::new(
+                TableSnapshot::new(&as_app, Table::new("shop", "audit"))
+                    .restore_method(RestoreMethod::Swap),
+            ),
         ),
         (
             "copy",

@@ -795,7 +795,9 @@ async fn restore_under_writers(
             .discarded_writes
             .clone()
             .expect("discarded writes reported");
-        assert!(!d.exact && d.includes_run, "{d:?}");
+        // The delta counts the rows it wrote back: exactly the rows that differed.
+        assert_eq!(d.exact, method == "delta", "{d:?}");
+        assert!(d.includes_run, "{d:?}");
         assert!(report.items_discarded.is_some(), "{md}");
         assert!(report.rpo_ms.is_some(), "{md}");
         assert!(md.contains("discarded"), "{md}");
@@ -818,6 +820,16 @@ async fn four_writers_during_a_swap_restore() {
         "live_swap",
         |db| Box::new(TableSnapshot::new(&db.db, accounts()).restore_method(RestoreMethod::Swap)),
         "swap",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn four_writers_during_a_delta_restore() {
+    restore_under_writers(
+        "live_delta",
+        |db| Box::new(TableSnapshot::new(&db.db, accounts()).restore_method(RestoreMethod::Delta)),
+        "delta",
     )
     .await;
 }

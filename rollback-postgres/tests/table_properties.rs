@@ -167,8 +167,13 @@ async fn a_swap_restore_keeps_every_property_pg_dump_emits() {
 }
 
 #[tokio::test]
-async fn an_auto_restore_swaps_and_keeps_every_property_pg_dump_emits() {
-    restore_keeps_every_property("prop_auto", Some(RestoreMethod::Auto), false, "swap").await;
+async fn an_auto_restore_of_changed_rows_is_a_delta_and_keeps_every_property_pg_dump_emits() {
+    restore_keeps_every_property("prop_auto", Some(RestoreMethod::Auto), false, "delta").await;
+}
+
+#[tokio::test]
+async fn a_delta_restore_beside_dependents_keeps_every_property_pg_dump_emits() {
+    restore_keeps_every_property("prop_delta", Some(RestoreMethod::Delta), true, "delta").await;
 }
 
 #[tokio::test]

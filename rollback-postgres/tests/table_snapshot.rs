@@ -121,8 +121,13 @@ async fn restore_falls_back_to_copy_when_a_view_depends_on_the_table() {
     );
     assert_eq!(cp.fingerprint(&c).await.unwrap(), snap.fingerprint);
     common::assert_same_dump(&before, &db.dump(), "after restore");
-    // The copy is still there: restoring again works and changes nothing.
-    assert_eq!(cp.restore(&snap, &c).await.unwrap().method, "copy");
+    // The copy is still there: restoring again works and changes nothing (the table is
+    // at its snapshot, so the delta finds no range to write).
+    let again = cp.restore(&snap, &c).await.unwrap();
+    assert_eq!(
+        (again.method.as_str(), again.items_changed),
+        ("delta", Some(0))
+    );
     common::assert_same_dump(&before, &db.dump(), "after restore");
     cp.discard(&snap, &c).await.unwrap();
     assert_eq!(
@@ -142,7 +147,9 @@ async fn restore_merges_a_table_referenced_from_outside_the_checkpoint() {
     )
     .await;
     let before = db.dump();
-    let cp = TableSnapshot::new(&db.db, Table::public("customers"));
+    // Auto would restore these few rows by delta (tests/table_snapshot_delta.rs).
+    let cp =
+        TableSnapshot::new(&db.db, Table::public("customers")).restore_method(RestoreMethod::Merge);
     let c = ctx();
     let snap = cp.capture(&c).await.unwrap();
     db.exec(
@@ -180,10 +187,12 @@ async fn restore_of_a_table_set_truncates_and_copies_parent_and_child_together()
     )
     .await;
     let before = db.dump();
+    // Auto would restore by delta (the definitions are unchanged).
     let cp = TableSnapshot::of_tables(
         &db.db,
         vec![Table::public("orders"), Table::public("customers")],
-    );
+    )
+    .restore_method(RestoreMethod::Copy);
     assert!(cp.resource().contains("public.customers+public.orders"));
     let c = ctx();
     let snap = cp.capture(&c).await.unwrap();
@@ -436,7 +445,9 @@ async fn capture_builds_the_copys_indexes_after_loading_it_and_hashes_what_it_co
         "the table is big enough to be hashed while it is copied"
     );
     let before = db.dump();
-    let cp = TableSnapshot::new(&db.db, Table::public("Big Orders"));
+    // A swap re-hashes the whole copy (a delta reads only the ranges it uses).
+    let cp =
+        TableSnapshot::new(&db.db, Table::public("Big Orders")).restore_method(RestoreMethod::Swap);
     let c = ctx();
     let snap = cp.capture(&c).await.unwrap();
     assert_eq!(snap.fingerprint, cp.fingerprint(&c).await.unwrap());
@@ -488,7 +499,8 @@ async fn capture_of_a_big_table_with_a_generated_column_restores() {
     let c = ctx();
     let snap = cp.capture(&c).await.unwrap();
     db.exec("UPDATE g SET a = a + 1 WHERE id < 100").await;
-    assert_eq!(cp.restore(&snap, &c).await.unwrap().method, "swap");
+    // The delta writes the generated column's inputs only.
+    assert_eq!(cp.restore(&snap, &c).await.unwrap().method, "delta");
     common::assert_same_dump(&before, &db.dump(), "after restore");
 }
 
@@ -541,9 +553,9 @@ async fn a_parallel_fingerprint_does_not_depend_on_where_the_key_range_is_split(
         .await
         .unwrap();
     assert_eq!(snap.fingerprint, before);
-    // Restore re-hashes the big copy in two parts and refuses it when rows were changed,
+    // A swap re-hashes the big copy in two parts and refuses it when rows were changed,
     // removed or added (the parts then hold other row counts than at capture).
-    let cp = TableSnapshot::new(&db.db, Table::public("dense"));
+    let cp = TableSnapshot::new(&db.db, Table::public("dense")).restore_method(RestoreMethod::Swap);
     let copy = db
         .scalar(
             "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables \

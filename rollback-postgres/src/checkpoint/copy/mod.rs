@@ -27,9 +27,42 @@ pub const TABLE_COPY_KIND: &str = "pg.table-copy";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RestoreMethod {
-    /// Swap where safe, else copy, else merge (the default).
+    /// Delta where it applies, else swap where safe, else copy, else merge (the default).
     #[default]
     Auto,
+    /// Put back only the key ranges that differ from the snapshot, and read the copy only
+    /// there. Under one transaction the live tables are locked `EXCLUSIVE` (plain reads
+    /// go on, writers wait) and hashed in the key ranges of the chunks stored at capture
+    /// (a big table on [`TableSnapshot::fingerprint_parallelism`] sessions); each
+    /// differing range of the copy is hashed and must equal its stored chunk digest
+    /// (else [`Error::DigestMismatch`], nothing changed); then, in those ranges only, rows
+    /// the copy lacks are deleted, changed rows updated and missing rows inserted, by key
+    /// (as [`RestoreMethod::Merge`] does: user triggers off, foreign keys from outside
+    /// kept and cascades into rows outside the checkpoint refused with
+    /// [`Error::Conflict`]). Each restored range is hashed again and must give its stored
+    /// chunk, so every chunk of the table is the captured one: the restore returns the
+    /// baseline fingerprint as its proof (the `proof` of [`Restored`]) without reading the table
+    /// again. The copy is never written, so the snapshot stays restorable.
+    ///
+    /// **Cost**: one read of each live table (about one fingerprint), plus the differing
+    /// ranges read twice in the copy and twice in the table, plus the rows written —
+    /// against a swap's full re-hash of the copy and, to keep the snapshot, a full
+    /// duplicate. [`Restored::method`] is `delta`, [`Restored::items_changed`] the rows
+    /// written — exactly the rows that differed, so also the exact count of its
+    /// `discarded` — and the note how many ranges differed.
+    ///
+    /// **Trust**: a copy altered outside the ranges used is not read, so not refused;
+    /// a later restore that uses those ranges (or any other method) refuses it. The
+    /// chunk digests are those of the snapshot's descriptor, as kept by the journal.
+    ///
+    /// **Limits**: only when every live table exists, has the captured definition
+    /// (sequence values aside: they are set back) and the captured key, and the snapshot
+    /// has chunk digests. Under [`RestoreMethod::Auto`] the other methods follow when it
+    /// does not apply, and also when the differing ranges hold more than half of a table
+    /// of 32,768 rows or more (a whole-table method is then cheaper; the table was read
+    /// once for nothing). Asked for alone it runs whatever share differs, and fails with
+    /// [`Error::Conflict`] naming why when it does not apply.
+    Delta,
     /// Rename the snapshot copy into place (O(1) in the data): drop the live table, move
     /// the copy into its schema under its name, rename indexes, put back defaults,
     /// sequences, triggers, foreign keys (re-validated), and everything else pg_dump
@@ -44,7 +77,8 @@ pub enum RestoreMethod {
     Copy,
     /// Delete rows added since, update rows changed since (compared by binary image, `*<>`),
     /// insert rows deleted since, by
-    /// key; the only method for tables referenced by foreign keys from outside the set.
+    /// key; the only whole-table method for tables referenced by foreign keys from outside
+    /// the set.
     Merge,
 }
 
@@ -65,7 +99,9 @@ pub enum RestoreMethod {
 /// again, so the copy itself is hashed afterwards, as is any table when the snapshot
 /// cannot be shared).
 ///
-/// **Restore** (one transaction): the copies are locked, re-hashed and checked against the
+/// **Restore**: first by [`RestoreMethod::Delta`] where it applies (the tables keep their
+/// captured definitions and only some key ranges differ; one transaction). Otherwise
+/// (one transaction per method tried): the copies are locked, re-hashed and checked against the
 /// digest before anything changes (a copy of 200 000 rows or more is re-hashed by two
 /// sessions, split at a chunk boundary recorded at capture; nothing proves cheaply that a
 /// copy was not written since, so the re-hash is never skipped); then the live tables are locked `ACCESS EXCLUSIVE` and
@@ -74,7 +110,7 @@ pub enum RestoreMethod {
 /// owned sequences with their values — and any difference rolls the transaction back.
 /// The fingerprint covers the same definition, so parity is never claimed while any of it
 /// differs.
-/// [`Restored::method`] says which method ran (`swap`, `copy`, `merge`, or `noop` when the
+/// [`Restored::method`] says which method ran (`delta`, `swap`, `copy`, `merge`, or `noop` when the
 /// tables already hold the snapshot's content).
 ///
 /// **When a swap is safe.** The live table must be a plain table (not partitioned, not a

@@ -1,9 +1,12 @@
-//! Restore of a [`TableSnapshot`]: refusal of a copy that no longer matches its digest,
-//! then one transaction per method tried — [`swap`] (O(1), where nothing depends on the
+//! Restore of a [`TableSnapshot`]: first, where it applies, [`delta`] (only the key ranges
+//! that differ from the snapshot, verified against their stored chunk digests); else
+//! refusal of a copy that no longer matches its digest, then one transaction per method
+//! tried — [`swap`] (O(1), where nothing depends on the
 //! table), [`copy_back`] (`TRUNCATE` + `INSERT … SELECT`), [`merge`] (a keyed diff) — each
 //! checked against the captured definitions and proven by the fingerprint before commit.
 
 mod copy_back;
+mod delta;
 mod merge;
 mod swap;
 
@@ -15,6 +18,7 @@ use crate::error::{backend_msg, PgResultExt};
 use crate::fingerprint::{chunk_splits, combine, fingerprint_tables, table_fingerprint};
 use crate::hash::{self, Shape};
 use crate::ident::{quote_ident, Table};
+use delta::Delta;
 use rollback_core::{Context, Digest, Discarded, Error, Hasher, Proof, Restored, Result, Snapshot};
 use std::collections::BTreeSet;
 use swap::{rename_indexes, swap_unsafe};
@@ -53,6 +57,7 @@ impl TableSnapshot {
         let d = self.descriptor(snap)?;
         let methods: Vec<Method> = match self.method {
             RestoreMethod::Auto => vec![Method::Swap, Method::Copy, Method::Merge],
+            RestoreMethod::Delta => vec![],
             RestoreMethod::Swap => vec![Method::Swap],
             RestoreMethod::Copy => vec![Method::Copy],
             RestoreMethod::Merge => vec![Method::Merge],
@@ -60,6 +65,17 @@ impl TableSnapshot {
         let mut reasons: Vec<String> = Vec::new();
         crate::markers::ensure_for_fence(&self.db, crate::markers::DEFAULT_MARKER_SCHEMA, ctx)
             .await?;
+        // The delta first: where it applies it writes only the differing key ranges and
+        // reads the copy only there; else the whole-table methods.
+        if matches!(self.method, RestoreMethod::Auto | RestoreMethod::Delta) {
+            match self.restore_delta(snap, &d, ctx).await? {
+                Delta::Done(r) => return Ok(r),
+                Delta::Unsuitable(why) => {
+                    tracing::info!(reason = %why, "delta restore not applicable");
+                    reasons.push(format!("delta not applicable: {why}"));
+                }
+            }
+        }
         for m in methods {
             let mut obj = self.db.lib_client().await?;
             let client: &mut tokio_postgres::Client = &mut obj;
@@ -258,28 +274,7 @@ impl TableSnapshot {
                 }
             }
             // 5. The definitions must be the captured ones.
-            let mut mismatch = None;
-            for e in &d.tables {
-                let now = catalog::table_model(&tx, &e.table).await?;
-                if now != e.definition {
-                    let diff = match (&e.definition, &now) {
-                        (Some(a), Some(b)) => diff_tables(&e.table.to_string(), a, b)
-                            .iter()
-                            .map(|c| c.to_string())
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                        (None, Some(_)) => "table exists but was absent at capture".into(),
-                        (Some(_), None) => "table is missing".into(),
-                        (None, None) => String::new(),
-                    };
-                    mismatch = Some(format!(
-                        "{} left {} different from the snapshot: {diff}",
-                        m.name(),
-                        e.table
-                    ));
-                    break;
-                }
-            }
+            let mismatch = definition_mismatch(&tx, &d, m.name()).await?;
             if let Some(why) = mismatch {
                 tracing::warn!(method = m.name(), reason = %why, "restore result rejected");
                 reasons.push(why);
@@ -333,6 +328,35 @@ impl TableSnapshot {
             reasons.join("; ")
         )))
     }
+}
+
+/// Why the tables' definitions are not the captured ones after a restore by `method`
+/// (`None`: they are).
+async fn definition_mismatch(
+    tx: &Transaction<'_>,
+    d: &Descriptor,
+    method: &str,
+) -> Result<Option<String>> {
+    for e in &d.tables {
+        let now = catalog::table_model(tx, &e.table).await?;
+        if now != e.definition {
+            let diff = match (&e.definition, &now) {
+                (Some(a), Some(b)) => diff_tables(&e.table.to_string(), a, b)
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                (None, Some(_)) => "table exists but was absent at capture".into(),
+                (Some(_), None) => "table is missing".into(),
+                (None, None) => String::new(),
+            };
+            return Ok(Some(format!(
+                "{method} left {} different from the snapshot: {diff}",
+                e.table
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Foreign keys among `tables`: (child, parent) pairs, and those from outside into the set.

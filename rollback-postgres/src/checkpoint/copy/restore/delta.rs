@@ -1,0 +1,478 @@
+//! The delta restore: the live tables are hashed in the key ranges of the chunks stored at
+//! capture, and only the ranges that differ are put back from the copy — each first
+//! checked against its stored chunk digest, afterwards hashed again — so that the copy is
+//! read only where it is used and never changed.
+
+use super::super::{relation_exists, Descriptor, Entry, RestoreMethod, TableSnapshot};
+use super::merge::{merge_rows, refuse_cascades};
+use super::{definition_mismatch, fk_info};
+use crate::catalog::{self, diff_tables, TableModel};
+use crate::error::{backend_msg, PgResultExt};
+use crate::fingerprint::{chunk_starts, combine, table_fingerprint, SnapshotHasher};
+use crate::hash::{self, Shape, Split, TableHash, LEAF_ROWS};
+use crate::ident::{quote_ident, Table};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
+use rollback_core::{Context, Digest, Discarded, Error, Hasher, Proof, Restored, Result, Snapshot};
+use tokio_postgres::{Client, Transaction};
+
+/// A table with fewer rows than this at capture is restored by delta whatever share of it
+/// differs (every method is quick on it; trying another costs a second transaction).
+const SMALL_TABLE_ROWS: u64 = 8 * LEAF_ROWS;
+
+/// Range hashes each session has in flight (one read, the next ones queued).
+const PIPELINE: usize = 3;
+
+/// The outcome of a delta restore.
+pub(super) enum Delta {
+    /// Restored and proven.
+    Done(Restored),
+    /// Not applicable (nothing was changed); the reason.
+    Unsuitable(String),
+}
+
+/// A table the delta restores: its captured entry and what it is hashed by.
+struct Target<'a> {
+    entry: &'a Entry,
+    def: &'a TableModel,
+    copy: &'a Table,
+    hash: &'a TableHash,
+    /// The start keys of the captured chunks after the first, as SQL literals.
+    starts: Vec<Split>,
+}
+
+impl Target<'_> {
+    /// Range `i`'s rows and digest at capture (an empty table has one empty range).
+    fn expected(&self, i: usize) -> (u64, Digest) {
+        self.hash
+            .chunks
+            .get(i)
+            .map_or((0, Digest::default()), |c| (c.rows, c.digest))
+    }
+
+    fn shape(&self, rel: String) -> Shape {
+        Shape {
+            rel,
+            columns: self.def.column_names(),
+            key: self.entry.key.clone(),
+        }
+    }
+
+    /// `alias`'s key in range `i` (`lo <= key < hi`, as [`hash::hash_ranges`] bounds it).
+    fn range_pred(&self, alias: &str, i: usize) -> String {
+        let key = &self.entry.key;
+        let side = |s: &Split, op: &str| {
+            let n = s.lits.len().min(key.len()).max(1);
+            let cols: Vec<String> = key[..n]
+                .iter()
+                .map(|k| format!("{alias}.{}", quote_ident(k)))
+                .collect();
+            if n == 1 {
+                format!("{} {op} {}", cols[0], s.lits[0])
+            } else {
+                format!(
+                    "ROW({}) {op} ROW({})",
+                    cols.join(", "),
+                    s.lits[..n].join(", ")
+                )
+            }
+        };
+        let lo = i.checked_sub(1).and_then(|j| self.starts.get(j));
+        let hi = self.starts.get(i);
+        match (lo, hi) {
+            (Some(a), Some(b)) => format!("({} AND {})", side(a, ">="), side(b, "<")),
+            (Some(a), None) => side(a, ">="),
+            (None, Some(b)) => side(b, "<"),
+            (None, None) => "TRUE".into(),
+        }
+    }
+
+    /// `alias`'s key in any of `ranges`.
+    fn ranges_pred(&self, alias: &str, ranges: &[usize]) -> String {
+        if ranges.is_empty() {
+            return "FALSE".into();
+        }
+        let parts: Vec<String> = ranges.iter().map(|&i| self.range_pred(alias, i)).collect();
+        format!("({})", parts.join(" OR "))
+    }
+
+    /// Rows and digest of range `i` of `rel` (a quoted relation), hashed as one chunk —
+    /// the stored chunk's digest when the rows are the captured ones.
+    async fn hash_range(&self, c: &Client, rel: &Table, i: usize) -> Result<(u64, Digest)> {
+        let sub = format!(
+            "(SELECT * FROM {} r WHERE {})",
+            rel.quoted(),
+            self.range_pred("r", i)
+        );
+        let h = hash::hash_relation(c, &self.shape(sub), u64::MAX).await?;
+        Ok((
+            h.rows,
+            h.chunks.first().map_or(Digest::default(), |c| c.digest),
+        ))
+    }
+}
+
+impl Target<'_> {
+    /// Rows and digest of each of `ranges` of `rel`, in order; each session takes a run
+    /// of consecutive ranges (every session must see the same rows) and keeps
+    /// [`PIPELINE`] of them sent, so that the server starts the next one without waiting
+    /// for a round trip.
+    /// Unlike [`hash::hash_ranges`] no whole-table root is stitched (after an insert or a
+    /// delete that would read the following ranges again): the chunks alone are compared.
+    async fn hash_ranges(
+        &self,
+        clients: &[&Client],
+        rel: &Table,
+        ranges: &[usize],
+    ) -> Result<Vec<(usize, (u64, Digest))>> {
+        let (n, w) = (ranges.len(), clients.len().max(1));
+        let jobs = clients.iter().enumerate().map(|(j, c)| async move {
+            let mine = &ranges[n * j / w..n * (j + 1) / w];
+            let mut out = Vec::with_capacity(mine.len());
+            // A sliding window: a range is sent as soon as one is read.
+            let mut window: FuturesOrdered<BoxFuture<'_, Result<(u64, Digest)>>> =
+                FuturesOrdered::new();
+            let mut next = mine.iter();
+            for &i in next.by_ref().take(PIPELINE) {
+                window.push_back(Box::pin(self.hash_range(c, rel, i)));
+            }
+            let mut k = 0;
+            while let Some(got) = window.next().await {
+                out.push((mine[k], got?));
+                k += 1;
+                if let Some(&i) = next.next() {
+                    window.push_back(Box::pin(self.hash_range(c, rel, i)));
+                }
+            }
+            Ok::<_, Error>(out)
+        });
+        Ok(futures::future::try_join_all(jobs)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+}
+
+/// What the delta found in one table: the differing ranges, and their rows at capture.
+struct Found {
+    ranges: Vec<usize>,
+    rows_then: u64,
+}
+
+impl TableSnapshot {
+    /// Restore by delta where it applies (see [`super::super::RestoreMethod::Delta`]): one
+    /// transaction, rolled back unless every table came back proven.
+    pub(super) async fn restore_delta(
+        &self,
+        snap: &Snapshot,
+        d: &Descriptor,
+        ctx: &Context,
+    ) -> Result<Delta> {
+        let mut obj = self.db.lib_client().await?;
+        let client: &mut tokio_postgres::Client = &mut obj;
+        let tx = client.transaction().await.ctx("starting restore")?;
+        tx.batch_execute(&self.lock_timeout_sql())
+            .await
+            .ctx("setting lock_timeout")?;
+        crate::markers::fence(&tx, crate::markers::DEFAULT_MARKER_SCHEMA, ctx).await?;
+        match self.delta_in(&tx, snap, d).await? {
+            Delta::Done(r) => {
+                tx.commit().await.ctx("committing restore")?;
+                let items = r.items_changed.unwrap_or(0);
+                ctx.progress(
+                    &format!("restore {}", self.resource),
+                    items,
+                    Some(items),
+                    "rows",
+                );
+                Ok(Delta::Done(r))
+            }
+            unsuitable => {
+                // Release the locks before another method takes them.
+                tx.rollback().await.ctx("rolling back restore attempt")?;
+                Ok(unsuitable)
+            }
+        }
+    }
+
+    /// The delta in `tx` (fenced); committed by the caller when done.
+    async fn delta_in(
+        &self,
+        tx: &Transaction<'_>,
+        snap: &Snapshot,
+        d: &Descriptor,
+    ) -> Result<Delta> {
+        // 1. Every copy present, every table captured present; lock the copies against
+        //    writes and the live tables against everything but plain reads (so that the
+        //    extra hashing sessions can read them, and nobody else writes meanwhile).
+        let (mut copies, mut live) = (Vec::new(), Vec::new());
+        for e in &d.tables {
+            if let Some(c) = &e.copy {
+                if !relation_exists(tx, c).await? {
+                    return Ok(Delta::Unsuitable(format!("snapshot copy {c} is missing")));
+                }
+                copies.push(c.quoted());
+            }
+            if relation_exists(tx, &e.table).await? {
+                live.push(e.table.quoted());
+            } else if e.definition.is_some() {
+                return Ok(Delta::Unsuitable(format!("{} no longer exists", e.table)));
+            }
+        }
+        for (list, mode, what) in [
+            (&mut copies, "SHARE", "locking snapshot copies"),
+            (&mut live, "EXCLUSIVE", "locking tables for restore"),
+        ] {
+            if !list.is_empty() {
+                list.sort();
+                tx.batch_execute(&format!("LOCK TABLE {} IN {mode} MODE", list.join(", ")))
+                    .await
+                    .ctx(what)?;
+            }
+        }
+        // 2. Under the locks: the live definitions must be the captured ones (but sequence
+        //    values) with the same key, and the copies' definitions and the descriptor must
+        //    match the snapshot's digest. The copies' rows are checked where used (4).
+        let mut dh = Hasher::new();
+        dh.field(b"rollback-postgres/table-copy/v1");
+        let mut targets = Vec::new();
+        for e in &d.tables {
+            let mut actual = e.clone();
+            if let (Some(copy), Some(def)) = (&e.copy, &e.definition) {
+                let Some(hash) = e
+                    .hash
+                    .as_ref()
+                    .filter(|h| h.rows == 0 || !h.chunks.is_empty())
+                else {
+                    return Ok(Delta::Unsuitable(format!(
+                        "the snapshot of {} has no chunk digests",
+                        e.table
+                    )));
+                };
+                if e.key.is_empty() {
+                    return Ok(Delta::Unsuitable(format!(
+                        "{} has no primary key or NOT NULL unique key to compare ranges by",
+                        e.table
+                    )));
+                }
+                let oid = catalog::table_oid(tx, &e.table)
+                    .await?
+                    .ok_or_else(|| backend_msg("table vanished under its lock"))?;
+                let now = catalog::table_model_by_oid(tx, oid).await?;
+                if now.structure() != def.structure() {
+                    let diff = diff_tables(&e.table.to_string(), def, &now)
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    return Ok(Delta::Unsuitable(format!(
+                        "the definition of {} changed since capture: {diff}",
+                        e.table
+                    )));
+                }
+                if catalog::order_key(tx, oid).await? != e.key {
+                    return Ok(Delta::Unsuitable(format!(
+                        "the key of {} changed since capture",
+                        e.table
+                    )));
+                }
+                let copy_def = catalog::table_model(tx, copy)
+                    .await?
+                    .ok_or_else(|| backend_msg("snapshot copy vanished"))?;
+                actual.copy_definition = Some(copy_def.digest());
+                let key_types: Vec<String> = e
+                    .key
+                    .iter()
+                    .filter_map(|k| def.columns.iter().find(|c| &c.name == k))
+                    .map(|c| c.data_type.clone())
+                    .collect();
+                let Some(starts) = chunk_starts(tx.client(), &hash.chunks, &key_types).await?
+                else {
+                    return Ok(Delta::Unsuitable(format!(
+                        "the chunk start keys of {} cannot be read back",
+                        e.table
+                    )));
+                };
+                targets.push(Target {
+                    entry: e,
+                    def,
+                    copy,
+                    hash,
+                    starts,
+                });
+            }
+            actual.digest_part(&mut dh);
+        }
+        snap.ensure_digest(dh.finish())?;
+        // 3–4. Hash the live tables in the captured ranges (on parallel sessions for a big
+        //      table), then check each differing range of the copy against its chunk.
+        let big = targets.iter().map(|t| t.hash.rows).max().unwrap_or(0) >= hash::PARALLEL_MIN_ROWS;
+        let mut hasher = SnapshotHasher::begin(tx, if big { self.parallelism } else { 1 }).await;
+        let found = {
+            let clients = hasher.clients(&self.db, tx).await;
+            let mut found = Vec::new();
+            let mut result = Ok(None);
+            for t in &targets {
+                match self.differing(&clients, t).await {
+                    Ok(Ok(f)) => found.push(f),
+                    Ok(Err(why)) => {
+                        result = Ok(Some(why));
+                        break;
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            result.map(|why| (found, why))
+        };
+        hasher.close().await;
+        let found = match found? {
+            (_, Some(why)) => return Ok(Delta::Unsuitable(why)),
+            (found, None) => found,
+        };
+        // 5. Put the differing ranges back (a keyed merge limited to them), children's
+        //    deletes first, parents' inserts first.
+        let mut items = self.drop_absent(tx, d).await?;
+        let fks = fk_info(tx, &self.tables).await?;
+        let scope = |e: &Entry, alias: &str| {
+            targets
+                .iter()
+                .zip(&found)
+                .find(|(t, _)| t.entry.table == e.table)
+                .map_or("FALSE".to_string(), |(t, f)| {
+                    t.ranges_pred(alias, &f.ranges)
+                })
+        };
+        let present: Vec<&Entry> = targets
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| !f.ranges.is_empty())
+            .map(|(t, _)| t.entry)
+            .collect();
+        if !present.is_empty() {
+            refuse_cascades(tx, &fks, &present, &scope).await?;
+            items += merge_rows(tx, &fks, &present, &scope).await?;
+        }
+        // 6. Each restored range hashed again in this transaction (which alone sees its
+        //    writes) must give its stored chunk: with the ranges found equal in 3, every
+        //    chunk of every table is then the captured one.
+        for (t, f) in targets.iter().zip(&found) {
+            for &i in &f.ranges {
+                let now = t.hash_range(tx.client(), &t.entry.table, i).await?;
+                if now != t.expected(i) {
+                    return Ok(Delta::Unsuitable(format!(
+                        "range {i} of {} still differs after the delta",
+                        t.entry.table
+                    )));
+                }
+            }
+        }
+        self.set_sequences(tx, d).await?;
+        if let Some(why) = definition_mismatch(tx, d, "delta").await? {
+            return Ok(Delta::Unsuitable(why));
+        }
+        // 7. The proof: every table's content is its captured content, so its root is the
+        //    captured root (which the snapshot's digest covers).
+        let proof = combine(
+            &d.tables
+                .iter()
+                .map(|e| {
+                    table_fingerprint(
+                        &e.table,
+                        e.definition.as_ref(),
+                        e.hash.as_ref().map(|h| h.root),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        );
+        let summary: Vec<String> = targets
+            .iter()
+            .zip(&found)
+            .map(|(t, f)| {
+                format!(
+                    "{}: {} of {} key range(s) differed ({} row(s) at capture)",
+                    t.entry.table,
+                    f.ranges.len(),
+                    t.hash.chunks.len().max(1),
+                    f.rows_then
+                )
+            })
+            .collect();
+        Ok(Delta::Done(
+            Restored::by("delta")
+                .changed(items)
+                .proof(Proof::of(proof))
+                .discarded(Discarded {
+                    items,
+                    exact: true,
+                    includes_run: true,
+                    ..Default::default()
+                })
+                .note(format!("{}; {items} row(s) written", summary.join("; "))),
+        ))
+    }
+
+    /// The ranges of `t` whose live rows differ from the captured ones, each checked in
+    /// the copy against its stored chunk (`Err(DigestMismatch)` when the copy was
+    /// altered there); `Ok(Err(why))` when, under [`RestoreMethod::Auto`], so much differs
+    /// that another method is cheaper.
+    async fn differing(
+        &self,
+        clients: &[&Client],
+        t: &Target<'_>,
+    ) -> Result<std::result::Result<Found, String>> {
+        let n = t.starts.len() + 1;
+        let ranges = t
+            .hash_ranges(clients, &t.entry.table, &(0..n).collect::<Vec<_>>())
+            .await?;
+        let differ: Vec<usize> = ranges
+            .iter()
+            .filter(|(i, r)| *r != t.expected(*i))
+            .map(|(i, _)| *i)
+            .collect();
+        if differ.is_empty() {
+            return Ok(Ok(Found {
+                ranges: Vec::new(),
+                rows_then: 0,
+            }));
+        }
+        let rows_then: u64 = differ.iter().map(|&i| t.expected(i).0).sum();
+        // Rows the merge reads on either side: past half the table, a swap is cheaper.
+        let work: u64 = differ
+            .iter()
+            .map(|&i| t.expected(i).0.max(ranges[i].1 .0))
+            .sum();
+        if self.method == RestoreMethod::Auto
+            && t.hash.rows >= SMALL_TABLE_ROWS
+            && work * 2 > t.hash.rows
+        {
+            return Ok(Err(format!(
+                "{} of {} key ranges of {} differ ({rows_then} of {} rows at capture): a whole-table method is cheaper",
+                differ.len(),
+                ranges.len(),
+                t.entry.table,
+                t.hash.rows
+            )));
+        }
+        // The copy's rows in those ranges (the copy is locked against writes: every
+        // session sees the same rows).
+        for (i, got) in t.hash_ranges(clients, t.copy, &differ).await? {
+            let (rows, digest) = t.expected(i);
+            if got != (rows, digest) {
+                tracing::warn!(table = %t.entry.table, range = i, "snapshot copy differs from its stored chunk");
+                return Err(Error::DigestMismatch {
+                    resource: self.resource.clone(),
+                    expected: digest,
+                    actual: got.1,
+                });
+            }
+        }
+        Ok(Ok(Found {
+            ranges: differ,
+            rows_then,
+        }))
+    }
+}
