@@ -541,9 +541,22 @@ impl TableUndoLog {
         //    selective one keeps the log (a second restore is then a no-op).
         if !selective {
             let logs: Vec<String> = d.tables.iter().map(|e| e.log.quoted()).collect();
-            tx.batch_execute(&format!("TRUNCATE {}", logs.join(", ")))
+            // A few entries go faster by DELETE (TRUNCATE makes and syncs new files).
+            let bounded: Vec<String> = logs
+                .iter()
+                .map(|l| format!("(SELECT count(*) FROM (SELECT 1 FROM {l} LIMIT 10000) x)"))
+                .collect();
+            let entries: i64 = tx
+                .query_one(&format!("SELECT {}", bounded.join(" + ")), &[])
                 .await
-                .ctx("emptying the undo logs")?;
+                .ctx("counting the undo logs' entries")?
+                .get(0);
+            let sql = if entries < 10_000 {
+                logs.iter().map(|l| format!("DELETE FROM {l};")).collect()
+            } else {
+                format!("TRUNCATE {}", logs.join(", "))
+            };
+            tx.batch_execute(&sql).await.ctx("emptying the undo logs")?;
         }
         tx.commit().await.ctx("committing restore")?;
         ctx.progress(

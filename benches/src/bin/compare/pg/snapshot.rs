@@ -275,9 +275,9 @@ impl Bench {
         r.push(
             Row::new(
                 "",
-                ds.says(format!(
-                    "RTO ∝ what changed: the same restore and proof against one proven by re-reading the table (`full_proof(true)`) after the fingerprint the executor took before restoring"
-                )),
+                ds.says(
+                    "RTO ∝ what changed: the same restore and proof against one proven by re-reading the table (`full_proof(true)`) after the fingerprint the executor took before restoring",
+                ),
             )
             .rollback(fmt_secs(rest_t))
             .reference(format!(
