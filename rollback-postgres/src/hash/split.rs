@@ -366,6 +366,76 @@ async fn stitch(
     })
 }
 
+/// A relation with one dense integer key (`smallint`, `integer` or `bigint` whose span
+/// from minimum to maximum is within 2% of `estimate` rows) hashed on `clients` in key
+/// ranges of `chunk_rows` key values each, as stored chunks: each range's rows and digest,
+/// its start key, and the whole relation's root (the same as a single pass). `None` when
+/// the key is not such a key, or the relation is empty: hash it in one pass instead.
+pub(crate) async fn hash_dense_chunks(
+    clients: &[&Client],
+    shape: &Shape,
+    key_type: &str,
+    estimate: u64,
+    chunk_rows: u64,
+) -> Result<Option<TableHash>> {
+    let width = match key_type {
+        "smallint" => 2,
+        "integer" => 4,
+        "bigint" => 8,
+        _ => return Ok(None),
+    };
+    if shape.key.len() != 1 || clients.len() < 2 || chunk_rows == 0 {
+        return Ok(None);
+    }
+    let k0 = format!("t.{}", quote_ident(&shape.key[0]));
+    let row = clients[0]
+        .query_one(
+            &format!(
+                "SELECT (SELECT min({k0}) FROM {rel} t)::bigint, (SELECT max({k0}) FROM {rel} t)::bigint",
+                rel = shape.rel
+            ),
+            &[],
+        )
+        .await
+        .ctx("reading key bounds")?;
+    let (Some(lo), Some(hi)): (Option<i64>, Option<i64>) = (row.get(0), row.get(1)) else {
+        return Ok(None);
+    };
+    let span = (hi as i128 - lo as i128 + 1) as u128;
+    let est = estimate as u128;
+    if est == 0 || span < est - est / 50 || span > est + est / 50 {
+        return Ok(None);
+    }
+    let mut values = Vec::new();
+    let mut v = lo as i128 + chunk_rows as i128;
+    while v <= hi as i128 {
+        values.push(v as i64);
+        v += chunk_rows as i128;
+    }
+    let starts: Vec<Split> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Split {
+            lits: vec![typed_literal(&v.to_string(), key_type)],
+            rank: Some((i as u64 + 1) * chunk_rows),
+        })
+        .collect();
+    let (ranges, whole) = hash_ranges(clients, shape, &starts).await?;
+    let chunks = ranges
+        .into_iter()
+        .enumerate()
+        .map(|(i, (rows, digest))| super::ChunkDigest {
+            start: i.checked_sub(1).map(|j| {
+                let be = values[j].to_be_bytes();
+                super::KeyValue(vec![super::copy::to_hex(&be[8 - width..])])
+            }),
+            rows,
+            digest,
+        })
+        .collect();
+    Ok(Some(TableHash { chunks, ..whole }))
+}
+
 /// Some of a relation's key ranges, each hashed on its own as one chunk (its rows and
 /// digest, equal to the stored chunk of a table hashed with the same chunk starts when the
 /// rows are): range `i` is `starts[i - 1] <= key < starts[i]` (the first from the start of

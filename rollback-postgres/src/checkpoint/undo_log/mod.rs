@@ -464,12 +464,33 @@ impl TableUndoLog {
                             columns: model.column_names(),
                             key: key.clone(),
                         };
-                        let h = hash::hash_relation(
-                            tx.client(),
-                            &shape,
-                            hash::fine_chunk_leaves(estimate.max(0) as u64),
-                        )
-                        .await?;
+                        let estimate = estimate.max(0) as u64;
+                        let leaves = hash::fine_chunk_leaves(estimate);
+                        // A big table with a dense integer key is hashed on several
+                        // sessions in ranges of as many key values; else in one pass.
+                        let key_type = key
+                            .first()
+                            .and_then(|k| model.columns.iter().find(|c| &c.name == k))
+                            .map(|c| c.data_type.clone())
+                            .unwrap_or_default();
+                        let dense = if estimate >= hash::PARALLEL_MIN_ROWS && self.parallelism > 1
+                        {
+                            let clients = hasher.clients(&self.db, &tx).await;
+                            hash::hash_dense_chunks(
+                                &clients,
+                                &shape,
+                                &key_type,
+                                estimate,
+                                leaves * hash::LEAF_ROWS,
+                            )
+                            .await?
+                        } else {
+                            None
+                        };
+                        let h = match dense {
+                            Some(h) => h,
+                            None => hash::hash_relation(tx.client(), &shape, leaves).await?,
+                        };
                         (h.root, Some(h), marks.ok())
                     }
                     None => (
