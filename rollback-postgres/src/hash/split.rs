@@ -59,11 +59,21 @@ impl PartHash {
 /// `lo <= key < hi`; a split with fewer literals than key columns bounds a key prefix (in
 /// key order, every row below the prefix comes before every row at or above it).
 fn range_sql(shape: &Shape, lo: Option<&Split>, hi: Option<&Split>) -> String {
+    key_range_sql(&shape.key, "t", lo, hi)
+}
+
+/// [`range_sql`] for the key columns `key` of the row alias `alias`.
+pub(crate) fn key_range_sql(
+    key: &[String],
+    alias: &str,
+    lo: Option<&Split>,
+    hi: Option<&Split>,
+) -> String {
     let side = |s: &Split, op: &str| {
-        let n = s.lits.len().min(shape.key.len()).max(1);
-        let cols: Vec<String> = shape.key[..n]
+        let n = s.lits.len().min(key.len()).max(1);
+        let cols: Vec<String> = key[..n]
             .iter()
-            .map(|k| format!("t.{}", quote_ident(k)))
+            .map(|k| format!("{alias}.{}", quote_ident(k)))
             .collect();
         if n == 1 {
             format!("{} {op} {}", cols[0], s.lits[0])
@@ -81,6 +91,36 @@ fn range_sql(shape: &Shape, lo: Option<&Split>, hi: Option<&Split>) -> String {
         (None, Some(b)) => side(b, "<"),
         (None, None) => "TRUE".into(),
     }
+}
+
+/// The minimum and maximum of a single integer key of `shape`, and whether they span
+/// within 2% of `estimate` values (the key is then taken as dense: rows at known ranks).
+async fn integer_key_bounds(
+    c: &Client,
+    shape: &Shape,
+    estimate: u64,
+) -> Result<Option<(i64, i64, bool)>> {
+    let k0 = format!("t.{}", quote_ident(&shape.key[0]));
+    let row = c
+        .query_one(
+            &format!(
+                "SELECT (SELECT min({k0}) FROM {rel} t)::bigint, (SELECT max({k0}) FROM {rel} t)::bigint",
+                rel = shape.rel
+            ),
+            &[],
+        )
+        .await
+        .ctx("reading key bounds")?;
+    let (Some(lo), Some(hi)): (Option<i64>, Option<i64>) = (row.get(0), row.get(1)) else {
+        return Ok(None);
+    };
+    let span = (hi as i128 - lo as i128 + 1) as u128;
+    let est = estimate as u128;
+    Ok(Some((
+        lo,
+        hi,
+        span >= est - est / 50 && span <= est + est / 50,
+    )))
 }
 
 /// A typed SQL literal.
@@ -108,25 +148,12 @@ pub(crate) async fn choose_splits(
     if parts < 2 || shape.key.is_empty() || estimate < PARALLEL_MIN_ROWS {
         return Ok(Vec::new());
     }
-    let k0 = format!("t.{}", quote_ident(&shape.key[0]));
     let ty0 = key_types.first().map(String::as_str).unwrap_or("text");
     if shape.key.len() == 1 && matches!(ty0, "smallint" | "integer" | "bigint") {
-        let row = c
-            .query_one(
-                &format!(
-                    "SELECT (SELECT min({k0}) FROM {rel} t)::bigint, (SELECT max({k0}) FROM {rel} t)::bigint",
-                    rel = shape.rel
-                ),
-                &[],
-            )
-            .await
-            .ctx("reading key bounds")?;
-        let (Some(lo), Some(hi)): (Option<i64>, Option<i64>) = (row.get(0), row.get(1)) else {
+        let Some((lo, hi, dense)) = integer_key_bounds(c, shape, estimate).await? else {
             return Ok(Vec::new());
         };
         let span = (hi as i128 - lo as i128 + 1) as u128;
-        let est = estimate as u128;
-        let dense = span >= est - est / 50 && span <= est + est / 50;
         let mut out = Vec::new();
         for i in 1..parts as u128 {
             let mut off = span * i / parts as u128;
@@ -387,25 +414,9 @@ pub(crate) async fn hash_dense_chunks(
     if shape.key.len() != 1 || clients.len() < 2 || chunk_rows == 0 {
         return Ok(None);
     }
-    let k0 = format!("t.{}", quote_ident(&shape.key[0]));
-    let row = clients[0]
-        .query_one(
-            &format!(
-                "SELECT (SELECT min({k0}) FROM {rel} t)::bigint, (SELECT max({k0}) FROM {rel} t)::bigint",
-                rel = shape.rel
-            ),
-            &[],
-        )
-        .await
-        .ctx("reading key bounds")?;
-    let (Some(lo), Some(hi)): (Option<i64>, Option<i64>) = (row.get(0), row.get(1)) else {
+    let Some((lo, hi, true)) = integer_key_bounds(clients[0], shape, estimate).await? else {
         return Ok(None);
     };
-    let span = (hi as i128 - lo as i128 + 1) as u128;
-    let est = estimate as u128;
-    if est == 0 || span < est - est / 50 || span > est + est / 50 {
-        return Ok(None);
-    }
     let mut values = Vec::new();
     let mut v = lo as i128 + chunk_rows as i128;
     while v <= hi as i128 {

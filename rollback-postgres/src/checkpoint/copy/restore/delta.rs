@@ -10,7 +10,7 @@ use crate::catalog::{self, diff_tables, TableModel};
 use crate::error::{backend_msg, PgResultExt};
 use crate::fingerprint::{chunk_starts, combine, table_fingerprint, SnapshotHasher};
 use crate::hash::{self, Shape, Split, TableHash, LEAF_ROWS};
-use crate::ident::{quote_ident, Table};
+use crate::ident::Table;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use rollback_core::{Context, Digest, Discarded, Error, Hasher, Proof, Restored, Result, Snapshot};
@@ -60,31 +60,11 @@ impl Target<'_> {
 
     /// `alias`'s key in range `i` (`lo <= key < hi`, as [`hash::hash_ranges`] bounds it).
     fn range_pred(&self, alias: &str, i: usize) -> String {
-        let key = &self.entry.key;
-        let side = |s: &Split, op: &str| {
-            let n = s.lits.len().min(key.len()).max(1);
-            let cols: Vec<String> = key[..n]
-                .iter()
-                .map(|k| format!("{alias}.{}", quote_ident(k)))
-                .collect();
-            if n == 1 {
-                format!("{} {op} {}", cols[0], s.lits[0])
-            } else {
-                format!(
-                    "ROW({}) {op} ROW({})",
-                    cols.join(", "),
-                    s.lits[..n].join(", ")
-                )
-            }
-        };
         let lo = i.checked_sub(1).and_then(|j| self.starts.get(j));
-        let hi = self.starts.get(i);
-        match (lo, hi) {
-            (Some(a), Some(b)) => format!("({} AND {})", side(a, ">="), side(b, "<")),
-            (Some(a), None) => side(a, ">="),
-            (None, Some(b)) => side(b, "<"),
-            (None, None) => "TRUE".into(),
-        }
+        format!(
+            "({})",
+            hash::key_range_sql(&self.entry.key, alias, lo, self.starts.get(i))
+        )
     }
 
     /// `alias`'s key in any of `ranges`.
