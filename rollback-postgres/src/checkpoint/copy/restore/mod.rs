@@ -365,6 +365,8 @@ struct FkInfo {
     order: Vec<Table>,
     /// FKs from tables outside the set into it: (constraint, child, parent, cascading delete).
     incoming: Vec<(String, Table, Table, bool)>,
+    /// Whether a FK of the set references a table of the set (itself included).
+    internal: bool,
 }
 
 async fn fk_info(tx: &Transaction<'_>, tables: &[Table]) -> Result<FkInfo> {
@@ -383,6 +385,7 @@ async fn fk_info(tx: &Transaction<'_>, tables: &[Table]) -> Result<FkInfo> {
     let set: BTreeSet<&Table> = tables.iter().collect();
     let mut edges: Vec<(Table, Table)> = Vec::new();
     let mut incoming = Vec::new();
+    let mut internal = false;
     for r in rows {
         let child = Table::new(r.get::<_, String>(1), r.get::<_, String>(2));
         let parent = Table::new(r.get::<_, String>(3), r.get::<_, String>(4));
@@ -390,6 +393,7 @@ async fn fk_info(tx: &Transaction<'_>, tables: &[Table]) -> Result<FkInfo> {
             continue;
         }
         if set.contains(&child) {
+            internal = true;
             if child != parent {
                 edges.push((child, parent));
             }
@@ -409,7 +413,11 @@ async fn fk_info(tx: &Transaction<'_>, tables: &[Table]) -> Result<FkInfo> {
         let t = left.remove(pos.unwrap_or(0));
         order.push(t);
     }
-    Ok(FkInfo { order, incoming })
+    Ok(FkInfo {
+        order,
+        incoming,
+        internal,
+    })
 }
 
 impl TableSnapshot {
