@@ -336,3 +336,27 @@ async fn a_big_table_hashed_in_parallel_at_capture_proves_from_its_changed_chunk
         cp.discard(&snap, &ctx()).await.unwrap();
     }
 }
+
+/// A table never analyzed gets its chunks from the planner's estimate of its rows, not
+/// from a guess that makes them four times too big for wide rows.
+#[tokio::test]
+async fn a_never_analyzed_wide_table_gets_chunks_of_4096_rows() {
+    let db = TestDb::new("proof_unanalyzed").await;
+    db.exec(
+        "CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric NOT NULL, note text)
+           WITH (autovacuum_enabled = false);
+         INSERT INTO accounts SELECT g, repeat(md5(g::text), 10), g, NULL FROM generate_series(1, 30000) g;",
+    )
+    .await;
+    let cp = TableUndoLog::new(&db.db, Table::public("accounts"));
+    let snap = cp.capture(&ctx()).await.unwrap();
+    db.exec("UPDATE accounts SET balance = 0 WHERE id = 1")
+        .await;
+    let r = cp.restore(&snap, &ctx()).await.unwrap();
+    assert!(
+        how(&r).starts_with("changed chunks: 1 of 8 re-hashed (4096 rows"),
+        "{}",
+        how(&r)
+    );
+    cp.discard(&snap, &ctx()).await.unwrap();
+}

@@ -447,18 +447,7 @@ impl TableUndoLog {
                         if let Err(why) = &marks {
                             tracing::warn!(table = %t, "restores will prove parity by a full re-read: {why}");
                         }
-                        // Never analyzed (reltuples -1): rows of at least 64 bytes from the
-                        // size, so that an unknown table does not get too many chunks.
-                        let estimate: i64 = tx
-                            .query_one(
-                                "SELECT CASE WHEN reltuples > 0 THEN reltuples::bigint \
-                                        ELSE pg_catalog.pg_relation_size(oid) / 64 END \
-                                 FROM pg_catalog.pg_class WHERE oid = $1",
-                                &[&oid],
-                            )
-                            .await
-                            .ctx("reading table size estimate")?
-                            .get(0);
+                        let estimate = row_estimate(&tx, oid, &t.quoted()).await?;
                         let shape = Shape {
                             rel: t.quoted(),
                             columns: model.column_names(),
@@ -518,6 +507,34 @@ impl TableUndoLog {
         tx.commit().await.ctx("ending fingerprint")?;
         Ok((out, mvcc))
     }
+}
+
+/// About how many rows the table holds: its statistics, or — never analyzed — the
+/// planner's estimate from its size and row width.
+async fn row_estimate<C: GenericClient>(c: &C, oid: u32, rel: &str) -> Result<i64> {
+    let n: i64 = c
+        .query_one(
+            "SELECT reltuples::bigint FROM pg_catalog.pg_class WHERE oid = $1",
+            &[&oid],
+        )
+        .await
+        .ctx("reading table size estimate")?
+        .get(0);
+    if n > 0 {
+        return Ok(n);
+    }
+    // The plan's first line ends "(cost=… rows=N width=…)".
+    let line: String = c
+        .query_one(&format!("EXPLAIN SELECT 1 FROM ONLY {rel}"), &[])
+        .await
+        .ctx("reading the planner's row estimate")?
+        .get(0);
+    Ok(line
+        .split("rows=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0))
 }
 
 /// The earliest entry after capture of every logged key, as a CTE body selecting the log's
