@@ -344,11 +344,21 @@ async fn a_never_analyzed_wide_table_gets_chunks_of_4096_rows() {
     let db = TestDb::new("proof_unanalyzed").await;
     db.exec(
         "CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric NOT NULL, note text)
-           WITH (autovacuum_enabled = false);
+           WITH (autovacuum_enabled = false, parallel_workers = 2);
          INSERT INTO accounts SELECT g, repeat(md5(g::text), 10), g, NULL FROM generate_series(1, 30000) g;",
     )
     .await;
-    let cp = TableUndoLog::new(&db.db, Table::public("accounts"));
+    // A plan of several lines (a parallel scan) is read by its first.
+    db.exec(&format!(
+        "ALTER DATABASE {d} SET parallel_setup_cost = 0; ALTER DATABASE {d} SET parallel_tuple_cost = 0; \
+         ALTER DATABASE {d} SET min_parallel_table_scan_size = 0",
+        d = db.name
+    ))
+    .await;
+    let cp = TableUndoLog::new(
+        &Database::connect(&db.url).unwrap(),
+        Table::public("accounts"),
+    );
     let snap = cp.capture(&ctx()).await.unwrap();
     db.exec("UPDATE accounts SET balance = 0 WHERE id = 1")
         .await;

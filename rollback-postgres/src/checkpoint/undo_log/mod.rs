@@ -524,11 +524,11 @@ async fn row_estimate<C: GenericClient>(c: &C, oid: u32, rel: &str) -> Result<i6
         return Ok(n);
     }
     // The plan's first line ends "(cost=… rows=N width=…)".
-    let line: String = c
-        .query_one(&format!("EXPLAIN SELECT 1 FROM ONLY {rel}"), &[])
+    let plan = c
+        .query(&format!("EXPLAIN SELECT 1 FROM ONLY {rel}"), &[])
         .await
-        .ctx("reading the planner's row estimate")?
-        .get(0);
+        .ctx("reading the planner's row estimate")?;
+    let line: String = plan.first().map(|r| r.get(0)).unwrap_or_default();
     Ok(line
         .split("rows=")
         .nth(1)
