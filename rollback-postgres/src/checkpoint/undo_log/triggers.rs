@@ -51,6 +51,22 @@ impl TableUndoLog {
     }
 }
 
+/// The start of a trigger function body of the undo log: the writer, and an early return
+/// for the restore's own writes (the writer whose md5 is `restore_md5`).
+fn restore_exempt(restore_md5: &str) -> String {
+    format!(
+        "\n\
+         DECLARE writer text := NULLIF(pg_catalog.current_setting('{setting}', true), '');\n\
+         BEGIN\n\
+           IF writer LIKE '{prefix}%' AND pg_catalog.md5(writer) = '{restore_md5}' THEN\n\
+             RETURN NULL;\n\
+           END IF;\n",
+        setting = WRITER_SETTING,
+        prefix = RESTORE_WRITER,
+        restore_md5 = restore_md5.replace(|c: char| !c.is_ascii_hexdigit(), ""),
+    )
+}
+
 /// The trigger function of one tracked table: log old images (and new keys). It runs
 /// once per statement, over the statement's transition tables (`o`: the rows as they
 /// were, `n`: as they are), not once per row — so a writer pays one `INSERT … SELECT`
@@ -92,12 +108,7 @@ fn function_sql(
     // The body names the table, its log and its columns (double-quoted); it is
     // dollar-quoted with a tag that occurs nowhere in it, so no name can end it.
     let body = format!(
-        "\n\
-         DECLARE writer text := NULLIF(pg_catalog.current_setting('{setting}', true), '');\n\
-         BEGIN\n\
-           IF writer LIKE '{prefix}%' AND pg_catalog.md5(writer) = '{restore_md5}' THEN\n\
-             RETURN NULL;\n\
-           END IF;\n\
+        "{restore_exempt}\
            IF TG_OP = 'UPDATE' THEN\n\
              IF NOT EXISTS ({new_keys} EXCEPT {old_keys}) THEN\n\
                {upd}\n\
@@ -128,9 +139,7 @@ fn function_sql(
         ins = from("n", false, "'i'", ""),
         cols = column_list(&cols),
         t = t.quoted(),
-        setting = WRITER_SETTING,
-        prefix = RESTORE_WRITER,
-        restore_md5 = restore_md5.replace(|c: char| !c.is_ascii_hexdigit(), ""),
+        restore_exempt = restore_exempt(restore_md5),
     );
     format!(
         "CREATE FUNCTION {schema}.{function}() RETURNS trigger LANGUAGE plpgsql \
@@ -163,18 +172,11 @@ fn guard_name(e: &Entry) -> String {
 /// it is the restore's (which knows the secret whose md5 the guard holds).
 fn guard_sql(schema: &str, function: &str, restore_md5: &str) -> String {
     let body = format!(
-        "\n\
-         DECLARE writer text := NULLIF(pg_catalog.current_setting('{setting}', true), '');\n\
-         BEGIN\n\
-           IF writer LIKE '{prefix}%' AND pg_catalog.md5(writer) = '{restore_md5}' THEN\n\
-             RETURN NULL;\n\
-           END IF;\n\
+        "{restore_exempt}\
            RAISE EXCEPTION 'the undo log %.% is append-only: only its restore removes entries', TG_TABLE_SCHEMA, TG_TABLE_NAME\n\
              USING ERRCODE = 'insufficient_privilege';\n\
          END\n",
-        setting = WRITER_SETTING,
-        prefix = RESTORE_WRITER,
-        restore_md5 = restore_md5.replace(|c: char| !c.is_ascii_hexdigit(), ""),
+        restore_exempt = restore_exempt(restore_md5),
     );
     format!(
         "CREATE FUNCTION {schema}.{function}() RETURNS trigger LANGUAGE plpgsql \
