@@ -386,7 +386,8 @@ async fn compare_ranges(
     (base_rows, base_root): (u64, rollback_core::Digest),
     present: bool,
 ) -> Result<Ranges> {
-    let (ranges, now) = hash::hash_ranges(&clients, &current, starts.unwrap_or_default()).await?;
+    let (ranges, now) =
+        hash::hash_ranges(&clients, &current, starts.unwrap_or_default(), u64::MAX).await?;
     if now.root == base_root {
         return Ok(Ranges::Equal(now));
     }

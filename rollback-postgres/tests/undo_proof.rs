@@ -15,7 +15,7 @@ fn ctx() -> Context {
     Context::standalone(&format!("t-{}", uuid::Uuid::new_v4()))
 }
 
-/// 50,000 rows: 13 chunks of 4,096 rows at capture.
+/// 50,000 rows: 196 chunks of 256 rows at capture.
 async fn accounts(db: &TestDb) {
     db.exec(
         "CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric NOT NULL, note text);
@@ -57,7 +57,7 @@ async fn a_few_changed_rows_are_proven_from_their_chunks_alone() {
     let proof = r.proof.clone().expect("the restore proves itself");
     assert_eq!(proof.fingerprint, snap.fingerprint, "{}", how(&r));
     assert!(
-        how(&r).starts_with("changed chunks: 3 of 13 re-hashed"),
+        how(&r).starts_with("changed chunks: 3 of 196 re-hashed"),
         "{}",
         how(&r)
     );
@@ -131,7 +131,7 @@ async fn a_replica_session_writes_through_the_log_and_is_undone() {
     assert_eq!(r.items_changed, Some(11));
     assert_eq!(r.proof.clone().unwrap().fingerprint, snap.fingerprint);
     assert!(
-        how(&r).starts_with("changed chunks: 1 of 13"),
+        how(&r).starts_with("changed chunks: 1 of 196 re-hashed (256 rows"),
         "{}",
         how(&r)
     );
@@ -264,8 +264,11 @@ async fn a_rolled_back_run_reports_how_parity_was_proven() {
         .parity_proof
         .clone()
         .unwrap_or_default();
-    assert!(how.starts_with("changed chunks: 5 of 13 re-hashed"), "{md}");
-    assert!(md.contains("proven (changed chunks: 5 of 13"), "{md}");
+    assert!(
+        how.starts_with("changed chunks: 5 of 196 re-hashed (1104 rows"),
+        "{md}"
+    );
+    assert!(md.contains("proven (changed chunks: 5 of 196"), "{md}");
     assert_eq!(content(&db).await, before);
 }
 
@@ -338,9 +341,9 @@ async fn a_big_table_hashed_in_parallel_at_capture_proves_from_its_changed_chunk
 }
 
 /// A table never analyzed gets its chunks from the planner's estimate of its rows, not
-/// from a guess that makes them four times too big for wide rows.
+/// from a guess that makes them too big for wide rows.
 #[tokio::test]
-async fn a_never_analyzed_wide_table_gets_chunks_of_4096_rows() {
+async fn a_never_analyzed_wide_table_gets_chunks_of_256_rows() {
     let db = TestDb::new("proof_unanalyzed").await;
     db.exec(
         "CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric NOT NULL, note text)
@@ -364,9 +367,57 @@ async fn a_never_analyzed_wide_table_gets_chunks_of_4096_rows() {
         .await;
     let r = cp.restore(&snap, &ctx()).await.unwrap();
     assert!(
-        how(&r).starts_with("changed chunks: 1 of 8 re-hashed (4096 rows"),
+        how(&r).starts_with("changed chunks: 1 of 118 re-hashed (256 rows"),
         "{}",
         how(&r)
     );
     cp.discard(&snap, &ctx()).await.unwrap();
+}
+
+/// Keys that are not a single integer are placed among the chunk starts by the server's
+/// ordering of their type: a text key (ordered by its collation) and a composite key, each
+/// with an update, a delete and an insert between two existing keys.
+#[tokio::test]
+async fn text_and_composite_keys_are_proven_from_their_changed_chunks() {
+    let db = TestDb::new("proof_keys").await;
+    for (label, ddl, changes) in [
+        (
+            "text",
+            "CREATE TABLE accounts (code text COLLATE \"C\" PRIMARY KEY, balance numeric NOT NULL);
+             INSERT INTO accounts SELECT 'k' || lpad(g::text, 6, '0'), g FROM generate_series(1, 20000) g;",
+            "UPDATE accounts SET balance = 0 WHERE code IN ('k000001', 'k010000');
+             DELETE FROM accounts WHERE code = 'k015000';
+             INSERT INTO accounts VALUES ('k005000x', 1);",
+        ),
+        (
+            "composite",
+            "CREATE TABLE accounts (region int, code text COLLATE \"C\", balance numeric NOT NULL, PRIMARY KEY (region, code));
+             INSERT INTO accounts SELECT g % 4, 'c' || lpad(g::text, 6, '0'), g FROM generate_series(1, 20000) g;",
+            "UPDATE accounts SET balance = 0 WHERE (region, code) IN ((0, 'c000004'), (2, 'c010002'));
+             DELETE FROM accounts WHERE (region, code) = (3, 'c015003');
+             INSERT INTO accounts VALUES (1, 'c005001x', 1);",
+        ),
+    ] {
+        db.exec(&format!("DROP TABLE IF EXISTS accounts; {ddl} ANALYZE accounts;"))
+            .await;
+        let digest = "SELECT md5(string_agg(a::text, ',' ORDER BY a::text)) FROM accounts a";
+        let before = db.scalar(digest).await;
+        let cp = TableUndoLog::new(&db.db, Table::public("accounts"));
+        let snap = cp.capture(&ctx()).await.unwrap();
+        db.exec(changes).await;
+        let r = cp.restore(&snap, &ctx()).await.unwrap();
+        assert_eq!(
+            r.proof.clone().unwrap().fingerprint,
+            snap.fingerprint,
+            "{label}: {}",
+            how(&r)
+        );
+        assert!(
+            how(&r).starts_with("changed chunks: 4 of 79 re-hashed"),
+            "{label}: {}",
+            how(&r)
+        );
+        assert_eq!(db.scalar(digest).await, before, "{label}");
+        cp.discard(&snap, &ctx()).await.unwrap();
+    }
 }

@@ -152,13 +152,19 @@ impl CopyParser {
             self.header_done = true;
         }
         let mut span = p;
+        // The fine runs' pending span (see [`super::Fine`]), when kept.
+        let mut fspan = p;
         while !self.done {
             match Self::row_end(buf, p)? {
                 Parsed::Incomplete => break,
                 Parsed::Trailer(end) => {
                     self.done = true;
                     self.h.leaf.update(&buf[span..p]);
+                    if let Some(f) = self.h.fine.as_mut() {
+                        f.update(&buf[fspan..p]);
+                    }
                     span = end;
+                    fspan = end;
                     p = end;
                 }
                 Parsed::Row(end) if self.head_left > 0 => {
@@ -168,6 +174,7 @@ impl CopyParser {
                     self.head_rows += 1;
                     p = end;
                     span = end;
+                    fspan = end;
                 }
                 Parsed::Row(end) => {
                     let h = &mut self.h;
@@ -179,6 +186,25 @@ impl CopyParser {
                     if self.h.at_chunk_start() && self.h.rows > 0 {
                         self.h.chunk_start = self.key_of(&buf[p..end]);
                     }
+                    if self.h.fine.is_some() {
+                        let key = self
+                            .h
+                            .fine
+                            .as_ref()
+                            .is_some_and(|f| f.full() || f.at_start());
+                        let key = if key { self.key_of(&buf[p..end]) } else { None };
+                        if let Some(f) = self.h.fine.as_mut() {
+                            if f.full() {
+                                f.update(&buf[fspan..p]);
+                                fspan = p;
+                                f.finish_run();
+                            }
+                            if f.at_start() {
+                                f.start = key;
+                            }
+                            f.count_row();
+                        }
+                    }
                     let h = &mut self.h;
                     h.leaf_rows += 1;
                     h.rows += 1;
@@ -189,6 +215,9 @@ impl CopyParser {
         }
         if !self.done {
             self.h.leaf.update(&buf[span..p]);
+            if let Some(f) = self.h.fine.as_mut() {
+                f.update(&buf[fspan..p]);
+            }
         }
         Ok(p)
     }
@@ -300,7 +329,7 @@ pub(super) mod tests {
         let mut by_row = RowHasher::new(1);
         for r in &rows {
             let key = KeyValue(vec![to_hex(&r[6..10])]);
-            by_row.push_row(r, || Some(key));
+            by_row.push_row(r, || Some(key.clone()));
         }
         let expected = by_row.finish();
         assert_eq!(expected.rows, 10_000);
@@ -314,6 +343,23 @@ pub(super) mod tests {
             p.flush().unwrap();
             assert!(p.done);
             assert_eq!(p.h.finish(), expected, "split {split}");
+        }
+        // Runs below a leaf kept while parsing are those kept row by row.
+        let mut by_row = RowHasher::new(u64::MAX).with_fine(300);
+        for r in &rows {
+            let key = KeyValue(vec![to_hex(&r[6..10])]);
+            by_row.push_row(r, || Some(key.clone()));
+        }
+        let expected = by_row.finish();
+        assert_eq!(expected.chunks.len(), 34);
+        for split in [1usize, 7, 100, 4096, stream.len()] {
+            let mut p = CopyParser::new(u64::MAX, vec![0]);
+            p.h = RowHasher::new(u64::MAX).with_fine(300);
+            for piece in stream.chunks(split) {
+                p.feed(piece).unwrap();
+            }
+            p.flush().unwrap();
+            assert_eq!(p.h.finish(), expected, "runs, split {split}");
         }
     }
 

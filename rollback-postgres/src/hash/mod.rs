@@ -175,6 +175,78 @@ pub(crate) struct RowHasher {
     chunks: Vec<ChunkDigest>,
     /// Leaf digests, kept when a relation is hashed in parts (32 bytes per 4096 rows).
     leaves: Option<Vec<[u8; 32]>>,
+    /// Digests of runs of fewer rows than a leaf, when asked for (see [`Fine`]).
+    pub(super) fine: Option<Fine>,
+}
+
+/// Digests of consecutive runs of `every` rows (fewer than [`LEAF_ROWS`]), each with its
+/// first row's key: each run's digest is what its key range hashes to as one chunk on its
+/// own (blake3 of the run's one leaf digest and its row count), so that a proof can
+/// re-hash a few hundred rows around a changed key instead of a whole leaf. Kept beside
+/// the leaves (the rows are hashed twice), so the root does not change.
+pub(super) struct Fine {
+    every: u64,
+    h: blake3::Hasher,
+    rows: u64,
+    pub(super) start: Option<KeyValue>,
+    out: Vec<ChunkDigest>,
+}
+
+impl Fine {
+    fn new(every: u64) -> Self {
+        Fine {
+            every: every.clamp(1, LEAF_ROWS),
+            h: blake3::Hasher::new(),
+            rows: 0,
+            start: None,
+            out: Vec::new(),
+        }
+    }
+
+    /// Whether the next row starts a run (the caller feeds the pending span and calls
+    /// [`Fine::finish_run`] first when one is full, then records the row's key).
+    #[inline]
+    pub(super) fn full(&self) -> bool {
+        self.rows == self.every
+    }
+
+    #[inline]
+    pub(super) fn at_start(&self) -> bool {
+        self.rows == 0
+    }
+
+    #[inline]
+    pub(super) fn update(&mut self, bytes: &[u8]) {
+        self.h.update(bytes);
+    }
+
+    #[inline]
+    pub(super) fn count_row(&mut self) {
+        self.rows += 1;
+    }
+
+    pub(super) fn finish_run(&mut self) {
+        if self.rows == 0 {
+            return;
+        }
+        let leaf = self.h.finalize();
+        self.h.reset();
+        let mut c = blake3::Hasher::new();
+        c.update(leaf.as_bytes());
+        c.update(&self.rows.to_le_bytes());
+        self.out.push(ChunkDigest {
+            start: self.start.take(),
+            rows: self.rows,
+            digest: Digest(*c.finalize().as_bytes()),
+        });
+        self.rows = 0;
+    }
+
+    /// The runs, in key order (the first run's start is its first row's key).
+    pub(super) fn finish(mut self) -> Vec<ChunkDigest> {
+        self.finish_run();
+        self.out
+    }
 }
 
 impl RowHasher {
@@ -194,7 +266,17 @@ impl RowHasher {
             bytes: 0,
             chunks: Vec::new(),
             leaves: None,
+            fine: None,
         }
+    }
+
+    /// A hasher that also keeps digests of runs of `every` rows (see [`Fine`]); with
+    /// `every` of a leaf or more it keeps none.
+    pub(super) fn with_fine(mut self, every: u64) -> Self {
+        if every < LEAF_ROWS {
+            self.fine = Some(Fine::new(every));
+        }
+        self
     }
 
     /// A hasher that also keeps its leaf digests (to combine parts into one root).
@@ -254,7 +336,7 @@ impl RowHasher {
 
     /// Hash one complete row given as a COPY tuple.
     #[cfg(test)]
-    pub(crate) fn push_row(&mut self, tuple: &[u8], key: impl FnOnce() -> Option<KeyValue>) {
+    pub(crate) fn push_row(&mut self, tuple: &[u8], key: impl Fn() -> Option<KeyValue>) {
         if self.leaf_full() {
             self.finish_leaf();
         }
@@ -262,20 +344,42 @@ impl RowHasher {
             self.chunk_start = key();
         }
         self.leaf.update(tuple);
+        if let Some(f) = self.fine.as_mut() {
+            if f.full() {
+                f.finish_run();
+            }
+            if f.at_start() {
+                f.start = key();
+            }
+            f.update(tuple);
+            f.count_row();
+        }
         self.leaf_rows += 1;
         self.rows += 1;
         self.bytes += tuple.len() as u64;
     }
 
+    /// The table's hash; with fine runs kept, its chunks are those runs (the first
+    /// starting from the start of the key order).
     pub(crate) fn finish(mut self) -> TableHash {
         self.finish_leaf();
         self.finish_chunk();
         self.root.update(&self.rows.to_le_bytes());
+        let chunks = match self.fine.take() {
+            Some(f) => {
+                let mut runs = f.finish();
+                if let Some(first) = runs.first_mut() {
+                    first.start = None;
+                }
+                runs
+            }
+            None => self.chunks,
+        };
         TableHash {
             rows: self.rows,
             bytes: self.bytes,
             root: Digest(*self.root.finalize().as_bytes()),
-            chunks: self.chunks,
+            chunks,
         }
     }
 }
@@ -285,12 +389,27 @@ pub(crate) fn chunk_leaves_for(rows: u64) -> u64 {
     chunk_leaves_within(rows, 256)
 }
 
-/// Chunk size in leaves for a table of about `rows` rows, for a proof that re-hashes only
-/// the chunks holding changed keys: one leaf ([`LEAF_ROWS`] rows) per chunk up to ~2048
-/// chunks (8.4 million rows), then as few leaves per chunk as keep it at ~2048.
-pub(crate) fn fine_chunk_leaves(rows: u64) -> u64 {
-    chunk_leaves_within(rows, 2048)
+/// Chunk size in rows for a table of about `rows` rows, for a proof that re-hashes only
+/// the chunks holding changed keys: runs of [`FINE_MIN_ROWS`] rows up to ~8192 chunks, then
+/// twice, four times… as many, up to a leaf ([`LEAF_ROWS`] rows), then whole leaves
+/// (as few per chunk as keep it at ~8192).
+pub(crate) fn fine_chunk_rows(rows: u64) -> u64 {
+    let mut c = FINE_MIN_ROWS;
+    while c < LEAF_ROWS && rows / c > FINE_MOST_CHUNKS {
+        c *= 2;
+    }
+    if c < LEAF_ROWS {
+        c
+    } else {
+        chunk_leaves_within(rows, FINE_MOST_CHUNKS) * LEAF_ROWS
+    }
 }
+
+/// The smallest chunk [`fine_chunk_rows`] makes.
+pub(crate) const FINE_MIN_ROWS: u64 = 256;
+
+/// About the most chunks [`fine_chunk_rows`] makes of a table.
+const FINE_MOST_CHUNKS: u64 = 8192;
 
 fn chunk_leaves_within(rows: u64, most: u64) -> u64 {
     let leaves = rows / LEAF_ROWS + 1;
@@ -315,6 +434,20 @@ pub(crate) async fn hash_relation(
     )
     .await
     .map(|(h, _)| h)
+}
+
+/// Hash a whole relation with one binary COPY, in key order, in chunks of `chunk_rows`
+/// rows: of whole leaves from [`LEAF_ROWS`] rows up, else runs of that many rows (see
+/// [`Fine`]).
+pub(crate) async fn hash_relation_in_chunks(
+    c: &Client,
+    shape: &Shape,
+    chunk_rows: u64,
+) -> Result<TableHash> {
+    let leaves = (chunk_rows / LEAF_ROWS).max(1);
+    let mut parser = CopyParser::new(leaves, shape.key_idx());
+    parser.h = RowHasher::new(leaves).with_fine(chunk_rows);
+    copy_hash(c, shape, "TRUE", parser).await.map(|(h, _)| h)
 }
 
 async fn copy_hash(
@@ -366,5 +499,40 @@ mod tests {
             .collect();
         assert_eq!(roots[0], roots[1]);
         assert_eq!(roots[0], roots[2]);
+    }
+
+    /// Each fine run's digest is what its rows hashed alone as one chunk give (what a
+    /// proof re-hashing that key range computes), its start is its first key, and keeping
+    /// runs changes neither the root nor the row count.
+    #[test]
+    fn fine_runs_are_the_chunks_of_their_rows_hashed_alone() {
+        let rows: Vec<Vec<u8>> = (0..10_000u32)
+            .map(|i| tuple(&[Some(&i.to_be_bytes()), Some(format!("v{i}").as_bytes())]))
+            .collect();
+        let key = |i: usize| Some(KeyValue(vec![super::copy::to_hex(&rows[i][6..10])]));
+        let mut plain = RowHasher::new(1);
+        let mut fine = RowHasher::new(u64::MAX).with_fine(256);
+        for (i, r) in rows.iter().enumerate() {
+            plain.push_row(r, || key(i));
+            fine.push_row(r, || key(i));
+        }
+        let (plain, fine) = (plain.finish(), fine.finish());
+        assert_eq!(fine.root, plain.root);
+        assert_eq!(fine.rows, plain.rows);
+        assert_eq!(fine.chunks.len(), 40);
+        for (j, run) in fine.chunks.iter().enumerate() {
+            let range = j * 256..((j + 1) * 256).min(rows.len());
+            let mut alone = RowHasher::new(u64::MAX);
+            for i in range.clone() {
+                alone.push_row(&rows[i], || None);
+            }
+            let alone = alone.finish();
+            assert_eq!(run.rows, range.len() as u64);
+            assert_eq!(run.digest, alone.chunks[0].digest, "run {j}");
+            let start = if j == 0 { None } else { key(range.start) };
+            assert_eq!(run.start, start, "run {j}");
+        }
+        // From a leaf up, no runs are kept: the chunks are whole leaves.
+        assert!(RowHasher::new(1).with_fine(LEAF_ROWS).fine.is_none());
     }
 }

@@ -35,6 +35,8 @@ struct PartHash {
     rows: u64,
     /// Bytes of COPY data hashed.
     bytes: u64,
+    /// The part's runs of fewer rows than a leaf, when asked for (see [`super::Fine`]).
+    fine: Vec<super::ChunkDigest>,
 }
 
 impl PartHash {
@@ -257,13 +259,31 @@ async fn hash_part(c: &Client, shape: &Shape, pred: &str, head: u64) -> Result<P
         .copy_out(part_sql(shape, pred).as_str())
         .await
         .ctx("hashing table (COPY)")?;
-    read_part(stream, head).await
+    read_part(stream, head, NO_RUNS).await
+}
+
+/// No runs below a leaf (see [`super::Fine`]).
+const NO_RUNS: Runs<'static> = Runs {
+    every: u64::MAX,
+    key_idx: &[],
+};
+
+/// Runs of `every` rows kept while a part is hashed (none from [`LEAF_ROWS`] up), each
+/// with its first row's key (`key_idx`: the key columns' positions).
+#[derive(Clone, Copy)]
+struct Runs<'a> {
+    every: u64,
+    key_idx: &'a [usize],
 }
 
 /// Hash one part's COPY stream.
-async fn read_part(stream: tokio_postgres::CopyOutStream, head: u64) -> Result<PartHash> {
-    let mut parser = CopyParser::new(u64::MAX, Vec::new());
-    parser.h = RowHasher::recording();
+async fn read_part(
+    stream: tokio_postgres::CopyOutStream,
+    head: u64,
+    runs: Runs<'_>,
+) -> Result<PartHash> {
+    let mut parser = CopyParser::new(u64::MAX, runs.key_idx.to_vec());
+    parser.h = RowHasher::recording().with_fine(runs.every);
     parser.head_left = head;
     pin_mut!(stream);
     while let Some(chunk) = stream.next().await {
@@ -275,7 +295,14 @@ async fn read_part(stream: tokio_postgres::CopyOutStream, head: u64) -> Result<P
         return Err(backend_msg("COPY stream ended without its trailer"));
     }
     let head_bytes = parser.head.len() as u64;
+    let fine = parser
+        .h
+        .fine
+        .take()
+        .map(super::Fine::finish)
+        .unwrap_or_default();
     Ok(PartHash {
+        fine,
         head: std::mem::take(&mut parser.head),
         head_rows: parser.head_rows,
         leaves: parser.h.leaves.take().unwrap_or_default(),
@@ -396,7 +423,9 @@ async fn stitch(
 /// A relation with one dense integer key (`smallint`, `integer` or `bigint` whose span
 /// from minimum to maximum is within 2% of `estimate` rows) hashed on `clients` in key
 /// ranges of `chunk_rows` key values each, as stored chunks: each range's rows and digest,
-/// its start key, and the whole relation's root (the same as a single pass). `None` when
+/// its start key, and the whole relation's root (the same as a single pass). With
+/// `chunk_rows` below [`LEAF_ROWS`] the ranges span four leaves' worth of key values and
+/// the chunks are runs of `chunk_rows` rows within them (see [`super::Fine`]). `None` when
 /// the key is not such a key, or the relation is empty: hash it in one pass instead.
 pub(crate) async fn hash_dense_chunks(
     clients: &[&Client],
@@ -405,6 +434,13 @@ pub(crate) async fn hash_dense_chunks(
     estimate: u64,
     chunk_rows: u64,
 ) -> Result<Option<TableHash>> {
+    // Ranges of whole leaves (their digests are the chunks), or of a few leaves each kept
+    // in runs of fewer rows.
+    let (chunk_rows, runs) = if chunk_rows < LEAF_ROWS {
+        (LEAF_ROWS * 4, chunk_rows)
+    } else {
+        (chunk_rows, u64::MAX)
+    };
     let width = match key_type {
         "smallint" => 2,
         "integer" => 4,
@@ -431,7 +467,10 @@ pub(crate) async fn hash_dense_chunks(
             rank: Some((i as u64 + 1) * chunk_rows),
         })
         .collect();
-    let (ranges, whole) = hash_ranges(clients, shape, &starts).await?;
+    let (ranges, whole) = hash_ranges(clients, shape, &starts, runs).await?;
+    if runs < LEAF_ROWS {
+        return Ok(Some(whole));
+    }
     let chunks = ranges
         .into_iter()
         .enumerate()
@@ -479,11 +518,12 @@ pub(crate) async fn hash_chosen_ranges(
     for k in 0..stmts.len() {
         let part = if k + 1 < stmts.len() {
             let (part, next) =
-                futures::future::join(read_part(stream, 0), c.copy_out(&stmts[k + 1])).await;
+                futures::future::join(read_part(stream, 0, NO_RUNS), c.copy_out(&stmts[k + 1]))
+                    .await;
             stream = next.ctx("hashing table ranges (COPY)")?;
             part?
         } else {
-            let last = read_part(stream, 0).await?;
+            let last = read_part(stream, 0, NO_RUNS).await?;
             out.push((last.rows, last.chunk_digest()));
             break;
         };
@@ -500,12 +540,19 @@ pub(crate) async fn hash_chosen_ranges(
 /// rows, bytes; no chunks), the same as a single pass. Only after a range whose row count
 /// is not a multiple of [`LEAF_ROWS`] off are the following ranges hashed a second time
 /// for the root (see [`stitch`]), so a table whose row counts per range are unchanged is
-/// read once.
+/// read once. With `runs` below [`LEAF_ROWS`] the whole relation's chunks are runs of that
+/// many rows (see [`super::Fine`]), restarting at each range; else it has none.
 pub(crate) async fn hash_ranges(
     clients: &[&Client],
     shape: &Shape,
     starts: &[Split],
+    runs: u64,
 ) -> Result<(Vec<(u64, Digest)>, TableHash)> {
+    let key_idx = shape.key_idx();
+    let runs = Runs {
+        every: runs,
+        key_idx: &key_idx,
+    };
     let preds: Vec<String> = (0..=starts.len())
         .map(|i| range_sql(shape, i.checked_sub(1).map(|j| &starts[j]), starts.get(i)))
         .collect();
@@ -537,11 +584,11 @@ pub(crate) async fn hash_ranges(
             for i in from..to {
                 if i + 1 < to {
                     let (part, next) =
-                        futures::future::join(read_part(stream, 0), copy(i + 1)).await;
+                        futures::future::join(read_part(stream, 0, runs), copy(i + 1)).await;
                     done.push((i, part?));
                     stream = next?;
                 } else {
-                    done.push((i, read_part(stream, 0).await?));
+                    done.push((i, read_part(stream, 0, runs).await?));
                     break;
                 }
             }
@@ -558,12 +605,20 @@ pub(crate) async fn hash_ranges(
         .iter()
         .map(|(_, p)| (p.rows, p.chunk_digest()))
         .collect();
-    let whole = stitch(
+    let mut fine: Vec<super::ChunkDigest> = parts
+        .iter_mut()
+        .flat_map(|(_, p)| std::mem::take(&mut p.fine))
+        .collect();
+    if let Some(first) = fine.first_mut() {
+        first.start = None;
+    }
+    let mut whole = stitch(
         clients,
         shape,
         &preds,
         parts.into_iter().map(|(_, p)| p).collect(),
     )
     .await?;
+    whole.chunks = fine;
     Ok((ranges, whole))
 }

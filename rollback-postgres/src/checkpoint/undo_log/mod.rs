@@ -262,9 +262,10 @@ struct Entry {
     /// The content root at capture (version 3 on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     root: Option<Digest>,
-    /// The table's digests at capture in key ranges of [`hash::LEAF_ROWS`] rows (up to
-    /// ~2048 ranges; version 3 on): a restore's proof re-hashes only the ranges holding
-    /// logged keys.
+    /// The table's digests at capture in key ranges of a few hundred rows (up to ~8192
+    /// ranges, see [`hash::fine_chunk_rows`]; earlier snapshots kept ranges of
+    /// [`hash::LEAF_ROWS`] rows, which the proof takes as well; version 3 on): a restore's
+    /// proof re-hashes only the ranges holding logged keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     chunks: Vec<ChunkDigest>,
     /// What the catalog said of the log's triggers and the table's storage at capture
@@ -413,7 +414,7 @@ impl TableUndoLog {
     /// Fingerprint every table in one `REPEATABLE READ` snapshot; also returns that
     /// snapshot (`pg_current_snapshot()`), taken by the transaction's first statement.
     /// With `capture` (the entries just installed), each table is hashed in one pass in
-    /// fine chunks ([`hash::fine_chunk_leaves`]) and the log machinery's catalog marks are
+    /// fine chunks ([`hash::fine_chunk_rows`]) and the log machinery's catalog marks are
     /// read in the same snapshot, for restores to prove parity from the changed chunks.
     async fn fingerprint_all(&self, capture: Option<&[Entry]>) -> Result<(Vec<Seen>, String)> {
         let mut obj = self.db.lib_client().await?;
@@ -454,9 +455,9 @@ impl TableUndoLog {
                             key: key.clone(),
                         };
                         let estimate = estimate.max(0) as u64;
-                        let leaves = hash::fine_chunk_leaves(estimate);
+                        let chunk_rows = hash::fine_chunk_rows(estimate);
                         // A big table with a dense integer key is hashed on several
-                        // sessions in ranges of as many key values; else in one pass.
+                        // sessions in key ranges; else in one pass.
                         let key_type = key
                             .first()
                             .and_then(|k| model.columns.iter().find(|c| &c.name == k))
@@ -470,7 +471,7 @@ impl TableUndoLog {
                                 &shape,
                                 &key_type,
                                 estimate,
-                                leaves * hash::LEAF_ROWS,
+                                chunk_rows,
                             )
                             .await?
                         } else {
@@ -478,7 +479,10 @@ impl TableUndoLog {
                         };
                         let h = match dense {
                             Some(h) => h,
-                            None => hash::hash_relation(tx.client(), &shape, leaves).await?,
+                            None => {
+                                hash::hash_relation_in_chunks(tx.client(), &shape, chunk_rows)
+                                    .await?
+                            }
                         };
                         (h.root, Some(h), marks.ok())
                     }

@@ -10,7 +10,7 @@ use super::{Entry, TableUndoLog, XID};
 use crate::catalog::TableModel;
 use crate::error::PgResultExt;
 use crate::fingerprint::{chunk_starts, table_fingerprint};
-use crate::hash::{self, Shape};
+use crate::hash::{self, from_hex, Shape};
 use crate::ident::quote_ident;
 use rollback_core::{Digest, Result};
 use tokio_postgres::Transaction;
@@ -61,10 +61,21 @@ impl TableUndoLog {
             .filter_map(|k| e.definition.columns.iter().find(|c| &c.name == k))
             .map(|c| c.data_type.clone())
             .collect();
-        let Some(starts) = chunk_starts(tx.client(), &e.chunks, &key_types).await? else {
-            return Ok(ChunkProof::Full(None));
+        // A single integer key is placed among the chunk starts here; any other key by
+        // the server's ordering of its type.
+        let (starts, (which, keys)) = match integer_starts(&e.chunks, &key_types)? {
+            Some((starts, values)) => {
+                let found = self.chunks_of_logged_integers(tx, mvcc, e, &values).await?;
+                (starts, found)
+            }
+            None => {
+                let Some(starts) = chunk_starts(tx.client(), &e.chunks, &key_types).await? else {
+                    return Ok(ChunkProof::Full(None));
+                };
+                let found = self.chunks_of_logged_keys(tx, mvcc, e, &starts).await?;
+                (starts, found)
+            }
         };
-        let (which, keys) = self.chunks_of_logged_keys(tx, mvcc, e, &starts).await?;
         if which.len() * 2 > e.chunks.len() {
             return Ok(ChunkProof::Full(Some(format!(
                 "{} of {} chunks hold keys logged since capture: read in full",
@@ -99,6 +110,35 @@ impl TableUndoLog {
                 e.chunks.len()
             ),
         })
+    }
+
+    /// [`Self::chunks_of_logged_keys`] for a single integer key whose chunk starts after
+    /// the first are `values`: the logged keys read, each placed by a binary search.
+    async fn chunks_of_logged_integers(
+        &self,
+        tx: &Transaction<'_>,
+        mvcc: &str,
+        e: &Entry,
+        values: &[i64],
+    ) -> Result<(Vec<usize>, u64)> {
+        let sql = format!(
+            "SELECT DISTINCT l.{k}::bigint FROM {log} l \
+             WHERE NOT pg_catalog.pg_visible_in_snapshot(l.{xid}, $1::text::pg_catalog.pg_snapshot)",
+            k = quote_ident(&e.key[0]),
+            log = e.log.quoted(),
+            xid = quote_ident(XID),
+        );
+        let rows = tx
+            .query(sql.as_str(), &[&mvcc])
+            .await
+            .ctx("finding the chunks of the logged keys")?;
+        let mut which = std::collections::BTreeSet::new();
+        for r in &rows {
+            let k: i64 = r.get(0);
+            // Chunk `i` holds the keys from `values[i - 1]` up to `values[i]`.
+            which.insert(values.partition_point(|&v| v <= k));
+        }
+        Ok((which.into_iter().collect(), rows.len() as u64))
     }
 
     /// The chunks (indexes into `e.chunks`; chunk `i` starts at `starts[i - 1]`, chunk 0
@@ -152,5 +192,99 @@ impl TableUndoLog {
         }
         which.retain(|&i| i < e.chunks.len());
         Ok((which, keys))
+    }
+}
+
+/// For a single `smallint`, `integer` or `bigint` key: the start keys of `chunks` after the
+/// first as splits (typed literals written here) and as values, from their binary (`send`)
+/// encoding; `None` for any other key.
+fn integer_starts(
+    chunks: &[hash::ChunkDigest],
+    key_types: &[String],
+) -> Result<Option<(Vec<hash::Split>, Vec<i64>)>> {
+    let [ty] = key_types else {
+        return Ok(None);
+    };
+    let width = match ty.as_str() {
+        "smallint" => 2,
+        "integer" => 4,
+        "bigint" => 8,
+        _ => return Ok(None),
+    };
+    let mut values = Vec::with_capacity(chunks.len());
+    for c in chunks.iter().skip(1) {
+        let bytes = match &c.start {
+            Some(k) if k.0.len() == 1 => from_hex(&k.0[0])?,
+            _ => return Ok(None),
+        };
+        if bytes.len() != width {
+            return Ok(None);
+        }
+        // Big-endian two's complement, sign-extended.
+        let fill = if bytes[0] & 0x80 != 0 { 0xff } else { 0 };
+        let mut be = [fill; 8];
+        be[8 - width..].copy_from_slice(&bytes);
+        values.push(i64::from_be_bytes(be));
+    }
+    if values.windows(2).any(|w| w[0] >= w[1]) {
+        return Ok(None);
+    }
+    let splits = values
+        .iter()
+        .map(|v| hash::Split {
+            lits: vec![format!("'{v}'::{ty}")],
+            rank: None,
+        })
+        .collect();
+    Ok(Some((splits, values)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::{ChunkDigest, KeyValue};
+
+    fn chunk(start: Option<&str>) -> ChunkDigest {
+        ChunkDigest {
+            start: start.map(|s| KeyValue(vec![s.to_string()])),
+            rows: 1,
+            digest: Digest::default(),
+        }
+    }
+
+    #[test]
+    fn integer_starts_decode_signed_big_endian_keys() {
+        let ty = |t: &str| vec![t.to_string()];
+        let chunks = [
+            chunk(None),
+            chunk(Some("fffe")),
+            chunk(Some("0000")),
+            chunk(Some("7fff")),
+        ];
+        let (splits, values) = integer_starts(&chunks, &ty("smallint")).unwrap().unwrap();
+        assert_eq!(values, vec![-2, 0, 32767]);
+        assert_eq!(splits[0].lits, vec!["'-2'::smallint".to_string()]);
+        let chunks = [
+            chunk(None),
+            chunk(Some("80000000")),
+            chunk(Some("00000005")),
+        ];
+        let (_, values) = integer_starts(&chunks, &ty("integer")).unwrap().unwrap();
+        assert_eq!(values, vec![i32::MIN as i64, 5]);
+        let chunks = [
+            chunk(None),
+            chunk(Some("ffffffffffffffff")),
+            chunk(Some("0000000000000100")),
+        ];
+        let (_, values) = integer_starts(&chunks, &ty("bigint")).unwrap().unwrap();
+        assert_eq!(values, vec![-1, 256]);
+        // Out of order, the wrong width, or another type: the server places the keys.
+        let unordered = [chunk(None), chunk(Some("0005")), chunk(Some("0001"))];
+        assert!(integer_starts(&unordered, &ty("smallint"))
+            .unwrap()
+            .is_none());
+        assert!(integer_starts(&chunks, &ty("integer")).unwrap().is_none());
+        assert!(integer_starts(&chunks, &ty("numeric")).unwrap().is_none());
+        assert!(integer_starts(&chunks, &[]).unwrap().is_none());
     }
 }
