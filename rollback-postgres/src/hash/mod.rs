@@ -19,7 +19,7 @@ use copy::CopyParser;
 pub(crate) use copy::{from_hex, RawParam};
 pub(crate) use split::{
     choose_splits, hash_chosen_ranges, hash_dense_chunks, hash_ranges, hash_relation_split,
-    key_range_sql, Split, PARALLEL_MIN_ROWS,
+    key_range_sql, range_plans, Split, PARALLEL_MIN_ROWS,
 };
 
 use crate::error::{backend_msg, PgResultExt};

@@ -240,6 +240,23 @@ pub(crate) async fn choose_splits(
     Ok(out)
 }
 
+/// Set (`on`) or reset the planner settings for hashing key ranges, in the transaction of
+/// each of `clients`: every range is read in key order by the key's unique index — never
+/// sorted after a bitmap scan (which spills a range of wide rows to disk) nor by parallel
+/// workers per range (the ranges are already spread over sessions). Without statistics
+/// (a table just restored or loaded) the planner picks both, at up to twice the cost.
+pub(crate) async fn range_plans(clients: &[&Client], on: bool) -> Result<()> {
+    let sql = if on {
+        "SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0"
+    } else {
+        "SET LOCAL enable_sort TO DEFAULT; SET LOCAL max_parallel_workers_per_gather TO DEFAULT"
+    };
+    futures::future::try_join_all(clients.iter().map(|c| c.batch_execute(sql)))
+        .await
+        .ctx("setting the plans for hashing key ranges")?;
+    Ok(())
+}
+
 /// Rows set aside at the start of a part whose first row has `rank` rows before it.
 fn head_for(rank: u64) -> u64 {
     (LEAF_ROWS - rank % LEAF_ROWS) % LEAF_ROWS
@@ -500,6 +517,18 @@ pub(crate) async fn hash_chosen_ranges(
     if which.is_empty() {
         return Ok(Vec::new());
     }
+    range_plans(&[c], true).await?;
+    let out = hash_chosen_ranges_in(c, shape, starts, which).await;
+    range_plans(&[c], false).await?;
+    out
+}
+
+async fn hash_chosen_ranges_in(
+    c: &Client,
+    shape: &Shape,
+    starts: &[Split],
+    which: &[usize],
+) -> Result<Vec<(u64, Digest)>> {
     let sqls: Vec<String> = which
         .iter()
         .map(|&i| {
@@ -553,6 +582,18 @@ pub(crate) async fn hash_ranges(
         every: runs,
         key_idx: &key_idx,
     };
+    range_plans(clients, true).await?;
+    let out = hash_ranges_in(clients, shape, starts, runs).await;
+    range_plans(clients, false).await?;
+    out
+}
+
+async fn hash_ranges_in(
+    clients: &[&Client],
+    shape: &Shape,
+    starts: &[Split],
+    runs: Runs<'_>,
+) -> Result<(Vec<(u64, Digest)>, TableHash)> {
     let preds: Vec<String> = (0..=starts.len())
         .map(|i| range_sql(shape, i.checked_sub(1).map(|j| &starts[j]), starts.get(i)))
         .collect();
