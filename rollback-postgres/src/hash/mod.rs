@@ -80,6 +80,11 @@ pub(crate) struct Shape {
 }
 
 impl Shape {
+    /// Whether `rel` names a relation (not a query standing in for one).
+    pub(crate) fn is_relation(&self) -> bool {
+        !self.rel.trim_start().starts_with('(')
+    }
+
     fn key_idx(&self) -> Vec<usize> {
         self.key
             .iter()
@@ -229,6 +234,13 @@ impl Fine {
         if self.rows == 0 {
             return;
         }
+        if self.out.len() > FINE_MOST_RUNS {
+            // Too many to keep (see [`FINE_MOST_RUNS`]): the leaves will do.
+            self.h.reset();
+            self.rows = 0;
+            self.start = None;
+            return;
+        }
         let leaf = self.h.finalize();
         self.h.reset();
         let mut c = blake3::Hasher::new();
@@ -366,14 +378,14 @@ impl RowHasher {
         self.finish_chunk();
         self.root.update(&self.rows.to_le_bytes());
         let chunks = match self.fine.take() {
-            Some(f) => {
+            Some(f) if f.out.len() <= FINE_MOST_RUNS => {
                 let mut runs = f.finish();
                 if let Some(first) = runs.first_mut() {
                     first.start = None;
                 }
                 runs
             }
-            None => self.chunks,
+            _ => self.chunks,
         };
         TableHash {
             rows: self.rows,
@@ -390,9 +402,9 @@ pub(crate) fn chunk_leaves_for(rows: u64) -> u64 {
 }
 
 /// Chunk size in rows for a table of about `rows` rows, for a proof that re-hashes only
-/// the chunks holding changed keys: runs of [`FINE_MIN_ROWS`] rows up to ~8192 chunks, then
-/// twice, four times… as many, up to a leaf ([`LEAF_ROWS`] rows), then whole leaves
-/// (as few per chunk as keep it at ~8192).
+/// the chunks holding changed keys: runs of [`FINE_MIN_ROWS`] rows up to ~16,384 chunks,
+/// then twice, four times… as many, up to a leaf ([`LEAF_ROWS`] rows), then whole leaves
+/// (as few per chunk as keep it at ~16,384).
 pub(crate) fn fine_chunk_rows(rows: u64) -> u64 {
     let mut c = FINE_MIN_ROWS;
     while c < LEAF_ROWS && rows / c > FINE_MOST_CHUNKS {
@@ -409,7 +421,11 @@ pub(crate) fn fine_chunk_rows(rows: u64) -> u64 {
 pub(crate) const FINE_MIN_ROWS: u64 = 256;
 
 /// About the most chunks [`fine_chunk_rows`] makes of a table.
-const FINE_MOST_CHUNKS: u64 = 8192;
+const FINE_MOST_CHUNKS: u64 = 16384;
+
+/// The most runs kept of one table: with more (the row estimate they were sized by was
+/// far too low), the chunks are whole leaves instead.
+pub(crate) const FINE_MOST_RUNS: usize = 4 * FINE_MOST_CHUNKS as usize;
 
 fn chunk_leaves_within(rows: u64, most: u64) -> u64 {
     let leaves = rows / LEAF_ROWS + 1;
@@ -532,6 +548,12 @@ mod tests {
             let start = if j == 0 { None } else { key(range.start) };
             assert_eq!(run.start, start, "run {j}");
         }
+        // Runs of 256 rows up to ~8192 of them, then longer runs, then whole leaves.
+        assert_eq!(fine_chunk_rows(50_000), 256);
+        assert_eq!(fine_chunk_rows(5_000_000), 512);
+        assert_eq!(fine_chunk_rows(10_000_000), 1024);
+        assert_eq!(fine_chunk_rows(40_000_000), LEAF_ROWS);
+        assert_eq!(fine_chunk_rows(200_000_000), 4 * LEAF_ROWS);
         // From a leaf up, no runs are kept: the chunks are whole leaves.
         assert!(RowHasher::new(1).with_fine(LEAF_ROWS).fine.is_none());
     }

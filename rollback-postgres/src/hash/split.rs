@@ -241,15 +241,21 @@ pub(crate) async fn choose_splits(
 }
 
 /// Set (`on`) or reset the planner settings for hashing key ranges, in the transaction of
-/// each of `clients`: every range is read in key order by the key's unique index — never
-/// sorted after a bitmap scan (which spills a range of wide rows to disk) nor by parallel
-/// workers per range (the ranges are already spread over sessions). Without statistics
-/// (a table just restored or loaded) the planner picks both, at up to twice the cost.
-pub(crate) async fn range_plans(clients: &[&Client], on: bool) -> Result<()> {
-    let sql = if on {
-        "SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0"
-    } else {
-        "SET LOCAL enable_sort TO DEFAULT; SET LOCAL max_parallel_workers_per_gather TO DEFAULT"
+/// each of `clients`: no parallel workers per range (the ranges are already spread over
+/// sessions) and, with `index_order` (a plain relation), every range read in key order by the
+/// key's unique index — never sorted after a bitmap scan, which spills a range of wide rows
+/// to disk. Without statistics (a table just restored or loaded) the planner picks both,
+/// at up to twice the cost. A query standing in for the relation (rows set aside by a
+/// selective restore) keeps its sort: it may need one.
+pub(crate) async fn range_plans(clients: &[&Client], index_order: bool, on: bool) -> Result<()> {
+    let sql = match (on, index_order) {
+        (true, true) => {
+            "SET LOCAL enable_sort = off; SET LOCAL max_parallel_workers_per_gather = 0"
+        }
+        (true, false) => "SET LOCAL max_parallel_workers_per_gather = 0",
+        (false, _) => {
+            "SET LOCAL enable_sort TO DEFAULT; SET LOCAL max_parallel_workers_per_gather TO DEFAULT"
+        }
     };
     futures::future::try_join_all(clients.iter().map(|c| c.batch_execute(sql)))
         .await
@@ -485,7 +491,7 @@ pub(crate) async fn hash_dense_chunks(
         })
         .collect();
     let (ranges, whole) = hash_ranges(clients, shape, &starts, runs).await?;
-    if runs < LEAF_ROWS {
+    if runs < LEAF_ROWS && whole.chunks.len() <= super::FINE_MOST_RUNS {
         return Ok(Some(whole));
     }
     let chunks = ranges
@@ -517,9 +523,9 @@ pub(crate) async fn hash_chosen_ranges(
     if which.is_empty() {
         return Ok(Vec::new());
     }
-    range_plans(&[c], true).await?;
+    range_plans(&[c], shape.is_relation(), true).await?;
     let out = hash_chosen_ranges_in(c, shape, starts, which).await;
-    range_plans(&[c], false).await?;
+    range_plans(&[c], shape.is_relation(), false).await?;
     out
 }
 
@@ -582,9 +588,9 @@ pub(crate) async fn hash_ranges(
         every: runs,
         key_idx: &key_idx,
     };
-    range_plans(clients, true).await?;
+    range_plans(clients, shape.is_relation(), true).await?;
     let out = hash_ranges_in(clients, shape, starts, runs).await;
-    range_plans(clients, false).await?;
+    range_plans(clients, shape.is_relation(), false).await?;
     out
 }
 

@@ -101,8 +101,9 @@ pub enum ConflictPolicy {
 /// transaction's MVCC snapshot is recorded. A change committed before that snapshot is in
 /// the fingerprint; one committed after is in the log: log entries of transactions the
 /// recorded snapshot sees are ignored, so no concurrent write escapes and none is undone
-/// twice. The same pass keeps the digests of the table's key ranges of 4,096 rows (up to
-/// ~2,048 ranges; larger ranges for tables over 8.4 million rows), and the same snapshot
+/// twice. The same pass keeps the digests of the table's key ranges of 256 rows (up to
+/// ~8,192 ranges; larger ranges for tables over 2.1 million rows, whole 4,096-row leaves
+/// over 16.8 million; see [`hash::fine_chunk_rows`]), and the same snapshot
 /// records the catalog's state of the triggers and the table's storage. Capture therefore
 /// costs one fingerprint (on one session), whatever the table size.
 ///

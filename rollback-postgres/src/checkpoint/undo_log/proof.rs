@@ -121,13 +121,7 @@ impl TableUndoLog {
         e: &Entry,
         values: &[i64],
     ) -> Result<(Vec<usize>, u64)> {
-        let sql = format!(
-            "SELECT DISTINCT l.{k}::bigint FROM {log} l \
-             WHERE NOT pg_catalog.pg_visible_in_snapshot(l.{xid}, $1::text::pg_catalog.pg_snapshot)",
-            k = quote_ident(&e.key[0]),
-            log = e.log.quoted(),
-            xid = quote_ident(XID),
-        );
+        let sql = logged_since(e, &format!("l.{}::bigint", quote_ident(&e.key[0])));
         let rows = tx
             .query(sql.as_str(), &[&mvcc])
             .await
@@ -165,18 +159,14 @@ impl TableUndoLog {
             .map(|(k, c)| format!("l.{} AS {c}", quote_ident(k)))
             .collect();
         let sql = format!(
-            "WITH s(n, {cols}) AS (VALUES {values}), \
-             l AS (SELECT DISTINCT {logged} FROM {log} l \
-                   WHERE NOT pg_catalog.pg_visible_in_snapshot(l.{xid}, $1::text::pg_catalog.pg_snapshot)), \
+            "WITH s(n, {cols}) AS (VALUES {values}), l AS ({logged}), \
              u AS (SELECT n, {cols} FROM s UNION ALL SELECT NULL::int, {cols} FROM l) \
              SELECT coalesce(m, 0), count(*) FROM \
                (SELECT n, max(n) OVER (ORDER BY {cols}, n IS NULL ROWS UNBOUNDED PRECEDING) AS m FROM u) x \
              WHERE n IS NULL GROUP BY 1 ORDER BY 1",
             cols = cols.join(", "),
             values = values.join(", "),
-            logged = logged.join(", "),
-            log = e.log.quoted(),
-            xid = quote_ident(XID),
+            logged = logged_since(e, &logged.join(", ")),
         );
         let rows = tx
             .query(sql.as_str(), &[&mvcc])
@@ -193,6 +183,17 @@ impl TableUndoLog {
         which.retain(|&i| i < e.chunks.len());
         Ok((which, keys))
     }
+}
+
+/// The distinct `columns` (of the log entry alias `l`) of `e`'s log entries written since
+/// capture: by transactions the capture's MVCC snapshot (`$1`, text) does not see.
+fn logged_since(e: &Entry, columns: &str) -> String {
+    format!(
+        "SELECT DISTINCT {columns} FROM {log} l \
+         WHERE NOT pg_catalog.pg_visible_in_snapshot(l.{xid}, $1::text::pg_catalog.pg_snapshot)",
+        log = e.log.quoted(),
+        xid = quote_ident(XID),
+    )
 }
 
 /// For a single `smallint`, `integer` or `bigint` key: the start keys of `chunks` after the

@@ -292,7 +292,7 @@ impl TableSnapshot {
         let found = {
             let clients = hasher.clients(&self.db, tx).await;
             let mut found = Vec::new();
-            let mut result = hash::range_plans(&clients, true).await.map(|()| None);
+            let mut result = hash::range_plans(&clients, true, true).await.map(|()| None);
             for t in &targets {
                 if result.is_err() {
                     break;
@@ -309,7 +309,7 @@ impl TableSnapshot {
             result.map(|why| (found, why))
         };
         hasher.close().await;
-        hash::range_plans(&[tx.client()], false).await?;
+        hash::range_plans(&[tx.client()], true, false).await?;
         let found = match found? {
             (_, Some(why)) => return Ok(Delta::Unsuitable(why)),
             (found, None) => found,
@@ -365,7 +365,7 @@ impl TableSnapshot {
         // 6. Each restored range hashed again in this transaction (which alone sees its
         //    writes) must give its stored chunk: with the ranges found equal in 3, every
         //    chunk of every table is then the captured one.
-        hash::range_plans(&[tx.client()], true).await?;
+        hash::range_plans(&[tx.client()], true, true).await?;
         for (t, f) in targets.iter().zip(&found) {
             for &i in &f.ranges {
                 let now = t.hash_range(tx.client(), &t.entry.table, i).await?;
@@ -377,7 +377,7 @@ impl TableSnapshot {
                 }
             }
         }
-        hash::range_plans(&[tx.client()], false).await?;
+        hash::range_plans(&[tx.client()], true, false).await?;
         self.set_sequences(tx, d).await?;
         if let Some(why) = definition_mismatch(tx, d, "delta").await? {
             return Ok(Delta::Unsuitable(why));
