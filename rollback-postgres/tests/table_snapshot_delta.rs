@@ -69,6 +69,8 @@ async fn default_restore_puts_back_only_the_differing_ranges_and_pg_dump_matches
     assert_eq!((discarded.items, discarded.exact), (13, true), "{how:?}");
     let note = how.note.clone().unwrap_or_default();
     assert!(note.contains("3 of 13 key range(s)"), "{note}");
+    // Within them, only the 512-row runs holding the changes were written and re-hashed.
+    assert!(note.contains("put back 0 whole and 3 run(s)"), "{note}");
     // The proof the restore took under its lock is the baseline fingerprint, and true.
     assert_eq!(how.proof.as_ref().unwrap().fingerprint, snap.fingerprint);
     assert_eq!(cp.fingerprint(&c).await.unwrap(), snap.fingerprint);
@@ -382,4 +384,47 @@ async fn a_table_set_is_restored_by_delta_parents_and_children_in_order() {
     assert_eq!(how.items_changed, Some(31), "{how:?}");
     assert_eq!(how.proof.unwrap().fingerprint, snap.fingerprint);
     common::assert_same_dump(&before, &db.dump(), "after restore");
+}
+
+/// Within a differing range the delta puts back only the runs that differ from the copy —
+/// bounded by keys of any orderable type (here text) — and a row inserted or deleted
+/// mid-range shifts the runs after it, which are then put back to the range's end.
+#[tokio::test]
+async fn delta_puts_back_the_differing_runs_of_a_text_key() {
+    let db = TestDb::new("delta_runs").await;
+    db.exec(
+        "CREATE TABLE codes (code text COLLATE \"C\" PRIMARY KEY, v int NOT NULL);
+         INSERT INTO codes SELECT 'k' || lpad(g::text, 6, '0'), g FROM generate_series(1, 20000) g;
+         ANALYZE codes;",
+    )
+    .await;
+    let content = "SELECT md5(string_agg(c::text, ',' ORDER BY code)) FROM codes c";
+    let before = db.scalar(content).await;
+    let cp = TableSnapshot::new(&db.db, Table::public("codes"));
+    let c = ctx();
+    let snap = cp.capture(&c).await.unwrap();
+    // Range 1 of 5 (4,096 rows each): an insert in its second run shifts the rest of it;
+    // range 3: one update; range 4: a delete in its sixth run.
+    let changes = "INSERT INTO codes VALUES ('k001000x', 0);
+         UPDATE codes SET v = -1 WHERE code = 'k010000';
+         DELETE FROM codes WHERE code = 'k015000';";
+    for round in ["first", "second"] {
+        db.exec(changes).await;
+        let how = cp.restore(&snap, &c).await.unwrap();
+        assert_eq!(how.method, "delta", "{round}: {how:?}");
+        assert_eq!(how.items_changed, Some(3), "{round}: {how:?}");
+        let note = how.note.clone().unwrap_or_default();
+        assert!(
+            note.contains("3 of 5 key range(s)") && note.contains("put back 0 whole and 11 run(s)"),
+            "{round}: {note}"
+        );
+        assert_eq!(how.proof.unwrap().fingerprint, snap.fingerprint, "{round}");
+        assert_eq!(db.scalar(content).await, before, "{round}");
+        assert_eq!(
+            cp.fingerprint(&c).await.unwrap(),
+            snap.fingerprint,
+            "{round}"
+        );
+    }
+    cp.discard(&snap, &c).await.unwrap();
 }

@@ -373,26 +373,33 @@ impl RowHasher {
 
     /// The table's hash; with fine runs kept, its chunks are those runs (the first
     /// starting from the start of the key order).
-    pub(crate) fn finish(mut self) -> TableHash {
+    pub(crate) fn finish(self) -> TableHash {
+        let (mut h, runs) = self.finish_with_runs();
+        if let Some(mut runs) = runs.filter(|r| r.len() <= FINE_MOST_RUNS) {
+            if let Some(first) = runs.first_mut() {
+                first.start = None;
+            }
+            h.chunks = runs;
+        }
+        h
+    }
+
+    /// The hash with its chunks, and the fine runs when kept (each with its first row's
+    /// key, the first run's included).
+    pub(crate) fn finish_with_runs(mut self) -> (TableHash, Option<Vec<ChunkDigest>>) {
         self.finish_leaf();
         self.finish_chunk();
         self.root.update(&self.rows.to_le_bytes());
-        let chunks = match self.fine.take() {
-            Some(f) if f.out.len() <= FINE_MOST_RUNS => {
-                let mut runs = f.finish();
-                if let Some(first) = runs.first_mut() {
-                    first.start = None;
-                }
-                runs
-            }
-            _ => self.chunks,
-        };
-        TableHash {
-            rows: self.rows,
-            bytes: self.bytes,
-            root: Digest(*self.root.finalize().as_bytes()),
-            chunks,
-        }
+        let runs = self.fine.take().map(Fine::finish);
+        (
+            TableHash {
+                rows: self.rows,
+                bytes: self.bytes,
+                root: Digest(*self.root.finalize().as_bytes()),
+                chunks: self.chunks,
+            },
+            runs,
+        )
     }
 }
 
@@ -449,7 +456,23 @@ pub(crate) async fn hash_relation(
         CopyParser::new(chunk_leaves, shape.key_idx()),
     )
     .await
-    .map(|(h, _)| h)
+    .map(|(h, _)| h.finish())
+}
+
+/// Hash a whole relation with one binary COPY, in key order, as one chunk, keeping runs
+/// of `every` rows (below [`LEAF_ROWS`]; see [`Fine`]) with their first keys: the
+/// relation's rows, its digest as one chunk, and the runs.
+pub(crate) async fn hash_relation_runs(
+    c: &Client,
+    shape: &Shape,
+    every: u64,
+) -> Result<(u64, Digest, Vec<ChunkDigest>)> {
+    let mut parser = CopyParser::new(u64::MAX, shape.key_idx());
+    parser.h = RowHasher::new(u64::MAX).with_fine(every);
+    let (h, _) = copy_hash(c, shape, "TRUE", parser).await?;
+    let (h, runs) = h.finish_with_runs();
+    let digest = h.chunks.first().map_or(Digest::default(), |c| c.digest);
+    Ok((h.rows, digest, runs.unwrap_or_default()))
 }
 
 /// Hash a whole relation with one binary COPY, in key order, in chunks of `chunk_rows`
@@ -463,7 +486,9 @@ pub(crate) async fn hash_relation_in_chunks(
     let leaves = (chunk_rows / LEAF_ROWS).max(1);
     let mut parser = CopyParser::new(leaves, shape.key_idx());
     parser.h = RowHasher::new(leaves).with_fine(chunk_rows);
-    copy_hash(c, shape, "TRUE", parser).await.map(|(h, _)| h)
+    copy_hash(c, shape, "TRUE", parser)
+        .await
+        .map(|(h, _)| h.finish())
 }
 
 async fn copy_hash(
@@ -471,7 +496,7 @@ async fn copy_hash(
     shape: &Shape,
     pred: &str,
     mut parser: CopyParser,
-) -> Result<(TableHash, Vec<[u8; 32]>)> {
+) -> Result<(RowHasher, Vec<[u8; 32]>)> {
     let sql = format!(
         "COPY (SELECT {} FROM {} t WHERE {pred} ORDER BY {}) TO STDOUT (FORMAT binary)",
         shape.select_list("t"),
@@ -490,7 +515,7 @@ async fn copy_hash(
     }
     parser.h.finish_leaf();
     let leaves = parser.h.leaves.take().unwrap_or_default();
-    Ok((parser.h.finish(), leaves))
+    Ok((parser.h, leaves))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use super::{definition_mismatch, fk_info};
 use crate::catalog::{self, diff_tables, TableModel};
 use crate::error::{backend_msg, PgResultExt};
 use crate::fingerprint::{chunk_starts, combine, table_fingerprint, SnapshotHasher};
-use crate::hash::{self, Shape, Split, TableHash, LEAF_ROWS};
+use crate::hash::{self, ChunkDigest, Shape, Split, TableHash, LEAF_ROWS};
 use crate::ident::Table;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -22,6 +22,45 @@ const SMALL_TABLE_ROWS: u64 = 8 * LEAF_ROWS;
 
 /// Range hashes each session has in flight (one read, the next ones queued).
 const PIPELINE: usize = 3;
+
+/// Rows per run within a range (see [`Block`]): what the delta writes back and re-hashes
+/// around a changed row instead of its whole range.
+const RUN_ROWS: u64 = 512;
+
+/// A range hashed: its rows and digest as one chunk, and its runs of [`RUN_ROWS`] rows
+/// (each with its first key).
+struct RangeHash {
+    rows: u64,
+    digest: Digest,
+    runs: Vec<ChunkDigest>,
+}
+
+impl RangeHash {
+    fn chunk(&self) -> (u64, Digest) {
+        (self.rows, self.digest)
+    }
+}
+
+/// Part of a differing range put back from the copy: the whole range, or — for a single
+/// key column — a block of consecutive runs that differ between the live table and the
+/// copy (the runs before and after it are equal on both sides, so their rows are).
+struct Block {
+    range: usize,
+    /// The block's lower bound: the least of these keys (the run's first key on each side
+    /// that has it); empty: the range's start.
+    lo: Vec<String>,
+    /// The block's upper bound (exclusive; the first key of the next run, the same on both
+    /// sides); `None`: the range's end.
+    hi: Option<String>,
+    /// What the block hashes to once put back: the copy's runs in it, or — the whole
+    /// range — its chunk at capture.
+    expect: Expect,
+}
+
+enum Expect {
+    Chunk(u64, Digest),
+    Runs(Vec<(u64, Digest)>),
+}
 
 /// The outcome of a delta restore.
 pub(super) enum Delta {
@@ -39,6 +78,8 @@ struct Target<'a> {
     hash: &'a TableHash,
     /// The start keys of the captured chunks after the first, as SQL literals.
     starts: Vec<Split>,
+    /// The key columns' types.
+    key_types: Vec<String>,
 }
 
 impl Target<'_> {
@@ -67,29 +108,65 @@ impl Target<'_> {
         )
     }
 
-    /// `alias`'s key in any of `ranges`.
-    fn ranges_pred(&self, alias: &str, ranges: &[usize]) -> String {
-        if ranges.is_empty() {
-            return "FALSE".into();
-        }
-        let parts: Vec<String> = ranges.iter().map(|&i| self.range_pred(alias, i)).collect();
-        format!("({})", parts.join(" OR "))
+    /// Range `i` of `rel` (a quoted relation) hashed as one chunk — the stored chunk's
+    /// digest when the rows are the captured ones — and in runs.
+    async fn hash_range(&self, c: &Client, rel: &Table, i: usize) -> Result<RangeHash> {
+        self.hash_where(c, rel, &self.range_pred("r", i)).await
     }
 
-    /// Rows and digest of range `i` of `rel` (a quoted relation), hashed as one chunk —
-    /// the stored chunk's digest when the rows are the captured ones.
-    async fn hash_range(&self, c: &Client, rel: &Table, i: usize) -> Result<(u64, Digest)> {
-        let sub = format!(
-            "(SELECT * FROM {} r WHERE {})",
-            rel.quoted(),
-            self.range_pred("r", i)
-        );
-        let h = hash::hash_relation(c, &self.shape(sub), u64::MAX).await?;
-        Ok((
-            h.rows,
-            h.chunks.first().map_or(Digest::default(), |c| c.digest),
-        ))
+    /// The rows of `rel` (alias `r`) that `pred` selects, hashed as [`Self::hash_range`].
+    async fn hash_where(&self, c: &Client, rel: &Table, pred: &str) -> Result<RangeHash> {
+        let sub = format!("(SELECT * FROM {} r WHERE {pred})", rel.quoted());
+        let (rows, digest, runs) = hash::hash_relation_runs(c, &self.shape(sub), RUN_ROWS).await?;
+        Ok(RangeHash { rows, digest, runs })
     }
+
+    /// `alias`'s key in block `b`.
+    fn block_pred(&self, alias: &str, b: &Block) -> String {
+        let mut p = self.range_pred(alias, b.range);
+        if let Some(k) = self.entry.key.first() {
+            let col = format!("{alias}.{}", crate::ident::quote_ident(k));
+            match b.lo.as_slice() {
+                [] => {}
+                [one] => p.push_str(&format!(" AND {col} >= {one}")),
+                many => p.push_str(&format!(" AND {col} >= LEAST({})", many.join(", "))),
+            }
+            if let Some(hi) = &b.hi {
+                p.push_str(&format!(" AND {col} < {hi}"));
+            }
+        }
+        format!("({p})")
+    }
+
+    /// `alias`'s key in any of `blocks`.
+    fn blocks_pred(&self, alias: &str, blocks: &[Block]) -> String {
+        if blocks.is_empty() {
+            return "FALSE".into();
+        }
+        let parts: Vec<String> = blocks.iter().map(|b| self.block_pred(alias, b)).collect();
+        format!("({})", parts.join(" OR "))
+    }
+}
+
+/// The blocks of consecutive runs at which `live` and `copy` (one range's runs on each
+/// side, from the range's first row) differ, as index spans `(first, last)`: a run missing
+/// on one side differs.
+fn differing_runs(live: &[ChunkDigest], copy: &[ChunkDigest]) -> Vec<(usize, usize)> {
+    let same = |j: usize| match (live.get(j), copy.get(j)) {
+        (Some(a), Some(b)) => a.rows == b.rows && a.digest == b.digest,
+        _ => false,
+    };
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for j in 0..live.len().max(copy.len()) {
+        if same(j) {
+            continue;
+        }
+        match out.last_mut() {
+            Some((_, last)) if *last + 1 == j => *last = j,
+            _ => out.push((j, j)),
+        }
+    }
+    out
 }
 
 impl Target<'_> {
@@ -104,13 +181,13 @@ impl Target<'_> {
         clients: &[&Client],
         rel: &Table,
         ranges: &[usize],
-    ) -> Result<Vec<(usize, (u64, Digest))>> {
+    ) -> Result<Vec<(usize, RangeHash)>> {
         let (n, w) = (ranges.len(), clients.len().max(1));
         let jobs = clients.iter().enumerate().map(|(j, c)| async move {
             let mine = &ranges[n * j / w..n * (j + 1) / w];
             let mut out = Vec::with_capacity(mine.len());
             // A sliding window: a range is sent as soon as one is read.
-            let mut window: FuturesOrdered<BoxFuture<'_, Result<(u64, Digest)>>> =
+            let mut window: FuturesOrdered<BoxFuture<'_, Result<RangeHash>>> =
                 FuturesOrdered::new();
             let mut next = mine.iter();
             for &i in next.by_ref().take(PIPELINE) {
@@ -134,10 +211,12 @@ impl Target<'_> {
     }
 }
 
-/// What the delta found in one table: the differing ranges, and their rows at capture.
+/// What the delta found in one table: the differing ranges, their rows at capture, and
+/// the blocks of them to put back.
 struct Found {
     ranges: Vec<usize>,
     rows_then: u64,
+    blocks: Vec<Block>,
 }
 
 impl TableSnapshot {
@@ -280,6 +359,7 @@ impl TableSnapshot {
                     copy,
                     hash,
                     starts,
+                    key_types,
                 });
             }
             actual.digest_part(&mut dh);
@@ -324,7 +404,7 @@ impl TableSnapshot {
                 .zip(&found)
                 .find(|(t, _)| t.entry.table == e.table)
                 .map_or("FALSE".to_string(), |(t, f)| {
-                    t.ranges_pred(alias, &f.ranges)
+                    t.blocks_pred(alias, &f.blocks)
                 })
         };
         let present: Vec<&Entry> = targets
@@ -339,40 +419,55 @@ impl TableSnapshot {
                 // A row may reference one in another range: all ranges at once, in FK order.
                 items += merge_rows(tx, &fks, &present, &scope).await?;
             } else {
-                // One range at a time: each statement joins two index range scans, where
+                // One block at a time: each statement joins two index range scans, where
                 // an OR of the ranges hash-joins bitmap scans of both tables (765 ms
                 // against about 15 ms per range for 10 ranges of 32,768 rows).
-                let most = found.iter().map(|f| f.ranges.len()).max().unwrap_or(0);
+                let most = found.iter().map(|f| f.blocks.len()).max().unwrap_or(0);
                 for k in 0..most {
                     let one = |e: &Entry, alias: &str| {
                         targets
                             .iter()
                             .zip(&found)
                             .find(|(t, _)| t.entry.table == e.table)
-                            .and_then(|(t, f)| f.ranges.get(k).map(|&i| t.range_pred(alias, i)))
+                            .and_then(|(t, f)| f.blocks.get(k).map(|b| t.block_pred(alias, b)))
                             .unwrap_or_else(|| "FALSE".to_string())
                     };
                     let present_k: Vec<&Entry> = targets
                         .iter()
                         .zip(&found)
-                        .filter(|(_, f)| f.ranges.len() > k)
+                        .filter(|(_, f)| f.blocks.len() > k)
                         .map(|(t, _)| t.entry)
                         .collect();
                     items += merge_rows(tx, &fks, &present_k, &one).await?;
                 }
             }
         }
-        // 6. Each restored range hashed again in this transaction (which alone sees its
-        //    writes) must give its stored chunk: with the ranges found equal in 3, every
-        //    chunk of every table is then the captured one.
+        // 6. Each block put back, hashed again in this transaction (which alone sees its
+        //    writes), must give the copy's runs in it (or, a whole range, its stored
+        //    chunk). The copy's ranges were checked against their stored chunks in 4 and
+        //    the runs outside the blocks found equal on both sides, so with the ranges
+        //    found equal in 3 every chunk of every table is then the captured one.
         hash::range_plans(&[tx.client()], true, true).await?;
         for (t, f) in targets.iter().zip(&found) {
-            for &i in &f.ranges {
-                let now = t.hash_range(tx.client(), &t.entry.table, i).await?;
-                if now != t.expected(i) {
+            for b in &f.blocks {
+                let now = t
+                    .hash_where(tx.client(), &t.entry.table, &t.block_pred("r", b))
+                    .await?;
+                let same = match &b.expect {
+                    Expect::Chunk(rows, digest) => now.chunk() == (*rows, *digest),
+                    Expect::Runs(runs) => {
+                        now.runs.len() == runs.len()
+                            && now
+                                .runs
+                                .iter()
+                                .zip(runs)
+                                .all(|(a, b)| (a.rows, a.digest) == *b)
+                    }
+                };
+                if !same {
                     return Ok(Delta::Unsuitable(format!(
-                        "range {i} of {} still differs after the delta",
-                        t.entry.table
+                        "range {} of {} still differs after the delta",
+                        b.range, t.entry.table
                     )));
                 }
             }
@@ -400,8 +495,21 @@ impl TableSnapshot {
             .iter()
             .zip(&found)
             .map(|(t, f)| {
+                let runs: usize = f
+                    .blocks
+                    .iter()
+                    .map(|b| match &b.expect {
+                        Expect::Runs(r) => r.len(),
+                        Expect::Chunk(..) => 0,
+                    })
+                    .sum();
+                let whole = f
+                    .blocks
+                    .iter()
+                    .filter(|b| matches!(b.expect, Expect::Chunk(..)))
+                    .count();
                 format!(
-                    "{}: {} of {} key range(s) differed ({} row(s) at capture)",
+                    "{}: {} of {} key range(s) differed ({} row(s) at capture); put back {whole} whole and {runs} run(s) of up to {RUN_ROWS} rows",
                     t.entry.table,
                     f.ranges.len(),
                     t.hash.chunks.len().max(1),
@@ -438,20 +546,21 @@ impl TableSnapshot {
             .await?;
         let differ: Vec<usize> = ranges
             .iter()
-            .filter(|(i, r)| *r != t.expected(*i))
+            .filter(|(i, r)| r.chunk() != t.expected(*i))
             .map(|(i, _)| *i)
             .collect();
         if differ.is_empty() {
             return Ok(Ok(Found {
                 ranges: Vec::new(),
                 rows_then: 0,
+                blocks: Vec::new(),
             }));
         }
         let rows_then: u64 = differ.iter().map(|&i| t.expected(i).0).sum();
         // Rows the merge reads on either side: past half the table, a swap is cheaper.
         let work: u64 = differ
             .iter()
-            .map(|&i| t.expected(i).0.max(ranges[i].1 .0))
+            .map(|&i| t.expected(i).0.max(ranges[i].1.rows))
             .sum();
         if self.method == RestoreMethod::Auto
             && t.hash.rows >= SMALL_TABLE_ROWS
@@ -467,20 +576,176 @@ impl TableSnapshot {
         }
         // The copy's rows in those ranges (the copy is locked against writes: every
         // session sees the same rows).
-        for (i, got) in t.hash_ranges(clients, t.copy, &differ).await? {
-            let (rows, digest) = t.expected(i);
-            if got != (rows, digest) {
+        let copies = t.hash_ranges(clients, t.copy, &differ).await?;
+        for (i, got) in &copies {
+            let (rows, digest) = t.expected(*i);
+            if got.chunk() != (rows, digest) {
                 tracing::warn!(table = %t.entry.table, range = i, "snapshot copy differs from its stored chunk");
                 return Err(Error::DigestMismatch {
                     resource: self.resource.clone(),
                     expected: digest,
-                    actual: got.1,
+                    actual: got.digest,
                 });
             }
         }
+        let blocks = self.blocks(clients[0], t, &ranges, &copies).await?;
         Ok(Ok(Found {
             ranges: differ,
             rows_then,
+            blocks,
         }))
+    }
+
+    /// The blocks to put back of each differing range (`copies`, with the live table's
+    /// `ranges`): for a single key column, the blocks of runs that differ between the two
+    /// sides, bounded by their first keys (printed as literals by the server in one
+    /// query); else the whole range.
+    async fn blocks(
+        &self,
+        c: &Client,
+        t: &Target<'_>,
+        ranges: &[(usize, RangeHash)],
+        copies: &[(usize, RangeHash)],
+    ) -> Result<Vec<Block>> {
+        let whole = |i: usize| {
+            let (rows, digest) = t.expected(i);
+            Block {
+                range: i,
+                lo: Vec::new(),
+                hi: None,
+                expect: Expect::Chunk(rows, digest),
+            }
+        };
+        if t.entry.key.len() != 1 {
+            return Ok(copies.iter().map(|(i, _)| whole(*i)).collect());
+        }
+        // Every key a bound needs, in one list (a leading placeholder: the conversion
+        // skips the first chunk's start).
+        let mut keys: Vec<ChunkDigest> = vec![ChunkDigest {
+            start: None,
+            rows: 0,
+            digest: Digest::default(),
+        }];
+        let mut key_of = |run: &ChunkDigest| -> Option<usize> {
+            run.start.as_ref()?;
+            keys.push(run.clone());
+            Some(keys.len() - 2)
+        };
+        // (range, lower-bound key indexes, upper-bound key index, the copy's runs)
+        let mut spans = Vec::new();
+        for (i, copy) in copies {
+            let live = &ranges[*i].1;
+            let found = differing_runs(&live.runs, &copy.runs);
+            if found.is_empty() || live.runs.is_empty() || copy.runs.is_empty() {
+                spans.push((*i, None));
+                continue;
+            }
+            let mut mine = Vec::new();
+            for (first, last) in found {
+                let lo: Vec<usize> = if first == 0 {
+                    Vec::new()
+                } else {
+                    [live.runs.get(first), copy.runs.get(first)]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(&mut key_of)
+                        .collect()
+                };
+                // The run after the block is equal on both sides: the same first key.
+                let hi = live.runs.get(last + 1).and_then(&mut key_of);
+                let expect: Vec<(u64, Digest)> = copy
+                    .runs
+                    .get(first..=last.min(copy.runs.len().saturating_sub(1)))
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| (r.rows, r.digest))
+                    .collect();
+                mine.push((lo, hi, expect));
+            }
+            spans.push((*i, Some(mine)));
+        }
+        let lits = if keys.len() > 1 {
+            chunk_starts(c, &keys, &t.key_types).await?
+        } else {
+            Some(Vec::new())
+        };
+        let Some(lits) = lits else {
+            return Ok(copies.iter().map(|(i, _)| whole(*i)).collect());
+        };
+        let lit = |k: usize| lits.get(k).and_then(|s| s.lits.first()).cloned();
+        let mut out = Vec::new();
+        for (i, blocks) in spans {
+            match blocks {
+                None => out.push(whole(i)),
+                Some(blocks) => {
+                    for (lo, hi, expect) in blocks {
+                        out.push(Block {
+                            range: i,
+                            lo: lo.into_iter().filter_map(lit).collect(),
+                            hi: hi.and_then(lit),
+                            expect: Expect::Runs(expect),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(rows: u64, d: u8) -> ChunkDigest {
+        ChunkDigest {
+            start: None,
+            rows,
+            digest: Digest([d; 32]),
+        }
+    }
+
+    #[test]
+    fn differing_runs_are_grouped_into_blocks() {
+        let copy = [
+            run(512, 1),
+            run(512, 2),
+            run(512, 3),
+            run(512, 4),
+            run(100, 5),
+        ];
+        // Equal: nothing to put back.
+        assert!(differing_runs(&copy, &copy).is_empty());
+        // Two updated runs apart, and two adjacent ones.
+        let live = [
+            run(512, 9),
+            run(512, 2),
+            run(512, 9),
+            run(512, 9),
+            run(100, 5),
+        ];
+        assert_eq!(differing_runs(&live, &copy), vec![(0, 0), (2, 3)]);
+        // A row inserted in run 1 shifts every later run: one block to the end.
+        let live = [
+            run(512, 1),
+            run(512, 7),
+            run(512, 8),
+            run(512, 9),
+            run(512, 6),
+            run(1, 3),
+        ];
+        assert_eq!(differing_runs(&live, &copy), vec![(1, 5)]);
+        // Rows deleted at the end: the runs the live side lacks differ.
+        let live = [run(512, 1), run(512, 2), run(512, 3)];
+        assert_eq!(differing_runs(&live, &copy), vec![(3, 4)]);
+        // The same digest with another row count differs.
+        let live = [
+            run(512, 1),
+            run(511, 2),
+            run(512, 3),
+            run(512, 4),
+            run(100, 5),
+        ];
+        assert_eq!(differing_runs(&live, &copy), vec![(1, 1)]);
     }
 }
