@@ -102,8 +102,8 @@ pub enum ConflictPolicy {
 /// the fingerprint; one committed after is in the log: log entries of transactions the
 /// recorded snapshot sees are ignored, so no concurrent write escapes and none is undone
 /// twice. The same pass keeps the digests of the table's key ranges of 256 rows (up to
-/// ~8,192 ranges; larger ranges for tables over 2.1 million rows, whole 4,096-row leaves
-/// over 16.8 million; see [`hash::fine_chunk_rows`]), and the same snapshot
+/// ~16,384 ranges; larger ranges for tables over 4.2 million rows, whole 4,096-row leaves
+/// over 33.5 million), and the same snapshot
 /// records the catalog's state of the triggers and the table's storage. Capture therefore
 /// costs one fingerprint (on one session), whatever the table size.
 ///
@@ -263,7 +263,7 @@ struct Entry {
     /// The content root at capture (version 3 on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     root: Option<Digest>,
-    /// The table's digests at capture in key ranges of a few hundred rows (up to ~8192
+    /// The table's digests at capture in key ranges of a few hundred rows (up to ~16,384
     /// ranges, see [`hash::fine_chunk_rows`]; earlier snapshots kept ranges of
     /// [`hash::LEAF_ROWS`] rows, which the proof takes as well; version 3 on): a restore's
     /// proof re-hashes only the ranges holding logged keys.
