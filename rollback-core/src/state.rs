@@ -7,11 +7,14 @@ use crate::journal::{Entry, LostTail, Record, TailAssumption};
 use crate::report::{Detection, VerdictReport};
 use crate::{Discarded, Plan, Receipt, Snapshot, Status};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// What the journal says about a run, folded from its records.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct State {
-    pub(crate) baseline: BTreeMap<String, Snapshot>,
+    /// Shared with every [`crate::Context`] of the run: a snapshot's descriptor can hold
+    /// thousands of chunk digests, too many to copy for each step and restore.
+    pub(crate) baseline: Arc<BTreeMap<String, Snapshot>>,
     pub(crate) capture_started: bool,
     /// Applied steps: `Some(receipt)`, or `None` when the outcome is uncertain.
     pub(crate) applied: BTreeMap<String, Option<Receipt>>,
@@ -351,7 +354,7 @@ impl State {
                 snapshot,
                 ..
             } => {
-                self.baseline.insert(checkpoint.clone(), snapshot.clone());
+                Arc::make_mut(&mut self.baseline).insert(checkpoint.clone(), snapshot.clone());
             }
             Entry::ApplyIntent { step, .. } => {
                 if let Some(None) = self.applied.get(step) {

@@ -164,7 +164,8 @@ impl<'a> Run<'a> {
                 let Some(expected) = self.state.baseline_fingerprint(resource) else {
                     continue; // never captured: nothing was applied after it
                 };
-                let snapshot = self.state.baseline.get(resource).cloned();
+                let baseline = self.state.baseline.clone();
+                let snapshot = baseline.get(resource);
                 let restore = snapshot.is_some()
                     && (self.state.restore_needed(plan, &scope, resource)
                         || pc.checkpoint.selective());
@@ -173,7 +174,7 @@ impl<'a> Run<'a> {
                 }
                 let res = match snapshot {
                     Some(snapshot) if restore => {
-                        self.restore_checkpoint(pc.checkpoint.as_ref(), &snapshot)
+                        self.restore_checkpoint(pc.checkpoint.as_ref(), snapshot)
                             .await?
                     }
                     _ => {
@@ -228,7 +229,8 @@ impl<'a> Run<'a> {
             if !self.state.to_release(&resource, self.policy.retention) {
                 continue;
             }
-            let Some(snapshot) = self.state.baseline.get(&resource).cloned() else {
+            let baseline = self.state.baseline.clone();
+            let Some(snapshot) = baseline.get(&resource) else {
                 continue;
             };
             self.ensure_lease().await?;

@@ -214,7 +214,7 @@ impl<'a> Run<'a> {
             self.ex.events.clone(),
             self.cancel.clone(),
             self.ex.journal.clone(),
-            Arc::new(self.state.baseline.clone()),
+            self.state.baseline.clone(),
             self.cursors.clone(),
             self.lease.clone(),
         )
