@@ -52,7 +52,7 @@ impl FlagSnapshot {
                 s.id, s.kind
             )));
         }
-        serde_json::from_value(s.descriptor.clone())
+        Self::deserialize(&s.descriptor)
             .map_err(|e| Error::invalid(format!("malformed flag snapshot {}: {e}", s.id)))
     }
 

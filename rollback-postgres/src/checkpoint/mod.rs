@@ -40,7 +40,7 @@ pub(crate) fn read_descriptor<D: DeserializeOwned>(
             snap.kind
         )));
     }
-    let d: D = serde_json::from_value(snap.descriptor.clone())
+    let d = D::deserialize(&snap.descriptor)
         .map_err(|e| Error::invalid(format!("malformed {what}: {e}")))?;
     let found = tables_of(&d);
     if found != tables {

@@ -168,7 +168,7 @@ pub(crate) fn table_entry(snap: &Snapshot, table: &Table) -> Result<Option<Entry
     if snap.kind != TABLE_COPY_KIND {
         return Ok(None);
     }
-    let d: Descriptor = serde_json::from_value(snap.descriptor.clone())
+    let d = Descriptor::deserialize(&snap.descriptor)
         .map_err(|e| Error::invalid(format!("malformed table snapshot descriptor: {e}")))?;
     Ok(d.tables.into_iter().find(|e| &e.table == table))
 }

@@ -103,7 +103,7 @@ impl SchemaSnapshot {
     /// [`Error::WrongResource`], [`Error::Invalid`], [`Error::DigestMismatch`].
     pub fn model_of(&self, snap: &Snapshot) -> Result<SchemaModel> {
         snap.ensure_resource(&self.resource)?;
-        let d: Descriptor = serde_json::from_value(snap.descriptor.clone())
+        let d = Descriptor::deserialize(&snap.descriptor)
             .map_err(|e| Error::invalid(format!("malformed schema snapshot descriptor: {e}")))?;
         snap.ensure_digest(d.model.fingerprint())?;
         Ok(d.model)
