@@ -403,9 +403,12 @@ impl RowHasher {
     }
 }
 
-/// Chunk size in leaves for a table of about `rows` rows: at most ~256 chunks.
+/// Chunk size in leaves for a table of about `rows` rows: at most ~1,024 chunks. A diff
+/// against stored chunk digests re-reads each differing chunk on both sides, so small
+/// chunks keep it close to one read of the table (8,192 rows per chunk at 5M rows); the
+/// chunk digests come from the leaves, so more chunks cost no extra hashing.
 pub(crate) fn chunk_leaves_for(rows: u64) -> u64 {
-    chunk_leaves_within(rows, 256)
+    chunk_leaves_within(rows, 1024)
 }
 
 /// Chunk size in rows for a table of about `rows` rows, for a proof that re-hashes only
@@ -581,5 +584,19 @@ mod tests {
         assert_eq!(fine_chunk_rows(200_000_000), 4 * LEAF_ROWS);
         // From a leaf up, no runs are kept: the chunks are whole leaves.
         assert!(RowHasher::new(1).with_fine(LEAF_ROWS).fine.is_none());
+    }
+
+    /// A snapshot's chunks: one leaf each up to ~1,024 chunks, then as few leaves each
+    /// as keep the count there (a diff re-reads only the differing chunks).
+    #[test]
+    fn snapshot_chunks_stay_small_and_bounded() {
+        assert_eq!(chunk_leaves_for(0), 1);
+        assert_eq!(chunk_leaves_for(500_000), 1);
+        assert_eq!(chunk_leaves_for(5_000_000), 2);
+        assert_eq!(chunk_leaves_for(50_000_000), 16);
+        for rows in [1u64, 4_000_000, 5_000_000, 80_000_000, 3_000_000_000] {
+            let chunks = (rows / LEAF_ROWS + 1).div_ceil(chunk_leaves_for(rows));
+            assert!(chunks <= 1024, "{rows} rows: {chunks} chunks");
+        }
     }
 }
