@@ -13,6 +13,7 @@ use rollback_postgres::{
     Backfill, ForeignKeyIntegrity, RestoreMethod, RowCountParity, SchemaSnapshot, SqlAssertion,
     SqlStep, Table, TableHashParity, TableSnapshot, TableUndoLog, UndoLogParity,
 };
+use std::time::Duration;
 
 /// A table whose name closes a trigger body dollar-quoted with a fixed tag.
 const HOSTILE: &str = "a$rollback_undo$;DROP TABLE victim;SELECT $rollback_undo$";
@@ -452,4 +453,81 @@ async fn pooled_sessions_pin_the_settings_the_library_relies_on() {
         .unwrap()
         .get(0);
     assert_eq!(path, "app, public");
+}
+
+/// An autovacuum worker holding the table (its `SHARE UPDATE EXCLUSIVE` lock conflicts
+/// with every restore's) is cancelled as soon as the restore waits for it — PostgreSQL
+/// does that after `deadlock_timeout`, which the restore lowers for its transaction. Here
+/// the database's `deadlock_timeout` is an hour, so a restore that left it alone would
+/// wait out its lock timeout and fail; a throttled worker stays on the table for minutes.
+#[tokio::test]
+async fn a_restore_is_not_held_up_by_an_autovacuum_worker() {
+    let db = TestDb::with_settings("autovac_restore", &["deadlock_timeout = '1h'"]).await;
+    // Vacuumed as soon as it has a dead row, one page per 100 ms.
+    db.exec(
+        "CREATE TABLE slow (id int PRIMARY KEY, v int NOT NULL, pad text NOT NULL)
+           WITH (autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0,
+                 autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1);
+         INSERT INTO slow SELECT g, g, repeat('x', 200) FROM generate_series(1, 20000) g;",
+    )
+    .await;
+    let before: String = db
+        .scalar("SELECT md5(string_agg(s::text, ',' ORDER BY id)) FROM slow s")
+        .await
+        .unwrap_or_default();
+    let cp = TableUndoLog::new(&db.db, Table::public("slow")).lock_timeout(Duration::from_secs(3));
+    let ctx = Context::standalone("autovac");
+    let snap = cp.capture(&ctx).await.unwrap();
+    db.exec("UPDATE slow SET v = v + 1 WHERE id % 10 = 0").await;
+    // The launcher visits each database every naptime: 1 s for the length of the test.
+    let admin = |sql: &'static str| {
+        let url = db.url.clone();
+        async move {
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            // ALTER SYSTEM runs outside any transaction: a statement on its own.
+            for stmt in sql.split(';') {
+                c.batch_execute(stmt).await.unwrap();
+            }
+        }
+    };
+    admin("ALTER SYSTEM SET autovacuum_naptime = '1s'; SELECT pg_catalog.pg_reload_conf()").await;
+    let mut seen = false;
+    for _ in 0..240 {
+        if db
+            .count(
+                "SELECT count(*) FROM pg_catalog.pg_stat_activity
+                  WHERE backend_type = 'autovacuum worker' AND datname = current_database()
+                    AND query LIKE '%slow%'",
+            )
+            .await
+            > 0
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    admin("ALTER SYSTEM RESET autovacuum_naptime; SELECT pg_catalog.pg_reload_conf()").await;
+    assert!(
+        seen,
+        "no autovacuum worker came to the table within a minute"
+    );
+    let r = cp.restore(&snap, &ctx).await;
+    assert!(
+        r.is_ok(),
+        "the restore waited on the autovacuum worker: {r:?}"
+    );
+    let after: String = db
+        .scalar("SELECT md5(string_agg(s::text, ',' ORDER BY id)) FROM slow s")
+        .await
+        .unwrap_or_default();
+    assert_eq!(after, before);
+    assert_eq!(
+        db.scalar("SHOW deadlock_timeout").await.as_deref(),
+        Some("1h"),
+        "the lower deadlock_timeout was the restore's transaction's alone"
+    );
 }

@@ -16,10 +16,29 @@ use rollback_core::{Error, Result, Snapshot};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
+/// How soon a lock wait of a checkpoint's transaction checks for deadlocks — which is
+/// also when PostgreSQL cancels an autovacuum worker holding the lock it waits for
+/// (anti-wraparound vacuums excepted). The server default, 1 s, stalled a 10-row
+/// rollback of a freshly vacuumable table for that long.
+pub(crate) const DEADLOCK_TIMEOUT_MS: u64 = 50;
+
 /// `SET LOCAL lock_timeout` for a table checkpoint's capture, restore or discard: a lock
-/// not granted in time fails with a transient error, which the executor retries.
+/// not granted in time fails with a transient error, which the executor retries. Also
+/// lowers `deadlock_timeout` for the transaction to [`DEADLOCK_TIMEOUT_MS`] (never
+/// raises it) where the role may set it — a superuser, or a role granted `SET` on it
+/// (PostgreSQL 15+) — so that an autovacuum worker in the way is cancelled at once
+/// instead of after a second; for other roles the setting stays as it is.
 pub(crate) fn lock_timeout_sql(d: Duration) -> String {
-    format!("SET LOCAL lock_timeout = '{}ms'", d.as_millis().max(1))
+    format!(
+        "SET LOCAL lock_timeout = '{}ms'; \
+         DO $rb$BEGIN \
+           IF pg_catalog.current_setting('deadlock_timeout')::pg_catalog.interval OPERATOR(pg_catalog.>) '{DEADLOCK_TIMEOUT_MS} ms'::pg_catalog.interval THEN \
+             PERFORM pg_catalog.set_config('deadlock_timeout', '{DEADLOCK_TIMEOUT_MS}ms', true); \
+           END IF; \
+         EXCEPTION WHEN insufficient_privilege THEN NULL; \
+         END$rb$",
+        d.as_millis().max(1)
+    )
 }
 
 /// A table checkpoint's descriptor read back from `snap`: the snapshot must be of
