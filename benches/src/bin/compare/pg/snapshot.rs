@@ -136,8 +136,8 @@ impl Bench {
         parity &= by_copy.fingerprint(&ctx).await? == snap2.fingerprint;
         cp.discard(&snap2, &ctx).await?;
         // The swaps and the copy left a table without statistics: analyzed now (untimed),
-        // so that autovacuum's first ANALYZE of it does not hold up the undo log's restores
-        // below (a restore waits for it up to `deadlock_timeout`).
+        // as an operator would, so that the plans below are those of an analyzed table
+        // (an autovacuum worker in a restore's way is cancelled after 50 ms).
         self.client
             .batch_execute(&format!("ANALYZE {}", ds.table))
             .await?;
