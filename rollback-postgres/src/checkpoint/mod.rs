@@ -20,7 +20,7 @@ use std::time::Duration;
 /// also when PostgreSQL cancels an autovacuum worker holding the lock it waits for
 /// (anti-wraparound vacuums excepted). The server default, 1 s, stalled a 10-row
 /// rollback of a freshly vacuumable table for that long.
-pub(crate) const DEADLOCK_TIMEOUT_MS: u64 = 50;
+pub(crate) const DEADLOCK_TIMEOUT_MS: u64 = 10;
 
 /// `SET LOCAL lock_timeout` for a table checkpoint's capture, restore or discard: a lock
 /// not granted in time fails with a transient error, which the executor retries. Also

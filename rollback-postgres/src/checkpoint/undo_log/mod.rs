@@ -383,7 +383,7 @@ impl TableUndoLog {
     ///
     /// An autovacuum worker holding a table (its lock conflicts with a restore's) is
     /// cancelled by PostgreSQL after `deadlock_timeout` of waiting (1 s by default); these
-    /// transactions lower it to 50 ms for themselves where the role may set it (a
+    /// transactions lower it to 10 ms for themselves where the role may set it (a
     /// superuser, or `GRANT SET ON PARAMETER deadlock_timeout` on PostgreSQL 15+), so a
     /// rollback does not wait that second. Anti-wraparound vacuums are never cancelled.
     pub fn lock_timeout(mut self, d: Duration) -> Self {

@@ -137,7 +137,7 @@ impl Bench {
         cp.discard(&snap2, &ctx).await?;
         // The swaps and the copy left a table without statistics: analyzed now (untimed),
         // as an operator would, so that the plans below are those of an analyzed table
-        // (an autovacuum worker in a restore's way is cancelled after 50 ms).
+        // (an autovacuum worker in a restore's way is cancelled after 10 ms).
         self.client
             .batch_execute(&format!("ANALYZE {}", ds.table))
             .await?;
