@@ -239,7 +239,7 @@ impl<'a> Run<'a> {
             let res = self
                 .call(
                     || format!("discard {resource}"),
-                    pc.checkpoint.discard(&snapshot, &ctx).instrument(span),
+                    pc.checkpoint.discard(snapshot, &ctx).instrument(span),
                 )
                 .await?;
             let error = match res {
