@@ -22,13 +22,13 @@ use std::time::Duration;
 /// rollback of a freshly vacuumable table for that long.
 pub(crate) const DEADLOCK_TIMEOUT_MS: u64 = 10;
 
-/// `SET LOCAL lock_timeout` for a table checkpoint's capture, restore or discard: a lock
-/// not granted in time fails with a transient error, which the executor retries. Also
-/// lowers `deadlock_timeout` for the transaction to [`DEADLOCK_TIMEOUT_MS`] (never
-/// raises it) where the role may set it — a superuser, or a role granted `SET` on it
-/// (PostgreSQL 15+) — so that an autovacuum worker in the way is cancelled at once
-/// instead of after a second; for other roles the setting stays as it is.
-pub(crate) fn lock_timeout_sql(d: Duration) -> String {
+/// The lock waits of a table checkpoint's capture, restore or discard: `SET LOCAL
+/// lock_timeout`, so that a lock not granted in time fails with a transient error, which
+/// the executor retries; and `deadlock_timeout` lowered for the transaction to
+/// [`DEADLOCK_TIMEOUT_MS`] (never raised) where the role may set it — a superuser, or a
+/// role granted `SET` on it (PostgreSQL 15+) — so that an autovacuum worker in the way is
+/// cancelled at once instead of after a second; for other roles it stays as it is.
+pub(crate) fn lock_waits_sql(d: Duration) -> String {
     format!(
         "SET LOCAL lock_timeout = '{}ms'; \
          DO $rb$BEGIN \

@@ -158,7 +158,7 @@ impl TableSnapshot {
             .start()
             .await
             .ctx("starting capture")?;
-        tx.batch_execute(&self.lock_timeout_sql())
+        tx.batch_execute(&self.lock_waits_sql())
             .await
             .ctx("setting lock_timeout")?;
         let mut existing = Vec::new();

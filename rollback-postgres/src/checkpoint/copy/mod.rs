@@ -291,8 +291,8 @@ impl TableSnapshot {
         &self.tables
     }
 
-    fn lock_timeout_sql(&self) -> String {
-        super::lock_timeout_sql(self.lock_timeout)
+    fn lock_waits_sql(&self) -> String {
+        super::lock_waits_sql(self.lock_timeout)
     }
 
     fn copy_name(&self, id: &str, i: usize, t: &Table) -> Table {

@@ -403,8 +403,8 @@ impl TableUndoLog {
         &self.tables
     }
 
-    fn lock_timeout_sql(&self) -> String {
-        super::lock_timeout_sql(self.lock_timeout)
+    fn lock_waits_sql(&self) -> String {
+        super::lock_waits_sql(self.lock_timeout)
     }
 
     fn descriptor(&self, snap: &Snapshot) -> Result<Descriptor> {

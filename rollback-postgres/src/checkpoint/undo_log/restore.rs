@@ -235,7 +235,7 @@ impl TableUndoLog {
             .start()
             .await
             .ctx("starting restore")?;
-        tx.batch_execute(&self.lock_timeout_sql())
+        tx.batch_execute(&self.lock_waits_sql())
             .await
             .ctx("setting lock_timeout")?;
         // Only the newest runner's restore commits.

@@ -305,7 +305,7 @@ impl TableUndoLog {
         let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting capture")?;
-        tx.batch_execute(&self.lock_timeout_sql())
+        tx.batch_execute(&self.lock_waits_sql())
             .await
             .ctx("setting lock_timeout")?;
         let restore_md5: String = tx
@@ -446,7 +446,7 @@ impl TableUndoLog {
         let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting discard")?;
-        tx.batch_execute(&self.lock_timeout_sql())
+        tx.batch_execute(&self.lock_waits_sql())
             .await
             .ctx("setting lock_timeout")?;
         for e in entries {

@@ -80,7 +80,7 @@ impl TableSnapshot {
             let mut obj = self.db.lib_client().await?;
             let client: &mut tokio_postgres::Client = &mut obj;
             let tx = client.transaction().await.ctx("starting restore")?;
-            tx.batch_execute(&self.lock_timeout_sql())
+            tx.batch_execute(&self.lock_waits_sql())
                 .await
                 .ctx("setting lock_timeout")?;
             // Only the newest runner's restore commits.
