@@ -64,7 +64,11 @@ struct Inner {
 /// within the file system's timestamp granularity of the change before, which is why an
 /// entry is trusted only once the file's time is [`RACY`] older than the moment the entry
 /// was taken (as git treats "racily clean" index entries): a file changed since then has
-/// a later time.
+/// a later time. A file that this process wrote last needs no such wait: when it still
+/// has the length that this process's last append left, no journal writer wrote it since,
+/// since journal writers only append (a torn tail, the one thing they cut, is left only by
+/// a writer that crashed). So a run appended to by this process, then listed at once (the
+/// next run of a fleet or a loop), is not read again.
 #[derive(Debug, Clone)]
 struct Indexed {
     stamp: Stamp,
@@ -470,11 +474,17 @@ impl Inner {
     /// The index entry of `run_id` when it is as of `stamp` and can be trusted to be
     /// (see [`Indexed`]).
     fn indexed(&self, run_id: &str, stamp: Stamp) -> Option<Indexed> {
+        let wrote_last = self
+            .heads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(run_id)
+            .is_some_and(|h| h.len == stamp.len);
         self.index
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(run_id)
-            .filter(|ix| ix.stamp == stamp && ix.settled())
+            .filter(|ix| ix.stamp == stamp && (wrote_last || ix.settled()))
             .cloned()
     }
 
