@@ -309,6 +309,14 @@ fn unmet_witness(
 /// Write `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync of the
 /// folder).
 fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_whole(path, bytes)?;
+    File::open(dir)?.sync_all()
+}
+
+/// Replace `path` by `bytes` atomically: a crash leaves the old file or the new one, each
+/// whole (temp file, fsync, rename), but the rename itself may not survive it (the folder
+/// is not synced): for a change whose loss a crash may undo.
+fn replace_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
@@ -316,8 +324,7 @@ fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    std::fs::rename(&tmp, path)
 }
 
 impl Inner {
@@ -774,11 +781,14 @@ impl Journal for FileJournal {
     async fn release_lease(&self, key: &str, holder: &str) -> Result<()> {
         let (lease_path, lock_path) = lease_paths(&self.inner.dir, key);
         let holder = holder.to_string();
-        self.blocking(move |inner| {
+        self.blocking(move |_| {
             let _lock = lock_for_write(&lock_path)?;
             if let Some(l) = read_lease(&lease_path).filter(|l| l.holder == holder) {
+                // Whole but not synced into the folder: should a crash undo the release,
+                // the lease is held until it expires, as a crashed holder's is; either
+                // file keeps the epoch.
                 let bytes = serde_json::to_vec(&released(&l)).unwrap_or_default();
-                write_durably(&inner.dir, &lease_path, &bytes).map_err(JournalError::Io)?;
+                replace_whole(&lease_path, &bytes).map_err(JournalError::Io)?;
             }
             Ok(())
         })
