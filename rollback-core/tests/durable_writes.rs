@@ -124,6 +124,37 @@ async fn a_step_costs_one_durable_write_and_its_intent_is_durable_before_it_acts
     }
 }
 
+/// A run on a file journal with inline file work, on a current-thread runtime: it
+/// commits, its records read back verified, and another journal on the folder sees the
+/// run ended.
+#[tokio::test]
+async fn a_run_commits_on_a_file_journal_with_inline_io() {
+    let w = SimWorld::new();
+    let plan = Plan::builder("inline-io")
+        .checkpoint("db", w.checkpoint("db"))
+        .step("db", SetKey::new("s0", &w, "db", "k0", "new"), &[])
+        .step("db", SetKey::new("s1", &w, "db", "k1", "new"), &["s0"])
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = FileJournal::open(dir.path()).unwrap().inline_io(true);
+    let report = Executor::new(journal.clone())
+        .run_as(&plan, "r", CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Committed);
+    assert_eq!(w.get("db", "k1").as_deref(), Some("new"));
+    let other = FileJournal::open(dir.path()).unwrap();
+    let records = other.records("r").await.unwrap();
+    assert_eq!(records.last().map(|r| r.entry.kind()), Some("committed"));
+    assert!(other
+        .open_runs_of_plan("inline-io")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(other.runs_of_plan("inline-io").await.unwrap(), ["r"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_step_still_journals_the_deferred_outcome_before_rolling_back() {
     let w = SimWorld::new();
