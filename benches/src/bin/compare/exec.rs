@@ -39,7 +39,8 @@ fn plan(world: &SimWorld, name: &str) -> Res<Plan> {
 
 /// A journal that counts the disk syncs its inner [`FileJournal`] makes, by its write
 /// paths: one `fdatasync` per `append` / `append_all` (plus the directory's for a run's
-/// first write), two (file and directory) per lease written and per outcome's end witness.
+/// first write), two (file and directory) per lease taken and per outcome's end witness,
+/// one per lease released (its file; the folder is not synced).
 struct Syncs<J> {
     inner: J,
     /// Journal writes (`append` / `append_all` calls).
@@ -133,7 +134,7 @@ impl<J: Journal> Journal for Syncs<J> {
         self.inner.acquire_lease(key, holder, ttl).await
     }
     async fn release_lease(&self, key: &str, holder: &str) -> rollback_core::Result<()> {
-        self.add(2);
+        self.add(1);
         self.inner.release_lease(key, holder).await
     }
     async fn lost_tail(&self, run_id: &str) -> rollback_core::Result<Option<LostTail>> {
@@ -213,11 +214,14 @@ fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len() as f64
 }
 
-/// One turn of the file journal: its run and the fsync probe, in the order `run_first`.
+/// One turn of the file journal: a run with the default (pooled) file work, a run with
+/// [`FileJournal::inline_io`], and the fsync probe, in a rotating order.
 struct FileTurn {
     /// The run, seconds per step.
     run: f64,
-    /// Seconds per step inside the journal's appends.
+    /// The run with inline file work, seconds per step.
+    inline: f64,
+    /// Seconds per step inside the pooled journal's appends.
     appends: f64,
     /// The probe: mean seconds per write (the run's statistic: its time over its steps).
     probe: f64,
@@ -227,29 +231,40 @@ struct FileTurn {
     syncs: u64,
 }
 
+/// The two file journals of the turns: default, and with inline file work.
+struct FileJournals {
+    pooled: Arc<Syncs<FileJournal>>,
+    inline: Arc<FileJournal>,
+}
+
 async fn file_turn(
-    journal: &Arc<Syncs<FileJournal>>,
+    journals: &FileJournals,
     p: &Plan,
     probe_path: &Path,
     bytes: usize,
-    run_first: bool,
+    turn: usize,
 ) -> Res<FileTurn> {
-    let probe =
-        |path: std::path::PathBuf| tokio::task::spawn_blocking(move || fsync_probe(&path, bytes));
+    let journal = &journals.pooled;
     let before = (
         journal.writes.load(Ordering::Relaxed),
         journal.syncs.load(Ordering::Relaxed),
         journal.append_ns.load(Ordering::Relaxed),
     );
-    let (run, probe_writes) = if run_first {
-        let run = timed_run(journal.clone(), p).await?;
-        (run, probe(probe_path.to_path_buf()).await??)
-    } else {
-        let probe_writes = probe(probe_path.to_path_buf()).await??;
-        (timed_run(journal.clone(), p).await?, probe_writes)
-    };
+    let (mut run, mut inline, mut probe_writes) = (0.0, 0.0, Vec::new());
+    for leg in 0..3 {
+        match (leg + turn) % 3 {
+            0 => run = timed_run(journal.clone(), p).await?,
+            1 => inline = timed_run(journals.inline.clone(), p).await?,
+            _ => {
+                let path = probe_path.to_path_buf();
+                probe_writes =
+                    tokio::task::spawn_blocking(move || fsync_probe(&path, bytes)).await??;
+            }
+        }
+    }
     Ok(FileTurn {
         run,
+        inline,
         appends: (journal.append_ns.load(Ordering::Relaxed) - before.2) as f64 / 1e9 / STEPS as f64,
         probe: mean(&probe_writes),
         probe_writes,
@@ -267,9 +282,14 @@ pub(crate) async fn executor(args: &Args) -> Res<Report> {
     // that the disk's weather weighs on both alike; each turn's ratio pairs the two.
     let dir = tempfile::tempdir()?;
     let journal = Arc::new(Syncs::new(FileJournal::open(dir.path())?));
+    let journals = FileJournals {
+        pooled: journal.clone(),
+        inline: Arc::new(FileJournal::open(dir.path().join("inline"))?.inline_io(true)),
+    };
     let world = SimWorld::new();
     let p = plan(&world, "bench-file")?;
     let warm = Executor::with_journal(journal.clone()).run(&p).await?;
+    timed_run(journals.inline.clone(), &p).await?; // its warm-up
     let run_file = dir.path().join(format!("{}.journal", warm.run_id));
     let file_records = journal.records(&warm.run_id).await?.len() as f64 / STEPS as f64;
     // The probe writes what a journal write holds on average (a step's intent and the
@@ -280,13 +300,15 @@ pub(crate) async fn executor(args: &Args) -> Res<Report> {
     let mut t = Vec::with_capacity(rounds);
     for i in 0..rounds {
         let probe_path = dir.path().join(format!("fsync-probe-{i}"));
-        t.push(file_turn(&journal, &p, &probe_path, bytes, i % 2 == 0).await?);
+        t.push(file_turn(&journals, &p, &probe_path, bytes, i).await?);
     }
     let col = |f: fn(&FileTurn) -> f64| median(&t.iter().map(f).collect::<Vec<_>>());
     let file = col(|t| t.run);
     let appends = col(|t| t.appends);
     let fsync = col(|t| t.probe);
     let ratio = col(|t| t.run / t.probe);
+    let inline = col(|t| t.inline);
+    let inline_ratio = col(|t| t.inline / t.probe);
     let writes = col(|t| t.writes as f64) / STEPS as f64;
     let syncs = col(|t| t.syncs as f64) / STEPS as f64;
     let quantile = |xs: &[f64], q: f64| {
@@ -341,6 +363,19 @@ pub(crate) async fn executor(args: &Args) -> Res<Report> {
     r.push(
         Row::new(
             "",
+            "per step, file journal with `inline_io(true)` (file work on the run's thread, no hand-off to tokio's blocking pool)",
+        )
+        .rollback(fmt_secs(inline))
+        .reference(format!("the same fsync latency: {}", fmt_secs(fsync)))
+        .ratio(format!(
+            "{} the fsync latency (median of the turns' ratios)",
+            fmt_ratio(inline_ratio)
+        ))
+        .target("≤ 1.5× the fsync latency", Some(inline_ratio <= 1.5)),
+    );
+    r.push(
+        Row::new(
+            "",
             "fsynced journal writes per step, file journal (an outcome rides with the next record)",
         )
         .rollback(format!("{writes:.2}"))
@@ -361,7 +396,7 @@ pub(crate) async fn executor(args: &Args) -> Res<Report> {
         .ratio(format!("{syncs:.2} per step")),
     );
     r.note(format!(
-        "executor: {:.2} journal records per step (memory journal {:.2}) in {:.2} writes, {:.2} disk syncs per step in all; file journal per step {} measured, of which {} inside the journal's appends; syncs × fsync latency = {} predicted; medians of {rounds} turns (run and probe alternating which goes first); single probe writes p50 {}, p90 {}, p99 {}; single journal appends p50 {} ({} the probe's p50), p90 {}",
+        "executor: {:.2} journal records per step (memory journal {:.2}) in {:.2} writes, {:.2} disk syncs per step in all; file journal per step {} measured, of which {} inside the journal's appends; syncs × fsync latency = {} predicted; medians of {rounds} turns (the pooled run, the inline run and the probe in a rotating order); single probe writes p50 {}, p90 {}, p99 {}; single journal appends p50 {} ({} the probe's p50), p90 {}",
         file_records,
         mem_records,
         writes,
