@@ -151,12 +151,13 @@ impl<'a> Run<'a> {
                     digest: fingerprint.short(),
                     millis: ms,
                 });
-                self.append(Entry::Fingerprinted {
+                // With the next record: it announces no action, and a crash before that
+                // write leaves a baseline to take again, nothing to clean up.
+                self.defer(Entry::Fingerprinted {
                     checkpoint: resource,
                     fingerprint,
                     duration_ms: ms,
-                })
-                .await?;
+                });
                 Ok(None)
             }
             Err(e) => Ok(Some(Flow::RollBack {

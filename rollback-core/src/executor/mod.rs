@@ -419,8 +419,9 @@ impl Executor {
         let out = async {
             let mut run = Run::new(self, plan, run_id, cancel, false, keeper);
             run.live = Some(live);
-            // The run's three opening records go out in one durable write: nothing acts
-            // between them, and a crash before it leaves no run at all.
+            // The run's three opening records go out with its first intent (a capture's,
+            // a step's) or first verdict, in one durable write: nothing acts before it,
+            // and a crash before it leaves no run at all.
             run.defer(Entry::RunStarted {
                 plan: plan.name().into(),
                 plan_digest: plan.digest(),
@@ -429,12 +430,11 @@ impl Executor {
             });
             // The report of the run can then be rebuilt from its records alone.
             run.defer(Entry::PlanDescribed(Box::new(plan.describe())));
-            run.append(Entry::LeaseTaken {
+            run.defer(Entry::LeaseTaken {
                 holder: self.holder.clone(),
                 taken_over_from: lease.taken_over_from,
                 epoch: lease.epoch,
-            })
-            .await?;
+            });
             let report = run.drive().await;
             self.finish(plan, report).await
         }

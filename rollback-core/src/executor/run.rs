@@ -101,14 +101,17 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Journal `entry` — a step's outcome, or a run's opening records — together with the
-    /// next record instead of on its own: one fsync per step instead of two. Safe because
-    /// nothing acts on a resource between a deferred record and the next one (every
-    /// action is preceded by its own intent, which carries the deferred records with it),
-    /// and a crash in between is a crash during the apply: the step has an intent and no
-    /// outcome, and is treated as maybe applied (step contract, clause 5); a run whose
-    /// opening records were not written did nothing. Until then the state does not show
-    /// it: [`Run::flush`] before reading the state for a decision.
+    /// Journal `entry` — a step's outcome, a run's opening records, a baseline
+    /// fingerprint — together with the next record instead of on its own: one fsync per
+    /// step instead of two. Safe because nothing acts on a resource between a deferred
+    /// record and the next one (every action is preceded by its own intent, which carries
+    /// the deferred records with it), and a crash in between is a crash during the apply:
+    /// the step has an intent and no outcome, and is treated as maybe applied (step
+    /// contract, clause 5); a run whose opening records were not written did nothing; a
+    /// lost fingerprint is taken again. A capture's `captured` is not deferred: it names
+    /// a snapshot that a runner fenced before its next write would otherwise leave
+    /// behind unrecorded. Until then the state does not show a deferred record:
+    /// [`Run::flush`] before reading the state for a decision.
     pub(super) fn defer(&mut self, entry: Entry) {
         self.pending.push(entry);
     }
