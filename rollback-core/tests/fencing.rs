@@ -276,16 +276,35 @@ async fn a_runner_paused_at_any_record_boundary_is_fenced_after_a_takeover_file_
     assert!(tally.rolled_back >= 8 && tally.committed >= 1, "{tally:?}");
 }
 
+/// The same with the file work on the runners' threads (`inline_io`): a write that
+/// blocks a worker thread must not let a paused runner slip a record in after the
+/// takeover either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_paused_at_any_record_boundary_is_fenced_after_a_takeover_inline_file_journal() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    let tally = pause_at_every_record_boundary(|| {
+        let d = tempfile::tempdir().unwrap();
+        let j = FileJournal::open(d.path()).unwrap().inline_io(true);
+        dirs.lock().unwrap().push(d);
+        Arc::new(j)
+    })
+    .await;
+    eprintln!("file journal, inline I/O: {tally:?}");
+    assert!(tally.fenced >= 10, "{tally:?}");
+    assert!(tally.rolled_back >= 8 && tally.committed >= 1, "{tally:?}");
+}
+
 /// The reproduction: A pauses in the middle of a slow step; B takes over and
 /// rolls back; A wakes and finishes its step. The step's write is refused by the
 /// resource's fence, A stops, and the journal holds nothing of A after B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_paused_inside_a_step_cannot_write_after_the_takeover() {
-    for journal in ["memory", "file"] {
+    for journal in ["memory", "file", "file-inline"] {
         let dir = tempfile::tempdir().unwrap();
         let inner: Arc<dyn Journal> = match journal {
             "memory" => Arc::new(MemoryJournal::new()),
-            _ => Arc::new(FileJournal::open(dir.path()).unwrap()),
+            "file" => Arc::new(FileJournal::open(dir.path()).unwrap()),
+            _ => Arc::new(FileJournal::open(dir.path()).unwrap().inline_io(true)),
         };
         let (w, baseline) = world();
         let plan = plan(&w);

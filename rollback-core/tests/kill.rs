@@ -1,7 +1,8 @@
 //! Real process kills. A child process (this test binary, re-invoked on its ignored
-//! `child_process` test) runs a plan on the [`FileJournal`] over resources kept in a
-//! file, and is SIGKILLed: after each journal record, after each durable state change
-//! (before the executor could journal its outcome), or at random moments. A fresh
+//! `child_process` test) runs a plan on the [`FileJournal`] (every other child with its
+//! file work inline) over resources kept in a file, and is SIGKILLed: after each journal
+//! record, after each durable state change (before the executor could journal its
+//! outcome), or at random moments. A fresh
 //! process then resumes the run with [`Executor::resume`]; the resources must end exactly
 //! at the baseline or exactly at the target, and the report must say which. A torn last
 //! record and an altered middle record in the killed run's journal are detected on
@@ -543,7 +544,9 @@ fn child_process() {
     let plan = build_plan(&world, kind);
     let stop_after = after("ROLLBACK_KILL_STOP_AFTER_RECORDS");
     let journal = Arc::new(TrippingJournal {
-        inner: FileJournal::open(dir.join("journal")).expect("journal opens"),
+        inner: FileJournal::open(dir.join("journal"))
+            .expect("journal opens")
+            .inline_io(env("ROLLBACK_KILL_INLINE_IO").as_deref() == Some("1")),
         appends: match stop_after {
             Some(n) => Tripwire::stopping(&dir, Some(n)),
             None => Tripwire::new(&dir, after_records),
@@ -689,6 +692,10 @@ struct Observed {
     result: Option<ChildResult>,
 }
 
+/// Children spawned so far: every other one does its journal's file work inline
+/// (`FileJournal::inline_io`), so killed runners and their resumers mix both ways.
+static SPAWNED: AtomicUsize = AtomicUsize::new(0);
+
 fn spawn_child(
     dir: &Path,
     s: &Scenario,
@@ -696,6 +703,7 @@ fn spawn_child(
     holder: &str,
     kill: &[(&str, String)],
 ) -> Child {
+    let inline = SPAWNED.fetch_add(1, Ordering::Relaxed) % 2;
     let exe = std::env::current_exe().expect("current exe");
     let log = std::fs::File::create(dir.join(format!("{mode}-stderr.log"))).expect("stderr log");
     let mut cmd = Command::new(exe);
@@ -712,6 +720,7 @@ fn spawn_child(
     .env("ROLLBACK_KILL_POLICY", format!("{:?}", s.policy))
     .env("ROLLBACK_KILL_HOLDER", holder)
     .env("ROLLBACK_KILL_ACTION_MS", s.action_ms.to_string())
+    .env("ROLLBACK_KILL_INLINE_IO", inline.to_string())
     .env_remove("ROLLBACK_KILL_AFTER_RECORDS")
     .env_remove("ROLLBACK_KILL_AFTER_CHANGES")
     .stdin(Stdio::null())

@@ -151,10 +151,12 @@ impl FileJournal {
     /// two thread wake-ups per call; beside a fast disk's `fsync` (about 170 µs on a local
     /// NVMe volume) that is a fifth more per step (see the `compare` bench, section 4).
     /// The price: for as long as the `fsync` lasts, that thread runs no other task, and on
-    /// a current-thread runtime nothing else runs. Choose it for a process whose runtime
-    /// serves the run and little else (a migration job, a CLI); keep the default (off)
-    /// where the runtime also serves other work, such as a web server that runs
-    /// migrations, or on a disk whose `fsync` takes milliseconds.
+    /// a current-thread runtime nothing else runs (a signal handler or a health probe
+    /// waits for a stalled disk too). Choose it for a process whose runtime serves the run
+    /// and little else, running many short steps (flag flips, object copies) where tens of
+    /// microseconds per step add up; keep the default (off) where the runtime also serves
+    /// other work, such as a web server that runs migrations, or on a disk whose `fsync`
+    /// takes milliseconds, where the hand-off is lost in the sync.
     ///
     /// Durability and locking are the same either way.
     ///
