@@ -102,22 +102,17 @@ async fn a_step_costs_one_durable_write_and_its_intent_is_durable_before_it_acts
         .count();
     assert_eq!(applied, STEPS);
     let batches = journal.batches.lock().unwrap();
-    // The run's three opening records and the baseline fingerprint (records that
-    // announce no action) go out with the first step's intent, in one write; after that
-    // only an outcome is deferred.
+    // The run opens with one write of its three opening records (nothing acts between
+    // them); the baseline fingerprint (which announces no action) goes out with the
+    // first step's intent; after that only an outcome is deferred.
     assert_eq!(
         batches[0],
-        [
-            "run_started",
-            "plan_described",
-            "lease_taken",
-            "fingerprinted",
-            "apply_intent"
-        ],
+        ["run_started", "plan_described", "lease_taken"],
         "{batches:?}"
     );
-    assert_eq!(writes, STEPS + 1, "{batches:?}");
-    for b in batches.iter().skip(1).filter(|b| b.len() > 1) {
+    assert_eq!(batches[1], ["fingerprinted", "apply_intent"], "{batches:?}");
+    assert_eq!(writes, STEPS + 2, "{batches:?}");
+    for b in batches.iter().skip(2).filter(|b| b.len() > 1) {
         assert_eq!(b.len(), 2, "{b:?}");
         assert_eq!(b[0], "applied", "only an outcome is deferred: {b:?}");
     }

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use rollback_core::journal::{Entry, FileJournal, Journal, Lease, LostTail, MemoryJournal, Record};
 use rollback_core::sim::{SetKey, SimWorld};
 use rollback_core::{
-    CancellationToken, Error, Executor, Outcome, Plan, Result, RunEvent, RunReport,
+    CancellationToken, Context, Error, Executor, Outcome, Plan, Result, RunEvent, RunReport,
+    Verdict, Verifier,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -407,4 +408,93 @@ async fn a_stale_runner_cannot_commit_after_another_rolled_the_run_back() {
         Entry::RolledBack { .. } | Entry::Discarded { .. }
     ));
     assert_eq!(w.snapshot_state(), baseline);
+}
+
+/// A precondition during which its runner's process stops (once): it freezes the
+/// runner's journal and waits, as a SIGSTOP during the check would hold it.
+struct StoppingPrecondition {
+    journal: Arc<Freezable>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Verifier for StoppingPrecondition {
+    fn id(&self) -> &str {
+        "pre"
+    }
+    async fn verify(&self, _ctx: &Context) -> Result<Verdict> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.journal.freeze();
+            self.journal.gate().await;
+        }
+        Ok(Verdict::pass("ok"))
+    }
+}
+
+/// Every run of the journal with its records.
+async fn all_records(j: &dyn Journal) -> BTreeMap<String, Vec<Record>> {
+    let mut out = BTreeMap::new();
+    for run in j.runs().await.unwrap() {
+        out.insert(run.clone(), j.records(&run).await.unwrap());
+    }
+    out
+}
+
+/// A runner that stops before its run's first durable write after the lease (in a
+/// precondition) and loses its lease: the next runner must find the run and resume it,
+/// not start a second run of the plan beside it, and the first must write nothing once
+/// it wakes. Its opening records are its own first write: deferred to its first verdict,
+/// the run did not exist for the next runner, and the stale runner wrote a whole run of
+/// records at its old epoch into a file no later epoch had reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_stopped_before_its_first_verdict_is_found_and_fenced_after_a_takeover() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner: Arc<dyn Journal> = Arc::new(FileJournal::open(dir.path()).unwrap());
+    let w = SimWorld::new();
+    w.set("db", "k1", "v1");
+    let frozen = Freezable::new(inner.clone(), None);
+    let build = |armed: bool| {
+        Plan::builder("stopped-in-precondition")
+            .checkpoint("db", w.checkpoint("db"))
+            .step("db", SetKey::new("s1", &w, "db", "k1", "v2"), &[])
+            .precondition(StoppingPrecondition {
+                journal: frozen.clone(),
+                armed: armed.into(),
+            })
+            .build()
+            .unwrap()
+    };
+    let plan_a = build(true);
+    let a = Executor::with_journal(frozen.clone())
+        .holder("runner-a")
+        .lease_ttl(TTL);
+    let run_a = tokio::spawn(async move { a.run_as(&plan_a, RUN, CancellationToken::new()).await });
+    frozen.froze.notified().await;
+    tokio::time::sleep(TTL * 2).await; // A's lease expires while it is stopped
+
+    // B, as an operator would: start the plan; resume what is unfinished if told to.
+    let plan_b = build(false);
+    let b = Executor::with_journal(inner.clone())
+        .holder("runner-b")
+        .lease_ttl(TTL);
+    let err = b.run(&plan_b).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+    assert_eq!(b.unfinished(&plan_b).await.unwrap(), [RUN]);
+    let rb = b.resume(&plan_b, RUN).await.unwrap();
+    assert!(
+        matches!(rb.outcome, Outcome::RolledBack | Outcome::Committed),
+        "{:?}",
+        rb.outcome
+    );
+    let before = all_records(inner.as_ref()).await;
+
+    frozen.thaw();
+    let ra = run_a.await.unwrap();
+    assert!(matches!(ra, Err(Error::Fenced { .. })), "{ra:?}");
+    assert_eq!(
+        all_records(inner.as_ref()).await,
+        before,
+        "the stale runner wrote to the journal after the takeover"
+    );
+    assert!(b.unfinished(&plan_b).await.unwrap().is_empty());
 }

@@ -419,9 +419,12 @@ impl Executor {
         let out = async {
             let mut run = Run::new(self, plan, run_id, cancel, false, keeper);
             run.live = Some(live);
-            // The run's three opening records go out with its first intent (a capture's,
-            // a step's) or first verdict, in one durable write: nothing acts before it,
-            // and a crash before it leaves no run at all.
+            // The run's three opening records go out in one durable write of their own,
+            // before anything else: a crash before it leaves no run at all, and once it
+            // is written a runner that takes the plan's lease over finds the run and
+            // fences this one. Deferred to the first verdict or intent, a runner stopped
+            // in a precondition would leave no run to find and could write a whole run
+            // at its stale epoch after the takeover (`fencing.rs`).
             run.defer(Entry::RunStarted {
                 plan: plan.name().into(),
                 plan_digest: plan.digest(),
@@ -430,11 +433,12 @@ impl Executor {
             });
             // The report of the run can then be rebuilt from its records alone.
             run.defer(Entry::PlanDescribed(Box::new(plan.describe())));
-            run.defer(Entry::LeaseTaken {
+            run.append(Entry::LeaseTaken {
                 holder: self.holder.clone(),
                 taken_over_from: lease.taken_over_from,
                 epoch: lease.epoch,
-            });
+            })
+            .await?;
             let report = run.drive().await;
             self.finish(plan, report).await
         }

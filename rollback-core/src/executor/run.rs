@@ -30,7 +30,7 @@ pub(super) struct Run<'a> {
     pub(super) lease: Arc<LeaseKeeper>,
     /// Resume cursors: from the journal, plus those saved by steps in this process.
     pub(super) cursors: Arc<std::sync::Mutex<BTreeMap<String, serde_json::Value>>>,
-    /// A step's outcome waiting to be journaled in one write with the next record (see
+    /// Records waiting to be journaled in one write with the next record (see
     /// [`Run::defer`]).
     pub(super) pending: Vec<Entry>,
     /// Where the run's contexts send their progress for the live publisher, if one runs.
@@ -101,22 +101,23 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Journal `entry` — a step's outcome, a run's opening records, a baseline
-    /// fingerprint — together with the next record instead of on its own: one fsync per
-    /// step instead of two. Safe because nothing acts on a resource between a deferred
-    /// record and the next one (every action is preceded by its own intent, which carries
-    /// the deferred records with it), and a crash in between is a crash during the apply:
-    /// the step has an intent and no outcome, and is treated as maybe applied (step
-    /// contract, clause 5); a run whose opening records were not written did nothing; a
-    /// lost fingerprint is taken again. A capture's `captured` is not deferred: it names
-    /// a snapshot that a runner fenced before its next write would otherwise leave
-    /// behind unrecorded. Until then the state does not show a deferred record:
+    /// Journal `entry` — a step's outcome, a baseline fingerprint, the first two of a
+    /// run's three opening records — together with the next record instead of on its own:
+    /// one fsync per step instead of two. Safe because nothing acts on a resource between
+    /// a deferred record and the next one (every action is preceded by its own intent,
+    /// which carries the deferred records with it), and a crash in between is a crash
+    /// during the apply: the step has an intent and no outcome, and is treated as maybe
+    /// applied (step contract, clause 5); a lost fingerprint is taken again. A capture's
+    /// `captured` is not deferred: it names a snapshot that a runner fenced before its
+    /// next write would otherwise leave behind unrecorded. Nor are the opening records
+    /// held past their own write: until they are written, no other runner can find the
+    /// run and fence it. Until then the state does not show a deferred record:
     /// [`Run::flush`] before reading the state for a decision.
     pub(super) fn defer(&mut self, entry: Entry) {
         self.pending.push(entry);
     }
 
-    /// Journal a deferred outcome now.
+    /// Journal the deferred records now.
     pub(super) async fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());

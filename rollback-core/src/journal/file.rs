@@ -72,9 +72,10 @@ struct Inner {
 /// was taken (as git treats "racily clean" index entries): a file changed since then has
 /// a later time. A file that this process wrote last needs no such wait: when it still
 /// has the length that this process's last append left, no journal writer wrote it since,
-/// since journal writers only append (a torn tail, the one thing they cut, is left only by
-/// a writer that crashed). So a run appended to by this process, then listed at once (the
-/// next run of a fleet or a loop), is not read again.
+/// since journal writers only append (a torn tail, the one thing they cut, is left by a
+/// writer that crashed or whose write failed, and this process's last append did not).
+/// So a run appended to by this process, then listed at once (the next run of a fleet or
+/// a loop), is not read again.
 #[derive(Debug, Clone)]
 struct Indexed {
     stamp: Stamp,
@@ -150,15 +151,17 @@ impl FileJournal {
     /// An append then costs its write and its `fsync` and little else. The hand-off costs
     /// two thread wake-ups per call; beside a fast disk's `fsync` (about 170 µs on a local
     /// NVMe volume) that is a fifth more per step (see the `compare` bench, section 4).
-    /// The price: for as long as the `fsync` lasts, that thread runs no other task, and on
-    /// a current-thread runtime nothing else runs (a signal handler or a health probe
-    /// waits for a stalled disk too). Choose it for a process whose runtime serves the run
+    /// The price: for as long as the `fsync` lasts — or a wait for the file lock that
+    /// another process holds (a runner stopped in the middle of a lease renewal holds the
+    /// lease's lock) — that thread runs no other task, and on a current-thread runtime
+    /// nothing else runs: no timeout fires, no cancellation is seen, no lease is renewed. Choose it for a process whose runtime serves the run
     /// and little else, running many short steps (flag flips, object copies) where tens of
     /// microseconds per step add up; keep the default (off) where the runtime also serves
     /// other work, such as a web server that runs migrations, or on a disk whose `fsync`
     /// takes milliseconds, where the hand-off is lost in the sync.
     ///
-    /// Durability and locking are the same either way.
+    /// Durability and locking are the same either way. A panic in the file work (a bug)
+    /// unwinds into the caller instead of coming back as a [`JournalError::Backend`].
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
