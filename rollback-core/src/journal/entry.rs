@@ -166,6 +166,12 @@ pub enum Entry {
 }
 
 impl Entry {
+    /// Whether the entry can hold a float (a verdict's value, a plan's thresholds), which
+    /// JSON cannot always carry as it is (NaN and infinity are written as `null`).
+    pub(crate) fn may_hold_floats(&self) -> bool {
+        matches!(self, Entry::Verdict { .. } | Entry::PlanDescribed(_))
+    }
+
     /// The `type` tag of the entry, e.g. `apply_intent`.
     pub fn kind(&self) -> &'static str {
         match self {
