@@ -127,18 +127,23 @@ async fn a_step_costs_one_durable_write_and_its_intent_is_durable_before_it_acts
     }
 }
 
+/// Two steps setting `k0`, then `k1`, to `new`.
+fn two_steps(w: &SimWorld, name: &str) -> Plan {
+    Plan::builder(name)
+        .checkpoint("db", w.checkpoint("db"))
+        .step("db", SetKey::new("s0", w, "db", "k0", "new"), &[])
+        .step("db", SetKey::new("s1", w, "db", "k1", "new"), &["s0"])
+        .build()
+        .unwrap()
+}
+
 /// A run on a file journal with inline file work, on a current-thread runtime: it
 /// commits, its records read back verified, and another journal on the folder sees the
 /// run ended.
 #[tokio::test]
 async fn a_run_commits_on_a_file_journal_with_inline_io() {
     let w = SimWorld::new();
-    let plan = Plan::builder("inline-io")
-        .checkpoint("db", w.checkpoint("db"))
-        .step("db", SetKey::new("s0", &w, "db", "k0", "new"), &[])
-        .step("db", SetKey::new("s1", &w, "db", "k1", "new"), &["s0"])
-        .build()
-        .unwrap();
+    let plan = two_steps(&w, "inline-io");
     let dir = tempfile::tempdir().unwrap();
     let journal = FileJournal::open(dir.path()).unwrap().inline_io(true);
     let report = Executor::new(journal.clone())
@@ -162,12 +167,7 @@ async fn a_run_commits_on_a_file_journal_with_inline_io() {
 async fn a_failed_step_still_journals_the_deferred_outcome_before_rolling_back() {
     let w = SimWorld::new();
     w.set("db", "k0", "old");
-    let plan = Plan::builder("deferred-then-fail")
-        .checkpoint("db", w.checkpoint("db"))
-        .step("db", SetKey::new("s0", &w, "db", "k0", "new"), &[])
-        .step("db", SetKey::new("s1", &w, "db", "k1", "new"), &["s0"])
-        .build()
-        .unwrap();
+    let plan = two_steps(&w, "deferred-then-fail");
     w.faults().fail_apply("s1", 1);
     let dir = tempfile::tempdir().unwrap();
     let journal = FileJournal::open(dir.path()).unwrap();

@@ -262,37 +262,31 @@ async fn a_runner_paused_at_any_record_boundary_is_fenced_after_a_takeover_memor
     assert!(tally.rolled_back >= 8 && tally.committed >= 1, "{tally:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_runner_paused_at_any_record_boundary_is_fenced_after_a_takeover_file_journal() {
+/// Every record boundary on file journals, with the file work on tokio's blocking pool
+/// or on the runners' own threads (`inline_io`): a write that blocks a worker thread must
+/// not let a paused runner slip a record in after the takeover either.
+async fn paused_on_file_journals(inline: bool) {
     let dirs = std::sync::Mutex::new(Vec::new());
     let tally = pause_at_every_record_boundary(|| {
         let d = tempfile::tempdir().unwrap();
-        let j = FileJournal::open(d.path()).unwrap();
+        let j = FileJournal::open(d.path()).unwrap().inline_io(inline);
         dirs.lock().unwrap().push(d);
         Arc::new(j)
     })
     .await;
-    eprintln!("file journal: {tally:?}");
+    eprintln!("file journal (inline I/O: {inline}): {tally:?}");
     assert!(tally.fenced >= 10, "{tally:?}");
     assert!(tally.rolled_back >= 8 && tally.committed >= 1, "{tally:?}");
 }
 
-/// The same with the file work on the runners' threads (`inline_io`): a write that
-/// blocks a worker thread must not let a paused runner slip a record in after the
-/// takeover either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_paused_at_any_record_boundary_is_fenced_after_a_takeover_file_journal() {
+    paused_on_file_journals(false).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runner_paused_at_any_record_boundary_is_fenced_after_a_takeover_inline_file_journal() {
-    let dirs = std::sync::Mutex::new(Vec::new());
-    let tally = pause_at_every_record_boundary(|| {
-        let d = tempfile::tempdir().unwrap();
-        let j = FileJournal::open(d.path()).unwrap().inline_io(true);
-        dirs.lock().unwrap().push(d);
-        Arc::new(j)
-    })
-    .await;
-    eprintln!("file journal, inline I/O: {tally:?}");
-    assert!(tally.fenced >= 10, "{tally:?}");
-    assert!(tally.rolled_back >= 8 && tally.committed >= 1, "{tally:?}");
+    paused_on_file_journals(true).await;
 }
 
 /// The reproduction: A pauses in the middle of a slow step; B takes over and
