@@ -2,11 +2,11 @@
 //! `child_process` test) runs a plan on the [`FileJournal`] (every other child with its
 //! file work inline) over resources kept in a file, and is SIGKILLed: after each journal
 //! record, after each durable state change (before the executor could journal its
-//! outcome), or at random moments. A fresh
-//! process then resumes the run with [`Executor::resume`]; the resources must end exactly
-//! at the baseline or exactly at the target, and the report must say which. A torn last
-//! record and an altered middle record in the killed run's journal are detected on
-//! resume, and a resumer killed in turn is resumed by a third process.
+//! outcome), or at random moments. A fresh process then resumes the run with
+//! [`Executor::resume`]; the resources must end exactly at the baseline or exactly at
+//! the target, and the report must say which. A torn last record and an altered middle
+//! record in the killed run's journal are detected on resume, and a resumer killed in
+//! turn is resumed by a third process.
 //!
 //! Paused runners: a child stops itself with SIGSTOP right after a journal record, a
 //! second process takes the expired lease over and finishes the run, then the first is

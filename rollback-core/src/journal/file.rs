@@ -154,11 +154,12 @@ impl FileJournal {
     /// The price: for as long as the `fsync` lasts — or a wait for the file lock that
     /// another process holds (a runner stopped in the middle of a lease renewal holds the
     /// lease's lock) — that thread runs no other task, and on a current-thread runtime
-    /// nothing else runs: no timeout fires, no cancellation is seen, no lease is renewed. Choose it for a process whose runtime serves the run
-    /// and little else, running many short steps (flag flips, object copies) where tens of
-    /// microseconds per step add up; keep the default (off) where the runtime also serves
-    /// other work, such as a web server that runs migrations, or on a disk whose `fsync`
-    /// takes milliseconds, where the hand-off is lost in the sync.
+    /// nothing else runs: no timeout fires, no cancellation is seen, no lease is renewed.
+    /// Choose it for a process whose runtime serves the run and little else, running many
+    /// short steps (flag flips, object copies) where tens of microseconds per step add up;
+    /// keep the default (off) where the runtime also serves other work, such as a web
+    /// server that runs migrations, or on a disk whose `fsync` takes milliseconds, where
+    /// the hand-off is lost in the sync.
     ///
     /// Durability and locking are the same either way. A panic in the file work (a bug)
     /// unwinds into the caller instead of coming back as a [`JournalError::Backend`].
