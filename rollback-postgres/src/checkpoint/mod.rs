@@ -28,7 +28,17 @@ pub(crate) const DEADLOCK_TIMEOUT_MS: u64 = 10;
 /// [`DEADLOCK_TIMEOUT_MS`] (never raised) where the role may set it — a superuser, or a
 /// role granted `SET` on it (PostgreSQL 15+) — so that an autovacuum worker in the way is
 /// cancelled at once instead of after a second; for other roles it stays as it is.
-pub(crate) fn lock_waits_sql(d: Duration) -> String {
+pub(crate) async fn set_lock_waits(
+    tx: &tokio_postgres::Transaction<'_>,
+    d: Duration,
+) -> Result<()> {
+    tx.batch_execute(&lock_waits_sql(d))
+        .await
+        .ctx("setting lock_timeout and deadlock_timeout")
+}
+
+/// The statements of [`set_lock_waits`].
+fn lock_waits_sql(d: Duration) -> String {
     format!(
         "SET LOCAL lock_timeout = '{}ms'; \
          DO $rb$BEGIN \

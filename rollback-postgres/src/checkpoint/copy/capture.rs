@@ -158,9 +158,7 @@ impl TableSnapshot {
             .start()
             .await
             .ctx("starting capture")?;
-        tx.batch_execute(&self.lock_waits_sql())
-            .await
-            .ctx("setting lock_timeout")?;
+        crate::checkpoint::set_lock_waits(&tx, self.lock_timeout).await?;
         let mut existing = Vec::new();
         for t in &self.tables {
             if relation_exists(&tx, t).await? {

@@ -291,10 +291,6 @@ impl TableSnapshot {
         &self.tables
     }
 
-    fn lock_waits_sql(&self) -> String {
-        super::lock_waits_sql(self.lock_timeout)
-    }
-
     fn copy_name(&self, id: &str, i: usize, t: &Table) -> Table {
         let mut base = String::new();
         for ch in t.name.chars() {

@@ -403,10 +403,6 @@ impl TableUndoLog {
         &self.tables
     }
 
-    fn lock_waits_sql(&self) -> String {
-        super::lock_waits_sql(self.lock_timeout)
-    }
-
     fn descriptor(&self, snap: &Snapshot) -> Result<Descriptor> {
         super::read_descriptor(
             snap,

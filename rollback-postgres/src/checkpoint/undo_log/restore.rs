@@ -235,9 +235,7 @@ impl TableUndoLog {
             .start()
             .await
             .ctx("starting restore")?;
-        tx.batch_execute(&self.lock_waits_sql())
-            .await
-            .ctx("setting lock_timeout")?;
+        crate::checkpoint::set_lock_waits(&tx, self.lock_timeout).await?;
         // Only the newest runner's restore commits.
         crate::markers::fence(&tx, &self.schema, ctx).await?;
         // The restore's own writes are not logged (the log keeps what it undoes).

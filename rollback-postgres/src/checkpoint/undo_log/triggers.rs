@@ -305,9 +305,7 @@ impl TableUndoLog {
         let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting capture")?;
-        tx.batch_execute(&self.lock_waits_sql())
-            .await
-            .ctx("setting lock_timeout")?;
+        crate::checkpoint::set_lock_waits(&tx, self.lock_timeout).await?;
         let restore_md5: String = tx
             .query_one("SELECT pg_catalog.md5($1)", &[&restore_tag])
             .await
@@ -446,9 +444,7 @@ impl TableUndoLog {
         let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting discard")?;
-        tx.batch_execute(&self.lock_waits_sql())
-            .await
-            .ctx("setting lock_timeout")?;
+        crate::checkpoint::set_lock_waits(&tx, self.lock_timeout).await?;
         for e in entries {
             if catalog::table_oid(&tx, &e.table).await?.is_some() {
                 tx.batch_execute(

@@ -231,9 +231,7 @@ impl TableSnapshot {
         let mut obj = self.db.lib_client().await?;
         let client: &mut tokio_postgres::Client = &mut obj;
         let tx = client.transaction().await.ctx("starting restore")?;
-        tx.batch_execute(&self.lock_waits_sql())
-            .await
-            .ctx("setting lock_timeout")?;
+        crate::checkpoint::set_lock_waits(&tx, self.lock_timeout).await?;
         crate::markers::fence(&tx, crate::markers::DEFAULT_MARKER_SCHEMA, ctx).await?;
         match self.delta_in(&tx, snap, d).await? {
             Delta::Done(r) => {

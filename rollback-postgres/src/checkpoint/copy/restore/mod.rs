@@ -80,9 +80,7 @@ impl TableSnapshot {
             let mut obj = self.db.lib_client().await?;
             let client: &mut tokio_postgres::Client = &mut obj;
             let tx = client.transaction().await.ctx("starting restore")?;
-            tx.batch_execute(&self.lock_waits_sql())
-                .await
-                .ctx("setting lock_timeout")?;
+            crate::checkpoint::set_lock_waits(&tx, self.lock_timeout).await?;
             // Only the newest runner's restore commits.
             crate::markers::fence(&tx, crate::markers::DEFAULT_MARKER_SCHEMA, ctx).await?;
             // 1. Refusal, before anything changes: copies present, digest and definitions.
